@@ -1,0 +1,491 @@
+"""Every Redis operation of the deferred lane: admit, claim, record, store results, wake waiters."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Iterator, Sequence
+
+import msgspec
+from redis.asyncio import Redis
+
+from router import scripts
+from router.keys import TOTALS_TTL_S, TURNAROUND_SAMPLES, Keys, queue_tag, tag_of
+
+log = logging.getLogger("router.accumulator")
+
+LINE_OVERHEAD = 128  # bytes a JSONL line adds around a body: custom_id, method, url
+
+
+class CallMeta(msgspec.Struct, frozen=True, kw_only=True):
+    """What the router remembers about a deferred call besides its body."""
+
+    tenant: str
+    upstream: str
+    endpoint: str
+    model: str
+    deadline: float
+    received_at: float
+    stream: bool = False
+    include_usage: bool = False
+    rule: str | None = None
+
+
+class CallRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A deferred call as stored."""
+
+    id: str
+    meta: CallMeta
+    state: str
+    batch: str
+    lane: str
+    attempts: int
+
+
+class Result(msgspec.Struct, frozen=True, kw_only=True):
+    """A finished call's answer and price."""
+
+    status: int
+    body: bytes
+    lane: str
+    cost_usd: float | None
+    baseline_usd: float | None
+    savings_usd: float | None
+    finished_at: float
+
+
+class QueueStats(msgspec.Struct, frozen=True, kw_only=True):
+    """What waits in one queue."""
+
+    tag: str
+    upstream: str
+    endpoint: str
+    model: str
+    count: int
+    bytes: int
+    oldest_arrival: float | None
+    earliest_deadline: float | None
+
+
+class BatchRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One of our batches."""
+
+    tag: str
+    id: str
+    state: str
+    provider_id: str
+    owner: str
+    created_at: float
+    submitted_at: float
+    polls: int
+    n: int
+
+
+_meta_encoder = msgspec.json.Encoder()
+_meta_decoder = msgspec.json.Decoder(CallMeta)
+
+
+def new_call_id(tag: str) -> str:
+    """An unguessable call id that starts with its queue's tag; valid as an OpenAI and Anthropic custom_id."""
+    return f"{tag}_{secrets.token_urlsafe(18)}"
+
+
+def _s(value: object) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _f(value: object) -> float | None:
+    text = _s(value)
+    return float(text) if text else None
+
+
+class Accumulator:
+    """The deferred lane's state, all of it in Redis under one key prefix."""
+
+    def __init__(self, redis: Redis, prefix: str, *, result_ttl_s: float, idempotency_ttl_s: float) -> None:
+        self.redis = redis
+        self.keys = Keys(prefix)
+        self.result_ttl = int(result_ttl_s)
+        self.idempotency_ttl = int(idempotency_ttl_s)
+        self._claim = redis.register_script(scripts.CLAIM)
+        self._mark_submitted = redis.register_script(scripts.MARK_SUBMITTED)
+        self._take_over = redis.register_script(scripts.TAKE_OVER)
+        self._store = redis.register_script(scripts.STORE_RESULT)
+        self._requeue = redis.register_script(scripts.REQUEUE)
+        self._escalate = redis.register_script(scripts.ESCALATE)
+
+    # --- admission -----------------------------------------------------------------------------------
+
+    async def admit(self, meta: CallMeta, body: bytes, idempotency_key: str | None = None) -> tuple[str, bool]:
+        """Queue a call; return its id and whether it is new (False: an Idempotency-Key matched a live call)."""
+        k = self.keys
+        tag = queue_tag(meta.upstream, meta.endpoint, meta.model)
+        call_id = new_call_id(tag)
+        if idempotency_key is not None:
+            idem = k.idempotency(meta.tenant, idempotency_key)
+            existing = _s(await self.redis.set(idem, call_id, nx=True, ex=self.idempotency_ttl, get=True))
+            if existing:
+                if await self.redis.exists(k.call(existing)):
+                    return existing, False
+                # The mapped call never got admitted (a crash between the two steps) or has expired: take over.
+                await self.redis.set(idem, call_id, ex=self.idempotency_ttl)
+        ttl = int(max(0.0, meta.deadline - time.time()) + self.result_ttl)
+        # The set of queues first: a call is never in a queue the batcher cannot find.
+        await self.redis.sadd(k.queues, tag)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(k.queue(tag), mapping={"upstream": meta.upstream, "endpoint": meta.endpoint, "model": meta.model})
+            pipe.hset(
+                k.call(call_id),
+                mapping={
+                    "meta": _meta_encoder.encode(meta),
+                    "body": body,
+                    "state": "queued",
+                    "batch": "",
+                    "deadline": repr(meta.deadline),
+                    "received_at": repr(meta.received_at),
+                    "attempts": 0,
+                },
+            )
+            pipe.expire(k.call(call_id), ttl)
+            pipe.zadd(k.pending(tag), {call_id: meta.deadline})
+            pipe.zadd(k.arrivals(tag), {call_id: meta.received_at})
+            pipe.incrby(k.bytes(tag), len(body))
+            await pipe.execute()
+        return call_id, True
+
+    # --- queues and batches --------------------------------------------------------------------------
+
+    async def queue_tags(self) -> list[str]:
+        """Every queue that has ever had work."""
+        return sorted(_s(t) for t in await self.redis.smembers(self.keys.queues))
+
+    async def stats(self, tag: str) -> QueueStats | None:
+        """Count, bytes, oldest arrival and earliest deadline of what waits in one queue."""
+        k = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(k.queue(tag))
+            pipe.zcard(k.pending(tag))
+            pipe.get(k.bytes(tag))
+            pipe.zrange(k.arrivals(tag), 0, 0, withscores=True)
+            pipe.zrange(k.pending(tag), 0, 0, withscores=True)
+            info, count, size, oldest, earliest = await pipe.execute()
+        if not info:
+            return None
+        return QueueStats(
+            tag=tag,
+            upstream=_s(info[b"upstream"]),
+            endpoint=_s(info[b"endpoint"]),
+            model=_s(info[b"model"]),
+            count=int(count),
+            bytes=int(size or 0),
+            oldest_arrival=oldest[0][1] if oldest else None,
+            earliest_deadline=earliest[0][1] if earliest else None,
+        )
+
+    async def lease(self, key: str, owner: str, seconds: float) -> bool:
+        """Take a short exclusive lease (SET NX PX); it lapses by itself if the owner dies."""
+        return bool(await self.redis.set(key, owner, nx=True, px=int(seconds * 1000)))
+
+    async def release(self, key: str, owner: str) -> None:
+        """Give a lease back early, if it is still ours."""
+        if _s(await self.redis.get(key)) == owner:
+            await self.redis.delete(key)
+
+    async def claim(
+        self, tag: str, *, max_requests: int, max_bytes: int, owner: str, lease_s: float
+    ) -> tuple[str, list[str]] | None:
+        """Move the earliest-deadline queued calls into a new `building` batch; return (batch id, call ids)."""
+        k = self.keys
+        bid = "b" + secrets.token_hex(12)
+        now = time.time()
+        ids = await self._claim(
+            keys=[
+                k.pending(tag),
+                k.arrivals(tag),
+                k.bytes(tag),
+                k.inflight(tag),
+                k.batches(tag),
+                k.batch(tag, bid),
+                k.batch_calls(tag, bid),
+            ],
+            args=[
+                max_requests,
+                max_bytes,
+                LINE_OVERHEAD,
+                bid,
+                owner,
+                repr(now),
+                repr(now + lease_s),
+                k.call_prefix(tag),
+            ],
+        )
+        if not ids:
+            return None
+        return bid, [_s(i) for i in ids]
+
+    async def bodies(self, call_ids: Sequence[str]) -> list[tuple[str, bytes]]:
+        """The bodies of calls that still have one (a call answered meanwhile has none)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for call_id in call_ids:
+                pipe.hget(self.keys.call(call_id), "body")
+            found = await pipe.execute()
+        return [(cid, body) for cid, body in zip(call_ids, found, strict=True) if body is not None]
+
+    async def mark_submitted(self, tag: str, bid: str, owner: str, provider_id: str, next_poll: float) -> bool:
+        """Record the provider's id for a batch we still own."""
+        k = self.keys
+        done = await self._mark_submitted(
+            keys=[k.batch(tag, bid), k.batches(tag)],
+            args=[bid, owner, provider_id, repr(time.time()), repr(next_poll)],
+        )
+        return bool(done)
+
+    async def take_over(self, tag: str, bid: str, owner: str, lease_s: float) -> bool:
+        """Adopt a `building` batch whose builder's lease lapsed."""
+        now = time.time()
+        k = self.keys
+        done = await self._take_over(
+            keys=[k.batch(tag, bid), k.batches(tag)], args=[bid, owner, repr(now), repr(now + lease_s)]
+        )
+        return bool(done)
+
+    async def due_batches(self, tag: str, now: float, limit: int = 100) -> list[BatchRecord]:
+        """Batches whose next action (poll, or recovery of a lapsed build) is due."""
+        k = self.keys
+        bids = [_s(b) for b in await self.redis.zrangebyscore(k.batches(tag), "-inf", now, start=0, num=limit)]
+        if not bids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for bid in bids:
+                pipe.hgetall(k.batch(tag, bid))
+            rows = await pipe.execute()
+        return [
+            BatchRecord(
+                tag=tag,
+                id=bid,
+                state=_s(row.get(b"state")),
+                provider_id=_s(row.get(b"provider_id")),
+                owner=_s(row.get(b"owner")),
+                created_at=_f(row.get(b"created_at")) or 0.0,
+                submitted_at=_f(row.get(b"submitted_at")) or 0.0,
+                polls=int(row.get(b"polls") or 0),
+                n=int(row.get(b"n") or 0),
+            )
+            for bid, row in zip(bids, rows, strict=True)
+            if row
+        ]
+
+    async def reschedule(self, tag: str, bid: str, at: float) -> None:
+        """Set a batch's next poll time and count the poll."""
+        k = self.keys
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hincrby(k.batch(tag, bid), "polls", 1)
+            pipe.zadd(k.batches(tag), {bid: at}, xx=True)
+            await pipe.execute()
+
+    async def count_submit_attempt(self, tag: str, bid: str) -> int:
+        """Count one more attempt to submit a batch; returns the count."""
+        return int(await self.redis.hincrby(self.keys.batch(tag, bid), "submit_attempts", 1))
+
+    async def batch_calls(self, tag: str, bid: str) -> list[str]:
+        """The ids claimed into a batch."""
+        return [_s(i) for i in await self.redis.lrange(self.keys.batch_calls(tag, bid), 0, -1)]
+
+    async def finish_batch(self, tag: str, bid: str, provider_status: str, turnaround: float | None) -> None:
+        """Mark a batch ingested, drop it from the poll schedule and record its turnaround."""
+        k = self.keys
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(k.batch(tag, bid), mapping={"state": "ingested", "provider_status": provider_status})
+            pipe.expire(k.batch(tag, bid), self.result_ttl)
+            pipe.expire(k.batch_calls(tag, bid), self.result_ttl)
+            pipe.zrem(k.batches(tag), bid)
+            if turnaround is not None:
+                pipe.lpush(k.turnaround(tag), repr(turnaround))
+                pipe.ltrim(k.turnaround(tag), 0, TURNAROUND_SAMPLES - 1)
+            await pipe.execute()
+
+    async def turnaround_estimate(self, tag: str, prior: float, min_samples: int = 5) -> float:
+        """The p95 of recent batch turnarounds of a queue, or `prior` until there are enough of them."""
+        samples = sorted(float(v) for v in await self.redis.lrange(self.keys.turnaround(tag), 0, -1))
+        if len(samples) < min_samples:
+            return prior
+        return samples[min(len(samples) - 1, int(0.95 * len(samples)))]
+
+    async def counts(self) -> tuple[dict[str, int], int]:
+        """Queued calls per queue (`upstream/model/endpoint`) and batches in flight, over all queues."""
+        depth: dict[str, int] = {}
+        inflight = 0
+        for tag in await self.queue_tags():
+            k = self.keys
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(k.queue(tag))
+                pipe.zcard(k.pending(tag))
+                pipe.zcard(k.batches(tag))
+                info, count, batches = await pipe.execute()
+            if info:
+                depth[f"{_s(info[b'upstream'])}/{_s(info[b'model'])}{_s(info[b'endpoint'])}"] = int(count)
+            inflight += int(batches)
+        return depth, inflight
+
+    # --- calls and results ---------------------------------------------------------------------------
+
+    async def get_call(self, call_id: str) -> CallRecord | None:
+        """A call as stored, or None (unknown, malformed or expired id)."""
+        if len(call_id) <= len(tag_of(call_id)):
+            return None
+        row = await self.redis.hmget(self.keys.call(call_id), ["meta", "state", "batch", "lane", "attempts"])
+        if row[0] is None:
+            return None
+        return CallRecord(
+            id=call_id,
+            meta=_meta_decoder.decode(row[0]),
+            state=_s(row[1]),
+            batch=_s(row[2]),
+            lane=_s(row[3]),
+            attempts=int(row[4] or 0),
+        )
+
+    async def get_result(self, call_id: str) -> Result | None:
+        """A finished call's result, if stored and not expired."""
+        row: dict[bytes, bytes] = await self.redis.hgetall(self.keys.result(call_id))  # type: ignore[assignment]
+        if not row:
+            return None
+        return Result(
+            status=int(row[b"status"]),
+            body=row[b"body"],
+            lane=_s(row[b"lane"]),
+            cost_usd=_f(row.get(b"cost")),
+            baseline_usd=_f(row.get(b"baseline")),
+            savings_usd=_f(row.get(b"savings")),
+            finished_at=float(row[b"finished_at"]),
+        )
+
+    async def store_result(
+        self,
+        call_id: str,
+        meta: CallMeta,
+        *,
+        from_batch: str,
+        status: int,
+        body: bytes,
+        lane: str,
+        cost: tuple[float, float, float] | None,
+    ) -> int:
+        """Store a final result once (1), or report it late (0) or the call unknown (-1); wakes waiters."""
+        k = self.keys
+        tag = tag_of(call_id)
+        now = time.time()
+        day = time.strftime("%Y-%m-%d", time.gmtime(now))
+        actual, baseline, savings = (repr(c) for c in cost) if cost else ("", "", "")
+        stored = int(
+            await self._store(
+                keys=[
+                    k.call(call_id),
+                    k.result(call_id),
+                    k.inflight(tag),
+                    k.escalating(tag),
+                    f"{k.totals_prefix(tag)}{meta.tenant}:{day}",
+                ],
+                args=[call_id, from_batch, status, body, lane, self.result_ttl, actual, baseline, savings, repr(now),
+                      TOTALS_TTL_S],
+            )
+        )  # fmt: skip
+        if stored == 1:
+            await self.redis.publish(k.done_channel, call_id)
+        return stored
+
+    async def requeue(self, call_id: str, bid: str) -> bool:
+        """Put a call its batch did not answer back on its queue."""
+        k = self.keys
+        tag = tag_of(call_id)
+        done = await self._requeue(
+            keys=[k.call(call_id), k.pending(tag), k.arrivals(tag), k.bytes(tag), k.inflight(tag)], args=[call_id, bid]
+        )
+        return bool(done)
+
+    async def expedite(self, call_id: str) -> None:
+        """Make a submitted call due for escalation at the guard's next pass."""
+        await self.redis.zadd(self.keys.inflight(tag_of(call_id)), {call_id: 0}, xx=True)
+
+    async def escalation_due(self, tag: str, cutoff: float, now: float, limit: int = 500) -> list[str]:
+        """Calls whose deadline is before `cutoff` (queued or submitted), and escalations whose lease lapsed."""
+        k = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrangebyscore(k.pending(tag), "-inf", cutoff, start=0, num=limit)
+            pipe.zrangebyscore(k.inflight(tag), "-inf", cutoff, start=0, num=limit)
+            pipe.zrangebyscore(k.escalating(tag), "-inf", now, start=0, num=limit)
+            rows = await pipe.execute()
+        return [_s(i) for row in rows for i in row]
+
+    async def escalate(self, call_id: str, lease_s: float) -> bytes | None:
+        """Take a call out of the batch lane for real-time handling; its body, or None if someone else has it."""
+        k = self.keys
+        tag = tag_of(call_id)
+        now = time.time()
+        body = await self._escalate(
+            keys=[k.call(call_id), k.pending(tag), k.arrivals(tag), k.bytes(tag), k.inflight(tag), k.escalating(tag)],
+            args=[call_id, repr(now), repr(now + lease_s)],
+        )
+        return body if isinstance(body, bytes) else None
+
+    async def totals(self, tenant: str, day: str) -> dict[str, float]:
+        """A tenant's cost totals for one UTC day (`YYYY-MM-DD`), summed over queues."""
+        out: dict[str, float] = {}
+        for tag in await self.queue_tags():
+            row = await self.redis.hgetall(f"{self.keys.totals_prefix(tag)}{tenant}:{day}")
+            for field, value in row.items():
+                out[_s(field)] = out.get(_s(field), 0.0) + float(value)
+        return out
+
+
+class Waiters:
+    """One pub/sub subscription per process that wakes every local waiter whose call just finished."""
+
+    def __init__(self, redis: Redis, channel: str) -> None:
+        self.redis = redis
+        self.channel = channel
+        self._waiting: dict[str, set[asyncio.Future[None]]] = {}
+
+    @contextlib.contextmanager
+    def waiting(self, call_id: str) -> Iterator[asyncio.Future[None]]:
+        """Register interest in one call; the future resolves when its result is published."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(call_id, set()).add(future)
+        try:
+            yield future
+        finally:
+            futures = self._waiting.get(call_id)
+            if futures is not None:
+                futures.discard(future)
+                if not futures:
+                    del self._waiting[call_id]
+
+    def _wake(self, call_id: str) -> None:
+        for future in self._waiting.get(call_id, ()):
+            if not future.done():
+                future.set_result(None)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Listen until `stop`; reconnect after errors (waiters re-check Redis on their own timer meanwhile)."""
+        while not stop.is_set():
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                while not stop.is_set():
+                    message = await pubsub.get_message(timeout=0.5)
+                    if message is not None and message["type"] == "message":
+                        self._wake(_s(message["data"]))
+            except (ConnectionError, OSError, TimeoutError) as exc:
+                log.warning("result subscription lost, reconnecting: %s", exc)
+                await asyncio.sleep(0.5)
+            except Exception as exc:  # redis-py raises its own ConnectionError, not the builtin
+                log.warning("result subscription error, reconnecting: %s", exc)
+                await asyncio.sleep(0.5)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]

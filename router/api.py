@@ -1,0 +1,406 @@
+"""Litestar handlers: admit, decide, answer; RouterError → OpenAI error JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.exceptions import HTTPException
+from litestar.params import FromPath, FromQuery
+from litestar.response import Stream
+from litestar.types import Receive
+
+from router import metrics
+from router.accumulator import CallRecord, Result
+from router.deadline import format_deadline, parse_deadline
+from router.errors import (
+    AuthenticationFailed,
+    BadRequest,
+    NotFound,
+    RouterError,
+    ServiceUnavailable,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from router.lanes import forward_realtime
+from router.policy import Decision, Facts, decide
+from router.providers.base import Provider
+from router.replay import sse_chunks
+from router.schema import DeferredCall, RequestView, decode_view, encoder, error_body
+
+if TYPE_CHECKING:
+    from router.app import Gateway
+
+log = logging.getLogger("router.api")
+T = TypeVar("T")
+
+JSON = "application/json"
+_CALL_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class ClientDisconnected(Exception):
+    """The caller went away before its answer was ready."""
+
+
+def new_request_id() -> str:
+    """An unguessable id for a real-time call."""
+    return "req_" + secrets.token_urlsafe(16)
+
+
+def bearer(request: Request[Any, Any, Any]) -> str | None:
+    """The key from `Authorization: Bearer ...` (or `api-key`, as Azure clients send it)."""
+    value = request.headers.get("authorization")
+    if value:
+        scheme, _, key = value.partition(" ")
+        return key.strip() if scheme.lower() == "bearer" else None
+    return request.headers.get("api-key")
+
+
+def authenticate(gateway: Gateway, request: Request[Any, Any, Any]) -> str:
+    """The caller's tenant, or a 401."""
+    tenant = gateway.settings.tenant_for_key(bearer(request))
+    if tenant is None:
+        raise AuthenticationFailed()
+    return tenant
+
+
+def error_response(exc: RouterError) -> Response[bytes]:
+    """The OpenAI-shaped answer for one of our errors."""
+    headers = {}
+    if exc.retry_after is not None:
+        headers["retry-after"] = str(max(1, round(exc.retry_after)))
+    if isinstance(exc, UpstreamError):
+        body = exc.body if _looks_like_openai_error(exc.body) else _wrap_upstream(exc.body, exc.upstream_status)
+        return Response(body, status_code=exc.upstream_status, media_type=JSON, headers=headers)
+    return Response(
+        error_body(exc.message, exc.type, exc.param, exc.code), status_code=exc.status, media_type=JSON, headers=headers
+    )
+
+
+def _looks_like_openai_error(body: bytes) -> bool:
+    head = body.lstrip()[:1]
+    return head == b"{" and b'"error"' in body[:200]
+
+
+def _wrap_upstream(body: bytes, status: int) -> bytes:
+    text = body.decode("utf-8", "replace").strip()[:500] or f"The upstream answered {status} with no body."
+    return error_body(text, "upstream_error", None, f"upstream_{status}")
+
+
+def router_error_handler(_: Request[Any, Any, Any], exc: RouterError) -> Response[bytes]:
+    """RouterError → its OpenAI error JSON."""
+    return error_response(exc)
+
+
+_HTTP_TYPES = {401: "invalid_request_error", 404: "invalid_request_error", 405: "invalid_request_error"}
+
+
+def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    """Litestar's own errors (unknown route, wrong method, body too large) in OpenAI shape."""
+    status = exc.status_code
+    if status == 404:
+        message, code = f"Unknown request URL: {request.method} {request.url.path}.", "unknown_url"
+    elif status == 405:
+        message, code = f"Method {request.method} is not allowed on {request.url.path}.", "method_not_allowed"
+    elif status == 413:
+        message, code = "The request body is larger than this router accepts.", "request_too_large"
+    else:
+        message, code = str(exc.detail), None
+    type_ = "server_error" if status >= 500 else _HTTP_TYPES.get(status, "invalid_request_error")
+    return Response(error_body(message, type_, None, code), status_code=status, media_type=JSON)
+
+
+def internal_error_handler(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """Anything unforeseen: log it, answer a clean 500 without a traceback."""
+    log.exception("unhandled error", exc_info=exc)
+    body = error_body("The router hit an internal error; the call was not forwarded.", "server_error", None, None)
+    return Response(body, status_code=500, media_type=JSON)
+
+
+async def until_disconnect(receive: Receive) -> None:
+    """Return when the client goes away (the body has already been read)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def unless_disconnected(request: Request[Any, Any, Any], work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client disconnects first (so the upstream call is dropped too)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(until_disconnect(request.receive))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        raise ClientDisconnected()
+    return task.result()
+
+
+def disconnected_handler(_: Request[Any, Any, Any], __: ClientDisconnected) -> Response[bytes]:
+    """Nobody reads this answer; 499 is what the access log will show."""
+    return Response(b"", status_code=499)
+
+
+def prefers_async(request: Request[Any, Any, Any]) -> bool:
+    """`Prefer: respond-async` (RFC 7240)."""
+    prefer = request.headers.get("prefer", "")
+    return any(token.strip().lower() == "respond-async" for token in prefer.split(","))
+
+
+def deferred_object(call: CallRecord, result: Result | None) -> DeferredCall:
+    """The `deferred.call` object for a call and, if it ended, its result."""
+    if result is not None:
+        status = "completed" if result.status < 400 else "failed"
+    else:
+        status = {"queued": "queued", "submitted": "submitted", "escalated": "escalated"}.get(call.state, "queued")
+    return DeferredCall(
+        id=call.id,
+        status=status,  # type: ignore[arg-type]
+        lane=_lane_header(result.lane) if result else "batch",
+        deadline=format_deadline(call.meta.deadline),
+        created=int(call.meta.received_at),
+        cost_usd=result.cost_usd if result else None,
+        savings_usd=result.savings_usd if result else None,
+    )
+
+
+def _lane_header(lane: str) -> str:
+    return "realtime" if lane == "escalated" else lane
+
+
+def result_response(
+    call: CallRecord, result: Result, headers: dict[str, str], *, replay: bool
+) -> Response[bytes] | Stream:
+    """A finished deferred call as the caller's endpoint would have answered it."""
+    headers["x-router-lane"] = _lane_header(result.lane)
+    if result.lane == "escalated":
+        headers["x-router-escalated"] = "true"
+    if result.cost_usd is not None:
+        headers["x-router-cost-usd"] = f"{result.cost_usd:.8f}"
+        headers["x-router-savings-usd"] = f"{(result.savings_usd or 0.0):.8f}"
+    if replay and call.meta.stream and result.status == 200:
+        headers["cache-control"] = "no-cache"
+        chunks = sse_chunks(call.meta.endpoint, result.body, include_usage=call.meta.include_usage)
+        return Stream(chunks, status_code=200, headers=headers, media_type="text/event-stream")
+    return Response(result.body, status_code=result.status, headers=headers, media_type=JSON)
+
+
+async def respond_deferred(
+    gateway: Gateway,
+    request: Request[Any, Any, Any],
+    *,
+    endpoint: str,
+    body: bytes,
+    view: RequestView,
+    upstream: str,
+    tenant: str,
+    decision: Decision,
+    headers: dict[str, str],
+) -> Response[bytes] | Stream:
+    """Admit a call to the batch lane, then answer 202 (async) or hold the connection until its result."""
+    assert decision.deadline is not None
+    call_id, _ = await gateway.deferred.admit(
+        endpoint=endpoint,
+        body=body,
+        view=view,
+        upstream=upstream,
+        tenant=tenant,
+        deadline=decision.deadline,
+        rule=decision.rule,
+        idempotency_key=request.headers.get("idempotency-key"),
+    )
+    headers["x-router-request-id"] = call_id
+    headers["x-router-lane"] = "batch"
+    headers["x-router-deadline"] = format_deadline(decision.deadline)
+    call = await gateway.deferred.acc.get_call(call_id)
+    if call is None:
+        raise ServiceUnavailable("The deferred call could not be stored; try again.")
+    if prefers_async(request):
+        headers["location"] = f"/v1/deferred/{call_id}"
+        result = await gateway.deferred.acc.get_result(call_id)
+        return Response(
+            encoder.encode(deferred_object(call, result)), status_code=202, headers=headers, media_type=JSON
+        )
+    hold = min(gateway.settings.batch.hold_s, call.meta.deadline - time.time() + gateway.settings.batch.margin_s)
+    result = await unless_disconnected(request, gateway.deferred.wait(call_id, max(hold, 1.0)))
+    if result is None:
+        raise UpstreamTimeout(
+            f"The deferred call {call_id} has no result yet; fetch it with GET /v1/deferred/{call_id}.",
+            code="deferred_pending",
+        )
+    return result_response(call, result, headers, replay=True)
+
+
+async def fetch_deferred(
+    gateway: Gateway, request: Request[Any, Any, Any], call_id: str, tenant: str, wait: float
+) -> Response[bytes] | Stream:
+    """`GET /v1/deferred/{id}`: 202 with the call object while pending, the upstream's answer when done."""
+    call = await gateway.deferred.acc.get_call(call_id) if _CALL_ID.match(call_id) else None
+    if call is None or call.meta.tenant != tenant:
+        raise NotFound(f"No deferred call with id '{call_id}'.", param="id", code="deferred_call_not_found")
+    wait = min(max(wait, 0.0), gateway.settings.limits.max_wait_s)
+    if wait > 0:
+        result = await unless_disconnected(request, gateway.deferred.wait(call_id, wait))
+    else:
+        result = await gateway.deferred.acc.get_result(call_id)
+    headers = {"x-router-request-id": call_id}
+    if result is None:
+        call = await gateway.deferred.acc.get_call(call_id) or call
+        content = encoder.encode(deferred_object(call, None))
+        return Response(content, status_code=202, headers=headers, media_type=JSON)
+    return result_response(call, result, headers, replay=False)
+
+
+def read_deadline(gateway: Gateway, request: Request[Any, Any, Any], now: float) -> tuple[float | None, bool]:
+    """`X-Deadline` as (absolute deadline, urgent); (None, False) when absent."""
+    raw = request.headers.get("x-deadline")
+    if raw is None:
+        return None, False
+    deadline = parse_deadline(raw, now=now, max_seconds=gateway.settings.limits.max_deadline_s)
+    return deadline, deadline is None
+
+
+async def admit(gateway: Gateway, request: Request[Any, Any, Any], endpoint: str) -> Response[bytes] | Stream:
+    """Authenticate, decode the routing fields, decide the lane, and answer."""
+    started = time.perf_counter()
+    tenant = authenticate(gateway, request)
+    body = await request.body()
+    view = decode_view(body)
+    if not view.model:
+        raise BadRequest("you must provide a model parameter", param="model", code="missing_required_parameter")
+    provider = gateway.upstreams.for_model(view.model)
+    now = time.time()
+    header_deadline, urgent = read_deadline(gateway, request, now)
+    facts = Facts(
+        path="/v1" + endpoint,
+        model=view.model,
+        tenant=tenant,
+        headers=request.headers,
+        metadata={k: str(v) for k, v in view.metadata.items()} if view.metadata else {},
+        user=view.user,
+    )
+    decision = decide(gateway.policies.current, facts, header_deadline, urgent, now)
+    headers = {"x-router-request-id": new_request_id(), "x-router-lane": "realtime"}
+    if decision.rule:
+        headers["x-router-rule"] = decision.rule
+    if decision.lane == "deferred" and decision.deadline is not None:
+        lane = gateway.deferred
+        if lane.eligible(gateway.upstreams.config(provider.name), endpoint, view):
+            if await lane.fits(provider.name, endpoint, view.model, decision.deadline, now):
+                return await respond_deferred(
+                    gateway,
+                    request,
+                    endpoint=endpoint,
+                    body=body,
+                    view=view,
+                    upstream=provider.name,
+                    tenant=tenant,
+                    decision=decision,
+                    headers=headers,
+                )
+            metrics.escalations.labels("admission").inc()
+    return await respond_realtime(gateway, request, provider, endpoint, body, view, tenant, headers, started)
+
+
+async def respond_realtime(
+    gateway: Gateway,
+    request: Request[Any, Any, Any],
+    provider: Provider,
+    endpoint: str,
+    body: bytes,
+    view: RequestView,
+    tenant: str,
+    headers: dict[str, str],
+    started: float,
+) -> Response[bytes] | Stream:
+    """Forward now; stream SSE through unbuffered; pass upstream errors through."""
+    stream = bool(view.stream)
+    upstream = await unless_disconnected(request, forward_realtime(provider, endpoint, body, stream=stream))
+    headers.update(upstream.headers)
+    metrics.proxy_overhead.observe(max(0.0, time.perf_counter() - started - upstream.elapsed))
+    if upstream.stream is not None:
+        headers["cache-control"] = "no-cache"
+        return Stream(upstream.stream, status_code=upstream.status, headers=headers, media_type="text/event-stream")
+    if upstream.status >= 400:
+        raise UpstreamError(upstream.status, upstream.body)
+    return Response(upstream.body, status_code=upstream.status, headers=headers, media_type=JSON)
+
+
+def make_handlers(gateway: Gateway) -> list[Any]:
+    """The route handlers, closed over the gateway they serve."""
+
+    @post(["/v1/chat/completions", "/chat/completions"], status_code=200)
+    async def chat_completions(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
+        return await admit(gateway, request, "/chat/completions")
+
+    @post(["/v1/completions", "/completions"], status_code=200)
+    async def completions(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
+        return await admit(gateway, request, "/completions")
+
+    @post(["/v1/embeddings", "/embeddings"], status_code=200)
+    async def embeddings(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
+        return await admit(gateway, request, "/embeddings")
+
+    @post(["/v1/responses", "/responses"], status_code=200)
+    async def responses(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
+        return await admit(gateway, request, "/responses")
+
+    @get(["/v1/models", "/models"])
+    async def models(request: Request[Any, Any, Any]) -> Response[bytes]:
+        authenticate(gateway, request)
+        return Response(await gateway.list_models(), media_type=JSON)
+
+    @get(["/v1/models/{model_id:str}", "/models/{model_id:str}"])
+    async def model(request: Request[Any, Any, Any], model_id: FromPath[str]) -> Response[bytes]:
+        authenticate(gateway, request)
+        provider = gateway.upstreams.for_model(model_id)
+        upstream = await provider.get(f"/models/{model_id}")
+        if upstream.status >= 400:
+            raise UpstreamError(upstream.status, upstream.body)
+        return Response(upstream.body, media_type=JSON)
+
+    @get(["/v1/deferred/{call_id:str}"])
+    async def deferred(
+        request: Request[Any, Any, Any], call_id: FromPath[str], wait: FromQuery[float] = 0.0
+    ) -> Response[bytes] | Stream:
+        tenant = authenticate(gateway, request)
+        return await fetch_deferred(gateway, request, call_id, tenant, wait)
+
+    @get("/healthz")
+    async def healthz() -> Response[bytes]:
+        return Response(b'{"status":"ok"}', media_type=JSON)
+
+    @get("/readyz")
+    async def readyz() -> Response[bytes]:
+        checks = await gateway.readiness()
+        ok = all(checks.values())
+        body = msgspec.json.encode({"status": "ok" if ok else "unavailable", "checks": checks})
+        return Response(body, status_code=200 if ok else 503, media_type=JSON)
+
+    @get("/metrics")
+    async def metrics_endpoint() -> Response[bytes]:
+        body, content_type = await gateway.metrics_text()
+        return Response(body, media_type=content_type)
+
+    return [
+        chat_completions,
+        completions,
+        embeddings,
+        responses,
+        models,
+        model,
+        deferred,
+        healthz,
+        readyz,
+        metrics_endpoint,
+    ]

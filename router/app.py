@@ -1,0 +1,168 @@
+"""Wiring: `create_app(settings)` builds the gateway; its lifespan owns Redis, the upstream pools and the loops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import prometheus_client
+from litestar import Litestar
+from litestar.exceptions import HTTPException
+from redis.asyncio import BlockingConnectionPool, Redis
+
+from router import api, metrics
+from router.accounting import Accounting
+from router.accumulator import Accumulator, Waiters
+from router.batcher import Batcher
+from router.errors import ConfigError, RouterError
+from router.guard import Guard
+from router.lanes import DeferredLane, Upstreams
+from router.policy import PolicyStore
+from router.poller import Poller
+from router.pricing import load_pricing
+from router.providers.base import Provider
+from router.providers.openai import OpenAIProvider
+from router.settings import Settings
+
+log = logging.getLogger("router")
+_models_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def make_providers(settings: Settings, environ: Mapping[str, str]) -> dict[str, Provider]:
+    """One adapter per configured upstream, with its key read from the environment."""
+    providers: dict[str, Provider] = {}
+    for upstream in settings.upstreams:
+        key = environ.get(upstream.api_key_env) if upstream.api_key_env else None
+        providers[upstream.name] = OpenAIProvider(upstream, key or None)
+    return providers
+
+
+class Gateway:
+    """Everything the handlers need, opened and closed by the app's lifespan."""
+
+    def __init__(self, settings: Settings, providers: dict[str, Provider], *, loops: bool = True) -> None:
+        if not settings.redis_url:
+            raise ConfigError("redis_url", None, "the router needs a Redis URL (the CLI starts a bundled one)")
+        self.settings = settings
+        self.upstreams = Upstreams(settings.upstreams, providers)
+        self.policies = PolicyStore(Path(settings.policies_dir))
+        self.accounting = Accounting(load_pricing(Path(settings.pricing_file)))
+        # The pool connects lazily, on the serving loop; the lifespan closes it.
+        # A blocking pool: a burst of callers waits for a connection instead of failing with "too many connections".
+        pool = BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=settings.redis_max_connections, timeout=30
+        )
+        self.redis = Redis(connection_pool=pool)
+        b = settings.batch
+        acc = Accumulator(
+            self.redis, settings.key_prefix, result_ttl_s=b.result_ttl_s, idempotency_ttl_s=b.idempotency_ttl_s
+        )
+        self.waiters = Waiters(self.redis, acc.keys.done_channel)
+        self.deferred = DeferredLane(acc, self.waiters, settings)
+        self.batcher = Batcher(acc, providers, b)
+        self.poller = Poller(acc, providers, b, self.accounting)
+        self.guard = Guard(acc, providers, b, self.accounting)
+        self.loops = loops
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _: Litestar) -> AsyncIterator[None]:
+        """Start the background loops; on exit stop them (bounded wait, then cancel) and close every pool."""
+        self._stop = asyncio.Event()
+        self._tasks = [
+            asyncio.create_task(self._watch_policies(), name="policy-reload"),
+            asyncio.create_task(self.waiters.run(self._stop), name="waiters"),
+        ]
+        if self.loops:
+            self._tasks += [
+                asyncio.create_task(self.batcher.run(self._stop), name="batcher"),
+                asyncio.create_task(self.poller.run(self._stop), name="poller"),
+                asyncio.create_task(self.guard.run(self._stop), name="guard"),
+            ]
+        try:
+            yield
+        finally:
+            self._stop.set()
+            pending = (await asyncio.wait(self._tasks, timeout=5.0))[1]
+            for task in pending:
+                task.cancel(msg="shutdown: loop did not stop in time")
+            await asyncio.gather(*pending, return_exceptions=True)
+            await self.upstreams.aclose()
+            await self.redis.aclose(close_connection_pool=True)
+
+    async def _watch_policies(self) -> None:
+        while not self._stop.is_set():
+            for problem in self.policies.maybe_reload():
+                log.error("policy reload rejected, old rules stay in force: %s", problem)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=1.0)
+
+    async def list_models(self) -> bytes:
+        """Models of every upstream, filtered by the patterns that route to it."""
+        data: list[Any] = []
+        errors: list[RouterError] = []
+        for cfg in self.upstreams.configs:
+            provider = self.upstreams.providers[cfg.name]
+            try:
+                answer = await provider.get("/models")
+            except RouterError as exc:
+                errors.append(exc)
+                continue
+            if answer.status != 200:
+                continue
+            for item in _models_decoder.decode(answer.body).get("data", []):
+                model_id = item.get("id") if isinstance(item, dict) else None
+                if isinstance(model_id, str) and self.upstreams.for_model_or_none(model_id) is provider:
+                    data.append(item)
+        if not data and errors:
+            raise errors[0]
+        return msgspec.json.encode({"object": "list", "data": data})
+
+    async def readiness(self) -> dict[str, bool]:
+        """Redis and each upstream: reachable or not."""
+        checks: dict[str, bool] = {}
+        try:
+            checks["redis"] = bool(await self.redis.ping())
+        except Exception:
+            checks["redis"] = False
+        for name, provider in self.upstreams.providers.items():
+            checks[f"upstream:{name}"] = await provider.ping()
+        return checks
+
+    async def metrics_text(self) -> tuple[bytes, str]:
+        """The Prometheus exposition of this process; shared state (queues, batches) read from Redis now."""
+        try:
+            depth, inflight = await self.deferred.acc.counts()
+        except Exception:
+            log.warning("could not read queue depth from Redis for /metrics")
+        else:
+            for queue, count in depth.items():
+                metrics.queue_depth.labels(queue).set(count)
+            metrics.batches_inflight.set(inflight)
+        return prometheus_client.generate_latest(metrics.REGISTRY), prometheus_client.CONTENT_TYPE_LATEST
+
+
+def create_app(settings: Settings, environ: Mapping[str, str] | None = None, *, loops: bool = True) -> Litestar:
+    """The router as an ASGI app; `loops=False` leaves the batcher, poller and guard to the caller (tests)."""
+    gateway = Gateway(settings, make_providers(settings, environ or {}), loops=loops)
+    app = Litestar(
+        route_handlers=api.make_handlers(gateway),
+        exception_handlers={
+            RouterError: api.router_error_handler,
+            api.ClientDisconnected: api.disconnected_handler,
+            HTTPException: api.http_error_handler,
+            Exception: api.internal_error_handler,
+        },
+        lifespan=[gateway.lifespan],
+        request_max_body_size=settings.limits.max_body_bytes,
+        openapi_config=None,
+        logging_config=None,
+    )
+    app.state.gateway = gateway
+    return app

@@ -1,0 +1,141 @@
+"""The batcher: packs each queue's calls into provider batch jobs when a limit, max_wait or a deadline says so."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Mapping
+
+from router import metrics
+from router.accumulator import Accumulator, BatchRecord, QueueStats
+from router.errors import RouterError
+from router.providers.base import BatchLine, Provider
+from router.settings import BatchSettings
+
+log = logging.getLogger("router.batcher")
+MAX_SUBMIT_ATTEMPTS = 3
+
+
+class Batcher:
+    """Flushes queues into batches, and recovers batches whose builder died before recording them."""
+
+    def __init__(self, acc: Accumulator, providers: Mapping[str, Provider], settings: BatchSettings) -> None:
+        self.acc = acc
+        self.providers = providers
+        self.settings = settings
+        self.owner = "batcher-" + secrets.token_hex(6)
+
+    def tick(self) -> float:
+        """Seconds between passes: short enough to honour max_wait closely."""
+        return max(0.05, min(1.0, self.settings.max_wait_s / 4))
+
+    async def due(self, stats: QueueStats, now: float) -> bool:
+        """Whether a queue should be flushed now."""
+        s = self.settings
+        if stats.count == 0:
+            return False
+        if stats.count >= s.max_requests or stats.bytes >= s.max_bytes:
+            return True
+        if stats.oldest_arrival is not None and now - stats.oldest_arrival >= s.max_wait_s:
+            return True
+        if stats.earliest_deadline is None:
+            return False
+        turnaround = await self.acc.turnaround_estimate(stats.tag, s.turnaround_prior_s)
+        # Waiting one more pass would leave the earliest call less than a typical turnaround before its margin.
+        return stats.earliest_deadline - s.margin_s - turnaround <= now + self.tick()
+
+    async def run_once(self, *, force: bool = False) -> int:
+        """One pass over every queue; returns the number of batches submitted (tests call this)."""
+        submitted = 0
+        for tag in await self.acc.queue_tags():
+            stats = await self.acc.stats(tag)
+            if stats is not None and ((force and stats.count) or await self.due(stats, time.time())):
+                submitted += await self.flush(stats)
+            for record in await self.acc.due_batches(tag, time.time()):
+                if record.state == "building":
+                    submitted += await self.recover(record, stats)
+        return submitted
+
+    async def flush(self, stats: QueueStats) -> int:
+        """Claim and submit batches from one queue until what is left is not worth a batch yet."""
+        lease = self.acc.keys.flush_lease(stats.tag)
+        if not await self.acc.lease(lease, self.owner, self.settings.lease_s):
+            return 0
+        submitted = 0
+        try:
+            while True:
+                claimed = await self.acc.claim(
+                    stats.tag,
+                    max_requests=self.settings.max_requests,
+                    max_bytes=self.settings.max_bytes,
+                    owner=self.owner,
+                    lease_s=self.settings.lease_s,
+                )
+                if claimed is None:
+                    break
+                bid, ids = claimed
+                if await self.submit(stats, bid, ids):
+                    submitted += 1
+                left = await self.acc.stats(stats.tag)
+                if left is None or (left.count < self.settings.max_requests and left.bytes < self.settings.max_bytes):
+                    break
+        finally:
+            await self.acc.release(lease, self.owner)
+        return submitted
+
+    async def submit(self, stats: QueueStats, bid: str, ids: list[str]) -> bool:
+        """Upload one claimed batch and record the provider's id; on error leave it for recovery."""
+        provider = self.providers[stats.upstream]
+        lines = [BatchLine(custom_id=cid, body=body) for cid, body in await self.acc.bodies(ids)]
+        if not lines:
+            await self.acc.finish_batch(stats.tag, bid, "empty", None)
+            return False
+        try:
+            provider_id = await provider.submit_batch(bid, stats.endpoint, stats.model, lines)
+        except RouterError as exc:
+            # The upload or create may or may not have happened: recovery looks the batch up before resubmitting.
+            log.warning("submitting batch %s to %s failed, will recover: %s", bid, stats.upstream, exc)
+            return False
+        next_poll = time.time() + self.settings.poll_interval_s
+        if not await self.acc.mark_submitted(stats.tag, bid, self.owner, provider_id, next_poll):
+            log.warning("batch %s was taken over while submitting; %s left to its new owner", bid, provider_id)
+            return False
+        metrics.batches_submitted.labels(stats.upstream).inc()
+        metrics.batch_lines.labels(stats.upstream).inc(len(lines))
+        return True
+
+    async def recover(self, record: BatchRecord, stats: QueueStats | None) -> int:
+        """A `building` batch whose lease lapsed: find it at the provider, else submit it again."""
+        if stats is None or not await self.acc.take_over(record.tag, record.id, self.owner, self.settings.lease_s):
+            return 0
+        provider = self.providers[stats.upstream]
+        ids = await self.acc.batch_calls(record.tag, record.id)
+        try:
+            found = await provider.find_batch(record.id)
+        except RouterError as exc:
+            log.warning("looking up batch %s failed, will retry: %s", record.id, exc)
+            return 0
+        if found is not None:
+            await self.acc.mark_submitted(record.tag, record.id, self.owner, found, time.time())
+            return 0
+        attempts = await self.acc.count_submit_attempt(record.tag, record.id)
+        if attempts > MAX_SUBMIT_ATTEMPTS:
+            log.error("batch %s could not be submitted %d times; its calls go back to their queue", record.id, attempts)
+            for call_id in ids:
+                await self.acc.requeue(call_id, record.id)
+            await self.acc.finish_batch(record.tag, record.id, "unsubmitted", None)
+            return 0
+        return int(await self.submit(stats, record.id, ids))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Pace `run_once` until `stop`; errors are logged, never fatal."""
+        while not stop.is_set():
+            try:
+                await self.run_once()
+            except Exception:
+                log.exception("batcher pass failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.tick())

@@ -1,0 +1,166 @@
+"""The `hybrid-router` command: serve | simulate | demo | estimate | check-config."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from router.errors import ConfigError
+from router.settings import DEFAULT_CONFIG, Settings, load_settings
+
+
+def _config_path(arg: str | None) -> Path | None:
+    if arg:
+        return Path(arg)
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
+
+
+def _serve_overrides(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """CLI flags as a settings tree (they win over file and env)."""
+    over: dict[str, Any] = {}
+    if args.host is not None:
+        over["host"] = args.host
+    if args.port is not None:
+        over["port"] = args.port
+    if args.upstream_url:
+        upstreams = [msgspec.to_builtins(u) for u in settings.upstreams]
+        target = next((u for u in upstreams if u.get("kind", "openai") == "openai"), upstreams[0])
+        target["base_url"] = args.upstream_url
+        over["upstreams"] = upstreams
+    batch: dict[str, Any] = {}
+    if args.batch_max_wait is not None:
+        batch["max_wait_s"] = args.batch_max_wait
+    if args.poll_interval is not None:
+        batch["poll_interval_s"] = args.poll_interval
+    if batch:
+        over["batch"] = batch
+    return over
+
+
+def load(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Settings:
+    """Settings from the config file, the environment and `overrides`."""
+    return load_settings(_config_path(args.config), os.environ, overrides)
+
+
+@contextlib.contextmanager
+def redis_for(settings: Settings) -> Iterator[Settings]:
+    """The settings with a Redis URL: the configured one, else a bundled redis-server started for the duration."""
+    if settings.redis_url:
+        yield settings
+        return
+    from router.embedded import embedded_redis
+
+    with embedded_redis(Path(settings.data_dir)) as url:
+        yield msgspec.structs.replace(settings, redis_url=url)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the router until interrupted."""
+    import uvicorn
+
+    from router.app import create_app
+
+    base = load(args)
+    settings = load(args, _serve_overrides(args, base))
+    with redis_for(settings) as ready:
+        app = create_app(ready, os.environ)
+        print(f"hybrid-router listening on http://{ready.host}:{ready.port}/v1", file=sys.stderr)
+        uvicorn.run(app, host=ready.host, port=ready.port, log_level="warning", access_log=False, ws="none")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Run the built-in upstream simulator."""
+    import uvicorn
+
+    from router.simulator import SimConfig, create_simulator
+
+    config = SimConfig(
+        latency_ms=args.latency_ms,
+        error_rate=args.error_rate,
+        batch_turnaround_s=args.batch_turnaround,
+        stream_chunk_delay_ms=args.stream_chunk_delay_ms,
+    )
+    print(f"simulator listening on http://{args.host}:{args.port}/v1", file=sys.stderr)
+    uvicorn.run(create_simulator(config), host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate config, policies and pricing; print what is wrong, where."""
+    from router.policy import load_policies
+    from router.pricing import load_pricing
+
+    problems: list[str] = []
+    settings: Settings | None = None
+    try:
+        settings = load(args)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    if settings is not None:
+        for check, target in ((load_policies, settings.policies_dir), (load_pricing, settings.pricing_file)):
+            try:
+                check(Path(target))
+            except ConfigError as exc:
+                problems.append(str(exc))
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        return 1
+    assert settings is not None
+    names = ", ".join(f"{u.name} ({u.kind}, {u.base_url})" for u in settings.upstreams)
+    print(f"config OK: upstreams {names}; auth {settings.auth}; policies {settings.policies_dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    parser = argparse.ArgumentParser(prog="hybrid-router", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the router")
+    serve.add_argument("--config", help=f"config file (default: {DEFAULT_CONFIG} if present)")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8080)")
+    serve.add_argument(
+        "--upstream-url", help="base URL of the (first OpenAI-kind) upstream, e.g. http://127.0.0.1:9100/v1"
+    )
+    serve.add_argument("--batch-max-wait", type=float, help="seconds a deferred call may wait before its queue flushes")
+    serve.add_argument("--poll-interval", type=float, help="seconds between polls of in-flight batches")
+    serve.set_defaults(func=cmd_serve)
+
+    sim = sub.add_parser("simulate", help="run the built-in OpenAI/Anthropic upstream simulator")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=9100)
+    sim.add_argument("--latency-ms", type=float, default=0.0, help="added to every real-time answer")
+    sim.add_argument("--error-rate", type=float, default=0.0, help="fraction of real-time calls answered 429/500")
+    sim.add_argument("--batch-turnaround", type=float, default=2.0, help="seconds from batch creation to completed")
+    sim.add_argument("--stream-chunk-delay-ms", type=float, default=0.0, help="pause between streamed chunks")
+    sim.set_defaults(func=cmd_simulate)
+
+    check = sub.add_parser("check-config", help="validate config, policies and pricing")
+    check.add_argument("--config", help=f"config file (default: {DEFAULT_CONFIG} if present)")
+    check.set_defaults(func=cmd_check_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `hybrid-router` command."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code

@@ -1,0 +1,135 @@
+"""The router's error tree; only the HTTP layer turns these into OpenAI error JSON.
+
+RouterError                     500 server_error
+ ├── BadRequest                 400 invalid_request_error
+ │    └── InvalidDeadline       400 invalid_request_error, param X-Deadline
+ ├── AuthenticationFailed       401 invalid_request_error, code invalid_api_key
+ ├── PermissionDenied           403 permission_error
+ ├── NotFound                   404 invalid_request_error
+ ├── PayloadTooLarge            413 invalid_request_error
+ ├── RateLimited                429 rate_limit_error
+ ├── UpstreamError              the upstream's status and body, passed through
+ ├── UpstreamUnavailable        502 upstream_error
+ │    └── UpstreamTimeout       504 upstream_error
+ └── ServiceUnavailable         503 server_error (Redis down, shutting down)
+ConfigError                     not an HTTP error: a bad config, policy or pricing file
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class RouterError(Exception):
+    """Root of every error the router raises on purpose."""
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+        self.retry_after = retry_after
+
+
+class BadRequest(RouterError):
+    """The request cannot be served as sent."""
+
+    status = 400
+    type = "invalid_request_error"
+
+
+class InvalidDeadline(BadRequest):
+    """`X-Deadline` is malformed, in the past or beyond the allowed maximum."""
+
+    def __init__(self, message: str, *, code: str = "invalid_deadline") -> None:
+        super().__init__(message, param="X-Deadline", code=code)
+
+
+class AuthenticationFailed(RouterError):
+    """No or an unknown proxy key."""
+
+    status = 401
+    type = "invalid_request_error"
+
+    def __init__(self, message: str = "Incorrect API key provided.") -> None:
+        super().__init__(message, code="invalid_api_key")
+
+
+class PermissionDenied(RouterError):
+    """The key is known but may not do this."""
+
+    status = 403
+    type = "permission_error"
+
+
+class NotFound(RouterError):
+    """Unknown route, model or deferred call."""
+
+    status = 404
+    type = "invalid_request_error"
+
+
+class PayloadTooLarge(RouterError):
+    """The body exceeds the configured limit."""
+
+    status = 413
+    type = "invalid_request_error"
+
+
+class RateLimited(RouterError):
+    """The router itself refuses more work for now."""
+
+    status = 429
+    type = "rate_limit_error"
+
+
+class UpstreamError(RouterError):
+    """An upstream answered with an error; its status and body go to the caller unchanged in meaning."""
+
+    type = "upstream_error"
+
+    def __init__(self, status: int, body: bytes, *, retry_after: float | None = None) -> None:
+        super().__init__(f"upstream answered {status}", retry_after=retry_after)
+        self.upstream_status = status
+        self.body = body
+
+
+class UpstreamUnavailable(RouterError):
+    """The upstream could not be reached, or kept failing after the allowed retries."""
+
+    status = 502
+    type = "upstream_error"
+
+
+class UpstreamTimeout(UpstreamUnavailable):
+    """The upstream did not answer in time."""
+
+    status = 504
+
+
+class ServiceUnavailable(RouterError):
+    """The router cannot take the call right now (its store is down, or it is stopping)."""
+
+    status = 503
+    type = "server_error"
+
+
+class ConfigError(Exception):
+    """A config, policy or pricing file is wrong; says where and what was expected."""
+
+    def __init__(self, file: str, field: str | None, problem: str) -> None:
+        where = f"{file}: {field}" if field else file
+        super().__init__(f"{where}: {problem}")
+        self.file = file
+        self.field = field
+        self.problem = problem

@@ -1,0 +1,109 @@
+"""Every Redis key name of the router, in one place.
+
+A queue is one (upstream, endpoint, model); its tag `{q}` is a Redis Cluster hash tag, so every key of one
+queue (its calls, results and batches) lives in one slot and each atomic step (one Lua script) stays inside it.
+A call id starts with its queue's tag, so every key of a call derives from the id alone.
+
+Owners and lifetimes:
+- `P:queues` (set of queue tags): added at admission, never pruned (bounded by routable models).
+- `P:{q}:queue` (hash: upstream, endpoint, model): written at admission, refreshed with the queue.
+- `P:{q}:call:<id>` (hash): created at admission; gets the result TTL when the call ends.
+- `P:{q}:result:<id>` (hash: status, body, lane, costs): result TTL.
+- `P:{q}:pending` / `P:{q}:arrivals` (zsets of queued call ids by deadline / by arrival) and `P:{q}:bytes`:
+  the batcher's view of what waits; entries leave on claim, escalation or expiry.
+- `P:{q}:inflight` (zset of submitted call ids by deadline): the guard's view; entries leave with a result.
+- `P:{q}:escalating` (zset of call ids by lease expiry): calls being answered in real time.
+- `P:{q}:batches` (zset of batch ids by next action time) and `P:{q}:batch:<bid>` (hash) +
+  `P:{q}:batch:<bid>:calls` (list): a batch's record; both get the result TTL once ingested.
+- `P:{q}:turnaround` (list, capped): recent batch turnarounds in seconds.
+- `P:{q}:totals:<tenant>:<day>` (hash): per-tenant, per-day cost totals, kept 400 days.
+- `P:idem:<tenant>:<sha256(key)>`: Idempotency-Key → call id, idempotency TTL.
+- `P:{q}:lease:flush`, `P:{q}:lease:batch:<bid>`: short leases (SET NX PX) so one replica works a thing.
+- Pub/sub channel `P:done`: ids of calls that just got a result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+TAG_LEN = 10
+TOTALS_TTL_S = 400 * 24 * 3600
+TURNAROUND_SAMPLES = 100
+
+
+def queue_tag(upstream: str, endpoint: str, model: str) -> str:
+    """The short, stable tag of one queue."""
+    return hashlib.sha256(f"{upstream}|{endpoint}|{model}".encode()).hexdigest()[:TAG_LEN]
+
+
+def tag_of(call_id: str) -> str:
+    """The queue tag embedded in a call id."""
+    return call_id[:TAG_LEN]
+
+
+class Keys:
+    """Key names under one prefix (one router deployment, or one test)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.queues = f"{prefix}:queues"
+        self.done_channel = f"{prefix}:done"
+
+    def q(self, tag: str) -> str:
+        """The common start of every key of queue `tag`."""
+        return f"{self.prefix}:{{{tag}}}"
+
+    def queue(self, tag: str) -> str:
+        return f"{self.q(tag)}:queue"
+
+    def call_prefix(self, tag: str) -> str:
+        return f"{self.q(tag)}:call:"
+
+    def call(self, call_id: str) -> str:
+        return self.call_prefix(tag_of(call_id)) + call_id
+
+    def result_prefix(self, tag: str) -> str:
+        return f"{self.q(tag)}:result:"
+
+    def result(self, call_id: str) -> str:
+        return self.result_prefix(tag_of(call_id)) + call_id
+
+    def pending(self, tag: str) -> str:
+        return f"{self.q(tag)}:pending"
+
+    def arrivals(self, tag: str) -> str:
+        return f"{self.q(tag)}:arrivals"
+
+    def bytes(self, tag: str) -> str:
+        return f"{self.q(tag)}:bytes"
+
+    def inflight(self, tag: str) -> str:
+        return f"{self.q(tag)}:inflight"
+
+    def escalating(self, tag: str) -> str:
+        return f"{self.q(tag)}:escalating"
+
+    def batches(self, tag: str) -> str:
+        return f"{self.q(tag)}:batches"
+
+    def batch(self, tag: str, bid: str) -> str:
+        return f"{self.q(tag)}:batch:{bid}"
+
+    def batch_calls(self, tag: str, bid: str) -> str:
+        return f"{self.q(tag)}:batch:{bid}:calls"
+
+    def turnaround(self, tag: str) -> str:
+        return f"{self.q(tag)}:turnaround"
+
+    def totals_prefix(self, tag: str) -> str:
+        return f"{self.q(tag)}:totals:"
+
+    def idempotency(self, tenant: str, key: str) -> str:
+        digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+        return f"{self.prefix}:idem:{tenant}:{digest}"
+
+    def flush_lease(self, tag: str) -> str:
+        return f"{self.q(tag)}:lease:flush"
+
+    def batch_lease(self, tag: str, bid: str) -> str:
+        return f"{self.q(tag)}:lease:batch:{bid}"

@@ -1,0 +1,161 @@
+"""The lanes: pick the upstream for a model, forward real-time calls, hand deferred ones to the accumulator."""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from router import metrics
+from router.accumulator import Accumulator, CallMeta, Result, Waiters
+from router.errors import NotFound
+from router.keys import queue_tag
+from router.providers.base import Provider, UpstreamResponse
+from router.schema import RequestView
+from router.settings import Settings, Upstream
+
+ENDPOINTS = ("/chat/completions", "/completions", "/embeddings", "/responses")
+
+
+class Upstreams:
+    """The configured upstreams in order; a model goes to the first whose patterns match it."""
+
+    def __init__(self, configs: Sequence[Upstream], providers: dict[str, Provider]) -> None:
+        self.configs = list(configs)
+        self.providers = providers
+        self._patterns = [
+            (re.compile("|".join(fnmatch.translate(p) for p in cfg.models)), providers[cfg.name]) for cfg in configs
+        ]
+        self._cache: dict[str, Provider] = {}
+
+    def for_model_or_none(self, model: str) -> Provider | None:
+        """The provider serving `model`, if any."""
+        provider = self._cache.get(model)
+        if provider is not None:
+            return provider
+        for pattern, candidate in self._patterns:
+            if pattern.match(model):
+                if len(self._cache) < 4096:  # model names come from callers: bound the memo
+                    self._cache[model] = candidate
+                return candidate
+        return None
+
+    def for_model(self, model: str) -> Provider:
+        """The provider serving `model`, or a 404 naming the model."""
+        provider = self.for_model_or_none(model)
+        if provider is not None:
+            return provider
+        raise NotFound(
+            f"The model `{model}` does not exist or you do not have access to it.",
+            param="model",
+            code="model_not_found",
+        )
+
+    def config(self, name: str) -> Upstream:
+        """The settings of one upstream."""
+        return next(cfg for cfg in self.configs if cfg.name == name)
+
+    async def aclose(self) -> None:
+        """Close every provider's pool."""
+        for provider in self.providers.values():
+            await provider.aclose()
+
+
+async def forward_realtime(provider: Provider, endpoint: str, body: bytes, *, stream: bool) -> UpstreamResponse:
+    """Send one call upstream now, timing the upstream's part of it."""
+    started = time.perf_counter()
+    try:
+        response = await provider.forward(endpoint, body, stream=stream)
+    finally:
+        elapsed = time.perf_counter() - started
+        metrics.upstream_latency.labels(provider.name).observe(elapsed)
+    response.elapsed = elapsed
+    return response
+
+
+_body_decoder = msgspec.json.Decoder(dict[str, Any])
+_body_encoder = msgspec.json.Encoder()
+REPLAYABLE = frozenset({"/chat/completions", "/completions"})
+
+
+def batch_body(body: bytes, view: RequestView) -> bytes:
+    """The body as a batch line may carry it: without `stream`/`stream_options` (batch APIs refuse them)."""
+    if view.stream is None and view.stream_options is None:
+        return body
+    obj = _body_decoder.decode(body)
+    obj.pop("stream", None)
+    obj.pop("stream_options", None)
+    return _body_encoder.encode(obj)
+
+
+class DeferredLane:
+    """Admission to the batch lane and waiting for a deferred call's result."""
+
+    def __init__(self, acc: Accumulator, waiters: Waiters, settings: Settings) -> None:
+        self.acc = acc
+        self.waiters = waiters
+        self.settings = settings
+
+    def eligible(self, upstream: Upstream, endpoint: str, view: RequestView) -> bool:
+        """Whether this kind of call can go to a batch at all."""
+        if not upstream.batch or endpoint not in ENDPOINTS:
+            return False
+        # A deferred stream is replayed as SSE; that exists for chat and completions only.
+        return not view.stream or endpoint in REPLAYABLE
+
+    async def fits(self, upstream: str, endpoint: str, model: str, deadline: float, now: float) -> bool:
+        """Whether a batch can be expected back before `deadline` minus the guard's margin."""
+        s = self.settings.batch
+        turnaround = await self.acc.turnaround_estimate(queue_tag(upstream, endpoint, model), s.turnaround_prior_s)
+        return deadline - now >= s.margin_s + turnaround
+
+    async def admit(
+        self,
+        *,
+        endpoint: str,
+        body: bytes,
+        view: RequestView,
+        upstream: str,
+        tenant: str,
+        deadline: float,
+        rule: str | None,
+        idempotency_key: str | None,
+    ) -> tuple[str, bool]:
+        """Queue the call; (call id, whether it is new)."""
+        meta = CallMeta(
+            tenant=tenant,
+            upstream=upstream,
+            endpoint=endpoint,
+            model=view.model or "",
+            deadline=deadline,
+            received_at=time.time(),
+            stream=bool(view.stream),
+            include_usage=bool(view.stream_options and view.stream_options.include_usage),
+            rule=rule,
+        )
+        call_id, created = await self.acc.admit(meta, batch_body(body, view), idempotency_key)
+        if created:
+            metrics.admitted.labels(upstream, meta.model, tenant).inc()
+        return call_id, created
+
+    async def wait(self, call_id: str, seconds: float) -> Result | None:
+        """The call's result, waiting up to `seconds` for it (pub/sub wake-up, re-checked every 5 s)."""
+        until = time.monotonic() + seconds
+        with self.waiters.waiting(call_id) as woken:
+            while True:
+                result = await self.acc.get_result(call_id)
+                left = until - time.monotonic()
+                if result is not None or left <= 0:
+                    return result
+                if woken.done():  # woken, yet nothing stored: a wake-up for a result that has since expired
+                    await asyncio.sleep(min(left, 0.25))
+                    continue
+                try:
+                    await asyncio.wait_for(asyncio.shield(woken), timeout=min(left, 5.0))
+                except TimeoutError:
+                    continue

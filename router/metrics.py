@@ -1,0 +1,140 @@
+"""Every Prometheus metric, declared once; labels come from closed sets, never ids."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+NS = "hybrid_router"
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+OVERHEAD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+TURNAROUND_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400)
+
+requests = Counter(
+    "requests",
+    "Calls the router finished, by lane and outcome.",
+    ["lane", "upstream", "model", "tenant", "outcome"],
+    namespace=NS,
+    registry=REGISTRY,
+)
+tokens = Counter(
+    "tokens",
+    "Tokens of finished calls; kind is input, cached_input or output.",
+    ["lane", "model", "kind"],
+    namespace=NS,
+    registry=REGISTRY,
+)
+cost = Counter(
+    "cost_usd",
+    "What finished calls cost at the rate actually paid (USD).",
+    ["lane", "model", "tenant"],
+    namespace=NS,
+    registry=REGISTRY,
+)
+baseline_cost = Counter(
+    "baseline_cost_usd",
+    "What finished calls would have cost at the real-time rate (USD).",
+    ["lane", "model", "tenant"],
+    namespace=NS,
+    registry=REGISTRY,
+)
+savings = Counter(
+    "savings_usd",
+    "Baseline minus actual cost of finished calls (USD).",
+    ["lane", "model", "tenant"],
+    namespace=NS,
+    registry=REGISTRY,
+)
+unpriced = Counter(
+    "unpriced_calls",
+    "Finished calls whose model has no price in the pricing table.",
+    ["lane", "model"],
+    namespace=NS,
+    registry=REGISTRY,
+)
+upstream_latency = Histogram(
+    "upstream_latency_seconds",
+    "Time from sending a real-time call upstream to its response headers.",
+    ["upstream"],
+    namespace=NS,
+    registry=REGISTRY,
+    buckets=LATENCY_BUCKETS,
+)
+proxy_overhead = Histogram(
+    "proxy_overhead_seconds",
+    "Time the router adds to a real-time call (total handling time minus upstream time).",
+    namespace=NS,
+    registry=REGISTRY,
+    buckets=OVERHEAD_BUCKETS,
+)
+admitted = Counter(
+    "deferred_admitted",
+    "Calls admitted to the deferred lane.",
+    ["upstream", "model", "tenant"],
+    namespace=NS,
+    registry=REGISTRY,
+)
+batches_submitted = Counter(
+    "batches_submitted",
+    "Provider batches created.",
+    ["upstream"],
+    namespace=NS,
+    registry=REGISTRY,
+)
+batch_lines = Counter(
+    "batch_lines_submitted",
+    "Calls sent inside provider batches.",
+    ["upstream"],
+    namespace=NS,
+    registry=REGISTRY,
+)
+batches_finished = Counter(
+    "batches_finished",
+    "Provider batches that ended, by their final provider status.",
+    ["upstream", "status"],
+    namespace=NS,
+    registry=REGISTRY,
+)
+batch_turnaround = Histogram(
+    "batch_turnaround_seconds",
+    "Time from creating a provider batch to ingesting its results.",
+    ["upstream"],
+    namespace=NS,
+    registry=REGISTRY,
+    buckets=TURNAROUND_BUCKETS,
+)
+escalations = Counter(
+    "deadline_escalations",
+    "Deferred calls sent to the real-time lane to keep their deadline.",
+    ["reason"],
+    namespace=NS,
+    registry=REGISTRY,
+)
+deadline_misses = Counter(
+    "deadline_misses",
+    "Calls answered after their deadline.",
+    namespace=NS,
+    registry=REGISTRY,
+)
+late_results = Counter(
+    "late_batch_results",
+    "Batch results that arrived for calls already answered another way (dropped, billed by the provider).",
+    namespace=NS,
+    registry=REGISTRY,
+)
+queue_depth = Gauge(
+    "queue_depth",
+    "Calls waiting to be packed into a batch (read from Redis at scrape; the same on every replica).",
+    ["queue"],
+    namespace=NS,
+    registry=REGISTRY,
+    multiprocess_mode="max",
+)
+batches_inflight = Gauge(
+    "batches_inflight",
+    "Provider batches submitted and not yet ingested (read from Redis at scrape).",
+    namespace=NS,
+    registry=REGISTRY,
+    multiprocess_mode="max",
+)

@@ -1,0 +1,145 @@
+"""The poller: polls in-flight batches with backoff, ingests their results, and gives unanswered calls another way."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+import time
+from collections.abc import Mapping
+
+from router import metrics
+from router.accounting import Accounting, Priced
+from router.accumulator import Accumulator, BatchRecord
+from router.keys import tag_of
+from router.providers.base import BatchStatus, Provider
+from router.settings import BatchSettings
+
+log = logging.getLogger("router.poller")
+MAX_POLL_INTERVAL_S = 600.0
+MAX_REQUEUES = 1
+
+
+class Poller:
+    """Watches submitted batches until they end, then stores every call's result exactly once."""
+
+    def __init__(
+        self,
+        acc: Accumulator,
+        providers: Mapping[str, Provider],
+        settings: BatchSettings,
+        accounting: Accounting,
+    ) -> None:
+        self.acc = acc
+        self.providers = providers
+        self.settings = settings
+        self.accounting = accounting
+        self.owner = "poller-" + secrets.token_hex(6)
+
+    def next_poll(self, polls: int) -> float:
+        """Backoff with jitter: the configured interval, growing by half per poll, capped."""
+        base = min(MAX_POLL_INTERVAL_S, self.settings.poll_interval_s * 1.5 ** min(polls, 20))
+        return time.time() + base * (0.8 + 0.4 * random.random())
+
+    async def run_once(self) -> int:
+        """Poll every due batch once; returns how many batches were ingested (tests call this)."""
+        ingested = 0
+        for tag in await self.acc.queue_tags():
+            stats = await self.acc.stats(tag)
+            if stats is None:
+                continue
+            for record in await self.acc.due_batches(tag, time.time()):
+                if record.state != "submitted":
+                    continue
+                lease = self.acc.keys.batch_lease(tag, record.id)
+                if not await self.acc.lease(lease, self.owner, self.settings.lease_s):
+                    continue
+                try:
+                    ingested += await self.check(record, stats.upstream, stats.model)
+                except Exception as exc:
+                    log.warning("polling batch %s failed, will retry: %s", record.id, exc)
+                    await self.acc.reschedule(tag, record.id, self.next_poll(record.polls))
+                finally:
+                    await self.acc.release(lease, self.owner)
+        return ingested
+
+    async def check(self, record: BatchRecord, upstream: str, model: str) -> int:
+        """Poll one batch; ingest it if it ended."""
+        provider = self.providers[upstream]
+        status = await provider.poll(record.provider_id)
+        if status.state == "running":
+            await self.acc.reschedule(record.tag, record.id, self.next_poll(record.polls))
+            return 0
+        await self.ingest(record, provider, status, model)
+        return 1
+
+    async def ingest(self, record: BatchRecord, provider: Provider, status: BatchStatus, model: str) -> None:
+        """Store each line's result, then re-queue or escalate the calls that got none."""
+        answered: set[str] = set()
+        if status.state == "ended":
+            async for line in provider.results(status):
+                if line.status == 0:
+                    continue
+                call = await self.acc.get_call(line.custom_id)
+                if call is None:
+                    continue
+                priced = self.accounting.price(model, "batch", line.body) if line.billed else Priced(None, None)
+                stored = await self.acc.store_result(
+                    line.custom_id,
+                    call.meta,
+                    from_batch=record.id,
+                    status=line.status,
+                    body=line.body,
+                    lane="batch",
+                    cost=priced.as_tuple(),
+                )
+                answered.add(line.custom_id)
+                if stored == 1:
+                    outcome = "ok" if line.status == 200 else "error"
+                    self.accounting.book(
+                        priced,
+                        lane="batch",
+                        upstream=provider.name,
+                        model=model,
+                        tenant=call.meta.tenant,
+                        outcome=outcome,
+                    )
+                    if time.time() > call.meta.deadline:
+                        metrics.deadline_misses.inc()
+                elif stored == 0 and line.billed:
+                    metrics.late_results.inc()
+        else:
+            log.warning("batch %s ended %s: %s", record.id, status.provider_status, status.message or "")
+        for call_id in await self.acc.batch_calls(record.tag, record.id):
+            if call_id not in answered:
+                await self.retry(call_id, record.id)
+        turnaround = time.time() - record.submitted_at if record.submitted_at else None
+        await self.acc.finish_batch(record.tag, record.id, status.provider_status, turnaround)
+        metrics.batches_finished.labels(provider.name, status.provider_status).inc()
+        if turnaround is not None:
+            metrics.batch_turnaround.labels(provider.name).observe(turnaround)
+
+    async def retry(self, call_id: str, bid: str) -> None:
+        """A call its batch did not answer: back to its queue if its deadline allows, else to the guard now."""
+        call = await self.acc.get_call(call_id)
+        if call is None or call.state != "submitted" or call.batch != bid:
+            return
+        turnaround = await self.acc.turnaround_estimate(tag_of(call_id), self.settings.turnaround_prior_s)
+        room = call.meta.deadline - time.time() - self.settings.margin_s
+        if call.attempts < MAX_REQUEUES and room > turnaround:
+            await self.acc.requeue(call_id, bid)
+        else:
+            await self.acc.expedite(call_id)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Pace `run_once` until `stop`; errors are logged, never fatal."""
+        tick = max(0.05, min(1.0, self.settings.poll_interval_s / 2))
+        while not stop.is_set():
+            try:
+                await self.run_once()
+            except Exception:
+                log.exception("poller pass failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=tick)

@@ -1,0 +1,90 @@
+"""The one seam between the router and a provider: what every adapter offers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Literal, Protocol
+
+import msgspec
+
+BatchState = Literal["running", "ended", "failed", "missing"]
+
+
+class UpstreamResponse(msgspec.Struct, kw_only=True):
+    """An upstream answer: a full body, or a byte stream the caller must drain or close."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+    stream: AsyncIterator[bytes] | None = None
+    close: Callable[[], Awaitable[None]] | None = None
+    elapsed: float = 0.0
+
+
+class BatchLine(msgspec.Struct, kw_only=True):
+    """One call of a batch, in the provider-neutral form the batcher hands over."""
+
+    custom_id: str
+    body: bytes
+
+
+class BatchStatus(msgspec.Struct, kw_only=True):
+    """Where a provider batch stands, in the router's words."""
+
+    state: BatchState
+    provider_status: str
+    output_ref: str | None = None
+    error_ref: str | None = None
+    message: str | None = None
+
+
+class LineResult(msgspec.Struct, kw_only=True):
+    """The outcome of one line: an HTTP status and body; status 0 means the provider never ran it."""
+
+    custom_id: str
+    status: int
+    body: bytes
+    billed: bool
+
+
+class Provider(Protocol):
+    """An upstream adapter; adding a provider touches `providers/` and config only."""
+
+    name: str
+    kind: str
+
+    async def forward(self, endpoint: str, body: bytes, *, stream: bool) -> UpstreamResponse:
+        """Send one real-time call, retrying only what is safe; raise UpstreamUnavailable/Timeout."""
+        ...
+
+    async def get(self, path: str) -> UpstreamResponse:
+        """A GET on the upstream API (e.g. `/models`)."""
+        ...
+
+    async def ping(self) -> bool:
+        """Whether the upstream answers at all."""
+        ...
+
+    async def submit_batch(self, batch_id: str, endpoint: str, model: str, lines: Sequence[BatchLine]) -> str:
+        """Create a provider batch from `lines` with our `batch_id` in its metadata; return the provider's id."""
+        ...
+
+    async def find_batch(self, batch_id: str) -> str | None:
+        """The provider id of the batch we created with `batch_id`, if it exists (crash recovery)."""
+        ...
+
+    async def poll(self, provider_batch_id: str) -> BatchStatus:
+        """The batch's current state."""
+        ...
+
+    def results(self, status: BatchStatus) -> AsyncIterator[LineResult]:
+        """Stream every line's outcome of a finished batch (output and error files)."""
+        ...
+
+    async def cancel(self, provider_batch_id: str) -> None:
+        """Ask the provider to cancel a batch."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        ...

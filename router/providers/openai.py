@@ -1,0 +1,313 @@
+"""OpenAI and OpenAI-compatible upstreams: real-time forwarding, Files and the Batch API."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, TypeVar
+
+import httpx
+import msgspec
+
+from router.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from router.providers.base import BatchLine, BatchStatus, LineResult, UpstreamResponse
+from router.providers.transport import is_timeout, make_client, never_sent
+from router.schema import error_body
+from router.settings import Upstream
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_RETRY_AFTER_S = 20.0
+PASS_HEADERS = ("content-type", "x-request-id", "openai-processing-ms", "openai-version", "retry-after")
+METADATA_KEY = "hybrid_router_batch"
+_SPOOL_BYTES = 8 * 1024 * 1024
+_FIND_PAGES = 10
+
+_RUNNING = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
+_ENDED = frozenset({"completed", "expired", "cancelled"})
+
+
+class _InputLine(msgspec.Struct):
+    custom_id: str
+    method: str
+    url: str
+    body: msgspec.Raw
+
+
+class _LineResponse(msgspec.Struct):
+    status_code: int
+    body: msgspec.Raw
+
+
+class _LineError(msgspec.Struct):
+    code: str | None = None
+    message: str | None = None
+
+
+class _OutputLine(msgspec.Struct):
+    custom_id: str
+    response: _LineResponse | None = None
+    error: _LineError | None = None
+
+
+class _BatchObject(msgspec.Struct):
+    id: str
+    status: str
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    metadata: dict[str, str] | None = None
+    errors: dict[str, Any] | None = None
+
+
+class _BatchList(msgspec.Struct):
+    data: list[_BatchObject]
+    has_more: bool = False
+    last_id: str | None = None
+
+
+class _FileObject(msgspec.Struct):
+    id: str
+
+
+T = TypeVar("T")
+_encoder = msgspec.json.Encoder()
+_output_decoder = msgspec.json.Decoder(_OutputLine)
+_batch_decoder = msgspec.json.Decoder(_BatchObject)
+_batch_list_decoder = msgspec.json.Decoder(_BatchList)
+_file_decoder = msgspec.json.Decoder(_FileObject)
+
+# Lines the provider never ran: they get another chance (re-queue or real time), never an error.
+NO_RESULT_CODES = frozenset({"batch_expired", "batch_cancelled", "request_timeout"})
+
+
+def _decode(decoder: msgspec.json.Decoder[T], raw: bytes | str, upstream: str) -> T:
+    try:
+        return decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise UpstreamUnavailable(f"The upstream '{upstream}' sent an answer that could not be read: {exc}") from exc
+
+
+def retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds from a `Retry-After` (or OpenAI's `retry-after-ms`) header, if present and numeric."""
+    if ms := headers.get("retry-after-ms"):
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    if value := headers.get("retry-after"):
+        try:
+            seconds: float = max(0.0, float(value))
+            return seconds
+        except ValueError:
+            return None
+    return None
+
+
+def _backoff(attempt: int) -> float:
+    return min(8.0, 0.25 * 2.0**attempt) * (0.5 + random.random() / 2)
+
+
+def pass_headers(response: httpx.Response) -> list[tuple[str, str]]:
+    """The upstream headers worth handing to the caller."""
+    return [(name, value) for name in PASS_HEADERS if (value := response.headers.get(name)) is not None]
+
+
+class OpenAIProvider:
+    """An upstream speaking the OpenAI API."""
+
+    kind = "openai"
+
+    def __init__(self, upstream: Upstream, api_key: str | None, client: httpx.AsyncClient | None = None) -> None:
+        self.name = upstream.name
+        self.upstream = upstream
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = client or make_client(upstream, headers)
+
+    async def forward(self, endpoint: str, body: bytes, *, stream: bool) -> UpstreamResponse:
+        """POST `body` to `endpoint`; retry connect failures and 429/5xx before any byte went back."""
+        attempt = 0
+        while True:
+            request = self.client.build_request(
+                "POST", endpoint, content=body, headers={"content-type": "application/json"}
+            )
+            try:
+                response = await self.client.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                if never_sent(exc) and attempt < self.upstream.max_retries:
+                    await asyncio.sleep(_backoff(attempt))
+                    attempt += 1
+                    continue
+                raise self._translate(exc) from exc
+            if response.status_code in RETRY_STATUSES and attempt < self.upstream.max_retries:
+                wait = retry_after(response.headers)
+                if wait is None or wait <= MAX_RETRY_AFTER_S:
+                    await response.aclose()
+                    await asyncio.sleep(_backoff(attempt) if wait is None else wait)
+                    attempt += 1
+                    continue
+            return await self._wrap(response, stream=stream and response.status_code == 200)
+
+    async def _wrap(self, response: httpx.Response, *, stream: bool) -> UpstreamResponse:
+        headers = pass_headers(response)
+        if stream:
+            return UpstreamResponse(
+                status=response.status_code,
+                headers=headers,
+                stream=self._relay(response),
+                close=response.aclose,
+            )
+        try:
+            content = await response.aread()
+        except httpx.HTTPError as exc:
+            raise self._translate(exc) from exc
+        finally:
+            await response.aclose()
+        return UpstreamResponse(status=response.status_code, headers=headers, body=content)
+
+    async def _relay(self, response: httpx.Response) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in response.aiter_raw():
+                yield chunk
+        except httpx.HTTPError as exc:
+            raise self._translate(exc) from exc
+        finally:
+            await response.aclose()
+
+    def _translate(self, exc: httpx.HTTPError) -> UpstreamUnavailable:
+        if is_timeout(exc):
+            return UpstreamTimeout(f"The upstream '{self.name}' did not answer in time.", code="upstream_timeout")
+        return UpstreamUnavailable(f"The upstream '{self.name}' could not be reached.", code="upstream_unavailable")
+
+    async def get(self, path: str) -> UpstreamResponse:
+        """A GET with the same error translation as `forward`."""
+        try:
+            response = await self.client.get(path)
+        except httpx.HTTPError as exc:
+            raise self._translate(exc) from exc
+        return UpstreamResponse(status=response.status_code, headers=pass_headers(response), body=response.content)
+
+    async def ping(self) -> bool:
+        """Any HTTP answer from `/models` means the upstream is there."""
+        try:
+            await self.client.get("/models", timeout=5.0)
+        except httpx.HTTPError:
+            return False
+        return True
+
+    async def _json(self, method: str, path: str, **kwargs: object) -> bytes:
+        try:
+            response = await self.client.request(method, path, **kwargs)  # type: ignore[arg-type]
+        except httpx.HTTPError as exc:
+            raise self._translate(exc) from exc
+        if response.status_code >= 400:
+            raise UpstreamError(response.status_code, response.content, retry_after=retry_after(response.headers))
+        return response.content
+
+    async def submit_batch(self, batch_id: str, endpoint: str, model: str, lines: Sequence[BatchLine]) -> str:
+        """Spool the JSONL (bounded memory), upload it with purpose=batch, create the batch."""
+        url = "/v1" + endpoint  # batch lines name the API path, not our base URL's
+        with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as spool:
+            for line in lines:
+                spool.write(_encoder.encode(_InputLine(line.custom_id, "POST", url, msgspec.Raw(line.body))))
+                spool.write(b"\n")
+            spool.seek(0)
+            uploaded = await self._json(
+                "POST",
+                "/files",
+                files={"file": (f"{batch_id}.jsonl", spool, "application/jsonl")},
+                data={"purpose": "batch"},
+            )
+        file_id = _decode(_file_decoder, uploaded, self.name).id
+        created = await self._json(
+            "POST",
+            "/batches",
+            json={
+                "input_file_id": file_id,
+                "endpoint": url,
+                "completion_window": "24h",
+                "metadata": {METADATA_KEY: batch_id, "model": model},
+            },
+        )
+        return _decode(_batch_decoder, created, self.name).id
+
+    async def find_batch(self, batch_id: str) -> str | None:
+        """Look through recent batches for the one whose metadata names `batch_id`."""
+        after: str | None = None
+        for _ in range(_FIND_PAGES):
+            params = {"limit": "100"} | ({"after": after} if after else {})
+            page = _decode(_batch_list_decoder, await self._json("GET", "/batches", params=params), self.name)
+            for batch in page.data:
+                if (batch.metadata or {}).get(METADATA_KEY) == batch_id:
+                    return batch.id
+            if not page.has_more or not page.data:
+                return None
+            after = page.data[-1].id
+        return None
+
+    async def poll(self, provider_batch_id: str) -> BatchStatus:
+        """Map the Batch object's status onto running / ended / failed / missing."""
+        try:
+            raw = await self._json("GET", f"/batches/{provider_batch_id}")
+        except UpstreamError as exc:
+            if exc.upstream_status == 404:
+                return BatchStatus(state="missing", provider_status="not_found")
+            raise
+        batch = _decode(_batch_decoder, raw, self.name)
+        if batch.status in _RUNNING:
+            state: str = "running"
+        elif batch.status in _ENDED:
+            state = "ended"
+        else:
+            state = "failed"
+        return BatchStatus(
+            state=state,  # type: ignore[arg-type]
+            provider_status=batch.status,
+            output_ref=batch.output_file_id,
+            error_ref=batch.error_file_id,
+            message=_errors_text(batch.errors),
+        )
+
+    async def results(self, status: BatchStatus) -> AsyncIterator[LineResult]:
+        """Stream the output file, then the error file, line by line."""
+        for file_id in (status.output_ref, status.error_ref):
+            if not file_id:
+                continue
+            try:
+                async with self.client.stream("GET", f"/files/{file_id}/content") as response:
+                    if response.status_code >= 400:
+                        raise UpstreamError(response.status_code, await response.aread())
+                    async for text in response.aiter_lines():
+                        if text.strip():
+                            yield _line_result(_decode(_output_decoder, text, self.name))
+            except httpx.HTTPError as exc:
+                raise self._translate(exc) from exc
+
+    async def cancel(self, provider_batch_id: str) -> None:
+        """Ask for cancellation; finished lines still arrive in the output file."""
+        await self._json("POST", f"/batches/{provider_batch_id}/cancel")
+
+    async def aclose(self) -> None:
+        """Close the pool."""
+        await self.client.aclose()
+
+
+def _errors_text(errors: dict[str, Any] | None) -> str | None:
+    data = (errors or {}).get("data") or []
+    return "; ".join(str(e.get("message") or e.get("code")) for e in data if isinstance(e, dict)) or None
+
+
+def _line_result(line: _OutputLine) -> LineResult:
+    if line.response is not None:
+        status = line.response.status_code
+        return LineResult(custom_id=line.custom_id, status=status, body=bytes(line.response.body), billed=status == 200)
+    code = line.error.code if line.error else None
+    if code in NO_RESULT_CODES:
+        return LineResult(custom_id=line.custom_id, status=0, body=b"", billed=False)
+    message = (line.error.message if line.error else None) or "The batch line failed without a message."
+    return LineResult(
+        custom_id=line.custom_id,
+        status=500,
+        body=error_body(message, "server_error", None, code),
+        billed=False,
+    )

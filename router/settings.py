@@ -1,0 +1,189 @@
+"""Typed settings: config/router.yaml, then HYBRID_ROUTER_* env vars, then CLI flags; loaded once, passed down."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import yaml
+
+from router.errors import ConfigError
+
+ENV_PREFIX = "HYBRID_ROUTER_"
+DEFAULT_CONFIG = Path("config/router.yaml")
+
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class Upstream(_Strict, kw_only=True):
+    """One provider endpoint the router forwards to."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_-]{1,32}$")]
+    kind: Literal["openai", "anthropic"] = "openai"
+    base_url: str
+    api_key_env: str | None = None
+    models: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    batch: bool = True
+    flex: bool = False
+    timeout_s: PositiveFloat = 600.0
+    connect_timeout_s: PositiveFloat = 10.0
+    max_retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 2
+    max_connections: PositiveInt = 512
+
+
+class ProxyKey(_Strict, kw_only=True):
+    """A client key, stored as its SHA-256 hex digest, and the tenant it speaks for."""
+
+    sha256: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+    tenant: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+
+
+class Limits(_Strict, kw_only=True):
+    """Bounds on what a caller may send."""
+
+    max_body_bytes: PositiveInt = 32 * 1024 * 1024
+    max_deadline_s: PositiveFloat = 7 * 24 * 3600.0
+    max_wait_s: PositiveFloat = 600.0
+
+
+class BatchSettings(_Strict, kw_only=True):
+    """How the deferred lane packs, polls and guards."""
+
+    max_wait_s: PositiveFloat = 300.0
+    poll_interval_s: PositiveFloat = 30.0
+    max_requests: Annotated[int, msgspec.Meta(gt=0, le=50_000)] = 50_000
+    max_bytes: Annotated[int, msgspec.Meta(gt=0, le=200 * 1024 * 1024)] = 200 * 1024 * 1024
+    margin_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+    turnaround_prior_s: PositiveFloat = 3600.0
+    result_ttl_s: PositiveFloat = 7 * 24 * 3600.0
+    idempotency_ttl_s: PositiveFloat = 24 * 3600.0
+    lease_s: PositiveFloat = 120.0
+    hold_s: PositiveFloat = 24 * 3600.0
+
+
+class Settings(_Strict, kw_only=True):
+    """Everything the router needs to run."""
+
+    upstreams: list[Upstream] = msgspec.field(
+        default_factory=lambda: [
+            Upstream(name="openai", base_url="https://api.openai.com/v1", api_key_env="OPENAI_API_KEY")
+        ]
+    )
+    auth: Literal["none", "keys"] = "none"
+    keys: list[ProxyKey] = msgspec.field(default_factory=list)
+    redis_url: str | None = None
+    redis_max_connections: PositiveInt = 64
+    key_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_:.-]{1,32}$")] = "hr"
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
+    data_dir: str = ".hybrid-router"
+    policies_dir: str = "policies"
+    pricing_file: str = "config/pricing.yaml"
+    limits: Limits = msgspec.field(default_factory=Limits)
+    batch: BatchSettings = msgspec.field(default_factory=BatchSettings)
+
+    def tenant_for_key(self, key: str | None) -> str | None:
+        """The tenant a bearer key speaks for, or None when it is unknown."""
+        if self.auth == "none":
+            return "default"
+        if not key:
+            return None
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        for entry in self.keys:
+            if entry.sha256 == digest:
+                return entry.tenant
+        return None
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[path[-1]] = value
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """`HYBRID_ROUTER_BATCH__MAX_WAIT_S=5` → {"batch": {"max_wait_s": "5"}}; values are YAML scalars."""
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
+        if path:
+            _set_path(tree, path, yaml.safe_load(raw) if raw else raw)
+    if "REDIS_URL" in environ and "redis_url" not in tree:
+        tree["redis_url"] = environ["REDIS_URL"] or None
+    return tree
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+_PATH_RE = re.compile(r"at `\$(.*)`")
+
+
+def convert(raw: Any, type_: type[Any], file: str) -> Any:
+    """Turn a decoded YAML tree into `type_`, or raise ConfigError naming file, field and expectation."""
+    try:
+        return msgspec.convert(raw, type_, strict=False)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        match = _PATH_RE.search(text)
+        field = match.group(1).lstrip(".") if match else None
+        problem = _PATH_RE.sub("", text).rstrip(" -")
+        raise ConfigError(file, field or None, problem) from exc
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse one YAML file, or raise ConfigError with the line that broke it."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(str(path), None, f"cannot read: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), None, f"not valid YAML: {exc}") from exc
+
+
+def load_settings(
+    path: Path | None,
+    environ: Mapping[str, str],
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Read the config file (if any), apply env overrides and then CLI overrides, and validate the whole."""
+    file = str(path) if path else "<defaults>"
+    tree: dict[str, Any] = {}
+    if path is not None:
+        loaded = read_yaml(path)
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(file, None, "expected a mapping at the top level")
+        tree = loaded or {}
+    tree = _merge(tree, _env_overrides(environ))
+    tree = _merge(tree, overrides or {})
+    settings: Settings = convert(tree, Settings, file)
+    names = [u.name for u in settings.upstreams]
+    if not names:
+        raise ConfigError(file, "upstreams", "expected at least one upstream")
+    if len(set(names)) != len(names):
+        raise ConfigError(file, "upstreams", f"upstream names must be unique, got {names}")
+    if settings.auth == "keys" and not settings.keys:
+        raise ConfigError(file, "keys", "auth is 'keys' but no keys are configured")
+    return settings

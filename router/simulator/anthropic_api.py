@@ -1,0 +1,134 @@
+"""Anthropic routes: Messages (plain and streamed) and Message Batches."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, delete, get, post
+from litestar.handlers import HTTPRouteHandler
+from litestar.response import Stream
+
+from router.simulator import anthropic_bodies as bodies
+from router.simulator import message_batches, streams
+from router.simulator.errors import AnthropicError
+from router.simulator.state import SimState
+from router.simulator.web import SSE, admit, anthropic_injected, json_response, request_id
+
+MAX_LIST_LIMIT = 1000
+
+
+class MessageBatchList(msgspec.Struct, kw_only=True):
+    """A page of `GET /v1/messages/batches`."""
+
+    data: list[message_batches.MessageBatchObject]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None
+
+
+def _base_url(request: Request[Any, Any, Any]) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+def _page(request: Request[Any, Any, Any], jobs: list[message_batches.MessageBatchJob]) -> tuple[list[Any], bool]:
+    """Newest-first page: `limit` (1 to 1000, default 20), then `after_id` (older) or `before_id` (newer)."""
+    raw = request.query_params.get("limit", "20")
+    limit = int(raw) if raw.isdigit() else 0
+    if not 1 <= limit <= MAX_LIST_LIMIT:
+        raise AnthropicError(400, "invalid_request_error", f"limit: must be between 1 and {MAX_LIST_LIMIT}")
+    ids = [job.id for job in jobs]
+    after, before = request.query_params.get("after_id"), request.query_params.get("before_id")
+    if before in ids:
+        end = ids.index(before)
+        return jobs[max(0, end - limit) : end], end - limit > 0
+    start = ids.index(after) + 1 if after in ids else 0
+    return jobs[start : start + limit], start + limit < len(jobs)
+
+
+def _batch_page(state: SimState, request: Request[Any, Any, Any]) -> MessageBatchList:
+    page, more = _page(request, list(reversed(state.message_batches.values())))
+    now, base = time.time(), _base_url(request)
+    data = [job.view(now, base) for job in page]
+    first, last = (data[0].id, data[-1].id) if data else (None, None)
+    return MessageBatchList(data=data, has_more=more, first_id=first, last_id=last)
+
+
+def _cancel(state: SimState, job: message_batches.MessageBatchJob, now: float) -> None:
+    already = job.cancel_at is not None
+    if not job.cancel(now):
+        raise AnthropicError(400, "invalid_request_error", f"Message batch {job.id} has already ended.")
+    if not already:
+        state.stats.batches_cancelled += 1
+
+
+def message_routes(state: SimState) -> list[HTTPRouteHandler]:
+    """`POST /v1/messages` of one simulator instance."""
+
+    @post("/v1/messages", status_code=200)
+    async def messages(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
+        status = await admit(state, request, "/v1/messages")
+        if status is not None:
+            raise anthropic_injected(status)
+        req = bodies.decode_messages(await request.body())
+        answer = bodies.message(req)
+        if req.stream:
+            events = streams.paced(streams.anthropic_events(answer), state.config.stream_chunk_delay_ms)
+            return Stream(events, media_type=SSE, headers={"cache-control": "no-cache", "request-id": request_id()})
+        return json_response(answer, headers={"request-id": request_id()})
+
+    return [messages]
+
+
+def batch_routes(state: SimState) -> list[HTTPRouteHandler]:
+    """The Message Batches handlers of one simulator instance."""
+
+    def job_or_404(request: Request[Any, Any, Any]) -> message_batches.MessageBatchJob:
+        batch_id: str = request.path_params["batch_id"]
+        job = state.message_batches.get(batch_id)
+        if job is None:
+            raise AnthropicError(404, "not_found_error", f"Message batch {batch_id} not found.")
+        return job
+
+    @post("/v1/messages/batches", status_code=200)
+    async def create_batch(request: Request[Any, Any, Any]) -> Response[bytes]:
+        job = message_batches.create(await request.body(), state.stats, state.config, state.next_batch_seq())
+        state.message_batches[job.id] = job
+        return json_response(job.view(time.time(), _base_url(request)))
+
+    @get("/v1/messages/batches")
+    async def list_batches(request: Request[Any, Any, Any]) -> Response[bytes]:
+        return json_response(_batch_page(state, request))
+
+    @get("/v1/messages/batches/{batch_id:str}")
+    async def retrieve_batch(request: Request[Any, Any, Any]) -> Response[bytes]:
+        return json_response(job_or_404(request).view(time.time(), _base_url(request)))
+
+    @post("/v1/messages/batches/{batch_id:str}/cancel", status_code=200)
+    async def cancel_batch(request: Request[Any, Any, Any]) -> Response[bytes]:
+        job, now = job_or_404(request), time.time()
+        _cancel(state, job, now)
+        return json_response(job.view(now, _base_url(request)))
+
+    @delete("/v1/messages/batches/{batch_id:str}", status_code=200)
+    async def delete_batch(request: Request[Any, Any, Any]) -> Response[bytes]:
+        job = job_or_404(request)
+        if job.status(time.time()) != "ended":
+            raise AnthropicError(
+                400, "invalid_request_error", f"Message batch {job.id} cannot be deleted before processing ends."
+            )
+        del state.message_batches[job.id]
+        return json_response(message_batches.DeletedMessageBatch(id=job.id))
+
+    @get("/v1/messages/batches/{batch_id:str}/results")
+    async def results(request: Request[Any, Any, Any]) -> Response[bytes]:
+        job = job_or_404(request)
+        job.advance(time.time())
+        if job.results is None:
+            raise AnthropicError(
+                400, "invalid_request_error", f"Message batch {job.id} has not ended; results are not available yet."
+            )
+        return Response(content=job.results, media_type="application/x-jsonl")
+
+    return [create_batch, list_batches, retrieve_batch, cancel_batch, delete_batch, results]

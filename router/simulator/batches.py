@@ -1,0 +1,494 @@
+"""OpenAI Batch jobs: input-file validation, the time-driven lifecycle, and the output and error files.
+
+Nothing runs in the background: a job's status, counts and files are computed from the clock whenever it is
+read, and lines are answered (by the same functions as the real-time endpoints) as the clock says they finish.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import msgspec
+
+from router.simulator import openai_bodies as bodies
+from router.simulator.config import SimConfig
+from router.simulator.errors import OpenAIError, OpenAIErrorBody, OpenAIErrorEnvelope, describe_decode_error
+from router.simulator.schedule import Schedule
+from router.simulator.store import FileStore, Stats
+from router.simulator.text import PrefixCache
+
+ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/completions", "/v1/responses")
+MAX_LINES = 50_000
+MAX_FILE_BYTES = 200 * 1024 * 1024
+MAX_EMBEDDING_INPUTS = 50_000
+MAX_METADATA_PAIRS = 16
+MAX_REPORTED_ERRORS = 100
+WINDOW_S = 24 * 3600
+TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+CANCELLABLE = frozenset({"validating", "in_progress", "finalizing"})
+
+Answer = bodies.ChatCompletion | bodies.Completion | bodies.EmbeddingList | bodies.ResponseObject
+
+
+class CreateBatch(msgspec.Struct):
+    """The body of `POST /v1/batches`."""
+
+    input_file_id: str
+    endpoint: str
+    completion_window: str
+    metadata: dict[str, str] | None = None
+
+
+class BatchError(msgspec.Struct, kw_only=True):
+    """`BatchError`: one reason the input file failed validation."""
+
+    code: str
+    message: str
+    param: str | None = None
+    line: int | None = None
+
+
+class BatchErrors(msgspec.Struct):
+    """The `errors` list of a failed batch."""
+
+    object: str
+    data: list[BatchError]
+
+
+class RequestCounts(msgspec.Struct):
+    """`BatchRequestCounts`."""
+
+    total: int
+    completed: int
+    failed: int
+
+
+class CachedTokens(msgspec.Struct):
+    """`usage.input_tokens_details`."""
+
+    cached_tokens: int
+
+
+class ReasoningTokens(msgspec.Struct):
+    """`usage.output_tokens_details`."""
+
+    reasoning_tokens: int
+
+
+class BatchUsage(msgspec.Struct, kw_only=True):
+    """The Batch object's token totals over its finished lines."""
+
+    input_tokens: int
+    input_tokens_details: CachedTokens
+    output_tokens: int
+    output_tokens_details: ReasoningTokens
+    total_tokens: int
+
+
+class BatchObject(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """OpenAI's `Batch`; absent timestamps and file ids are left out rather than sent as null."""
+
+    id: str
+    object: str
+    endpoint: str
+    model: str | None = None
+    errors: BatchErrors | None = None
+    input_file_id: str
+    completion_window: str
+    status: str
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    created_at: int
+    in_progress_at: int | None = None
+    expires_at: int
+    finalizing_at: int | None = None
+    completed_at: int | None = None
+    failed_at: int | None = None
+    expired_at: int | None = None
+    cancelling_at: int | None = None
+    cancelled_at: int | None = None
+    request_counts: RequestCounts
+    usage: BatchUsage
+    metadata: dict[str, str] | None = None
+
+
+class LineResponse(msgspec.Struct):
+    """`response` of an output line: the real-time status and body."""
+
+    status_code: int
+    request_id: str
+    body: Any
+
+
+class LineError(msgspec.Struct):
+    """`error` of a line that never ran (expired, cancelled)."""
+
+    code: str
+    message: str
+
+
+class OutputLine(msgspec.Struct):
+    """One line of the output or error file (`BatchRequestOutput`)."""
+
+    id: str
+    custom_id: str
+    response: LineResponse | None
+    error: LineError | None
+
+
+class InputLine(msgspec.Struct):
+    """One line of the input file (`BatchRequestInput`); the body stays raw until the line runs."""
+
+    custom_id: str
+    method: str
+    url: str
+    body: msgspec.Raw
+
+
+class BodyView(msgspec.Struct):
+    """What validation needs from a line's body."""
+
+    model: str | None = None
+    stream: bool | None = None
+
+
+class EmbeddingView(msgspec.Struct):
+    """What validation needs from an embeddings body: how many inputs it holds."""
+
+    input: Any = None
+
+
+_INPUT_LINE = msgspec.json.Decoder(InputLine)
+_BODY_VIEW = msgspec.json.Decoder(BodyView)
+_EMBEDDING_VIEW = msgspec.json.Decoder(EmbeddingView)
+_ENCODE = msgspec.json.Encoder()
+_LINE_FAILURE = OpenAIErrorEnvelope(
+    OpenAIErrorBody(
+        message="The server had an error while processing your request. Sorry about that!",
+        type="server_error",
+        param=None,
+        code=None,
+    )
+)
+_UNFINISHED = {
+    "expired": LineError("batch_expired", "This request could not be executed before the completion window expired."),
+    "cancelled": LineError("batch_cancelled", "This request was cancelled before it could be executed."),
+}
+
+
+def answer(endpoint: str, raw: bytes, cache: PrefixCache) -> Answer:
+    """Exactly what the real-time `endpoint` answers for the body `raw` (raising the same errors)."""
+    if endpoint == "/v1/chat/completions":
+        return bodies.chat_completion(bodies.decode_chat(raw), cache)
+    if endpoint == "/v1/embeddings":
+        return bodies.embeddings(bodies.decode_embedding(raw), cache)
+    if endpoint == "/v1/completions":
+        return bodies.completion(bodies.decode_completion(raw), cache)
+    return bodies.response(bodies.decode_responses(raw), cache)
+
+
+def check_create(req: CreateBatch, files: FileStore) -> bytes:
+    """The input file's bytes, after the checks `POST /v1/batches` makes before it accepts a batch."""
+    if req.endpoint not in ENDPOINTS:
+        raise OpenAIError(
+            400,
+            f"Invalid value for 'endpoint': {req.endpoint!r} is not supported.",
+            param="endpoint",
+            code="invalid_value",
+        )
+    if req.completion_window != "24h":
+        raise OpenAIError(
+            400,
+            "Invalid value for 'completion_window': only '24h' is supported.",
+            param="completion_window",
+            code="invalid_value",
+        )
+    meta = req.metadata or {}
+    if len(meta) > MAX_METADATA_PAIRS or any(len(k) > 64 or len(v) > 512 for k, v in meta.items()):
+        raise OpenAIError(
+            400,
+            "Invalid 'metadata': at most 16 pairs, keys up to 64 and values up to 512 characters.",
+            param="metadata",
+            code="invalid_value",
+        )
+    record = files.get(req.input_file_id)
+    if record is None:
+        raise OpenAIError(404, f"No such File object: {req.input_file_id}", param="input_file_id")
+    if record.meta.purpose != "batch":
+        raise OpenAIError(400, "The input file must have purpose 'batch'.", param="input_file_id", code="invalid_value")
+    return record.content
+
+
+class Parsed(msgspec.Struct):
+    """An input file after validation: lines in input order, the model, what is wrong, every custom_id seen."""
+
+    lines: list[tuple[str, bytes]]
+    model: str | None
+    errors: list[BatchError]
+    custom_ids: list[str]
+
+
+def parse_input(content: bytes, endpoint: str) -> Parsed:
+    """Validate a JSONL input file as the Batch API does (format, method, url, model, duplicates, limits)."""
+    parsed = Parsed(lines=[], model=None, errors=[], custom_ids=[])
+    errors = parsed.errors
+    if len(content) > MAX_FILE_BYTES:
+        errors.append(BatchError(code="file_too_large", message="The input file exceeds the 200 MB limit."))
+        return parsed
+    seen: set[str] = set()
+    embedding_inputs = 0
+    for number, raw in enumerate(content.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            line = _INPUT_LINE.decode(raw)
+            view = _BODY_VIEW.decode(line.body)
+        except msgspec.ValidationError as exc:  # JSON, but not a request line
+            message, param, code = describe_decode_error(exc)
+            errors.append(BatchError(code=code or "invalid_value", message=message, param=param, line=number))
+            continue
+        except msgspec.DecodeError:
+            errors.append(
+                BatchError(code="invalid_json_line", message="This line is not parseable as valid JSON.", line=number)
+            )
+            continue
+        parsed.custom_ids.append(line.custom_id)
+        problem = _line_problem(line, view, endpoint, parsed.model, seen)
+        if problem is not None:
+            problem.line = number
+            errors.append(problem)
+            continue
+        seen.add(line.custom_id)
+        parsed.model = parsed.model or view.model
+        parsed.lines.append((line.custom_id, bytes(line.body)))
+        if endpoint == "/v1/embeddings":
+            embedding_inputs += _count_inputs(_EMBEDDING_VIEW.decode(line.body).input)
+    if not parsed.lines and not errors:
+        errors.append(BatchError(code="empty_file", message="The input file contains no requests."))
+    if len(parsed.custom_ids) > MAX_LINES:
+        errors.append(BatchError(code="too_many_requests", message=f"A batch can hold at most {MAX_LINES:,} requests."))
+    if embedding_inputs > MAX_EMBEDDING_INPUTS:
+        errors.append(
+            BatchError(
+                code="too_many_embedding_inputs",
+                message=f"An embeddings batch can hold at most {MAX_EMBEDDING_INPUTS:,} inputs.",
+            )
+        )
+    del errors[MAX_REPORTED_ERRORS:]
+    return parsed
+
+
+def _line_problem(
+    line: InputLine, view: BodyView, endpoint: str, model: str | None, seen: set[str]
+) -> BatchError | None:
+    if line.method != "POST":
+        return BatchError(code="invalid_method", message="The only supported method is POST.", param="method")
+    if line.url != endpoint:
+        return BatchError(code="invalid_url", message=f"The url must match the batch endpoint {endpoint}.", param="url")
+    if not bytes(line.body).lstrip().startswith(b"{"):
+        return BatchError(code="invalid_body", message="The body must be a JSON object.", param="body")
+    if line.custom_id in seen:
+        return BatchError(
+            code="duplicate_custom_id",
+            message=f"The custom_id {line.custom_id!r} is used by more than one request.",
+            param="custom_id",
+        )
+    if view.model is None:
+        return BatchError(code="missing_required_parameter", message="The body must name a model.", param="body.model")
+    if model is not None and view.model != model:
+        return BatchError(
+            code="model_mismatch",
+            message=f"Every request in a batch must use the same model ({model}, not {view.model}).",
+            param="body.model",
+        )
+    if view.stream:
+        return BatchError(code="invalid_value", message="Streaming is not supported in a batch.", param="body.stream")
+    return None
+
+
+def _count_inputs(value: Any) -> int:
+    if isinstance(value, list) and value and not all(isinstance(x, int) for x in value):
+        return len(value)
+    return 1
+
+
+class BatchJob:
+    """One batch: its frozen schedule, its lines in processing order, and what has been answered so far."""
+
+    def __init__(self, req: CreateBatch, parsed: Parsed, config: SimConfig, seq: int, now: float) -> None:
+        self.id = bodies.new_id("batch_")
+        self.endpoint = req.endpoint
+        self.input_file_id = req.input_file_id
+        self.metadata = req.metadata
+        self.model = parsed.model
+        self.schedule = Schedule.of(config, now)
+        self.errors = parsed.errors
+        if config.batch_fail and not self.errors:
+            self.errors = [
+                BatchError(
+                    code="token_limit_exceeded",
+                    message=f"Enqueued token limit reached for {self.model} in organization org-sim. "
+                    "Limit: 90,000 enqueued tokens. Please try again once some in_progress batches have completed.",
+                )
+            ]
+        # Output order must not be input order (the real API makes no promise): shuffle by seed, never identity.
+        rng = random.Random(f"{config.seed}:{seq}")
+        lines = [] if self.errors else list(parsed.lines)
+        rng.shuffle(lines)
+        if len(lines) > 1 and lines == parsed.lines:
+            lines.reverse()
+        self.lines = lines
+        failing = round(config.batch_line_failure_rate * len(lines))
+        self.failing = frozenset(rng.sample(range(len(lines)), failing))
+        self.cancel_at: float | None = None
+        self.results: list[bytes] = []
+        self.ok: list[bool] = []
+        self.tokens = bodies.Tokens()
+        self.output_file_id: str | None = None
+        self.error_file_id: str | None = None
+        self.settled = False
+
+    def status(self, now: float) -> str:
+        """The status the clock gives at `now`."""
+        s = self.schedule
+        if self.cancel_at is not None:
+            return "cancelled" if now >= self.cancel_at + s.cancel_delay else "cancelling"
+        if now < s.started:
+            return "validating"
+        if self.errors:
+            return "failed"
+        expires = s.expires
+        if expires is not None:
+            return "expired" if now >= expires else "in_progress"
+        if now < s.finalizing:
+            return "in_progress"
+        return "finalizing" if now < s.completes else "completed"
+
+    def cancel(self, now: float) -> bool:
+        """Start cancelling; False if the batch is already finished (cancelling twice is a no-op)."""
+        status = self.status(now)
+        if status in ("cancelling", "cancelled"):
+            return True
+        if status not in CANCELLABLE:
+            return False
+        self.cancel_at = now
+        return True
+
+    def lines_done(self, now: float) -> int:
+        """Lines finished by `now`; frozen at the moment of cancellation."""
+        at = now if self.cancel_at is None else min(now, self.cancel_at)
+        return 0 if self.errors else self.schedule.lines_done(at, len(self.lines))
+
+    def advance(self, now: float, files: FileStore, cache: PrefixCache) -> str:
+        """Answer the lines that have finished by `now`, write the files once terminal; returns the status."""
+        status = self.status(now)
+        for position in range(len(self.results), self.lines_done(now)):
+            self._run(position, cache)
+        if status in TERMINAL and not self.settled:
+            self._settle(status, files)
+        return status
+
+    def _run(self, position: int, cache: PrefixCache) -> None:
+        custom_id, raw = self.lines[position]
+        status_code = 200
+        body: Any
+        if position in self.failing:
+            status_code, body = 500, _LINE_FAILURE
+        else:
+            try:
+                body = answer(self.endpoint, raw, cache)
+            except OpenAIError as exc:
+                status_code, body = exc.status, exc.body
+            else:
+                got = bodies.tokens_of(body)
+                t = self.tokens
+                t.input_tokens += got.input_tokens
+                t.cached_tokens += got.cached_tokens
+                t.output_tokens += got.output_tokens
+                t.reasoning_tokens += got.reasoning_tokens
+        line = OutputLine(
+            id=bodies.new_id("batch_req_"),
+            custom_id=custom_id,
+            response=LineResponse(status_code=status_code, request_id=bodies.new_id("req_"), body=body),
+            error=None,
+        )
+        self.results.append(_ENCODE.encode(line))
+        self.ok.append(status_code == 200)
+
+    def _settle(self, status: str, files: FileStore) -> None:
+        self.settled = True
+        if status == "failed":
+            return
+        output = [line for line, ok in zip(self.results, self.ok, strict=True) if ok]
+        errors = [line for line, ok in zip(self.results, self.ok, strict=True) if not ok]
+        unfinished = _UNFINISHED.get(status)
+        if unfinished is not None:
+            for custom_id, _ in self.lines[len(self.results) :]:
+                line = OutputLine(id=bodies.new_id("batch_req_"), custom_id=custom_id, response=None, error=unfinished)
+                errors.append(_ENCODE.encode(line))
+        if output:
+            record = files.add(f"{self.id}_output.jsonl", "batch_output", b"\n".join(output) + b"\n")
+            self.output_file_id = record.meta.id
+        if errors:
+            record = files.add(f"{self.id}_error.jsonl", "batch_output", b"\n".join(errors) + b"\n")
+            self.error_file_id = record.meta.id
+
+    def view(self, now: float, files: FileStore, cache: PrefixCache) -> BatchObject:
+        """The `Batch` object as of `now` (advancing the job first)."""
+        status = self.advance(now, files, cache)
+        s = self.schedule
+        done = len(self.results)
+        completed = sum(self.ok)
+        t = self.tokens
+
+        # A phase boundary counts once the clock passed it, unless the batch was cancelled before it.
+        def reached(at: float) -> bool:
+            return now >= at and (self.cancel_at is None or self.cancel_at >= at)
+
+        started = not self.errors and reached(s.started)
+        reached_finalizing = s.expires is None and reached(s.finalizing)
+        return BatchObject(
+            id=self.id,
+            object="batch",
+            endpoint=self.endpoint,
+            model=self.model,
+            errors=BatchErrors("list", self.errors) if self.errors and status == "failed" else None,
+            input_file_id=self.input_file_id,
+            completion_window="24h",
+            status=status,
+            output_file_id=self.output_file_id,
+            error_file_id=self.error_file_id,
+            created_at=int(s.created),
+            in_progress_at=int(s.started) if started else None,
+            expires_at=int(s.created) + WINDOW_S,
+            finalizing_at=int(s.finalizing) if reached_finalizing else None,
+            completed_at=int(s.completes) if status == "completed" else None,
+            failed_at=int(s.started) if status == "failed" else None,
+            expired_at=int(s.expires) if status == "expired" and s.expires is not None else None,
+            cancelling_at=int(self.cancel_at) if self.cancel_at is not None else None,
+            cancelled_at=int(self.cancel_at + s.cancel_delay)
+            if status == "cancelled" and self.cancel_at is not None
+            else None,
+            request_counts=RequestCounts(
+                total=0 if self.errors else len(self.lines), completed=completed, failed=done - completed
+            ),
+            usage=BatchUsage(
+                input_tokens=t.input_tokens,
+                input_tokens_details=CachedTokens(t.cached_tokens),
+                output_tokens=t.output_tokens,
+                output_tokens_details=ReasoningTokens(t.reasoning_tokens),
+                total_tokens=t.input_tokens + t.output_tokens,
+            ),
+            metadata=self.metadata,
+        )
+
+
+def create(req: CreateBatch, files: FileStore, stats: Stats, config: SimConfig, seq: int) -> BatchJob:
+    """Check and parse a create request into a new job, counting its submission."""
+    content = check_create(req, files)
+    parsed = parse_input(content, req.endpoint)
+    stats.batches_created += 1
+    stats.submitted(parsed.custom_ids)
+    return BatchJob(req, parsed, config, seq, time.time())

@@ -1,0 +1,210 @@
+"""Anthropic Message Batches: create-time validation, the time-driven lifecycle, and the results JSONL."""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import msgspec
+
+from router.simulator import anthropic_bodies as bodies
+from router.simulator.config import SimConfig
+from router.simulator.errors import AnthropicError
+from router.simulator.schedule import Schedule
+from router.simulator.store import Stats
+
+MAX_REQUESTS = 100_000
+CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+WINDOW_S = 24 * 3600
+
+
+class BatchRequest(msgspec.Struct):
+    """One entry of `requests`: params stay raw, as the real API validates them only when it runs them."""
+
+    custom_id: str
+    params: msgspec.Raw
+
+
+class CreateMessageBatch(msgspec.Struct):
+    """The body of `POST /v1/messages/batches`."""
+
+    requests: Annotated[list[BatchRequest], msgspec.Meta(min_length=1, max_length=MAX_REQUESTS)]
+
+
+class RequestCounts(msgspec.Struct, kw_only=True):
+    """`MessageBatchRequestCounts`: all but `processing` stay 0 until the batch ends."""
+
+    processing: int
+    succeeded: int
+    errored: int
+    canceled: int
+    expired: int
+
+
+class MessageBatchObject(msgspec.Struct, kw_only=True):
+    """The `MessageBatch` object."""
+
+    id: str
+    type: str = "message_batch"
+    processing_status: str
+    request_counts: RequestCounts
+    ended_at: str | None
+    created_at: str
+    expires_at: str
+    archived_at: str | None = None
+    cancel_initiated_at: str | None
+    results_url: str | None
+
+
+class DeletedMessageBatch(msgspec.Struct, kw_only=True):
+    """The answer to `DELETE /v1/messages/batches/{id}`."""
+
+    id: str
+    type: str = "message_batch_deleted"
+
+
+_CREATE = msgspec.json.Decoder(CreateMessageBatch)
+_ENCODE = msgspec.json.Encoder()
+_LINE_FAILURE = {"type": "error", "error": {"type": "api_error", "message": "Internal server error"}}
+
+
+def rfc3339(t: float) -> str:
+    """`t` as an RFC 3339 UTC timestamp with microseconds, as the Anthropic API writes them."""
+    return datetime.fromtimestamp(t, tz=UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def decode_create(raw: bytes) -> CreateMessageBatch:
+    """The create body, checked the way the API checks it synchronously (ids, duplicates, count)."""
+    try:
+        req = _CREATE.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise bodies.invalid_params(exc) from exc
+    seen: set[str] = set()
+    for index, item in enumerate(req.requests):
+        if not CUSTOM_ID.match(item.custom_id):
+            raise AnthropicError(
+                400,
+                "invalid_request_error",
+                f"requests.{index}.custom_id: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$'",
+            )
+        if item.custom_id in seen:
+            raise AnthropicError(
+                400, "invalid_request_error", f"requests.{index}.custom_id: duplicate custom_id {item.custom_id!r}"
+            )
+        if not bytes(item.params).lstrip().startswith(b"{"):
+            raise AnthropicError(400, "invalid_request_error", f"requests.{index}.params: Input should be an object")
+        seen.add(item.custom_id)
+    return req
+
+
+class MessageBatchJob:
+    """One Message Batch: its frozen schedule, its requests in processing order, its results once ended."""
+
+    def __init__(self, req: CreateMessageBatch, config: SimConfig, seq: int, now: float) -> None:
+        self.id = bodies.new_id("msgbatch_")
+        self.schedule = Schedule.of(config, now)
+        rng = random.Random(f"{config.seed}:{seq}")
+        requests = [(item.custom_id, item.params) for item in req.requests]
+        order = list(requests)
+        rng.shuffle(order)
+        if len(order) > 1 and order == requests:  # results are never in request order
+            order.reverse()
+        self.requests = order
+        self.failing = frozenset(rng.sample(range(len(order)), round(config.batch_line_failure_rate * len(order))))
+        self.fail_all = config.batch_fail
+        self.cancel_at: float | None = None
+        self.results: bytes | None = None
+        self.counts = RequestCounts(processing=len(order), succeeded=0, errored=0, canceled=0, expired=0)
+
+    def ends(self) -> float:
+        """When processing ends: after cancelling, at expiry, or at the turnaround."""
+        s = self.schedule
+        if self.cancel_at is not None:
+            return self.cancel_at + s.cancel_delay
+        expires = s.expires
+        return expires if expires is not None else s.completes
+
+    def status(self, now: float) -> str:
+        """`in_progress`, `canceling` or `ended` at `now`."""
+        if now >= self.ends():
+            return "ended"
+        return "in_progress" if self.cancel_at is None else "canceling"
+
+    def cancel(self, now: float) -> bool:
+        """Start cancelling; False once ended (cancelling twice is a no-op)."""
+        status = self.status(now)
+        if status == "in_progress":
+            self.cancel_at = now
+        return status != "ended"
+
+    def advance(self, now: float) -> str:
+        """Build the results once the batch has ended; returns the status."""
+        status = self.status(now)
+        if status == "ended" and self.results is None:
+            self._finish()
+        return status
+
+    def _finish(self) -> None:
+        s = self.schedule
+        total = len(self.requests)
+        if self.cancel_at is not None:
+            done, rest = s.lines_done(self.cancel_at, total), "canceled"
+        elif s.expires is not None:
+            done, rest = s.lines_done(s.expires, total), "expired"
+        else:
+            done, rest = total, "expired"
+        counts = {"succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
+        lines = []
+        for position, (custom_id, params) in enumerate(self.requests):
+            result: dict[str, Any] = {"type": rest} if position >= done else self._run(position, params)
+            counts[result["type"]] += 1
+            lines.append(_ENCODE.encode({"custom_id": custom_id, "result": result}))
+        self.results = b"\n".join(lines) + b"\n"
+        self.counts = RequestCounts(processing=0, **counts)
+
+    def _run(self, position: int, params: msgspec.Raw) -> dict[str, Any]:
+        if position in self.failing:
+            return {"type": "errored", "error": _LINE_FAILURE}
+        if self.fail_all:
+            return _errored(AnthropicError(400, "invalid_request_error", "Simulated validation failure (batch_fail)."))
+        try:
+            req = bodies.decode_params(params)
+            if req.stream:
+                return _errored(AnthropicError(400, "invalid_request_error", "stream: not supported in batches"))
+            if req.speed is not None:
+                return _errored(AnthropicError(400, "invalid_request_error", "speed: not supported in batches"))
+            return {"type": "succeeded", "message": bodies.message(req, service_tier="batch")}
+        except AnthropicError as exc:
+            return _errored(exc)
+
+    def view(self, now: float, base_url: str) -> MessageBatchObject:
+        """The `MessageBatch` object as of `now`; `results_url` is absolute, built on `base_url`."""
+        status = self.advance(now)
+        s = self.schedule
+        ended = status == "ended"
+        return MessageBatchObject(
+            id=self.id,
+            processing_status=status,
+            request_counts=self.counts,
+            ended_at=rfc3339(self.ends()) if ended else None,
+            created_at=rfc3339(s.created),
+            expires_at=rfc3339(s.created + WINDOW_S),
+            cancel_initiated_at=rfc3339(self.cancel_at) if self.cancel_at is not None else None,
+            results_url=f"{base_url.rstrip('/')}/v1/messages/batches/{self.id}/results" if ended else None,
+        )
+
+
+def _errored(exc: AnthropicError) -> dict[str, Any]:
+    return {"type": "errored", "error": exc.body}
+
+
+def create(raw: bytes, stats: Stats, config: SimConfig, seq: int) -> MessageBatchJob:
+    """Validate a create body into a new job, counting its submission."""
+    req = decode_create(raw)
+    stats.message_batches_created += 1
+    stats.message_batch_requests_submitted += len(req.requests)
+    stats.submitted(item.custom_id for item in req.requests)
+    return MessageBatchJob(req, config, seq, time.time())

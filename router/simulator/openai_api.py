@@ -1,0 +1,99 @@
+"""OpenAI real-time routes: chat completions, legacy completions, embeddings, responses and models."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.handlers import HTTPRouteHandler
+from litestar.response import Stream
+
+from router.simulator import catalog, streams
+from router.simulator import openai_bodies as bodies
+from router.simulator.errors import OpenAIError
+from router.simulator.state import SimState
+from router.simulator.web import SSE, admit, json_response, openai_injected, request_id
+
+
+class ModelList(msgspec.Struct):
+    """`ListModelsResponse`."""
+
+    object: str
+    data: list[catalog.Model]
+
+
+_MODEL_LIST = ModelList("list", list(catalog.MODELS))
+
+
+def model_routes() -> list[HTTPRouteHandler]:
+    """`GET /v1/models` and `GET /v1/models/{id}` (stateless; fresh handler objects for each app)."""
+
+    @get("/v1/models")
+    async def list_models() -> Response[bytes]:
+        return json_response(_MODEL_LIST)
+
+    @get("/v1/models/{model_id:str}")
+    async def retrieve_model(request: Request[Any, Any, Any]) -> Response[bytes]:
+        model_id: str = request.path_params["model_id"]
+        model = catalog.find_model(model_id)
+        if model is None:
+            raise OpenAIError(
+                404,
+                f"The model `{model_id}` does not exist or you do not have access to it.",
+                param="model",
+                code="model_not_found",
+            )
+        return json_response(model)
+
+    return [list_models, retrieve_model]
+
+
+def _include_usage(options: bodies.StreamOptions | None) -> bool:
+    return options is not None and options.include_usage
+
+
+def routes(state: SimState) -> list[HTTPRouteHandler]:
+    """The real-time OpenAI handlers of one simulator instance."""
+
+    async def body_of(request: Request[Any, Any, Any], path: str) -> bytes:
+        status = await admit(state, request, path)
+        if status is not None:
+            raise openai_injected(status)
+        return await request.body()
+
+    def stream(events: Iterator[bytes]) -> Stream:
+        headers = {"cache-control": "no-cache", "x-request-id": request_id()}
+        return Stream(streams.paced(events, state.config.stream_chunk_delay_ms), media_type=SSE, headers=headers)
+
+    @post("/v1/chat/completions", status_code=200)
+    async def chat_completions(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
+        req = bodies.decode_chat(await body_of(request, "/v1/chat/completions"))
+        answer = bodies.chat_completion(req, state.cache)
+        if req.stream:
+            return stream(streams.chat_events(answer, _include_usage(req.stream_options)))
+        return json_response(answer, headers={"x-request-id": request_id()})
+
+    @post("/v1/completions", status_code=200)
+    async def completions(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
+        req = bodies.decode_completion(await body_of(request, "/v1/completions"))
+        answer = bodies.completion(req, state.cache)
+        if req.stream:
+            return stream(streams.completion_events(answer, _include_usage(req.stream_options)))
+        return json_response(answer, headers={"x-request-id": request_id()})
+
+    @post("/v1/embeddings", status_code=200)
+    async def embeddings(request: Request[Any, Any, Any]) -> Response[bytes]:
+        req = bodies.decode_embedding(await body_of(request, "/v1/embeddings"))
+        return json_response(bodies.embeddings(req, state.cache), headers={"x-request-id": request_id()})
+
+    @post("/v1/responses", status_code=200)
+    async def responses(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
+        req = bodies.decode_responses(await body_of(request, "/v1/responses"))
+        answer = bodies.response(req, state.cache)
+        if req.stream:
+            return stream(streams.response_events(answer))
+        return json_response(answer, headers={"x-request-id": request_id()})
+
+    return [chat_completions, completions, embeddings, responses]

@@ -1,0 +1,332 @@
+"""OpenAI request views and the answers to them: one pure function per endpoint, shared by real time and batch."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import time
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+
+from router.simulator import catalog, text
+from router.simulator.errors import OpenAIError, describe_decode_error
+
+SERVICE_TIERS = frozenset({"auto", "default", "flex", "scale", "priority", "fast"})
+MAX_EMBEDDING_INPUTS = 2048
+MAX_CHOICES = 128
+
+
+def new_id(prefix: str) -> str:
+    """A fresh random id with the provider's prefix (`chatcmpl-`, `file-`, `batch_`, ...)."""
+    return prefix + os.urandom(12).hex()
+
+
+@functools.lru_cache(maxsize=256)
+def system_fingerprint(model: str) -> str:
+    """A stable `fp_…` per model, as the real API reports its backend configuration."""
+    return "fp_" + hashlib.blake2b(model.encode(), digest_size=5).hexdigest()
+
+
+# --- decoding --------------------------------------------------------------------------------------------
+
+_CHAT = msgspec.json.Decoder(ChatRequest)
+_COMPLETION = msgspec.json.Decoder(CompletionRequest)
+_EMBEDDING = msgspec.json.Decoder(EmbeddingRequest)
+_RESPONSES = msgspec.json.Decoder(ResponsesRequest)
+_ENCODE = msgspec.json.Encoder()
+
+
+T = TypeVar("T")
+
+
+def _decode(decoder: msgspec.json.Decoder[T], raw: bytes) -> T:
+    try:
+        return decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        message, param, code = describe_decode_error(exc)
+        raise OpenAIError(400, message, param=param, code=code) from exc
+
+
+def decode_chat(raw: bytes) -> ChatRequest:
+    """The chat request in `raw`, or a 400 in OpenAI's shape."""
+    return _decode(_CHAT, raw)
+
+
+def decode_completion(raw: bytes) -> CompletionRequest:
+    """The legacy completion request in `raw`, or a 400."""
+    return _decode(_COMPLETION, raw)
+
+
+def decode_embedding(raw: bytes) -> EmbeddingRequest:
+    """The embedding request in `raw`, or a 400."""
+    return _decode(_EMBEDDING, raw)
+
+
+def decode_responses(raw: bytes) -> ResponsesRequest:
+    """The Responses request in `raw`, or a 400."""
+    return _decode(_RESPONSES, raw)
+
+
+def check_model(model: str) -> None:
+    """Raise OpenAI's 404 `model_not_found` for a model the catalogue does not know."""
+    if not catalog.openai_model_exists(model):
+        raise OpenAIError(
+            404,
+            f"The model `{model}` does not exist or you do not have access to it.",
+            code="model_not_found",
+        )
+
+
+def _service_tier(requested: str | None) -> str:
+    if requested is None or requested == "auto":
+        return "default"
+    if requested not in SERVICE_TIERS:
+        raise OpenAIError(
+            400, f"Invalid value for 'service_tier': {requested!r}.", param="service_tier", code="invalid_value"
+        )
+    return requested
+
+
+def _check_n(n: int) -> None:
+    if not 1 <= n <= MAX_CHOICES:
+        raise OpenAIError(400, f"Invalid 'n': must be between 1 and {MAX_CHOICES}.", param="n", code="invalid_value")
+
+
+def part_text(content: str | list[Any] | None) -> str:
+    """The text of a message's content: a string, or the text parts of a list (other parts as placeholders)."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    pieces = []
+    for part in content:
+        if isinstance(part, dict) and isinstance(part.get("text"), str):
+            pieces.append(part["text"])
+        elif isinstance(part, str):
+            pieces.append(part)
+        else:
+            kind = part.get("type", "part") if isinstance(part, dict) else "part"
+            pieces.append(f"[{kind}]")
+    return "\n".join(pieces)
+
+
+def chat_conversation(req: ChatRequest) -> text.Conversation:
+    """The turns a chat request's answer is derived from (tool definitions and calls count as text)."""
+    turns: list[tuple[str, str]] = [(m.role, part_text(m.content)) for m in req.messages]
+    for i, message in enumerate(req.messages):
+        if message.tool_calls:
+            role, content = turns[i]
+            turns[i] = (role, content + _ENCODE.encode(message.tool_calls).decode())
+    if req.tools:
+        turns.insert(0, ("tools", _ENCODE.encode(req.tools).decode()))
+    return text.Conversation(turns)
+
+
+def chat_completion(req: ChatRequest, cache: text.PrefixCache) -> ChatCompletion:
+    """The `chat.completion` for a request: deterministic text, `max_tokens` and `n` honoured, real-looking usage."""
+    check_model(req.model)
+    _check_n(req.n)
+    tier = _service_tier(req.service_tier)
+    convo = chat_conversation(req)
+    prompt_tokens = convo.chat_prompt_tokens()
+    cached = cache.hit(req.model, convo.text, prompt_tokens)
+    limit = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    choices = []
+    completion_tokens = 0
+    for index in range(req.n):
+        reply, cut = text.clip_to_tokens(convo.reply(index), limit)
+        completion_tokens += text.count_tokens(reply)
+        choices.append(
+            ChatChoice(index=index, message=AssistantMessage(content=reply), finish_reason="length" if cut else "stop")
+        )
+    return ChatCompletion(
+        id=new_id("chatcmpl-"),
+        created=int(time.time()),
+        model=req.model,
+        choices=choices,
+        usage=_usage(prompt_tokens, completion_tokens, cached),
+        service_tier=tier,
+        system_fingerprint=system_fingerprint(req.model),
+    )
+
+
+def _usage(prompt_tokens: int, completion_tokens: int, cached: int) -> CompletionUsage:
+    return CompletionUsage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
+        completion_tokens_details=CompletionTokensDetails(),
+    )
+
+
+def _token_list(value: list[Any]) -> bool:
+    return bool(value) and all(isinstance(x, int) and not isinstance(x, bool) for x in value)
+
+
+def _inputs(value: str | list[Any], param: str) -> list[tuple[str, int]]:
+    """Normalise a prompt/input (string, strings, token array, token arrays) to (text key, token count) pairs."""
+    if isinstance(value, str):
+        items: list[Any] = [value]
+    elif _token_list(value):
+        items = [value]
+    else:
+        items = value
+    out = []
+    for item in items:
+        if isinstance(item, str):
+            out.append((item, text.count_tokens(item)))
+        elif isinstance(item, list) and _token_list(item):
+            out.append(("tokens:" + ",".join(map(str, item)), len(item)))
+        else:
+            raise OpenAIError(
+                400, f"Invalid '{param}': expected a string, strings or token arrays.", param=param, code="invalid_type"
+            )
+    if not out:
+        raise OpenAIError(400, f"Invalid '{param}': must not be empty.", param=param, code="invalid_value")
+    return out
+
+
+def completion(req: CompletionRequest, cache: text.PrefixCache) -> Completion:
+    """The legacy `text_completion`: one choice per prompt and `n`, cut at `max_tokens` (default 16)."""
+    check_model(req.model)
+    _check_n(req.n)
+    prompts = _inputs(req.prompt, "prompt")
+    choices = []
+    prompt_tokens = completion_tokens = cached = 0
+    for p_index, (prompt, tokens) in enumerate(prompts):
+        convo = text.Conversation([("user", prompt)])
+        prompt_tokens += tokens
+        cached += cache.hit(req.model, convo.text, tokens)
+        for i in range(req.n):
+            reply, cut = text.clip_to_tokens(" " + convo.reply(i), req.max_tokens)
+            completion_tokens += text.count_tokens(reply)
+            choices.append(TextChoice(text=reply, index=p_index * req.n + i, finish_reason="length" if cut else "stop"))
+    return Completion(
+        id=new_id("cmpl-"),
+        object="text_completion",
+        created=int(time.time()),
+        model=req.model,
+        choices=choices,
+        system_fingerprint=system_fingerprint(req.model),
+        usage=_usage(prompt_tokens, completion_tokens, cached),
+    )
+
+
+def embeddings(req: EmbeddingRequest, cache: text.PrefixCache) -> EmbeddingList:
+    """Deterministic unit vectors, `dimensions` long if given (text-embedding-3 only) else the model's length."""
+    del cache  # embeddings are not prompt-cached; the parameter keeps every endpoint's signature alike
+    check_model(req.model)
+    dims = catalog.embedding_dimensions(req.model)
+    if req.dimensions is not None:
+        if req.model.startswith("text-embedding-ada-002"):
+            raise OpenAIError(
+                400, "This model does not support specifying dimensions.", param="dimensions", code="invalid_value"
+            )
+        dims = req.dimensions
+    inputs = _inputs(req.input, "input")
+    if len(inputs) > MAX_EMBEDDING_INPUTS:
+        raise OpenAIError(
+            400, f"Invalid 'input': at most {MAX_EMBEDDING_INPUTS} inputs.", param="input", code="invalid_value"
+        )
+    data = []
+    tokens = 0
+    for index, (key, count) in enumerate(inputs):
+        if count == 0:
+            raise OpenAIError(400, f"Invalid 'input[{index}]': must not be empty.", param="input", code="invalid_value")
+        tokens += count
+        vector = text.embedding(f"{req.model}\x1f{key}".encode(), dims)
+        value: list[float] | str = text.embedding_base64(vector) if req.encoding_format == "base64" else vector.tolist()
+        data.append(EmbeddingItem(index=index, embedding=value))
+    return EmbeddingList(data=data, model=req.model, usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens))
+
+
+def responses_conversation(req: ResponsesRequest) -> text.Conversation:
+    """The turns of a Responses request: `instructions`, then `input` (a string or a list of items)."""
+    turns: list[tuple[str, str]] = []
+    if req.instructions:
+        turns.append(("system", req.instructions))
+    if isinstance(req.input, str):
+        turns.append(("user", req.input))
+    elif req.input is not None:
+        for item in req.input:
+            if not isinstance(item, dict):
+                raise OpenAIError(400, "Invalid 'input': items must be objects.", param="input", code="invalid_type")
+            role = item.get("role")
+            if isinstance(role, str):
+                turns.append((role, part_text(item.get("content"))))
+            else:  # tool calls, tool outputs, reasoning items: their JSON is the text
+                turns.append(("tool", _ENCODE.encode(item).decode()))
+    if not turns:
+        raise OpenAIError(400, "Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
+    return text.Conversation(turns)
+
+
+def response(req: ResponsesRequest, cache: text.PrefixCache) -> ResponseObject:
+    """A completed (or `incomplete` when cut by `max_output_tokens`) Responses API object with one message."""
+    check_model(req.model)
+    tier = _service_tier(req.service_tier)
+    convo = responses_conversation(req)
+    input_tokens = convo.chat_prompt_tokens()
+    cached = cache.hit(req.model, convo.text, input_tokens)
+    reply, cut = text.clip_to_tokens(convo.reply(), req.max_output_tokens)
+    output_tokens = text.count_tokens(reply)
+    now = int(time.time())
+    status = "incomplete" if cut else "completed"
+    return ResponseObject(
+        id=new_id("resp_"),
+        object="response",
+        created_at=now,
+        status=status,
+        completed_at=None if cut else now,
+        error=None,
+        incomplete_details=IncompleteDetails("max_output_tokens") if cut else None,
+        instructions=req.instructions,
+        max_output_tokens=req.max_output_tokens,
+        model=req.model,
+        output=[OutputMessage(id=new_id("msg_"), status=status, content=[OutputText(text=reply)])],
+        parallel_tool_calls=req.parallel_tool_calls is not False,
+        previous_response_id=req.previous_response_id,
+        reasoning=None,
+        service_tier=tier,
+        store=req.store is not False,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        text=TextConfig(),
+        tool_choice="auto",
+        tools=[],
+        top_p=1.0 if req.top_p is None else req.top_p,
+        truncation="disabled",
+        metadata=req.metadata or {},
+        usage=ResponseUsage(
+            input_tokens=input_tokens,
+            input_tokens_details=InputTokensDetails(cached_tokens=cached),
+            output_tokens=output_tokens,
+            output_tokens_details=OutputTokensDetails(),
+            total_tokens=input_tokens + output_tokens,
+        ),
+    )
+
+
+def tokens_of(body: ChatCompletion | Completion | EmbeddingList | ResponseObject) -> Tokens:
+    """The usage of any endpoint's answer, normalised for a batch's totals."""
+    if isinstance(body, EmbeddingList):
+        return Tokens(input_tokens=body.usage.prompt_tokens)
+    if isinstance(body, ResponseObject):
+        u = body.usage
+        if u is None:  # only in-progress stream snapshots lack usage
+            return Tokens()
+        return Tokens(
+            input_tokens=u.input_tokens,
+            cached_tokens=u.input_tokens_details.cached_tokens,
+            output_tokens=u.output_tokens,
+            reasoning_tokens=u.output_tokens_details.reasoning_tokens,
+        )
+    usage = body.usage
+    if usage is None:  # only streamed chunks lack usage
+        return Tokens()
+    return Tokens(
+        input_tokens=usage.prompt_tokens,
+        cached_tokens=usage.prompt_tokens_details.cached_tokens,
+        output_tokens=usage.completion_tokens,
+        reasoning_tokens=usage.completion_tokens_details.reasoning_tokens,
+    )

@@ -1,0 +1,144 @@
+"""In-memory records the simulator keeps: uploaded and generated files, and the counters `/_sim/stats` shows."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable
+
+import msgspec
+
+from router.simulator.openai_bodies import new_id
+
+FILE_PURPOSES = frozenset(
+    {
+        "assistants",
+        "assistants_output",
+        "batch",
+        "batch_output",
+        "fine-tune",
+        "fine-tune-results",
+        "vision",
+        "user_data",
+    }
+)
+BATCH_FILE_TTL_S = 30 * 24 * 3600
+"""`purpose=batch` files expire after 30 days unless `expires_after` says otherwise."""
+
+
+class FileObject(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """OpenAI's `OpenAIFile`."""
+
+    id: str
+    object: str
+    bytes: int
+    created_at: int
+    expires_at: int | None = None
+    filename: str
+    purpose: str
+    status: str
+
+
+class FileRecord:
+    """One stored file: its metadata and its bytes."""
+
+    __slots__ = ("content", "meta")
+
+    def __init__(self, meta: FileObject, content: bytes) -> None:
+        self.meta = meta
+        self.content = content
+
+
+class FileStore:
+    """Files by id, in upload order."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, FileRecord] = {}
+
+    def add(self, filename: str, purpose: str, content: bytes, expires_after_s: int | None = None) -> FileRecord:
+        """Store `content` under a fresh `file-…` id."""
+        now = int(time.time())
+        if expires_after_s is None and purpose == "batch":
+            expires_after_s = BATCH_FILE_TTL_S
+        meta = FileObject(
+            id=new_id("file-"),
+            object="file",
+            bytes=len(content),
+            created_at=now,
+            expires_at=now + expires_after_s if expires_after_s is not None else None,
+            filename=filename,
+            purpose=purpose,
+            status="processed",
+        )
+        record = FileRecord(meta, content)
+        self._files[meta.id] = record
+        return record
+
+    def get(self, file_id: str) -> FileRecord | None:
+        """The file, or None."""
+        return self._files.get(file_id)
+
+    def delete(self, file_id: str) -> bool:
+        """Remove the file; False if there was none."""
+        return self._files.pop(file_id, None) is not None
+
+    def all(self) -> list[FileRecord]:
+        """Every file, oldest first."""
+        return list(self._files.values())
+
+
+class StatsView(msgspec.Struct, kw_only=True):
+    """The JSON of `GET /_sim/stats`.
+
+    `batch_lines_submitted` and `max_submissions_per_custom_id` cover both APIs (OpenAI batch lines and
+    Anthropic batch requests, counted at creation, including batches that later fail validation);
+    `batches_cancelled` counts cancels of either kind; `message_batch_requests_submitted` is the Anthropic part.
+    """
+
+    realtime_calls: dict[str, int]
+    errors_injected: int
+    batches_created: int
+    batch_lines_submitted: int
+    max_submissions_per_custom_id: int
+    files_uploaded: int
+    message_batches_created: int
+    message_batch_requests_submitted: int
+    batches_cancelled: int
+
+
+class Stats:
+    """Counters for tests and benchmarks; `submissions` counts every custom_id across all batches of both APIs."""
+
+    def __init__(self) -> None:
+        self.realtime_calls: Counter[str] = Counter()
+        self.errors_injected = 0
+        self.batches_created = 0
+        self.batch_lines_submitted = 0
+        self.files_uploaded = 0
+        self.message_batches_created = 0
+        self.message_batch_requests_submitted = 0
+        self.batches_cancelled = 0
+        self.submissions: Counter[str] = Counter()
+        self.max_submissions = 0
+
+    def submitted(self, custom_ids: Iterable[str]) -> None:
+        """Count one submission of each custom_id (a line of any batch, OpenAI or Anthropic)."""
+        submissions = self.submissions
+        for custom_id in custom_ids:
+            submissions[custom_id] += 1
+            self.batch_lines_submitted += 1
+            self.max_submissions = max(self.max_submissions, submissions[custom_id])
+
+    def view(self) -> StatsView:
+        """A snapshot for the wire."""
+        return StatsView(
+            realtime_calls=dict(self.realtime_calls),
+            errors_injected=self.errors_injected,
+            batches_created=self.batches_created,
+            batch_lines_submitted=self.batch_lines_submitted,
+            max_submissions_per_custom_id=self.max_submissions,
+            files_uploaded=self.files_uploaded,
+            message_batches_created=self.message_batches_created,
+            message_batch_requests_submitted=self.message_batch_requests_submitted,
+            batches_cancelled=self.batches_cancelled,
+        )

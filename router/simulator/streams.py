@@ -1,0 +1,158 @@
+"""Server-sent event streams replayed from a finished answer, so a streamed answer equals the non-streamed one."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import msgspec
+
+from router.simulator import anthropic_bodies
+from router.simulator.openai_bodies import (
+    ChatCompletion,
+    Completion,
+    CompletionUsage,
+    OutputMessage,
+    OutputText,
+    ResponseObject,
+    TextChoice,
+)
+from router.simulator.text import split_for_stream
+
+_ENCODE = msgspec.json.Encoder()
+DONE = b"data: [DONE]\n\n"
+
+
+class Delta(msgspec.Struct, omit_defaults=True):
+    """`ChatCompletionStreamResponseDelta`: only the fields a chunk carries."""
+
+    role: str | None = None
+    content: str | None = None
+
+
+class ChunkChoice(msgspec.Struct, kw_only=True):
+    """One choice of a chat chunk; `finish_reason` is null until the last chunk of that choice."""
+
+    index: int
+    delta: Delta
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class ChatChunk(msgspec.Struct, kw_only=True):
+    """`CreateChatCompletionStreamResponse`; `usage` is null on every chunk but the last when usage was asked for."""
+
+    id: str
+    object: str = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    service_tier: str
+    system_fingerprint: str
+    usage: CompletionUsage | msgspec.UnsetType | None = msgspec.UNSET
+
+
+async def paced(events: Iterator[bytes], delay_ms: float) -> AsyncIterator[bytes]:
+    """Yield each event, pausing `delay_ms` between them (never blocking the loop)."""
+    first = True
+    for event in events:
+        if not first and delay_ms > 0:
+            await asyncio.sleep(delay_ms / 1000)
+        first = False
+        yield event
+
+
+def _data(obj: Any) -> bytes:
+    return b"data: " + _ENCODE.encode(obj) + b"\n\n"
+
+
+def _event(name: str, obj: Any) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + _ENCODE.encode(obj) + b"\n\n"
+
+
+def chat_events(answer: ChatCompletion, include_usage: bool) -> Iterator[bytes]:
+    """`data:` chunks: the role, the content in pieces, `finish_reason`, optionally usage, then `[DONE]`."""
+    usage_field: CompletionUsage | msgspec.UnsetType | None = None if include_usage else msgspec.UNSET
+
+    def chunk(choices: list[ChunkChoice], usage: CompletionUsage | msgspec.UnsetType | None = usage_field) -> bytes:
+        return _data(
+            ChatChunk(
+                id=answer.id,
+                created=answer.created,
+                model=answer.model,
+                choices=choices,
+                service_tier=answer.service_tier,
+                system_fingerprint=answer.system_fingerprint,
+                usage=usage,
+            )
+        )
+
+    yield chunk([ChunkChoice(index=c.index, delta=Delta(role="assistant", content="")) for c in answer.choices])
+    pieces = [split_for_stream(c.message.content) for c in answer.choices]
+    for step in range(max(map(len, pieces))):
+        for choice, parts in zip(answer.choices, pieces, strict=True):
+            if step < len(parts):
+                yield chunk([ChunkChoice(index=choice.index, delta=Delta(content=parts[step]))])
+    for choice in answer.choices:
+        yield chunk([ChunkChoice(index=choice.index, delta=Delta(), finish_reason=choice.finish_reason)])
+    if include_usage:
+        yield chunk([], answer.usage)
+    yield DONE
+
+
+def completion_events(answer: Completion, include_usage: bool) -> Iterator[bytes]:
+    """Legacy completion chunks (same shape as the answer), a `finish_reason` chunk per choice, usage, `[DONE]`."""
+
+    def chunk(choices: list[TextChoice], usage: CompletionUsage | None = None) -> bytes:
+        return _data(msgspec.structs.replace(answer, choices=choices, usage=usage))
+
+    pieces = [split_for_stream(c.text) for c in answer.choices]
+    for step in range(max(map(len, pieces))):
+        for choice, parts in zip(answer.choices, pieces, strict=True):
+            if step < len(parts):
+                yield chunk([TextChoice(text=parts[step], index=choice.index, finish_reason=None)])
+    for choice in answer.choices:
+        yield chunk([TextChoice(text="", index=choice.index, finish_reason=choice.finish_reason)])
+    if include_usage:
+        yield chunk([], answer.usage)
+    yield DONE
+
+
+def response_events(answer: ResponseObject) -> Iterator[bytes]:
+    """The Responses API event sequence for a one-message answer, numbered by `sequence_number`."""
+    seq = iter(range(1 << 30))
+    pending = msgspec.structs.replace(answer, status="in_progress", output=[], usage=None, completed_at=None)
+    message = answer.output[0]
+    text = message.content[0].text
+    empty = msgspec.structs.replace(message, status="in_progress", content=[])
+    where = {"item_id": message.id, "output_index": 0, "content_index": 0}
+    yield _event("response.created", {"type": "response.created", "response": pending, "sequence_number": next(seq)})
+    yield _event(
+        "response.in_progress", {"type": "response.in_progress", "response": pending, "sequence_number": next(seq)}
+    )
+    yield _item_event("response.output_item.added", empty, next(seq))
+    yield _part_event("response.content_part.added", where, OutputText(text=""), next(seq))
+    for piece in split_for_stream(text):
+        delta = {"type": "response.output_text.delta", **where, "delta": piece, "logprobs": []}
+        yield _event("response.output_text.delta", {**delta, "sequence_number": next(seq)})
+    done = {"type": "response.output_text.done", **where, "text": text, "logprobs": [], "sequence_number": next(seq)}
+    yield _event("response.output_text.done", done)
+    yield _part_event("response.content_part.done", where, message.content[0], next(seq))
+    yield _item_event("response.output_item.done", message, next(seq))
+    final = "response.completed" if answer.status == "completed" else "response.incomplete"
+    yield _event(final, {"type": final, "response": answer, "sequence_number": next(seq)})
+
+
+def _item_event(name: str, item: OutputMessage, seq: int) -> bytes:
+    return _event(name, {"type": name, "output_index": 0, "item": item, "sequence_number": seq})
+
+
+def _part_event(name: str, where: dict[str, Any], part: OutputText, seq: int) -> bytes:
+    return _event(name, {"type": name, **where, "part": part, "sequence_number": seq})
+
+
+def anthropic_events(message: anthropic_bodies.Message) -> Iterator[bytes]:
+    """Anthropic's `event:`/`data:` pairs for a finished message."""
+    for name, payload in anthropic_bodies.stream_events(message):
+        yield _event(name, payload)

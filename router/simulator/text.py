@@ -1,0 +1,136 @@
+"""Deterministic stand-ins for a model: reply text, token counts, prompt-cache hits and embedding vectors."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import sys
+from array import array
+from collections.abc import Iterable
+
+_WORDS = (
+    "amber", "basalt", "cedar", "delta", "ember", "fjord", "garnet", "harbor",
+    "indigo", "juniper", "kestrel", "lagoon", "meadow", "nimbus", "orchid", "prairie",
+    "quartz", "raven", "sierra", "tundra", "umber", "violet", "willow", "xenon",
+    "yarrow", "zephyr", "anchor", "beacon", "canyon", "dune", "estuary", "falcon",
+    "glacier", "heron", "island", "jasper", "kelp", "lantern", "marble", "nectar",
+    "onyx", "pebble", "quill", "ridge", "saffron", "thistle", "upland", "valley",
+    "wren", "yonder", "zinnia", "aurora", "brook", "cobalt", "dawn", "echo",
+    "fern", "grove", "hollow", "iris", "jade", "knoll", "lichen", "moss",
+)  # fmt: skip
+
+CHARS_PER_TOKEN = 4
+MESSAGE_OVERHEAD_TOKENS = 4
+"""Per-message framing tokens, as OpenAI's chat format adds them."""
+REPLY_PRIMING_TOKENS = 3
+CACHE_MIN_TOKENS = 1024
+CACHE_BLOCK_TOKENS = 128
+_CACHE_BLOCK_CHARS = CACHE_BLOCK_TOKENS * CHARS_PER_TOKEN
+_CACHE_MAX_ENTRIES = 1_000_000
+
+
+def count_tokens(text: str) -> int:
+    """Tokens in `text` at about four characters a token (0 for the empty string)."""
+    return (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
+
+
+def clip_to_tokens(text: str, max_tokens: int | None) -> tuple[str, bool]:
+    """`text` cut to at most `max_tokens` tokens, and whether it was cut."""
+    if max_tokens is None or count_tokens(text) <= max_tokens:
+        return text, False
+    return text[: max(0, max_tokens) * CHARS_PER_TOKEN], True
+
+
+class Conversation:
+    """A prompt reduced to (role, text) turns: the one thing both providers' answers are derived from.
+
+    System and developer turns share the role "system" so that an OpenAI chat and its Anthropic translation
+    (top-level `system`) get the same answer.
+    """
+
+    __slots__ = ("_digest", "last_user", "text", "turns")
+
+    def __init__(self, turns: Iterable[tuple[str, str]]) -> None:
+        self.turns = [("system" if role == "developer" else role, content) for role, content in turns]
+        self.text = "".join(f"{role}\x1f{content}\x1e" for role, content in self.turns)
+        self.last_user = next((content for role, content in reversed(self.turns) if role == "user"), "")
+        self._digest = hashlib.blake2b(self.text.encode(), digest_size=16).digest()
+
+    def chat_prompt_tokens(self) -> int:
+        """Prompt tokens the way chat formats count them: text plus per-message framing."""
+        framing = MESSAGE_OVERHEAD_TOKENS * len(self.turns) + REPLY_PRIMING_TOKENS
+        return framing + sum(count_tokens(content) for _, content in self.turns)
+
+    def reply(self, variant: int = 0) -> str:
+        """A deterministic reply: a fingerprint of the last user turn, then words picked by a hash of the turns."""
+        h = hashlib.blake2b(self._digest + variant.to_bytes(4, "little"), digest_size=32).digest()
+        count = 8 + h[0] % 24
+        words = " ".join(_WORDS[b % len(_WORDS)] for b in h[1 : 1 + count])
+        return f"Simulated reply {fingerprint(self.last_user)}: {words.capitalize()}."
+
+
+def fingerprint(text: str) -> str:
+    """Eight hex digits naming `text`, shown in replies so different prompts give visibly different answers."""
+    return hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
+
+
+def split_for_stream(text: str, pieces: int = 6) -> list[str]:
+    """`text` split on word boundaries into up to `pieces` chunks that join back to exactly `text`."""
+    words = text.split(" ")
+    step = max(1, math.ceil(len(words) / pieces))
+    chunks = [" ".join(words[i : i + step]) for i in range(0, len(words), step)]
+    return [chunk if i == len(chunks) - 1 else chunk + " " for i, chunk in enumerate(chunks)]
+
+
+class PrefixCache:
+    """Prompt prefixes seen before, in 128-token blocks, like OpenAI's automatic prompt caching.
+
+    A prompt of at least 1024 tokens whose leading blocks (per model) were seen before reports those blocks as
+    `cached_tokens`: a multiple of 128, at least 1024, never more than the prompt.
+    """
+
+    __slots__ = ("_seen",)
+
+    def __init__(self) -> None:
+        self._seen: set[bytes] = set()
+
+    def hit(self, model: str, prompt: str, prompt_tokens: int) -> int:
+        """Cached tokens for this prompt, remembering its blocks for the next call."""
+        if prompt_tokens < CACHE_MIN_TOKENS:
+            return 0
+        if len(self._seen) > _CACHE_MAX_ENTRIES:  # bound memory in long benchmark runs
+            self._seen.clear()
+        chain = model.encode()
+        hits = 0
+        matching = True
+        data = prompt.encode()
+        for start in range(0, len(data) - _CACHE_BLOCK_CHARS + 1, _CACHE_BLOCK_CHARS):
+            # Chained digests: a block only counts when everything before it matched too.
+            chain = hashlib.blake2b(chain + data[start : start + _CACHE_BLOCK_CHARS], digest_size=16).digest()
+            if matching and chain in self._seen:
+                hits += 1
+            else:
+                matching = False
+                self._seen.add(chain)
+        cached = min(hits * CACHE_BLOCK_TOKENS, prompt_tokens // CACHE_BLOCK_TOKENS * CACHE_BLOCK_TOKENS)
+        return cached if cached >= CACHE_MIN_TOKENS else 0
+
+    def clear(self) -> None:
+        """Forget every prefix."""
+        self._seen.clear()
+
+
+def embedding(key: bytes, dimensions: int) -> array[float]:
+    """A deterministic float32 unit vector for `key`; a shorter one is a renormalised prefix of a longer one."""
+    raw = memoryview(hashlib.shake_256(key).digest(dimensions)).cast("b")
+    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+    return array("f", [x / norm for x in raw])
+
+
+def embedding_base64(vector: array[float]) -> str:
+    """The vector as base64 of little-endian float32, the layout the OpenAI SDK decodes."""
+    if sys.byteorder == "big":
+        vector = array("f", vector)
+        vector.byteswap()
+    return base64.b64encode(vector.tobytes()).decode()

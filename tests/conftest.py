@@ -1,0 +1,125 @@
+"""Shared fixtures: a real Redis (isolated by key prefix), the built-in simulator and the router, on real sockets."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from router.app import create_app
+from router.settings import Settings, load_settings
+from router.simulator import SimConfig, create_simulator
+from tests.servers import serve_in_thread
+
+ROOT = Path(__file__).resolve().parent.parent
+NO_POLICIES = ROOT / "tests" / "data" / "policies_none"
+
+
+def _reachable(url: str) -> bool:
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=0.5) as client:
+            return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`REDIS_URL`, else the local Redis on 6379, else the bundled redis-server: tests never skip for want of Redis."""
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    if _reachable(url):
+        yield url
+        return
+    from router.embedded import embedded_redis
+
+    with embedded_redis(tmp_path_factory.mktemp("redis")) as embedded:
+        yield embedded
+
+
+@pytest.fixture
+def key_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of this test's own; every key under it is deleted afterwards."""
+    prefix = "hrtest-" + secrets.token_hex(4)
+    yield prefix
+    with redis.Redis.from_url(redis_url) as client:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+
+
+class Sim:
+    """A running simulator: its API base URL and its control endpoints."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.v1 = base + "/v1"
+
+    def configure(self, **fields: Any) -> None:
+        httpx.post(self.base + "/_sim/config", json=fields).raise_for_status()
+
+    def stats(self) -> dict[str, Any]:
+        response = httpx.get(self.base + "/_sim/stats")
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+
+@pytest.fixture(scope="module")
+def sim_server() -> Iterator[Sim]:
+    with serve_in_thread(create_simulator(SimConfig(batch_turnaround_s=0.3))) as base:
+        yield Sim(base)
+
+
+@pytest.fixture
+def sim(sim_server: Sim) -> Iterator[Sim]:
+    """The module's simulator, reset to a clean state for this test."""
+    httpx.post(sim_server.base + "/_sim/reset").raise_for_status()
+    sim_server.configure(**{f: getattr(SimConfig(batch_turnaround_s=0.3), f) for f in SimConfig.__struct_fields__})
+    yield sim_server
+
+
+def router_settings(sim: Sim, redis_url: str, key_prefix: str, **tree: Any) -> Settings:
+    """Settings for a router in front of `sim`, with the given overrides (a settings tree)."""
+    base: dict[str, Any] = {
+        "upstreams": [{"name": "openai", "kind": "openai", "base_url": sim.v1, "api_key_env": "SIM_KEY"}],
+        "redis_url": redis_url,
+        "key_prefix": key_prefix,
+        "policies_dir": str(NO_POLICIES),
+        "pricing_file": str(ROOT / "config" / "pricing.yaml"),
+    }
+    for key, value in tree.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = base[key] | value
+        else:
+            base[key] = value
+    return load_settings(None, {}, base)
+
+
+RouterFactory = Callable[..., contextlib.AbstractContextManager[str]]
+
+
+@pytest.fixture
+def start_router(sim: Sim, redis_url: str, key_prefix: str) -> Iterator[RouterFactory]:
+    """Start routers in front of the simulator: `with start_router(**settings_tree) as base_url: ...`."""
+
+    @contextlib.contextmanager
+    def start(*, loops: bool = True, **tree: Any) -> Iterator[str]:
+        settings = router_settings(sim, redis_url, key_prefix, **tree)
+        with serve_in_thread(create_app(settings, {"SIM_KEY": "sk-sim"}, loops=loops)) as base:
+            yield base
+
+    yield start
+
+
+@pytest.fixture
+def router_url(start_router: RouterFactory) -> Iterator[str]:
+    """A router with default settings (no policies) in front of the simulator."""
+    with start_router() as base:
+        yield base

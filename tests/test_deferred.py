@@ -1,0 +1,280 @@
+"""The deferred lane end to end: X-Deadline → Redis → the simulator's Batch API → the caller, over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import RouterFactory, Sim
+
+FAST = {"max_wait_s": 0.2, "poll_interval_s": 0.2, "turnaround_prior_s": 1.0, "margin_s": 1.0, "lease_s": 5.0}
+LATER = {"X-Deadline": "2h"}
+
+
+def prompt(i: int) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"Summarise document number {i}."}]
+
+
+def direct_answer(sim: Sim, messages: list[dict[str, str]], model: str = "gpt-4o-mini") -> str:
+    c = openai.OpenAI(base_url=sim.v1, api_key="x")
+    return c.chat.completions.create(model=model, messages=messages).choices[0].message.content or ""  # type: ignore[arg-type]
+
+
+def sdk(base: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base + "/v1", api_key="dev", timeout=60, max_retries=0)
+
+
+def test_held_call_gets_a_batch_answer(start_router: RouterFactory, sim: Sim) -> None:
+    with start_router(batch=FAST) as base:
+        raw = sdk(base).chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=prompt(1), extra_headers=LATER
+        )
+    completion = raw.parse()
+    assert raw.headers["x-router-lane"] == "batch"
+    assert completion.object == "chat.completion"
+    assert completion.choices[0].message.content == direct_answer(sim, prompt(1))
+    assert float(raw.headers["x-router-savings-usd"]) > 0
+    stats = sim.stats()
+    assert stats["batches_created"] == 1
+    assert stats["batch_lines_submitted"] == 1
+    assert stats["realtime_calls"].get("/v1/chat/completions", 0) == 1  # only our direct_answer call
+
+
+def test_every_endpoint_can_be_deferred(start_router: RouterFactory) -> None:
+    with start_router(batch=FAST) as base:
+        c = sdk(base)
+        emb = c.embeddings.with_raw_response.create(model="text-embedding-3-small", input="x", extra_headers=LATER)
+        comp = c.completions.with_raw_response.create(model="gpt-4o-mini", prompt="Hi", extra_headers=LATER)
+        resp = c.responses.with_raw_response.create(model="gpt-4o-mini", input="Hi", extra_headers=LATER)
+    for raw in (emb, comp, resp):
+        assert raw.headers["x-router-lane"] == "batch"
+    assert len(emb.parse().data[0].embedding) == 1536
+    assert comp.parse().choices[0].text
+    assert resp.parse().output_text
+
+
+async def test_a_thousand_concurrent_calls_land_in_four_batches(start_router: RouterFactory, sim: Sim) -> None:
+    n, per_batch = 1000, 250
+    batch = FAST | {"max_requests": per_batch, "max_wait_s": 60.0}
+    with start_router(batch=batch) as base:
+        limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+        http = httpx.AsyncClient(limits=limits, timeout=120)
+        async with openai.AsyncOpenAI(base_url=base + "/v1", api_key="dev", http_client=http, max_retries=0) as c:
+            answers = await asyncio.gather(
+                *(c.chat.completions.create(model="gpt-4o-mini", messages=prompt(i), extra_headers=LATER)
+                  for i in range(n))
+            )  # fmt: skip
+        async with openai.AsyncOpenAI(base_url=sim.v1, api_key="x", max_retries=0) as direct:
+            expected = await asyncio.gather(
+                *(direct.chat.completions.create(model="gpt-4o-mini", messages=prompt(i)) for i in range(n))
+            )
+    for got, want in zip(answers, expected, strict=True):
+        assert got.choices[0].message.content == want.choices[0].message.content
+    stats = sim.stats()
+    assert stats["batches_created"] == n // per_batch
+    assert stats["batch_lines_submitted"] == n
+    assert stats["max_submissions_per_custom_id"] == 1
+
+
+def test_async_mode_and_polling(start_router: RouterFactory, sim: Sim) -> None:
+    keys = [
+        {"sha256": hashlib.sha256(b"sk-a").hexdigest(), "tenant": "a"},
+        {"sha256": hashlib.sha256(b"sk-b").hexdigest(), "tenant": "b"},
+    ]
+    with start_router(batch=FAST, auth="keys", keys=keys) as base:
+        body = {"model": "gpt-4o-mini", "messages": prompt(7)}
+        headers = {"authorization": "Bearer sk-a", "prefer": "respond-async", "x-deadline": "1h"}
+        accepted = httpx.post(base + "/v1/chat/completions", json=body, headers=headers)
+        assert accepted.status_code == 202
+        call = accepted.json()
+        assert call["object"] == "deferred.call"
+        assert call["status"] in ("queued", "submitted")
+        assert call["lane"] == "batch"
+        assert call["deadline"].endswith("Z")
+        assert accepted.headers["location"] == f"/v1/deferred/{call['id']}"
+        assert accepted.headers["x-router-request-id"] == call["id"]
+        url = base + accepted.headers["location"]
+        other = httpx.get(url, headers={"authorization": "Bearer sk-b"})
+        assert other.status_code == 404
+        assert other.json()["error"]["code"] == "deferred_call_not_found"
+        done = httpx.get(url + "?wait=20", headers={"authorization": "Bearer sk-a"}, timeout=30)
+        assert done.status_code == 200
+        completion = openai.types.chat.ChatCompletion.model_validate(done.json())
+        assert completion.choices[0].message.content == direct_answer(sim, prompt(7))
+        assert done.headers["x-router-lane"] == "batch"
+        assert httpx.get(base + "/v1/deferred/nope", headers={"authorization": "Bearer sk-a"}).status_code == 404
+
+
+def test_pending_call_answers_202(start_router: RouterFactory, sim: Sim) -> None:
+    sim.configure(batch_turnaround_s=30)
+    with start_router(batch=FAST) as base:
+        accepted = httpx.post(
+            base + "/v1/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": prompt(8)},
+            headers={"prefer": "respond-async", "x-deadline": "2h"},
+        )
+        pending = httpx.get(base + accepted.headers["location"] + "?wait=1")
+    assert pending.status_code == 202
+    assert pending.json()["id"] == accepted.json()["id"]
+
+
+def test_deferred_stream_is_replayed_as_sse(start_router: RouterFactory, sim: Sim) -> None:
+    with start_router(batch=FAST) as base:
+        stream = sdk(base).chat.completions.create(
+            model="gpt-4o-mini",
+            messages=prompt(3),
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_headers=LATER,
+        )
+        chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == direct_answer(sim, prompt(3))
+    assert chunks[-1].usage is not None
+    assert sim.stats()["batches_created"] == 1
+
+
+def test_expired_batch_keeps_partial_results_and_answers_the_rest(start_router: RouterFactory, sim: Sim) -> None:
+    sim.configure(batch_turnaround_s=5, batch_expire_s=0.2, batch_expire_done_fraction=0.5)
+    with start_router(batch=FAST) as base:
+        c = sdk(base)
+        raws = _many(base, 8)
+    lanes = [r.headers["x-router-lane"] for r in raws]
+    assert lanes.count("batch") >= 4  # the half the first batch finished
+    for i, r in enumerate(raws):
+        assert r.parse().choices[0].message.content == direct_answer(sim, prompt(i))
+    assert sim.stats()["batches_created"] >= 2  # the unanswered half went back to a queue
+    del c
+
+
+def _many(base: str, n: int) -> list[Any]:
+    async def run() -> list[Any]:
+        async with openai.AsyncOpenAI(base_url=base + "/v1", api_key="dev", timeout=60, max_retries=0) as c:
+            return await asyncio.gather(
+                *(c.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=prompt(i),
+                                                             extra_headers=LATER) for i in range(n))
+            )  # fmt: skip
+
+    return asyncio.run(run())
+
+
+def test_failed_batch_calls_are_escalated(start_router: RouterFactory, sim: Sim) -> None:
+    sim.configure(batch_fail=True)
+    with start_router(batch=FAST) as base:
+        raws = _many(base, 3)
+    for i, r in enumerate(raws):
+        assert r.headers["x-router-lane"] == "realtime"
+        assert r.headers["x-router-escalated"] == "true"
+        assert r.parse().choices[0].message.content == direct_answer(sim, prompt(i))
+    assert sim.stats()["batches_created"] == 2  # the first try, one re-queue, then real time
+
+
+def test_cancelled_batch_calls_still_get_answers(start_router: RouterFactory, sim: Sim) -> None:
+    sim.configure(batch_turnaround_s=30)
+    with start_router(batch=FAST) as base:
+        ids = []
+        for i in range(4):
+            r = httpx.post(
+                base + "/v1/chat/completions",
+                json={"model": "gpt-4o-mini", "messages": prompt(i)},
+                headers={"prefer": "respond-async", "x-deadline": "1h"},
+            )
+            ids.append(r.json()["id"])
+        upstream = openai.OpenAI(base_url=sim.v1, api_key="x")
+        batches = _wait_for(lambda: upstream.batches.list().data)
+        sim.configure(batch_turnaround_s=0.3)
+        upstream.batches.cancel(batches[0].id)  # someone cancels it from the provider's console
+        results = [httpx.get(f"{base}/v1/deferred/{cid}?wait=30", timeout=40) for cid in ids]
+    for i, r in enumerate(results):
+        assert r.status_code == 200
+        assert r.json()["choices"][0]["message"]["content"] == direct_answer(sim, prompt(i))
+
+
+def test_guard_escalates_before_the_deadline(start_router: RouterFactory, sim: Sim) -> None:
+    sim.configure(batch_turnaround_s=120)
+    with start_router(batch=FAST) as base:
+        before = _metric(httpx.get(base + "/metrics").text, 'hybrid_router_deadline_escalations_total{reason="submitted"}')
+        started = time.time()
+        raw = sdk(base).chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=prompt(5), extra_headers={"X-Deadline": "4s"}
+        )
+        answered = time.time()
+        metrics = httpx.get(base + "/metrics").text
+    assert raw.headers["x-router-lane"] == "realtime"
+    assert raw.headers["x-router-escalated"] == "true"
+    assert raw.parse().choices[0].message.content == direct_answer(sim, prompt(5))
+    assert answered < started + 4  # the promise itself, not a speed measurement
+    assert sim.stats()["batches_created"] == 1
+    after = _metric(metrics, 'hybrid_router_deadline_escalations_total{reason="submitted"}')
+    assert after - before == 1
+
+
+def test_deadline_too_close_for_a_batch_goes_realtime_at_once(start_router: RouterFactory, sim: Sim) -> None:
+    with start_router(batch=FAST | {"turnaround_prior_s": 600}) as base:
+        raw = sdk(base).chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=prompt(1), extra_headers={"X-Deadline": "5m"}
+        )
+    assert raw.headers["x-router-lane"] == "realtime"
+    assert sim.stats()["batches_created"] == 0
+
+
+def test_idempotency_key_attaches_a_retry_to_the_same_call(start_router: RouterFactory, sim: Sim) -> None:
+    sim.configure(batch_turnaround_s=2)
+    with start_router(batch=FAST) as base:
+        body = {"model": "gpt-4o-mini", "messages": prompt(9)}
+        headers = {"x-deadline": "2h", "idempotency-key": "job-42"}
+        with pytest.raises(httpx.ReadTimeout):  # the held caller's connection is cut
+            httpx.post(base + "/v1/chat/completions", json=body, headers=headers, timeout=0.5)
+        retry = httpx.post(base + "/v1/chat/completions", json=body, headers=headers | {"prefer": "respond-async"})
+        again = httpx.post(base + "/v1/chat/completions", json=body, headers=headers, timeout=30)
+        done = httpx.get(base + retry.headers["location"] + "?wait=10", timeout=20)
+    assert again.status_code == 200
+    assert again.headers["x-router-request-id"] == retry.json()["id"]
+    assert done.json()["choices"][0]["message"]["content"] == direct_answer(sim, prompt(9))
+    stats = sim.stats()
+    assert stats["batch_lines_submitted"] == 1
+    assert stats["max_submissions_per_custom_id"] == 1
+
+
+def test_bad_deadlines_are_400(router_url: str) -> None:
+    for value in ("soon", "-5m", "2001-01-01T00:00:00Z", "400d"):
+        r = httpx.post(
+            router_url + "/v1/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": prompt(0)},
+            headers={"x-deadline": value},
+        )
+        assert r.status_code == 400, value
+        error = r.json()["error"]
+        assert error["param"] == "X-Deadline"
+        assert "2h" in error["message"]
+
+
+def test_urgent_header_stays_realtime(router_url: str, sim: Sim) -> None:
+    raw = sdk(router_url).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=prompt(0), extra_headers={"X-Deadline": "now"}
+    )
+    assert raw.headers["x-router-lane"] == "realtime"
+    assert sim.stats()["batches_created"] == 0
+
+
+def _metric(text: str, series: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _wait_for(probe: Any, timeout: float = 10.0) -> Any:
+    until = time.monotonic() + timeout
+    while time.monotonic() < until:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("condition not reached")

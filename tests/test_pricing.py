@@ -1,0 +1,356 @@
+"""Pricing: hand-computed costs per model and lane, snapshot names, cached tokens, usage shapes, file errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from router.errors import ConfigError
+from router.pricing import Cost, PriceTable, Usage, load_pricing, usage_from_body
+
+SHIPPED = Path(__file__).parent.parent / "config" / "pricing.yaml"
+TABLE = load_pricing(SHIPPED)
+M = 1_000_000
+ONE_MILLION_EACH = Usage(input_tokens=M, cached_tokens=0, output_tokens=M)
+
+
+def assert_cost(cost: Cost | None, baseline: float, actual: float) -> None:
+    assert cost is not None
+    assert cost.baseline_usd == pytest.approx(baseline)
+    assert cost.actual_usd == pytest.approx(actual)
+    assert cost.savings_usd == pytest.approx(baseline - actual)
+
+
+# 1M input + 1M output tokens, no cache: real-time, batch and flex (None: no flex tier) totals in USD.
+@pytest.mark.parametrize(
+    ("model", "realtime", "batch", "flex"),
+    [
+        ("gpt-4o", 12.50, 6.25, None),
+        ("gpt-4o-mini", 0.75, 0.375, None),
+        ("gpt-4.1", 10.00, 5.00, None),
+        ("gpt-4.1-mini", 2.00, 1.00, None),
+        ("gpt-4.1-nano", 0.50, 0.25, None),
+        ("gpt-5", 11.25, 5.625, 5.625),
+        ("gpt-5-mini", 2.25, 1.125, 1.125),
+        ("gpt-5-nano", 0.45, 0.225, 0.225),
+        ("o3", 10.00, 5.00, 5.00),
+        ("o4-mini", 5.50, 2.75, 2.75),
+        ("claude-sonnet-4", 18.00, 9.00, None),
+        ("claude-sonnet-4-5", 18.00, 9.00, None),
+        ("claude-sonnet-4-6", 18.00, 9.00, None),
+        ("claude-opus-4-1", 90.00, 45.00, None),
+        ("claude-opus-4-5", 30.00, 15.00, None),
+        ("claude-opus-4-6", 30.00, 15.00, None),
+        ("claude-haiku-4-5", 6.00, 3.00, None),
+        ("claude-3-5-haiku", 4.80, 2.40, None),
+    ],
+)
+def test_cost_per_model_and_lane(model: str, realtime: float, batch: float, flex: float | None) -> None:
+    assert_cost(TABLE.cost(model, ONE_MILLION_EACH, "realtime"), realtime, realtime)
+    assert_cost(TABLE.cost(model, ONE_MILLION_EACH, "batch"), realtime, batch)
+    if flex is None:
+        assert TABLE.cost(model, ONE_MILLION_EACH, "flex") is None
+    else:
+        assert_cost(TABLE.cost(model, ONE_MILLION_EACH, "flex"), realtime, flex)
+
+
+@pytest.mark.parametrize(
+    ("model", "realtime", "batch"),
+    [
+        ("text-embedding-3-small", 0.02, 0.01),
+        ("text-embedding-3-large", 0.13, 0.065),
+        ("text-embedding-ada-002", 0.10, 0.05),
+    ],
+)
+def test_embeddings_cost(model: str, realtime: float, batch: float) -> None:
+    usage = Usage(input_tokens=M)
+    assert_cost(TABLE.cost(model, usage, "realtime"), realtime, realtime)
+    assert_cost(TABLE.cost(model, usage, "batch"), realtime, batch)
+
+
+def test_seed_batch_rates() -> None:
+    expected = {
+        "gpt-4o": (1.25, 5.00),
+        "gpt-4o-mini": (0.075, 0.30),
+        "claude-sonnet-4": (1.50, 7.50),
+        "claude-3-5-haiku": (0.40, 2.00),
+    }
+    for model, (input_rate, output_rate) in expected.items():
+        rates = TABLE.rates(model, "batch")
+        assert rates is not None
+        assert (rates.input, rates.output) == pytest.approx((input_rate, output_rate))
+
+
+def test_small_call() -> None:
+    # 1,200 prompt + 300 completion tokens on gpt-4o-mini: 1200 * 0.15e-6 + 300 * 0.60e-6 = $0.00036.
+    assert_cost(TABLE.cost("gpt-4o-mini", Usage(1200, 0, 300), "batch"), 0.00036, 0.00018)
+
+
+# --- cached tokens -----------------------------------------------------------------------------------------
+
+
+def test_gpt_4o_batch_charges_cached_tokens_at_batch_input_rate() -> None:
+    # 600k fresh * 2.50 + 400k cached * 1.25 = 1.50 + 0.50 = 2.00 real time; batch: 1M * 1.25 = 1.25.
+    assert_cost(TABLE.cost("gpt-4o", Usage(M, 400_000, 0), "batch"), 2.00, 1.25)
+    # gpt-4o-mini: 0.6 * 0.15 + 0.4 * 0.075 = 0.12 real time; batch: 1M * 0.075.
+    assert_cost(TABLE.cost("gpt-4o-mini", Usage(M, 400_000, 0), "batch"), 0.12, 0.075)
+
+
+def test_gpt_5_batch_and_flex_halve_the_cached_rate() -> None:
+    # 500k fresh * 1.25 + 500k cached * 0.125 = 0.6875 real time; half of it in batch and flex.
+    for lane in ("batch", "flex"):
+        assert_cost(TABLE.cost("gpt-5", Usage(M, 500_000, 0), lane), 0.6875, 0.34375)
+
+
+def test_anthropic_cache_reads_stack_with_batch() -> None:
+    # Sonnet 4: 200k fresh * 3 + 800k reads * 0.30 + 100k out * 15 = 0.60 + 0.24 + 1.50 = 2.34; batch half.
+    assert_cost(TABLE.cost("claude-sonnet-4", Usage(M, 800_000, 100_000), "batch"), 2.34, 1.17)
+    rates = TABLE.rates("claude-3-5-haiku", "batch")
+    assert rates is not None
+    assert rates.cached_input == pytest.approx(0.04)
+
+
+def test_cached_tokens_beyond_input_are_capped() -> None:
+    assert TABLE.cost("gpt-4o", Usage(100, 500, 0), "realtime") == TABLE.cost("gpt-4o", Usage(100, 100, 0), "realtime")
+
+
+def test_zero_usage_costs_nothing() -> None:
+    assert TABLE.cost("gpt-4o", Usage(0), "batch") == Cost(0.0, 0.0, 0.0)
+
+
+@given(
+    fresh=st.integers(0, 10**7),
+    cached=st.integers(0, 10**7),
+    output=st.integers(0, 10**7),
+    model=st.sampled_from([m.name for m in TABLE.models]),
+)
+def test_costs_are_non_negative_and_realtime_saves_nothing(fresh: int, cached: int, output: int, model: str) -> None:
+    usage = Usage(fresh + cached, cached, output)
+    realtime = TABLE.cost(model, usage, "realtime")
+    batch = TABLE.cost(model, usage, "batch")
+    assert realtime is not None and batch is not None
+    assert realtime.savings_usd == 0
+    assert realtime.baseline_usd == batch.baseline_usd >= 0
+    assert batch.actual_usd >= 0
+
+
+# --- model names -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("alias", "model"),
+    [
+        ("gpt-4o-2024-08-06", "gpt-4o"),
+        ("gpt-4o-2024-11-20", "gpt-4o"),
+        ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"),
+        ("gpt-4.1-2025-04-14", "gpt-4.1"),
+        ("gpt-5-mini-2025-08-07", "gpt-5-mini"),
+        ("o3-2025-04-16", "o3"),
+        ("claude-3-5-haiku-20241022", "claude-3-5-haiku"),
+        ("claude-3-5-haiku-latest", "claude-3-5-haiku"),
+        ("claude-sonnet-4-20250514", "claude-sonnet-4"),
+        ("claude-sonnet-4-0", "claude-sonnet-4"),
+        ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5"),
+        ("claude-opus-4-1-20250805", "claude-opus-4-1"),
+        ("claude-haiku-4-5-20251001", "claude-haiku-4-5"),
+    ],
+)
+def test_snapshots_match_their_model(alias: str, model: str) -> None:
+    price = TABLE.lookup(alias)
+    assert price is not None
+    assert price.name == model
+    assert TABLE.cost(alias, ONE_MILLION_EACH, "batch") == TABLE.cost(model, ONE_MILLION_EACH, "batch")
+
+
+def test_mini_is_not_gpt_4o() -> None:
+    mini, full = TABLE.lookup("gpt-4o-mini"), TABLE.lookup("gpt-4o")
+    assert mini is not None and full is not None
+    assert mini.name == "gpt-4o-mini"
+    assert TABLE.cost("gpt-4o-mini", ONE_MILLION_EACH, "realtime") != TABLE.cost("gpt-4o", ONE_MILLION_EACH, "realtime")
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "gpt-4o-audio-preview",
+        "gpt-4o-2024",
+        "gpt-4",
+        "gpt-5-pro",
+        "claude-opus-4",
+        "claude-sonnet-4-7",
+        "GPT-4O",
+        "",
+        "x",
+    ],
+)
+def test_unknown_models_are_never_guessed(model: str) -> None:
+    assert not TABLE.known(model)
+    assert TABLE.cost(model, ONE_MILLION_EACH, "realtime") is None
+    assert TABLE.rates(model, "batch") is None
+
+
+def test_known() -> None:
+    assert TABLE.known("gpt-4o")
+    assert TABLE.known("claude-sonnet-4-20250514")
+
+
+def test_providers() -> None:
+    providers = {m.name: m.provider for m in TABLE.models}
+    assert providers["gpt-4o"] == "openai"
+    assert providers["claude-haiku-4-5"] == "anthropic"
+
+
+# --- usage shapes ------------------------------------------------------------------------------------------
+
+CHAT = {
+    "object": "chat.completion",
+    "usage": {
+        "prompt_tokens": 1200,
+        "completion_tokens": 300,
+        "total_tokens": 1500,
+        "prompt_tokens_details": {"cached_tokens": 1024, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0},
+    },
+}
+EMBEDDINGS = {"object": "list", "data": [], "usage": {"prompt_tokens": 8, "total_tokens": 8}}
+RESPONSES = {
+    "object": "response",
+    "usage": {
+        "input_tokens": 500,
+        "input_tokens_details": {"cached_tokens": 128},
+        "output_tokens": 40,
+        "output_tokens_details": {"reasoning_tokens": 10},
+        "total_tokens": 540,
+    },
+}
+ANTHROPIC = {
+    "type": "message",
+    "usage": {
+        "input_tokens": 20,
+        "cache_creation_input_tokens": 100,
+        "cache_read_input_tokens": 2000,
+        "output_tokens": 50,
+        "service_tier": "batch",
+    },
+}
+ANTHROPIC_NO_CACHE = {"type": "message", "usage": {"input_tokens": 20, "output_tokens": 50}}
+
+
+@pytest.mark.parametrize(
+    ("body", "usage"),
+    [
+        (CHAT, Usage(1200, 1024, 300)),
+        ({"usage": {"prompt_tokens": 10, "completion_tokens": 2}}, Usage(10, 0, 2)),
+        ({"usage": {"prompt_tokens": 10, "completion_tokens": 2, "prompt_tokens_details": None}}, Usage(10, 0, 2)),
+        (EMBEDDINGS, Usage(8, 0, 0)),
+        (RESPONSES, Usage(500, 128, 40)),
+        (ANTHROPIC, Usage(2120, 2000, 50)),
+        (ANTHROPIC_NO_CACHE, Usage(20, 0, 50)),
+        ({"usage": {"input_tokens": 5, "cache_read_input_tokens": None, "output_tokens": 1}}, Usage(5, 0, 1)),
+    ],
+)
+def test_usage_shapes(body: dict[str, Any], usage: Usage) -> None:
+    assert usage_from_body(body) == usage
+    assert usage_from_body(json.dumps(body).encode()) == usage
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"not json",
+        b"[1, 2]",
+        b'{"choices": []}',
+        b'{"usage": null}',
+        b'{"usage": {}}',
+        b'{"usage": {"prompt_tokens": -1}}',
+        b'{"usage": {"prompt_tokens": "12"}}',
+        b'{"usage": {"completion_tokens": 3}}',
+    ],
+)
+def test_no_usage(body: bytes) -> None:
+    assert usage_from_body(body) is None
+
+
+@given(st.binary(max_size=200))
+def test_usage_from_junk_never_raises(junk: bytes) -> None:
+    result = usage_from_body(junk)
+    assert result is None or isinstance(result, Usage)
+
+
+# --- the price file ----------------------------------------------------------------------------------------
+
+
+def write(tmp_path: Path, *entries: str) -> Path:
+    """A price file with one `models` entry per flow mapping given."""
+    path = tmp_path / "pricing.yaml"
+    path.write_text("models:\n" + "".join(f"  - {{{entry}}}\n" for entry in entries), encoding="utf-8")
+    return path
+
+
+BASE = "name: m, provider: openai, input: 1, output: 1"
+
+
+@pytest.mark.parametrize(
+    ("entries", "field", "problem"),
+    [
+        ((BASE, "name: gpt-x, provider: openai, input: cheap, output: 1"), "models[1].input", "model 'gpt-x'"),
+        (("name: m, provider: azure, input: 1, output: 1",), "models[0].provider", "Invalid enum value 'azure'"),
+        (("name: m, provider: openai, input: -1, output: 1",), "models[0].input", ">= 0"),
+        ((f"{BASE}, batch: 2",), "models[0].batch", "<= 1"),
+        ((f"{BASE}, batch: {{inpt: 1}}",), "models[0].batch", "inpt"),
+        ((f"{BASE}, batch: {{input: 1}}",), "models[0].batch", "missing required field `output`"),
+        ((f"{BASE}, price: 3",), "models[0]", "unknown field `price`"),
+        (("name: m, provider: openai, output: 1",), "models[0]", "missing required field `input`"),
+        (("name: m, provider: openai, input: 1",), "models[0]", "missing required field `output`"),
+        ((BASE, BASE), "models[1].name", "'m' is already priced"),
+        ((BASE, "name: n, provider: openai, input: 2, output: 1, aliases: [m]"), "models[1].aliases", "already priced"),
+    ],
+)
+def test_broken_pricing_file(tmp_path: Path, entries: tuple[str, ...], field: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_pricing(write(tmp_path, *entries))
+    assert info.value.field == field
+    assert problem in str(info.value)
+    assert "pricing.yaml" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [("prices: []\n", "unknown field `prices`"), ("", "expected a mapping"), ("models: [\n", "not valid YAML")],
+)
+def test_broken_pricing_file_shape(tmp_path: Path, text: str, problem: str) -> None:
+    path = tmp_path / "pricing.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_pricing(path)
+    assert info.value.field is None
+    assert problem in str(info.value)
+
+
+def test_missing_pricing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_pricing(tmp_path / "absent.yaml")
+
+
+def test_explicit_rates_and_multipliers(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        BASE,
+        "name: e, provider: anthropic, input: 4, cached_input: .4, output: 8, batch: 0.25, flex: {input: 3, output: 6}",
+        "name: x, provider: openai, input: 4, output: 8, batch: {input: 1, cached_input: 0.1, output: 2}",
+    )
+    table = load_pricing(path)
+    assert isinstance(table, PriceTable)
+    assert_cost(table.cost("m", ONE_MILLION_EACH, "batch"), 2.0, 1.0)
+    # e: real time 4 + 0.4 + 8 = 12.4 for 1M each of fresh input, cached input and output (input_tokens = 2M).
+    assert_cost(table.cost("e", Usage(2 * M, M, M), "batch"), 12.4, 3.1)
+    # An explicit block without cached_input charges cached tokens at its own input rate: 3 + 3 + 6.
+    assert_cost(table.cost("e", Usage(2 * M, M, M), "flex"), 12.4, 12.0)
+    # x lists no real-time cached price: the baseline charges cached tokens at the input rate (4), batch at 0.1.
+    assert_cost(table.cost("x", Usage(M, M // 2, 0), "batch"), 4.0, 0.55)
