@@ -18,6 +18,7 @@ from litestar.response import Stream
 from litestar.types import Receive
 
 from router import metrics
+from router.accounting import Lane, Priced
 from router.accumulator import CallRecord, Result
 from router.deadline import format_deadline, parse_deadline
 from router.errors import (
@@ -31,9 +32,11 @@ from router.errors import (
 )
 from router.lanes import forward_realtime
 from router.policy import Decision, Facts, decide
+from router.pricing import Usage
 from router.providers.base import Provider
 from router.replay import sse_chunks
 from router.schema import DeferredCall, RequestView, decode_view, encoder, error_body
+from router.sse import tap_usage
 
 if TYPE_CHECKING:
     from router.app import Gateway
@@ -323,17 +326,54 @@ async def respond_realtime(
     headers: dict[str, str],
     started: float,
 ) -> Response[bytes] | Stream:
-    """Forward now; stream SSE through unbuffered; pass upstream errors through."""
+    """Forward now; stream SSE through unbuffered; pass upstream errors through; price what comes back."""
+    model = view.model or ""
     stream = bool(view.stream)
-    upstream = await unless_disconnected(request, forward_realtime(provider, endpoint, body, stream=stream))
+    strip_usage = False
+    if (
+        stream
+        and endpoint in USAGE_OPTION_ENDPOINTS
+        and not (view.stream_options and view.stream_options.include_usage)
+    ):
+        body, strip_usage = with_usage_requested(body), True  # priced from the usage chunk, hidden again below
+    passed = gateway.upstreams.passed_headers(provider.name, request.headers)
+    forward = forward_realtime(provider, endpoint, body, stream=stream, headers=passed)
+    upstream = await unless_disconnected(request, forward)
     headers.update(upstream.headers)
     metrics.proxy_overhead.observe(max(0.0, time.perf_counter() - started - upstream.elapsed))
+    lane: Lane = "flex" if view.service_tier == "flex" else "realtime"
     if upstream.stream is not None:
         headers["cache-control"] = "no-cache"
-        return Stream(upstream.stream, status_code=upstream.status, headers=headers, media_type="text/event-stream")
+
+        def book(usage: Usage | None) -> None:
+            priced = gateway.accounting.price(model, lane, b"", usage) if usage else Priced(None, None)
+            gateway.accounting.book(priced, lane=lane, upstream=provider.name, model=model, tenant=tenant, outcome="ok")
+
+        relay = tap_usage(upstream.stream, strip_usage_chunk=strip_usage, on_done=book)
+        return Stream(relay, status_code=upstream.status, headers=headers, media_type="text/event-stream")
     if upstream.status >= 400:
+        gateway.accounting.book(
+            Priced(None, None), lane=lane, upstream=provider.name, model=model, tenant=tenant, outcome="error"
+        )
         raise UpstreamError(upstream.status, upstream.body)
+    priced = gateway.accounting.price(model, lane, upstream.body)
+    gateway.accounting.book(priced, lane=lane, upstream=provider.name, model=model, tenant=tenant, outcome="ok")
+    if priced.cost is not None:
+        headers["x-router-cost-usd"] = f"{priced.cost.actual_usd:.8f}"
+        headers["x-router-savings-usd"] = f"{priced.cost.savings_usd:.8f}"
     return Response(upstream.body, status_code=upstream.status, headers=headers, media_type=JSON)
+
+
+USAGE_OPTION_ENDPOINTS = frozenset({"/chat/completions", "/completions"})
+_body_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def with_usage_requested(body: bytes) -> bytes:
+    """The body with `stream_options.include_usage` set, so a stream reports what it used."""
+    obj = _body_decoder.decode(body)
+    options = obj.get("stream_options")
+    obj["stream_options"] = (options if isinstance(options, dict) else {}) | {"include_usage": True}
+    return encoder.encode(obj)
 
 
 def make_handlers(gateway: Gateway) -> list[Any]:

@@ -94,6 +94,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the demo on the embedded default: bundled Redis, built-in simulator, no API key."""
+    from router.demo import run_demo
+
+    with redis_for(load(args)) as ready:
+        run_demo(ready)
+    return 0
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate config, policies and pricing; print what is wrong, where."""
     from router.policy import load_policies
@@ -146,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--stream-chunk-delay-ms", type=float, default=0.0, help="pause between streamed chunks")
     sim.set_defaults(func=cmd_simulate)
 
+    demo = sub.add_parser("demo", help="run a mixed workload through the router on the embedded default")
+    demo.add_argument("--config", help=f"config file (default: {DEFAULT_CONFIG} if present)")
+    demo.set_defaults(func=cmd_demo)
+
     check = sub.add_parser("check-config", help="validate config, policies and pricing")
     check.add_argument("--config", help=f"config file (default: {DEFAULT_CONFIG} if present)")
     check.set_defaults(func=cmd_check_config)
@@ -155,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `hybrid-router` command."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream request is noise, not news
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)

@@ -6,7 +6,7 @@ import asyncio
 import fnmatch
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -32,6 +32,15 @@ class Upstreams:
             (re.compile("|".join(fnmatch.translate(p) for p in cfg.models)), providers[cfg.name]) for cfg in configs
         ]
         self._cache: dict[str, Provider] = {}
+        self._forward = {
+            cfg.name: re.compile("|".join(fnmatch.translate(p.lower()) for p in cfg.forward_headers) or "(?!)")
+            for cfg in configs
+        }
+
+    def passed_headers(self, upstream: str, headers: Mapping[str, str]) -> dict[str, str]:
+        """The client headers this upstream is configured to receive."""
+        pattern = self._forward[upstream]
+        return {name: value for name, value in headers.items() if pattern.match(name.lower())}
 
     def for_model_or_none(self, model: str) -> Provider | None:
         """The provider serving `model`, if any."""
@@ -66,11 +75,13 @@ class Upstreams:
             await provider.aclose()
 
 
-async def forward_realtime(provider: Provider, endpoint: str, body: bytes, *, stream: bool) -> UpstreamResponse:
+async def forward_realtime(
+    provider: Provider, endpoint: str, body: bytes, *, stream: bool, headers: Mapping[str, str] | None = None
+) -> UpstreamResponse:
     """Send one call upstream now, timing the upstream's part of it."""
     started = time.perf_counter()
     try:
-        response = await provider.forward(endpoint, body, stream=stream)
+        response = await provider.forward(endpoint, body, stream=stream, headers=headers)
     finally:
         elapsed = time.perf_counter() - started
         metrics.upstream_latency.labels(provider.name).observe(elapsed)

@@ -23,6 +23,7 @@ class RequestView(msgspec.Struct):
     stream_options: StreamOptions | None = None
     metadata: dict[str, Any] | None = None
     user: str | None = None
+    service_tier: str | None = None
 
 
 class ErrorDetail(msgspec.Struct, omit_defaults=False):

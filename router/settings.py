@@ -38,6 +38,10 @@ class Upstream(_Strict, kw_only=True):
     connect_timeout_s: PositiveFloat = 10.0
     max_retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 2
     max_connections: PositiveInt = 512
+    forward_headers: list[str] = msgspec.field(
+        default_factory=lambda: ["openai-organization", "openai-project", "openai-beta"]
+    )
+    """Client request headers (glob patterns, case-insensitive) passed on to this upstream; others are dropped."""
 
 
 class ProxyKey(_Strict, kw_only=True):

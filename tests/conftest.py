@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import redis
 
@@ -85,10 +86,16 @@ def sim(sim_server: Sim) -> Iterator[Sim]:
     yield sim_server
 
 
+def upstream(base_url: str, **fields: Any) -> dict[str, Any]:
+    """An upstream entry for the simulator (its key from SIM_KEY; X-Sim-* test headers passed through)."""
+    entry = {"name": "openai", "kind": "openai", "base_url": base_url, "api_key_env": "SIM_KEY"}
+    return entry | {"forward_headers": ["openai-*", "x-sim-*"]} | fields
+
+
 def router_settings(sim: Sim, redis_url: str, key_prefix: str, **tree: Any) -> Settings:
     """Settings for a router in front of `sim`, with the given overrides (a settings tree)."""
     base: dict[str, Any] = {
-        "upstreams": [{"name": "openai", "kind": "openai", "base_url": sim.v1, "api_key_env": "SIM_KEY"}],
+        "upstreams": [upstream(sim.v1)],
         "redis_url": redis_url,
         "key_prefix": key_prefix,
         "policies_dir": str(NO_POLICIES),
@@ -116,6 +123,24 @@ def start_router(sim: Sim, redis_url: str, key_prefix: str) -> Iterator[RouterFa
             yield base
 
     yield start
+
+
+@pytest.fixture
+def oai() -> Iterator[Callable[..., openai.OpenAI]]:
+    """Make official SDK clients for a base URL; all are closed after the test."""
+    made: list[openai.OpenAI] = []
+
+    def make(base: str, **kw: Any) -> openai.OpenAI:
+        kw.setdefault("api_key", "dev")
+        kw.setdefault("max_retries", 0)
+        kw.setdefault("timeout", 60)
+        c = openai.OpenAI(base_url=base if base.endswith("/v1") else base + "/v1", **kw)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
 
 
 @pytest.fixture

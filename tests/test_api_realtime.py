@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+from collections.abc import Callable
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import RouterFactory, Sim
+from tests.conftest import RouterFactory, Sim, upstream
 
 MESSAGES = [{"role": "user", "content": "Say hello to the proxy."}]
+Client = Callable[..., openai.OpenAI]
 
 
-def client(base: str, **kw: object) -> openai.OpenAI:
-    return openai.OpenAI(base_url=base + "/v1", api_key="dev", max_retries=0, **kw)  # type: ignore[arg-type]
-
-
-def test_chat_completion_passes_through(router_url: str, sim: Sim) -> None:
-    raw = client(router_url).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
+def test_chat_completion_passes_through(oai: Client, router_url: str, sim: Sim) -> None:
+    raw = oai(router_url).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
     completion = raw.parse()
     assert completion.object == "chat.completion"
     assert completion.choices[0].message.content
@@ -29,14 +28,14 @@ def test_chat_completion_passes_through(router_url: str, sim: Sim) -> None:
     assert sim.stats()["realtime_calls"]["/v1/chat/completions"] == 1
 
 
-def test_answer_is_the_upstreams_answer(router_url: str, sim: Sim) -> None:
-    direct = openai.OpenAI(base_url=sim.v1, api_key="x").chat.completions.create(model="gpt-4o", messages=MESSAGES)
-    proxied = client(router_url).chat.completions.create(model="gpt-4o", messages=MESSAGES)
+def test_answer_is_the_upstreams_answer(oai: Client, router_url: str, sim: Sim) -> None:
+    direct = oai(sim.v1).chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    proxied = oai(router_url).chat.completions.create(model="gpt-4o", messages=MESSAGES)
     assert proxied.choices[0].message.content == direct.choices[0].message.content
 
 
-def test_stream_with_usage(router_url: str) -> None:
-    stream = client(router_url).chat.completions.create(
+def test_stream_with_usage(oai: Client, router_url: str) -> None:
+    stream = oai(router_url).chat.completions.create(
         model="gpt-4o-mini", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
     )
     chunks = list(stream)
@@ -45,9 +44,9 @@ def test_stream_with_usage(router_url: str) -> None:
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
 
-def test_stream_first_chunk_arrives_before_upstream_finishes(router_url: str, sim: Sim) -> None:
+def test_stream_first_chunk_arrives_before_upstream_finishes(oai: Client, router_url: str, sim: Sim) -> None:
     sim.configure(stream_chunk_delay_ms=300)
-    with client(router_url).chat.completions.create(
+    with oai(router_url).chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "a long story " * 20}], stream=True
     ) as stream:
         first = next(iter(stream))
@@ -76,8 +75,8 @@ async def test_async_client_every_endpoint(router_url: str) -> None:
         assert any(m.id == "gpt-4o-mini" for m in models.data)
 
 
-def test_sync_endpoints(router_url: str) -> None:
-    c = client(router_url)
+def test_sync_endpoints(oai: Client, router_url: str) -> None:
+    c = oai(router_url)
     emb = c.embeddings.create(model="text-embedding-3-small", input="hello")
     assert len(emb.data[0].embedding) == 1536
     emb64 = c.embeddings.create(model="text-embedding-3-small", input="hello", encoding_format="base64")
@@ -88,9 +87,9 @@ def test_sync_endpoints(router_url: str) -> None:
     assert c.models.retrieve("gpt-4o").id == "gpt-4o"
 
 
-def test_upstream_key_is_injected_and_client_key_is_not_forwarded(router_url: str, sim: Sim) -> None:
+def test_upstream_key_is_injected_and_client_key_is_not_forwarded(oai: Client, router_url: str, sim: Sim) -> None:
     sim.configure(api_key="sk-sim")  # the simulator now refuses any other key
-    completion = client(router_url).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    completion = oai(router_url).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     assert completion.choices[0].message.content
 
 
@@ -121,9 +120,9 @@ def test_bad_fields_are_400(router_url: str, body: object) -> None:
     assert _error(r)["type"] == "invalid_request_error"
 
 
-def test_missing_model_via_sdk(router_url: str) -> None:
+def test_missing_model_via_sdk(oai: Client, router_url: str) -> None:
     with pytest.raises(openai.BadRequestError) as info:
-        client(router_url).chat.completions.create(model="", messages=MESSAGES)
+        oai(router_url).chat.completions.create(model="", messages=MESSAGES)
     assert info.value.status_code == 400
 
 
@@ -139,16 +138,16 @@ def test_wrong_method_is_405(router_url: str) -> None:
     assert _error(r)["type"] == "invalid_request_error"
 
 
-def test_unknown_model_is_404_from_upstream(router_url: str) -> None:
+def test_unknown_model_is_404_from_upstream(oai: Client, router_url: str) -> None:
     with pytest.raises(openai.NotFoundError) as info:
-        client(router_url).chat.completions.create(model="no-such-model", messages=MESSAGES)
+        oai(router_url).chat.completions.create(model="no-such-model", messages=MESSAGES)
     assert info.value.code == "model_not_found"
 
 
-def test_model_no_upstream_serves_is_404(start_router: RouterFactory, sim: Sim) -> None:
-    upstreams = [{"name": "openai", "base_url": sim.v1, "models": ["gpt-*"]}]
+def test_model_no_upstream_serves_is_404(oai: Client, start_router: RouterFactory, sim: Sim) -> None:
+    upstreams = [upstream(sim.v1, models=["gpt-*"])]
     with start_router(upstreams=upstreams) as base, pytest.raises(openai.NotFoundError) as info:
-        client(base).chat.completions.create(model="claude-sonnet-4", messages=MESSAGES)
+        oai(base).chat.completions.create(model="claude-sonnet-4", messages=MESSAGES)
     assert info.value.code == "model_not_found"
 
 
@@ -160,58 +159,53 @@ def test_body_over_limit_is_413(start_router: RouterFactory) -> None:
     assert _error(r)["code"] == "request_too_large"
 
 
-def test_proxy_keys_map_to_tenants(start_router: RouterFactory) -> None:
+def test_proxy_keys_map_to_tenants(oai: Client, start_router: RouterFactory) -> None:
     keys = [{"sha256": hashlib.sha256(b"sk-team-a").hexdigest(), "tenant": "team-a"}]
     with start_router(auth="keys", keys=keys) as base:
         with pytest.raises(openai.AuthenticationError) as info:
-            client(base).chat.completions.create(model="gpt-4o", messages=MESSAGES)
+            oai(base).chat.completions.create(model="gpt-4o", messages=MESSAGES)
         assert info.value.code == "invalid_api_key"
-        ok = openai.OpenAI(base_url=base + "/v1", api_key="sk-team-a").chat.completions.create(
-            model="gpt-4o", messages=MESSAGES
-        )
+        ok = oai(base, api_key="sk-team-a").chat.completions.create(model="gpt-4o", messages=MESSAGES)
         assert ok.choices[0].message.content
         assert httpx.get(base + "/v1/models").status_code == 401
 
 
-def test_upstream_down_is_502(start_router: RouterFactory) -> None:
+def test_upstream_down_is_502(oai: Client, start_router: RouterFactory) -> None:
     from tests.servers import free_port
 
-    dead = [{"name": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1", "max_retries": 1}]
+    dead = [upstream(f"http://127.0.0.1:{free_port()}/v1", max_retries=1)]
     with start_router(upstreams=dead) as base, pytest.raises(openai.APIStatusError) as info:
-        client(base).chat.completions.create(model="gpt-4o", messages=MESSAGES)
+        oai(base).chat.completions.create(model="gpt-4o", messages=MESSAGES)
     assert info.value.status_code == 502
     assert info.value.code == "upstream_unavailable"
 
 
-def test_upstream_timeout_is_504(start_router: RouterFactory, sim: Sim) -> None:
-    slow = [{"name": "openai", "base_url": sim.v1, "timeout_s": 0.3, "max_retries": 0}]
+def test_upstream_timeout_is_504(oai: Client, start_router: RouterFactory, sim: Sim) -> None:
+    slow = [upstream(sim.v1, timeout_s=0.3, max_retries=0)]
     with start_router(upstreams=slow) as base, pytest.raises(openai.APIStatusError) as info:
-        client(base).chat.completions.create(
-            model="gpt-4o", messages=MESSAGES, extra_headers={"X-Sim-Latency-Ms": "2000"}
-        )
+        oai(base).chat.completions.create(model="gpt-4o", messages=MESSAGES, extra_headers={"X-Sim-Latency-Ms": "2000"})
     assert info.value.status_code == 504
 
 
-def test_upstream_errors_pass_through_after_bounded_retries(router_url: str, sim: Sim) -> None:
+def test_upstream_errors_pass_through_after_bounded_retries(oai: Client, router_url: str, sim: Sim) -> None:
     with pytest.raises(openai.RateLimitError) as info:
-        client(router_url).chat.completions.create(
-            model="gpt-4o", messages=MESSAGES, extra_headers={"X-Sim-Error": "429"}
-        )
+        oai(router_url).chat.completions.create(model="gpt-4o", messages=MESSAGES, extra_headers={"X-Sim-Error": "429"})
     assert info.value.status_code == 429
     assert sim.stats()["realtime_calls"]["/v1/chat/completions"] == 3  # the call and two retries
 
 
-def test_retry_recovers_from_a_transient_error(router_url: str, sim: Sim) -> None:
-    sim.configure(error_rate=0.5, seed=1)
-    c = client(router_url)
-    answers = [c.chat.completions.create(model="gpt-4o", messages=MESSAGES) for _ in range(4)]
+def test_retry_recovers_from_transient_errors(oai: Client, start_router: RouterFactory, sim: Sim) -> None:
+    sim.configure(error_rate=0.3)
+    with start_router(upstreams=[upstream(sim.v1, max_retries=6)]) as base:
+        c = oai(base)
+        answers = [c.chat.completions.create(model="gpt-4o", messages=MESSAGES) for _ in range(6)]
     assert all(a.choices[0].message.content for a in answers)
-    assert sim.stats()["realtime_calls"]["/v1/chat/completions"] > 4
+    assert sim.stats()["realtime_calls"]["/v1/chat/completions"] > 6  # some were retried, none reached the caller
 
 
-def test_upstream_400_is_passed_through(router_url: str) -> None:
+def test_upstream_400_is_passed_through(oai: Client, router_url: str) -> None:
     with pytest.raises(openai.BadRequestError) as info:
-        client(router_url).chat.completions.create(model="gpt-4o", messages=[])
+        oai(router_url).chat.completions.create(model="gpt-4o", messages=[])
     assert info.value.status_code == 400
 
 
@@ -226,20 +220,18 @@ def test_client_disconnect_cancels_the_upstream_call(router_url: str, sim: Sim) 
     stats = sim.stats()
     deadline_polls = 50
     while stats.get("cancelled_calls", 0) < 1 and deadline_polls:
-        import time
-
         time.sleep(0.1)
         deadline_polls -= 1
         stats = sim.stats()
     assert stats["cancelled_calls"] == 1
 
 
-def test_health_ready_metrics(router_url: str) -> None:
+def test_health_ready_metrics(oai: Client, router_url: str) -> None:
     assert httpx.get(router_url + "/healthz").json() == {"status": "ok"}
     ready = httpx.get(router_url + "/readyz")
     assert ready.status_code == 200
     assert json.loads(ready.content)["checks"] == {"redis": True, "upstream:openai": True}
-    client(router_url).chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    oai(router_url).chat.completions.create(model="gpt-4o", messages=MESSAGES)
     text = httpx.get(router_url + "/metrics").text
     assert "hybrid_router_upstream_latency_seconds_bucket" in text
     assert "hybrid_router_proxy_overhead_seconds_count" in text
@@ -248,7 +240,7 @@ def test_health_ready_metrics(router_url: str) -> None:
 def test_readyz_reports_a_dead_upstream(start_router: RouterFactory) -> None:
     from tests.servers import free_port
 
-    dead = [{"name": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1"}]
+    dead = [upstream(f"http://127.0.0.1:{free_port()}/v1")]
     with start_router(upstreams=dead) as base:
         r = httpx.get(base + "/readyz")
     assert r.status_code == 503

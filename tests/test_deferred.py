@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -12,6 +13,8 @@ import openai
 import pytest
 
 from tests.conftest import RouterFactory, Sim
+
+Client = Callable[..., openai.OpenAI]
 
 FAST = {"max_wait_s": 0.2, "poll_interval_s": 0.2, "turnaround_prior_s": 1.0, "margin_s": 1.0, "lease_s": 5.0}
 LATER = {"X-Deadline": "2h"}
@@ -22,17 +25,14 @@ def prompt(i: int) -> list[dict[str, str]]:
 
 
 def direct_answer(sim: Sim, messages: list[dict[str, str]], model: str = "gpt-4o-mini") -> str:
-    c = openai.OpenAI(base_url=sim.v1, api_key="x")
-    return c.chat.completions.create(model=model, messages=messages).choices[0].message.content or ""  # type: ignore[arg-type]
+    with openai.OpenAI(base_url=sim.v1, api_key="x") as c:
+        answer = c.chat.completions.create(model=model, messages=messages)  # type: ignore[arg-type]
+    return answer.choices[0].message.content or ""
 
 
-def sdk(base: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=base + "/v1", api_key="dev", timeout=60, max_retries=0)
-
-
-def test_held_call_gets_a_batch_answer(start_router: RouterFactory, sim: Sim) -> None:
+def test_held_call_gets_a_batch_answer(oai: Client, start_router: RouterFactory, sim: Sim) -> None:
     with start_router(batch=FAST) as base:
-        raw = sdk(base).chat.completions.with_raw_response.create(
+        raw = oai(base).chat.completions.with_raw_response.create(
             model="gpt-4o-mini", messages=prompt(1), extra_headers=LATER
         )
     completion = raw.parse()
@@ -46,9 +46,9 @@ def test_held_call_gets_a_batch_answer(start_router: RouterFactory, sim: Sim) ->
     assert stats["realtime_calls"].get("/v1/chat/completions", 0) == 1  # only our direct_answer call
 
 
-def test_every_endpoint_can_be_deferred(start_router: RouterFactory) -> None:
+def test_every_endpoint_can_be_deferred(oai: Client, start_router: RouterFactory) -> None:
     with start_router(batch=FAST) as base:
-        c = sdk(base)
+        c = oai(base)
         emb = c.embeddings.with_raw_response.create(model="text-embedding-3-small", input="x", extra_headers=LATER)
         comp = c.completions.with_raw_response.create(model="gpt-4o-mini", prompt="Hi", extra_headers=LATER)
         resp = c.responses.with_raw_response.create(model="gpt-4o-mini", input="Hi", extra_headers=LATER)
@@ -124,9 +124,9 @@ def test_pending_call_answers_202(start_router: RouterFactory, sim: Sim) -> None
     assert pending.json()["id"] == accepted.json()["id"]
 
 
-def test_deferred_stream_is_replayed_as_sse(start_router: RouterFactory, sim: Sim) -> None:
+def test_deferred_stream_is_replayed_as_sse(oai: Client, start_router: RouterFactory, sim: Sim) -> None:
     with start_router(batch=FAST) as base:
-        stream = sdk(base).chat.completions.create(
+        stream = oai(base).chat.completions.create(
             model="gpt-4o-mini",
             messages=prompt(3),
             stream=True,
@@ -143,14 +143,12 @@ def test_deferred_stream_is_replayed_as_sse(start_router: RouterFactory, sim: Si
 def test_expired_batch_keeps_partial_results_and_answers_the_rest(start_router: RouterFactory, sim: Sim) -> None:
     sim.configure(batch_turnaround_s=5, batch_expire_s=0.2, batch_expire_done_fraction=0.5)
     with start_router(batch=FAST) as base:
-        c = sdk(base)
         raws = _many(base, 8)
     lanes = [r.headers["x-router-lane"] for r in raws]
     assert lanes.count("batch") >= 4  # the half the first batch finished
     for i, r in enumerate(raws):
         assert r.parse().choices[0].message.content == direct_answer(sim, prompt(i))
     assert sim.stats()["batches_created"] >= 2  # the unanswered half went back to a queue
-    del c
 
 
 def _many(base: str, n: int) -> list[Any]:
@@ -175,7 +173,7 @@ def test_failed_batch_calls_are_escalated(start_router: RouterFactory, sim: Sim)
     assert sim.stats()["batches_created"] == 2  # the first try, one re-queue, then real time
 
 
-def test_cancelled_batch_calls_still_get_answers(start_router: RouterFactory, sim: Sim) -> None:
+def test_cancelled_batch_calls_still_get_answers(oai: Client, start_router: RouterFactory, sim: Sim) -> None:
     sim.configure(batch_turnaround_s=30)
     with start_router(batch=FAST) as base:
         ids = []
@@ -186,7 +184,7 @@ def test_cancelled_batch_calls_still_get_answers(start_router: RouterFactory, si
                 headers={"prefer": "respond-async", "x-deadline": "1h"},
             )
             ids.append(r.json()["id"])
-        upstream = openai.OpenAI(base_url=sim.v1, api_key="x")
+        upstream = oai(sim.v1)
         batches = _wait_for(lambda: upstream.batches.list().data)
         sim.configure(batch_turnaround_s=0.3)
         upstream.batches.cancel(batches[0].id)  # someone cancels it from the provider's console
@@ -196,12 +194,13 @@ def test_cancelled_batch_calls_still_get_answers(start_router: RouterFactory, si
         assert r.json()["choices"][0]["message"]["content"] == direct_answer(sim, prompt(i))
 
 
-def test_guard_escalates_before_the_deadline(start_router: RouterFactory, sim: Sim) -> None:
+def test_guard_escalates_before_the_deadline(oai: Client, start_router: RouterFactory, sim: Sim) -> None:
     sim.configure(batch_turnaround_s=120)
     with start_router(batch=FAST) as base:
-        before = _metric(httpx.get(base + "/metrics").text, 'hybrid_router_deadline_escalations_total{reason="submitted"}')
+        series = 'hybrid_router_deadline_escalations_total{reason="submitted"}'
+        before = _metric(httpx.get(base + "/metrics").text, series)
         started = time.time()
-        raw = sdk(base).chat.completions.with_raw_response.create(
+        raw = oai(base).chat.completions.with_raw_response.create(
             model="gpt-4o-mini", messages=prompt(5), extra_headers={"X-Deadline": "4s"}
         )
         answered = time.time()
@@ -211,13 +210,15 @@ def test_guard_escalates_before_the_deadline(start_router: RouterFactory, sim: S
     assert raw.parse().choices[0].message.content == direct_answer(sim, prompt(5))
     assert answered < started + 4  # the promise itself, not a speed measurement
     assert sim.stats()["batches_created"] == 1
-    after = _metric(metrics, 'hybrid_router_deadline_escalations_total{reason="submitted"}')
+    after = _metric(metrics, series)
     assert after - before == 1
 
 
-def test_deadline_too_close_for_a_batch_goes_realtime_at_once(start_router: RouterFactory, sim: Sim) -> None:
+def test_deadline_too_close_for_a_batch_goes_realtime_at_once(
+    oai: Client, start_router: RouterFactory, sim: Sim
+) -> None:
     with start_router(batch=FAST | {"turnaround_prior_s": 600}) as base:
-        raw = sdk(base).chat.completions.with_raw_response.create(
+        raw = oai(base).chat.completions.with_raw_response.create(
             model="gpt-4o-mini", messages=prompt(1), extra_headers={"X-Deadline": "5m"}
         )
     assert raw.headers["x-router-lane"] == "realtime"
@@ -255,8 +256,8 @@ def test_bad_deadlines_are_400(router_url: str) -> None:
         assert "2h" in error["message"]
 
 
-def test_urgent_header_stays_realtime(router_url: str, sim: Sim) -> None:
-    raw = sdk(router_url).chat.completions.with_raw_response.create(
+def test_urgent_header_stays_realtime(oai: Client, router_url: str, sim: Sim) -> None:
+    raw = oai(router_url).chat.completions.with_raw_response.create(
         model="gpt-4o-mini", messages=prompt(0), extra_headers={"X-Deadline": "now"}
     )
     assert raw.headers["x-router-lane"] == "realtime"

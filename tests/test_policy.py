@@ -249,7 +249,7 @@ def test_shipped_rules_never_defer_unmarked_calls(
     ("call", "rule", "deadline"),
     [
         (facts(headers={"x-workload": "eval"}), "evals", NOW + 6 * H),
-        (facts(path="/v1/embeddings", metadata={"workload": "backfill"}), "embeddings-backfill", NOW + 24 * H),
+        (facts(path="/v1/embeddings", headers={"x-workload": "backfill"}), "embeddings-backfill", NOW + 24 * H),
         (facts(headers={"x-workload": "content"}), "content-generation", NOW + 4 * H),
         (facts(model="gpt-4o-mini", headers={"x-workload": "classification"}), "classification", NOW + 12 * H),
         (facts(metadata={"workload": "synthetic-data"}), "synthetic-data", NOW + 24 * H),

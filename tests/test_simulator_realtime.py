@@ -131,15 +131,21 @@ def test_stream_without_include_usage_sends_no_usage(http: httpx.Client) -> None
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
 
 
-def test_stream_chunks_arrive_before_the_stream_ends(http: httpx.Client) -> None:
+def test_stream_chunks_arrive_before_the_stream_ends(http: httpx.Client, server: str) -> None:
     configure(http, stream_chunk_delay_ms=60)
     arrivals = []
-    with http.stream("POST", "/v1/chat/completions", json={"model": "gpt-4o", "messages": USER, "stream": True}) as r:
+    open_during = []
+    body = {"model": "gpt-4o", "messages": USER, "stream": True}
+    with httpx.Client(base_url=server) as control, http.stream("POST", "/v1/chat/completions", json=body) as r:
         for line in r.iter_lines():
             if line.startswith("data: "):
                 arrivals.append(time.monotonic())
+                if len(arrivals) == 1:
+                    open_during.append(control.get("/_sim/stats").json()["open_streams"])
     assert len(arrivals) >= 6
     assert arrivals[-1] - arrivals[0] >= 0.06 * (len(arrivals) - 1) * 0.9  # paced, not sent in one burst
+    assert open_during == [1]  # the first chunk came while the upstream was still producing
+    assert http.get("/_sim/stats").json()["open_streams"] == 0
 
 
 async def test_async_client_chat_and_stream(base: str) -> None:
@@ -434,3 +440,14 @@ def test_live_config_rejects_unknown_and_out_of_range_knobs(http: httpx.Client) 
     r = http.post("/_sim/config", json={"batch_turnaround_s": 0.5})
     assert r.status_code == 200 and r.json()["batch_turnaround_s"] == 0.5
     assert http.get("/_sim/config").json()["batch_turnaround_s"] == 0.5
+
+
+def test_instances_are_independent(http: httpx.Client) -> None:
+    with serve_in_thread(create_simulator(SimConfig(error_rate=1.0))) as other:
+        failing = httpx.post(
+            f"{other}/v1/embeddings", json={"model": "text-embedding-3-small", "input": "x"}, headers=KEY
+        )
+        assert failing.status_code == 429
+        assert httpx.get(f"{other}/_sim/stats").json()["realtime_calls"] == {"/v1/embeddings": 1}
+    assert http.post("/v1/embeddings", json={"model": "text-embedding-3-small", "input": "x"}).status_code == 200
+    assert http.get("/_sim/stats").json()["realtime_calls"] == {"/v1/embeddings": 1}

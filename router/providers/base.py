@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Literal, Protocol
 
 import msgspec
@@ -53,7 +53,9 @@ class Provider(Protocol):
     name: str
     kind: str
 
-    async def forward(self, endpoint: str, body: bytes, *, stream: bool) -> UpstreamResponse:
+    async def forward(
+        self, endpoint: str, body: bytes, *, stream: bool, headers: Mapping[str, str] | None = None
+    ) -> UpstreamResponse:
         """Send one real-time call, retrying only what is safe; raise UpstreamUnavailable/Timeout."""
         ...
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import httpx
@@ -124,13 +124,14 @@ class OpenAIProvider:
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = client or make_client(upstream, headers)
 
-    async def forward(self, endpoint: str, body: bytes, *, stream: bool) -> UpstreamResponse:
+    async def forward(
+        self, endpoint: str, body: bytes, *, stream: bool, headers: Mapping[str, str] | None = None
+    ) -> UpstreamResponse:
         """POST `body` to `endpoint`; retry connect failures and 429/5xx before any byte went back."""
         attempt = 0
+        sent = {"content-type": "application/json"} | dict(headers or {})
         while True:
-            request = self.client.build_request(
-                "POST", endpoint, content=body, headers={"content-type": "application/json"}
-            )
+            request = self.client.build_request("POST", endpoint, content=body, headers=sent)
             try:
                 response = await self.client.send(request, stream=True)
             except httpx.HTTPError as exc:

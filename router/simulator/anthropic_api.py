@@ -68,13 +68,10 @@ def message_routes(state: SimState) -> list[HTTPRouteHandler]:
 
     @post("/v1/messages", status_code=200)
     async def messages(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
-        status = await admit(state, request, "/v1/messages")
-        if status is not None:
-            raise anthropic_injected(status)
-        req = bodies.decode_messages(await request.body())
+        req = bodies.decode_messages(await admit(state, request, "/v1/messages", anthropic_injected))
         answer = bodies.message(req)
         if req.stream:
-            events = streams.paced(streams.anthropic_events(answer), state.config.stream_chunk_delay_ms)
+            events = streams.paced(streams.anthropic_events(answer), state.config.stream_chunk_delay_ms, state.stats)
             return Stream(events, media_type=SSE, headers={"cache-control": "no-cache", "request-id": request_id()})
         return json_response(answer, headers={"request-id": request_id()})
 

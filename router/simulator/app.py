@@ -1,4 +1,4 @@
-"""The simulator app: OpenAI and Anthropic routes behind their auth guards, `/_sim/*` control, errors in shape."""
+"""The simulator app: OpenAI and Anthropic routes behind their auth checks, `/_sim/*` control, errors in shape."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from router.simulator import anthropic_api, openai_api, openai_batch_api
 from router.simulator.config import SimConfig, patched
 from router.simulator.errors import ANTHROPIC_ERROR_TYPES, AnthropicError, OpenAIError, describe_decode_error
 from router.simulator.state import SimState
-from router.simulator.web import anthropic_guard, json_response, openai_guard
+from router.simulator.web import anthropic_auth, json_response, openai_auth
 
 MAX_BODY_BYTES = 600 * 1024 * 1024
 """Above the Files API's 512 MB, so the 200 MB batch-file check is ours to make, not the framework's."""
@@ -94,7 +94,7 @@ def create_simulator(config: SimConfig | None = None) -> Litestar:
     }
     openai = Router(
         path="/",
-        guards=[openai_guard(state)],
+        middleware=[openai_auth(state)],
         route_handlers=[
             *openai_api.routes(state),
             *openai_api.model_routes(),
@@ -104,7 +104,7 @@ def create_simulator(config: SimConfig | None = None) -> Litestar:
     )
     anthropic = Router(
         path="/",
-        guards=[anthropic_guard(state)],
+        middleware=[anthropic_auth(state)],
         route_handlers=[*anthropic_api.message_routes(state), *anthropic_api.batch_routes(state)],
     )
     app = Litestar(

@@ -12,6 +12,7 @@ from litestar.response import Stream
 
 from router.simulator import catalog, streams
 from router.simulator import openai_bodies as bodies
+from router.simulator import openai_types as wire
 from router.simulator.errors import OpenAIError
 from router.simulator.state import SimState
 from router.simulator.web import SSE, admit, json_response, openai_injected, request_id
@@ -50,7 +51,7 @@ def model_routes() -> list[HTTPRouteHandler]:
     return [list_models, retrieve_model]
 
 
-def _include_usage(options: bodies.StreamOptions | None) -> bool:
+def _include_usage(options: wire.StreamOptions | None) -> bool:
     return options is not None and options.include_usage
 
 
@@ -58,14 +59,13 @@ def routes(state: SimState) -> list[HTTPRouteHandler]:
     """The real-time OpenAI handlers of one simulator instance."""
 
     async def body_of(request: Request[Any, Any, Any], path: str) -> bytes:
-        status = await admit(state, request, path)
-        if status is not None:
-            raise openai_injected(status)
-        return await request.body()
+        return await admit(state, request, path, openai_injected)
 
     def stream(events: Iterator[bytes]) -> Stream:
         headers = {"cache-control": "no-cache", "x-request-id": request_id()}
-        return Stream(streams.paced(events, state.config.stream_chunk_delay_ms), media_type=SSE, headers=headers)
+        return Stream(
+            streams.paced(events, state.config.stream_chunk_delay_ms, state.stats), media_type=SSE, headers=headers
+        )
 
     @post("/v1/chat/completions", status_code=200)
     async def chat_completions(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:

@@ -11,6 +11,7 @@ from litestar.datastructures import UploadFile
 from litestar.handlers import HTTPRouteHandler
 
 from router.simulator import batches
+from router.simulator.batch_input import CreateBatch
 from router.simulator.errors import OpenAIError, describe_decode_error
 from router.simulator.state import SimState
 from router.simulator.store import FILE_PURPOSES, FileObject, FileRecord
@@ -47,7 +48,7 @@ class BatchList(msgspec.Struct, kw_only=True, omit_defaults=True):
     has_more: bool
 
 
-_CREATE_BATCH = msgspec.json.Decoder(batches.CreateBatch)
+_CREATE_BATCH = msgspec.json.Decoder(CreateBatch)
 
 
 def _limit(request: Request[Any, Any, Any], default: int, maximum: int) -> int:

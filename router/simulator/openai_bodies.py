@@ -6,12 +6,38 @@ import functools
 import hashlib
 import os
 import time
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
 from router.simulator import catalog, text
 from router.simulator.errors import OpenAIError, describe_decode_error
+from router.simulator.openai_types import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletion,
+    ChatRequest,
+    Completion,
+    CompletionRequest,
+    CompletionTokensDetails,
+    CompletionUsage,
+    EmbeddingItem,
+    EmbeddingList,
+    EmbeddingRequest,
+    EmbeddingUsage,
+    IncompleteDetails,
+    InputTokensDetails,
+    OutputMessage,
+    OutputText,
+    OutputTokensDetails,
+    PromptTokensDetails,
+    ResponseObject,
+    ResponsesRequest,
+    ResponseUsage,
+    TextChoice,
+    TextConfig,
+    Tokens,
+)
 
 SERVICE_TIERS = frozenset({"auto", "default", "flex", "scale", "priority", "fast"})
 MAX_EMBEDDING_INPUTS = 2048

@@ -92,10 +92,14 @@ class StatsView(msgspec.Struct, kw_only=True):
 
     `batch_lines_submitted` and `max_submissions_per_custom_id` cover both APIs (OpenAI batch lines and
     Anthropic batch requests, counted at creation, including batches that later fail validation);
-    `batches_cancelled` counts cancels of either kind; `message_batch_requests_submitted` is the Anthropic part.
+    `batches_cancelled` counts cancels of either kind; `message_batch_requests_submitted` is the Anthropic part;
+    `open_streams` is the number of SSE answers still being sent; `cancelled_calls` counts real-time calls whose
+    client went away before the answer was complete.
     """
 
     realtime_calls: dict[str, int]
+    open_streams: int
+    cancelled_calls: int
     errors_injected: int
     batches_created: int
     batch_lines_submitted: int
@@ -111,6 +115,8 @@ class Stats:
 
     def __init__(self) -> None:
         self.realtime_calls: Counter[str] = Counter()
+        self.open_streams = 0
+        self.cancelled_calls = 0
         self.errors_injected = 0
         self.batches_created = 0
         self.batch_lines_submitted = 0
@@ -133,6 +139,8 @@ class Stats:
         """A snapshot for the wire."""
         return StatsView(
             realtime_calls=dict(self.realtime_calls),
+            open_streams=self.open_streams,
+            cancelled_calls=self.cancelled_calls,
             errors_injected=self.errors_injected,
             batches_created=self.batches_created,
             batch_lines_submitted=self.batch_lines_submitted,

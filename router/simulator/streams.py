@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from router.simulator import anthropic_bodies
-from router.simulator.openai_bodies import (
+from router.simulator.openai_types import (
     ChatCompletion,
     Completion,
     CompletionUsage,
@@ -18,6 +18,7 @@ from router.simulator.openai_bodies import (
     ResponseObject,
     TextChoice,
 )
+from router.simulator.store import Stats
 from router.simulator.text import split_for_stream
 
 _ENCODE = msgspec.json.Encoder()
@@ -53,14 +54,22 @@ class ChatChunk(msgspec.Struct, kw_only=True):
     usage: CompletionUsage | msgspec.UnsetType | None = msgspec.UNSET
 
 
-async def paced(events: Iterator[bytes], delay_ms: float) -> AsyncIterator[bytes]:
-    """Yield each event, pausing `delay_ms` between them (never blocking the loop)."""
-    first = True
-    for event in events:
-        if not first and delay_ms > 0:
-            await asyncio.sleep(delay_ms / 1000)
-        first = False
-        yield event
+async def paced(events: Iterator[bytes], delay_ms: float, stats: Stats) -> AsyncIterator[bytes]:
+    """Yield each event, pausing `delay_ms` between them (never blocking the loop); kept in the stream stats."""
+    stats.open_streams += 1
+    finished = False
+    try:
+        first = True
+        for event in events:
+            if not first and delay_ms > 0:
+                await asyncio.sleep(delay_ms / 1000)
+            first = False
+            yield event
+        finished = True
+    finally:
+        stats.open_streams -= 1
+        if not finished:  # the client went away mid-stream
+            stats.cancelled_calls += 1
 
 
 def _data(obj: Any) -> bytes:

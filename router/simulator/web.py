@@ -1,21 +1,22 @@
-"""Small HTTP helpers shared by the route modules: JSON responses, auth guards, real-time admission."""
+"""Small HTTP helpers shared by the route modules: JSON responses, auth middleware, real-time admission."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 from litestar import Request, Response
-from litestar.connection import ASGIConnection
-from litestar.handlers import BaseRouteHandler
-from litestar.types import Guard
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from router.simulator.errors import ANTHROPIC_ERROR_TYPES, AnthropicError, OpenAIError
 from router.simulator.state import SimState
 
 JSON = "application/json"
+CLIENT_CLOSED = 499
+"""Status of the answer to a call whose client went away (nginx's convention; nobody receives it)."""
 SSE = "text/event-stream"
 _ENCODE = msgspec.json.Encoder()
 
@@ -39,45 +40,66 @@ def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = 
     return Response(content=_ENCODE.encode(obj), status_code=status, media_type=JSON, headers=headers)
 
 
-def openai_guard(state: SimState) -> Guard:
+Middleware = Callable[[ASGIApp], ASGIApp]
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope["headers"]:
+        if key == name:  # ASGI header names are lower-case
+            return value.decode("latin-1").strip()
+    return ""
+
+
+def _bearer(scope: Scope) -> str:
+    scheme, _sep, key = _header(scope, b"authorization").partition(" ")
+    return key.strip() if scheme.lower() == "bearer" else ""
+
+
+def _check_openai(state: SimState, scope: Scope) -> None:
+    key = _bearer(scope)
+    if not key:
+        raise OpenAIError(
+            401,
+            "You didn't provide an API key. You need to provide your API key in an Authorization header using "
+            "Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+            code="invalid_api_key",
+        )
+    expected = state.config.api_key
+    if expected is not None and key != expected:
+        raise OpenAIError(401, f"Incorrect API key provided: {key[:3]}***{key[-4:]}.", code="invalid_api_key")
+
+
+def _check_anthropic(state: SimState, scope: Scope) -> None:
+    key = _header(scope, b"x-api-key") or _bearer(scope)  # current Anthropic SDKs send the key as a Bearer token
+    if not key:
+        raise AnthropicError(401, "authentication_error", "x-api-key header is required")
+    if state.config.api_key is not None and key != state.config.api_key:
+        raise AnthropicError(401, "authentication_error", "invalid x-api-key")
+    if not _header(scope, b"anthropic-version"):
+        raise AnthropicError(400, "invalid_request_error", "anthropic-version: header is required")
+
+
+def _auth(state: SimState, check: Callable[[SimState, Scope], None]) -> Middleware:
+    # Plain ASGI middleware rather than Litestar guards: guards copy the handler and run sync callables in a
+    # thread on every request, which would dominate the simulator's cost per call.
+    def middleware(app: ASGIApp) -> ASGIApp:
+        async def authorized(scope: Scope, receive: Receive, send: Send) -> None:
+            check(state, scope)
+            await app(scope, receive, send)
+
+        return authorized
+
+    return middleware
+
+
+def openai_auth(state: SimState) -> Middleware:
     """Require `Authorization: Bearer <key>` (the configured key, if one is set) on OpenAI routes."""
-
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-        scheme, _sep, key = connection.headers.get("authorization", "").partition(" ")
-        key = key.strip()
-        if scheme.lower() != "bearer" or not key:
-            raise OpenAIError(
-                401,
-                "You didn't provide an API key. You need to provide your API key in an Authorization header using "
-                "Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
-                code="invalid_api_key",
-            )
-        expected = state.config.api_key
-        if expected is not None and key != expected:
-            raise OpenAIError(401, f"Incorrect API key provided: {key[:3]}***{key[-4:]}.", code="invalid_api_key")
-
-    return guard
+    return _auth(state, _check_openai)
 
 
-def anthropic_guard(state: SimState) -> Guard:
-    """Require a key and `anthropic-version` on Anthropic routes.
-
-    The key comes in `x-api-key` or, as current Anthropic SDKs send it, `Authorization: Bearer`.
-    """
-
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-        key = connection.headers.get("x-api-key", "").strip()
-        if not key:
-            scheme, _sep, bearer = connection.headers.get("authorization", "").partition(" ")
-            key = bearer.strip() if scheme.lower() == "bearer" else ""
-        if not key:
-            raise AnthropicError(401, "authentication_error", "x-api-key header is required")
-        if state.config.api_key is not None and key != state.config.api_key:
-            raise AnthropicError(401, "authentication_error", "invalid x-api-key")
-        if not connection.headers.get("anthropic-version"):
-            raise AnthropicError(400, "invalid_request_error", "anthropic-version: header is required")
-
-    return guard
+def anthropic_auth(state: SimState) -> Middleware:
+    """Require a key (`x-api-key` or `Authorization: Bearer`) and `anthropic-version` on Anthropic routes."""
+    return _auth(state, _check_anthropic)
 
 
 def _number(value: str | None) -> float | None:
@@ -87,18 +109,35 @@ def _number(value: str | None) -> float | None:
         return None
 
 
-async def admit(state: SimState, request: Request[Any, Any, Any], path: str) -> int | None:
-    """Count a real-time call, wait its latency, and return the error status to inject (header or rate), if any."""
+async def _client_stayed(request: Request[Any, Any, Any], seconds: float) -> bool:
+    """Wait `seconds`; False as soon as the client disconnects (the body has been read, so `receive` only
+    has the disconnect left to say). A real upstream stops working on a call nobody waits for."""
+    waiter = asyncio.ensure_future(request.receive())
+    try:
+        done, _ = await asyncio.wait({waiter}, timeout=seconds)
+    finally:
+        if not waiter.done():
+            waiter.cancel()
+    return not (done and waiter.result()["type"] == "http.disconnect")
+
+
+async def admit(
+    state: SimState, request: Request[Any, Any, Any], path: str, inject: Callable[[int], Exception]
+) -> bytes:
+    """Count a real-time call, read its body, wait its latency, raise an injected error (header or rate) if due."""
     state.stats.realtime_calls[path] += 1
+    body = await request.body()
     latency = _number(request.headers.get("x-sim-latency-ms"))
     latency = state.config.latency_ms if latency is None else latency
-    if latency > 0:
-        await asyncio.sleep(latency / 1000)
+    if latency > 0 and not await _client_stayed(request, latency / 1000):
+        state.stats.cancelled_calls += 1
+        raise inject(CLIENT_CLOSED)
     forced = _number(request.headers.get("x-sim-error"))
     status = int(forced) if forced is not None and 400 <= forced < 600 else state.injected_error()
     if status is not None:
         state.stats.errors_injected += 1
-    return status
+        raise inject(status)
+    return body
 
 
 def openai_injected(status: int) -> OpenAIError:

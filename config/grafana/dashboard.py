@@ -1,0 +1,339 @@
+"""The hybrid-router Grafana dashboard as code: writes dashboards/hybrid-router.json (`--check`: fail if stale)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from grafana_foundation_sdk.builders import common, dashboard, prometheus, stat, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.common import (
+    BigValueColorMode,
+    BigValueGraphMode,
+    LegendDisplayMode,
+    LegendPlacement,
+    SortOrder,
+    StackingMode,
+    TooltipDisplayMode,
+)
+from grafana_foundation_sdk.models.dashboard import DashboardCursorSync, DataSourceRef
+
+OUT = Path(__file__).resolve().parent / "dashboards" / "hybrid-router.json"
+UID = "hybrid-router"
+# Panels name the datasource through the variable, so the JSON imports into any Grafana whatever its uid.
+DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
+WINDOW = "$__rate_interval"
+M = "hybrid_router_"
+
+Query = tuple[str, str]  # (PromQL, legend)
+
+
+def target(ref: str, expr: str, legend: str, *, instant: bool = False) -> prometheus.Dataquery:
+    """One PromQL query on the dashboard's datasource."""
+    query = prometheus.Dataquery().ref_id(ref).datasource(DATASOURCE).expr(expr).legend_format(legend)
+    return query.instant() if instant else query.range()
+
+
+def graph(title: str, unit: str, queries: list[Query], *, description: str = "", width: int = 12) -> timeseries.Panel:
+    """A time series panel with one line per query (and per label set of each)."""
+    panel = (
+        timeseries.Panel()
+        .title(title)
+        .datasource(DATASOURCE)
+        .unit(unit)
+        .height(8)
+        .span(width)
+        .fill_opacity(10)
+        .legend(
+            common.VizLegendOptions()
+            .show_legend(True)
+            .display_mode(LegendDisplayMode.LIST)
+            .placement(LegendPlacement.BOTTOM)
+        )
+        .tooltip(common.VizTooltipOptions().mode(TooltipDisplayMode.MULTI).sort(SortOrder.DESCENDING))
+    )
+    if description:
+        panel = panel.description(description)
+    for ref, (expr, legend) in zip("ABCDEFGH", queries, strict=False):
+        panel = panel.with_target(target(ref, expr, legend))
+    return panel
+
+
+def shares(title: str, counter: str, description: str) -> timeseries.Panel:
+    """Each lane's share of a counter's rate, stacked to 100%."""
+    total = f"sum(rate({counter}[{WINDOW}]))"
+    expr = f"sum by (lane) (rate({counter}[{WINDOW}])) / ignoring(lane) group_left {total}"
+    return (
+        graph(title, "percentunit", [(expr, "{{lane}}")], description=description)
+        .stacking(common.StackingConfig().mode(StackingMode.NORMAL))
+        .min(0)
+        .max(1)
+    )
+
+
+def headline(title: str, unit: str, expr: str, description: str) -> stat.Panel:
+    """A single number over the selected time range."""
+    return (
+        stat.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .unit(unit)
+        .height(4)
+        .span(6)
+        .graph_mode(BigValueGraphMode.NONE)
+        .color_mode(BigValueColorMode.VALUE)
+        .reduce_options(common.ReduceDataOptions().calcs(["lastNotNull"]))
+        .with_target(target("A", expr, title, instant=True))
+    )
+
+
+def quantiles(histogram: str, qs: tuple[float, ...] = (0.5, 0.95, 0.99), by: str = "") -> list[Query]:
+    """Quantiles of a histogram over all replicas, optionally one line per value of label `by`."""
+    labels = f"le, {by}" if by else "le"
+    suffix = f" {{{{{by}}}}}" if by else ""
+    return [
+        (
+            f"histogram_quantile({q}, sum by ({labels}) (rate({histogram}_bucket[{WINDOW}])))",
+            f"p{round(q * 100)}{suffix}",
+        )
+        for q in qs
+    ]
+
+
+def build() -> dashboard.Dashboard:
+    """The whole dashboard."""
+    savings, baseline, cost = f"{M}savings_usd_total", f"{M}baseline_cost_usd_total", f"{M}cost_usd_total"
+    board = (
+        dashboard.Dashboard("hybrid-router")
+        .uid(UID)
+        .description("Savings, lanes, cost, the deferred lane's batches and deadlines, and real-time latency.")
+        .tags(["hybrid-router"])
+        .readonly()
+        .tooltip(DashboardCursorSync.CROSSHAIR)
+        .time("now-6h", "now")
+        .refresh("30s")
+        .timezone("browser")
+        .with_variable(dashboard.DatasourceVariable("datasource").label("Data source").type("prometheus"))
+    )
+    board = (
+        board.with_row(dashboard.Row("Savings"))
+        .with_panel(
+            headline(
+                "Savings",
+                "currencyUSD",
+                f"sum(increase({savings}[$__range]))",
+                "Real-time price minus what was paid, for the calls finished in the selected range.",
+            )
+        )
+        .with_panel(
+            headline(
+                "Savings %",
+                "percentunit",
+                f"sum(increase({savings}[$__range])) / sum(increase({baseline}[$__range]))",
+                "Savings as a share of the real-time baseline, over the selected range.",
+            )
+        )
+        .with_panel(
+            headline("Spend", "currencyUSD", f"sum(increase({cost}[$__range]))", "What the calls cost, all lanes.")
+        )
+        .with_panel(
+            headline(
+                "Deadline misses",
+                "short",
+                f"sum(increase({M}deadline_misses_total[$__range]))",
+                "Calls answered after their X-Deadline, over the selected range.",
+            )
+        )
+        .with_panel(
+            graph(
+                "Savings by lane (USD/h)",
+                "currencyUSD",
+                [(f"sum by (lane) (rate({savings}[{WINDOW}])) * 3600", "{{lane}}")],
+                description="Baseline minus actual cost, as an hourly rate.",
+            )
+        )
+        .with_panel(
+            graph(
+                "Savings % of the real-time baseline",
+                "percentunit",
+                [(f"sum(rate({savings}[{WINDOW}])) / sum(rate({baseline}[{WINDOW}]))", "savings")],
+                description="Batch is 50% cheaper: this reaches 50% when every call waits.",
+            )
+        )
+    )
+    board = (
+        board.with_row(dashboard.Row("Lanes"))
+        .with_panel(
+            shares(
+                "Share of calls by lane",
+                f"{M}requests_total",
+                "Finished calls; escalated = deferred calls answered in real time to keep their deadline.",
+            )
+        )
+        .with_panel(shares("Share of tokens by lane", f"{M}tokens_total", "Input, cached input and output tokens."))
+        .with_panel(
+            graph(
+                "Calls by lane and outcome (per second)",
+                "reqps",
+                [(f"sum by (lane, outcome) (rate({M}requests_total[{WINDOW}]))", "{{lane}} {{outcome}}")],
+            )
+        )
+        .with_panel(
+            graph(
+                "Unpriced calls by model",
+                "short",
+                [(f"sum by (model) (increase({M}unpriced_calls_total[{WINDOW}]))", "{{model}}")],
+                description="Calls whose model has no price in pricing.yaml: they are missing from cost and savings.",
+            )
+        )
+    )
+    board = (
+        board.with_row(dashboard.Row("Cost"))
+        .with_panel(
+            graph(
+                "Cost by model (USD/h)",
+                "currencyUSD",
+                [(f"sum by (model) (rate({cost}[{WINDOW}])) * 3600", "{{model}}")],
+            )
+        )
+        .with_panel(
+            graph(
+                "Cost by tenant (USD/h)",
+                "currencyUSD",
+                [(f"sum by (tenant) (rate({cost}[{WINDOW}])) * 3600", "{{tenant}}")],
+            )
+        )
+    )
+    board = (
+        board.with_row(dashboard.Row("Deferred lane"))
+        .with_panel(
+            graph(
+                "Queue depth",
+                "short",
+                [(f"max by (queue) ({M}queue_depth)", "{{queue}}")],
+                description="Calls waiting to be packed into a batch. Every replica reports the same Redis value: max.",
+                width=8,
+            )
+        )
+        .with_panel(
+            graph(
+                "Batches in flight",
+                "short",
+                [(f"max({M}batches_inflight)", "in flight")],
+                description="Provider batches submitted and not yet ingested (a Redis value: max over replicas).",
+                width=8,
+            )
+        )
+        .with_panel(
+            graph(
+                "Batch turnaround",
+                "s",
+                quantiles(f"{M}batch_turnaround_seconds"),
+                description="From creating a provider batch to ingesting its results.",
+                width=8,
+            ).interval("15m")  # batches end minutes to hours apart: short windows would show mostly gaps
+        )
+        .with_panel(
+            graph(
+                "Deferred calls (per second)",
+                "reqps",
+                [
+                    (f"sum(rate({M}deferred_admitted_total[{WINDOW}]))", "admitted"),
+                    (f"sum(rate({M}batch_lines_submitted_total[{WINDOW}]))", "sent in batches"),
+                ],
+                width=8,
+            )
+        )
+        .with_panel(
+            graph(
+                "Batches submitted and finished",
+                "short",
+                [
+                    (f"sum(increase({M}batches_submitted_total[{WINDOW}]))", "submitted"),
+                    (f"sum by (status) (increase({M}batches_finished_total[{WINDOW}]))", "finished {{status}}"),
+                ],
+                width=8,
+            )
+        )
+        .with_panel(
+            graph(
+                "Deadline escalations by reason",
+                "short",
+                [(f"sum by (reason) (increase({M}deadline_escalations_total[{WINDOW}]))", "{{reason}}")],
+                description="Deferred calls answered in real time to keep their deadline: at admission (no batch "
+                "could make it), or by the guard while queued or submitted.",
+                width=8,
+            )
+        )
+        .with_panel(
+            graph(
+                "Deadline misses",
+                "short",
+                [(f"sum(increase({M}deadline_misses_total[{WINDOW}]))", "misses")],
+                description="Calls answered after their deadline.",
+            )
+        )
+        .with_panel(
+            graph(
+                "Late batch results",
+                "short",
+                [(f"sum(increase({M}late_batch_results_total[{WINDOW}]))", "late results")],
+                description="Batch results for calls already answered another way: billed by the provider, dropped.",
+            )
+        )
+    )
+    return (
+        board.with_row(dashboard.Row("Real-time latency"))
+        .with_panel(
+            graph(
+                "Proxy overhead",
+                "s",
+                quantiles(f"{M}proxy_overhead_seconds", (0.5, 0.99)),
+                description="Time the router adds to a real-time call (total handling time minus upstream time).",
+            )
+        )
+        .with_panel(
+            graph(
+                "Upstream latency p99",
+                "s",
+                quantiles(f"{M}upstream_latency_seconds", (0.99,), by="upstream"),
+                description="From sending a real-time call upstream to its response headers.",
+            )
+        )
+    )
+
+
+def render() -> str:
+    """The dashboard JSON, as committed: panel ids numbered in order, stable formatting."""
+    model = build().build()
+    for number, panel in enumerate(model.panels or [], start=1):
+        panel.id_val = number
+    return json.dumps(model, cls=JSONEncoder, indent=2) + "\n"
+
+
+def main(argv: list[str] | None = None, out: Path = OUT) -> int:
+    """Write the dashboard JSON, print it (`--stdout`), or exit 1 if the file is out of date (`--check`)."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="exit 1 if the committed JSON differs from this source")
+    mode.add_argument("--stdout", action="store_true", help="print the JSON instead of writing the file")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.stdout:
+        sys.stdout.write(text)
+        return 0
+    if args.check:
+        if out.exists() and out.read_text() == text:
+            return 0
+        print(f"{out} is out of date: run `python config/grafana/dashboard.py`", file=sys.stderr)
+        return 1
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

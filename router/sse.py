@@ -1,0 +1,65 @@
+"""Read usage out of a relayed SSE stream without holding it back; drop the usage event nobody asked for."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import msgspec
+
+from router.pricing import Usage, usage_from_body
+
+_MAX_PENDING = 1 << 20  # an event larger than this is relayed as is, unparsed
+
+
+class _ResponseEvent(msgspec.Struct):
+    response: msgspec.Raw | None = None
+
+
+_response_event = msgspec.json.Decoder(_ResponseEvent)
+
+
+def _event_usage(event: bytes) -> tuple[Usage | None, bool]:
+    """(usage, whether the event is a usage-only chat/completions chunk) of one SSE event."""
+    for line in event.split(b"\n"):
+        if not line.startswith(b"data:") or b'"usage"' not in line:
+            continue
+        data = line[5:].strip()
+        if b'"response.completed"' in data:  # Responses API: usage sits inside the final response object
+            try:
+                inner = _response_event.decode(data).response
+            except msgspec.DecodeError:
+                return None, False
+            return (usage_from_body(bytes(inner)) if inner else None), False
+        usage = usage_from_body(data)
+        return usage, usage is not None and b'"choices":[]' in data.replace(b" ", b"")
+    return None, False
+
+
+async def tap_usage(
+    stream: AsyncIterator[bytes], *, strip_usage_chunk: bool, on_done: Callable[[Usage | None], None]
+) -> AsyncIterator[bytes]:
+    """Relay `stream` chunk by chunk; report the usage it carried when it ends (also on disconnect)."""
+    pending = b""
+    usage: Usage | None = None
+    try:
+        async for chunk in stream:
+            if b'"usage"' not in chunk and not pending:
+                yield chunk  # the common case: no parsing, no copy
+                continue
+            pending += chunk
+            out = []
+            while (end := pending.find(b"\n\n")) >= 0:
+                event, pending = pending[: end + 2], pending[end + 2 :]
+                found, usage_only = _event_usage(event) if b'"usage"' in event else (None, False)
+                usage = found or usage
+                if not (usage_only and strip_usage_chunk):
+                    out.append(event)
+            if len(pending) > _MAX_PENDING:
+                out.append(pending)
+                pending = b""
+            if out:
+                yield b"".join(out)
+        if pending:
+            yield pending
+    finally:
+        on_done(usage)
