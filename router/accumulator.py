@@ -433,6 +433,23 @@ class Accumulator:
         )
         return body if isinstance(body, bytes) else None
 
+    async def add_totals(
+        self, upstream: str, endpoint: str, model: str, tenant: str, lane: str, cost: tuple[float, float, float] | None
+    ) -> None:
+        """Add one real-time call to its tenant's daily totals (deferred calls are added when stored)."""
+        tag = queue_tag(upstream, endpoint, model)
+        key = f"{self.keys.totals_prefix(tag)}{tenant}:{time.strftime('%Y-%m-%d', time.gmtime())}"
+        # Not a transaction: the queue set and the totals live in different cluster slots.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.sadd(self.keys.queues, tag)
+            pipe.hincrby(key, f"{lane}:requests", 1)
+            if cost is not None:
+                pipe.hincrbyfloat(key, f"{lane}:cost_usd", cost[0])
+                pipe.hincrbyfloat(key, f"{lane}:baseline_usd", cost[1])
+                pipe.hincrbyfloat(key, f"{lane}:savings_usd", cost[2])
+            pipe.expire(key, TOTALS_TTL_S)
+            await pipe.execute()
+
     async def totals(self, tenant: str, day: str) -> dict[str, float]:
         """A tenant's cost totals for one UTC day (`YYYY-MM-DD`), summed over queues."""
         out: dict[str, float] = {}

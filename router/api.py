@@ -347,17 +347,21 @@ async def respond_realtime(
 
         def book(usage: Usage | None) -> None:
             priced = gateway.accounting.price(model, lane, b"", usage) if usage else Priced(None, None)
-            gateway.accounting.book(priced, lane=lane, upstream=provider.name, model=model, tenant=tenant, outcome="ok")
+            gateway.record_realtime(priced, lane=lane, upstream=provider.name, endpoint=endpoint, model=model,
+                                    tenant=tenant, outcome="ok")  # fmt: skip
 
         relay = tap_usage(upstream.stream, strip_usage_chunk=strip_usage, on_done=book)
         return Stream(relay, status_code=upstream.status, headers=headers, media_type="text/event-stream")
     if upstream.status >= 400:
-        gateway.accounting.book(
-            Priced(None, None), lane=lane, upstream=provider.name, model=model, tenant=tenant, outcome="error"
-        )
+        gateway.record_realtime(
+            Priced(None, None), lane=lane, upstream=provider.name, endpoint=endpoint, model=model, tenant=tenant,
+            outcome="error",
+        )  # fmt: skip
         raise UpstreamError(upstream.status, upstream.body)
     priced = gateway.accounting.price(model, lane, upstream.body)
-    gateway.accounting.book(priced, lane=lane, upstream=provider.name, model=model, tenant=tenant, outcome="ok")
+    gateway.record_realtime(
+        priced, lane=lane, upstream=provider.name, endpoint=endpoint, model=model, tenant=tenant, outcome="ok"
+    )
     if priced.cost is not None:
         headers["x-router-cost-usd"] = f"{priced.cost.actual_usd:.8f}"
         headers["x-router-savings-usd"] = f"{priced.cost.savings_usd:.8f}"

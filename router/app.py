@@ -16,7 +16,7 @@ from litestar.exceptions import HTTPException
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from router import api, metrics
-from router.accounting import Accounting
+from router.accounting import Accounting, Lane, Priced
 from router.accumulator import Accumulator, Waiters
 from router.batcher import Batcher
 from router.errors import ConfigError, RouterError
@@ -30,13 +30,17 @@ from router.providers.openai import OpenAIProvider
 from router.settings import Settings
 
 log = logging.getLogger("router")
+MAX_PENDING_BOOKINGS = 10_000
 _models_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
 def make_providers(settings: Settings, environ: Mapping[str, str]) -> dict[str, Provider]:
     """One adapter per configured upstream, with its key read from the environment."""
     providers: dict[str, Provider] = {}
-    for upstream in settings.upstreams:
+    for index, upstream in enumerate(settings.upstreams):
+        if upstream.kind != "openai":
+            problem = f"kind {upstream.kind!r} has no adapter in this version; use an OpenAI-compatible endpoint"
+            raise ConfigError("upstreams", f"upstreams[{index}].kind", problem)
         key = environ.get(upstream.api_key_env) if upstream.api_key_env else None
         providers[upstream.name] = OpenAIProvider(upstream, key or None)
     return providers
@@ -69,6 +73,7 @@ class Gateway:
         self.guard = Guard(acc, providers, b, self.accounting)
         self.loops = loops
         self._tasks: list[asyncio.Task[None]] = []
+        self._bookings: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
 
     @contextlib.asynccontextmanager
@@ -92,7 +97,7 @@ class Gateway:
             pending = (await asyncio.wait(self._tasks, timeout=5.0))[1]
             for task in pending:
                 task.cancel(msg="shutdown: loop did not stop in time")
-            await asyncio.gather(*pending, return_exceptions=True)
+            await asyncio.gather(*pending, *self._bookings, return_exceptions=True)
             await self.upstreams.aclose()
             await self.redis.aclose(close_connection_pool=True)
 
@@ -102,6 +107,25 @@ class Gateway:
                 log.error("policy reload rejected, old rules stay in force: %s", problem)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=1.0)
+
+    def record_realtime(
+        self, priced: Priced, *, lane: Lane, upstream: str, endpoint: str, model: str, tenant: str, outcome: str
+    ) -> None:
+        """Book a finished real-time call in the metrics now and in the tenant's Redis totals in the background."""
+        self.accounting.book(priced, lane=lane, upstream=upstream, model=model, tenant=tenant, outcome=outcome)
+        if len(self._bookings) >= MAX_PENDING_BOOKINGS:  # Redis is slow or down: metrics still count the call
+            log.warning("dropping a real-time booking for the Redis totals: too many pending")
+            return
+        task = asyncio.create_task(
+            self.deferred.acc.add_totals(upstream, endpoint, model, tenant, lane, priced.as_tuple())
+        )
+        self._bookings.add(task)
+        task.add_done_callback(self._booked)
+
+    def _booked(self, task: asyncio.Task[None]) -> None:
+        self._bookings.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not add a real-time call to the Redis totals: %s", task.exception())
 
     async def list_models(self) -> bytes:
         """Models of every upstream, filtered by the patterns that route to it."""

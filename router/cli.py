@@ -159,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", help=f"config file (default: {DEFAULT_CONFIG} if present)")
     demo.set_defaults(func=cmd_demo)
 
+    from router import estimate
+
+    estimate.add_parser(sub)
+
     check = sub.add_parser("check-config", help="validate config, policies and pricing")
     check.add_argument("--config", help=f"config file (default: {DEFAULT_CONFIG} if present)")
     check.set_defaults(func=cmd_check_config)

@@ -107,10 +107,9 @@ async def _drive(base: str, progress: Progress, sim_url: str) -> Tally:
     import openai
 
     tally = Tally()
-    limits = httpx.Limits(max_connections=600, max_keepalive_connections=600)
     async with (
-        httpx.AsyncClient(limits=limits, timeout=300) as http,
-        openai.AsyncOpenAI(base_url=base + "/v1", api_key="demo", http_client=http, max_retries=2) as client,
+        httpx.AsyncClient(timeout=30) as http,
+        openai.AsyncOpenAI(base_url=base + "/v1", api_key="demo", timeout=300, max_retries=2) as client,
     ):
 
         async def one(group: Group, i: int, task: Any) -> None:

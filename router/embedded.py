@@ -62,9 +62,9 @@ def embedded_redis(data_dir: Path, timeout: float = 10.0) -> Iterator[str]:
         port = _free_port()
         args += ["--port", str(port), "--bind", "127.0.0.1"]
         url = f"redis://127.0.0.1:{port}/0"
-    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_ready(url, process, timeout)
+        _wait_ready(url, process, directory / "redis.log", timeout)
         yield url
     finally:
         process.terminate()
@@ -75,12 +75,12 @@ def embedded_redis(data_dir: Path, timeout: float = 10.0) -> Iterator[str]:
             process.wait()
 
 
-def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
-            err = process.stderr.read().decode(errors="replace") if process.stderr else ""
-            raise RuntimeError(f"the bundled redis-server exited at start ({process.returncode}): {err.strip()}")
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise RuntimeError(f"the bundled redis-server exited at start ({process.returncode}): {tail.strip()}")
         try:
             with Redis.from_url(url, socket_connect_timeout=0.2) as client:
                 if client.ping():

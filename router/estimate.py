@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO, Annotated, Any, Literal
 
 import msgspec
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
@@ -50,10 +51,10 @@ class LogLine(msgspec.Struct, frozen=True, kw_only=True):
     endpoint: str | None = None
     path: str | None = None
     deadline: str | None = None  # an X-Deadline value, relative to `timestamp`
-    headers: dict[str, str] = msgspec.field(default_factory=dict)
-    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    headers: dict[str, str] | None = None
+    metadata: dict[str, Any] | None = None  # values are compared as strings, as the router does
     user: str | None = None
-    tenant: str = "default"
+    tenant: str | None = None  # the router's tenant without proxy keys: "default"
 
 
 _DECODER = msgspec.json.Decoder(LogLine)
@@ -138,14 +139,13 @@ class _Admission:
 
     def batched(self, line: LogLine, at: float) -> bool:
         """Whether the router would batch this call; InvalidDeadline where it would have answered 400."""
-        headers = {name.lower(): value for name, value in line.headers.items()}
+        headers = {name.lower(): value for name, value in (line.headers or {}).items()}
         raw = line.deadline if line.deadline is not None else headers.get("x-deadline")
         header = None if raw is None else parse_deadline(raw, now=at, max_seconds=self.max_deadline_s)
         path = _path(line.endpoint or line.path or DEFAULT_PATH)
-        metadata = {key: str(value) for key, value in line.metadata.items()}
-        facts = Facts(
-            path=path, model=line.model, tenant=line.tenant, headers=headers, metadata=metadata, user=line.user
-        )
+        metadata = {key: str(value) for key, value in (line.metadata or {}).items()}
+        tenant = line.tenant or "default"
+        facts = Facts(path=path, model=line.model, tenant=tenant, headers=headers, metadata=metadata, user=line.user)
         decision = decide(self.policies, facts, header, raw is not None and header is None, at)
         if decision.lane != "deferred" or decision.deadline is None or path not in BATCH_PATHS:
             return False
@@ -306,10 +306,10 @@ def _usd(value: float | None) -> str:
 
 
 def _table(title: str, columns: tuple[str, ...], rows: Iterable[tuple[str, ...]], **options: Any) -> Table:
-    table = Table(*columns, title=title, **options)
-    table.columns[0].no_wrap = True  # a cut model name is a wrong one: let the numbers' columns give way
+    table = Table(*columns, title=title, box=box.SIMPLE_HEAD, **options)
+    table.columns[0].no_wrap = True
     for column in table.columns[1:]:
-        column.justify = "right"
+        column.overflow, column.justify = "fold", "right"  # a cut number ("$3,1…") is a wrong one: wrap it
     for row in rows:
         table.add_row(*row)
     return table
@@ -323,7 +323,7 @@ def render(result: Estimate | WhatIf, console: Console) -> None:
         ("Savings", f"{_usd(result.savings_usd_month)} ({result.savings_pct:.1f}%)"),
     ]
     if isinstance(result, WhatIf):
-        note = f"{result.batch_share:.0%} of spend batch-eligible at {result.batch_ratio:g}x the real-time price"
+        note = f"{result.batch_share:.0%} of the spend at {result.batch_ratio:g}x the real-time price"
         console.print(_table("Estimated monthly cost", ("", ""), rows, show_header=False, caption=note))
         return
     rows.append(("Calls deferred", f"{result.deferred_calls:,} of {result.calls:,} ({result.deferred_calls_pct:.1f}%)"))
@@ -333,17 +333,20 @@ def render(result: Estimate | WhatIf, console: Console) -> None:
     basis = {"measured": "its time span", "flag": "--period-days", "assumed": "assumed"}[result.period_source]
     note = f"log: {result.period_days:.4g} day(s) ({basis}), scaled x{result.month_factor:.4g} to 30 days"
     console.print(_table("Estimated monthly cost", ("", ""), rows, show_header=False, caption=note))
-    columns = ("Model", "Calls", "Deferred", "Tokens", "Deferred", "Now/mo", "Batch/mo", "Saved/mo")
+    columns = ("Model", "Calls", "Deferred", "Now", "Batch", "Saved")  # tokens per model: see --json
     by_model = [
         (
             escape(m.model),
-            *(f"{n:,}" for n in (m.calls, m.deferred_calls, m.tokens, m.deferred_tokens)),
-            *(_usd(v) for v in (m.cost_now_usd_month, m.cost_batch_usd_month, m.savings_usd_month)),
+            f"{m.calls:,}",
+            f"{_pct(m.deferred_calls, m.calls):.0f}%",
+            *map(_usd, (m.cost_now_usd_month, m.cost_batch_usd_month, m.savings_usd_month)),
         )
         for m in result.models
     ]
     if by_model:
-        console.print(_table("By model (calls and tokens as logged)", columns, by_model))
+        console.print(
+            _table("By model, per month", columns, by_model, caption="calls as logged; deferred: share of the calls")
+        )
     notes = []
     if result.unpriced_models:
         unpriced = [(escape(m.model), f"{m.calls:,}", f"{m.tokens:,}") for m in result.unpriced_models]
@@ -354,7 +357,7 @@ def render(result: Estimate | WhatIf, console: Console) -> None:
     if result.malformed_lines:
         notes.append(f"{result.malformed_lines:,} malformed line(s) skipped.")
     for line in notes:
-        console.print(line, style="yellow", markup=False)
+        console.print(line, style="yellow", markup=False, highlight=False)
 
 
 def _tracked(file: IO[bytes], progress: Progress, task: TaskID) -> Iterator[bytes]:

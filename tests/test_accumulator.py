@@ -1,0 +1,180 @@
+"""The accumulator's invariants against a real Redis, and crash recovery against the simulator's Batch API."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import msgspec
+import pytest
+from redis.asyncio import Redis
+
+from router.accounting import Accounting
+from router.accumulator import Accumulator, CallMeta
+from router.batcher import Batcher
+from router.keys import queue_tag
+from router.poller import Poller
+from router.pricing import load_pricing
+from router.providers.base import BatchLine
+from router.providers.openai import OpenAIProvider
+from router.settings import BatchSettings, Upstream
+from tests.conftest import ROOT, Sim
+
+ENDPOINT, MODEL = "/chat/completions", "gpt-4o-mini"
+TAG = queue_tag("openai", ENDPOINT, MODEL)
+
+
+@pytest.fixture
+async def acc(redis_url: str, key_prefix: str) -> AsyncIterator[Accumulator]:
+    redis = Redis.from_url(redis_url)
+    yield Accumulator(redis, key_prefix, result_ttl_s=600, idempotency_ttl_s=600)
+    await redis.aclose()
+
+
+@pytest.fixture
+async def provider(sim: Sim) -> AsyncIterator[OpenAIProvider]:
+    p = OpenAIProvider(Upstream(name="openai", base_url=sim.v1), "sk-test")
+    yield p
+    await p.aclose()
+
+
+def meta(i: int = 0, *, deadline_in: float = 3600.0, tenant: str = "t") -> CallMeta:
+    now = time.time()
+    return CallMeta(
+        tenant=tenant, upstream="openai", endpoint=ENDPOINT, model=MODEL, deadline=now + deadline_in, received_at=now
+    )
+
+
+def body(i: int) -> bytes:
+    return msgspec.json.encode({"model": MODEL, "messages": [{"role": "user", "content": f"call {i}"}]})
+
+
+async def admit_many(acc: Accumulator, n: int) -> list[str]:
+    return [(await acc.admit(meta(i), body(i)))[0] for i in range(n)]
+
+
+SETTINGS = BatchSettings(max_wait_s=0.1, poll_interval_s=0.1, lease_s=0.3, margin_s=1.0, turnaround_prior_s=1.0)
+
+
+async def test_call_ids_are_valid_custom_ids_and_carry_their_queue(acc: Accumulator) -> None:
+    ids = await admit_many(acc, 20)
+    assert len(set(ids)) == 20
+    for call_id in ids:
+        assert msgspec.json.decode(msgspec.json.encode(call_id)) == call_id
+        assert 1 <= len(call_id) <= 64 and call_id.replace("_", "").replace("-", "").isalnum()
+        assert call_id.startswith(TAG)
+
+
+async def test_concurrent_claims_never_share_a_call(acc: Accumulator) -> None:
+    ids = await admit_many(acc, 300)
+    claims = await asyncio.gather(
+        *(acc.claim(TAG, max_requests=70, max_bytes=10**9, owner=f"o{i}", lease_s=30) for i in range(6))
+    )
+    taken = [cid for claim in claims if claim for cid in claim[1]]
+    assert len(taken) == len(set(taken)) == 300
+    assert set(taken) == set(ids)
+    stats = await acc.stats(TAG)
+    assert stats is not None and stats.count == 0 and stats.bytes == 0
+
+
+async def test_claim_respects_the_byte_limit(acc: Accumulator) -> None:
+    await admit_many(acc, 10)
+    one = len(body(0))
+    claim = await acc.claim(TAG, max_requests=100, max_bytes=3 * (one + 128), owner="o", lease_s=30)
+    assert claim is not None and len(claim[1]) == 3
+
+
+async def test_a_result_is_stored_and_billed_once(acc: Accumulator) -> None:
+    [call_id] = await admit_many(acc, 1)
+    claim = await acc.claim(TAG, max_requests=10, max_bytes=10**9, owner="o", lease_s=30)
+    assert claim is not None
+    bid = claim[0]
+    call = await acc.get_call(call_id)
+    assert call is not None and call.state == "submitted"
+    args = {"from_batch": bid, "status": 200, "body": b"{}", "lane": "batch", "cost": (1.0, 2.0, 1.0)}
+    assert await acc.store_result(call_id, call.meta, **args) == 1  # type: ignore[arg-type]
+    assert await acc.store_result(call_id, call.meta, **args) == 0  # type: ignore[arg-type]
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    totals = await acc.totals("t", day)
+    assert totals["batch:requests"] == 1 and totals["batch:savings_usd"] == 1.0
+    result = await acc.get_result(call_id)
+    assert result is not None and result.status == 200 and result.savings_usd == 1.0
+
+
+async def test_a_late_batch_result_after_escalation_is_dropped(acc: Accumulator) -> None:
+    [call_id] = await admit_many(acc, 1)
+    claim = await acc.claim(TAG, max_requests=10, max_bytes=10**9, owner="o", lease_s=30)
+    assert claim is not None
+    assert await acc.escalate(call_id, lease_s=30) == body(0)
+    assert await acc.escalate(call_id, lease_s=30) is None  # a second guard does not take it again
+    call = await acc.get_call(call_id)
+    assert call is not None
+    realtime = await acc.store_result(
+        call_id, call.meta, from_batch="", status=200, body=b'{"a":1}', lane="escalated", cost=None
+    )
+    late = await acc.store_result(
+        call_id, call.meta, from_batch=claim[0], status=200, body=b'{"b":2}', lane="batch", cost=None
+    )
+    assert (realtime, late) == (1, 0)
+    result = await acc.get_result(call_id)
+    assert result is not None and result.body == b'{"a":1}'
+
+
+async def test_idempotency_key_maps_a_retry_to_the_admitted_call(acc: Accumulator) -> None:
+    first, created = await acc.admit(meta(), body(1), "key-1")
+    again, created_again = await acc.admit(meta(), body(1), "key-1")
+    other_tenant, _ = await acc.admit(meta(tenant="u"), body(1), "key-1")
+    assert created and not created_again and again == first
+    assert other_tenant != first
+    stats = await acc.stats(TAG)
+    assert stats is not None and stats.count == 2
+
+
+async def test_crash_between_claim_and_upload_is_recovered(
+    acc: Accumulator, provider: OpenAIProvider, sim: Sim
+) -> None:
+    ids = await admit_many(acc, 5)
+    claim = await acc.claim(TAG, max_requests=10, max_bytes=10**9, owner="dead-replica", lease_s=0.2)
+    assert claim is not None  # ...and the replica dies before uploading anything
+    await asyncio.sleep(0.3)
+    batcher = Batcher(acc, {"openai": provider}, SETTINGS)
+    assert await batcher.run_once() == 1
+    await _drain(acc, provider, ids)
+    stats = sim.stats()
+    assert stats["batches_created"] == 1
+    assert stats["max_submissions_per_custom_id"] == 1
+
+
+async def test_crash_after_the_provider_created_the_batch_is_not_resubmitted(
+    acc: Accumulator, provider: OpenAIProvider, sim: Sim
+) -> None:
+    ids = await admit_many(acc, 5)
+    claim = await acc.claim(TAG, max_requests=10, max_bytes=10**9, owner="dead-replica", lease_s=0.2)
+    assert claim is not None
+    bid, claimed = claim
+    lines = [(cid, b) for cid, b in await acc.bodies(claimed)]
+    # The replica created the provider batch, then died before recording its id.
+    await provider.submit_batch(bid, ENDPOINT, MODEL, [BatchLine(custom_id=c, body=b) for c, b in lines])
+    await asyncio.sleep(0.3)
+    batcher = Batcher(acc, {"openai": provider}, SETTINGS)
+    assert await batcher.run_once() == 0  # found by its metadata, recorded, not submitted again
+    await _drain(acc, provider, ids)
+    stats = sim.stats()
+    assert stats["batches_created"] == 1
+    assert stats["max_submissions_per_custom_id"] == 1
+
+
+async def _drain(acc: Accumulator, provider: OpenAIProvider, ids: list[str]) -> None:
+    """Poll until every call has its result (bounded)."""
+    accounting = Accounting(load_pricing(ROOT / "config" / "pricing.yaml"))
+    poller = Poller(acc, {"openai": provider}, SETTINGS, accounting)
+    until = time.monotonic() + 15
+    while time.monotonic() < until:
+        await poller.run_once()
+        results = [await acc.get_result(cid) for cid in ids]
+        if all(r is not None for r in results):
+            assert all(r is not None and r.status == 200 and r.lane == "batch" for r in results)
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("results did not arrive")

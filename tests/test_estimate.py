@@ -1,0 +1,349 @@
+"""Estimate: the $2,000 seed example both ways, hand-computed logs, admission replay, unpriced and bad lines, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from router import estimate as estimate_module
+from router.errors import ConfigError
+from router.estimate import LogLine, add_parser, estimate, what_if
+from router.policy import load_policies
+from router.pricing import load_pricing
+from router.settings import BatchSettings, Settings, Upstream
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data" / "estimate"
+POLICIES = load_policies(DATA / "policies")
+PRICES = load_pricing(DATA / "pricing.yaml")  # test-model: $1 in / $0.50 cached / $2 out per 1M; test-cheap: 0.10/0.40
+SHIPPED_PRICES = ROOT / "config" / "pricing.yaml"
+SETTINGS = Settings()  # margin 60 s + turnaround prior 3600 s: a deferral needs 3660 s of room
+T0 = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+M = 1_000_000
+
+
+def cli(*argv: str) -> argparse.Namespace:
+    """Parse `hybrid-router estimate ...` the way the CLI will, with the test policies and prices by default."""
+    parser = argparse.ArgumentParser(prog="hybrid-router")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["estimate", *argv])
+
+
+def with_test_config(*argv: str) -> argparse.Namespace:
+    config = ("--config", str(ROOT / "config" / "router.yaml"), "--policies", str(DATA / "policies"))
+    return cli(*argv, *config, "--pricing", str(DATA / "pricing.yaml"))
+
+
+def line(**fields: Any) -> str:
+    record = {"timestamp": T0, "model": "test-model", "input_tokens": M, "output_tokens": 0, **fields}
+    return json.dumps(record)
+
+
+# --- the seed example: $10,000/month, 40% batch-eligible, batch at half price -> $2,000/month saved ------------
+
+
+def test_seed_example_from_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert what_if(10_000, 0.4).savings_usd_month == pytest.approx(2_000, abs=1e-6)
+    args = cli("--what-if-share", "0.4", "--monthly-spend", "10000", "--json")
+    assert args.func(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["mode"] == "what-if"
+    assert result["savings_usd_month"] == pytest.approx(2_000, abs=1e-6)
+    assert result["cost_batch_usd_month"] == pytest.approx(8_000)
+    assert result["savings_pct"] == pytest.approx(20)
+    args = cli("--what-if-share", "0.4", "--monthly-spend", "10000")
+    assert args.func(args) == 0
+    assert "$2,000.00" in capsys.readouterr().out
+
+
+def seed_log(path: Path) -> None:
+    """100 gpt-4o-mini calls over 0.45 days costing $150 in real time ($10,000/month); $60 of it (40%) is marked."""
+    span = 0.45 * 86400  # scale = 30 / 0.45: $150 -> $10,000 per month
+    with path.open("w") as file:
+        for i in range(100):
+            at = T0 + i * span / 99
+            stamp: str | float = datetime.fromtimestamp(at, UTC).isoformat() if i % 2 else at
+            record: dict[str, Any] = {"timestamp": stamp, "model": "gpt-4o-mini", "output_tokens": 0}
+            if i < 10:  # 20M input tokens at $0.15/1M = $3.00 each, deferred by a header rule
+                record |= {"input_tokens": 20 * M, "headers": {"X-Workload": "eval"}}
+            elif i < 20:  # $3.00 each, deferred by a metadata rule
+                record |= {"input_tokens": 20 * M, "metadata": {"workload": "backfill"}}
+            else:  # 1.875M output tokens at $0.60/1M = $1.125 each, 80 of them = $90, real time
+                record |= {"input_tokens": 0, "output_tokens": 1_875_000}
+                if i % 3 == 0:
+                    record["headers"] = {"x-workload": "interactive", "x-deadline": "2h"}
+            file.write(json.dumps(record) + "\n")
+
+
+def test_seed_example_from_a_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = tmp_path / "seed.jsonl"
+    seed_log(log)
+    shipped = ("--pricing", str(SHIPPED_PRICES), "--policies", str(DATA / "policies"))
+    args = cli(str(log), *shipped, "--json")
+    assert args.func(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["cost_now_usd_month"] == pytest.approx(10_000, abs=1e-6)
+    assert result["savings_usd_month"] == pytest.approx(2_000, abs=1e-6)
+    assert result["cost_batch_usd_month"] == pytest.approx(8_000, abs=1e-6)
+    assert (result["period_source"], result["period_days"]) == ("measured", pytest.approx(0.45))
+    assert (result["calls"], result["deferred_calls"]) == (100, 20)
+    args = cli(str(log), *shipped)
+    assert args.func(args) == 0
+    assert "$2,000.00" in capsys.readouterr().out
+
+
+# --- hand-computed logs -----------------------------------------------------------------------------------------
+
+
+def test_three_lines_over_one_day() -> None:
+    # eval (batch):       1M in + 0.5M out        = $2.00 now, $1.00 batch
+    # unmarked (real):    2M in, 1M of it cached  = $1.00 + $0.50 = $1.50 both ways
+    # backfill (batch):   test-cheap 1M in + 1M out = $0.50 now, $0.25 batch
+    # one day -> x30:     $120 now, $82.50 batch, $37.50 saved (31.25%)
+    with (DATA / "small.jsonl").open("rb") as file:
+        result = estimate(file, POLICIES, PRICES, SETTINGS)
+    assert (result.period_days, result.period_source, result.month_factor) == (1.0, "measured", 30.0)
+    assert result.cost_now_usd_month == pytest.approx(120)
+    assert result.cost_batch_usd_month == pytest.approx(82.5)
+    assert result.savings_usd_month == pytest.approx(37.5)
+    assert result.savings_pct == pytest.approx(31.25)
+    assert (result.calls, result.deferred_calls, result.tokens, result.deferred_tokens) == (3, 2, 5_500_000, 3_500_000)
+    assert result.deferred_calls_pct == pytest.approx(200 / 3)
+    assert result.deferred_tokens_pct == pytest.approx(350 / 5.5)
+    by_model = {m.model: m for m in result.models}
+    assert [m.model for m in result.models] == ["test-model", "test-cheap"]  # costliest first
+    assert by_model["test-model"].cost_now_usd_month == pytest.approx(105)
+    assert by_model["test-model"].savings_usd_month == pytest.approx(30)
+    assert by_model["test-cheap"].cost_batch_usd_month == pytest.approx(7.5)
+    assert (result.first_timestamp, result.last_timestamp) == ("2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z")
+    assert (result.malformed_lines, result.unpriced_models) == (0, [])
+
+
+@pytest.mark.parametrize(
+    ("offsets", "period_days", "days", "source"),
+    [
+        ([0], None, 1.0, "assumed"),  # one line: no span to measure
+        ([0, 1800], None, 1.0, "assumed"),  # half an hour says too little about a month
+        ([0, 3600], None, 1 / 24, "measured"),
+        ([7200, 0, 3600], None, 1 / 12, "measured"),  # unsorted: first to last is min to max
+        ([0, 86400], 15.0, 15.0, "flag"),
+    ],
+)
+def test_period(offsets: list[float], period_days: float | None, days: float, source: str) -> None:
+    lines = [line(timestamp=T0 + offset) for offset in offsets]
+    result = estimate(lines, POLICIES, PRICES, SETTINGS, period_days=period_days)
+    assert result.period_days == pytest.approx(days)
+    assert result.period_source == source
+    assert result.cost_now_usd_month == pytest.approx(len(offsets) * 30 / days)  # $1 a line
+
+
+def test_records_and_text_lines_are_the_same_call() -> None:
+    record = LogLine(timestamp="2026-01-01T00:00:00", model="test-model", input_tokens=M, output_tokens=0)
+    from_record = estimate([record], POLICIES, PRICES, SETTINGS)
+    from_text = estimate([line(timestamp="2026-01-01T00:00:00Z")], POLICIES, PRICES, SETTINGS)
+    assert from_record == from_text  # a timestamp without a zone is UTC
+
+
+# --- admission: the policies, X-Deadline and the batch lane's room, as the router decides ------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "batched"),
+    [
+        ({}, False),  # no rule, no deadline
+        ({"headers": None, "metadata": None, "tenant": None, "user": None}, False),  # nulls read as absent
+        ({"headers": {"x-workload": "eval"}}, True),  # rule default: 24h
+        ({"headers": {"X-Workload": "eval"}}, True),  # header names in any case
+        ({"headers": {"x-workload": "eval"}, "deadline": "30m"}, False),  # 1800 s < 60 s margin + 3600 s prior
+        ({"headers": {"x-workload": "eval"}, "deadline": "61m"}, True),  # exactly margin + prior
+        ({"headers": {"x-workload": "eval"}, "deadline": "now"}, False),  # urgent
+        ({"headers": {"x-workload": "eval", "x-deadline": "30m"}}, False),  # X-Deadline among the headers
+        ({"headers": {"x-workload": "interactive"}, "deadline": "2h"}, False),  # forbid_deferral
+        ({"deadline": "2h"}, True),  # no rule: the caller's deadline alone defers
+        ({"deadline": "2026-01-01T06:00:00Z"}, True),  # absolute, relative to the line's timestamp
+        ({"metadata": {"workload": "backfill"}}, True),
+        ({"metadata": {"workload": "backfill"}, "endpoint": "/v1/moderations"}, False),  # no batch endpoint
+        ({"metadata": {"workload": "backfill"}, "path": "/embeddings"}, True),  # /v1 is implied
+        ({"tenant": "research"}, True),
+        ({"user": "report-daily"}, False),  # auto rule: needs a deadline
+        ({"user": "report-daily", "deadline": "4h"}, True),
+    ],
+)
+def test_admission(fields: dict[str, Any], batched: bool) -> None:
+    result = estimate([line(**fields)], POLICIES, PRICES, SETTINGS)
+    assert result.malformed_lines == 0, result.problems
+    assert result.deferred_calls == int(batched)
+    assert result.cost_batch_usd_month == pytest.approx(30 * (0.5 if batched else 1.0))
+
+
+def test_admission_follows_the_settings() -> None:
+    eval_line = line(headers={"x-workload": "eval"})  # deadline: now + 24h
+    slow = Settings(batch=BatchSettings(turnaround_prior_s=30 * 3600))
+    no_batch = Settings(upstreams=[Upstream(name="local", base_url="http://127.0.0.1:1/v1", batch=False)])
+    assert estimate([eval_line], POLICIES, PRICES, SETTINGS).deferred_calls == 1
+    assert estimate([eval_line], POLICIES, PRICES, slow).deferred_calls == 0
+    assert estimate([eval_line], POLICIES, PRICES, no_batch).deferred_calls == 0
+
+
+# --- unpriced models and malformed lines --------------------------------------------------------------------------
+
+
+def test_unknown_models_are_counted_not_priced(capsys: pytest.CaptureFixture[str]) -> None:
+    lines = [
+        line(),
+        line(model="mystery-model", input_tokens=500, output_tokens=100, headers={"x-workload": "eval"}),
+        line(model="mystery-model", input_tokens=500, output_tokens=100, timestamp=T0 + 86400),
+    ]
+    result = estimate(lines, POLICIES, PRICES, SETTINGS)
+    assert result.cost_now_usd_month == pytest.approx(30)  # the one priced line, $1 a day
+    assert (result.calls, result.deferred_calls, result.unpriced_calls, result.unpriced_tokens) == (3, 1, 2, 1200)
+    [unpriced] = result.unpriced_models
+    assert (unpriced.model, unpriced.calls, unpriced.deferred_calls, unpriced.tokens) == ("mystery-model", 2, 1, 1200)
+    assert unpriced.cost_now_usd_month is unpriced.savings_usd_month is None
+    assert [m.model for m in result.models] == ["test-model"]
+    estimate_module.render(result, Console(width=120))
+    out = capsys.readouterr().out
+    assert "Not priced" in out
+    assert "mystery-model" in out
+    assert "left out of every dollar figure" in out
+
+
+def test_malformed_lines_are_reported_and_skipped() -> None:
+    with (DATA / "malformed.jsonl").open("rb") as file:
+        result = estimate(file, POLICIES, PRICES, SETTINGS)
+    assert result.malformed_lines == 6
+    assert [p.line for p in result.problems] == [2, 3, 4, 5, 6, 9]  # line 7 is blank: skipped, not malformed
+    problems = {p.line: p.problem for p in result.problems}
+    assert "model" in problems[3]
+    assert "yesterday" in problems[4]
+    assert problems[5] == "X-Deadline 'soon' is not a deadline"
+    assert "cached_tokens" in problems[6]
+    assert "input_tokens" in problems[9]
+    assert result.calls == 2
+
+
+def test_problems_kept_are_bounded() -> None:
+    result = estimate(["{"] * (estimate_module.MAX_PROBLEMS + 5), POLICIES, PRICES, SETTINGS)
+    assert result.malformed_lines == estimate_module.MAX_PROBLEMS + 5
+    assert len(result.problems) == estimate_module.MAX_PROBLEMS
+
+
+# --- the command: output, exit codes ------------------------------------------------------------------------------
+
+
+def test_json_output(capsys: pytest.CaptureFixture[str]) -> None:
+    args = with_test_config(str(DATA / "small.jsonl"), "--json", "--period-days", "3")
+    assert args.func(args) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["mode"] == "log"
+    assert (result["period_days"], result["period_source"], result["month_factor"]) == (3, "flag", 10)
+    assert result["cost_now_usd_month"] == pytest.approx(40)
+    assert result["savings_usd_month"] == pytest.approx(12.5)
+    assert [m["model"] for m in result["models"]] == ["test-model", "test-cheap"]
+    assert set(result["models"][0]) == {
+        "model",
+        "calls",
+        "deferred_calls",
+        "tokens",
+        "deferred_tokens",
+        "cost_now_usd_month",
+        "cost_batch_usd_month",
+        "savings_usd_month",
+    }
+    assert captured.err == ""
+
+
+def test_table_output(capsys: pytest.CaptureFixture[str]) -> None:
+    args = with_test_config(str(DATA / "small.jsonl"))
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "$120.00" in out
+    assert "$37.50 (31.2%)" in out
+    assert "2 of 3 (66.7%)" in out
+
+
+def test_malformed_lines_reach_stderr_and_strict_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    log = str(DATA / "malformed.jsonl")
+    args = with_test_config(log, "--json")
+    assert args.func(args) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["malformed_lines"] == 6
+    assert f"{log}:2: " in captured.err
+    assert f"{log}:9: " in captured.err
+    args = with_test_config(log, "--json", "--strict")
+    assert args.func(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "6 malformed line(s)" in captured.err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        (),  # neither a log nor the what-if flags
+        ("--what-if-share", "0.4"),  # without --monthly-spend
+        ("--monthly-spend", "100"),
+        (str(DATA / "small.jsonl"), "--what-if-share", "0.4", "--monthly-spend", "100"),
+        (str(DATA / "small.jsonl"), "--batch-ratio", "0.4"),
+        (str(DATA / "missing.jsonl"),),
+    ],
+)
+def test_usage_errors_exit_2(argv: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
+    args = with_test_config(*argv)
+    assert args.func(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("error: ")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("--what-if-share", "1.5"),
+        ("--what-if-share", "x"),
+        ("--monthly-spend", "-1"),
+        ("--batch-ratio", "nan"),
+        ("--period-days", "0"),
+    ],
+)
+def test_bad_flag_values_exit_2(argv: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli(*argv)
+    assert exc.value.code == 2
+    assert "expected a number" in capsys.readouterr().err
+
+
+def test_batch_ratio(capsys: pytest.CaptureFixture[str]) -> None:
+    args = cli("--what-if-share", "0.4", "--monthly-spend", "10000", "--batch-ratio", "0.25", "--json")
+    assert args.func(args) == 0
+    assert json.loads(capsys.readouterr().out)["savings_usd_month"] == pytest.approx(3_000)
+
+
+def test_broken_policies_are_a_config_error() -> None:
+    args = cli(str(DATA / "small.jsonl"), "--policies", str(ROOT / "tests" / "data" / "policies_broken"))
+    with pytest.raises(ConfigError):  # the CLI's main() turns it into exit 2 with the file and field
+        args.func(args)
+
+
+def test_progress_bar_on_large_logs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(estimate_module, "PROGRESS_BYTES", 0)
+    with estimate_module._open_log(str(DATA / "small.jsonl"), show_progress=True) as lines:
+        result = estimate(lines, POLICIES, PRICES, SETTINGS)
+    assert result.cost_now_usd_month == pytest.approx(120)
+
+
+def test_the_documented_sample_runs_clean_against_the_shipped_config(capsys: pytest.CaptureFixture[str]) -> None:
+    args = cli(str(DATA / "sample.jsonl"), "--config", str(ROOT / "config" / "router.yaml"), "--json")
+    args.policies, args.pricing = str(ROOT / "policies"), str(SHIPPED_PRICES)
+    assert args.func(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["calls"], result["malformed_lines"], result["period_days"]) == (30, 0, 2)
+    assert result["deferred_calls"] > 0
+    assert [m["model"] for m in result["unpriced_models"]] == ["llama-3.1-70b"]

@@ -1,0 +1,274 @@
+"""The dashboard against a real Prometheus scraping a real router: every panel's PromQL returns data."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import math
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import openai
+import pytest
+import yaml
+from openai.types.chat import ChatCompletionMessageParam
+
+from tests.conftest import ROOT, RouterFactory, Sim
+from tests.promql import expressions, instantiate, load_dashboard
+from tests.servers import free_port
+
+pytestmark = pytest.mark.timeout(40)
+
+FAST = {"max_wait_s": 0.2, "poll_interval_s": 0.2, "turnaround_prior_s": 1.0, "margin_s": 1.0, "lease_s": 5.0}
+LATER = {"X-Deadline": "2h"}
+WINDOW = "1m"  # longer than this test: every rate() and increase() sees all of its samples
+SAVINGS_HEADER = "x-router-savings-usd"
+HEADER_DECIMALS = 8  # the router formats money headers with 8 decimals
+Headers = Mapping[str, str]
+
+
+def prometheus_tool(name: str) -> str:
+    """A program of the prometheus package; missing, a failure in CI (REQUIRE_PROMETHEUS=1) and a skip elsewhere."""
+    found = shutil.which(name) or next((p for p in (f"/usr/bin/{name}",) if Path(p).exists()), None)
+    if found:
+        return found
+    if os.environ.get("REQUIRE_PROMETHEUS") == "1":
+        pytest.fail(f"REQUIRE_PROMETHEUS=1 but there is no {name} binary (apt-get install prometheus)")
+    pytest.skip(f"no {name} binary: apt-get install prometheus")
+
+
+class Prometheus:
+    """A running Prometheus server and its HTTP query API."""
+
+    def __init__(self, base: str, log: Path) -> None:
+        self.base = base
+        self.log = log
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """An instant query at now: its result vector (or scalar, as a one-element list)."""
+        response = httpx.get(self.base + "/api/v1/query", params={"query": expr}, timeout=5)
+        body = response.json()
+        assert body["status"] == "success", f"{expr}: {body.get('error')}"
+        data = body["data"]
+        result: list[dict[str, Any]] = data["result"] if data["resultType"] == "vector" else [{"value": data["result"]}]
+        return result
+
+    def scrapes(self) -> int:
+        """How many successful scrapes of the router Prometheus holds."""
+        result = self.query('sum_over_time(up{job="router"}[10m])')
+        return int(float(result[0]["value"][1])) if result else 0
+
+    def wait_for_scrapes(self, count: int, timeout: float = 10.0) -> None:
+        """Wait until `count` more scrapes have landed."""
+        target = self.scrapes() + count
+        until = time.monotonic() + timeout
+        while self.scrapes() < target:
+            assert time.monotonic() < until, f"Prometheus did not scrape the router:\n{self.log.read_text()[-2000:]}"
+            time.sleep(0.2)
+
+
+PrometheusFactory = Callable[[str], Prometheus]
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[PrometheusFactory]:
+    """Start Prometheus on 127.0.0.1 scraping a router's /metrics every second; stopped afterwards."""
+    binary = prometheus_tool("prometheus")
+    processes: list[subprocess.Popen[bytes]] = []
+    with contextlib.ExitStack() as stack:
+
+        def start(router_base: str) -> Prometheus:
+            config = {
+                "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+                "scrape_configs": [
+                    {
+                        "job_name": "router",
+                        "metrics_path": "/metrics",
+                        "static_configs": [{"targets": [urlsplit(router_base).netloc]}],
+                    }
+                ],
+            }
+            config_file = tmp_path / "prometheus.yml"
+            config_file.write_text(yaml.safe_dump(config))
+            port = free_port()
+            log_path = tmp_path / "prometheus.log"
+            log = stack.enter_context(log_path.open("wb"))
+            args = [
+                binary,
+                f"--config.file={config_file}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ]
+            processes.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT))
+            server = Prometheus(f"http://127.0.0.1:{port}", log_path)
+            until = time.monotonic() + 10
+            while not _ready(server.base):
+                assert processes[-1].poll() is None, f"prometheus exited:\n{log_path.read_text()[-2000:]}"
+                assert time.monotonic() < until, f"prometheus did not become ready:\n{log_path.read_text()[-2000:]}"
+                time.sleep(0.1)
+            return server
+
+        try:
+            yield start
+        finally:
+            for process in processes:
+                process.terminate()
+                try:
+                    process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+def _ready(base: str) -> bool:
+    try:
+        return httpx.get(base + "/-/ready", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def prompt(i: int) -> list[ChatCompletionMessageParam]:
+    return [{"role": "user", "content": f"Summarise report number {i} for the dashboard."}]
+
+
+def realtime_calls(client: openai.OpenAI, i: int) -> list[Headers]:
+    """A chat call, a stream, an embedding and an unpriced model, in real time; their response headers."""
+    chat = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=prompt(i))
+    stream = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini",
+        messages=prompt(i),
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    assert [chunk for chunk in stream.parse() if chunk.usage]  # consumed to the end: the router books it then
+    embedding = client.embeddings.with_raw_response.create(model="text-embedding-3-small", input=f"report {i}")
+    unpriced = client.chat.completions.with_raw_response.create(model="sim-unpriced", messages=prompt(i))
+    for raw in (chat, stream, embedding, unpriced):
+        assert raw.headers["x-router-lane"] == "realtime"
+    return [chat.headers, stream.headers, embedding.headers, unpriced.headers]
+
+
+def deferred_calls(base: str, key: str, first: int, n: int) -> list[Headers]:
+    """`n` chat calls and one embedding with a 2 h deadline, held until their batches answer; their headers."""
+
+    async def run() -> list[Any]:
+        async with openai.AsyncOpenAI(base_url=base + "/v1", api_key=key, timeout=30, max_retries=0) as c:
+            chats = [
+                c.chat.completions.with_raw_response.create(
+                    model="gpt-4o-mini",
+                    messages=prompt(i),
+                    extra_headers=LATER,
+                )
+                for i in range(first, first + n)
+            ]
+            embedding = c.embeddings.with_raw_response.create(
+                model="text-embedding-3-small", input=f"report {first}", extra_headers=LATER
+            )
+            return await asyncio.gather(*chats, embedding)
+
+    raws = asyncio.run(run())
+    for raw in raws:
+        assert raw.headers["x-router-lane"] == "batch"
+    return [raw.headers for raw in raws]
+
+
+def escalated_and_late(base: str, key: str, sim: Sim) -> Headers:
+    """A call the guard must escalate, answered after its deadline, whose batch result then arrives late."""
+    before = {(name, label): _counter(base, name, label) for name, label in CHANGED_BY_ESCALATION}
+    # The batch takes 4 s, longer than the 3 s deadline allows: the guard answers in real time at deadline - 1 s,
+    # and a 2 s upstream makes that answer miss the deadline. The batch's result arrives after both.
+    sim.configure(batch_turnaround_s=4, latency_ms=2000)
+    auth = {"authorization": f"Bearer {key}"}
+    accepted = httpx.post(
+        base + "/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": prompt(99)},
+        headers=auth | {"prefer": "respond-async", "x-deadline": "3s"},
+    )
+    assert accepted.status_code == 202, accepted.text
+    done = httpx.get(base + accepted.headers["location"] + "?wait=15", headers=auth, timeout=20)
+    assert done.status_code == 200
+    assert done.headers["x-router-escalated"] == "true"
+    until = time.monotonic() + 10
+    while any(_counter(base, name, label) <= before[name, label] for name, label in CHANGED_BY_ESCALATION):
+        assert time.monotonic() < until, "no escalation, deadline miss and late batch result were counted"
+        time.sleep(0.2)
+    return done.headers
+
+
+CHANGED_BY_ESCALATION = [
+    ("hybrid_router_deadline_escalations_total", 'reason="submitted"'),
+    ("hybrid_router_deadline_misses_total", ""),
+    ("hybrid_router_late_batch_results_total", ""),
+]
+
+
+def _counter(base: str, name: str, label: str = "") -> float:
+    """The sum of a metric's series on the router's own /metrics whose labels contain `label`."""
+    return sum(_series(httpx.get(base + "/metrics").text, name, label).values())
+
+
+def _series(text: str, name: str, label: str = "") -> dict[str, float]:
+    """Series of one metric in a Prometheus text exposition, by their full name with labels."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name)] in "{ " and label in line:
+            series, value = line.rsplit(" ", 1)
+            out[series] = float(value)
+    return out
+
+
+def test_every_dashboard_query_returns_data(
+    start_router: RouterFactory, sim: Sim, prometheus: PrometheusFactory
+) -> None:
+    tenant = "prom-e2e-" + secrets.token_hex(3)  # this test's own series in the process-wide registry
+    key = "sk-" + secrets.token_hex(8)
+    keys = [{"sha256": hashlib.sha256(key.encode()).hexdigest(), "tenant": tenant}]
+    with start_router(batch=FAST, auth="keys", keys=keys) as base:
+        server = prometheus(base)
+        server.wait_for_scrapes(1)
+        realtime: list[Headers] = []
+        deferred: list[Headers] = []
+        with openai.OpenAI(base_url=base + "/v1", api_key=key, timeout=30, max_retries=0) as client:
+            # Two rounds with a scrape between: a series born at its first increment shows a rate from its second.
+            for round_ in range(2):
+                realtime += realtime_calls(client, round_)
+                deferred += deferred_calls(base, key, first=10 * round_, n=3)
+                server.wait_for_scrapes(1)
+        deferred.append(escalated_and_late(base, key, sim))
+        server.wait_for_scrapes(2)  # the last counter changes are in Prometheus
+
+        empty = []
+        for expr in expressions(load_dashboard()):
+            result = server.query(instantiate(expr, WINDOW))
+            if not result:
+                empty.append(expr)
+            elif not any(math.isfinite(float(sample["value"][1])) for sample in result):
+                empty.append(f"{expr} (only NaN/Inf)")
+        assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
+
+        savings = server.query(f'sum(hybrid_router_savings_usd_total{{tenant="{tenant}"}})')
+        in_prometheus = float(savings[0]["value"][1])
+        on_router = sum(_series(httpx.get(base + "/metrics").text, "hybrid_router_savings_usd_total", tenant).values())
+    assert in_prometheus > 0
+    assert in_prometheus == pytest.approx(on_router, rel=1e-9)
+    assert all(SAVINGS_HEADER in h for h in deferred)
+    stated = [float(h[SAVINGS_HEADER]) for h in realtime + deferred if SAVINGS_HEADER in h]  # real time: 0 or absent
+    # Each header is rounded to 8 decimals; the counter adds the unrounded values.
+    assert in_prometheus == pytest.approx(sum(stated), rel=1e-9, abs=len(stated) * 0.5 * 10**-HEADER_DECIMALS)
+
+
+def test_committed_prometheus_config_is_valid() -> None:
+    promtool = prometheus_tool("promtool")
+    checked = subprocess.run(
+        [promtool, "check", "config", str(ROOT / "config" / "prometheus.yml")], capture_output=True, timeout=10
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr

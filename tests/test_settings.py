@@ -1,0 +1,83 @@
+"""Settings: file, env and flag layers, and errors a person can act on."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from router.errors import ConfigError
+from router.settings import load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "router.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_config_loads() -> None:
+    settings = load_settings(ROOT / "config" / "router.yaml", {})
+    assert settings.upstreams[0].name == "openai"
+    assert settings.auth == "none"
+    assert settings.host == "127.0.0.1"
+
+
+def test_env_overrides_nest_and_convert(tmp_path: Path) -> None:
+    env = {"HYBRID_ROUTER_BATCH__MAX_WAIT_S": "5", "HYBRID_ROUTER_PORT": "9000", "REDIS_URL": "redis://x:1/0"}
+    settings = load_settings(write(tmp_path, "port: 8000\n"), env)
+    assert settings.batch.max_wait_s == 5.0
+    assert settings.port == 9000
+    assert settings.redis_url == "redis://x:1/0"
+
+
+def test_cli_overrides_win(tmp_path: Path) -> None:
+    env = {"HYBRID_ROUTER_PORT": "9000"}
+    settings = load_settings(write(tmp_path, "port: 8000\n"), env, {"port": 7000})
+    assert settings.port == 7000
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "expected"),
+    [
+        ("prot: 80\n", None, "unknown field `prot`"),
+        ("port: high\n", "port", "Expected `int`"),
+        ("batch:\n  max_wait_s: -1\n", "batch.max_wait_s", "Expected `float` > 0"),
+        ("upstreams:\n  - name: a\n    base_url: u\n    api_key: sk-1\n", "upstreams[0]", "unknown field `api_key`"),
+        (
+            "upstreams:\n  - name: a\n    kind: gemini\n    base_url: u\n",
+            "upstreams[0].kind",
+            "Invalid enum value 'gemini'",
+        ),
+        ("auth: keys\n", "keys", "no keys are configured"),
+        ("keys:\n  - sha256: abc\n    tenant: t\n", "keys[0].sha256", "Expected `str` matching"),
+        ("[1, 2]\n", None, "expected a mapping"),
+        ("port: [\n", None, "not valid YAML"),
+    ],
+)
+def test_bad_config_names_file_and_field(tmp_path: Path, text: str, field: str | None, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text), {})
+    message = str(info.value)
+    assert message.startswith(str(tmp_path / "router.yaml"))
+    assert expected in message
+    if field is not None:
+        assert info.value.field == field
+
+
+def test_duplicate_upstream_names_are_refused(tmp_path: Path) -> None:
+    text = "upstreams:\n  - {name: a, base_url: u}\n  - {name: a, base_url: v}\n"
+    with pytest.raises(ConfigError, match="unique"):
+        load_settings(write(tmp_path, text), {})
+
+
+def test_keys_are_compared_by_digest(tmp_path: Path) -> None:
+    digest = hashlib.sha256(b"sk-team").hexdigest()
+    settings = load_settings(write(tmp_path, f"auth: keys\nkeys:\n  - sha256: {digest}\n    tenant: team\n"), {})
+    assert settings.tenant_for_key("sk-team") == "team"
+    assert settings.tenant_for_key("sk-other") is None
+    assert settings.tenant_for_key(None) is None
+    assert load_settings(None, {}).tenant_for_key(None) == "default"
