@@ -128,7 +128,9 @@ class Accumulator:
         call_id = new_call_id(tag)
         if idempotency_key is not None:
             idem = k.idempotency(meta.tenant, idempotency_key)
-            existing = _s(await self.redis.set(idem, call_id, nx=True, ex=self.idempotency_ttl, get=True))
+            # SET NX GET needs Redis 7; NX then GET keeps Redis 6.2 (the bundled server) working.
+            claimed = await self.redis.set(idem, call_id, nx=True, ex=self.idempotency_ttl)
+            existing = "" if claimed else _s(await self.redis.get(idem))
             if existing:
                 if await self.redis.exists(k.call(existing)):
                     return existing, False

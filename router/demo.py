@@ -10,7 +10,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -103,7 +102,7 @@ def demo_settings(settings: Settings, sim_url: str) -> Settings:
     return msgspec.convert(tree, Settings)
 
 
-async def _drive(base: str, progress: Progress, sim_url: str) -> Tally:
+async def _drive(base: str, progress: Progress, sim_url: str, workload: list[Group]) -> Tally:
     import openai
 
     tally = Tally()
@@ -138,11 +137,11 @@ async def _drive(base: str, progress: Progress, sim_url: str) -> Tally:
                 progress.update(task, completed=stats["batches_created"], total=max(1, stats["batches_created"]))
                 await asyncio.sleep(0.5)
 
-        tasks = {g.label: progress.add_task(g.label, total=g.count) for g in WORKLOAD}
+        tasks = {g.label: progress.add_task(g.label, total=g.count) for g in workload}
         batches = progress.add_task("provider batches created", total=1)
         watcher = asyncio.create_task(watch(batches))
         try:
-            await asyncio.gather(*(one(g, i, tasks[g.label]) for g in WORKLOAD for i in range(g.count)))
+            await asyncio.gather(*(one(g, i, tasks[g.label]) for g in workload for i in range(g.count)))
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -154,49 +153,67 @@ def _metric_sum(text: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
 
 
-def run_demo(settings: Settings, console: Console | None = None) -> Tally:
-    """Start the simulator and the router on loopback, drive the workload, print the table; returns the tally."""
+@dataclass
+class DemoResult:
+    """What the demo saw: per-lane tallies from the response headers, and the router's own metrics."""
+
+    tally: Tally
+    saved_usd: float
+    baseline_usd: float
+    batches: int
+    batch_lines: int
+    elapsed_s: float
+
+
+def run_demo(settings: Settings, console: Console | None = None, workload: list[Group] | None = None) -> DemoResult:
+    """Start the simulator and the router on loopback, drive the workload, print the tables."""
     console = console or Console()
     sim_config = SimConfig(latency_ms=120, batch_turnaround_s=3.0, stream_chunk_delay_ms=20, api_key=DEMO_KEY)
     with _serve(create_simulator(sim_config)) as sim_url:
         ready = demo_settings(settings, sim_url)
         with _serve(create_app(ready, {DEMO_KEY_ENV: DEMO_KEY})) as base:
-            console.print(
-                f"[bold]hybrid-router demo[/] router {base}/v1 -> simulator {sim_url}/v1, Redis {ready.redis_url}"
-            )
+            console.print(f"[bold]hybrid-router demo[/]: router {base}/v1, simulator {sim_url}/v1")
+            console.print(f"Redis: {ready.redis_url}")
+            before = httpx.get(base + "/metrics").text
             columns = (TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
             started = time.monotonic()
             with Progress(*columns, console=console, transient=False) as progress:
-                tally = asyncio.run(_drive(base, progress, sim_url))
+                tally = asyncio.run(_drive(base, progress, sim_url, workload or WORKLOAD))
             elapsed = time.monotonic() - started
-            metrics_text = httpx.get(base + "/metrics").text
+            after = httpx.get(base + "/metrics").text
             stats = httpx.get(sim_url + "/_sim/stats").json()
-    _report(console, tally, stats, metrics_text, elapsed)
-    return tally
+    result = DemoResult(
+        tally=tally,
+        saved_usd=_metric_sum(after, SAVED) - _metric_sum(before, SAVED),
+        baseline_usd=_metric_sum(after, BASELINE) - _metric_sum(before, BASELINE),
+        batches=int(stats.get("batches_created", 0)),
+        batch_lines=int(stats.get("batch_lines_submitted", 0)),
+        elapsed_s=elapsed,
+    )
+    _report(console, result)
+    return result
 
 
-def _report(console: Console, tally: Tally, stats: dict[str, Any], metrics_text: str, elapsed: float) -> None:
+SAVED, BASELINE = "hybrid_router_savings_usd_total", "hybrid_router_baseline_cost_usd_total"
+
+
+def _report(console: Console, result: DemoResult) -> None:
+    tally = result.tally
     table = Table(title="Calls per lane")
     for column in ("lane", "calls", "cost (USD)", "saved (USD)"):
         table.add_column(column, justify="right" if column != "lane" else "left")
     for lane in sorted(tally.calls):
         table.add_row(lane, str(tally.calls[lane]), f"{tally.cost[lane]:.6f}", f"{tally.savings[lane]:.6f}")
     console.print(table)
-    saved = _metric_sum(metrics_text, "hybrid_router_savings_usd_total")
-    baseline = _metric_sum(metrics_text, "hybrid_router_baseline_cost_usd_total")
+    saved, baseline = result.saved_usd, result.baseline_usd
     share = saved / baseline * 100 if baseline else 0.0
-    summary = Table(title="Savings", show_header=False)
-    summary.add_row("provider batches", str(stats.get("batches_created", 0)))
-    summary.add_row("calls sent inside batches", str(stats.get("batch_lines_submitted", 0)))
+    summary = Table(title="Savings (from the router's /metrics)", show_header=False)
+    summary.add_row("provider batches", str(result.batches))
+    summary.add_row("calls sent inside batches", str(result.batch_lines))
     summary.add_row("cost at real-time prices (USD)", f"{baseline:.6f}")
     summary.add_row("cost paid (USD)", f"{baseline - saved:.6f}")
     summary.add_row("saved (USD)", f"{saved:.6f}")
     summary.add_row("saved (%)", f"{share:.1f}%")
     summary.add_row("at this mix, a $10,000/month bill saves", f"${10_000 * share / 100:,.0f}/month")
-    summary.add_row("wall time (s)", f"{elapsed:.1f}")
+    summary.add_row("wall time (s)", f"{result.elapsed_s:.1f}")
     console.print(summary)
-
-
-def default_data_dir() -> Path:
-    """Where the demo's embedded Redis keeps its data."""
-    return Path(".hybrid-router")

@@ -38,6 +38,8 @@ class Upstream(_Strict, kw_only=True):
     connect_timeout_s: PositiveFloat = 10.0
     max_retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 2
     max_connections: PositiveInt = 512
+    transport: Literal["aiohttp", "httpx"] = "aiohttp"
+    """httpx's API over aiohttp's pool (faster, see bench/RESULTS.md) or over httpx's own (httpcore)."""
     forward_headers: list[str] = msgspec.field(
         default_factory=lambda: ["openai-organization", "openai-project", "openai-beta"]
     )

@@ -44,6 +44,15 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield embedded
 
 
+@pytest.fixture(scope="session")
+def bundled_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The bundled redis-server (Redis 6.2): the oldest server the router supports."""
+    from router.embedded import embedded_redis
+
+    with embedded_redis(tmp_path_factory.mktemp("bundled")) as url:
+        yield url
+
+
 @pytest.fixture
 def key_prefix(redis_url: str) -> Iterator[str]:
     """A key prefix of this test's own; every key under it is deleted afterwards."""

@@ -25,10 +25,15 @@ ENDPOINT, MODEL = "/chat/completions", "gpt-4o-mini"
 TAG = queue_tag("openai", ENDPOINT, MODEL)
 
 
-@pytest.fixture
-async def acc(redis_url: str, key_prefix: str) -> AsyncIterator[Accumulator]:
-    redis = Redis.from_url(redis_url)
+@pytest.fixture(params=["local", "bundled-6.2"])
+async def acc(request: pytest.FixtureRequest, redis_url: str, key_prefix: str) -> AsyncIterator[Accumulator]:
+    """The accumulator on the test Redis (7.x here) and on the bundled Redis 6.2."""
+    url = redis_url if request.param == "local" else request.getfixturevalue("bundled_redis_url")
+    redis = Redis.from_url(url)
     yield Accumulator(redis, key_prefix, result_ttl_s=600, idempotency_ttl_s=600)
+    keys = [k async for k in redis.scan_iter(match=f"{key_prefix}:*")]
+    if keys:
+        await redis.delete(*keys)
     await redis.aclose()
 
 

@@ -279,3 +279,24 @@ def _wait_for(probe: Any, timeout: float = 10.0) -> Any:
             return value
         time.sleep(0.1)
     raise AssertionError("condition not reached")
+
+
+def test_policy_defers_a_marked_call_and_names_the_rule(oai: Client, start_router: RouterFactory, sim: Sim) -> None:
+    from tests.conftest import ROOT
+
+    with start_router(batch=FAST, policies_dir=str(ROOT / "policies")) as base:
+        c = oai(base)
+        marked = c.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=prompt(2), extra_headers={"x-workload": "eval"}
+        )
+        plain = c.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=prompt(2))
+        urgent = c.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=prompt(2), extra_headers={"x-workload": "eval", "X-Deadline": "now"}
+        )
+    assert marked.headers["x-router-lane"] == "batch"
+    assert marked.headers["x-router-rule"] == "evals"
+    assert plain.headers["x-router-lane"] == "realtime"
+    assert "x-router-rule" not in plain.headers
+    assert urgent.headers["x-router-lane"] == "realtime"
+    assert marked.parse().choices[0].message.content == plain.parse().choices[0].message.content
+    assert sim.stats()["batch_lines_submitted"] == 1

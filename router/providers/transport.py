@@ -13,11 +13,13 @@ def make_client(upstream: Upstream, headers: dict[str, str]) -> httpx.AsyncClien
     """One pooled client per upstream: httpx's API, aiohttp's connection pool."""
     limits = httpx.Limits(max_connections=upstream.max_connections, max_keepalive_connections=upstream.max_connections)
     timeout = httpx.Timeout(upstream.timeout_s, connect=upstream.connect_timeout_s, pool=upstream.timeout_s)
+    transport: httpx.AsyncBaseTransport
+    if upstream.transport == "aiohttp":
+        transport = AiohttpTransport(limits=limits, trust_env=False)
+    else:
+        transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
     return httpx.AsyncClient(
-        base_url=upstream.base_url.rstrip("/"),
-        headers=headers,
-        timeout=timeout,
-        transport=AiohttpTransport(limits=limits, trust_env=False),
+        base_url=upstream.base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
     )
 
 
