@@ -177,6 +177,12 @@ def deferred_object(call: CallRecord, result: Result | None) -> DeferredCall:
     )
 
 
+def set_cost_headers(headers: dict[str, str], cost_usd: float, savings_usd: float) -> None:
+    """`X-Router-Cost-USD` and `X-Router-Savings-USD`, precise enough to add up to the metrics."""
+    headers["x-router-cost-usd"] = f"{cost_usd:.12f}"
+    headers["x-router-savings-usd"] = f"{savings_usd:.12f}"
+
+
 def _lane_header(lane: str) -> str:
     return "realtime" if lane == "escalated" else lane
 
@@ -189,8 +195,7 @@ def result_response(
     if result.lane == "escalated":
         headers["x-router-escalated"] = "true"
     if result.cost_usd is not None:
-        headers["x-router-cost-usd"] = f"{result.cost_usd:.8f}"
-        headers["x-router-savings-usd"] = f"{(result.savings_usd or 0.0):.8f}"
+        set_cost_headers(headers, result.cost_usd, result.savings_usd or 0.0)
     if replay and call.meta.stream and result.status == 200:
         headers["cache-control"] = "no-cache"
         chunks = sse_chunks(call.meta.endpoint, result.body, include_usage=call.meta.include_usage)
@@ -363,8 +368,7 @@ async def respond_realtime(
         priced, lane=lane, upstream=provider.name, endpoint=endpoint, model=model, tenant=tenant, outcome="ok"
     )
     if priced.cost is not None:
-        headers["x-router-cost-usd"] = f"{priced.cost.actual_usd:.8f}"
-        headers["x-router-savings-usd"] = f"{priced.cost.savings_usd:.8f}"
+        set_cost_headers(headers, priced.cost.actual_usd, priced.cost.savings_usd)
     return Response(upstream.body, status_code=upstream.status, headers=headers, media_type=JSON)
 
 

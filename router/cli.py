@@ -88,6 +88,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         error_rate=args.error_rate,
         batch_turnaround_s=args.batch_turnaround,
         stream_chunk_delay_ms=args.stream_chunk_delay_ms,
+        api_key=args.api_key,
     )
     print(f"simulator listening on http://{args.host}:{args.port}/v1", file=sys.stderr)
     uvicorn.run(create_simulator(config), host=args.host, port=args.port, log_level="warning", access_log=False)
@@ -153,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--error-rate", type=float, default=0.0, help="fraction of real-time calls answered 429/500")
     sim.add_argument("--batch-turnaround", type=float, default=2.0, help="seconds from batch creation to completed")
     sim.add_argument("--stream-chunk-delay-ms", type=float, default=0.0, help="pause between streamed chunks")
+    sim.add_argument("--api-key", help="the only key the simulator accepts (default: any key, or none)")
     sim.set_defaults(func=cmd_simulate)
 
     demo = sub.add_parser("demo", help="run a mixed workload through the router on the embedded default")

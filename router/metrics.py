@@ -117,6 +117,10 @@ deadline_misses = Counter(
     namespace=NS,
     registry=REGISTRY,
 )
+for _reason in ("admission", "queued", "submitted"):
+    # Series of rare events exist from the start, so increase() sees their first occurrence.
+    escalations.labels(_reason)
+
 late_results = Counter(
     "late_batch_results",
     "Batch results that arrived for calls already answered another way (dropped, billed by the provider).",

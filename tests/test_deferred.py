@@ -185,9 +185,10 @@ def test_cancelled_batch_calls_still_get_answers(oai: Client, start_router: Rout
             )
             ids.append(r.json()["id"])
         upstream = oai(sim.v1)
-        batches = _wait_for(lambda: upstream.batches.list().data)
+        _wait_for(lambda: sim.stats()["batch_lines_submitted"] == 4)
         sim.configure(batch_turnaround_s=0.3)
-        upstream.batches.cancel(batches[0].id)  # someone cancels it from the provider's console
+        for batch in upstream.batches.list().data:  # someone cancels them from the provider's console
+            upstream.batches.cancel(batch.id)
         results = [httpx.get(f"{base}/v1/deferred/{cid}?wait=30", timeout=40) for cid in ids]
     for i, r in enumerate(results):
         assert r.status_code == 200

@@ -341,12 +341,16 @@ def test_bad_requests_are_400_in_openai_shape(http: httpx.Client, body: bytes, p
 
 def test_missing_or_wrong_api_key_is_401(base: str, http: httpx.Client) -> None:
     with httpx.Client(base_url=base) as anonymous:
-        for headers in ({}, {"Authorization": "Bearer"}, {"Authorization": "Basic abc"}):
+        assert anonymous.get("/v1/models").status_code == 200  # no key configured: a keyless local server
+        for headers in ({"Authorization": "Bearer"}, {"Authorization": "Basic abc"}):
             r = anonymous.get("/v1/models", headers=headers)
             assert r.status_code == 401
             validate("ErrorResponse", r.json())
             assert r.json()["error"]["code"] == "invalid_api_key"
-    configure(http, api_key="sk-right")
+        configure(http, api_key="sk-right")
+        r = anonymous.get("/v1/models")
+        assert r.status_code == 401
+        assert r.json()["error"]["code"] == "invalid_api_key"
     with (
         openai.OpenAI(base_url=f"{base}/v1", api_key="sk-wrong", max_retries=0) as wrong,
         pytest.raises(openai.AuthenticationError) as caught,
@@ -451,3 +455,27 @@ def test_instances_are_independent(http: httpx.Client) -> None:
         assert httpx.get(f"{other}/_sim/stats").json()["realtime_calls"] == {"/v1/embeddings": 1}
     assert http.post("/v1/embeddings", json={"model": "text-embedding-3-small", "input": "x"}).status_code == 200
     assert http.get("/_sim/stats").json()["realtime_calls"] == {"/v1/embeddings": 1}
+
+
+def _wait_for_stat(http: httpx.Client, name: str, value: int) -> None:
+    deadline = time.monotonic() + 5
+    while http.get("/_sim/stats").json()[name] != value:
+        assert time.monotonic() < deadline, f"{name} never reached {value}"
+        time.sleep(0.02)
+
+
+def test_calls_abandoned_by_the_client_are_counted(http: httpx.Client, server: str) -> None:
+    slow = {**KEY, "X-Sim-Latency-Ms": "3000"}
+    with httpx.Client(base_url=server, headers=slow, timeout=0.2) as impatient, pytest.raises(httpx.ReadTimeout):
+        impatient.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": USER})
+    _wait_for_stat(http, "cancelled_calls", 1)
+
+    configure(http, stream_chunk_delay_ms=200)
+    body = {"model": "gpt-4o", "messages": USER, "stream": True}
+    with (
+        httpx.Client(base_url=server, headers=KEY) as reader,
+        reader.stream("POST", "/v1/chat/completions", json=body) as r,
+    ):
+        assert next(r.iter_lines()).startswith("data: ")
+    _wait_for_stat(http, "cancelled_calls", 2)
+    _wait_for_stat(http, "open_streams", 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import string
 import sys
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def graph(title: str, unit: str, queries: list[Query], *, description: str = "",
     )
     if description:
         panel = panel.description(description)
-    for ref, (expr, legend) in zip("ABCDEFGH", queries, strict=False):
+    for ref, (expr, legend) in zip(string.ascii_uppercase, queries, strict=False):
         panel = panel.with_target(target(ref, expr, legend))
     return panel
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
@@ -10,6 +9,7 @@ import msgspec
 
 from router.simulator import catalog, text
 from router.simulator.errors import AnthropicError, describe_decode_error
+from router.simulator.ids import new_id
 
 _ENCODE = msgspec.json.Encoder()
 
@@ -65,11 +65,6 @@ class Message(msgspec.Struct, kw_only=True):
 
 
 _MESSAGES = msgspec.json.Decoder(MessagesRequest)
-
-
-def new_id(prefix: str) -> str:
-    """A fresh id in Anthropic's style (`msg_…`, `msgbatch_…`)."""
-    return prefix + os.urandom(12).hex()
 
 
 def decode_messages(raw: bytes) -> MessagesRequest:

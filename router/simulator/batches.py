@@ -17,6 +17,7 @@ from router.simulator import openai_types as wire
 from router.simulator.batch_input import BatchError, CreateBatch, Parsed, check_create, parse_input
 from router.simulator.config import SimConfig
 from router.simulator.errors import OpenAIError, OpenAIErrorBody, OpenAIErrorEnvelope
+from router.simulator.ids import new_id
 from router.simulator.schedule import Schedule
 from router.simulator.store import FileStore, Stats
 from router.simulator.text import PrefixCache
@@ -146,7 +147,7 @@ class BatchJob:
     """One batch: its frozen schedule, its lines in processing order, and what has been answered so far."""
 
     def __init__(self, req: CreateBatch, parsed: Parsed, config: SimConfig, seq: int, now: float) -> None:
-        self.id = bodies.new_id("batch_")
+        self.id = new_id("batch_")
         self.endpoint = req.endpoint
         self.input_file_id = req.input_file_id
         self.metadata = req.metadata
@@ -237,9 +238,9 @@ class BatchJob:
                 t.output_tokens += got.output_tokens
                 t.reasoning_tokens += got.reasoning_tokens
         line = OutputLine(
-            id=bodies.new_id("batch_req_"),
+            id=new_id("batch_req_"),
             custom_id=custom_id,
-            response=LineResponse(status_code=status_code, request_id=bodies.new_id("req_"), body=body),
+            response=LineResponse(status_code=status_code, request_id=new_id("req_"), body=body),
             error=None,
         )
         self.results.append(_ENCODE.encode(line))
@@ -254,7 +255,7 @@ class BatchJob:
         unfinished = _UNFINISHED.get(status)
         if unfinished is not None:
             for custom_id, _ in self.lines[len(self.results) :]:
-                line = OutputLine(id=bodies.new_id("batch_req_"), custom_id=custom_id, response=None, error=unfinished)
+                line = OutputLine(id=new_id("batch_req_"), custom_id=custom_id, response=None, error=unfinished)
                 errors.append(_ENCODE.encode(line))
         if output:
             record = files.add(f"{self.id}_output.jsonl", "batch_output", b"\n".join(output) + b"\n")

@@ -34,7 +34,7 @@ class SimConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     seed: int = 0
     """Seeds error injection, line failures and output order."""
     api_key: str | None = None
-    """If set, the only key accepted (Bearer token or `x-api-key`); any non-empty key otherwise."""
+    """If set, the only key accepted (Bearer token or `x-api-key`); otherwise any key, or none at all."""
 
 
 _PATCH = msgspec.json.Decoder(dict[str, Any])

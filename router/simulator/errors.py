@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import re
 
 import msgspec
+
+from router.simulator.ids import new_id
 
 
 class OpenAIErrorBody(msgspec.Struct):
@@ -64,7 +65,7 @@ class AnthropicError(Exception):
         super().__init__(message)
         self.status = status
         self.body = AnthropicErrorEnvelope(
-            error=AnthropicErrorBody(type=type, message=message), request_id="req_" + os.urandom(12).hex()
+            error=AnthropicErrorBody(type=type, message=message), request_id=new_id("req_")
         )
         self.headers = headers or {}
 

@@ -13,6 +13,7 @@ import msgspec
 from router.simulator import anthropic_bodies as bodies
 from router.simulator.config import SimConfig
 from router.simulator.errors import AnthropicError
+from router.simulator.ids import new_id
 from router.simulator.schedule import Schedule
 from router.simulator.store import Stats
 
@@ -104,7 +105,7 @@ class MessageBatchJob:
     """One Message Batch: its frozen schedule, its requests in processing order, its results once ended."""
 
     def __init__(self, req: CreateMessageBatch, config: SimConfig, seq: int, now: float) -> None:
-        self.id = bodies.new_id("msgbatch_")
+        self.id = new_id("msgbatch_")
         self.schedule = Schedule.of(config, now)
         rng = random.Random(f"{config.seed}:{seq}")
         requests = [(item.custom_id, item.params) for item in req.requests]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import time
 from typing import Any, TypeVar
 
@@ -12,6 +11,7 @@ import msgspec
 
 from router.simulator import catalog, text
 from router.simulator.errors import OpenAIError, describe_decode_error
+from router.simulator.ids import new_id
 from router.simulator.openai_types import (
     AssistantMessage,
     ChatChoice,
@@ -42,11 +42,6 @@ from router.simulator.openai_types import (
 SERVICE_TIERS = frozenset({"auto", "default", "flex", "scale", "priority", "fast"})
 MAX_EMBEDDING_INPUTS = 2048
 MAX_CHOICES = 128
-
-
-def new_id(prefix: str) -> str:
-    """A fresh random id with the provider's prefix (`chatcmpl-`, `file-`, `batch_`, ...)."""
-    return prefix + os.urandom(12).hex()
 
 
 @functools.lru_cache(maxsize=256)

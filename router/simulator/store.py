@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 import msgspec
 
-from router.simulator.openai_bodies import new_id
+from router.simulator.ids import new_id
 
 FILE_PURPOSES = frozenset(
     {

@@ -21,6 +21,7 @@ _WORDS = (
     "fern", "grove", "hollow", "iris", "jade", "knoll", "lichen", "moss",
 )  # fmt: skip
 
+_WORD_BY_BYTE = _WORDS * (256 // len(_WORDS))  # index by a hash byte directly, no per-word Python code
 CHARS_PER_TOKEN = 4
 MESSAGE_OVERHEAD_TOKENS = 4
 """Per-message framing tokens, as OpenAI's chat format adds them."""
@@ -67,7 +68,7 @@ class Conversation:
         """A deterministic reply: a fingerprint of the last user turn, then words picked by a hash of the turns."""
         h = hashlib.blake2b(self._digest + variant.to_bytes(4, "little"), digest_size=32).digest()
         count = 8 + h[0] % 24
-        words = " ".join(_WORDS[b % len(_WORDS)] for b in h[1 : 1 + count])
+        words = " ".join(map(_WORD_BY_BYTE.__getitem__, h[1 : 1 + count]))
         return f"Simulated reply {fingerprint(self.last_user)}: {words.capitalize()}."
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +11,7 @@ from litestar import Request, Response
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from router.simulator.errors import ANTHROPIC_ERROR_TYPES, AnthropicError, OpenAIError
+from router.simulator.ids import new_id
 from router.simulator.state import SimState
 
 JSON = "application/json"
@@ -32,7 +32,7 @@ _OPENAI_INJECTED: dict[int, tuple[str, str, str | None]] = {
 
 def request_id() -> str:
     """A fresh `req_…` id for the `x-request-id` / `request-id` response header."""
-    return "req_" + os.urandom(12).hex()
+    return new_id("req_")
 
 
 def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response[bytes]:
@@ -56,6 +56,9 @@ def _bearer(scope: Scope) -> str:
 
 
 def _check_openai(state: SimState, scope: Scope) -> None:
+    expected = state.config.api_key
+    if expected is None and not _header(scope, b"authorization"):
+        return  # like a local OpenAI-compatible server started without a key
     key = _bearer(scope)
     if not key:
         raise OpenAIError(
@@ -64,7 +67,6 @@ def _check_openai(state: SimState, scope: Scope) -> None:
             "Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
             code="invalid_api_key",
         )
-    expected = state.config.api_key
     if expected is not None and key != expected:
         raise OpenAIError(401, f"Incorrect API key provided: {key[:3]}***{key[-4:]}.", code="invalid_api_key")
 
@@ -110,8 +112,10 @@ def _number(value: str | None) -> float | None:
 
 
 async def _client_stayed(request: Request[Any, Any, Any], seconds: float) -> bool:
-    """Wait `seconds`; False as soon as the client disconnects (the body has been read, so `receive` only
-    has the disconnect left to say). A real upstream stops working on a call nobody waits for."""
+    """Wait `seconds`; False as soon as the client disconnects, as a real upstream stops work nobody waits for.
+
+    The body has been read by now, so the only message `receive` has left to give is the disconnect.
+    """
     waiter = asyncio.ensure_future(request.receive())
     try:
         done, _ = await asyncio.wait({waiter}, timeout=seconds)

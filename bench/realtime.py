@@ -1,0 +1,435 @@
+"""Real-time hot path: what the router adds to a call, per upstream transport, as ratios against a direct call.
+
+Run from the repository root (needs the Redis at REDIS_URL, default redis://127.0.0.1:6379/0):
+
+    python bench/realtime.py [--duration 10] [--concurrency 32] [--latency-ms 0]
+                             [--transport both|aiohttp|httpx] [--warmup 2] [--rounds 1] [--markdown]
+
+It starts the built-in simulator once and one router per transport (`python -m router ...`, each its own
+process on 127.0.0.1), then for each call kind (a small non-streamed and a streamed `POST /v1/chat/completions`,
+model gpt-4o-mini) and each target ("direct" = the simulator, "router/aiohttp", "router/httpx") runs a
+closed loop of `--concurrency` callers for `--duration` seconds after a `--warmup`. It reports requests/s,
+p50/p90/p99 latency (time to the end of the body; streams also time to the first body byte), errors, the
+ratios against "direct" in the same run, the mean of the router's own `hybrid_router_proxy_overhead_seconds`
+histogram over the measured window, and the CPU time per call of the process the caller talks to (read from
+/proc). With `--rounds N` every (kind, target) is measured N times in rotated order and the samples pooled,
+so slow drift on a shared machine does not favour whoever runs first.
+
+The load generator is one process, one event loop (uvloop), one `aiohttp.ClientSession`: plain aiohttp is the
+lightest client at hand (no httpx request/response model on top), which matters on a 2-core machine where
+it shares the cores with both servers. Everything is bounded: each call times out after 30 s, each phase
+stops starting calls at its deadline, servers get SIGTERM then SIGKILL, and the run's Redis keys (prefix
+`bench-<random>`) are deleted at the end. Exits 1 if any target answered an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import redis
+import uvloop
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "gpt-4o-mini"
+KINDS = ("non-streamed", "streamed")
+TRANSPORTS = ("aiohttp", "httpx")
+CALL_TIMEOUT_S = 30.0
+START_TIMEOUT_S = 30.0
+OVERHEAD_METRIC = "hybrid_router_proxy_overhead_seconds"
+UPSTREAM_KEY_ENV = "BENCH_UPSTREAM_KEY"  # the router's key for the simulator, which accepts any non-empty key
+HEADERS = {"authorization": "Bearer sk-bench", "content-type": "application/json"}
+# A short prompt and a 16-token answer: the call costs little, so what is measured is the path, not the payload.
+# The streamed body leaves out stream_options, as most clients do: the router then asks for usage and strips it.
+_BODY = '{"model":"%s","messages":[{"role":"user","content":"Say hello"}],"max_tokens":16%s}'
+BODIES = {"non-streamed": (_BODY % (MODEL, "")).encode(), "streamed": (_BODY % (MODEL, ',"stream":true')).encode()}
+
+
+@dataclass
+class Target:
+    """Where the load goes: the simulator itself, or a router in front of it."""
+
+    name: str
+    base_url: str
+    pid: int
+    router: bool
+
+
+@dataclass
+class Tally:
+    """What one (kind, target) measured, pooled over rounds."""
+
+    latencies: list[float] = field(default_factory=list)
+    ttfbs: list[float] = field(default_factory=list)
+    errors: int = 0
+    first_error: str = ""
+    elapsed_s: float = 0.0
+    cpu_s: float = 0.0
+    client_cpu_s: float = 0.0
+    overhead_sum_s: float = 0.0
+    overhead_count: float = 0.0
+
+    def add(self, other: Tally) -> None:
+        """Pool another round's samples into this one."""
+        self.latencies += other.latencies
+        self.ttfbs += other.ttfbs
+        self.errors += other.errors
+        self.first_error = self.first_error or other.first_error
+        self.elapsed_s += other.elapsed_s
+        self.cpu_s += other.cpu_s
+        self.client_cpu_s += other.client_cpu_s
+        self.overhead_sum_s += other.overhead_sum_s
+        self.overhead_count += other.overhead_count
+
+    def fail(self, why: str) -> None:
+        self.errors += 1
+        self.first_error = self.first_error or why
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies) / self.elapsed_s if self.elapsed_s else 0.0
+
+
+def quantile(values: list[float], q: float) -> float:
+    """Nearest-rank quantile (nan when empty)."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, from /proc (nan where there is no /proc)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return math.nan
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# --- servers -------------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def server(args: list[str], env: dict[str, str], ready_url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m router ARGS` in its own process (its own event loop), until it answers `ready_url`."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "router", *args], cwd=ROOT, env=env, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"`{' '.join(args[:1])}` did not come up (exit {proc.returncode}):\n{tail}")
+            with contextlib.suppress(OSError), urllib.request.urlopen(ready_url, timeout=1) as answer:
+                if answer.status == 200:
+                    break
+            time.sleep(0.1)
+        yield proc
+    finally:
+        proc.terminate()  # uvicorn shuts down on SIGTERM; the router's lifespan closes its pools
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def router_config(directory: Path, sim_port: int, transport: str) -> Path:
+    """A config with one upstream (the simulator) over `transport`, no policies, the repo's pricing table."""
+    policies = directory / "policies"
+    policies.mkdir(exist_ok=True)  # empty: no rule applies, every call takes the real-time lane
+    config = {
+        "upstreams": [
+            {
+                "name": "sim",
+                "kind": "openai",
+                "base_url": f"http://127.0.0.1:{sim_port}/v1",
+                "api_key_env": UPSTREAM_KEY_ENV,
+                "transport": transport,
+            }
+        ],
+        "policies_dir": str(policies),
+        "pricing_file": str(ROOT / "config" / "pricing.yaml"),
+    }
+    path = directory / f"router-{transport}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def delete_keys(redis_url: str, prefix: str) -> int:
+    """Remove every key this run wrote."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.unlink(*keys[start : start + 500])
+        return len(keys)
+    finally:
+        client.close()
+
+
+# --- load ----------------------------------------------------------------------------------------------------
+
+
+async def one_call(session: aiohttp.ClientSession, url: str, kind: str, tally: Tally) -> None:
+    """One call; a success adds its latency (and time to first byte), anything else counts as an error."""
+    started = time.perf_counter()
+    first = math.nan
+    try:
+        async with session.post(url, data=BODIES[kind], headers=HEADERS) as answer:
+            if kind == "streamed":
+                tail = b""
+                async for chunk in answer.content.iter_any():
+                    if math.isnan(first):
+                        first = time.perf_counter() - started
+                    tail = (tail + chunk)[-64:]
+                ok = answer.status == 200 and b"[DONE]" in tail
+            else:
+                ok = answer.status == 200 and b'"choices"' in await answer.read()
+            if not ok:
+                tally.fail(f"HTTP {answer.status}")
+                return
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        tally.fail(f"{type(exc).__name__}: {exc}")
+        return
+    tally.latencies.append(time.perf_counter() - started)
+    if kind == "streamed":
+        tally.ttfbs.append(first)
+
+
+async def closed_loop(session: aiohttp.ClientSession, url: str, kind: str, concurrency: int, seconds: float) -> Tally:
+    """`concurrency` callers, each starting its next call when the last one ends, until `seconds` have passed."""
+    tally = Tally()
+    started = time.perf_counter()
+    deadline = started + seconds
+
+    async def caller() -> None:
+        while time.perf_counter() < deadline:
+            await one_call(session, url, kind, tally)
+
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    tally.elapsed_s = time.perf_counter() - started  # includes the tail of calls in flight at the deadline
+    return tally
+
+
+async def overhead_histogram(session: aiohttp.ClientSession, target: Target) -> tuple[float, float]:
+    """(sum in seconds, count) of the router's proxy-overhead histogram right now."""
+    async with session.get(f"{target.base_url}/metrics") as answer:
+        text = await answer.text()
+    values = {"sum": 0.0, "count": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            suffix = sample.name.removeprefix(OVERHEAD_METRIC + "_")
+            if sample.name.startswith(OVERHEAD_METRIC) and suffix in values:
+                values[suffix] = sample.value
+    return values["sum"], values["count"]
+
+
+async def measure_one(session: aiohttp.ClientSession, target: Target, kind: str, args: argparse.Namespace) -> Tally:
+    """Warm up (opens the connections, fills the pools), then measure; CPU and router metrics read around it."""
+    url = f"{target.base_url}/v1/chat/completions"
+    await closed_loop(session, url, kind, args.concurrency, args.warmup)
+    before = await overhead_histogram(session, target) if target.router else (0.0, 0.0)
+    cpu_before, client_before = cpu_seconds(target.pid), time.process_time()
+    tally = await closed_loop(session, url, kind, args.concurrency, args.duration)
+    tally.cpu_s, tally.client_cpu_s = cpu_seconds(target.pid) - cpu_before, time.process_time() - client_before
+    after = await overhead_histogram(session, target) if target.router else (0.0, 0.0)
+    tally.overhead_sum_s, tally.overhead_count = after[0] - before[0], after[1] - before[1]
+    return tally
+
+
+async def measure(targets: list[Target], args: argparse.Namespace) -> dict[str, dict[str, Tally]]:
+    """Every (kind, target), warm-up then measured window, rounds rotated; the router metrics read around it."""
+    pooled = {kind: {t.name: Tally() for t in targets} for kind in KINDS}
+    connector = aiohttp.TCPConnector(limit=args.concurrency, ttl_dns_cache=None)
+    timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT_S)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        for round_ in range(args.rounds):
+            for kind in KINDS:
+                shift = round_ % len(targets)
+                for target in targets[shift:] + targets[:shift]:
+                    tally = await measure_one(session, target, kind, args)
+                    pooled[kind][target.name].add(tally)
+    return pooled
+
+
+# --- report --------------------------------------------------------------------------------------------------
+
+
+RELATIVE = frozenset({"x req/s", "x p50", "x p99", "+p50 ms", "+p99 ms", "overhead mean ms"})
+
+
+def ratio(value: float, direct: float) -> str:
+    return f"{value / direct:.2f}" if direct else "-"
+
+
+def columns(kind: str) -> list[str]:
+    """The header of one kind's table; `rows` fills them in this order."""
+    ttfb = ["TTFB p50 ms", "TTFB p99 ms"] if kind == "streamed" else []
+    against = ["x req/s", "x p50", "x p99", "+p50 ms", "+p99 ms", "overhead mean ms"]
+    cpu = ["CPU ms/call", "client CPU ms/call"]
+    return ["target", "req/s", "p50 ms", "p90 ms", "p99 ms", *ttfb, "errors", *against, *cpu]
+
+
+def rows(kind: str, tallies: dict[str, Tally]) -> list[list[str]]:
+    """One row per target; ratios and added latency against "direct" of the same kind and run."""
+    direct = tallies["direct"]
+    d50, d99 = quantile(direct.latencies, 0.5), quantile(direct.latencies, 0.99)
+    out = []
+    for name, t in tallies.items():
+        p50, p90, p99 = (quantile(t.latencies, q) for q in (0.5, 0.9, 0.99))
+        row = [name, f"{t.rps:,.0f}", f"{p50 * 1e3:.2f}", f"{p90 * 1e3:.2f}", f"{p99 * 1e3:.2f}"]
+        if kind == "streamed":
+            row += [f"{quantile(t.ttfbs, 0.5) * 1e3:.2f}", f"{quantile(t.ttfbs, 0.99) * 1e3:.2f}"]
+        row += [str(t.errors), ratio(t.rps, direct.rps), ratio(p50, d50), ratio(p99, d99)]
+        if name == "direct":
+            row += ["-", "-", "-"]
+        else:
+            mean = t.overhead_sum_s / t.overhead_count * 1e3 if t.overhead_count else math.nan
+            row += [f"{(p50 - d50) * 1e3:+.2f}", f"{(p99 - d99) * 1e3:+.2f}", f"{mean:.3f}"]
+        calls = len(t.latencies) + t.errors
+        row += [f"{cpu / calls * 1e3:.3f}" if calls else "-" for cpu in (t.cpu_s, t.client_cpu_s)]
+        out.append(row)
+    return out
+
+
+def context(args: argparse.Namespace, load_before: float) -> str:
+    """The command and the conditions: results without them cannot be compared."""
+    command = " ".join(["python", "bench/realtime.py", *sys.argv[1:]])
+    return (
+        f"`{command}` — {time.strftime('%Y-%m-%d %H:%M %Z')}, nproc {os.cpu_count()}, "
+        f"Python {sys.version.split()[0]}; concurrency {args.concurrency}, {args.duration:g} s measured "
+        f"after {args.warmup:g} s warm-up, {args.rounds} round(s), simulator latency {args.latency_ms:g} ms; "
+        f"1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
+    )
+
+
+NOTES = (
+    "Latency = to the end of the body. x = ratio to direct (req/s: higher is better; latency: lower). "
+    "+ = router - direct. Overhead mean = the router's hybrid_router_proxy_overhead_seconds (sum/count, "
+    "measured window). CPU ms/call = CPU time of the process the load generator calls (the simulator for "
+    "direct, the router alone for router rows) per call; client CPU = the load generator's own."
+)
+
+
+def report(pooled: dict[str, dict[str, Tally]], args: argparse.Namespace, load_before: float) -> None:
+    """Rich tables on the terminal (absolute numbers, then the ratios), Markdown too with `--markdown`."""
+    console = Console() if sys.stdout.isatty() else Console(width=120)  # piped: not squeezed to 80 columns
+    console.print(context(args, load_before))
+    for kind, tallies in pooled.items():
+        head, body = columns(kind), rows(kind, tallies)
+        for part, relative in (("measured", False), ("against direct", True)):
+            picked = [i for i, name in enumerate(head) if i == 0 or (name in RELATIVE) == relative]
+            table = Table(title=f"{kind} POST /v1/chat/completions: {part}", title_justify="left", box=box.SIMPLE_HEAD)
+            for i in picked:
+                table.add_column(head[i].replace(" ", "\n", 1), justify="left" if i == 0 else "right")
+            for row in body:
+                table.add_row(*(row[i] for i in picked))
+            console.print(table)
+    console.print(NOTES, style="dim")
+    for kind, tallies in pooled.items():
+        for name, t in tallies.items():
+            if t.errors:
+                console.print(f"{kind} {name}: {t.errors} errors, first: {t.first_error}", style="red", markup=False)
+    if args.markdown:
+        lines = [context(args, load_before), ""]
+        for kind, tallies in pooled.items():
+            head = columns(kind)
+            lines += [f"**{kind}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            lines += ["| " + " | ".join(row) + " |" for row in rows(kind, tallies)]
+            lines.append("")
+        lines.append(NOTES)
+        print("\n".join(lines))
+
+
+# --- main ----------------------------------------------------------------------------------------------------
+
+
+def bounded(low: float, high: float, kind: type[float] | type[int]) -> Callable[[str], float]:
+    """An argparse type that refuses values outside [low, high]: every run stays bounded."""
+
+    def parse(text: str) -> float:
+        value = kind(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be within [{low:g}, {high:g}]")
+        return value
+
+    return parse
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=bounded(1, 300, float), default=10.0, help="measured seconds per target")
+    parser.add_argument("--concurrency", type=bounded(1, 512, int), default=32, help="closed-loop callers")
+    parser.add_argument("--latency-ms", type=bounded(0, 10_000, float), default=0.0, help="simulator latency")
+    parser.add_argument("--transport", choices=("both", *TRANSPORTS), default="both", help="routers to start")
+    parser.add_argument("--warmup", type=bounded(0, 60, float), default=2.0, help="unmeasured seconds first")
+    parser.add_argument("--rounds", type=bounded(1, 10, int), default=1, help="interleaved repeats, pooled")
+    parser.add_argument("--markdown", action="store_true", help="also print Markdown tables for RESULTS.md")
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    load_before = os.getloadavg()[0]  # other work on the machine skews every row; say how much there was
+    redis_url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    prefix = f"bench-{secrets.token_hex(4)}"
+    with redis.Redis.from_url(redis_url) as client:
+        client.ping()  # fail now, with Redis's own message, rather than at router start
+    # The servers inherit nothing of the caller's router config: only what the bench sets.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRID_ROUTER_")}
+    env |= {"REDIS_URL": redis_url, "HYBRID_ROUTER_KEY_PREFIX": prefix, UPSTREAM_KEY_ENV: "sk-bench"}
+    transports = TRANSPORTS if args.transport == "both" else (args.transport,)
+    with tempfile.TemporaryDirectory(prefix="bench-realtime-") as tmp, contextlib.ExitStack() as stack:
+        directory = Path(tmp)
+        stack.callback(delete_keys, redis_url, prefix)  # runs after the routers have stopped (LIFO)
+        sim_port = free_port()
+        sim_args = ["simulate", "--port", str(sim_port), "--latency-ms", str(args.latency_ms)]
+        sim = stack.enter_context(
+            server(sim_args, env, f"http://127.0.0.1:{sim_port}/_sim/stats", directory / "simulator.log")
+        )
+        targets = [Target("direct", f"http://127.0.0.1:{sim_port}", sim.pid, router=False)]
+        for transport in transports:
+            port = free_port()
+            config = router_config(directory, sim_port, transport)
+            serve_args = ["serve", "--config", str(config), "--port", str(port)]
+            proc = stack.enter_context(
+                server(serve_args, env, f"http://127.0.0.1:{port}/healthz", directory / f"router-{transport}.log")
+            )
+            targets.append(Target(f"router/{transport}", f"http://127.0.0.1:{port}", proc.pid, router=True))
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            pooled = runner.run(measure(targets, args))
+    report(pooled, args, load_before)
+    return 1 if any(t.errors for tallies in pooled.values() for t in tallies.values()) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
