@@ -7,7 +7,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
@@ -239,14 +239,42 @@ async def respond_deferred(
         return Response(
             encoder.encode(deferred_object(call, result)), status_code=202, headers=headers, media_type=JSON
         )
-    hold = min(gateway.settings.batch.hold_s, call.meta.deadline - time.time() + gateway.settings.batch.margin_s)
-    result = await unless_disconnected(request, gateway.deferred.wait(call_id, max(hold, 1.0)))
+    hold = max(
+        1.0, min(gateway.settings.batch.hold_s, call.meta.deadline - time.time() + gateway.settings.batch.margin_s)
+    )
+    if call.meta.stream:
+        # Headers (with the call id) go out now; SSE comments keep idle-timeout proxies from cutting the wait.
+        headers["cache-control"] = "no-cache"
+        events = held_stream(gateway, call, hold)
+        return Stream(events, status_code=200, headers=headers, media_type="text/event-stream")
+    result = await unless_disconnected(request, gateway.deferred.wait(call_id, hold))
     if result is None:
         raise UpstreamTimeout(
             f"The deferred call {call_id} has no result yet; fetch it with GET /v1/deferred/{call_id}.",
             code="deferred_pending",
         )
     return result_response(call, result, headers, replay=True)
+
+
+KEEPALIVE_S = 15.0
+
+
+async def held_stream(gateway: Gateway, call: CallRecord, hold: float) -> AsyncIterator[bytes]:
+    """A deferred `stream: true` call: keep-alive comments while it waits, then its result as SSE chunks."""
+    until = time.monotonic() + hold
+    result = None
+    while result is None and (left := until - time.monotonic()) > 0:
+        result = await gateway.deferred.wait(call.id, min(left, KEEPALIVE_S))
+        if result is None:
+            yield b": waiting for the batch\n\n"
+    if result is None:
+        message = f"The deferred call {call.id} has no result yet; fetch it with GET /v1/deferred/{call.id}."
+        yield b"data: " + error_body(message, "upstream_error", None, "deferred_pending") + b"\n\n"
+    elif result.status != 200:
+        yield b"data: " + result.body + b"\n\n"  # the SDK raises on an `error` event, as for a live stream
+    else:
+        for chunk in sse_chunks(call.meta.endpoint, result.body, include_usage=call.meta.include_usage):
+            yield chunk
 
 
 async def fetch_deferred(

@@ -301,3 +301,17 @@ def test_policy_defers_a_marked_call_and_names_the_rule(oai: Client, start_route
     assert urgent.headers["x-router-lane"] == "realtime"
     assert marked.parse().choices[0].message.content == plain.parse().choices[0].message.content
     assert sim.stats()["batch_lines_submitted"] == 1
+
+
+def test_a_held_stream_caller_that_leaves_can_fetch_its_result(start_router: RouterFactory, sim: Sim) -> None:
+    sim.configure(batch_turnaround_s=1.0)
+    with start_router(batch=FAST) as base:
+        body = {"model": "gpt-4o-mini", "messages": prompt(11), "stream": True}
+        with httpx.stream("POST", base + "/v1/chat/completions", json=body, headers=LATER, timeout=30) as held:
+            assert held.status_code == 200
+            call_id = held.headers["x-router-request-id"]  # known at once, before any result
+            assert held.headers["x-router-lane"] == "batch"
+        # The caller is gone; the call is not.
+        done = httpx.get(f"{base}/v1/deferred/{call_id}?wait=20", timeout=30)
+    assert done.status_code == 200
+    assert done.json()["choices"][0]["message"]["content"] == direct_answer(sim, prompt(11))
