@@ -345,6 +345,9 @@ async def admit(gateway: Gateway, request: Request[Any, Any, Any], endpoint: str
                     headers=headers,
                 )
             metrics.escalations.labels("admission").inc()
+        if gateway.deferred.flex_allowed(gateway.upstreams.config(provider.name), endpoint, view.model):
+            # Too soon for a batch, but it can wait minutes: the flex tier costs the batch price, synchronously.
+            body, view = with_fields(body, service_tier="flex"), msgspec.structs.replace(view, service_tier="flex")
     return await respond_realtime(gateway, request, provider, endpoint, body, view, tenant, headers, started)
 
 
@@ -372,9 +375,15 @@ async def respond_realtime(
     passed = gateway.upstreams.passed_headers(provider.name, request.headers)
     forward = forward_realtime(provider, endpoint, body, stream=stream, headers=passed)
     upstream = await unless_disconnected(request, forward)
-    headers.update(upstream.headers)
-    metrics.proxy_overhead.observe(max(0.0, time.perf_counter() - started - upstream.elapsed))
     lane: Lane = "flex" if view.service_tier == "flex" else "realtime"
+    if lane == "flex" and upstream.status == 429:
+        # Flex capacity is short ("resource unavailable", not billed): the standard tier keeps the promise.
+        body, lane = with_fields(body, service_tier=None), "realtime"
+        forward = forward_realtime(provider, endpoint, body, stream=stream, headers=passed)
+        upstream = await unless_disconnected(request, forward)
+    headers.update(upstream.headers)
+    headers["x-router-lane"] = lane
+    metrics.proxy_overhead.observe(max(0.0, time.perf_counter() - started - upstream.elapsed))
     if upstream.stream is not None:
         headers["cache-control"] = "no-cache"
 
@@ -402,6 +411,17 @@ async def respond_realtime(
 
 USAGE_OPTION_ENDPOINTS = frozenset({"/chat/completions", "/completions"})
 _body_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def with_fields(body: bytes, **fields: Any) -> bytes:
+    """The body with top-level fields set (or removed, for None)."""
+    obj = _body_decoder.decode(body)
+    for name, value in fields.items():
+        if value is None:
+            obj.pop(name, None)
+        else:
+            obj[name] = value
+    return encoder.encode(obj)
 
 
 def with_usage_requested(body: bytes) -> bytes:

@@ -67,7 +67,8 @@ class Gateway:
             self.redis, settings.key_prefix, result_ttl_s=b.result_ttl_s, idempotency_ttl_s=b.idempotency_ttl_s
         )
         self.waiters = Waiters(self.redis, acc.keys.done_channel)
-        self.deferred = DeferredLane(acc, self.waiters, settings)
+        prices = self.accounting.prices
+        self.deferred = DeferredLane(acc, self.waiters, settings, lambda model: prices.rates(model, "flex") is not None)
         self.batcher = Batcher(acc, providers, b)
         self.poller = Poller(acc, providers, b, self.accounting)
         self.guard = Guard(acc, providers, b, self.accounting)

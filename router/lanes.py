@@ -6,7 +6,7 @@ import asyncio
 import fnmatch
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -92,6 +92,7 @@ async def forward_realtime(
 _body_decoder = msgspec.json.Decoder(dict[str, Any])
 _body_encoder = msgspec.json.Encoder()
 REPLAYABLE = frozenset({"/chat/completions", "/completions"})
+FLEX_ENDPOINTS = frozenset({"/chat/completions", "/responses"})
 
 
 def batch_body(body: bytes, view: RequestView) -> bytes:
@@ -107,10 +108,13 @@ def batch_body(body: bytes, view: RequestView) -> bytes:
 class DeferredLane:
     """Admission to the batch lane and waiting for a deferred call's result."""
 
-    def __init__(self, acc: Accumulator, waiters: Waiters, settings: Settings) -> None:
+    def __init__(
+        self, acc: Accumulator, waiters: Waiters, settings: Settings, flex_priced: Callable[[str], bool]
+    ) -> None:
         self.acc = acc
         self.waiters = waiters
         self.settings = settings
+        self.flex_priced = flex_priced
 
     def eligible(self, upstream: Upstream, endpoint: str, view: RequestView) -> bool:
         """Whether this kind of call can go to a batch at all."""
@@ -118,6 +122,10 @@ class DeferredLane:
             return False
         # A deferred stream is replayed as SSE; that exists for chat and completions only.
         return not view.stream or endpoint in REPLAYABLE
+
+    def flex_allowed(self, upstream: Upstream, endpoint: str, model: str) -> bool:
+        """Whether the upstream offers the flex tier for this call and the model has a flex price."""
+        return upstream.flex and endpoint in FLEX_ENDPOINTS and self.flex_priced(model)
 
     async def fits(self, upstream: str, endpoint: str, model: str, deadline: float, now: float) -> bool:
         """Whether a batch can be expected back before `deadline` minus the guard's margin."""

@@ -315,3 +315,27 @@ def test_a_held_stream_caller_that_leaves_can_fetch_its_result(start_router: Rou
         done = httpx.get(f"{base}/v1/deferred/{call_id}?wait=20", timeout=30)
     assert done.status_code == 200
     assert done.json()["choices"][0]["message"]["content"] == direct_answer(sim, prompt(11))
+
+
+def test_too_soon_for_a_batch_takes_the_flex_tier_where_offered(
+    oai: Client, start_router: RouterFactory, sim: Sim
+) -> None:
+    from tests.conftest import upstream
+
+    flexible = [upstream(sim.v1, flex=True)]
+    with start_router(batch=FAST | {"turnaround_prior_s": 600}, upstreams=flexible) as base:
+        c = oai(base)
+        flex = c.chat.completions.with_raw_response.create(
+            model="gpt-5-mini", messages=prompt(4), extra_headers={"X-Deadline": "5m"}
+        )
+        no_flex_price = c.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=prompt(4), extra_headers={"X-Deadline": "5m"}
+        )
+        urgent = c.chat.completions.with_raw_response.create(model="gpt-5-mini", messages=prompt(4))
+    assert flex.headers["x-router-lane"] == "flex"
+    assert flex.parse().service_tier == "flex"
+    assert float(flex.headers["x-router-savings-usd"]) > 0
+    assert no_flex_price.headers["x-router-lane"] == "realtime"
+    assert urgent.headers["x-router-lane"] == "realtime"
+    assert float(urgent.headers["x-router-savings-usd"]) == 0
+    assert sim.stats()["batches_created"] == 0
