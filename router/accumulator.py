@@ -7,7 +7,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import msgspec
 from redis.asyncio import Redis
@@ -17,7 +17,10 @@ from router.keys import TOTALS_TTL_S, TURNAROUND_SAMPLES, Keys, queue_tag, tag_o
 
 log = logging.getLogger("router.accumulator")
 
-LINE_OVERHEAD = 128  # bytes a JSONL line adds around a body: custom_id, method, url
+LINE_OVERHEAD = 128
+TotalsKey = tuple[
+    str, str, str, str, str
+]  # upstream, endpoint, model, tenant, UTC day  # bytes a JSONL line adds around a body: custom_id, method, url
 
 
 class CallMeta(msgspec.Struct, frozen=True, kw_only=True):
@@ -435,21 +438,20 @@ class Accumulator:
         )
         return body if isinstance(body, bytes) else None
 
-    async def add_totals(
-        self, upstream: str, endpoint: str, model: str, tenant: str, lane: str, cost: tuple[float, float, float] | None
-    ) -> None:
-        """Add one real-time call to its tenant's daily totals (deferred calls are added when stored)."""
-        tag = queue_tag(upstream, endpoint, model)
-        key = f"{self.keys.totals_prefix(tag)}{tenant}:{time.strftime('%Y-%m-%d', time.gmtime())}"
+    async def add_totals(self, pending: Mapping[TotalsKey, Mapping[str, float]]) -> None:
+        """Add real-time calls, summed in memory, to their tenants' daily totals (one pipeline for them all)."""
         # Not a transaction: the queue set and the totals live in different cluster slots.
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.sadd(self.keys.queues, tag)
-            pipe.hincrby(key, f"{lane}:requests", 1)
-            if cost is not None:
-                pipe.hincrbyfloat(key, f"{lane}:cost_usd", cost[0])
-                pipe.hincrbyfloat(key, f"{lane}:baseline_usd", cost[1])
-                pipe.hincrbyfloat(key, f"{lane}:savings_usd", cost[2])
-            pipe.expire(key, TOTALS_TTL_S)
+            for (upstream, endpoint, model, tenant, day), fields in pending.items():
+                tag = queue_tag(upstream, endpoint, model)
+                key = f"{self.keys.totals_prefix(tag)}{tenant}:{day}"
+                pipe.sadd(self.keys.queues, tag)
+                for name, value in fields.items():
+                    if name.endswith(":requests"):
+                        pipe.hincrby(key, name, int(value))
+                    else:
+                        pipe.hincrbyfloat(key, name, value)
+                pipe.expire(key, TOTALS_TTL_S)
             await pipe.execute()
 
     async def totals(self, tenant: str, day: str) -> dict[str, float]:

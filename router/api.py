@@ -46,6 +46,7 @@ T = TypeVar("T")
 
 JSON = "application/json"
 _CALL_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 class ClientDisconnected(Exception):
@@ -432,6 +433,19 @@ def with_usage_requested(body: bytes) -> bytes:
     return encoder.encode(obj)
 
 
+async def usage_report(gateway: Gateway, tenant: str, day: str | None) -> bytes:
+    """`GET /v1/usage`: the tenant's totals for one UTC day, per lane (from Redis, so they outlive restarts)."""
+    day = day or time.strftime("%Y-%m-%d", time.gmtime())
+    if not _DAY.match(day):
+        raise BadRequest("`day` must be a UTC date like 2026-11-27.", param="day", code="invalid_value")
+    await gateway.flush_totals()
+    lanes: dict[str, dict[str, float]] = {}
+    for field, value in (await gateway.deferred.acc.totals(tenant, day)).items():
+        lane, _, name = field.partition(":")
+        lanes.setdefault(lane, {})[name] = value
+    return encoder.encode({"object": "router.usage", "tenant": tenant, "day": day, "lanes": lanes})
+
+
 def make_handlers(gateway: Gateway) -> list[Any]:
     """The route handlers, closed over the gateway they serve."""
 
@@ -472,6 +486,11 @@ def make_handlers(gateway: Gateway) -> list[Any]:
         tenant = authenticate(gateway, request)
         return await fetch_deferred(gateway, request, call_id, tenant, wait)
 
+    @get(["/v1/usage"])
+    async def usage(request: Request[Any, Any, Any], day: FromQuery[str | None] = None) -> Response[bytes]:
+        tenant = authenticate(gateway, request)
+        return Response(await usage_report(gateway, tenant, day), media_type=JSON)
+
     @get("/healthz")
     async def healthz() -> Response[bytes]:
         return Response(b'{"status":"ok"}', media_type=JSON)
@@ -499,4 +518,5 @@ def make_handlers(gateway: Gateway) -> list[Any]:
         healthz,
         readyz,
         metrics_endpoint,
+        usage,
     ]

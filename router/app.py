@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 
 from router import api, metrics
 from router.accounting import Accounting, Lane, Priced
-from router.accumulator import Accumulator, Waiters
+from router.accumulator import Accumulator, TotalsKey, Waiters
 from router.batcher import Batcher
 from router.errors import ConfigError, RouterError
 from router.guard import Guard
@@ -25,24 +26,23 @@ from router.lanes import DeferredLane, Upstreams
 from router.policy import PolicyStore
 from router.poller import Poller
 from router.pricing import load_pricing
+from router.providers.anthropic import AnthropicProvider
 from router.providers.base import Provider
 from router.providers.openai import OpenAIProvider
 from router.settings import Settings
 
 log = logging.getLogger("router")
-MAX_PENDING_BOOKINGS = 10_000
+TOTALS_FLUSH_S = 1.0  # real-time totals reach Redis in one pipeline per second, not one round trip per call
 _models_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
 def make_providers(settings: Settings, environ: Mapping[str, str]) -> dict[str, Provider]:
     """One adapter per configured upstream, with its key read from the environment."""
     providers: dict[str, Provider] = {}
-    for index, upstream in enumerate(settings.upstreams):
-        if upstream.kind != "openai":
-            problem = f"kind {upstream.kind!r} has no adapter in this version; use an OpenAI-compatible endpoint"
-            raise ConfigError("upstreams", f"upstreams[{index}].kind", problem)
+    for upstream in settings.upstreams:
         key = environ.get(upstream.api_key_env) if upstream.api_key_env else None
-        providers[upstream.name] = OpenAIProvider(upstream, key or None)
+        adapter = AnthropicProvider if upstream.kind == "anthropic" else OpenAIProvider
+        providers[upstream.name] = adapter(upstream, key or None)
     return providers
 
 
@@ -74,7 +74,7 @@ class Gateway:
         self.guard = Guard(acc, providers, b, self.accounting)
         self.loops = loops
         self._tasks: list[asyncio.Task[None]] = []
-        self._bookings: set[asyncio.Task[None]] = set()
+        self._totals: dict[TotalsKey, dict[str, float]] = {}
         self._stop = asyncio.Event()
 
     @contextlib.asynccontextmanager
@@ -84,6 +84,7 @@ class Gateway:
         self._tasks = [
             asyncio.create_task(self._watch_policies(), name="policy-reload"),
             asyncio.create_task(self.waiters.run(self._stop), name="waiters"),
+            asyncio.create_task(self._flush_totals_loop(), name="totals"),
         ]
         if self.loops:
             self._tasks += [
@@ -98,7 +99,7 @@ class Gateway:
             pending = (await asyncio.wait(self._tasks, timeout=5.0))[1]
             for task in pending:
                 task.cancel(msg="shutdown: loop did not stop in time")
-            await asyncio.gather(*pending, *self._bookings, return_exceptions=True)
+            await asyncio.gather(*pending, return_exceptions=True)
             await self.upstreams.aclose()
             await self.redis.aclose(close_connection_pool=True)
 
@@ -112,21 +113,34 @@ class Gateway:
     def record_realtime(
         self, priced: Priced, *, lane: Lane, upstream: str, endpoint: str, model: str, tenant: str, outcome: str
     ) -> None:
-        """Book a finished real-time call in the metrics now and in the tenant's Redis totals in the background."""
+        """Book a finished real-time call in the metrics now, and in memory for the next Redis totals flush."""
         self.accounting.book(priced, lane=lane, upstream=upstream, model=model, tenant=tenant, outcome=outcome)
-        if len(self._bookings) >= MAX_PENDING_BOOKINGS:  # Redis is slow or down: metrics still count the call
-            log.warning("dropping a real-time booking for the Redis totals: too many pending")
-            return
-        task = asyncio.create_task(
-            self.deferred.acc.add_totals(upstream, endpoint, model, tenant, lane, priced.as_tuple())
-        )
-        self._bookings.add(task)
-        task.add_done_callback(self._booked)
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+        fields = self._totals.setdefault((upstream, endpoint, model, tenant, day), {})
+        fields[f"{lane}:requests"] = fields.get(f"{lane}:requests", 0.0) + 1
+        if priced.cost is not None:
+            for name, value in zip(("cost_usd", "baseline_usd", "savings_usd"), priced.as_tuple() or (), strict=True):
+                fields[f"{lane}:{name}"] = fields.get(f"{lane}:{name}", 0.0) + value
 
-    def _booked(self, task: asyncio.Task[None]) -> None:
-        self._bookings.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("could not add a real-time call to the Redis totals: %s", task.exception())
+    async def flush_totals(self) -> None:
+        """Write the real-time totals summed since the last flush; on failure keep them for the next one."""
+        pending, self._totals = self._totals, {}
+        if not pending:
+            return
+        try:
+            await self.deferred.acc.add_totals(pending)
+        except Exception as exc:
+            log.warning("could not write real-time totals to Redis, will retry: %s", exc)
+            for key, fields in pending.items():
+                merged = self._totals.setdefault(key, {})
+                for name, value in fields.items():
+                    merged[name] = merged.get(name, 0.0) + value
+
+    async def _flush_totals_loop(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=TOTALS_FLUSH_S)
+            await self.flush_totals()
 
     async def list_models(self) -> bytes:
         """Models of every upstream, filtered by the patterns that route to it."""

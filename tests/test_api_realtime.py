@@ -245,3 +245,20 @@ def test_readyz_reports_a_dead_upstream(start_router: RouterFactory) -> None:
         r = httpx.get(base + "/readyz")
     assert r.status_code == 503
     assert r.json()["checks"]["upstream:openai"] is False
+
+
+def test_usage_totals_per_tenant_and_day_survive_a_restart(oai: Client, start_router: RouterFactory) -> None:
+    keys = [{"sha256": hashlib.sha256(b"sk-usage").hexdigest(), "tenant": "usage-team"}]
+    with start_router(auth="keys", keys=keys) as base:
+        oai(base, api_key="sk-usage").chat.completions.create(model="gpt-4o", messages=MESSAGES)
+        oai(base, api_key="sk-usage").embeddings.create(model="text-embedding-3-small", input="x")
+    with start_router(auth="keys", keys=keys) as base:  # a new process' worth of router, same Redis
+        r = httpx.get(base + "/v1/usage", headers={"authorization": "Bearer sk-usage"})
+        bad = httpx.get(base + "/v1/usage?day=yesterday", headers={"authorization": "Bearer sk-usage"})
+    assert r.status_code == 200
+    usage = r.json()
+    assert usage["tenant"] == "usage-team"
+    assert usage["lanes"]["realtime"]["requests"] == 2
+    assert usage["lanes"]["realtime"]["cost_usd"] > 0
+    assert usage["lanes"]["realtime"]["savings_usd"] == 0
+    assert bad.status_code == 400

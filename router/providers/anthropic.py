@@ -1,0 +1,316 @@
+"""Anthropic upstreams behind the OpenAI-compatible router: Messages in real time, Message Batches deferred."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import httpx
+import msgspec
+
+from router.errors import BadRequest, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from router.providers import anthropic_translate as tr
+from router.providers.base import BatchLine, BatchState, BatchStatus, LineResult, UpstreamResponse
+from router.providers.openai import MAX_RETRY_AFTER_S, RETRY_STATUSES, retry_after
+from router.providers.transport import is_timeout, make_client, never_sent
+from router.schema import error_body
+from router.settings import Upstream
+
+API_VERSION = "2023-06-01"
+RETRY = RETRY_STATUSES | {529}  # 529: Anthropic is overloaded
+FRESH_S = 60.0
+"""A batch this young may still answer 404 (anthropics/anthropic-sdk-python#1432): it counts as running."""
+LOCAL_PREFIX = "local-"
+"""Id of a batch whose every line was refused before upload: nothing was sent, so nothing can be polled."""
+
+_STATES: dict[str, BatchState] = {"in_progress": "running", "canceling": "running", "ended": "ended"}
+_NO_RESULT = frozenset({"canceled", "expired"})
+
+
+class _MessageBatch(msgspec.Struct):
+    id: str
+    processing_status: str
+    results_url: str | None = None
+
+
+class _Result(msgspec.Struct):
+    type: str
+    message: tr.Message | None = None
+    error: tr.ErrorEnvelope | None = None
+
+
+class _ResultLine(msgspec.Struct):
+    custom_id: str
+    result: _Result
+
+
+class _Model(msgspec.Struct):
+    id: str
+    created_at: datetime | None = None
+    created: int | None = None  # OpenAI-shaped servers (the simulator) answer `created`
+
+
+class _ModelList(msgspec.Struct):
+    data: list[_Model]
+
+
+class _OutModel(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "model"
+    created: int
+    owned_by: str = "anthropic"
+
+
+T = TypeVar("T")
+_JSON = {"content-type": "application/json"}
+_encoder = msgspec.json.Encoder()
+_batch_decoder = msgspec.json.Decoder(_MessageBatch)
+_result_decoder = msgspec.json.Decoder(_ResultLine)
+_model_decoder = msgspec.json.Decoder(_Model)
+_models_decoder = msgspec.json.Decoder(_ModelList)
+
+
+def _backoff(attempt: int) -> float:
+    return min(8.0, 0.25 * 2.0**attempt) * (0.5 + random.random() / 2)
+
+
+def _out_model(model: _Model) -> _OutModel:
+    created = int(model.created_at.timestamp()) if model.created_at else model.created or 0
+    return _OutModel(id=model.id, created=created)
+
+
+class AnthropicProvider:
+    """An upstream speaking the Anthropic API, offered to callers as OpenAI chat completions."""
+
+    kind = "anthropic"
+
+    def __init__(self, upstream: Upstream, api_key: str | None, client: httpx.AsyncClient | None = None) -> None:
+        self.name = upstream.name
+        self.upstream = upstream
+        headers = {"anthropic-version": API_VERSION} | ({"x-api-key": api_key} if api_key else {})
+        self.client = client or make_client(upstream, headers)
+        # Anthropic's documented base URL has no /v1; accept one written out of OpenAI habit.
+        self.v1 = "" if upstream.base_url.rstrip("/").endswith("/v1") else "/v1"
+        self._created: dict[str, float] = {}  # provider batch id → monotonic submit time, for FRESH_S
+        self._refused: dict[str, dict[str, bytes]] = {}  # provider batch id → custom_id → 400 body
+
+    def _decode(self, decoder: msgspec.json.Decoder[T], raw: bytes | str) -> T:
+        try:
+            return decoder.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise UpstreamUnavailable(
+                f"The upstream '{self.name}' sent an answer that could not be read: {exc}"
+            ) from exc
+
+    def _translate(self, exc: httpx.HTTPError) -> UpstreamUnavailable:
+        if is_timeout(exc):
+            return UpstreamTimeout(f"The upstream '{self.name}' did not answer in time.", code="upstream_timeout")
+        return UpstreamUnavailable(f"The upstream '{self.name}' could not be reached.", code="upstream_unavailable")
+
+    async def forward(
+        self, endpoint: str, body: bytes, *, stream: bool, headers: Mapping[str, str] | None = None
+    ) -> UpstreamResponse:
+        """Translate a chat completion to Messages, POST it (retrying like the OpenAI adapter), translate back."""
+        if endpoint != "/chat/completions":
+            raise BadRequest(
+                f"The upstream '{self.name}' serves chat completions only; `{endpoint}` is not available here.",
+                code="unsupported_endpoint",
+            )
+        req = tr.parse_chat(body)
+        params = tr.to_params(req) | ({"stream": True} if stream else {})
+        content = _encoder.encode(params)
+        sent = dict(headers or {}) | _JSON
+        attempt = 0
+        while True:
+            request = self.client.build_request("POST", f"{self.v1}/messages", content=content, headers=sent)
+            try:
+                response = await self.client.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                if never_sent(exc) and attempt < self.upstream.max_retries:
+                    await asyncio.sleep(_backoff(attempt))
+                    attempt += 1
+                    continue
+                raise self._translate(exc) from exc
+            if response.status_code in RETRY and attempt < self.upstream.max_retries:
+                wait = retry_after(response.headers)
+                if wait is None or wait <= MAX_RETRY_AFTER_S:
+                    await response.aclose()
+                    await asyncio.sleep(_backoff(attempt) if wait is None else wait)
+                    attempt += 1
+                    continue
+            if stream and response.status_code == 200:
+                translator = tr.StreamTranslator(
+                    model=req.model, created=int(time.time()), include_usage=req.include_usage
+                )
+                return UpstreamResponse(
+                    status=200,
+                    headers=self._headers(response, "text/event-stream"),
+                    stream=self._relay(response, translator),
+                    close=response.aclose,
+                )
+            return await self._answer(response)
+
+    def _headers(self, response: httpx.Response, content_type: str) -> list[tuple[str, str]]:
+        out = [("content-type", content_type)]
+        for ours, theirs in (("x-request-id", "request-id"), ("retry-after", "retry-after")):
+            if (value := response.headers.get(theirs)) is not None:
+                out.append((ours, value))
+        return out
+
+    async def _answer(self, response: httpx.Response) -> UpstreamResponse:
+        try:
+            raw = await response.aread()
+        except httpx.HTTPError as exc:
+            raise self._translate(exc) from exc
+        finally:
+            await response.aclose()
+        headers = self._headers(response, "application/json")
+        if response.status_code != 200:
+            status, body = tr.error_answer(response.status_code, raw)
+            return UpstreamResponse(status=status, headers=headers, body=body)
+        body = tr.chat_completion(self._decode(tr.message_decoder, raw), int(time.time()))
+        return UpstreamResponse(status=200, headers=headers, body=body)
+
+    async def _relay(self, response: httpx.Response, translator: tr.StreamTranslator) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in response.aiter_bytes():  # decoded: the translator reads the events
+                if out := translator.feed(chunk):
+                    yield out
+        except httpx.HTTPError as exc:
+            raise self._translate(exc) from exc
+        finally:
+            await response.aclose()
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return await self.client.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise self._translate(exc) from exc
+
+    async def _json(self, method: str, path: str, **kwargs: Any) -> bytes:
+        response = await self._request(method, path, **kwargs)
+        if response.status_code >= 400:
+            status, body = tr.error_answer(response.status_code, response.content)
+            raise UpstreamError(status, body, retry_after=retry_after(response.headers))
+        return response.content
+
+    async def get(self, path: str) -> UpstreamResponse:
+        """`/models` and `/models/{id}` in OpenAI's shape; errors translated."""
+        response = await self._request("GET", self.v1 + path, params={"limit": "1000"} if path == "/models" else None)
+        headers = self._headers(response, "application/json")
+        if response.status_code != 200:
+            status, body = tr.error_answer(response.status_code, response.content)
+            return UpstreamResponse(status=status, headers=headers, body=body)
+        if path == "/models":
+            page = self._decode(_models_decoder, response.content)
+            body = _encoder.encode({"object": "list", "data": [_out_model(m) for m in page.data]})
+        elif path.startswith("/models/"):
+            body = _encoder.encode(_out_model(self._decode(_model_decoder, response.content)))
+        else:
+            body = response.content
+        return UpstreamResponse(status=200, headers=headers, body=body)
+
+    async def ping(self) -> bool:
+        """Any HTTP answer from `/v1/models` means the upstream is there."""
+        try:
+            await self.client.get(f"{self.v1}/models", timeout=5.0)
+        except httpx.HTTPError:
+            return False
+        return True
+
+    async def submit_batch(self, batch_id: str, endpoint: str, model: str, lines: Sequence[BatchLine]) -> str:
+        """Create a Message Batch with the lines inline; lines that cannot be translated are answered 400 later."""
+        requests: list[dict[str, Any]] = []
+        refused: dict[str, bytes] = {}
+        for line in lines:
+            try:
+                if endpoint != "/chat/completions":
+                    raise BadRequest(f"The upstream '{self.name}' serves chat completions only.")
+                params = tr.to_params(tr.parse_chat(line.body))
+            except BadRequest as exc:
+                refused[line.custom_id] = error_body(exc.message, exc.type, exc.param, exc.code)
+                continue
+            requests.append({"custom_id": line.custom_id, "params": params})
+        if requests:
+            content = _encoder.encode({"requests": requests})
+            raw = await self._json("POST", f"{self.v1}/messages/batches", content=content, headers=_JSON)
+            provider_id = self._decode(_batch_decoder, raw).id
+        else:
+            provider_id = LOCAL_PREFIX + batch_id
+        now = time.monotonic()
+        self._created = {k: t for k, t in self._created.items() if now - t < FRESH_S} | {provider_id: now}
+        if refused:
+            self._refused[provider_id] = refused
+        return provider_id
+
+    async def find_batch(self, batch_id: str) -> str | None:
+        """Always None: Message Batches carry no metadata, so our id cannot be found (see docs/anthropic.md)."""
+        return None
+
+    async def poll(self, provider_batch_id: str) -> BatchStatus:
+        """in_progress/canceling → running, ended → ended; 404 → missing, unless the batch is only just created."""
+        results = f"{self.v1}/messages/batches/{provider_batch_id}/results"
+        if provider_batch_id.startswith(LOCAL_PREFIX):
+            return BatchStatus(state="ended", provider_status="ended", error_ref=provider_batch_id)
+        try:
+            raw = await self._json("GET", f"{self.v1}/messages/batches/{provider_batch_id}")
+        except UpstreamError as exc:
+            if exc.upstream_status != 404:
+                raise
+            created = self._created.get(provider_batch_id)
+            if created is not None and time.monotonic() - created < FRESH_S:
+                return BatchStatus(state="running", provider_status="not_found_yet")
+            self._refused.pop(provider_batch_id, None)
+            return BatchStatus(state="missing", provider_status="not_found")
+        batch = self._decode(_batch_decoder, raw)
+        state = _STATES.get(batch.processing_status, "failed")
+        if batch.results_url and self._same_origin(batch.results_url):
+            results = batch.results_url
+        # error_ref carries the batch id: Anthropic has no error file, and the id names the lines refused here.
+        return BatchStatus(
+            state=state, provider_status=batch.processing_status, output_ref=results, error_ref=provider_batch_id
+        )
+
+    def _same_origin(self, url: str) -> bool:
+        """Only follow a results_url on our own upstream: the API key goes with the request."""
+        there, here = httpx.URL(url), self.client.base_url
+        return (there.scheme, there.host, there.port) == (here.scheme, here.host, here.port)
+
+    async def results(self, status: BatchStatus) -> AsyncIterator[LineResult]:
+        """Stream the results JSONL, then the lines refused before upload."""
+        if status.output_ref:
+            try:
+                async with self.client.stream("GET", status.output_ref) as response:
+                    if response.status_code >= 400:
+                        raise UpstreamError(*tr.error_answer(response.status_code, await response.aread()))
+                    async for text in response.aiter_lines():
+                        if text.strip():
+                            yield self._line_result(self._decode(_result_decoder, text))
+            except httpx.HTTPError as exc:
+                raise self._translate(exc) from exc
+        for custom_id, body in self._refused.pop(status.error_ref or "", {}).items():
+            yield LineResult(custom_id=custom_id, status=400, body=body, billed=False)
+
+    def _line_result(self, line: _ResultLine) -> LineResult:
+        result = line.result
+        if result.type == "succeeded" and result.message is not None:
+            body = tr.chat_completion(result.message, int(time.time()))
+            return LineResult(custom_id=line.custom_id, status=200, body=body, billed=True)
+        if result.type in _NO_RESULT:  # never ran: the router re-queues or escalates it
+            return LineResult(custom_id=line.custom_id, status=0, body=b"", billed=False)
+        error = result.error.error if result.error else tr.ErrorDetail("api_error", f"The line ended {result.type}.")
+        status, body = tr.translate_error(error)
+        return LineResult(custom_id=line.custom_id, status=status, body=body, billed=False)
+
+    async def cancel(self, provider_batch_id: str) -> None:
+        """Ask for cancellation; lines finished before it still arrive as results."""
+        if not provider_batch_id.startswith(LOCAL_PREFIX):
+            await self._json("POST", f"{self.v1}/messages/batches/{provider_batch_id}/cancel")
+
+    async def aclose(self) -> None:
+        """Close the pool."""
+        await self.client.aclose()

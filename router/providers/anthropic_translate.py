@@ -1,0 +1,578 @@
+"""OpenAI chat completions ⇄ Anthropic Messages: requests, answers, errors, model lists and SSE (pure, no I/O)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+from router.errors import BadRequest
+from router.schema import error_body
+
+DEFAULT_MAX_TOKENS = 4096
+"""Anthropic requires `max_tokens`; OpenAI callers may omit it."""
+
+
+class _FunctionCall(msgspec.Struct):
+    name: str
+    arguments: str = ""
+
+
+class _ToolCall(msgspec.Struct):
+    id: str
+    function: _FunctionCall
+
+
+class _ImageURL(msgspec.Struct):
+    url: str
+
+
+class _File(msgspec.Struct):
+    file_data: str | None = None
+
+
+class _Part(msgspec.Struct):
+    type: str
+    text: str | None = None
+    refusal: str | None = None
+    image_url: _ImageURL | None = None
+    file: _File | None = None
+
+
+class _ChatMessage(msgspec.Struct):
+    role: str
+    content: str | list[_Part] | None = None
+    tool_calls: list[_ToolCall] | None = None
+    tool_call_id: str | None = None
+
+
+class _FunctionDef(msgspec.Struct):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class _Tool(msgspec.Struct):
+    type: str = "function"
+    function: _FunctionDef | None = None
+
+
+class _Named(msgspec.Struct):
+    name: str
+
+
+class _NamedChoice(msgspec.Struct):
+    function: _Named
+
+
+class _JsonSchema(msgspec.Struct):
+    schema: dict[str, Any] | None = None
+
+
+class _ResponseFormat(msgspec.Struct):
+    type: str
+    json_schema: _JsonSchema | None = None
+
+
+class _StreamOptions(msgspec.Struct):
+    include_usage: bool | None = None
+
+
+class ChatRequest(msgspec.Struct):
+    """The fields of a chat request with an Anthropic meaning; others (logprobs, penalties, seed, user) are dropped."""
+
+    model: str
+    messages: list[_ChatMessage]
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    stop: str | list[str] | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    n: int | None = None
+    stream: bool | None = None
+    stream_options: _StreamOptions | None = None
+    tools: list[_Tool] | None = None
+    tool_choice: str | _NamedChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: _ResponseFormat | None = None
+    thinking: dict[str, Any] | None = None
+    functions: list[Any] | None = None
+
+    @property
+    def include_usage(self) -> bool:
+        """Whether a stream should end with a usage chunk."""
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+_chat_decoder = msgspec.json.Decoder(ChatRequest)
+_json_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+_DATA_URL = re.compile(r"data:(?P<media>[\w.+/-]+);base64,(?P<data>.*)", re.DOTALL)
+_CHOICES = {"auto": "auto", "required": "any", "none": "none"}
+
+
+def parse_chat(body: bytes) -> ChatRequest:
+    """The chat request in `body`, or a 400 saying what is wrong with it."""
+    try:
+        return _chat_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"Invalid request body: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise BadRequest("We could not parse the JSON body of your request.") from exc
+
+
+def to_params(req: ChatRequest) -> dict[str, Any]:
+    """Anthropic Messages params for `req`, without `stream` (the caller adds it for real-time streams)."""
+    if req.n not in (None, 1):
+        raise BadRequest("Anthropic models answer one choice per call: `n` must be 1.", param="n", code="invalid_value")
+    if req.functions is not None:
+        raise BadRequest("`functions` is deprecated and not translated; use `tools`.", param="functions")
+    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    system, messages = _turns(req.messages)
+    params: dict[str, Any] = {
+        "model": req.model,
+        "max_tokens": DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens,
+    }
+    if system:
+        params["system"] = system[0]["text"] if len(system) == 1 else system
+    params["messages"] = messages
+    stops = [req.stop] if isinstance(req.stop, str) else req.stop or []
+    if stops := [s for s in stops if s.strip()]:  # Anthropic refuses whitespace-only stop sequences
+        params["stop_sequences"] = stops
+    if req.temperature is not None:
+        params["temperature"] = min(req.temperature, 1.0)
+    if req.top_p is not None:
+        params["top_p"] = req.top_p
+    if req.tools:
+        params["tools"] = [_tool(tool, i) for i, tool in enumerate(req.tools)]
+        if choice := _tool_choice(req.tool_choice, req.parallel_tool_calls):
+            params["tool_choice"] = choice
+    fmt = req.response_format
+    if fmt is not None and fmt.type == "json_schema" and fmt.json_schema and fmt.json_schema.schema is not None:
+        params["output_config"] = {"format": {"type": "json_schema", "schema": fmt.json_schema.schema}}
+    if req.thinking is not None:
+        params["thinking"] = req.thinking
+    return params
+
+
+def _turns(messages: list[_ChatMessage]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(system text blocks, alternating turns); tool results join the user turn that follows the tool calls."""
+    system: list[dict[str, Any]] = []
+    turns: list[dict[str, Any]] = []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        content: str | list[dict[str, Any]]
+        if message.role in ("system", "developer"):
+            system += [_text(part) for part in _blocks(message.content, where) if part["type"] == "text"]
+            continue
+        if message.role == "user":
+            role, content = "user", _content(message.content, where)
+        elif message.role == "assistant":
+            role, content = "assistant", _assistant(message, where)
+        elif message.role == "tool":
+            if not message.tool_call_id:
+                raise BadRequest(f"Missing required parameter: '{where}.tool_call_id'.", param=f"{where}.tool_call_id")
+            result = {"type": "tool_result", "tool_use_id": message.tool_call_id}
+            role, content = "user", [result | {"content": _content(message.content, where)}]
+        else:
+            raise BadRequest(f"Invalid value for '{where}.role': {message.role!r}.", param=f"{where}.role")
+        if turns and turns[-1]["role"] == role:  # Anthropic wants alternating turns
+            turns[-1]["content"] = _listed(turns[-1]["content"]) + _listed(content)
+        else:
+            turns.append({"role": role, "content": content})
+    return system, turns
+
+
+def _text(block: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "text", "text": block["text"]}
+
+
+def _listed(content: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"type": "text", "text": content}] if isinstance(content, str) else content
+
+
+def _content(content: str | list[_Part] | None, where: str) -> str | list[dict[str, Any]]:
+    return content if isinstance(content, str) else _blocks(content, where)
+
+
+def _blocks(parts: str | list[_Part] | None, where: str) -> list[dict[str, Any]]:
+    if parts is None:
+        return []
+    if isinstance(parts, str):
+        return [{"type": "text", "text": parts}]
+    return [_block(part, f"{where}.content[{j}]") for j, part in enumerate(parts)]
+
+
+def _block(part: _Part, where: str) -> dict[str, Any]:
+    if part.type in ("text", "refusal"):
+        return {"type": "text", "text": part.text if part.type == "text" else part.refusal or ""}
+    if part.type == "image_url" and part.image_url is not None:
+        url = part.image_url.url
+        if found := _DATA_URL.fullmatch(url):
+            return {"type": "image", "source": {"type": "base64", "media_type": found["media"], "data": found["data"]}}
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    if part.type == "file" and part.file and part.file.file_data:
+        found = _DATA_URL.fullmatch(part.file.file_data)
+        if found and found["media"] == "application/pdf":
+            return {
+                "type": "document",
+                "source": {"type": "base64", "media_type": found["media"], "data": found["data"]},
+            }
+    raise BadRequest(f"Content parts of type {part.type!r} are not supported by Anthropic models.", param=where)
+
+
+def _assistant(message: _ChatMessage, where: str) -> str | list[dict[str, Any]]:
+    if isinstance(message.content, str) and not message.tool_calls:
+        return message.content
+    blocks = [b for b in _blocks(message.content, where) if b.get("text")]  # empty text blocks are refused
+    for j, call in enumerate(message.tool_calls or ()):
+        try:
+            arguments = _json_decoder.decode(call.function.arguments or "{}")
+        except msgspec.DecodeError:
+            arguments = None
+        if not isinstance(arguments, dict):
+            param = f"{where}.tool_calls[{j}].function.arguments"
+            raise BadRequest(f"Invalid value for '{param}': expected a JSON object.", param=param)
+        blocks.append({"type": "tool_use", "id": call.id, "name": call.function.name, "input": arguments})
+    return blocks
+
+
+def _tool(tool: _Tool, i: int) -> dict[str, Any]:
+    fn = tool.function
+    if tool.type != "function" or fn is None:
+        raise BadRequest(f"Tools of type {tool.type!r} are not supported by Anthropic models.", param=f"tools[{i}]")
+    out: dict[str, Any] = {"name": fn.name}
+    if fn.description is not None:
+        out["description"] = fn.description
+    out["input_schema"] = fn.parameters if fn.parameters is not None else {"type": "object", "properties": {}}
+    if fn.strict:
+        out["strict"] = True
+    return out
+
+
+def _tool_choice(choice: str | _NamedChoice | None, parallel: bool | None) -> dict[str, Any] | None:
+    out: dict[str, Any] | None
+    if choice is None:
+        out = None
+    elif isinstance(choice, str):
+        if choice not in _CHOICES:
+            raise BadRequest(f"Invalid value for 'tool_choice': {choice!r}.", param="tool_choice")
+        out = {"type": _CHOICES[choice]}
+    else:
+        out = {"type": "tool", "name": choice.function.name}
+    if parallel is False and (out is None or out["type"] != "none"):
+        out = (out or {"type": "auto"}) | {"disable_parallel_tool_use": True}
+    return out
+
+
+# --- answers -------------------------------------------------------------------------------------------------
+
+
+class Usage(msgspec.Struct):
+    """Anthropic `usage`; every field optional because `message_delta` sends only what changed."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+
+
+class Block(msgspec.Struct):
+    """A content block of a Message (text, tool_use; others are skipped)."""
+
+    type: str
+    text: str | None = None
+    id: str | None = None
+    name: str | None = None
+    input: Any = None
+
+
+class Message(msgspec.Struct):
+    """The Anthropic `Message` answer."""
+
+    id: str = ""
+    model: str = ""
+    content: list[Block] = msgspec.field(default_factory=list)
+    stop_reason: str | None = None
+    usage: Usage = msgspec.field(default_factory=Usage)
+
+
+class _Function(msgspec.Struct):
+    name: str
+    arguments: str
+
+
+class _OutToolCall(msgspec.Struct, kw_only=True):
+    id: str
+    type: str = "function"
+    function: _Function
+
+
+class _OutMessage(msgspec.Struct, omit_defaults=True):
+    role: str
+    content: str | None
+    tool_calls: list[_OutToolCall] | None = None
+
+
+class _Choice(msgspec.Struct, kw_only=True):
+    index: int = 0
+    message: _OutMessage
+    logprobs: None = None
+    finish_reason: str
+
+
+class _Details(msgspec.Struct):
+    cached_tokens: int
+
+
+class _OutUsage(msgspec.Struct):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: _Details
+
+
+class _Completion(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "chat.completion"
+    created: int
+    model: str
+    choices: list[_Choice]
+    usage: _OutUsage
+
+
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+message_decoder = msgspec.json.Decoder(Message)
+
+
+def _usage(u: Usage) -> _OutUsage:
+    read = u.cache_read_input_tokens or 0
+    prompt = (u.input_tokens or 0) + read + (u.cache_creation_input_tokens or 0)
+    done = u.output_tokens or 0
+    return _OutUsage(prompt, done, prompt + done, _Details(read))
+
+
+def chat_completion(message: Message, created: int) -> bytes:
+    """The OpenAI `ChatCompletion` for an Anthropic `Message`."""
+    texts = [b.text for b in message.content if b.type == "text" and b.text is not None]
+    calls = [
+        _OutToolCall(id=b.id or "", function=_Function(b.name or "", _encoder.encode(b.input or {}).decode()))
+        for b in message.content
+        if b.type == "tool_use"
+    ]
+    out = _OutMessage("assistant", "".join(texts) if texts or not calls else None, calls or None)
+    finish = FINISH_REASONS.get(message.stop_reason or "", "stop")
+    choice = _Choice(message=out, finish_reason=finish)
+    usage = _usage(message.usage)
+    return _encoder.encode(
+        _Completion(id=message.id, created=created, model=message.model, choices=[choice], usage=usage)
+    )
+
+
+# --- errors ---------------------------------------------------------------------------------------------------
+
+
+class ErrorDetail(msgspec.Struct):
+    """The inner object of an Anthropic error."""
+
+    type: str = "api_error"
+    message: str = ""
+
+
+class ErrorEnvelope(msgspec.Struct):
+    """`{"type": "error", "error": {"type", "message"}}`."""
+
+    error: ErrorDetail
+
+
+# Anthropic error type → (HTTP status, OpenAI error type, OpenAI code).
+_ERRORS: dict[str, tuple[int, str, str | None]] = {
+    "invalid_request_error": (400, "invalid_request_error", None),
+    "authentication_error": (401, "invalid_request_error", "invalid_api_key"),
+    "billing_error": (402, "insufficient_quota", "billing_error"),
+    "permission_error": (403, "permission_error", None),
+    "not_found_error": (404, "invalid_request_error", "not_found"),
+    "request_too_large": (413, "invalid_request_error", "request_too_large"),
+    "rate_limit_error": (429, "rate_limit_error", "rate_limit_exceeded"),
+    "api_error": (500, "server_error", None),
+    "timeout_error": (504, "server_error", "timeout"),
+    "overloaded_error": (503, "server_error", "overloaded"),
+}
+_error_decoder = msgspec.json.Decoder(ErrorEnvelope)
+
+
+def openai_status(status: int) -> int:
+    """Anthropic's 529 "overloaded" is a 503 to OpenAI clients."""
+    return 503 if status == 529 else status
+
+
+def translate_error(error: ErrorDetail) -> tuple[int, bytes]:
+    """(status, OpenAI error body) for an Anthropic error object."""
+    status, kind, code = _ERRORS.get(error.type, (500, "server_error", error.type))
+    return status, error_body(error.message or error.type, kind, None, code)
+
+
+def error_answer(status: int, body: bytes) -> tuple[int, bytes]:
+    """(status, body) of an Anthropic error answer in OpenAI's terms; a body of another shape is kept as is."""
+    try:
+        error = _error_decoder.decode(body).error
+    except msgspec.DecodeError:
+        return openai_status(status), body
+    return openai_status(status), translate_error(error)[1]
+
+
+# --- streams --------------------------------------------------------------------------------------------------
+
+
+class _Delta(msgspec.Struct):
+    type: str = ""
+    text: str | None = None
+    partial_json: str | None = None
+    stop_reason: str | None = None
+
+
+class _Event(msgspec.Struct):
+    type: str
+    index: int = 0
+    message: Message | None = None
+    content_block: Block | None = None
+    delta: _Delta | None = None
+    usage: Usage | None = None
+    error: ErrorDetail | None = None
+
+
+class _ChunkFunction(msgspec.Struct, omit_defaults=True):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class _ChunkToolCall(msgspec.Struct, omit_defaults=True, kw_only=True):
+    index: int
+    id: str | None = None
+    type: str | None = None
+    function: _ChunkFunction
+
+
+class _ChunkDelta(msgspec.Struct, omit_defaults=True):
+    role: str | None = None
+    content: str | None = None
+    tool_calls: list[_ChunkToolCall] | None = None
+
+
+class _ChunkChoice(msgspec.Struct, kw_only=True):
+    index: int = 0
+    delta: _ChunkDelta
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class _Chunk(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[_ChunkChoice]
+
+
+class _UsageChunk(_Chunk, kw_only=True):
+    usage: _OutUsage
+
+
+_event_decoder = msgspec.json.Decoder(_Event)
+DONE = b"data: [DONE]\n\n"
+
+
+class StreamTranslator:
+    """Anthropic Messages SSE in, OpenAI `chat.completion.chunk` SSE out; holds only a partial event."""
+
+    def __init__(self, *, model: str, created: int, include_usage: bool) -> None:
+        self.id = ""
+        self.model = model
+        self.created = created
+        self.include_usage = include_usage
+        self.usage = Usage()
+        self.finish = "stop"
+        self.done = False
+        self._tools: dict[int, int] = {}  # Anthropic block index → OpenAI tool call index
+        self._line = b""
+        self._data: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Translate whatever complete events `chunk` finishes; keep the rest for the next call."""
+        lines = (self._line + chunk).split(b"\n")
+        self._line = lines.pop()
+        out: list[bytes] = []
+        for raw in lines:
+            line = raw.rstrip(b"\r")
+            if line.startswith(b"data:"):
+                self._data.append(line[6:] if line[5:6] == b" " else line[5:])
+            elif not line and self._data:
+                data, self._data = b"\n".join(self._data), []
+                if not self.done:
+                    out += self._event(data)
+            # `event:` lines repeat the JSON `type`; comments and `id:` carry nothing we need.
+        return b"".join(out)
+
+    def _sse(self, delta: _ChunkDelta, finish: str | None = None) -> bytes:
+        chunk = _Chunk(id=self.id, created=self.created, model=self.model, choices=[_ChunkChoice(delta=delta)])
+        chunk.choices[0].finish_reason = finish
+        return b"data: " + _encoder.encode(chunk) + b"\n\n"
+
+    def _merge(self, usage: Usage | None) -> None:
+        for field in Usage.__struct_fields__:
+            if usage is not None and (value := getattr(usage, field)) is not None:
+                setattr(self.usage, field, value)  # message_delta counts are cumulative
+
+    def _event(self, data: bytes) -> list[bytes]:
+        try:
+            event = _event_decoder.decode(data)
+        except msgspec.DecodeError:
+            event = _Event(
+                "error", error=ErrorDetail("api_error", "The upstream sent a stream event we could not read.")
+            )
+        kind, block, delta = event.type, event.content_block, event.delta
+        if kind == "message_start" and event.message is not None:
+            self.id, self.model = event.message.id, event.message.model or self.model
+            self._merge(event.message.usage)
+            return [self._sse(_ChunkDelta(role="assistant", content=""))]
+        if kind == "content_block_start" and block is not None:
+            if block.type == "tool_use":
+                self._tools[event.index] = n = len(self._tools)
+                call = _ChunkToolCall(index=n, id=block.id, type="function", function=_ChunkFunction(block.name, ""))
+                return [self._sse(_ChunkDelta(tool_calls=[call]))]
+            return [self._sse(_ChunkDelta(content=block.text))] if block.type == "text" and block.text else []
+        if kind == "content_block_delta" and delta is not None:
+            if delta.type == "text_delta" and delta.text:
+                return [self._sse(_ChunkDelta(content=delta.text))]
+            if delta.type == "input_json_delta" and delta.partial_json and event.index in self._tools:
+                call = _ChunkToolCall(index=self._tools[event.index], function=_ChunkFunction(None, delta.partial_json))
+                return [self._sse(_ChunkDelta(tool_calls=[call]))]
+            return []  # thinking, signature and citation deltas have no chat-completions form
+        if kind == "message_delta":
+            if delta is not None and delta.stop_reason:
+                self.finish = FINISH_REASONS.get(delta.stop_reason, "stop")
+            self._merge(event.usage)
+            return []
+        if kind == "message_stop":
+            self.done = True
+            out = [self._sse(_ChunkDelta(), self.finish)]
+            if self.include_usage:
+                chunk = _UsageChunk(
+                    id=self.id, created=self.created, model=self.model, choices=[], usage=_usage(self.usage)
+                )
+                out.append(b"data: " + _encoder.encode(chunk) + b"\n\n")
+            return [*out, DONE]
+        if kind == "error":
+            self.done = True
+            return [b"data: " + translate_error(event.error or ErrorDetail())[1] + b"\n\n"]
+        return []  # ping, and event types added after this was written
