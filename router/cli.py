@@ -70,6 +70,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     base = load(args)
     settings = load(args, _serve_overrides(args, base))
+    if settings.auth == "none" and settings.host not in ("127.0.0.1", "localhost", "::1"):
+        logging.getLogger("router").warning(
+            "auth is 'none' and the router listens on %s: anyone who reaches it spends your upstream key; "
+            "configure `auth: keys`",
+            settings.host,
+        )
     with redis_for(settings) as ready:
         app = create_app(ready, os.environ)
         print(f"hybrid-router listening on http://{ready.host}:{ready.port}/v1", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -498,7 +499,7 @@ def test_stream_with_crlf_line_ends() -> None:
 @given(st.lists(st.integers(min_value=0, max_value=len(TRANSCRIPT)), max_size=30))
 def test_stream_translation_ignores_how_bytes_are_split(cuts: list[int]) -> None:
     bounds = [0, *sorted(cuts), len(TRANSCRIPT)]
-    pieces = [TRANSCRIPT[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    pieces = [TRANSCRIPT[a:b] for a, b in itertools.pairwise(bounds)]
     assert translate(pieces) == translate([TRANSCRIPT])
 
 
@@ -518,7 +519,28 @@ def test_stream_error_event_ends_the_stream_in_openai_shape() -> None:
 
 # --- the provider against the simulator, over a real socket ----------------------------------------------
 
-Sim = tuple[str, httpx.Client]
+
+class Control:
+    """The simulator's base URL and its `/_sim/*` control endpoints."""
+
+    def __init__(self, base: str, http: httpx.AsyncClient) -> None:
+        self.base = base
+        self.http = http
+
+    async def configure(self, **knobs: Any) -> None:
+        (await self.http.post("/_sim/config", json=knobs)).raise_for_status()
+
+    async def stats(self) -> dict[str, Any]:
+        response = await self.http.get("/_sim/stats")
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def direct(self) -> str:
+        """The simulator's answer to `chat()` asked in OpenAI's dialect."""
+        async with openai.AsyncOpenAI(base_url=self.base + "/v1", api_key="x", max_retries=0) as c:
+            answer = await c.chat.completions.create(model=MODEL, messages=json.loads(chat())["messages"])
+        return answer.choices[0].message.content or ""
 
 
 @pytest.fixture(scope="module")
@@ -528,10 +550,11 @@ def sim_base() -> Iterator[str]:
 
 
 @pytest.fixture
-def sim(sim_base: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=sim_base) as control:
-        control.post("/_sim/reset").raise_for_status()
-        control.post("/_sim/config", json=msgspec.structs.asdict(SimConfig(batch_turnaround_s=0.3))).raise_for_status()
+async def sim(sim_base: str) -> AsyncIterator[Control]:
+    async with httpx.AsyncClient(base_url=sim_base) as http:
+        (await http.post("/_sim/reset")).raise_for_status()
+        control = Control(sim_base, http)
+        await control.configure(**msgspec.structs.asdict(SimConfig(batch_turnaround_s=0.3)))
         yield control
 
 
@@ -540,8 +563,8 @@ def make(base: str, key: str | None = "sk-ant", **fields: Any) -> AnthropicProvi
 
 
 @pytest.fixture
-async def provider(sim: httpx.Client) -> AsyncIterator[AnthropicProvider]:
-    p = make(str(sim.base_url).rstrip("/"))
+async def provider(sim: Control) -> AsyncIterator[AnthropicProvider]:
+    p = make(sim.base)
     yield p
     await p.aclose()
 
@@ -552,31 +575,24 @@ def chat(**fields: Any) -> bytes:
     )
 
 
-def direct(sim: httpx.Client) -> str:
-    """The simulator's answer to the same chat asked in OpenAI's dialect."""
-    with openai.OpenAI(base_url=f"{sim.base_url}v1", api_key="x", max_retries=0) as c:
-        answer = c.chat.completions.create(model=MODEL, messages=json.loads(chat())["messages"])
-    return answer.choices[0].message.content or ""
-
-
-async def test_forward_answers_like_the_openai_dialect(provider: AnthropicProvider, sim: httpx.Client) -> None:
+async def test_forward_answers_like_the_openai_dialect(provider: AnthropicProvider, sim: Control) -> None:
     answer = await provider.forward("/chat/completions", chat(), stream=False)
     assert answer.status == 200
     assert dict(answer.headers)["content-type"] == "application/json"
     assert dict(answer.headers)["x-request-id"].startswith("req_")
     completion = ChatCompletion.model_validate_json(answer.body)
-    assert completion.choices[0].message.content == direct(sim)
-    assert sim.get("/_sim/stats").json()["realtime_calls"]["/v1/messages"] == 1
+    assert completion.choices[0].message.content == await sim.direct()
+    assert (await sim.stats())["realtime_calls"]["/v1/messages"] == 1
 
 
-async def test_forward_stream(provider: AnthropicProvider, sim: httpx.Client) -> None:
+async def test_forward_stream(provider: AnthropicProvider, sim: Control) -> None:
     answer = await provider.forward(
         "/chat/completions", chat(stream=True, stream_options={"include_usage": True}), stream=True
     )
     assert answer.status == 200 and answer.stream is not None
     out = b"".join([piece async for piece in answer.stream])
     got = chunks(out)
-    assert "".join(c.choices[0].delta.content or "" for c in got if c.choices) == direct(sim)
+    assert "".join(c.choices[0].delta.content or "" for c in got if c.choices) == await sim.direct()
     assert got[-1].usage is not None and got[-1].usage.completion_tokens > 0
 
 
@@ -593,19 +609,19 @@ async def test_upstream_errors_come_back_in_openai_shape(provider: AnthropicProv
     assert streamed.status == 404 and streamed.stream is None
 
 
-async def test_429_and_529_are_retried(sim: httpx.Client) -> None:
-    p = make(str(sim.base_url).rstrip("/"), max_retries=2)
+async def test_429_and_529_are_retried(sim: Control) -> None:
+    p = make(sim.base, max_retries=2)
     try:
         answer = await p.forward("/chat/completions", chat(), stream=False, headers={"x-sim-error": "429"})
         assert answer.status == 429
         assert json.loads(answer.body)["error"]["code"] == "rate_limit_exceeded"
-        assert sim.get("/_sim/stats").json()["realtime_calls"]["/v1/messages"] == 3
+        assert (await sim.stats())["realtime_calls"]["/v1/messages"] == 3
     finally:
         await p.aclose()
 
 
-async def test_key_and_version_headers(sim: httpx.Client) -> None:
-    p = make(str(sim.base_url).rstrip("/"), key=None)
+async def test_key_and_version_headers(sim: Control) -> None:
+    p = make(sim.base, key=None)
     try:
         answer = await p.forward("/chat/completions", chat(), stream=False)
     finally:
@@ -614,8 +630,8 @@ async def test_key_and_version_headers(sim: httpx.Client) -> None:
     assert json.loads(answer.body)["error"]["code"] == "invalid_api_key"
 
 
-async def test_base_url_with_v1_works_too(sim: httpx.Client) -> None:
-    p = make(f"{sim.base_url}v1")
+async def test_base_url_with_v1_works_too(sim: Control) -> None:
+    p = make(sim.base + "/v1")
     try:
         assert (await p.forward("/chat/completions", chat(), stream=False)).status == 200
         assert await p.ping()
@@ -673,7 +689,7 @@ async def run_batch(p: AnthropicProvider, lines: list[BatchLine]) -> dict[str, L
     return {line.custom_id: line async for line in p.results(status)}
 
 
-async def test_batch_round_trip(provider: AnthropicProvider, sim: httpx.Client) -> None:
+async def test_batch_round_trip(provider: AnthropicProvider, sim: Control) -> None:
     lines = [
         BatchLine(custom_id="ok-1", body=chat()),
         BatchLine(custom_id="ok-2", body=chat(stream=True)),
@@ -685,18 +701,18 @@ async def test_batch_round_trip(provider: AnthropicProvider, sim: httpx.Client) 
     results = {line.custom_id: line async for line in provider.results(await wait_ended(provider, provider_id))}
     for cid in ("ok-1", "ok-2"):
         assert results[cid].status == 200 and results[cid].billed
-        assert ChatCompletion.model_validate_json(results[cid].body).choices[0].message.content == direct(sim)
+        assert ChatCompletion.model_validate_json(results[cid].body).choices[0].message.content == await sim.direct()
     assert results["refused"].status == 400 and not results["refused"].billed
     assert json.loads(results["refused"].body)["error"]["param"] == "n"
-    stats = sim.get("/_sim/stats").json()
+    stats = await sim.stats()
     assert stats["message_batches_created"] == 1 and stats["batch_lines_submitted"] == 2
 
 
-async def test_batch_of_only_refused_lines_is_never_sent(provider: AnthropicProvider, sim: httpx.Client) -> None:
+async def test_batch_of_only_refused_lines_is_never_sent(provider: AnthropicProvider, sim: Control) -> None:
     results = await run_batch(provider, [BatchLine(custom_id="a", body=chat(n=2))])
     assert results["a"].status == 400
     await provider.cancel("local-b1")
-    assert sim.get("/_sim/stats").json()["message_batches_created"] == 0
+    assert (await sim.stats())["message_batches_created"] == 0
 
 
 @pytest.mark.parametrize(
@@ -707,22 +723,22 @@ async def test_batch_of_only_refused_lines_is_never_sent(provider: AnthropicProv
     ],
 )
 async def test_errored_lines(
-    provider: AnthropicProvider, sim: httpx.Client, knobs: dict[str, Any], status: int, kind: str
+    provider: AnthropicProvider, sim: Control, knobs: dict[str, Any], status: int, kind: str
 ) -> None:
-    sim.post("/_sim/config", json=knobs).raise_for_status()
+    await sim.configure(**knobs)
     results = await run_batch(provider, [BatchLine(custom_id="a", body=chat())])
     assert (results["a"].status, results["a"].billed) == (status, False)
     assert json.loads(results["a"].body)["error"]["type"] == kind
 
 
-async def test_expired_lines_have_no_result(provider: AnthropicProvider, sim: httpx.Client) -> None:
-    sim.post("/_sim/config", json={"batch_expire_s": 0.05, "batch_expire_done_fraction": 0}).raise_for_status()
+async def test_expired_lines_have_no_result(provider: AnthropicProvider, sim: Control) -> None:
+    await sim.configure(batch_expire_s=0.05, batch_expire_done_fraction=0)
     results = await run_batch(provider, [BatchLine(custom_id="a", body=chat())])
     assert (results["a"].status, results["a"].body, results["a"].billed) == (0, b"", False)
 
 
-async def test_cancelled_lines_have_no_result(provider: AnthropicProvider, sim: httpx.Client) -> None:
-    sim.post("/_sim/config", json={"batch_turnaround_s": 30, "batch_cancel_delay_s": 0.1}).raise_for_status()
+async def test_cancelled_lines_have_no_result(provider: AnthropicProvider, sim: Control) -> None:
+    await sim.configure(batch_turnaround_s=30, batch_cancel_delay_s=0.1)
     provider_id = await provider.submit_batch("b1", "/chat/completions", MODEL, [BatchLine(custom_id="a", body=chat())])
     await provider.cancel(provider_id)
     status = await wait_ended(provider, provider_id)
