@@ -321,11 +321,22 @@ def rows(kind: str, tallies: dict[str, Tally]) -> list[list[str]]:
     return out
 
 
-def context(args: argparse.Namespace, load_before: float) -> str:
+def revision() -> str:
+    """The commit the servers run ("-dirty" when the work tree differs from it)."""
+    try:
+        done = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True, timeout=5, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return done.stdout.strip()
+
+
+def context(args: argparse.Namespace, load_before: float, commit: str) -> str:
     """The command and the conditions: results without them cannot be compared."""
     command = " ".join(["python", "bench/realtime.py", *sys.argv[1:]])
     return (
-        f"`{command}` — {time.strftime('%Y-%m-%d %H:%M %Z')}, nproc {os.cpu_count()}, "
+        f"`{command}` — {time.strftime('%Y-%m-%d %H:%M %Z')}, commit {commit}, nproc {os.cpu_count()}, "
         f"Python {sys.version.split()[0]}; concurrency {args.concurrency}, {args.duration:g} s measured "
         f"after {args.warmup:g} s warm-up, {args.rounds} round(s), simulator latency {args.latency_ms:g} ms; "
         f"1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
@@ -340,10 +351,10 @@ NOTES = (
 )
 
 
-def report(pooled: dict[str, dict[str, Tally]], args: argparse.Namespace, load_before: float) -> None:
+def report(pooled: dict[str, dict[str, Tally]], args: argparse.Namespace, load_before: float, commit: str) -> None:
     """Rich tables on the terminal (absolute numbers, then the ratios), Markdown too with `--markdown`."""
     console = Console() if sys.stdout.isatty() else Console(width=120)  # piped: not squeezed to 80 columns
-    console.print(context(args, load_before))
+    console.print(context(args, load_before, commit))
     for kind, tallies in pooled.items():
         head, body = columns(kind), rows(kind, tallies)
         for part, relative in (("measured", False), ("against direct", True)):
@@ -360,7 +371,7 @@ def report(pooled: dict[str, dict[str, Tally]], args: argparse.Namespace, load_b
             if t.errors:
                 console.print(f"{kind} {name}: {t.errors} errors, first: {t.first_error}", style="red", markup=False)
     if args.markdown:
-        lines = [context(args, load_before), ""]
+        lines = [context(args, load_before, commit), ""]
         for kind, tallies in pooled.items():
             head = columns(kind)
             lines += [f"**{kind}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -400,6 +411,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> int:
     args = parse_args()
     load_before = os.getloadavg()[0]  # other work on the machine skews every row; say how much there was
+    commit = revision()  # read before the servers start: the code they load
     redis_url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
     prefix = f"bench-{secrets.token_hex(4)}"
     with redis.Redis.from_url(redis_url) as client:
@@ -427,7 +439,7 @@ def main() -> int:
             targets.append(Target(f"router/{transport}", f"http://127.0.0.1:{port}", proc.pid, router=True))
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             pooled = runner.run(measure(targets, args))
-    report(pooled, args, load_before)
+    report(pooled, args, load_before, commit)
     return 1 if any(t.errors for tallies in pooled.values() for t in tallies.values()) else 0
 
 

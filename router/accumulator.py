@@ -10,10 +10,11 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 
 import msgspec
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from router import scripts
 from router.keys import TOTALS_TTL_S, TURNAROUND_SAMPLES, Keys, queue_tag, tag_of
+from router.redis_client import RedisClient
 
 log = logging.getLogger("router.accumulator")
 
@@ -110,7 +111,7 @@ def _f(value: object) -> float | None:
 class Accumulator:
     """The deferred lane's state, all of it in Redis under one key prefix."""
 
-    def __init__(self, redis: Redis, prefix: str, *, result_ttl_s: float, idempotency_ttl_s: float) -> None:
+    def __init__(self, redis: RedisClient, prefix: str, *, result_ttl_s: float, idempotency_ttl_s: float) -> None:
         self.redis = redis
         self.keys = Keys(prefix)
         self.result_ttl = int(result_ttl_s)
@@ -467,7 +468,7 @@ class Accumulator:
 class Waiters:
     """One pub/sub subscription per process that wakes every local waiter whose call just finished."""
 
-    def __init__(self, redis: Redis, channel: str) -> None:
+    def __init__(self, redis: RedisClient, channel: str) -> None:
         self.redis = redis
         self.channel = channel
         self._waiting: dict[str, set[asyncio.Future[None]]] = {}
@@ -496,6 +497,12 @@ class Waiters:
         while not stop.is_set():
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
+                if isinstance(self.redis, RedisCluster):
+                    # A cluster's pubsub subscribes on one node, the owner of the channel name's slot, picked from the
+                    # slot map the client loads on its first command. One node is enough: a cluster propagates every
+                    # PUBLISH to all its nodes. If that node fails, this loop retries until the map (refreshed by
+                    # the client's other commands) names a live one; waiters re-check Redis on their timer meanwhile.
+                    await self.redis.initialize()
                 await pubsub.subscribe(self.channel)
                 while not stop.is_set():
                     message = await pubsub.get_message(timeout=0.5)

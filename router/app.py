@@ -14,9 +14,8 @@ import msgspec
 import prometheus_client
 from litestar import Litestar
 from litestar.exceptions import HTTPException
-from redis.asyncio import BlockingConnectionPool, Redis
 
-from router import api, metrics
+from router import api, metrics, redis_client
 from router.accounting import Accounting, Lane, Priced
 from router.accumulator import Accumulator, TotalsKey, Waiters
 from router.batcher import Batcher
@@ -56,12 +55,8 @@ class Gateway:
         self.upstreams = Upstreams(settings.upstreams, providers)
         self.policies = PolicyStore(Path(settings.policies_dir))
         self.accounting = Accounting(load_pricing(Path(settings.pricing_file)))
-        # The pool connects lazily, on the serving loop; the lifespan closes it.
-        # A blocking pool: a burst of callers waits for a connection instead of failing with "too many connections".
-        pool = BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=settings.redis_max_connections, timeout=30
-        )
-        self.redis = Redis(connection_pool=pool)
+        # Connects lazily, on the serving loop; the lifespan closes it. One server or a cluster, by the URL.
+        self.redis = redis_client.connect(settings.redis_url, max_connections=settings.redis_max_connections)
         b = settings.batch
         acc = Accumulator(
             self.redis, settings.key_prefix, result_ttl_s=b.result_ttl_s, idempotency_ttl_s=b.idempotency_ttl_s
@@ -101,7 +96,7 @@ class Gateway:
                 task.cancel(msg="shutdown: loop did not stop in time")
             await asyncio.gather(*pending, return_exceptions=True)
             await self.upstreams.aclose()
-            await self.redis.aclose(close_connection_pool=True)
+            await redis_client.close(self.redis)
 
     async def _watch_policies(self) -> None:
         while not self._stop.is_set():

@@ -59,7 +59,7 @@ def test_check_config_reports_a_broken_policy(tmp_path: Path) -> None:
 
 def test_serve_with_a_bad_config_fails_with_a_message(tmp_path: Path) -> None:
     bad = tmp_path / "router.yaml"
-    bad.write_text("upstreams:\n  - name: a\n    base_url: http://x\n    kind: anthropic\n")
+    bad.write_text("upstreams:\n  - name: a\n    base_url: http://x\n    kind: gemini\n")
     done = run("serve", "--config", str(bad), env=clean_env(REDIS_URL="redis://127.0.0.1:1/0"))
     assert done.returncode == 2
     assert "upstreams[0].kind" in done.stderr

@@ -253,7 +253,6 @@ class AnthropicProvider:
 
     async def poll(self, provider_batch_id: str) -> BatchStatus:
         """in_progress/canceling → running, ended → ended; 404 → missing, unless the batch is only just created."""
-        results = f"{self.v1}/messages/batches/{provider_batch_id}/results"
         if provider_batch_id.startswith(LOCAL_PREFIX):
             return BatchStatus(state="ended", provider_status="ended", error_ref=provider_batch_id)
         try:
@@ -268,6 +267,7 @@ class AnthropicProvider:
             return BatchStatus(state="missing", provider_status="not_found")
         batch = self._decode(_batch_decoder, raw)
         state = _STATES.get(batch.processing_status, "failed")
+        results = f"{self.v1}/messages/batches/{provider_batch_id}/results"
         if batch.results_url and self._same_origin(batch.results_url):
             results = batch.results_url
         # error_ref carries the batch id: Anthropic has no error file, and the id names the lines refused here.

@@ -165,7 +165,7 @@ def _turns(messages: list[_ChatMessage]) -> tuple[list[dict[str, Any]], list[dic
         where = f"messages[{i}]"
         content: str | list[dict[str, Any]]
         if message.role in ("system", "developer"):
-            system += [_text(part) for part in _blocks(message.content, where) if part["type"] == "text"]
+            system += [b for b in _blocks(message.content, where) if b["type"] == "text" and b["text"]]
             continue
         if message.role == "user":
             role, content = "user", _content(message.content, where)
@@ -183,10 +183,6 @@ def _turns(messages: list[_ChatMessage]) -> tuple[list[dict[str, Any]], list[dic
         else:
             turns.append({"role": role, "content": content})
     return system, turns
-
-
-def _text(block: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "text", "text": block["text"]}
 
 
 def _listed(content: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
