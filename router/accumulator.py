@@ -7,7 +7,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 
 import msgspec
 from redis.asyncio.cluster import RedisCluster
@@ -18,10 +18,8 @@ from router.redis_client import RedisClient
 
 log = logging.getLogger("router.accumulator")
 
-LINE_OVERHEAD = 128
-TotalsKey = tuple[
-    str, str, str, str, str
-]  # upstream, endpoint, model, tenant, UTC day  # bytes a JSONL line adds around a body: custom_id, method, url
+LINE_OVERHEAD = 128  # bytes a JSONL line adds around a body: custom_id, method, url
+TotalsKey = tuple[str, str]  # tenant, UTC day
 
 
 class CallMeta(msgspec.Struct, frozen=True, kw_only=True):
@@ -116,9 +114,13 @@ class Accumulator:
         self.keys = Keys(prefix)
         self.result_ttl = int(result_ttl_s)
         self.idempotency_ttl = int(idempotency_ttl_s)
+        self._admit = redis.register_script(scripts.ADMIT)
         self._claim = redis.register_script(scripts.CLAIM)
         self._mark_submitted = redis.register_script(scripts.MARK_SUBMITTED)
         self._take_over = redis.register_script(scripts.TAKE_OVER)
+        self._renew_batch = redis.register_script(scripts.RENEW_BATCH)
+        self._renew_escalation = redis.register_script(scripts.RENEW_ESCALATION)
+        self._renew_lease = redis.register_script(scripts.RENEW_LEASE)
         self._store = redis.register_script(scripts.STORE_RESULT)
         self._requeue = redis.register_script(scripts.REQUEUE)
         self._escalate = redis.register_script(scripts.ESCALATE)
@@ -130,39 +132,19 @@ class Accumulator:
         k = self.keys
         tag = queue_tag(meta.upstream, meta.endpoint, meta.model)
         call_id = new_call_id(tag)
-        if idempotency_key is not None:
-            idem = k.idempotency(meta.tenant, idempotency_key)
-            # SET NX GET needs Redis 7; NX then GET keeps Redis 6.2 (the bundled server) working.
-            claimed = await self.redis.set(idem, call_id, nx=True, ex=self.idempotency_ttl)
-            existing = "" if claimed else _s(await self.redis.get(idem))
-            if existing:
-                if await self.redis.exists(k.call(existing)):
-                    return existing, False
-                # The mapped call never got admitted (a crash between the two steps) or has expired: take over.
-                await self.redis.set(idem, call_id, ex=self.idempotency_ttl)
         ttl = int(max(0.0, meta.deadline - time.time()) + self.result_ttl)
         # The set of queues first: a call is never in a queue the batcher cannot find.
         await self.redis.sadd(k.queues, tag)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(k.queue(tag), mapping={"upstream": meta.upstream, "endpoint": meta.endpoint, "model": meta.model})
-            pipe.hset(
-                k.call(call_id),
-                mapping={
-                    "meta": _meta_encoder.encode(meta),
-                    "body": body,
-                    "state": "queued",
-                    "batch": "",
-                    "deadline": repr(meta.deadline),
-                    "received_at": repr(meta.received_at),
-                    "attempts": 0,
-                },
+        idem = k.idempotency(tag, meta.tenant, idempotency_key) if idempotency_key is not None else k.queue(tag)
+        admitted = _s(
+            await self._admit(
+                keys=[idem, k.call(call_id), k.pending(tag), k.arrivals(tag), k.bytes(tag), k.queue(tag)],
+                args=[call_id, _meta_encoder.encode(meta), body, repr(meta.deadline), repr(meta.received_at), ttl,
+                      self.idempotency_ttl, meta.upstream, meta.endpoint, meta.model,
+                      "1" if idempotency_key is not None else "0", k.call_prefix(tag)],
             )
-            pipe.expire(k.call(call_id), ttl)
-            pipe.zadd(k.pending(tag), {call_id: meta.deadline})
-            pipe.zadd(k.arrivals(tag), {call_id: meta.received_at})
-            pipe.incrby(k.bytes(tag), len(body))
-            await pipe.execute()
-        return call_id, True
+        )  # fmt: skip
+        return admitted, admitted == call_id
 
     # --- queues and batches --------------------------------------------------------------------------
 
@@ -196,6 +178,10 @@ class Accumulator:
     async def lease(self, key: str, owner: str, seconds: float) -> bool:
         """Take a short exclusive lease (SET NX PX); it lapses by itself if the owner dies."""
         return bool(await self.redis.set(key, owner, nx=True, px=int(seconds * 1000)))
+
+    async def renew(self, key: str, owner: str, seconds: float) -> bool:
+        """Extend a lease we still hold."""
+        return bool(await self._renew_lease(keys=[key], args=[owner, int(seconds * 1000)]))
 
     async def release(self, key: str, owner: str) -> None:
         """Give a lease back early, if it is still ours."""
@@ -259,6 +245,47 @@ class Accumulator:
             keys=[k.batch(tag, bid), k.batches(tag)], args=[bid, owner, repr(now), repr(now + lease_s)]
         )
         return bool(done)
+
+    async def renew_batch(self, tag: str, bid: str, owner: str, lease_s: float) -> bool:
+        """Extend the lease of a `building` batch we still own."""
+        k = self.keys
+        until = repr(time.time() + lease_s)
+        return bool(await self._renew_batch(keys=[k.batch(tag, bid), k.batches(tag)], args=[bid, owner, until]))
+
+    async def renew_escalation(self, call_id: str, lease_s: float) -> bool:
+        """Extend the lease of a call being answered in real time."""
+        k = self.keys
+        until = repr(time.time() + lease_s)
+        return bool(
+            await self._renew_escalation(keys=[k.call(call_id), k.escalating(tag_of(call_id))], args=[call_id, until])
+        )
+
+    async def forget(self, call_id: str) -> None:
+        """Drop the index entries of a call whose hash expired (nothing is left to answer it with)."""
+        k = self.keys
+        tag = tag_of(call_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for index in (k.pending(tag), k.arrivals(tag), k.inflight(tag), k.escalating(tag)):
+                pipe.zrem(index, call_id)
+            await pipe.execute()
+
+    @contextlib.asynccontextmanager
+    async def keeping(self, renew: Callable[[], Awaitable[bool]], lease_s: float) -> AsyncIterator[None]:
+        """Renew a lease every third of its length while the body runs."""
+
+        async def loop() -> None:
+            renewed = True
+            while renewed:
+                await asyncio.sleep(lease_s / 3)
+                renewed = await renew()
+
+        task = asyncio.create_task(loop())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def due_batches(self, tag: str, now: float, limit: int = 100) -> list[BatchRecord]:
         """Batches whose next action (poll, or recovery of a lapsed build) is due."""
@@ -441,12 +468,11 @@ class Accumulator:
 
     async def add_totals(self, pending: Mapping[TotalsKey, Mapping[str, float]]) -> None:
         """Add real-time calls, summed in memory, to their tenants' daily totals (one pipeline for them all)."""
-        # Not a transaction: the queue set and the totals live in different cluster slots.
+        # Not a transaction: tenants' keys live in different cluster slots. Not per queue either: any model
+        # name a caller sends would otherwise become a queue for the loops to walk.
         async with self.redis.pipeline(transaction=False) as pipe:
-            for (upstream, endpoint, model, tenant, day), fields in pending.items():
-                tag = queue_tag(upstream, endpoint, model)
-                key = f"{self.keys.totals_prefix(tag)}{tenant}:{day}"
-                pipe.sadd(self.keys.queues, tag)
+            for (tenant, day), fields in pending.items():
+                key = self.keys.realtime_totals(tenant, day)
                 for name, value in fields.items():
                     if name.endswith(":requests"):
                         pipe.hincrby(key, name, int(value))
@@ -456,10 +482,12 @@ class Accumulator:
             await pipe.execute()
 
     async def totals(self, tenant: str, day: str) -> dict[str, float]:
-        """A tenant's cost totals for one UTC day (`YYYY-MM-DD`), summed over queues."""
+        """A tenant's cost totals for one UTC day (`YYYY-MM-DD`): real-time calls plus every queue's."""
         out: dict[str, float] = {}
-        for tag in await self.queue_tags():
-            row = await self.redis.hgetall(f"{self.keys.totals_prefix(tag)}{tenant}:{day}")
+        keys = [self.keys.realtime_totals(tenant, day)]
+        keys += [f"{self.keys.totals_prefix(tag)}{tenant}:{day}" for tag in await self.queue_tags()]
+        for key in keys:
+            row = await self.redis.hgetall(key)
             for field, value in row.items():
                 out[_s(field)] = out.get(_s(field), 0.0) + float(value)
         return out

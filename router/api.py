@@ -9,6 +9,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
 
 import msgspec
 from litestar import Request, Response, get, post
@@ -16,6 +17,7 @@ from litestar.exceptions import HTTPException
 from litestar.params import FromPath, FromQuery
 from litestar.response import Stream
 from litestar.types import Receive
+from redis.exceptions import RedisError
 
 from router import metrics
 from router.accounting import Lane, Priced
@@ -35,7 +37,7 @@ from router.policy import Decision, Facts, decide
 from router.pricing import Usage
 from router.providers.base import Provider
 from router.replay import sse_chunks
-from router.schema import DeferredCall, RequestView, decode_view, encoder, error_body
+from router.schema import DeferredCall, RequestView, decode_body, decode_view, encoder, error_body
 from router.sse import tap_usage
 
 if TYPE_CHECKING:
@@ -69,7 +71,7 @@ def bearer(request: Request[Any, Any, Any]) -> str | None:
 
 def authenticate(gateway: Gateway, request: Request[Any, Any, Any]) -> str:
     """The caller's tenant, or a 401."""
-    tenant = gateway.settings.tenant_for_key(bearer(request))
+    tenant = gateway.settings.tenant_for_key(bearer(request), gateway.key_index)
     if tenant is None:
         raise AuthenticationFailed()
     return tenant
@@ -77,7 +79,7 @@ def authenticate(gateway: Gateway, request: Request[Any, Any, Any]) -> str:
 
 def error_response(exc: RouterError) -> Response[bytes]:
     """The OpenAI-shaped answer for one of our errors."""
-    headers = {}
+    headers = dict(exc.headers)
     if exc.retry_after is not None:
         headers["retry-after"] = str(max(1, round(exc.retry_after)))
     if isinstance(exc, UpstreamError):
@@ -121,6 +123,12 @@ def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> R
     return Response(error_body(message, type_, None, code), status_code=status, media_type=JSON)
 
 
+def redis_error_handler(_: Request[Any, Any, Any], exc: RedisError) -> Response[bytes]:
+    """The store is unreachable: a 503 the client may retry, not a 500."""
+    log.warning("Redis unavailable: %s", exc)
+    return error_response(ServiceUnavailable("The router's store is unavailable; retry shortly.", retry_after=1.0))
+
+
 def internal_error_handler(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     """Anything unforeseen: log it, answer a clean 500 without a traceback."""
     log.exception("unhandled error", exc_info=exc)
@@ -144,8 +152,9 @@ async def unless_disconnected(request: Request[Any, Any, Any], work: Awaitable[T
         await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
     finally:
         watcher.cancel()
-    if not task.done():
-        task.cancel()
+        if not task.done():  # the client left, or this handler itself was cancelled (shutdown)
+            task.cancel()
+    if task.cancelled():
         raise ClientDisconnected()
     return task.result()
 
@@ -240,9 +249,10 @@ async def respond_deferred(
         return Response(
             encoder.encode(deferred_object(call, result)), status_code=202, headers=headers, media_type=JSON
         )
-    hold = max(
-        1.0, min(gateway.settings.batch.hold_s, call.meta.deadline - time.time() + gateway.settings.batch.margin_s)
-    )
+    # Held until the deadline, plus the guard's margin and the time an escalated call may take upstream.
+    upstream_timeout = gateway.upstreams.config(upstream).timeout_s
+    slack = gateway.settings.batch.margin_s + upstream_timeout
+    hold = max(1.0, min(gateway.settings.batch.hold_s, call.meta.deadline - time.time() + slack))
     if call.meta.stream:
         # Headers (with the call id) go out now; SSE comments keep idle-timeout proxies from cutting the wait.
         headers["cache-control"] = "no-cache"
@@ -250,9 +260,12 @@ async def respond_deferred(
         return Stream(events, status_code=200, headers=headers, media_type="text/event-stream")
     result = await unless_disconnected(request, gateway.deferred.wait(call_id, hold))
     if result is None:
+        # No SDK retry: a retry would queue the same work again; the call id says where its result will be.
+        headers["x-should-retry"] = "false"
         raise UpstreamTimeout(
             f"The deferred call {call_id} has no result yet; fetch it with GET /v1/deferred/{call_id}.",
             code="deferred_pending",
+            headers=headers,
         )
     return result_response(call, result, headers, replay=True)
 
@@ -349,6 +362,9 @@ async def admit(gateway: Gateway, request: Request[Any, Any, Any], endpoint: str
         if gateway.deferred.flex_allowed(gateway.upstreams.config(provider.name), endpoint, view.model):
             # Too soon for a batch, but it can wait minutes: the flex tier costs the batch price, synchronously.
             body, view = with_fields(body, service_tier="flex"), msgspec.structs.replace(view, service_tier="flex")
+            return await respond_realtime(
+                gateway, request, provider, endpoint, body, view, tenant, headers, started, flex_fallback=True
+            )
     return await respond_realtime(gateway, request, provider, endpoint, body, view, tenant, headers, started)
 
 
@@ -362,8 +378,14 @@ async def respond_realtime(
     tenant: str,
     headers: dict[str, str],
     started: float,
+    *,
+    flex_fallback: bool = False,
 ) -> Response[bytes] | Stream:
-    """Forward now; stream SSE through unbuffered; pass upstream errors through; price what comes back."""
+    """Forward now; stream SSE through unbuffered; pass upstream errors through; price what comes back.
+
+    `flex_fallback`: the router chose the flex tier, so a flex 429 may be retried on the standard tier (a
+    caller who asked for flex itself gets the 429, as from the upstream).
+    """
     model = view.model or ""
     stream = bool(view.stream)
     strip_usage = False
@@ -377,7 +399,7 @@ async def respond_realtime(
     forward = forward_realtime(provider, endpoint, body, stream=stream, headers=passed)
     upstream = await unless_disconnected(request, forward)
     lane: Lane = "flex" if view.service_tier == "flex" else "realtime"
-    if lane == "flex" and upstream.status == 429:
+    if flex_fallback and upstream.status == 429:
         # Flex capacity is short ("resource unavailable", not billed): the standard tier keeps the promise.
         body, lane = with_fields(body, service_tier=None), "realtime"
         forward = forward_realtime(provider, endpoint, body, stream=stream, headers=passed)
@@ -390,33 +412,30 @@ async def respond_realtime(
 
         def book(usage: Usage | None) -> None:
             priced = gateway.accounting.price(model, lane, b"", usage) if usage else Priced(None, None)
-            gateway.record_realtime(priced, lane=lane, upstream=provider.name, endpoint=endpoint, model=model,
+            gateway.record_realtime(priced, lane=lane, upstream=provider.name, model=model,
                                     tenant=tenant, outcome="ok")  # fmt: skip
 
         relay = tap_usage(upstream.stream, strip_usage_chunk=strip_usage, on_done=book)
         return Stream(relay, status_code=upstream.status, headers=headers, media_type="text/event-stream")
     if upstream.status >= 400:
         gateway.record_realtime(
-            Priced(None, None), lane=lane, upstream=provider.name, endpoint=endpoint, model=model, tenant=tenant,
+            Priced(None, None), lane=lane, upstream=provider.name, model=model, tenant=tenant,
             outcome="error",
         )  # fmt: skip
-        raise UpstreamError(upstream.status, upstream.body)
+        raise UpstreamError(upstream.status, upstream.body, headers=headers)
     priced = gateway.accounting.price(model, lane, upstream.body)
-    gateway.record_realtime(
-        priced, lane=lane, upstream=provider.name, endpoint=endpoint, model=model, tenant=tenant, outcome="ok"
-    )
+    gateway.record_realtime(priced, lane=lane, upstream=provider.name, model=model, tenant=tenant, outcome="ok")
     if priced.cost is not None:
         set_cost_headers(headers, priced.cost.actual_usd, priced.cost.savings_usd)
     return Response(upstream.body, status_code=upstream.status, headers=headers, media_type=JSON)
 
 
 USAGE_OPTION_ENDPOINTS = frozenset({"/chat/completions", "/completions"})
-_body_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
 def with_fields(body: bytes, **fields: Any) -> bytes:
     """The body with top-level fields set (or removed, for None)."""
-    obj = _body_decoder.decode(body)
+    obj = decode_body(body)
     for name, value in fields.items():
         if value is None:
             obj.pop(name, None)
@@ -427,7 +446,11 @@ def with_fields(body: bytes, **fields: Any) -> bytes:
 
 def with_usage_requested(body: bytes) -> bytes:
     """The body with `stream_options.include_usage` set, so a stream reports what it used."""
-    obj = _body_decoder.decode(body)
+    start = body.find(b"{")
+    if start >= 0 and b'"stream_options"' not in body:
+        # The common case, spliced: decoding and re-encoding a large prompt would cost milliseconds.
+        return body[: start + 1] + b'"stream_options":{"include_usage":true},' + body[start + 1 :]
+    obj = decode_body(body)
     options = obj.get("stream_options")
     obj["stream_options"] = (options if isinstance(options, dict) else {}) | {"include_usage": True}
     return encoder.encode(obj)
@@ -474,7 +497,7 @@ def make_handlers(gateway: Gateway) -> list[Any]:
     async def model(request: Request[Any, Any, Any], model_id: FromPath[str]) -> Response[bytes]:
         authenticate(gateway, request)
         provider = gateway.upstreams.for_model(model_id)
-        upstream = await provider.get(f"/models/{model_id}")
+        upstream = await provider.get(f"/models/{quote(model_id, safe='')}")
         if upstream.status >= 400:
             raise UpstreamError(upstream.status, upstream.body)
         return Response(upstream.body, media_type=JSON)

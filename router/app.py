@@ -14,6 +14,7 @@ import msgspec
 import prometheus_client
 from litestar import Litestar
 from litestar.exceptions import HTTPException
+from redis.exceptions import RedisError
 
 from router import api, metrics, redis_client
 from router.accounting import Accounting, Lane, Priced
@@ -52,6 +53,7 @@ class Gateway:
         if not settings.redis_url:
             raise ConfigError("redis_url", None, "the router needs a Redis URL (the CLI starts a bundled one)")
         self.settings = settings
+        self.key_index = settings.key_index()
         self.upstreams = Upstreams(settings.upstreams, providers)
         self.policies = PolicyStore(Path(settings.policies_dir))
         self.accounting = Accounting(load_pricing(Path(settings.pricing_file)))
@@ -106,12 +108,13 @@ class Gateway:
                 await asyncio.wait_for(self._stop.wait(), timeout=1.0)
 
     def record_realtime(
-        self, priced: Priced, *, lane: Lane, upstream: str, endpoint: str, model: str, tenant: str, outcome: str
+        self, priced: Priced, *, lane: Lane, upstream: str, model: str, tenant: str, outcome: str
     ) -> None:
         """Book a finished real-time call in the metrics now, and in memory for the next Redis totals flush."""
+        if outcome != "ok" and not self.accounting.prices.known(model):
+            model = "other"  # a failed call's model is whatever the caller typed: keep label values bounded
         self.accounting.book(priced, lane=lane, upstream=upstream, model=model, tenant=tenant, outcome=outcome)
-        day = time.strftime("%Y-%m-%d", time.gmtime())
-        fields = self._totals.setdefault((upstream, endpoint, model, tenant, day), {})
+        fields = self._totals.setdefault((tenant, time.strftime("%Y-%m-%d", time.gmtime())), {})
         fields[f"{lane}:requests"] = fields.get(f"{lane}:requests", 0.0) + 1
         if priced.cost is not None:
             for name, value in zip(("cost_usd", "baseline_usd", "savings_usd"), priced.as_tuple() or (), strict=True):
@@ -190,6 +193,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None, *, 
         exception_handlers={
             RouterError: api.router_error_handler,
             api.ClientDisconnected: api.disconnected_handler,
+            RedisError: api.redis_error_handler,
             HTTPException: api.http_error_handler,
             Exception: api.internal_error_handler,
         },

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
@@ -12,6 +11,7 @@ from collections.abc import Mapping
 from router import metrics
 from router.accumulator import Accumulator, BatchRecord, QueueStats
 from router.errors import RouterError
+from router.loops import pace
 from router.providers.base import BatchLine, Provider
 from router.settings import BatchSettings
 
@@ -27,6 +27,10 @@ class Batcher:
         self.providers = providers
         self.settings = settings
         self.owner = "batcher-" + secrets.token_hex(6)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Pace `run_once` until `stop`."""
+        await pace(stop, self.tick(), self.run_once, "batcher")
 
     def tick(self) -> float:
         """Seconds between passes: short enough to honour max_wait closely."""
@@ -93,15 +97,23 @@ class Batcher:
         if not lines:
             await self.acc.finish_batch(stats.tag, bid, "empty", None)
             return False
+        lease = self.settings.lease_s
         try:
-            provider_id = await provider.submit_batch(bid, stats.endpoint, stats.model, lines)
+            async with self.acc.keeping(lambda: self.acc.renew_batch(stats.tag, bid, self.owner, lease), lease):
+                provider_id = await provider.submit_batch(bid, stats.endpoint, stats.model, lines)
         except RouterError as exc:
             # The upload or create may or may not have happened: recovery looks the batch up before resubmitting.
             log.warning("submitting batch %s to %s failed, will recover: %s", bid, stats.upstream, exc)
             return False
         next_poll = time.time() + self.settings.poll_interval_s
         if not await self.acc.mark_submitted(stats.tag, bid, self.owner, provider_id, next_poll):
-            log.warning("batch %s was taken over while submitting; %s left to its new owner", bid, provider_id)
+            # Another replica adopted the batch (this one stalled past its lease) and owns its calls now:
+            # cancel ours so the provider does not run and bill the same calls twice.
+            log.warning("batch %s was taken over while submitting; cancelling the orphan %s", bid, provider_id)
+            try:
+                await provider.cancel(provider_id)
+            except RouterError as exc:
+                log.error("could not cancel orphan batch %s: %s", provider_id, exc)
             return False
         metrics.batches_submitted.labels(stats.upstream).inc()
         metrics.batch_lines.labels(stats.upstream).inc(len(lines))
@@ -129,13 +141,3 @@ class Batcher:
             await self.acc.finish_batch(record.tag, record.id, "unsubmitted", None)
             return 0
         return int(await self.submit(stats, record.id, ids))
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Pace `run_once` until `stop`; errors are logged, never fatal."""
-        while not stop.is_set():
-            try:
-                await self.run_once()
-            except Exception:
-                log.exception("batcher pass failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.tick())

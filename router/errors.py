@@ -4,15 +4,15 @@ RouterError                     500 server_error
  ├── BadRequest                 400 invalid_request_error
  │    └── InvalidDeadline       400 invalid_request_error, param X-Deadline
  ├── AuthenticationFailed       401 invalid_request_error, code invalid_api_key
- ├── PermissionDenied           403 permission_error
  ├── NotFound                   404 invalid_request_error
- ├── PayloadTooLarge            413 invalid_request_error
- ├── RateLimited                429 rate_limit_error
  ├── UpstreamError              the upstream's status and body, passed through
  ├── UpstreamUnavailable        502 upstream_error
  │    └── UpstreamTimeout       504 upstream_error
  └── ServiceUnavailable         503 server_error (Redis down, shutting down)
 ConfigError                     not an HTTP error: a bad config, policy or pricing file
+
+Litestar's own rejections (unknown route 404, wrong method 405, body too large 413) are shaped by
+`api.http_error_handler`.
 """
 
 from __future__ import annotations
@@ -33,12 +33,14 @@ class RouterError(Exception):
         param: str | None = None,
         code: str | None = None,
         retry_after: float | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code
         self.retry_after = retry_after
+        self.headers = headers or {}
 
 
 class BadRequest(RouterError):
@@ -65,13 +67,6 @@ class AuthenticationFailed(RouterError):
         super().__init__(message, code="invalid_api_key")
 
 
-class PermissionDenied(RouterError):
-    """The key is known but may not do this."""
-
-    status = 403
-    type = "permission_error"
-
-
 class NotFound(RouterError):
     """Unknown route, model or deferred call."""
 
@@ -79,27 +74,15 @@ class NotFound(RouterError):
     type = "invalid_request_error"
 
 
-class PayloadTooLarge(RouterError):
-    """The body exceeds the configured limit."""
-
-    status = 413
-    type = "invalid_request_error"
-
-
-class RateLimited(RouterError):
-    """The router itself refuses more work for now."""
-
-    status = 429
-    type = "rate_limit_error"
-
-
 class UpstreamError(RouterError):
     """An upstream answered with an error; its status and body go to the caller unchanged in meaning."""
 
     type = "upstream_error"
 
-    def __init__(self, status: int, body: bytes, *, retry_after: float | None = None) -> None:
-        super().__init__(f"upstream answered {status}", retry_after=retry_after)
+    def __init__(
+        self, status: int, body: bytes, *, retry_after: float | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(f"upstream answered {status}", retry_after=retry_after, headers=headers)
         self.upstream_status = status
         self.body = body
 

@@ -5,19 +5,23 @@ queue (its calls, results and batches) lives in one slot and each atomic step (o
 A call id starts with its queue's tag, so every key of a call derives from the id alone.
 
 Owners and lifetimes:
-- `P:queues` (set of queue tags): added at admission, never pruned (bounded by routable models).
+- `P:queues` (set of queue tags): added at deferred admission, never pruned (bounded by the models callers
+  defer; an unknown model fails at the provider and stays a small, idle queue).
 - `P:{q}:queue` (hash: upstream, endpoint, model): written at admission, refreshed with the queue.
 - `P:{q}:call:<id>` (hash): created at admission; gets the result TTL when the call ends.
 - `P:{q}:result:<id>` (hash: status, body, lane, costs): result TTL.
 - `P:{q}:pending` / `P:{q}:arrivals` (zsets of queued call ids by deadline / by arrival) and `P:{q}:bytes`:
-  the batcher's view of what waits; entries leave on claim, escalation or expiry.
+  the batcher's view of what waits; entries leave on claim or escalation (and are dropped if their call
+  hash expired).
 - `P:{q}:inflight` (zset of submitted call ids by deadline): the guard's view; entries leave with a result.
 - `P:{q}:escalating` (zset of call ids by lease expiry): calls being answered in real time.
 - `P:{q}:batches` (zset of batch ids by next action time) and `P:{q}:batch:<bid>` (hash) +
   `P:{q}:batch:<bid>:calls` (list): a batch's record; both get the result TTL once ingested.
 - `P:{q}:turnaround` (list, capped): recent batch turnarounds in seconds.
-- `P:{q}:totals:<tenant>:<day>` (hash): per-tenant, per-day cost totals, kept 400 days.
-- `P:idem:<tenant>:<sha256(key)>`: Idempotency-Key → call id, idempotency TTL.
+- `P:{q}:totals:<tenant>:<day>` (hash): per-tenant, per-day cost totals of deferred calls, kept 400 days.
+- `P:totals:<tenant>:<day>` (hash): the same for real-time calls (written once a second), kept 400 days.
+- `P:{q}:idem:<sha256(tenant, key)>`: Idempotency-Key → call id, idempotency TTL (under the queue's tag: a
+  retry is the same request, so the same queue, and admission stays one atomic step).
 - `P:{q}:lease:flush`, `P:{q}:lease:batch:<bid>`: short leases (SET NX PX) so one replica works a thing.
 - Pub/sub channel `P:done`: ids of calls that just got a result.
 """
@@ -98,9 +102,12 @@ class Keys:
     def totals_prefix(self, tag: str) -> str:
         return f"{self.q(tag)}:totals:"
 
-    def idempotency(self, tenant: str, key: str) -> str:
-        digest = hashlib.sha256(key.encode()).hexdigest()[:32]
-        return f"{self.prefix}:idem:{tenant}:{digest}"
+    def realtime_totals(self, tenant: str, day: str) -> str:
+        return f"{self.prefix}:totals:{tenant}:{day}"
+
+    def idempotency(self, tag: str, tenant: str, key: str) -> str:
+        digest = hashlib.sha256(f"{tenant}\n{key}".encode()).hexdigest()[:32]
+        return f"{self.q(tag)}:idem:{digest}"
 
     def flush_lease(self, tag: str) -> str:
         return f"{self.q(tag)}:lease:flush"

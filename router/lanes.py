@@ -7,7 +7,6 @@ import fnmatch
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import msgspec
 
@@ -16,7 +15,7 @@ from router.accumulator import Accumulator, CallMeta, Result, Waiters
 from router.errors import NotFound
 from router.keys import queue_tag
 from router.providers.base import Provider, UpstreamResponse
-from router.schema import RequestView
+from router.schema import RequestView, decode_body
 from router.settings import Settings, Upstream
 
 ENDPOINTS = ("/chat/completions", "/completions", "/embeddings", "/responses")
@@ -89,17 +88,17 @@ async def forward_realtime(
     return response
 
 
-_body_decoder = msgspec.json.Decoder(dict[str, Any])
 _body_encoder = msgspec.json.Encoder()
 REPLAYABLE = frozenset({"/chat/completions", "/completions"})
 FLEX_ENDPOINTS = frozenset({"/chat/completions", "/responses"})
 
 
 def batch_body(body: bytes, view: RequestView) -> bytes:
-    """The body as a batch line may carry it: without `stream`/`stream_options` (batch APIs refuse them)."""
-    if view.stream is None and view.stream_options is None:
+    """The body as a batch line may carry it: valid as a whole (one bad line must not fail a whole batch)
+    and without `stream`/`stream_options` (batch APIs refuse them)."""
+    obj = decode_body(body)
+    if "stream" not in obj and "stream_options" not in obj:
         return body
-    obj = _body_decoder.decode(body)
     obj.pop("stream", None)
     obj.pop("stream_options", None)
     return _body_encoder.encode(obj)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 import random
 import secrets
@@ -14,6 +14,7 @@ from router import metrics
 from router.accounting import Accounting, Priced
 from router.accumulator import Accumulator, BatchRecord
 from router.keys import tag_of
+from router.loops import pace
 from router.providers.base import BatchStatus, Provider
 from router.settings import BatchSettings
 
@@ -38,6 +39,10 @@ class Poller:
         self.accounting = accounting
         self.owner = "poller-" + secrets.token_hex(6)
 
+    async def run(self, stop: asyncio.Event) -> None:
+        """Pace `run_once` until `stop`."""
+        await pace(stop, max(0.05, min(1.0, self.settings.poll_interval_s / 2)), self.run_once, "poller")
+
     def next_poll(self, polls: int) -> float:
         """Backoff with jitter: the configured interval, growing by half per poll, capped."""
         base = min(MAX_POLL_INTERVAL_S, self.settings.poll_interval_s * 1.5 ** min(polls, 20))
@@ -56,8 +61,10 @@ class Poller:
                 lease = self.acc.keys.batch_lease(tag, record.id)
                 if not await self.acc.lease(lease, self.owner, self.settings.lease_s):
                     continue
+                renew = functools.partial(self.acc.renew, lease, self.owner, self.settings.lease_s)
                 try:
-                    ingested += await self.check(record, stats.upstream, stats.model)
+                    async with self.acc.keeping(renew, self.settings.lease_s):
+                        ingested += await self.check(record, stats.upstream, stats.model)
                 except Exception as exc:
                     log.warning("polling batch %s failed, will retry: %s", record.id, exc)
                     await self.acc.reschedule(tag, record.id, self.next_poll(record.polls))
@@ -132,14 +139,3 @@ class Poller:
             await self.acc.requeue(call_id, bid)
         else:
             await self.acc.expedite(call_id)
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Pace `run_once` until `stop`; errors are logged, never fatal."""
-        tick = max(0.05, min(1.0, self.settings.poll_interval_s / 2))
-        while not stop.is_set():
-            try:
-                await self.run_once()
-            except Exception:
-                log.exception("poller pass failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=tick)

@@ -25,13 +25,14 @@ def _text_choice(index: int, text: str, finish_reason: str | None) -> dict[str, 
     return {"index": index, "text": text, "finish_reason": finish_reason, "logprobs": None}
 
 
+def _delta(index: int, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+    return {"index": index, "delta": delta, "finish_reason": finish_reason}
+
+
 def sse_chunks(endpoint: str, body: bytes, *, include_usage: bool) -> Iterator[bytes]:
     """The `data:` events for a finished `/chat/completions` or `/completions` body, ending with `[DONE]`."""
     done = _decoder.decode(body)
-    base: dict[str, Any] = {
-        k: done[k] for k in ("id", "created", "model", "system_fingerprint", "service_tier") if k in done
-    }
-    usage = done.get("usage")
+    base: dict[str, Any] = {k: done[k] for k in _KEEP if k in done}
     if endpoint == "/chat/completions":
         base["object"] = "chat.completion.chunk"
         for choice in done.get("choices", []):
@@ -39,33 +40,20 @@ def sse_chunks(endpoint: str, body: bytes, *, include_usage: bool) -> Iterator[b
             first: dict[str, Any] = {"role": message.get("role", "assistant"), "content": ""}
             if message.get("refusal") is not None:
                 first["refusal"] = message["refusal"]
-            yield _event(base | {"choices": [{"index": index, "delta": first, "finish_reason": None}]})
-            for piece in _pieces(message.get("content") or "") if message.get("content") else []:
-                yield _event(base | {"choices": [{"index": index, "delta": {"content": piece}, "finish_reason": None}]})
+            yield _event(base | {"choices": [_delta(index, first)]})
+            for piece in _pieces(message["content"]) if message.get("content") else []:
+                yield _event(base | {"choices": [_delta(index, {"content": piece})]})
             if message.get("tool_calls"):
                 calls = [dict(call, index=i) for i, call in enumerate(message["tool_calls"])]
-                yield _event(
-                    base | {"choices": [{"index": index, "delta": {"tool_calls": calls}, "finish_reason": None}]}
-                )
-            yield _event(
-                base | {"choices": [{"index": index, "delta": {}, "finish_reason": choice.get("finish_reason")}]}
-            )
+                yield _event(base | {"choices": [_delta(index, {"tool_calls": calls})]})
+            yield _event(base | {"choices": [_delta(index, {}, choice.get("finish_reason"))]})
     else:
         base["object"] = "text_completion"
         for choice in done.get("choices", []):
             index = choice.get("index", 0)
             for piece in _pieces(choice.get("text") or ""):
-                yield _event(
-                    base | {"choices": [{"index": index, "text": piece, "finish_reason": None, "logprobs": None}]}
-                )
-            yield _event(
-                base
-                | {
-                    "choices": [
-                        {"index": index, "text": "", "finish_reason": choice.get("finish_reason"), "logprobs": None}
-                    ]
-                }
-            )
-    if include_usage and usage is not None:
-        yield _event(base | {"choices": [], "usage": usage})
+                yield _event(base | {"choices": [_text_choice(index, piece, None)]})
+            yield _event(base | {"choices": [_text_choice(index, "", choice.get("finish_reason"))]})
+    if include_usage and done.get("usage") is not None:
+        yield _event(base | {"choices": [], "usage": done["usage"]})
     yield b"data: [DONE]\n\n"

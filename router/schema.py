@@ -76,6 +76,17 @@ def decode_view(body: bytes) -> RequestView:
         ) from exc
 
 
+_body_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def decode_body(body: bytes) -> dict[str, Any]:
+    """The whole body as a mapping, or a 400 (the lenient view skips fields it does not route on)."""
+    try:
+        return _body_decoder.decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"Invalid request body: {exc}") from exc
+
+
 def _safe_decode(body: bytes) -> Any:
     try:
         return _any_decoder.decode(body)

@@ -6,6 +6,29 @@ keys, so every script stays inside one Redis Cluster slot.
 
 from __future__ import annotations
 
+# Admit a call to its queue, or return the live call an Idempotency-Key already maps to.
+# Race closed: two requests with one key (a client retry racing its original) never queue two calls; the
+# key lives under the queue's tag (a retry is the same request, so the same queue), so this is one step.
+ADMIT = """
+local idem, call, pending, arrivals, bytes, queue = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local id, meta, body, deadline, received_at, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local idem_ttl, upstream, endpoint, model = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local has_idem, call_prefix = ARGV[11], ARGV[12]
+if has_idem == '1' then
+  local existing = redis.call('GET', idem)
+  if existing and redis.call('EXISTS', call_prefix .. existing) == 1 then return existing end
+end
+redis.call('HSET', call, 'meta', meta, 'body', body, 'state', 'queued', 'batch', '', 'deadline', deadline,
+  'received_at', received_at, 'attempts', 0)
+redis.call('EXPIRE', call, ttl)
+redis.call('ZADD', pending, deadline, id)
+redis.call('ZADD', arrivals, received_at, id)
+redis.call('INCRBY', bytes, string.len(body))
+redis.call('HSET', queue, 'upstream', upstream, 'endpoint', endpoint, 'model', model)
+if has_idem == '1' then redis.call('SET', idem, id, 'EX', idem_ttl) end
+return id
+"""
+
 # Claim the earliest-deadline queued calls into a new `building` batch.
 # Race closed: two replicas flushing one queue at once never put a call into two batches, because moving a
 # call from `pending` to a batch list is one step.
@@ -50,6 +73,30 @@ redis.call('ZADD', batches, next_poll, bid)
 return 1
 """
 
+# Keep a lease while the work it guards is still running (an upload or a real-time call can outlast it).
+# Race closed: without renewal a slow owner loses its batch or escalation to a second replica that then
+# does the same work again; the owner check makes a renewal by a replica that already lost it a no-op.
+RENEW_BATCH = """
+local batch, batches = KEYS[1], KEYS[2]
+local bid, owner, expiry = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('HGET', batch, 'state') ~= 'building' or redis.call('HGET', batch, 'owner') ~= owner then return 0 end
+redis.call('ZADD', batches, 'XX', expiry, bid)
+return 1
+"""
+
+RENEW_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+RENEW_ESCALATION = """
+local call, escalating = KEYS[1], KEYS[2]
+local id, expiry = ARGV[1], ARGV[2]
+if redis.call('HGET', call, 'state') ~= 'escalated' then return 0 end
+redis.call('ZADD', escalating, 'XX', expiry, id)
+return 1
+"""
+
 # Take over a `building` batch whose lease lapsed (its builder crashed between claim and record).
 TAKE_OVER = """
 local batch, batches = KEYS[1], KEYS[2]
@@ -63,7 +110,8 @@ return 1
 """
 
 # Store a call's final result exactly once, with its cost added to the tenant's daily totals.
-# Returns 1 when stored, 0 when the call already ended or moved on (a late batch result), -1 when unknown.
+# Returns 1 when stored, 2 when this batch's result was already stored (re-ingest), 0 when the call ended
+# another way or moved on (a late batch result), -1 when unknown.
 # Race closed: a batch result and a real-time escalation of the same call can both finish; only the first
 # to arrive stores and is billed in the totals, the other is counted as waste.
 STORE_RESULT = """
@@ -72,7 +120,14 @@ local id, from_batch, status, body, lane, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[
 local cost, baseline, savings, now, tenant_ttl = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
 local state = redis.call('HGET', call, 'state')
 if not state then return -1 end
-if state == 'done' then return 0 end
+if state == 'done' then
+  -- 2: this very result was stored before (the batch is being ingested again after a crash), not a late one.
+  local same_batch = from_batch ~= '' and redis.call('HGET', call, 'batch') == from_batch
+  if same_batch and redis.call('HGET', call, 'lane') == lane then
+    return 2
+  end
+  return 0
+end
 if from_batch ~= '' then
   if state ~= 'submitted' or redis.call('HGET', call, 'batch') ~= from_batch then return 0 end
 elseif state ~= 'escalated' then

@@ -97,17 +97,17 @@ class Settings(_Strict, kw_only=True):
     limits: Limits = msgspec.field(default_factory=Limits)
     batch: BatchSettings = msgspec.field(default_factory=BatchSettings)
 
-    def tenant_for_key(self, key: str | None) -> str | None:
+    def key_index(self) -> dict[str, str]:
+        """SHA-256 hex digest of each proxy key → its tenant (build once, look up per request)."""
+        return {entry.sha256: entry.tenant for entry in self.keys}
+
+    def tenant_for_key(self, key: str | None, index: dict[str, str] | None = None) -> str | None:
         """The tenant a bearer key speaks for, or None when it is unknown."""
         if self.auth == "none":
             return "default"
         if not key:
             return None
-        digest = hashlib.sha256(key.encode()).hexdigest()
-        for entry in self.keys:
-            if entry.sha256 == digest:
-                return entry.tenant
-        return None
+        return (index if index is not None else self.key_index()).get(hashlib.sha256(key.encode()).hexdigest())
 
 
 def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable
 
 import msgspec
 
 from router.pricing import Usage, usage_from_body
 
+_USAGE = re.compile(rb'"usage"\s*:\s*\{')  # a usage object; chunks carrying `"usage": null` need no parsing
 _MAX_PENDING = 1 << 20  # an event larger than this is relayed as is, unparsed
 
 
 class _ResponseEvent(msgspec.Struct):
-    response: msgspec.Raw | None = None
+    # msgspec cannot decode `Raw | None`; an empty Raw stands for "absent".
+    response: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b""))
 
 
 _response_event = msgspec.json.Decoder(_ResponseEvent)
@@ -43,14 +46,14 @@ async def tap_usage(
     usage: Usage | None = None
     try:
         async for chunk in stream:
-            if b'"usage"' not in chunk and not pending:
-                yield chunk  # the common case: no parsing, no copy
+            if not pending and chunk.endswith(b"\n\n") and not _USAGE.search(chunk):
+                yield chunk  # the common case: whole events, no usage object in them; no parsing, no copy
                 continue
             pending += chunk
             out = []
             while (end := pending.find(b"\n\n")) >= 0:
                 event, pending = pending[: end + 2], pending[end + 2 :]
-                found, usage_only = _event_usage(event) if b'"usage"' in event else (None, False)
+                found, usage_only = _event_usage(event) if _USAGE.search(event) else (None, False)
                 usage = found or usage
                 if not (usage_only and strip_usage_chunk):
                     out.append(event)

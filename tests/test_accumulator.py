@@ -99,7 +99,7 @@ async def test_a_result_is_stored_and_billed_once(acc: Accumulator) -> None:
     assert call is not None and call.state == "submitted"
     args = {"from_batch": bid, "status": 200, "body": b"{}", "lane": "batch", "cost": (1.0, 2.0, 1.0)}
     assert await acc.store_result(call_id, call.meta, **args) == 1  # type: ignore[arg-type]
-    assert await acc.store_result(call_id, call.meta, **args) == 0  # type: ignore[arg-type]
+    assert await acc.store_result(call_id, call.meta, **args) == 2  # type: ignore[arg-type]  # re-ingest: not again
     day = time.strftime("%Y-%m-%d", time.gmtime())
     totals = await acc.totals("t", day)
     assert totals["batch:requests"] == 1 and totals["batch:savings_usd"] == 1.0
@@ -183,3 +183,46 @@ async def _drain(acc: Accumulator, provider: OpenAIProvider, ids: list[str]) -> 
             return
         await asyncio.sleep(0.1)
     raise AssertionError("results did not arrive")
+
+
+def test_every_lua_script_compiles(redis_url: str) -> None:
+    import redis as sync_redis
+
+    from router import scripts
+
+    with sync_redis.Redis.from_url(redis_url) as client:
+        for name in dir(scripts):
+            if name.isupper():
+                assert client.script_load(getattr(scripts, name)), name
+
+
+class SlowProvider(OpenAIProvider):
+    """An upload that takes longer than the batcher's lease."""
+
+    async def submit_batch(self, batch_id: str, endpoint: str, model: str, lines: list[BatchLine]) -> str:  # type: ignore[override]
+        await asyncio.sleep(1.0)
+        return await super().submit_batch(batch_id, endpoint, model, lines)
+
+
+async def test_a_slow_upload_keeps_its_lease_and_is_not_submitted_twice(acc: Accumulator, sim: Sim) -> None:
+    await admit_many(acc, 3)
+    slow = SlowProvider(Upstream(name="openai", base_url=sim.v1), "sk-test")
+    fast = OpenAIProvider(Upstream(name="openai", base_url=sim.v1), "sk-test")
+    short = msgspec.structs.replace(SETTINGS, lease_s=0.3)
+    try:
+        first = Batcher(acc, {"openai": slow}, short)
+        second = Batcher(acc, {"openai": fast}, short)
+
+        async def keep_recovering() -> None:
+            for _ in range(12):  # a second replica passing every 0.1 s while the first one uploads
+                await second.run_once()
+                await asyncio.sleep(0.1)
+
+        submitted, _ = await asyncio.gather(first.run_once(force=True), keep_recovering())
+    finally:
+        await slow.aclose()
+        await fast.aclose()
+    assert submitted == 1
+    stats = sim.stats()
+    assert stats["batches_created"] == 1
+    assert stats["max_submissions_per_custom_id"] == 1
