@@ -239,10 +239,10 @@ async def respond_deferred(
     )
     headers["x-router-request-id"] = call_id
     headers["x-router-lane"] = "batch"
-    headers["x-router-deadline"] = format_deadline(decision.deadline)
     call = await gateway.deferred.acc.get_call(call_id)
     if call is None:
         raise ServiceUnavailable("The deferred call could not be stored; try again.")
+    headers["x-router-deadline"] = format_deadline(call.meta.deadline)  # a re-attached retry keeps the original
     if prefers_async(request):
         headers["location"] = f"/v1/deferred/{call_id}"
         result = await gateway.deferred.acc.get_result(call_id)
@@ -396,32 +396,42 @@ async def respond_realtime(
     ):
         body, strip_usage = with_usage_requested(body), True  # priced from the usage chunk, hidden again below
     passed = gateway.upstreams.passed_headers(provider.name, request.headers)
-    forward = forward_realtime(provider, endpoint, body, stream=stream, headers=passed)
-    upstream = await unless_disconnected(request, forward)
     lane: Lane = "flex" if view.service_tier == "flex" else "realtime"
-    if flex_fallback and upstream.status == 429:
-        # Flex capacity is short ("resource unavailable", not billed): the standard tier keeps the promise.
-        body, lane = with_fields(body, service_tier=None), "realtime"
-        forward = forward_realtime(provider, endpoint, body, stream=stream, headers=passed)
-        upstream = await unless_disconnected(request, forward)
+
+    def count(outcome: str) -> None:
+        gateway.record_realtime(Priced(None, None), lane=lane, upstream=provider.name, model=model, tenant=tenant,
+                                outcome=outcome)  # fmt: skip
+
+    try:
+        upstream = await unless_disconnected(
+            request, forward_realtime(provider, endpoint, body, stream=stream, headers=passed)
+        )
+        if flex_fallback and upstream.status == 429:
+            # Flex capacity is short ("resource unavailable", not billed): the standard tier keeps the promise.
+            body, lane = with_fields(body, service_tier=None), "realtime"
+            forward = forward_realtime(provider, endpoint, body, stream=stream, headers=passed)
+            upstream = await unless_disconnected(request, forward)
+    except ClientDisconnected:
+        count("cancelled")
+        raise
+    except RouterError as exc:
+        count("timeout" if isinstance(exc, UpstreamTimeout) else "unavailable")
+        raise
     headers.update(upstream.headers)
     headers["x-router-lane"] = lane
     metrics.proxy_overhead.observe(max(0.0, time.perf_counter() - started - upstream.elapsed))
     if upstream.stream is not None:
         headers["cache-control"] = "no-cache"
 
-        def book(usage: Usage | None) -> None:
+        def book(usage: Usage | None, completed: bool) -> None:
             priced = gateway.accounting.price(model, lane, b"", usage) if usage else Priced(None, None)
-            gateway.record_realtime(priced, lane=lane, upstream=provider.name, model=model,
-                                    tenant=tenant, outcome="ok")  # fmt: skip
+            gateway.record_realtime(priced, lane=lane, upstream=provider.name, model=model, tenant=tenant,
+                                    outcome="ok" if completed else "cancelled")  # fmt: skip
 
         relay = tap_usage(upstream.stream, strip_usage_chunk=strip_usage, on_done=book)
         return Stream(relay, status_code=upstream.status, headers=headers, media_type="text/event-stream")
     if upstream.status >= 400:
-        gateway.record_realtime(
-            Priced(None, None), lane=lane, upstream=provider.name, model=model, tenant=tenant,
-            outcome="error",
-        )  # fmt: skip
+        count("error")
         raise UpstreamError(upstream.status, upstream.body, headers=headers)
     priced = gateway.accounting.price(model, lane, upstream.body)
     gateway.record_realtime(priced, lane=lane, upstream=provider.name, model=model, tenant=tenant, outcome="ok")

@@ -153,7 +153,12 @@ class Gateway:
                 continue
             if answer.status != 200:
                 continue
-            for item in _models_decoder.decode(answer.body).get("data", []):
+            try:
+                items = _models_decoder.decode(answer.body).get("data", [])
+            except msgspec.DecodeError:
+                log.warning("upstream %s answered /models with something that is not a model list", cfg.name)
+                continue
+            for item in items if isinstance(items, list) else []:
                 model_id = item.get("id") if isinstance(item, dict) else None
                 if isinstance(model_id, str) and self.upstreams.for_model_or_none(model_id) is provider:
                     data.append(item)

@@ -39,11 +39,12 @@ def _event_usage(event: bytes) -> tuple[Usage | None, bool]:
 
 
 async def tap_usage(
-    stream: AsyncIterator[bytes], *, strip_usage_chunk: bool, on_done: Callable[[Usage | None], None]
+    stream: AsyncIterator[bytes], *, strip_usage_chunk: bool, on_done: Callable[[Usage | None, bool], None]
 ) -> AsyncIterator[bytes]:
-    """Relay `stream` chunk by chunk; report the usage it carried when it ends (also on disconnect)."""
+    """Relay `stream` chunk by chunk; report the usage it carried, and whether it ran to its end, when it stops."""
     pending = b""
     usage: Usage | None = None
+    completed = False
     try:
         async for chunk in stream:
             if not pending and chunk.endswith(b"\n\n") and not _USAGE.search(chunk):
@@ -64,5 +65,6 @@ async def tap_usage(
                 yield b"".join(out)
         if pending:
             yield pending
+        completed = True
     finally:
-        on_done(usage)
+        on_done(usage, completed)

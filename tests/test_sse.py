@@ -31,7 +31,12 @@ async def _relay(chunks: list[bytes], strip: bool) -> tuple[bytes, list[Usage | 
             yield chunk
 
     seen: list[Usage | None] = []
-    out = b"".join([c async for c in tap_usage(source(), strip_usage_chunk=strip, on_done=seen.append)])
+
+    def done(usage: Usage | None, completed: bool) -> None:
+        assert completed
+        seen.append(usage)
+
+    out = b"".join([c async for c in tap_usage(source(), strip_usage_chunk=strip, on_done=done)])
     return out, seen
 
 
