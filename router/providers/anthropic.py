@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import random
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
@@ -12,11 +10,10 @@ from typing import Any, TypeVar
 import httpx
 import msgspec
 
-from router.errors import BadRequest, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from router.errors import BadRequest, UpstreamError, UpstreamUnavailable
 from router.providers import anthropic_translate as tr
 from router.providers.base import BatchLine, BatchState, BatchStatus, LineResult, UpstreamResponse
-from router.providers.openai import MAX_RETRY_AFTER_S, RETRY_STATUSES, retry_after
-from router.providers.transport import is_timeout, make_client, never_sent
+from router.providers.transport import RETRY_STATUSES, make_client, retry_after, send_retrying, translate_error
 from router.schema import error_body
 from router.settings import Upstream
 
@@ -74,10 +71,6 @@ _model_decoder = msgspec.json.Decoder(_Model)
 _models_decoder = msgspec.json.Decoder(_ModelList)
 
 
-def _backoff(attempt: int) -> float:
-    return min(8.0, 0.25 * 2.0**attempt) * (0.5 + random.random() / 2)
-
-
 def _out_model(model: _Model) -> _OutModel:
     created = int(model.created_at.timestamp()) if model.created_at else model.created or 0
     return _OutModel(id=model.id, created=created)
@@ -107,9 +100,7 @@ class AnthropicProvider:
             ) from exc
 
     def _translate(self, exc: httpx.HTTPError) -> UpstreamUnavailable:
-        if is_timeout(exc):
-            return UpstreamTimeout(f"The upstream '{self.name}' did not answer in time.", code="upstream_timeout")
-        return UpstreamUnavailable(f"The upstream '{self.name}' could not be reached.", code="upstream_unavailable")
+        return translate_error(self.name, exc)
 
     async def forward(
         self, endpoint: str, body: bytes, *, stream: bool, headers: Mapping[str, str] | None = None
@@ -124,35 +115,16 @@ class AnthropicProvider:
         params = tr.to_params(req) | ({"stream": True} if stream else {})
         content = _encoder.encode(params)
         sent = dict(headers or {}) | _JSON
-        attempt = 0
-        while True:
-            request = self.client.build_request("POST", f"{self.v1}/messages", content=content, headers=sent)
-            try:
-                response = await self.client.send(request, stream=True)
-            except httpx.HTTPError as exc:
-                if never_sent(exc) and attempt < self.upstream.max_retries:
-                    await asyncio.sleep(_backoff(attempt))
-                    attempt += 1
-                    continue
-                raise self._translate(exc) from exc
-            if response.status_code in RETRY and attempt < self.upstream.max_retries:
-                wait = retry_after(response.headers)
-                if wait is None or wait <= MAX_RETRY_AFTER_S:
-                    await response.aclose()
-                    await asyncio.sleep(_backoff(attempt) if wait is None else wait)
-                    attempt += 1
-                    continue
-            if stream and response.status_code == 200:
-                translator = tr.StreamTranslator(
-                    model=req.model, created=int(time.time()), include_usage=req.include_usage
-                )
-                return UpstreamResponse(
-                    status=200,
-                    headers=self._headers(response, "text/event-stream"),
-                    stream=self._relay(response, translator),
-                    close=response.aclose,
-                )
-            return await self._answer(response)
+        response = await send_retrying(self.client, self.upstream, f"{self.v1}/messages", content, sent, RETRY)
+        if stream and response.status_code == 200:
+            translator = tr.StreamTranslator(model=req.model, created=int(time.time()), include_usage=req.include_usage)
+            return UpstreamResponse(
+                status=200,
+                headers=self._headers(response, "text/event-stream"),
+                stream=self._relay(response, translator),
+                close=response.aclose,
+            )
+        return await self._answer(response)
 
     def _headers(self, response: httpx.Response, content_type: str) -> list[tuple[str, str]]:
         out = [("content-type", content_type)]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import random
 import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -11,14 +9,12 @@ from typing import Any, TypeVar
 import httpx
 import msgspec
 
-from router.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from router.errors import UpstreamError, UpstreamUnavailable
 from router.providers.base import BatchLine, BatchStatus, LineResult, UpstreamResponse
-from router.providers.transport import is_timeout, make_client, never_sent
+from router.providers.transport import make_client, retry_after, send_retrying, translate_error
 from router.schema import error_body
 from router.settings import Upstream
 
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-MAX_RETRY_AFTER_S = 20.0
 PASS_HEADERS = ("content-type", "x-request-id", "openai-processing-ms", "openai-version", "retry-after")
 METADATA_KEY = "hybrid_router_batch"
 _SPOOL_BYTES = 8 * 1024 * 1024
@@ -88,26 +84,6 @@ def _decode(decoder: msgspec.json.Decoder[T], raw: bytes | str, upstream: str) -
         raise UpstreamUnavailable(f"The upstream '{upstream}' sent an answer that could not be read: {exc}") from exc
 
 
-def retry_after(headers: httpx.Headers) -> float | None:
-    """Seconds from a `Retry-After` (or OpenAI's `retry-after-ms`) header, if present and numeric."""
-    if ms := headers.get("retry-after-ms"):
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
-    if value := headers.get("retry-after"):
-        try:
-            seconds: float = max(0.0, float(value))
-            return seconds
-        except ValueError:
-            return None
-    return None
-
-
-def _backoff(attempt: int) -> float:
-    return min(8.0, 0.25 * 2.0**attempt) * (0.5 + random.random() / 2)
-
-
 def pass_headers(response: httpx.Response) -> list[tuple[str, str]]:
     """The upstream headers worth handing to the caller."""
     return [(name, value) for name in PASS_HEADERS if (value := response.headers.get(name)) is not None]
@@ -128,26 +104,9 @@ class OpenAIProvider:
         self, endpoint: str, body: bytes, *, stream: bool, headers: Mapping[str, str] | None = None
     ) -> UpstreamResponse:
         """POST `body` to `endpoint`; retry connect failures and 429/5xx before any byte went back."""
-        attempt = 0
         sent = {"content-type": "application/json"} | dict(headers or {})
-        while True:
-            request = self.client.build_request("POST", endpoint, content=body, headers=sent)
-            try:
-                response = await self.client.send(request, stream=True)
-            except httpx.HTTPError as exc:
-                if never_sent(exc) and attempt < self.upstream.max_retries:
-                    await asyncio.sleep(_backoff(attempt))
-                    attempt += 1
-                    continue
-                raise self._translate(exc) from exc
-            if response.status_code in RETRY_STATUSES and attempt < self.upstream.max_retries:
-                wait = retry_after(response.headers)
-                if wait is None or wait <= MAX_RETRY_AFTER_S:
-                    await response.aclose()
-                    await asyncio.sleep(_backoff(attempt) if wait is None else wait)
-                    attempt += 1
-                    continue
-            return await self._wrap(response, stream=stream and response.status_code == 200)
+        response = await send_retrying(self.client, self.upstream, endpoint, body, sent)
+        return await self._wrap(response, stream=stream and response.status_code == 200)
 
     async def _wrap(self, response: httpx.Response, *, stream: bool) -> UpstreamResponse:
         headers = pass_headers(response)
@@ -176,9 +135,7 @@ class OpenAIProvider:
             await response.aclose()
 
     def _translate(self, exc: httpx.HTTPError) -> UpstreamUnavailable:
-        if is_timeout(exc):
-            return UpstreamTimeout(f"The upstream '{self.name}' did not answer in time.", code="upstream_timeout")
-        return UpstreamUnavailable(f"The upstream '{self.name}' could not be reached.", code="upstream_unavailable")
+        return translate_error(self.name, exc)
 
     async def get(self, path: str) -> UpstreamResponse:
         """A GET with the same error translation as `forward`."""

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
+from collections.abc import Collection, Mapping
+
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
+from router.errors import UpstreamTimeout, UpstreamUnavailable
 from router.settings import Upstream
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_RETRY_AFTER_S = 20.0
 
 
 def make_client(upstream: Upstream, headers: dict[str, str]) -> httpx.AsyncClient:
@@ -18,6 +26,9 @@ def make_client(upstream: Upstream, headers: dict[str, str]) -> httpx.AsyncClien
         transport = AiohttpTransport(limits=limits, trust_env=False)
     else:
         transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+    # Identity encoding: the router relays raw bytes, so a compressed upstream body would reach the caller
+    # compressed but without its Content-Encoding.
+    headers = {"accept-encoding": "identity"} | headers
     return httpx.AsyncClient(
         base_url=upstream.base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
     )
@@ -44,3 +55,57 @@ def is_timeout(exc: httpx.HTTPError) -> bool:
     return isinstance(exc, httpx.ReadTimeout | httpx.WriteTimeout) or (
         isinstance(exc, httpx.TimeoutException) and cause is None
     )
+
+
+def retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds from a `Retry-After` (or OpenAI's `retry-after-ms`) header, if present and numeric."""
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        if value := headers.get(name):
+            try:
+                return max(0.0, float(value) / scale)
+            except ValueError:
+                continue
+    return None
+
+
+def backoff(attempt: int) -> float:
+    """Exponential backoff with jitter, capped at 8 s."""
+    return min(8.0, 0.25 * 2.0**attempt) * (0.5 + random.random() / 2)
+
+
+def translate_error(upstream: str, exc: httpx.HTTPError) -> UpstreamUnavailable:
+    """An httpx failure as the router's 502 or 504."""
+    if is_timeout(exc):
+        return UpstreamTimeout(f"The upstream '{upstream}' did not answer in time.", code="upstream_timeout")
+    return UpstreamUnavailable(f"The upstream '{upstream}' could not be reached.", code="upstream_unavailable")
+
+
+async def send_retrying(
+    client: httpx.AsyncClient,
+    upstream: Upstream,
+    url: str,
+    content: bytes,
+    headers: Mapping[str, str],
+    retry_statuses: Collection[int] = RETRY_STATUSES,
+) -> httpx.Response:
+    """POST and return the (streaming) response; retry failed connects and retryable statuses, which are
+    safe because no byte has gone back to the caller yet and the upstream did not run (or bill) the call."""
+    attempt = 0
+    while True:
+        request = client.build_request("POST", url, content=content, headers=headers)
+        try:
+            response = await client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            if never_sent(exc) and attempt < upstream.max_retries:
+                await asyncio.sleep(backoff(attempt))
+                attempt += 1
+                continue
+            raise translate_error(upstream.name, exc) from exc
+        if response.status_code in retry_statuses and attempt < upstream.max_retries:
+            wait = retry_after(response.headers)
+            if wait is None or wait <= MAX_RETRY_AFTER_S:
+                await response.aclose()
+                await asyncio.sleep(backoff(attempt) if wait is None else wait)
+                attempt += 1
+                continue
+        return response
