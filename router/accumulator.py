@@ -19,6 +19,7 @@ from router.redis_client import RedisClient
 log = logging.getLogger("router.accumulator")
 
 LINE_OVERHEAD = 128  # bytes a JSONL line adds around a body: custom_id, method, url
+CLAIM_CHUNK = 2000  # calls moved per CLAIM script run: bounds how long one script holds Redis
 TotalsKey = tuple[str, str]  # tenant, UTC day
 
 
@@ -194,31 +195,21 @@ class Accumulator:
         """Move the earliest-deadline queued calls into a new `building` batch; return (batch id, call ids)."""
         k = self.keys
         bid = "b" + secrets.token_hex(12)
-        now = time.time()
-        ids = await self._claim(
-            keys=[
-                k.pending(tag),
-                k.arrivals(tag),
-                k.bytes(tag),
-                k.inflight(tag),
-                k.batches(tag),
-                k.batch(tag, bid),
-                k.batch_calls(tag, bid),
-            ],
-            args=[
-                max_requests,
-                max_bytes,
-                LINE_OVERHEAD,
-                bid,
-                owner,
-                repr(now),
-                repr(now + lease_s),
-                k.call_prefix(tag),
-            ],
-        )
-        if not ids:
-            return None
-        return bid, [_s(i) for i in ids]
+        keys = [k.pending(tag), k.arrivals(tag), k.bytes(tag), k.inflight(tag), k.batches(tag), k.batch(tag, bid),
+                k.batch_calls(tag, bid)]  # fmt: skip
+        taken: list[str] = []
+        budget = max_bytes
+        while len(taken) < max_requests:
+            now = time.time()
+            want = min(CLAIM_CHUNK, max_requests - len(taken))
+            args: list[str | int] = [want, budget, LINE_OVERHEAD, bid, owner, repr(now), repr(now + lease_s), k.call_prefix(tag),
+                    "0" if taken else "1"]  # fmt: skip
+            used, *ids = await self._claim(keys=keys, args=args)
+            taken += [_s(i) for i in ids]
+            budget -= int(used)
+            if len(ids) < want:  # the queue ran dry or the byte limit was reached
+                break
+        return (bid, taken) if taken else None
 
     async def bodies(self, call_ids: Sequence[str]) -> list[tuple[str, bytes]]:
         """The bodies of calls that still have one (a call answered meanwhile has none)."""

@@ -29,7 +29,8 @@ if has_idem == '1' then redis.call('SET', idem, id, 'EX', idem_ttl) end
 return id
 """
 
-# Claim the earliest-deadline queued calls into a new `building` batch.
+# Claim the earliest-deadline queued calls into a `building` batch, one chunk per call (a 50,000-call batch
+# is claimed in chunks so no single script blocks Redis for long); returns {bytes used, ids...}.
 # Race closed: two replicas flushing one queue at once never put a call into two batches, because moving a
 # call from `pending` to a batch list is one step.
 CLAIM = """
@@ -37,12 +38,14 @@ local pending, arrivals, bytes, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local batches, batch, calls = KEYS[5], KEYS[6], KEYS[7]
 local max_n, max_bytes, line_overhead = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local bid, owner, now, lease_until, call_prefix = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local first_chunk = ARGV[9] == '1'
 local ids = redis.call('ZRANGE', pending, 0, max_n - 1, 'WITHSCORES')
 local taken, total = {}, 0
 for i = 1, #ids, 2 do
   local id, deadline = ids[i], ids[i + 1]
   local size = redis.call('HSTRLEN', call_prefix .. id, 'body') + line_overhead
-  if #taken > 0 and total + size > max_bytes then break end
+  -- The first call of a batch always fits (a body over the limit still has to go somewhere).
+  if (#taken > 0 or not first_chunk) and total + size > max_bytes then break end
   total = total + size
   redis.call('ZREM', pending, id)
   redis.call('ZREM', arrivals, id)
@@ -50,13 +53,18 @@ for i = 1, #ids, 2 do
   redis.call('ZADD', inflight, deadline, id)
   taken[#taken + 1] = id
 end
-if #taken == 0 then return {} end
+if #taken == 0 then return {0} end
 redis.call('DECRBY', bytes, total - #taken * line_overhead)
 for i = 1, #taken, 1000 do
   redis.call('RPUSH', calls, unpack(taken, i, math.min(i + 999, #taken)))
 end
-redis.call('HSET', batch, 'state', 'building', 'owner', owner, 'created_at', now, 'n', #taken, 'polls', 0)
+if first_chunk then
+  redis.call('HSET', batch, 'state', 'building', 'owner', owner, 'created_at', now, 'n', #taken, 'polls', 0)
+else
+  redis.call('HINCRBY', batch, 'n', #taken)
+end
 redis.call('ZADD', batches, lease_until, bid)
+table.insert(taken, 1, total)
 return taken
 """
 

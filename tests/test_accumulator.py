@@ -226,3 +226,22 @@ async def test_a_slow_upload_keeps_its_lease_and_is_not_submitted_twice(acc: Acc
     stats = sim.stats()
     assert stats["batches_created"] == 1
     assert stats["max_submissions_per_custom_id"] == 1
+
+
+async def test_a_large_claim_is_taken_in_chunks_within_the_limits(
+    acc: Accumulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import router.accumulator
+
+    monkeypatch.setattr(router.accumulator, "CLAIM_CHUNK", 7)  # as if 50,000 calls were claimed 2,000 at a time
+    ids = await admit_many(acc, 40)
+    by_count = await acc.claim(TAG, max_requests=20, max_bytes=10**9, owner="o", lease_s=30)
+    line = len(body(20)) + 128  # the second claim takes calls 20.. (two-digit bodies)
+    by_bytes = await acc.claim(TAG, max_requests=100, max_bytes=12 * line, owner="o", lease_s=30)
+    assert by_count is not None and by_bytes is not None
+    assert len(by_count[1]) == 20 and len(by_bytes[1]) == 12
+    assert set(by_count[1]) | set(by_bytes[1]) <= set(ids)
+    assert not set(by_count[1]) & set(by_bytes[1])
+    assert await acc.batch_calls(TAG, by_count[0]) == by_count[1]
+    stats = await acc.stats(TAG)
+    assert stats is not None and stats.count == 8 and stats.bytes == 8 * len(body(39))
