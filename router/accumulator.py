@@ -202,8 +202,9 @@ class Accumulator:
         while len(taken) < max_requests:
             now = time.time()
             want = min(CLAIM_CHUNK, max_requests - len(taken))
-            args: list[str | int] = [want, budget, LINE_OVERHEAD, bid, owner, repr(now), repr(now + lease_s), k.call_prefix(tag),
-                    "0" if taken else "1"]  # fmt: skip
+            first = "0" if taken else "1"
+            args: list[str | int] = [want, budget, LINE_OVERHEAD, bid, owner, repr(now), repr(now + lease_s),
+                                     k.call_prefix(tag), first]  # fmt: skip
             used, *ids = await self._claim(keys=keys, args=args)
             taken += [_s(i) for i in ids]
             budget -= int(used)
