@@ -35,6 +35,7 @@ class CallMeta(msgspec.Struct, frozen=True, kw_only=True):
     stream: bool = False
     include_usage: bool = False
     rule: str | None = None
+    webhook: str | None = None
 
 
 class CallRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -142,7 +143,7 @@ class Accumulator:
                 keys=[idem, k.call(call_id), k.pending(tag), k.arrivals(tag), k.bytes(tag), k.queue(tag)],
                 args=[call_id, _meta_encoder.encode(meta), body, repr(meta.deadline), repr(meta.received_at), ttl,
                       self.idempotency_ttl, meta.upstream, meta.endpoint, meta.model,
-                      "1" if idempotency_key is not None else "0", k.call_prefix(tag)],
+                      "1" if idempotency_key is not None else "0", k.call_prefix(tag), meta.webhook or ""],
             )
         )  # fmt: skip
         return admitted, admitted == call_id
@@ -415,6 +416,7 @@ class Accumulator:
                     k.inflight(tag),
                     k.escalating(tag),
                     f"{k.totals_prefix(tag)}{meta.tenant}:{day}",
+                    k.webhooks(tag),
                 ],
                 args=[call_id, from_batch, status, body, lane, self.result_ttl, actual, baseline, savings, repr(now),
                       TOTALS_TTL_S],
@@ -457,6 +459,30 @@ class Accumulator:
             args=[call_id, repr(now), repr(now + lease_s)],
         )
         return body if isinstance(body, bytes) else None
+
+    # --- webhooks ------------------------------------------------------------------------------------
+
+    async def webhooks_due(self, tag: str, now: float, limit: int = 100) -> list[str]:
+        """Calls of one queue whose webhook delivery is due."""
+        due = await self.redis.zrangebyscore(self.keys.webhooks(tag), "-inf", now, start=0, num=limit)
+        return [_s(i) for i in due]
+
+    async def webhook_due_at(self, call_id: str) -> float | None:
+        """When a call's webhook is next due, or None when it is not scheduled."""
+        score = await self.redis.zscore(self.keys.webhooks(tag_of(call_id)), call_id)
+        return float(score) if score is not None else None
+
+    async def count_webhook_attempt(self, call_id: str) -> int:
+        """Count one more delivery attempt of a call's webhook; returns the count."""
+        return int(await self.redis.hincrby(self.keys.call(call_id), "webhook_attempts", 1))
+
+    async def reschedule_webhook(self, call_id: str, at: float) -> None:
+        """Make a call's webhook due again at `at` (XX: an entry already removed stays removed)."""
+        await self.redis.zadd(self.keys.webhooks(tag_of(call_id)), {call_id: at}, xx=True)
+
+    async def end_webhook(self, call_id: str) -> None:
+        """Take a call's webhook off the schedule (delivered, given up, or its call expired)."""
+        await self.redis.zrem(self.keys.webhooks(tag_of(call_id)), call_id)
 
     async def add_totals(self, pending: Mapping[TotalsKey, Mapping[str, float]]) -> None:
         """Add real-time calls, summed in memory, to their tenants' daily totals (one pipeline for them all)."""

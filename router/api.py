@@ -32,12 +32,12 @@ from router.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from router.lanes import forward_realtime
+from router.lanes import deferred_object, forward_realtime, lane_name
 from router.policy import Decision, Facts, decide
 from router.pricing import Usage
 from router.providers.base import Provider
 from router.replay import sse_chunks
-from router.schema import DeferredCall, RequestView, decode_body, decode_view, encoder, error_body
+from router.schema import RequestView, decode_body, decode_view, encoder, error_body
 from router.sse import tap_usage
 
 if TYPE_CHECKING:
@@ -170,21 +170,18 @@ def prefers_async(request: Request[Any, Any, Any]) -> bool:
     return any(token.strip().lower() == "respond-async" for token in prefer.split(","))
 
 
-def deferred_object(call: CallRecord, result: Result | None) -> DeferredCall:
-    """The `deferred.call` object for a call and, if it ended, its result."""
-    if result is not None:
-        status = "completed" if result.status < 400 else "failed"
-    else:
-        status = {"queued": "queued", "submitted": "submitted", "escalated": "escalated"}.get(call.state, "queued")
-    return DeferredCall(
-        id=call.id,
-        status=status,  # type: ignore[arg-type]
-        lane=_lane_header(result.lane) if result else "batch",
-        deadline=format_deadline(call.meta.deadline),
-        created=int(call.meta.received_at),
-        cost_usd=result.cost_usd if result else None,
-        savings_usd=result.savings_usd if result else None,
-    )
+def webhook_url(gateway: Gateway, request: Request[Any, Any, Any]) -> str | None:
+    """`X-Webhook-URL`, checked: only with `Prefer: respond-async`, only to an allowed http(s) host."""
+    url = request.headers.get("x-webhook-url")
+    if url is None:
+        return None
+    if not prefers_async(request):
+        raise BadRequest(
+            "`X-Webhook-URL` needs `Prefer: respond-async`; a held call gets its answer on the open connection.",
+            param="X-Webhook-URL",
+            code="webhook_requires_respond_async",
+        )
+    return gateway.webhooks.check(url)
 
 
 def set_cost_headers(headers: dict[str, str], cost_usd: float, savings_usd: float) -> None:
@@ -193,15 +190,11 @@ def set_cost_headers(headers: dict[str, str], cost_usd: float, savings_usd: floa
     headers["x-router-savings-usd"] = f"{savings_usd:.12f}"
 
 
-def _lane_header(lane: str) -> str:
-    return "realtime" if lane == "escalated" else lane
-
-
 def result_response(
     call: CallRecord, result: Result, headers: dict[str, str], *, replay: bool
 ) -> Response[bytes] | Stream:
     """A finished deferred call as the caller's endpoint would have answered it."""
-    headers["x-router-lane"] = _lane_header(result.lane)
+    headers["x-router-lane"] = lane_name(result.lane)
     if result.lane == "escalated":
         headers["x-router-escalated"] = "true"
     if result.cost_usd is not None:
@@ -224,6 +217,7 @@ async def respond_deferred(
     tenant: str,
     decision: Decision,
     headers: dict[str, str],
+    webhook: str | None,
 ) -> Response[bytes] | Stream:
     """Admit a call to the batch lane, then answer 202 (async) or hold the connection until its result."""
     assert decision.deadline is not None
@@ -236,6 +230,7 @@ async def respond_deferred(
         deadline=decision.deadline,
         rule=decision.rule,
         idempotency_key=request.headers.get("idempotency-key"),
+        webhook=webhook,
     )
     headers["x-router-request-id"] = call_id
     headers["x-router-lane"] = "batch"
@@ -324,6 +319,7 @@ async def admit(gateway: Gateway, request: Request[Any, Any, Any], endpoint: str
     """Authenticate, decode the routing fields, decide the lane, and answer."""
     started = time.perf_counter()
     tenant = authenticate(gateway, request)
+    webhook = webhook_url(gateway, request)
     body = await request.body()
     view = decode_view(body)
     if not view.model:
@@ -357,6 +353,7 @@ async def admit(gateway: Gateway, request: Request[Any, Any, Any], endpoint: str
                     tenant=tenant,
                     decision=decision,
                     headers=headers,
+                    webhook=webhook,
                 )
             metrics.escalations.labels("admission").inc()
         if gateway.deferred.flex_allowed(gateway.upstreams.config(provider.name), endpoint, view.model):

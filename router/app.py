@@ -15,6 +15,7 @@ import prometheus_client
 from litestar import Litestar
 from litestar.exceptions import HTTPException
 from redis.exceptions import RedisError
+from standardwebhooks import Webhook
 
 from router import api, metrics, redis_client
 from router.accounting import Accounting, Lane, Priced
@@ -30,6 +31,7 @@ from router.providers.anthropic import AnthropicProvider
 from router.providers.base import Provider
 from router.providers.openai import OpenAIProvider
 from router.settings import Settings
+from router.webhooks import WebhookSender
 
 log = logging.getLogger("router")
 TOTALS_FLUSH_S = 1.0  # real-time totals reach Redis in one pipeline per second, not one round trip per call
@@ -49,7 +51,14 @@ def make_providers(settings: Settings, environ: Mapping[str, str]) -> dict[str, 
 class Gateway:
     """Everything the handlers need, opened and closed by the app's lifespan."""
 
-    def __init__(self, settings: Settings, providers: dict[str, Provider], *, loops: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        providers: dict[str, Provider],
+        *,
+        loops: bool = True,
+        webhook_secret: str | None = None,
+    ) -> None:
         if not settings.redis_url:
             raise ConfigError("redis_url", None, "the router needs a Redis URL (the CLI starts a bundled one)")
         self.settings = settings
@@ -69,6 +78,7 @@ class Gateway:
         self.batcher = Batcher(acc, providers, b)
         self.poller = Poller(acc, providers, b, self.accounting)
         self.guard = Guard(acc, providers, b, self.accounting)
+        self.webhooks = WebhookSender(acc, settings.webhooks, webhook_secret)
         self.loops = loops
         self._tasks: list[asyncio.Task[None]] = []
         self._totals: dict[TotalsKey, dict[str, float]] = {}
@@ -88,6 +98,7 @@ class Gateway:
                 asyncio.create_task(self.batcher.run(self._stop), name="batcher"),
                 asyncio.create_task(self.poller.run(self._stop), name="poller"),
                 asyncio.create_task(self.guard.run(self._stop), name="guard"),
+                asyncio.create_task(self.webhooks.run(self._stop), name="webhooks"),
             ]
         try:
             yield
@@ -98,6 +109,7 @@ class Gateway:
                 task.cancel(msg="shutdown: loop did not stop in time")
             await asyncio.gather(*pending, return_exceptions=True)
             await self.upstreams.aclose()
+            await self.webhooks.aclose()
             await redis_client.close(self.redis)
 
     async def _watch_policies(self) -> None:
@@ -190,9 +202,27 @@ class Gateway:
         return prometheus_client.generate_latest(metrics.REGISTRY), prometheus_client.CONTENT_TYPE_LATEST
 
 
+def webhook_secret(settings: Settings, environ: Mapping[str, str]) -> str | None:
+    """The webhook signing secret from the environment, checked now so a bad one fails at start, not per call."""
+    name = settings.webhooks.secret_env
+    secret = environ.get(name) if name else None
+    if not secret:
+        if name and settings.webhooks.allowed_hosts:
+            log.warning("webhooks are disabled: the environment variable %s is not set", name)
+        return None
+    try:
+        Webhook(secret)
+    except Exception as exc:  # binascii.Error, or the package's own for an empty key; never echo the value
+        raise ConfigError("<environment>", name, "not a webhook secret (expected whsec_ followed by base64)") from exc
+    return secret
+
+
 def create_app(settings: Settings, environ: Mapping[str, str] | None = None, *, loops: bool = True) -> Litestar:
-    """The router as an ASGI app; `loops=False` leaves the batcher, poller and guard to the caller (tests)."""
-    gateway = Gateway(settings, make_providers(settings, environ or {}), loops=loops)
+    """The router as an ASGI app; `loops=False` leaves the batcher, poller, guard and webhooks to the caller (tests)."""
+    environ = environ or {}
+    gateway = Gateway(
+        settings, make_providers(settings, environ), loops=loops, webhook_secret=webhook_secret(settings, environ)
+    )
     app = Litestar(
         route_handlers=api.make_handlers(gateway),
         exception_handlers={

@@ -8,7 +8,8 @@ Owners and lifetimes:
 - `P:queues` (set of queue tags): added at deferred admission, never pruned (bounded by the models callers
   defer; an unknown model fails at the provider and stays a small, idle queue).
 - `P:{q}:queue` (hash: upstream, endpoint, model): written at admission, refreshed with the queue.
-- `P:{q}:call:<id>` (hash): created at admission; gets the result TTL when the call ends.
+- `P:{q}:call:<id>` (hash: meta, body, state, ..., `webhook` URL if any, `webhook_attempts`): created at
+  admission; gets the result TTL when the call ends.
 - `P:{q}:result:<id>` (hash: status, body, lane, costs): result TTL.
 - `P:{q}:pending` / `P:{q}:arrivals` (zsets of queued call ids by deadline / by arrival) and `P:{q}:bytes`:
   the batcher's view of what waits; entries leave on claim or escalation (and are dropped if their call
@@ -22,7 +23,11 @@ Owners and lifetimes:
 - `P:totals:<tenant>:<day>` (hash): the same for real-time calls (written once a second), kept 400 days.
 - `P:{q}:idem:<sha256(tenant, key)>`: Idempotency-Key → call id, idempotency TTL (under the queue's tag: a
   retry is the same request, so the same queue, and admission stays one atomic step).
-- `P:{q}:lease:flush`, `P:{q}:lease:batch:<bid>`: short leases (SET NX PX) so one replica works a thing.
+- `P:{q}:webhooks` (zset of call ids by next delivery time): added by STORE_RESULT when the call has a
+  `webhook` URL in its hash; the webhook sender removes an entry once delivered, dropped after its last
+  attempt, or when the call hash expired.
+- `P:{q}:lease:flush`, `P:{q}:lease:batch:<bid>`, `P:{q}:lease:webhook:<id>`: short leases (SET NX PX) so
+  one replica works a thing.
 - Pub/sub channel `P:done`: ids of calls that just got a result.
 """
 
@@ -108,6 +113,12 @@ class Keys:
     def idempotency(self, tag: str, tenant: str, key: str) -> str:
         digest = hashlib.sha256(f"{tenant}\n{key}".encode()).hexdigest()[:32]
         return f"{self.q(tag)}:idem:{digest}"
+
+    def webhooks(self, tag: str) -> str:
+        return f"{self.q(tag)}:webhooks"
+
+    def webhook_lease(self, call_id: str) -> str:
+        return f"{self.q(tag_of(call_id))}:lease:webhook:{call_id}"
 
     def flush_lease(self, tag: str) -> str:
         return f"{self.q(tag)}:lease:flush"

@@ -11,11 +11,12 @@ from collections.abc import Callable, Mapping, Sequence
 import msgspec
 
 from router import metrics
-from router.accumulator import Accumulator, CallMeta, Result, Waiters
+from router.accumulator import Accumulator, CallMeta, CallRecord, Result, Waiters
+from router.deadline import format_deadline
 from router.errors import NotFound
 from router.keys import queue_tag
 from router.providers.base import Provider, UpstreamResponse
-from router.schema import RequestView, decode_body
+from router.schema import DeferredCall, RequestView, decode_body
 from router.settings import Settings, Upstream
 
 ENDPOINTS = ("/chat/completions", "/completions", "/embeddings", "/responses")
@@ -88,6 +89,29 @@ async def forward_realtime(
     return response
 
 
+def lane_name(lane: str) -> str:
+    """The lane a caller is shown for a stored result (an escalated call was answered in real time)."""
+    return "realtime" if lane == "escalated" else lane
+
+
+def deferred_object(call: CallRecord, result: Result | None) -> DeferredCall:
+    """The `deferred.call` object for a call and, if it ended, its result."""
+    if result is not None:
+        status = "completed" if result.status < 400 else "failed"
+    else:
+        status = {"queued": "queued", "submitted": "submitted", "escalated": "escalated"}.get(call.state, "queued")
+    return DeferredCall(
+        id=call.id,
+        status=status,  # type: ignore[arg-type]
+        lane=lane_name(result.lane) if result else "batch",
+        deadline=format_deadline(call.meta.deadline),
+        created=int(call.meta.received_at),
+        cost_usd=result.cost_usd if result else None,
+        savings_usd=result.savings_usd if result else None,
+        webhook=call.meta.webhook is not None,
+    )
+
+
 _body_encoder = msgspec.json.Encoder()
 REPLAYABLE = frozenset({"/chat/completions", "/completions"})
 FLEX_ENDPOINTS = frozenset({"/chat/completions", "/responses"})
@@ -143,6 +167,7 @@ class DeferredLane:
         deadline: float,
         rule: str | None,
         idempotency_key: str | None,
+        webhook: str | None = None,
     ) -> tuple[str, bool]:
         """Queue the call; (call id, whether it is new)."""
         meta = CallMeta(
@@ -155,6 +180,7 @@ class DeferredLane:
             stream=bool(view.stream),
             include_usage=bool(view.stream_options and view.stream_options.include_usage),
             rule=rule,
+            webhook=webhook,
         )
         call_id, created = await self.acc.admit(meta, batch_body(body, view), idempotency_key)
         if created:

@@ -142,3 +142,12 @@ batches_inflight = Gauge(
     registry=REGISTRY,
     multiprocess_mode="max",
 )
+webhook_deliveries = Counter(
+    "webhook_deliveries",
+    "Webhook delivery attempts, by outcome: delivered (2xx), retried (rescheduled), dropped (given up or expired).",
+    ["outcome"],
+    namespace=NS,
+    registry=REGISTRY,
+)
+for _outcome in ("delivered", "retried", "dropped"):
+    webhook_deliveries.labels(_outcome)

@@ -52,6 +52,7 @@ class DeferredCall(msgspec.Struct):
     object: str = "deferred.call"
     cost_usd: float | None = None
     savings_usd: float | None = None
+    webhook: bool = False
 
 
 _view_decoder = msgspec.json.Decoder(RequestView)

@@ -13,13 +13,14 @@ ADMIT = """
 local idem, call, pending, arrivals, bytes, queue = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local id, meta, body, deadline, received_at, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local idem_ttl, upstream, endpoint, model = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
-local has_idem, call_prefix = ARGV[11], ARGV[12]
+local has_idem, call_prefix, webhook = ARGV[11], ARGV[12], ARGV[13]
 if has_idem == '1' then
   local existing = redis.call('GET', idem)
   if existing and redis.call('EXISTS', call_prefix .. existing) == 1 then return existing end
 end
 redis.call('HSET', call, 'meta', meta, 'body', body, 'state', 'queued', 'batch', '', 'deadline', deadline,
   'received_at', received_at, 'attempts', 0)
+if webhook ~= '' then redis.call('HSET', call, 'webhook', webhook) end
 redis.call('EXPIRE', call, ttl)
 redis.call('ZADD', pending, deadline, id)
 redis.call('ZADD', arrivals, received_at, id)
@@ -117,13 +118,15 @@ redis.call('ZADD', batches, lease_until, bid)
 return 1
 """
 
-# Store a call's final result exactly once, with its cost added to the tenant's daily totals.
+# Store a call's final result exactly once, with its cost added to the tenant's daily totals, and schedule
+# its webhook (if it has one) to go out now.
 # Returns 1 when stored, 2 when this batch's result was already stored (re-ingest), 0 when the call ended
 # another way or moved on (a late batch result), -1 when unknown.
 # Race closed: a batch result and a real-time escalation of the same call can both finish; only the first
-# to arrive stores and is billed in the totals, the other is counted as waste.
+# to arrive stores and is billed in the totals, the other is counted as waste. Scheduling the webhook in the
+# same step means a crash can neither lose the event of a stored result nor send one for a result not stored.
 STORE_RESULT = """
-local call, result, inflight, escalating, totals = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local call, result, inflight, escalating, totals, webhooks = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local id, from_batch, status, body, lane, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local cost, baseline, savings, now, tenant_ttl = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
 local state = redis.call('HGET', call, 'state')
@@ -156,6 +159,7 @@ if cost ~= '' then
   redis.call('HINCRBYFLOAT', totals, lane .. ':savings_usd', savings)
 end
 redis.call('EXPIRE', totals, tenant_ttl)
+if redis.call('HEXISTS', call, 'webhook') == 1 then redis.call('ZADD', webhooks, now, id) end
 return 1
 """
 

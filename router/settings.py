@@ -76,6 +76,19 @@ class BatchSettings(_Strict, kw_only=True):
     hold_s: PositiveFloat = 24 * 3600.0
 
 
+class WebhookSettings(_Strict, kw_only=True):
+    """Signed delivery of deferred results to a caller's `X-Webhook-URL` (Standard Webhooks); off by default."""
+
+    secret_env: str | None = None
+    """The env var holding the signing secret (`whsec_<base64>`); unset or empty: webhooks are refused."""
+    allowed_hosts: list[str] = msgspec.field(default_factory=list)
+    """Host globs a webhook URL may name (the SSRF guard); empty: webhooks are refused."""
+    max_attempts: PositiveInt = 8
+    timeout_s: PositiveFloat = 10.0
+    backoff_s: PositiveFloat = 10.0
+    """The wait before the first retry; it doubles per attempt (with jitter), capped at an hour."""
+
+
 class Settings(_Strict, kw_only=True):
     """Everything the router needs to run."""
 
@@ -96,6 +109,7 @@ class Settings(_Strict, kw_only=True):
     pricing_file: str = "config/pricing.yaml"
     limits: Limits = msgspec.field(default_factory=Limits)
     batch: BatchSettings = msgspec.field(default_factory=BatchSettings)
+    webhooks: WebhookSettings = msgspec.field(default_factory=WebhookSettings)
 
     def key_index(self) -> dict[str, str]:
         """SHA-256 hex digest of each proxy key → its tenant (build once, look up per request)."""

@@ -123,12 +123,13 @@ RouterFactory = Callable[..., contextlib.AbstractContextManager[str]]
 
 @pytest.fixture
 def start_router(sim: Sim, redis_url: str, key_prefix: str) -> Iterator[RouterFactory]:
-    """Start routers in front of the simulator: `with start_router(**settings_tree) as base_url: ...`."""
+    """Start routers in front of the simulator: `with start_router(**settings_tree) as base_url: ...`; `environ`
+    adds to the environment the app is built with (which holds SIM_KEY)."""
 
     @contextlib.contextmanager
-    def start(*, loops: bool = True, **tree: Any) -> Iterator[str]:
+    def start(*, loops: bool = True, environ: dict[str, str] | None = None, **tree: Any) -> Iterator[str]:
         settings = router_settings(sim, redis_url, key_prefix, **tree)
-        with serve_in_thread(create_app(settings, {"SIM_KEY": "sk-sim"}, loops=loops)) as base:
+        with serve_in_thread(create_app(settings, {"SIM_KEY": "sk-sim"} | (environ or {}), loops=loops)) as base:
             yield base
 
     yield start

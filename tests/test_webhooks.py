@@ -1,0 +1,154 @@
+"""Signed webhooks for deferred calls: Standard Webhooks events to a real receiver, over real sockets."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+from standardwebhooks import Webhook
+
+from tests.conftest import RouterFactory
+from tests.servers import serve_in_thread
+from tests.test_deferred import FAST, _metric, _wait_for, prompt
+
+SECRET = "whsec_" + base64.b64encode(b"a test secret of thirty-two byte").decode()
+BODY = {"model": "gpt-4o-mini", "messages": prompt(1)}
+ASYNC = {"prefer": "respond-async", "x-deadline": "1h"}
+
+
+class Receiver:
+    """A raw ASGI webhook receiver: records every request and answers with the next scripted status (then 200)."""
+
+    def __init__(self, statuses: list[int] | None = None) -> None:
+        self.statuses = list(statuses or [])
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self._lock = threading.Lock()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        with self._lock:
+            self.requests.append(({k.decode(): v.decode() for k, v in scope["headers"]}, body))
+            status = self.statuses.pop(0) if self.statuses else 200
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
+@contextlib.contextmanager
+def receiving(statuses: list[int] | None = None) -> Iterator[tuple[Receiver, str]]:
+    receiver = Receiver(statuses)
+    with serve_in_thread(receiver) as base:
+        yield receiver, base + "/hooks/deferred"
+
+
+def hooks(**fields: Any) -> dict[str, Any]:
+    """Webhook settings that deliver to the local receiver, retrying quickly."""
+    return {"secret_env": "WEBHOOK_SECRET", "allowed_hosts": ["127.0.0.1"], "backoff_s": 0.2} | fields
+
+
+def start(start_router: RouterFactory, **webhooks: Any) -> contextlib.AbstractContextManager[str]:
+    return start_router(batch=FAST, webhooks=hooks(**webhooks), environ={"WEBHOOK_SECRET": SECRET})
+
+
+def test_a_completed_call_delivers_one_signed_event(start_router: RouterFactory) -> None:
+    with receiving() as (receiver, url), start(start_router) as base:
+        accepted = httpx.post(base + "/v1/chat/completions", json=BODY, headers=ASYNC | {"x-webhook-url": url})
+        assert accepted.status_code == 202
+        call = accepted.json()
+        assert call["webhook"] is True
+        _wait_for(lambda: receiver.requests, timeout=10)
+        time.sleep(0.5)  # a second delivery would have come by now
+        fetched = httpx.get(f"{base}/v1/deferred/{call['id']}")
+    assert len(receiver.requests) == 1
+    headers, body = receiver.requests[0]
+    event = Webhook(SECRET).verify(body, headers)
+    assert event["type"] == "deferred.call.completed"
+    assert event["timestamp"].endswith("Z")
+    assert event["data"]["id"] == call["id"]
+    assert event["data"]["status"] == "completed"
+    assert event["data"]["lane"] == "batch"
+    assert event["data"]["savings_usd"] > 0
+    assert "choices" not in body.decode()  # the result itself is fetched, never pushed
+    assert headers["webhook-id"]
+    assert fetched.status_code == 200
+
+
+def test_retries_carry_the_same_webhook_id(start_router: RouterFactory) -> None:
+    with receiving([500, 500]) as (receiver, url), start(start_router) as base:
+        before = httpx.get(base + "/metrics").text
+        httpx.post(base + "/v1/chat/completions", json=BODY, headers=ASYNC | {"x-webhook-url": url})
+        _wait_for(lambda: len(receiver.requests) >= 3, timeout=15)
+        time.sleep(0.5)
+        after = httpx.get(base + "/metrics").text
+    assert len(receiver.requests) == 3
+    ids = {headers["webhook-id"] for headers, _ in receiver.requests}
+    assert len(ids) == 1
+    for headers, body in receiver.requests:
+        Webhook(SECRET).verify(body, headers)
+    series = 'hybrid_router_webhook_deliveries_total{outcome="%s"}'
+    assert _metric(after, series % "retried") - _metric(before, series % "retried") == 2
+    assert _metric(after, series % "delivered") - _metric(before, series % "delivered") == 1
+
+
+def test_a_receiver_that_keeps_failing_is_given_up_on(start_router: RouterFactory) -> None:
+    with receiving([500] * 10) as (receiver, url), start(start_router, max_attempts=2) as base:
+        before = httpx.get(base + "/metrics").text
+        httpx.post(base + "/v1/chat/completions", json=BODY, headers=ASYNC | {"x-webhook-url": url})
+        _wait_for(lambda: len(receiver.requests) >= 2, timeout=15)
+        time.sleep(1.0)  # well past the next backoff: no third attempt
+        after = httpx.get(base + "/metrics").text
+    assert len(receiver.requests) == 2
+    series = 'hybrid_router_webhook_deliveries_total{outcome="dropped"}'
+    assert _metric(after, series) - _metric(before, series) == 1
+
+
+def _error(base: str, url: str, headers: dict[str, str] = ASYNC) -> dict[str, Any]:
+    response = httpx.post(base + "/v1/chat/completions", json=BODY, headers=headers | {"x-webhook-url": url})
+    assert response.status_code == 400, response.text
+    error: dict[str, Any] = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == "X-Webhook-URL"
+    return error
+
+
+BAD_URLS = {
+    "https://evil.example/hook": "webhook_host_not_allowed",
+    "http://169.254.169.254/latest/meta-data": "webhook_host_not_allowed",
+    "ftp://127.0.0.1/hook": "invalid_webhook_url",
+    "https://127.0.0.1@evil.example/hook": "invalid_webhook_url",
+    "/relative/hook": "invalid_webhook_url",
+}
+
+
+def test_bad_webhook_urls_are_400(start_router: RouterFactory) -> None:
+    with start(start_router) as base:
+        codes = {url: _error(base, url)["code"] for url in BAD_URLS}
+    assert codes == BAD_URLS
+
+
+def test_a_held_call_cannot_have_a_webhook(start_router: RouterFactory) -> None:
+    with start(start_router) as base:
+        error = _error(base, "http://127.0.0.1/hook", {"x-deadline": "1h"})
+    assert error["code"] == "webhook_requires_respond_async"
+    assert "respond-async" in error["message"]
+
+
+def test_webhooks_are_refused_unless_configured(start_router: RouterFactory) -> None:
+    with start_router(batch=FAST) as base:
+        assert _error(base, "http://127.0.0.1/hook")["code"] == "webhooks_disabled"
+    with start_router(batch=FAST, webhooks=hooks()) as base:  # hosts allowed, but the secret's env var is unset
+        assert _error(base, "http://127.0.0.1/hook")["code"] == "webhooks_disabled"
