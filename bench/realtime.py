@@ -30,7 +30,6 @@ import contextlib
 import math
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich import box
 from rich.console import Console
 from rich.table import Table
+
+from router.serving import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "gpt-4o-mini"
@@ -128,13 +129,6 @@ def cpu_seconds(pid: int) -> float:
 
 
 # --- servers -------------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager

@@ -5,21 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-import socket
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import msgspec
-import uvicorn
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from router.app import create_app
+from router.serving import serve_in_thread
 from router.settings import Settings
 from router.simulator import SimConfig, create_simulator
 
@@ -66,30 +63,6 @@ class Tally:
         self.calls[lane] = self.calls.get(lane, 0) + 1
         self.cost[lane] = self.cost.get(lane, 0.0) + float(headers.get("x-router-cost-usd") or 0)
         self.savings[lane] = self.savings.get(lane, 0.0) + float(headers.get("x-router-savings-usd") or 0)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def _serve(app: Any) -> Iterator[str]:
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", ws="none"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError("a demo server failed to start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def demo_settings(settings: Settings, sim_url: str) -> Settings:
@@ -169,9 +142,9 @@ def run_demo(settings: Settings, console: Console | None = None, workload: list[
     """Start the simulator and the router on loopback, drive the workload, print the tables."""
     console = console or Console()
     sim_config = SimConfig(latency_ms=120, batch_turnaround_s=3.0, stream_chunk_delay_ms=20, api_key=DEMO_KEY)
-    with _serve(create_simulator(sim_config)) as sim_url:
+    with serve_in_thread(create_simulator(sim_config)) as sim_url:
         ready = demo_settings(settings, sim_url)
-        with _serve(create_app(ready, {DEMO_KEY_ENV: DEMO_KEY})) as base:
+        with serve_in_thread(create_app(ready, {DEMO_KEY_ENV: DEMO_KEY})) as base:
             console.print(f"[bold]hybrid-router demo[/]: router {base}/v1, simulator {sim_url}/v1")
             console.print(f"Redis: {ready.redis_url}")
             before = httpx.get(base + "/metrics").text

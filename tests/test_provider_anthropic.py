@@ -21,9 +21,9 @@ from router.providers import anthropic as adapter
 from router.providers import anthropic_translate as tr
 from router.providers.anthropic import AnthropicProvider
 from router.providers.base import BatchLine, BatchStatus, LineResult
+from router.serving import serve_in_thread
 from router.settings import Upstream
 from router.simulator import SimConfig, create_simulator
-from tests.servers import serve_in_thread
 
 MODEL = "claude-sonnet-4-5"
 USER = {"role": "user", "content": "Hello there"}

@@ -14,8 +14,8 @@ import openai
 import pytest
 from anthropic.types.messages import MessageBatch
 
+from router.serving import serve_in_thread
 from router.simulator import SimConfig, create_simulator
-from tests.servers import serve_in_thread
 
 HEADERS = {"x-api-key": "sk-ant-test", "anthropic-version": "2023-06-01"}
 MODEL = "claude-sonnet-4-6"

@@ -12,9 +12,9 @@ import openai
 import pytest
 from openai.types import Batch
 
+from router.serving import serve_in_thread
 from router.simulator import SimConfig, create_simulator
 from tests.openapi import validate
-from tests.servers import serve_in_thread
 
 KEY = {"Authorization": "Bearer sk-test"}
 FAST = {"batch_turnaround_s": 0.2}

@@ -15,9 +15,9 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionSystemMessageParam
 
+from router.serving import serve_in_thread
 from router.simulator import SimConfig, create_simulator
 from tests.openapi import validate
-from tests.servers import serve_in_thread
 
 KEY = {"Authorization": "Bearer sk-test"}
 USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What is the capital of France?"}]

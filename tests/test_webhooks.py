@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 from standardwebhooks import Webhook
 
+from router.serving import serve_in_thread
 from tests.conftest import RouterFactory
-from tests.servers import serve_in_thread
 from tests.test_deferred import FAST, _metric, _wait_for, prompt
 
 SECRET = "whsec_" + base64.b64encode(b"a test secret of thirty-two byte").decode()

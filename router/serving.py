@@ -1,4 +1,4 @@
-"""Run an ASGI app on a real loopback socket in a background thread, for tests and benchmarks."""
+"""Run an ASGI app on a loopback socket in a background thread (the demo, tests and benchmarks)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def free_port() -> int:
 def serve_in_thread(app: Any, port: int | None = None, timeout: float = 10.0) -> Iterator[str]:
     """Serve `app` with uvicorn on 127.0.0.1 in a thread; yield its base URL; stop it on exit."""
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", ws="none")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="on", ws="none")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
