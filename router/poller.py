@@ -15,12 +15,13 @@ from router.accounting import Accounting, Priced
 from router.accumulator import Accumulator, BatchRecord
 from router.keys import tag_of
 from router.loops import pace
-from router.providers.base import BatchStatus, Provider
+from router.providers.base import BatchStatus, LineResult, Provider
 from router.settings import BatchSettings
 
 log = logging.getLogger("router.poller")
 MAX_POLL_INTERVAL_S = 600.0
 MAX_REQUEUES = 1
+INGEST_CHUNK = 256  # result lines whose calls are read from Redis in one round trip
 
 
 class Poller:
@@ -86,37 +87,14 @@ class Poller:
         """Store each line's result, then re-queue or escalate the calls that got none."""
         answered: set[str] = set()
         if status.state == "ended":
+            chunk: list[LineResult] = []
             async for line in provider.results(status):
-                if line.status == 0:
-                    continue
-                call = await self.acc.get_call(line.custom_id)
-                if call is None:
-                    continue
-                priced = self.accounting.price(model, "batch", line.body) if line.billed else Priced(None, None)
-                stored = await self.acc.store_result(
-                    line.custom_id,
-                    call.meta,
-                    from_batch=record.id,
-                    status=line.status,
-                    body=line.body,
-                    lane="batch",
-                    cost=priced.as_tuple(),
-                )
-                answered.add(line.custom_id)
-                if stored == 1:
-                    outcome = "ok" if line.status == 200 else "error"
-                    self.accounting.book(
-                        priced,
-                        lane="batch",
-                        upstream=provider.name,
-                        model=model,
-                        tenant=call.meta.tenant,
-                        outcome=outcome,
-                    )
-                    if time.time() > call.meta.deadline:
-                        metrics.deadline_misses.inc()
-                elif stored == 0 and line.billed:
-                    metrics.late_results.inc()
+                if line.status != 0:
+                    chunk.append(line)
+                if len(chunk) >= INGEST_CHUNK:
+                    answered |= await self.store(record, provider.name, model, chunk)
+                    chunk = []
+            answered |= await self.store(record, provider.name, model, chunk)
         else:
             log.warning("batch %s ended %s: %s", record.id, status.provider_status, status.message or "")
         for call_id in await self.acc.batch_calls(record.tag, record.id):
@@ -127,6 +105,35 @@ class Poller:
         metrics.batches_finished.labels(provider.name, status.provider_status).inc()
         if turnaround is not None:
             metrics.batch_turnaround.labels(provider.name).observe(turnaround)
+
+    async def store(self, record: BatchRecord, upstream: str, model: str, lines: list[LineResult]) -> set[str]:
+        """Store a chunk of lines' results (their calls read in one round trip); the ids that had a call."""
+        answered: set[str] = set()
+        calls = await self.acc.get_calls([line.custom_id for line in lines]) if lines else []
+        for line, call in zip(lines, calls, strict=True):
+            if call is None:
+                continue
+            priced = self.accounting.price(model, "batch", line.body) if line.billed else Priced(None, None)
+            stored = await self.acc.store_result(
+                line.custom_id,
+                call.meta,
+                from_batch=record.id,
+                status=line.status,
+                body=line.body,
+                lane="batch",
+                cost=priced.as_tuple(),
+            )
+            answered.add(line.custom_id)
+            if stored == 1:
+                outcome = "ok" if line.status == 200 else "error"
+                self.accounting.book(
+                    priced, lane="batch", upstream=upstream, model=model, tenant=call.meta.tenant, outcome=outcome
+                )
+                if time.time() > call.meta.deadline:
+                    metrics.deadline_misses.inc()
+            elif stored == 0 and line.billed:
+                metrics.late_results.inc()
+        return answered
 
     async def retry(self, call_id: str, bid: str) -> None:
         """A call its batch did not answer: back to its queue if its deadline allows, else to the guard now."""
