@@ -339,3 +339,20 @@ def test_too_soon_for_a_batch_takes_the_flex_tier_where_offered(
     assert urgent.headers["x-router-lane"] == "realtime"
     assert float(urgent.headers["x-router-savings-usd"]) == 0
     assert sim.stats()["batches_created"] == 0
+
+
+def test_a_flex_shortage_falls_back_to_the_standard_tier(oai: Client, start_router: RouterFactory, sim: Sim) -> None:
+    from tests.conftest import upstream
+
+    sim.configure(flex_unavailable=True)
+    with start_router(batch=FAST | {"turnaround_prior_s": 600}, upstreams=[upstream(sim.v1, flex=True)]) as base:
+        c = oai(base)
+        routed = c.chat.completions.with_raw_response.create(
+            model="gpt-5-mini", messages=prompt(6), extra_headers={"X-Deadline": "5m"}
+        )
+        with pytest.raises(openai.RateLimitError) as asked:  # the caller's own flex choice is not overridden
+            c.chat.completions.create(model="gpt-5-mini", messages=prompt(6), service_tier="flex")
+    assert routed.headers["x-router-lane"] == "realtime"
+    assert routed.parse().service_tier == "default"
+    assert float(routed.headers["x-router-savings-usd"]) == 0
+    assert asked.value.code == "resource_unavailable"

@@ -479,3 +479,14 @@ def test_calls_abandoned_by_the_client_are_counted(http: httpx.Client, server: s
         assert next(r.iter_lines()).startswith("data: ")
     _wait_for_stat(http, "cancelled_calls", 2)
     _wait_for_stat(http, "open_streams", 0)
+
+
+def test_flex_shortage_knob(http: httpx.Client) -> None:
+    configure(http, flex_unavailable=True)
+    body = {"model": "gpt-5-mini", "messages": USER, "service_tier": "flex"}
+    short = http.post("/v1/chat/completions", json=body, headers=KEY)
+    assert short.status_code == 429
+    validate("ErrorResponse", short.json())
+    assert short.json()["error"]["code"] == "resource_unavailable"
+    standard = http.post("/v1/chat/completions", json=body | {"service_tier": "default"}, headers=KEY)
+    assert standard.status_code == 200

@@ -31,6 +31,8 @@ class SimConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """New batches fail validation (OpenAI `failed`; Anthropic: every request `errored`)."""
     batch_line_failure_rate: Fraction = 0
     """Fraction of batch lines that end in the error file with a 500 body."""
+    flex_unavailable: bool = False
+    """Every `service_tier: "flex"` call is answered 429 `resource_unavailable`, as when flex lacks capacity."""
     seed: int = 0
     """Seeds error injection, line failures and output order."""
     api_key: str | None = None

@@ -61,6 +61,14 @@ def routes(state: SimState) -> list[HTTPRouteHandler]:
     async def body_of(request: Request[Any, Any, Any], path: str) -> bytes:
         return await admit(state, request, path, openai_injected)
 
+    def check_flex(tier: str | None) -> None:
+        if tier == "flex" and state.config.flex_unavailable:
+            # The documented flex shortage: a 429 the caller is not charged for.
+            raise OpenAIError(
+                429, "Resource Unavailable: flex processing is out of capacity; retry later or use the default tier.",
+                type="rate_limit_error", code="resource_unavailable",
+            )  # fmt: skip
+
     def stream(events: Iterator[bytes]) -> Stream:
         headers = {"cache-control": "no-cache", "x-request-id": request_id()}
         return Stream(
@@ -70,6 +78,7 @@ def routes(state: SimState) -> list[HTTPRouteHandler]:
     @post("/v1/chat/completions", status_code=200)
     async def chat_completions(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
         req = bodies.decode_chat(await body_of(request, "/v1/chat/completions"))
+        check_flex(req.service_tier)
         answer = bodies.chat_completion(req, state.cache)
         if req.stream:
             return stream(streams.chat_events(answer, _include_usage(req.stream_options)))
@@ -91,6 +100,7 @@ def routes(state: SimState) -> list[HTTPRouteHandler]:
     @post("/v1/responses", status_code=200)
     async def responses(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
         req = bodies.decode_responses(await body_of(request, "/v1/responses"))
+        check_flex(req.service_tier)
         answer = bodies.response(req, state.cache)
         if req.stream:
             return stream(streams.response_events(answer))
