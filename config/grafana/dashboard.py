@@ -285,6 +285,15 @@ def build() -> dashboard.Dashboard:
                 description="Batch results for calls already answered another way: billed by the provider, dropped.",
             )
         )
+        .with_panel(
+            graph(
+                "Webhook deliveries",
+                "short",
+                [(f"sum by (outcome) (increase({M}webhook_deliveries_total[{WINDOW}]))", "{{outcome}}")],
+                description="Signed events sent to callers' X-Webhook-URL: delivered, retried after a failed "
+                "attempt, or dropped after the last attempt.",
+            )
+        )
     )
     return (
         board.with_row(dashboard.Row("Real-time latency"))
