@@ -20,6 +20,7 @@ from router.errors import BadRequest
 from router.providers import anthropic as adapter
 from router.providers import anthropic_translate as tr
 from router.providers.anthropic import AnthropicProvider
+from router.providers.anthropic_stream import StreamTranslator
 from router.providers.base import BatchLine, BatchStatus, LineResult
 from router.serving import serve_in_thread
 from router.settings import Upstream
@@ -459,7 +460,7 @@ TRANSCRIPT = b"".join(
 
 
 def translate(pieces: list[bytes], *, include_usage: bool = True) -> bytes:
-    translator = tr.StreamTranslator(model=MODEL, created=42, include_usage=include_usage)
+    translator = StreamTranslator(model=MODEL, created=42, include_usage=include_usage)
     return b"".join(translator.feed(piece) for piece in pieces)
 
 

@@ -12,6 +12,7 @@ import msgspec
 
 from router.errors import BadRequest, UpstreamError, UpstreamUnavailable
 from router.providers import anthropic_translate as tr
+from router.providers.anthropic_stream import StreamTranslator
 from router.providers.base import BatchLine, BatchState, BatchStatus, LineResult, UpstreamResponse
 from router.providers.transport import RETRY_STATUSES, make_client, retry_after, send_retrying, translate_error
 from router.schema import error_body
@@ -117,7 +118,7 @@ class AnthropicProvider:
         sent = dict(headers or {}) | _JSON
         response = await send_retrying(self.client, self.upstream, f"{self.v1}/messages", content, sent, RETRY)
         if stream and response.status_code == 200:
-            translator = tr.StreamTranslator(model=req.model, created=int(time.time()), include_usage=req.include_usage)
+            translator = StreamTranslator(model=req.model, created=int(time.time()), include_usage=req.include_usage)
             return UpstreamResponse(
                 status=200,
                 headers=self._headers(response, "text/event-stream"),
@@ -147,7 +148,7 @@ class AnthropicProvider:
         body = tr.chat_completion(self._decode(tr.message_decoder, raw), int(time.time()))
         return UpstreamResponse(status=200, headers=headers, body=body)
 
-    async def _relay(self, response: httpx.Response, translator: tr.StreamTranslator) -> AsyncIterator[bytes]:
+    async def _relay(self, response: httpx.Response, translator: StreamTranslator) -> AsyncIterator[bytes]:
         try:
             async for chunk in response.aiter_bytes():  # decoded: the translator reads the events
                 if out := translator.feed(chunk):
