@@ -14,7 +14,14 @@ from router.errors import BadRequest, UpstreamError, UpstreamUnavailable
 from router.providers import anthropic_translate as tr
 from router.providers.anthropic_stream import StreamTranslator
 from router.providers.base import BatchLine, BatchState, BatchStatus, LineResult, UpstreamResponse
-from router.providers.transport import RETRY_STATUSES, make_client, retry_after, send_retrying, translate_error
+from router.providers.transport import (
+    RETRY_STATUSES,
+    make_client,
+    read_all,
+    retry_after,
+    send_retrying,
+    translate_error,
+)
 from router.schema import error_body
 from router.settings import Upstream
 
@@ -135,12 +142,7 @@ class AnthropicProvider:
         return out
 
     async def _answer(self, response: httpx.Response) -> UpstreamResponse:
-        try:
-            raw = await response.aread()
-        except httpx.HTTPError as exc:
-            raise self._translate(exc) from exc
-        finally:
-            await response.aclose()
+        raw = await read_all(response, self.name)
         headers = self._headers(response, "application/json")
         if response.status_code != 200:
             status, body = tr.error_answer(response.status_code, raw)

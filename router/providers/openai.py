@@ -11,7 +11,7 @@ import msgspec
 
 from router.errors import UpstreamError, UpstreamUnavailable
 from router.providers.base import BatchLine, BatchStatus, LineResult, UpstreamResponse
-from router.providers.transport import make_client, retry_after, send_retrying, translate_error
+from router.providers.transport import make_client, read_all, retry_after, send_retrying, translate_error
 from router.schema import error_body
 from router.settings import Upstream
 
@@ -117,12 +117,7 @@ class OpenAIProvider:
                 stream=self._relay(response),
                 close=response.aclose,
             )
-        try:
-            content = await response.aread()
-        except httpx.HTTPError as exc:
-            raise self._translate(exc) from exc
-        finally:
-            await response.aclose()
+        content = await read_all(response, self.name)
         return UpstreamResponse(status=response.status_code, headers=headers, body=content)
 
     async def _relay(self, response: httpx.Response) -> AsyncIterator[bytes]:

@@ -80,6 +80,16 @@ def translate_error(upstream: str, exc: httpx.HTTPError) -> UpstreamUnavailable:
     return UpstreamUnavailable(f"The upstream '{upstream}' could not be reached.", code="upstream_unavailable")
 
 
+async def read_all(response: httpx.Response, upstream: str) -> bytes:
+    """The whole body of a streaming response, which is closed either way."""
+    try:
+        return await response.aread()
+    except httpx.HTTPError as exc:
+        raise translate_error(upstream, exc) from exc
+    finally:
+        await response.aclose()
+
+
 async def send_retrying(
     client: httpx.AsyncClient,
     upstream: Upstream,
