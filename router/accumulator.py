@@ -7,7 +7,8 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import Literal, TypeVar
 
 import msgspec
 from redis.asyncio.cluster import RedisCluster
@@ -18,9 +19,13 @@ from router.redis_client import RedisClient
 
 log = logging.getLogger("router.accumulator")
 
+ASYNC_HOLDER = "async"
+"""The holder of a call answered `202` (its caller polls or gets a webhook): never re-attached by digest."""
+Admission = Literal["new", "attached", "reused"]
 LINE_OVERHEAD = 128  # bytes a JSONL line adds around a body: custom_id, method, url
 CLAIM_CHUNK = 2000  # calls moved per CLAIM script run: bounds how long one script holds Redis
 TotalsKey = tuple[str, str]  # tenant, UTC day
+T = TypeVar("T")
 
 
 class CallMeta(msgspec.Struct, frozen=True, kw_only=True):
@@ -117,6 +122,7 @@ class Accumulator:
         self.result_ttl = int(result_ttl_s)
         self.idempotency_ttl = int(idempotency_ttl_s)
         self._admit = redis.register_script(scripts.ADMIT)
+        self._release = redis.register_script(scripts.RELEASE)
         self._claim = redis.register_script(scripts.CLAIM)
         self._mark_submitted = redis.register_script(scripts.MARK_SUBMITTED)
         self._take_over = redis.register_script(scripts.TAKE_OVER)
@@ -129,8 +135,22 @@ class Accumulator:
 
     # --- admission -----------------------------------------------------------------------------------
 
-    async def admit(self, meta: CallMeta, body: bytes, idempotency_key: str | None = None) -> tuple[str, bool]:
-        """Queue a call; return its id and whether it is new (False: an Idempotency-Key matched a live call)."""
+    async def admit(
+        self,
+        meta: CallMeta,
+        body: bytes,
+        idempotency_key: str | None = None,
+        *,
+        digest: str = "",
+        holder: str = "",
+        attach_to: str | None = None,
+    ) -> tuple[str, Admission]:
+        """Queue a call, or attach to the live call this request repeats; (call id, outcome).
+
+        `digest` identifies identical requests (tenant, endpoint, body); `holder` names the connection that waits
+        for the answer (empty for none, `async` for a 202 call); `attach_to` is an identical call whose caller is
+        gone (found by `reattachable`), which this request takes over if it still can.
+        """
         k = self.keys
         tag = queue_tag(meta.upstream, meta.endpoint, meta.model)
         call_id = new_call_id(tag)
@@ -138,15 +158,65 @@ class Accumulator:
         # The set of queues first: a call is never in a queue the batcher cannot find.
         await self.redis.sadd(k.queues, tag)
         idem = k.idempotency(tag, meta.tenant, idempotency_key) if idempotency_key is not None else k.queue(tag)
-        admitted = _s(
-            await self._admit(
-                keys=[idem, k.call(call_id), k.pending(tag), k.arrivals(tag), k.bytes(tag), k.queue(tag)],
-                args=[call_id, _meta_encoder.encode(meta), body, repr(meta.deadline), repr(meta.received_at), ttl,
-                      self.idempotency_ttl, meta.upstream, meta.endpoint, meta.model,
-                      "1" if idempotency_key is not None else "0", k.call_prefix(tag), meta.webhook or ""],
-            )
+        outcome, admitted = await self._admit(
+            keys=[idem, k.call(call_id), k.pending(tag), k.arrivals(tag), k.bytes(tag), k.queue(tag),
+                  k.digest(tag, digest)],
+            args=[call_id, _meta_encoder.encode(meta), body, repr(meta.deadline), repr(meta.received_at), ttl,
+                  self.idempotency_ttl, meta.upstream, meta.endpoint, meta.model,
+                  "1" if idempotency_key is not None else "0", k.call_prefix(tag), meta.webhook or "", digest,
+                  holder, attach_to or ""],
         )  # fmt: skip
-        return admitted, admitted == call_id
+        return _s(admitted), _s(outcome)  # type: ignore[return-value]
+
+    async def reattachable(self, tag: str, digest: str, *, retry: bool, limit: int = 10) -> str | None:
+        """The live, undelivered held call with this digest whose caller is gone, or None.
+
+        Gone: no connection holds it, or the replica that held it is dead. With `retry` (the client says this is
+        a retry of an earlier attempt) the newest such call is taken even if its old connection still looks
+        held: the router may not have seen that connection drop yet.
+        """
+        k = self.keys
+        ids = [_s(i) for i in await self.redis.zrevrange(k.digest(tag, digest), 0, limit - 1)]
+        if not ids:
+            return None
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for call_id in ids:
+                pipe.hmget(k.call(call_id), ["holder", "delivered", "digest"])
+            rows = await pipe.execute()
+        candidates = [
+            (cid, _s(row[0]))
+            for cid, row in zip(ids, rows, strict=True)
+            if row[2] is not None and _s(row[1]) != "1" and _s(row[0]) != ASYNC_HOLDER
+        ]
+        replicas = {holder.partition("/")[0] for _, holder in candidates if holder}
+        alive = await self.replicas_alive(replicas)
+        for call_id, holder in candidates:
+            if not holder or holder.partition("/")[0] not in alive:
+                return call_id
+        return candidates[0][0] if retry and candidates else None
+
+    async def unhold(self, call_id: str, holder: str, *, delivered: bool) -> None:
+        """A connection stops holding a call (see `scripts.RELEASE`)."""
+        await self._release(keys=[self.keys.call(call_id)], args=[holder, "1" if delivered else "0"])
+
+    async def heartbeat(self, replica_id: str, ttl_s: float) -> None:
+        """Say this replica is alive for `ttl_s` more seconds."""
+        await self.redis.set(self.keys.replica(replica_id), "1", px=int(ttl_s * 1000))
+
+    async def retire(self, replica_id: str) -> None:
+        """This replica is stopping: the calls it held are orphaned from now on."""
+        await self.redis.delete(self.keys.replica(replica_id))
+
+    async def replicas_alive(self, replica_ids: set[str]) -> set[str]:
+        """The replicas among `replica_ids` whose heartbeat has not lapsed."""
+        ordered = sorted(replica_ids)
+        if not ordered:
+            return set()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for replica_id in ordered:
+                pipe.exists(self.keys.replica(replica_id))
+            found = await pipe.execute()
+        return {rid for rid, there in zip(ordered, found, strict=True) if there}
 
     # --- queues and batches --------------------------------------------------------------------------
 
@@ -261,24 +331,6 @@ class Accumulator:
             for index in (k.pending(tag), k.arrivals(tag), k.inflight(tag), k.escalating(tag)):
                 pipe.zrem(index, call_id)
             await pipe.execute()
-
-    @contextlib.asynccontextmanager
-    async def keeping(self, renew: Callable[[], Awaitable[bool]], lease_s: float) -> AsyncIterator[None]:
-        """Renew a lease every third of its length while the body runs."""
-
-        async def loop() -> None:
-            renewed = True
-            while renewed:
-                await asyncio.sleep(lease_s / 3)
-                renewed = await renew()
-
-        task = asyncio.create_task(loop())
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     async def due_batches(self, tag: str, now: float, limit: int = 100) -> list[BatchRecord]:
         """Batches whose next action (poll, or recovery of a lapsed build) is due."""
@@ -520,6 +572,40 @@ class Accumulator:
             for field, value in row.items():
                 out[_s(field)] = out.get(_s(field), 0.0) + float(value)
         return out
+
+
+class LeaseLost(Exception):
+    """The lease guarding some work lapsed or was taken over: the work was stopped so it is not done twice."""
+
+
+async def while_leased(work: Awaitable[T], renew: Callable[[], Awaitable[bool]], lease_s: float) -> T:
+    """Await `work`, renewing its lease every third of `lease_s`; stop it cleanly when the lease is lost.
+
+    A renewal that fails because Redis is briefly away is retried; only when the lease is known to be someone
+    else's (the renewal says so) or has surely lapsed (no renewal for a whole lease) is `work` cancelled and
+    `LeaseLost` raised. A renewal error never replaces the result of work that succeeded.
+    """
+    task = asyncio.ensure_future(work)
+    renewed_at = time.monotonic()
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=lease_s / 3)
+            if done:
+                return task.result()
+            try:
+                held = await renew()
+            except Exception as exc:  # Redis away: keep working while the lease may still hold
+                log.warning("renewing a lease failed, will retry: %s", exc)
+                held = time.monotonic() - renewed_at < lease_s
+            else:
+                renewed_at = time.monotonic() if held else renewed_at
+            if not held and not task.done():
+                raise LeaseLost()
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
 
 class Waiters:

@@ -7,7 +7,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
@@ -21,14 +21,16 @@ from redis.exceptions import RedisError
 
 from router import metrics
 from router.accounting import Lane, Priced
-from router.accumulator import CallRecord, Result
+from router.accumulator import ASYNC_HOLDER, CallRecord, Result
 from router.deadline import format_deadline, parse_deadline
 from router.errors import (
     AuthenticationFailed,
     BadRequest,
+    IdempotencyKeyReused,
     NotFound,
     RouterError,
     ServiceUnavailable,
+    TooManyRequests,
     UpstreamError,
     UpstreamTimeout,
 )
@@ -82,12 +84,15 @@ def error_response(exc: RouterError) -> Response[bytes]:
     headers = dict(exc.headers)
     if exc.retry_after is not None:
         headers["retry-after"] = str(max(1, round(exc.retry_after)))
+    if exc.should_retry is not None:
+        headers["x-should-retry"] = "true" if exc.should_retry else "false"
+    if exc.call_id is not None:
+        headers["x-router-request-id"] = exc.call_id
     if isinstance(exc, UpstreamError):
         body = exc.body if _looks_like_openai_error(exc.body) else _wrap_upstream(exc.body, exc.upstream_status)
         return Response(body, status_code=exc.upstream_status, media_type=JSON, headers=headers)
-    return Response(
-        error_body(exc.message, exc.type, exc.param, exc.code), status_code=exc.status, media_type=JSON, headers=headers
-    )
+    body = error_body(exc.message, exc.type, exc.param, exc.code, call_id=exc.call_id)
+    return Response(body, status_code=exc.status, media_type=JSON, headers=headers)
 
 
 def _looks_like_openai_error(body: bytes) -> bool:
@@ -132,7 +137,7 @@ def redis_error_handler(_: Request[Any, Any, Any], exc: RedisError) -> Response[
 def internal_error_handler(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     """Anything unforeseen: log it, answer a clean 500 without a traceback."""
     log.exception("unhandled error", exc_info=exc)
-    body = error_body("The router hit an internal error; the call was not forwarded.", "server_error", None, None)
+    body = error_body("The router hit an internal error.", "server_error", None, None)
     return Response(body, status_code=500, media_type=JSON)
 
 
@@ -154,6 +159,8 @@ async def unless_disconnected(request: Request[Any, Any, Any], work: Awaitable[T
         watcher.cancel()
         if not task.done():  # the client left, or this handler itself was cancelled (shutdown)
             task.cancel()
+            # Let the work see its cancellation through (an upstream call is dropped, its connection freed).
+            await asyncio.wait((task,))
     if task.cancelled():
         raise ClientDisconnected()
     return task.result()
@@ -219,9 +226,23 @@ async def respond_deferred(
     headers: dict[str, str],
     webhook: str | None,
 ) -> Response[bytes] | Stream:
-    """Admit a call to the batch lane, then answer 202 (async) or hold the connection until its result."""
+    """Admit a call to the batch lane (or re-attach a retry to it), then answer 202 (async) or hold the
+    connection until its result (`router.holding`)."""
     assert decision.deadline is not None
-    call_id, _ = await gateway.deferred.admit(
+    holds = gateway.holds
+    held = not prefers_async(request)
+    if holds.draining.is_set():
+        raise ServiceUnavailable("The router is restarting; retry shortly.", retry_after=1.0, should_retry=True)
+    if held and holds.full():
+        metrics.held_refused.inc()
+        raise TooManyRequests(
+            f"The router holds as many connections as it may ({holds.cap}); retry shortly, or send "
+            "`Prefer: respond-async` to get a call id to poll.",
+            code="too_many_held_calls",
+            retry_after=2.0,
+        )
+    holder = holds.new_holder() if held else ASYNC_HOLDER
+    call_id, outcome = await gateway.deferred.admit(
         endpoint=endpoint,
         body=body,
         view=view,
@@ -231,59 +252,109 @@ async def respond_deferred(
         rule=decision.rule,
         idempotency_key=request.headers.get("idempotency-key"),
         webhook=webhook,
+        holder=holder,
+        retry=is_retry(request),
+        reattach=request.headers.get("x-router-reattach", "").lower() not in ("never", "off", "false", "0"),
     )
+    if outcome == "reused":
+        raise IdempotencyKeyReused(call_id)
     headers["x-router-request-id"] = call_id
     headers["x-router-lane"] = "batch"
-    call = await gateway.deferred.acc.get_call(call_id)
+    if outcome == "attached":
+        headers["x-router-reattached"] = "true"
+    if not held:
+        return await _respond_async(gateway, call_id, headers)
+    return await _hold(gateway, request, call_id, holder, upstream, headers)
+
+
+async def _hold(
+    gateway: Gateway, request: Request[Any, Any, Any], call_id: str, holder: str, upstream: str, headers: dict[str, str]
+) -> Response[bytes] | Stream:
+    """Hold the connection for a stored call: its answer within one keep-alive interval, else a held body."""
+    holds = gateway.holds
+    holds.enter()
+    handed_off = delivered = False
+    try:
+        call = await gateway.deferred.acc.get_call(call_id)
+        if call is None:
+            raise ServiceUnavailable(f"The deferred call {call_id} expired before it could be held.", call_id=call_id)
+        headers["x-router-deadline"] = format_deadline(call.meta.deadline)  # a re-attached retry keeps the original
+        # Held until the deadline, plus the guard's margin and the time an escalated call may take upstream.
+        slack = gateway.settings.batch.margin_s + gateway.upstreams.config(upstream).timeout_s
+        hold = max(1.0, min(gateway.settings.batch.hold_s, call.meta.deadline - time.time() + slack))
+        if call.meta.stream:
+            headers["cache-control"] = "no-cache"
+            handed_off = True
+            return Stream(holds.sse_body(call, holder, hold), status_code=200, headers=headers,
+                          media_type="text/event-stream")  # fmt: skip
+        first = min(hold, gateway.settings.batch.keepalive_s)
+        started = time.monotonic()
+        result = await unless_disconnected(request, holds.first_wait(call_id, first))
+        if result is not None:
+            delivered = True
+            return result_response(call, result, headers, replay=True)
+        if holds.draining.is_set():
+            raise ServiceUnavailable(
+                f"The router is restarting; the deferred call {call_id} is kept. Send the same request again to "
+                "re-attach to it.",
+                code="router_restarting",
+                retry_after=1.0,
+                call_id=call_id,
+                should_retry=True,
+            )
+        if hold - (time.monotonic() - started) <= 0:
+            raise UpstreamTimeout(
+                f"The deferred call {call_id} has no result yet; fetch it with GET /v1/deferred/{call_id}.",
+                code="deferred_pending",
+                headers=headers,
+                call_id=call_id,
+                should_retry=False,
+            )
+        handed_off = True
+        body_iter = holds.json_body(call, holder, hold - (time.monotonic() - started))
+        return Stream(body_iter, status_code=200, headers=headers, media_type=JSON)
+    except (RedisError, OSError) as exc:
+        # The call is stored: say which, and let the SDK retry, which re-attaches to it.
+        log.warning("holding %s failed: %s", call_id, exc)
+        raise ServiceUnavailable(
+            f"The router could not hold the deferred call {call_id}; send the same request again to re-attach to "
+            f"it, or fetch it with GET /v1/deferred/{call_id}.",
+            retry_after=1.0,
+            call_id=call_id,
+            should_retry=True,
+        ) from exc
+    except RouterError as exc:
+        exc.call_id = exc.call_id or call_id
+        raise
+    finally:
+        if not handed_off:
+            holds.leave(call_id, holder, delivered=delivered)
+
+
+async def _respond_async(gateway: Gateway, call_id: str, headers: dict[str, str]) -> Response[bytes]:
+    """`202` with the `deferred.call` object and where to fetch the answer."""
+    try:
+        call = await gateway.deferred.acc.get_call(call_id)
+        result = await gateway.deferred.acc.get_result(call_id) if call is not None else None
+    except RedisError as exc:
+        raise ServiceUnavailable(
+            f"The deferred call {call_id} is stored; fetch it with GET /v1/deferred/{call_id}.",
+            retry_after=1.0,
+            call_id=call_id,
+            should_retry=True,
+        ) from exc
     if call is None:
-        raise ServiceUnavailable("The deferred call could not be stored; try again.")
-    headers["x-router-deadline"] = format_deadline(call.meta.deadline)  # a re-attached retry keeps the original
-    if prefers_async(request):
-        headers["location"] = f"/v1/deferred/{call_id}"
-        result = await gateway.deferred.acc.get_result(call_id)
-        return Response(
-            encoder.encode(deferred_object(call, result)), status_code=202, headers=headers, media_type=JSON
-        )
-    # Held until the deadline, plus the guard's margin and the time an escalated call may take upstream.
-    upstream_timeout = gateway.upstreams.config(upstream).timeout_s
-    slack = gateway.settings.batch.margin_s + upstream_timeout
-    hold = max(1.0, min(gateway.settings.batch.hold_s, call.meta.deadline - time.time() + slack))
-    if call.meta.stream:
-        # Headers (with the call id) go out now; SSE comments keep idle-timeout proxies from cutting the wait.
-        headers["cache-control"] = "no-cache"
-        events = held_stream(gateway, call, hold)
-        return Stream(events, status_code=200, headers=headers, media_type="text/event-stream")
-    result = await unless_disconnected(request, gateway.deferred.wait(call_id, hold))
-    if result is None:
-        # No SDK retry: a retry would queue the same work again; the call id says where its result will be.
-        headers["x-should-retry"] = "false"
-        raise UpstreamTimeout(
-            f"The deferred call {call_id} has no result yet; fetch it with GET /v1/deferred/{call_id}.",
-            code="deferred_pending",
-            headers=headers,
-        )
-    return result_response(call, result, headers, replay=True)
+        raise ServiceUnavailable(f"The deferred call {call_id} expired before it could be shown.", call_id=call_id)
+    headers["x-router-deadline"] = format_deadline(call.meta.deadline)
+    headers["location"] = f"/v1/deferred/{call_id}"
+    return Response(encoder.encode(deferred_object(call, result)), status_code=202, headers=headers, media_type=JSON)
 
 
-KEEPALIVE_S = 15.0
-
-
-async def held_stream(gateway: Gateway, call: CallRecord, hold: float) -> AsyncIterator[bytes]:
-    """A deferred `stream: true` call: keep-alive comments while it waits, then its result as SSE chunks."""
-    until = time.monotonic() + hold
-    result = None
-    while result is None and (left := until - time.monotonic()) > 0:
-        result = await gateway.deferred.wait(call.id, min(left, KEEPALIVE_S))
-        if result is None:
-            yield b": waiting for the batch\n\n"
-    if result is None:
-        message = f"The deferred call {call.id} has no result yet; fetch it with GET /v1/deferred/{call.id}."
-        yield b"data: " + error_body(message, "upstream_error", None, "deferred_pending") + b"\n\n"
-    elif result.status != 200:
-        yield b"data: " + result.body + b"\n\n"  # the SDK raises on an `error` event, as for a live stream
-    else:
-        for chunk in sse_chunks(call.meta.endpoint, result.body, include_usage=call.meta.include_usage):
-            yield chunk
+def is_retry(request: Request[Any, Any, Any]) -> bool:
+    """Whether the client says this request retries an earlier attempt (the OpenAI and Anthropic SDKs send
+    `X-Stainless-Retry-Count`, 0 on the first attempt)."""
+    count = request.headers.get("x-stainless-retry-count", "0").strip()
+    return count.isdigit() and int(count) > 0
 
 
 async def fetch_deferred(

@@ -23,6 +23,7 @@ from router.accumulator import Accumulator, TotalsKey, Waiters
 from router.batcher import Batcher
 from router.errors import ConfigError, RouterError
 from router.guard import Guard
+from router.holding import Holds, max_held, quiet_held_cuts, raise_fd_limit
 from router.lanes import DeferredLane, Upstreams
 from router.policy import PolicyStore
 from router.poller import Poller
@@ -79,6 +80,7 @@ class Gateway:
         self.poller = Poller(acc, providers, b, self.accounting)
         self.guard = Guard(acc, providers, b, self.accounting)
         self.webhooks = WebhookSender(acc, settings.webhooks, webhook_secret)
+        self.holds = Holds(self.deferred, settings, max_held(settings, raise_fd_limit()))
         self.loops = loops
         self._tasks: list[asyncio.Task[None]] = []
         self._totals: dict[TotalsKey, dict[str, float]] = {}
@@ -88,7 +90,9 @@ class Gateway:
     async def lifespan(self, _: Litestar) -> AsyncIterator[None]:
         """Start the background loops; on exit stop them (bounded wait, then cancel) and close every pool."""
         self._stop = asyncio.Event()
+        self.holds.bind(asyncio.get_running_loop())
         self._tasks = [
+            asyncio.create_task(self.holds.heartbeat(self._stop), name="heartbeat"),
             asyncio.create_task(self._watch_policies(), name="policy-reload"),
             asyncio.create_task(self.waiters.run(self._stop), name="waiters"),
             asyncio.create_task(self._flush_totals_loop(), name="totals"),
@@ -103,11 +107,17 @@ class Gateway:
         try:
             yield
         finally:
+            self.holds.begin_drain()
             self._stop.set()
-            pending = (await asyncio.wait(self._tasks, timeout=5.0))[1]
+            # What is left of the grace period (the drain started at the signal); in-flight uploads and polls
+            # that do not finish in it are cancelled and adopted later through their lapsed leases.
+            since = time.monotonic() - (self.holds.drain_started or time.monotonic())
+            grace = max(0.5, self.settings.shutdown_grace_s - since - 0.5)
+            pending = (await asyncio.wait(self._tasks, timeout=grace))[1]
             for task in pending:
                 task.cancel(msg="shutdown: loop did not stop in time")
             await asyncio.gather(*pending, return_exceptions=True)
+            await self.holds.settle(within_s=0.5)
             await self.upstreams.aclose()
             await self.webhooks.aclose()
             await redis_client.close(self.redis)
@@ -118,6 +128,10 @@ class Gateway:
                 log.error("policy reload rejected, old rules stay in force: %s", problem)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=1.0)
+
+    def begin_drain(self) -> None:
+        """SIGTERM arrived (called from the signal handler): cut held connections, refuse new held calls."""
+        self.holds.begin_drain()
 
     def record_realtime(
         self, priced: Priced, *, lane: Lane, upstream: str, model: str, tenant: str, outcome: str
@@ -220,6 +234,7 @@ def webhook_secret(settings: Settings, environ: Mapping[str, str]) -> str | None
 def create_app(settings: Settings, environ: Mapping[str, str] | None = None, *, loops: bool = True) -> Litestar:
     """The router as an ASGI app; `loops=False` leaves the batcher, poller, guard and webhooks to the caller (tests)."""
     environ = environ or {}
+    quiet_held_cuts()
     gateway = Gateway(
         settings, make_providers(settings, environ), loops=loops, webhook_secret=webhook_secret(settings, environ)
     )

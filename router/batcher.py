@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import time
 from collections.abc import Mapping
 
 from router import metrics
-from router.accumulator import Accumulator, BatchRecord, QueueStats
+from router.accumulator import Accumulator, BatchRecord, LeaseLost, QueueStats, while_leased
 from router.errors import RouterError
 from router.loops import pace
 from router.providers.base import BatchLine, Provider
@@ -98,9 +99,14 @@ class Batcher:
             await self.acc.finish_batch(stats.tag, bid, "empty", None)
             return False
         lease = self.settings.lease_s
+        renew = functools.partial(self.acc.renew_batch, stats.tag, bid, self.owner, lease)
         try:
-            async with self.acc.keeping(lambda: self.acc.renew_batch(stats.tag, bid, self.owner, lease), lease):
-                provider_id = await provider.submit_batch(bid, stats.endpoint, stats.model, lines)
+            submitting = provider.submit_batch(bid, stats.endpoint, stats.model, lines)
+            provider_id = await while_leased(submitting, renew, lease)
+        except LeaseLost:
+            # Another replica adopts the batch (and looks it up at the provider before submitting it again).
+            log.warning("lost the lease of batch %s while submitting it; it is left to whoever adopts it", bid)
+            return False
         except RouterError as exc:
             # The upload or create may or may not have happened: recovery looks the batch up before resubmitting.
             log.warning("submitting batch %s to %s failed, will recover: %s", bid, stats.upstream, exc)

@@ -64,9 +64,8 @@ def redis_for(settings: Settings) -> Iterator[Settings]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the router until interrupted."""
-    import uvicorn
-
     from router.app import create_app
+    from router.serving import Server, server_config
 
     base = load(args)
     settings = load(args, _serve_overrides(args, base))
@@ -79,7 +78,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     with redis_for(settings) as ready:
         app = create_app(ready, os.environ)
         print(f"hybrid-router listening on http://{ready.host}:{ready.port}/v1", file=sys.stderr)
-        uvicorn.run(app, host=ready.host, port=ready.port, log_level="warning", access_log=False, ws="none")
+        Server(server_config(app, host=ready.host, port=ready.port, grace_s=ready.shutdown_grace_s)).run()
     return 0
 
 

@@ -8,7 +8,9 @@ RouterError                     500 server_error
  ├── UpstreamError              the upstream's status and body, passed through
  ├── UpstreamUnavailable        502 upstream_error
  │    └── UpstreamTimeout       504 upstream_error
- └── ServiceUnavailable         503 server_error (Redis down, shutting down)
+ ├── IdempotencyKeyReused       422 invalid_request_error, code idempotency_key_reused
+ ├── ServiceUnavailable         503 server_error (Redis down, shutting down)
+ └── TooManyRequests            429 rate_limit_exceeded (held-connection cap)
 ConfigError                     not an HTTP error: a bad config, policy or pricing file
 
 Litestar's own rejections (unknown route 404, wrong method 405, body too large 413) are shaped by
@@ -34,6 +36,8 @@ class RouterError(Exception):
         code: str | None = None,
         retry_after: float | None = None,
         headers: dict[str, str] | None = None,
+        call_id: str | None = None,
+        should_retry: bool | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -41,6 +45,10 @@ class RouterError(Exception):
         self.code = code
         self.retry_after = retry_after
         self.headers = headers or {}
+        self.call_id = call_id
+        """The deferred call this error is about, once it is stored: named in the body and `X-Router-Request-Id`."""
+        self.should_retry = should_retry
+        """Sent as `x-should-retry` (which the OpenAI and Anthropic SDKs obey) when not None."""
 
 
 class BadRequest(RouterError):
@@ -105,6 +113,30 @@ class ServiceUnavailable(RouterError):
 
     status = 503
     type = "server_error"
+
+
+class IdempotencyKeyReused(RouterError):
+    """An `Idempotency-Key` already used for a request with another body; nothing was stored."""
+
+    status = 422
+    type = "invalid_request_error"
+
+    def __init__(self, call_id: str) -> None:
+        super().__init__(
+            "This Idempotency-Key was already used for a request with a different body. Use a new key for a new "
+            "request, or send the original body again to get its answer.",
+            param="Idempotency-Key",
+            code="idempotency_key_reused",
+            headers={"x-router-request-id": call_id},
+            should_retry=False,
+        )
+
+
+class TooManyRequests(RouterError):
+    """The router will not take this call now (e.g. it holds as many connections as it may); nothing was stored."""
+
+    status = 429
+    type = "rate_limit_exceeded"
 
 
 class ConfigError(Exception):

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Mapping
 
 from router import metrics
 from router.accounting import Accounting
-from router.accumulator import Accumulator
-from router.errors import RouterError, UpstreamError
+from router.accumulator import Accumulator, LeaseLost, while_leased
+from router.errors import RouterError, UpstreamError, UpstreamTimeout
 from router.loops import pace
-from router.providers.base import Provider
+from router.providers.base import RETRY_STATUSES, Provider, backoff, retry_after_s
 from router.schema import error_body
 from router.settings import BatchSettings
 
 log = logging.getLogger("router.guard")
 CONCURRENCY = 64
+OVERLOADED = 529  # Anthropic: overloaded, not billed
 
 
 class Guard:
@@ -67,18 +69,27 @@ class Guard:
             return 0
 
     async def _escalate(self, call_id: str) -> int:
-        call = await self.acc.get_call(call_id)
-        if call is None:
-            await self.acc.forget(call_id)
-            return 0
-        reason = "queued" if call.state == "queued" else "submitted"
-        body = await self.acc.escalate(call_id, self.settings.lease_s)
-        if body is None:
-            return 0
-        meta = call.meta
-        lease = self.settings.lease_s
-        async with self._slots, self.acc.keeping(lambda: self.acc.renew_escalation(call_id, lease), lease):
-            status, content = await self._answer(meta.upstream, meta.endpoint, body)
+        # A slot first, then the lease: a lease taken while queued for a slot could lapse before the work starts,
+        # and a second replica would then answer the same call.
+        async with self._slots:
+            call = await self.acc.get_call(call_id)
+            if call is None:
+                await self.acc.forget(call_id)
+                return 0
+            reason = "queued" if call.state == "queued" else "submitted"
+            lease = self.settings.lease_s
+            body = await self.acc.escalate(call_id, lease)
+            if body is None:
+                return 0
+            meta = call.meta
+            renew = functools.partial(self.acc.renew_escalation, call_id, lease)
+            try:
+                status, content = await while_leased(
+                    self._answer(meta.upstream, meta.endpoint, body, meta.deadline), renew, lease
+                )
+            except LeaseLost:
+                log.warning("lost the escalation lease of %s; whoever holds it now answers the call", call_id)
+                return 0
         priced = self.accounting.price(meta.model, "escalated", content if status == 200 else b"")
         stored = await self.acc.store_result(
             call_id, meta, from_batch="", status=status, body=content, lane="escalated", cost=priced.as_tuple()
@@ -94,19 +105,39 @@ class Guard:
             metrics.deadline_misses.inc()
         return 1
 
-    async def _answer(self, upstream: str, endpoint: str, body: bytes) -> tuple[int, bytes]:
-        """The real-time answer as (status, body); upstream failures become the caller's error."""
+    async def _answer(self, upstream: str, endpoint: str, body: bytes, deadline: float) -> tuple[int, bytes]:
+        """The real-time answer as (status, body), retrying transient failures while the deadline allows.
+
+        Retried: 429 (after its `Retry-After`), 5xx and failed connects, none of which the upstream bills. Not
+        retried: any other status (the upstream's final word) and a timeout (the upstream may have run the call).
+        """
         provider = self.providers.get(upstream)
         if provider is None:
             return 502, error_body(f"The upstream '{upstream}' is no longer configured.", "upstream_error", None,
                                    "upstream_unavailable")  # fmt: skip
-        try:
-            answer = await provider.forward(endpoint, body, stream=False)
-        except UpstreamError as exc:
-            return exc.upstream_status, exc.body
-        except RouterError as exc:
-            return exc.status, error_body(exc.message, exc.type, exc.param, exc.code)
-        return answer.status, answer.body
+        attempt = 0
+        while True:
+            wait: float | None = None
+            try:
+                answer = await provider.forward(endpoint, body, stream=False)
+            except UpstreamError as exc:
+                status, content, wait = exc.upstream_status, exc.body, exc.retry_after
+            except UpstreamTimeout as exc:
+                return exc.status, error_body(exc.message, exc.type, exc.param, exc.code)
+            except RouterError as exc:
+                status, content = exc.status, error_body(exc.message, exc.type, exc.param, exc.code)
+            else:
+                status, content = answer.status, answer.body
+                wait = retry_after_s(answer.headers) if status == 429 else None
+            if status not in RETRY_STATUSES and status != OVERLOADED:
+                return status, content
+            pause = wait if wait is not None else backoff(attempt)
+            if time.time() + pause >= deadline:
+                return status, content
+            log.info("escalation upstream answered %d; retrying in %.1f s (deadline in %.0f s)", status, pause,
+                     deadline - time.time())  # fmt: skip
+            await asyncio.sleep(pause)
+            attempt += 1
 
     async def run(self, stop: asyncio.Event) -> None:
         """Pace `run_once` until `stop`, then let running escalations finish (bounded by the app's shutdown)."""

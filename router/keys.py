@@ -23,6 +23,10 @@ Owners and lifetimes:
 - `P:totals:<tenant>:<day>` (hash): the same for real-time calls (written once a second), kept 400 days.
 - `P:{q}:idem:<sha256(tenant, key)>`: Idempotency-Key → call id, idempotency TTL (under the queue's tag: a
   retry is the same request, so the same queue, and admission stays one atomic step).
+- `P:{q}:digest:<sha256(tenant, endpoint, body)>` (zset of call ids by arrival): identical calls, so an SDK
+  retry whose first attempt lost its connection re-attaches to that call instead of queuing it again; call TTL.
+- `P:replica:<id>` (string, 2 s TTL, renewed every half second): a live router process; a held call whose holder's
+  replica key is gone is orphaned.
 - `P:{q}:webhooks` (zset of call ids by next delivery time): added by STORE_RESULT when the call has a
   `webhook` URL in its hash; the webhook sender removes an entry once delivered, dropped after its last
   attempt, or when the call hash expired.
@@ -113,6 +117,12 @@ class Keys:
     def idempotency(self, tag: str, tenant: str, key: str) -> str:
         digest = hashlib.sha256(f"{tenant}\n{key}".encode()).hexdigest()[:32]
         return f"{self.q(tag)}:idem:{digest}"
+
+    def digest(self, tag: str, digest: str) -> str:
+        return f"{self.q(tag)}:digest:{digest}"
+
+    def replica(self, replica_id: str) -> str:
+        return f"{self.prefix}:replica:{replica_id}"
 
     def webhooks(self, tag: str) -> str:
         return f"{self.q(tag)}:webhooks"

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import hashlib
+import logging
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import msgspec
+from redis.exceptions import RedisError
 
 from router import metrics
-from router.accumulator import Accumulator, CallMeta, CallRecord, Result, Waiters
+from router.accumulator import ASYNC_HOLDER, Accumulator, Admission, CallMeta, CallRecord, Result, Waiters
 from router.deadline import format_deadline
 from router.errors import NotFound
 from router.keys import queue_tag
@@ -19,6 +23,7 @@ from router.providers.base import Provider, UpstreamResponse
 from router.schema import DeferredCall, RequestView, decode_body
 from router.settings import Settings, Upstream
 
+log = logging.getLogger("router.lanes")
 ENDPOINTS = ("/chat/completions", "/completions", "/embeddings", "/responses")
 
 
@@ -168,8 +173,16 @@ class DeferredLane:
         rule: str | None,
         idempotency_key: str | None,
         webhook: str | None = None,
-    ) -> tuple[str, bool]:
-        """Queue the call; (call id, whether it is new)."""
+        holder: str = "",
+        retry: bool = False,
+        reattach: bool = True,
+    ) -> tuple[str, Admission]:
+        """Queue the call, or attach to the live call it repeats (see `Accumulator.admit`); (call id, outcome).
+
+        With `reattach`, a held request identical to a call whose caller is gone takes that call over; `retry`
+        (the client says this request retries an earlier attempt) also takes over a call whose old connection
+        has not been seen to drop yet.
+        """
         meta = CallMeta(
             tenant=tenant,
             upstream=upstream,
@@ -182,24 +195,57 @@ class DeferredLane:
             rule=rule,
             webhook=webhook,
         )
-        call_id, created = await self.acc.admit(meta, batch_body(body, view), idempotency_key)
-        if created:
+        digest = call_digest(tenant, endpoint, body)
+        attach_to = None
+        if reattach and holder != ASYNC_HOLDER and self.settings.batch.reattach:
+            tag = queue_tag(upstream, endpoint, meta.model)
+            attach_to = await self.acc.reattachable(tag, digest, retry=retry)
+        call_id, outcome = await self.acc.admit(
+            meta, batch_body(body, view), idempotency_key, digest=digest, holder=holder, attach_to=attach_to
+        )
+        if outcome == "new":
             metrics.admitted.labels(upstream, meta.model, tenant).inc()
-        return call_id, created
+        elif outcome == "attached":
+            metrics.reattached.inc()
+        return call_id, outcome
 
-    async def wait(self, call_id: str, seconds: float) -> Result | None:
-        """The call's result, waiting up to `seconds` for it (pub/sub wake-up, re-checked every 5 s)."""
+    async def wait(self, call_id: str, seconds: float, stop: asyncio.Event | None = None) -> Result | None:
+        """The call's result, waiting up to `seconds` for it, or until `stop` is set.
+
+        Woken by pub/sub and re-checked every 5 s. While Redis is away the reads are retried with backoff: a
+        stored call stays stored, so its waiter waits rather than answering an error.
+        """
         until = time.monotonic() + seconds
+        pause = 0.1
         with self.waiters.waiting(call_id) as woken:
             while True:
-                result = await self.acc.get_result(call_id)
+                try:
+                    result = await self.acc.get_result(call_id)
+                    pause = 0.1
+                except (RedisError, OSError) as exc:
+                    log.debug("reading the result of %s failed, will retry: %s", call_id, exc)
+                    result, pause = None, min(pause * 2, 5.0)
                 left = until - time.monotonic()
-                if result is not None or left <= 0:
+                if result is not None or left <= 0 or (stop is not None and stop.is_set()):
                     return result
                 if woken.done():  # woken, yet nothing stored: a wake-up for a result that has since expired
                     await asyncio.sleep(min(left, 0.25))
                     continue
+                waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(asyncio.shield(woken))}
+                if stop is not None:
+                    waits.add(asyncio.ensure_future(stop.wait()))
                 try:
-                    await asyncio.wait_for(asyncio.shield(woken), timeout=min(left, 5.0))
-                except TimeoutError:
-                    continue
+                    await asyncio.wait(
+                        waits, timeout=min(left, 5.0 if pause <= 0.1 else pause), return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    for waiting in waits:
+                        waiting.cancel()
+
+
+def call_digest(tenant: str, endpoint: str, body: bytes) -> str:
+    """What identifies identical requests: the tenant, the endpoint and the body's bytes."""
+    h = hashlib.sha256(tenant.encode())
+    h.update(b"\n" + endpoint.encode() + b"\n")
+    h.update(body)
+    return h.hexdigest()[:32]

@@ -151,3 +151,32 @@ webhook_deliveries = Counter(
 )
 for _outcome in ("delivered", "retried", "dropped"):
     webhook_deliveries.labels(_outcome)
+reattached = Counter(
+    "deferred_reattached",
+    "Requests that re-attached to a deferred call already stored (a retry after a lost connection), not billed again.",
+    namespace=NS,
+    registry=REGISTRY,
+)
+held_connections = Gauge(
+    "held_connections",
+    "Connections held open for a deferred answer in this process.",
+    namespace=NS,
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+held_refused = Counter(
+    "held_refused",
+    "Held calls refused with 429 before being stored, because the held-connection cap was reached.",
+    namespace=NS,
+    registry=REGISTRY,
+)
+held_cut = Counter(
+    "held_cut",
+    "Held answers cut short on purpose, by reason: error (the retry re-attaches and gets the error with its "
+    "status), shutdown (the retry re-attaches on another replica), hold_limit.",
+    ["reason"],
+    namespace=NS,
+    registry=REGISTRY,
+)
+for _reason in ("error", "shutdown", "hold_limit"):
+    held_cut.labels(_reason)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from router import metrics
 from router.accounting import Accounting, Priced
-from router.accumulator import Accumulator, BatchRecord
+from router.accumulator import Accumulator, BatchRecord, LeaseLost, while_leased
 from router.keys import tag_of
 from router.loops import pace
 from router.providers.base import BatchStatus, LineResult, Provider
@@ -64,8 +64,11 @@ class Poller:
                     continue
                 renew = functools.partial(self.acc.renew, lease, self.owner, self.settings.lease_s)
                 try:
-                    async with self.acc.keeping(renew, self.settings.lease_s):
-                        ingested += await self.check(record, stats.upstream, stats.model)
+                    ingested += await while_leased(
+                        self.check(record, stats.upstream, stats.model), renew, self.settings.lease_s
+                    )
+                except LeaseLost:
+                    log.warning("lost the lease of batch %s while checking it; another replica carries on", record.id)
                 except Exception as exc:
                     log.warning("polling batch %s failed, will retry: %s", record.id, exc)
                     await self.acc.reschedule(tag, record.id, self.next_poll(record.polls))

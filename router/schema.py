@@ -35,10 +35,16 @@ class ErrorDetail(msgspec.Struct, omit_defaults=False):
     code: str | None = None
 
 
+class DeferredErrorDetail(ErrorDetail, omit_defaults=False):
+    """An error about a deferred call that is stored: it names the call, whose answer stays retrievable."""
+
+    deferred_call_id: str | None = None
+
+
 class ErrorBody(msgspec.Struct, omit_defaults=False):
     """`{"error": {"message", "type", "param", "code"}}`."""
 
-    error: ErrorDetail
+    error: ErrorDetail | DeferredErrorDetail
 
 
 class DeferredCall(msgspec.Struct):
@@ -95,6 +101,11 @@ def _safe_decode(body: bytes) -> Any:
         return None
 
 
-def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> bytes:
-    """Encode an OpenAI-shaped error."""
+def error_body(
+    message: str, type_: str, param: str | None = None, code: str | None = None, *, call_id: str | None = None
+) -> bytes:
+    """Encode an OpenAI-shaped error; `call_id` adds `deferred_call_id` for an error about a stored call."""
+    if call_id is not None:
+        detail = DeferredErrorDetail(message=message, type=type_, param=param, code=code, deferred_call_id=call_id)
+        return encoder.encode(ErrorBody(detail))
     return encoder.encode(ErrorBody(ErrorDetail(message=message, type=type_, param=param, code=code)))

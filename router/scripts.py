@@ -6,20 +6,38 @@ keys, so every script stays inside one Redis Cluster slot.
 
 from __future__ import annotations
 
-# Admit a call to its queue, or return the live call an Idempotency-Key already maps to.
-# Race closed: two requests with one key (a client retry racing its original) never queue two calls; the
-# key lives under the queue's tag (a retry is the same request, so the same queue), so this is one step.
+# Admit a call to its queue, or attach the request to a live call it repeats; returns {outcome, call id}.
+# Outcomes: `new`; `attached` (an Idempotency-Key matched a live call with the same body, or `attach` names
+# an identical call whose caller is gone); `reused` (an Idempotency-Key matched a call with another body:
+# nothing is stored).
+# Races closed: two requests with one key (a client retry racing its original) never queue two calls, and a
+# retry never attaches to a call whose answer was already delivered; the key and the digest index live under
+# the queue's tag (a retry is the same request, so the same queue), so each is one step.
 ADMIT = """
-local idem, call, pending, arrivals, bytes, queue = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local idem, call, pending, arrivals, bytes, queue, digests = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6],
+  KEYS[7]
 local id, meta, body, deadline, received_at, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local idem_ttl, upstream, endpoint, model = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
-local has_idem, call_prefix, webhook = ARGV[11], ARGV[12], ARGV[13]
+local has_idem, call_prefix, webhook, digest, holder, attach = ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15],
+  ARGV[16]
 if has_idem == '1' then
   local existing = redis.call('GET', idem)
-  if existing and redis.call('EXISTS', call_prefix .. existing) == 1 then return existing end
+  if existing and redis.call('EXISTS', call_prefix .. existing) == 1 then
+    local known = redis.call('HGET', call_prefix .. existing, 'digest')
+    if known and known ~= digest then return {'reused', existing} end
+    if holder ~= '' then redis.call('HSET', call_prefix .. existing, 'holder', holder) end
+    return {'attached', existing}
+  end
+end
+if attach ~= '' then
+  local other = call_prefix .. attach
+  if redis.call('HGET', other, 'digest') == digest and redis.call('HGET', other, 'delivered') ~= '1' then
+    redis.call('HSET', other, 'holder', holder)
+    return {'attached', attach}
+  end
 end
 redis.call('HSET', call, 'meta', meta, 'body', body, 'state', 'queued', 'batch', '', 'deadline', deadline,
-  'received_at', received_at, 'attempts', 0)
+  'received_at', received_at, 'attempts', 0, 'digest', digest, 'holder', holder)
 if webhook ~= '' then redis.call('HSET', call, 'webhook', webhook) end
 redis.call('EXPIRE', call, ttl)
 redis.call('ZADD', pending, deadline, id)
@@ -27,7 +45,20 @@ redis.call('ZADD', arrivals, received_at, id)
 redis.call('INCRBY', bytes, string.len(body))
 redis.call('HSET', queue, 'upstream', upstream, 'endpoint', endpoint, 'model', model)
 if has_idem == '1' then redis.call('SET', idem, id, 'EX', idem_ttl) end
-return id
+redis.call('ZADD', digests, received_at, id)
+redis.call('EXPIRE', digests, ttl)
+return {'new', id}
+"""
+
+# A held connection lets go of its call: clear the holder if it is still this one (a retry may have attached
+# since), and mark the call delivered when its answer went out, so later identical calls are new calls.
+# Race closed: an old connection ending after its retry attached must not make the call look orphaned.
+RELEASE = """
+local call, holder, delivered = KEYS[1], ARGV[1], ARGV[2]
+if redis.call('EXISTS', call) == 0 then return 0 end
+if redis.call('HGET', call, 'holder') == holder then redis.call('HSET', call, 'holder', '') end
+if delivered == '1' then redis.call('HSET', call, 'delivered', '1') end
+return 1
 """
 
 # Claim the earliest-deadline queued calls into a `building` batch, one chunk per call (a 50,000-call batch

@@ -59,6 +59,10 @@ class Limits(_Strict, kw_only=True):
     max_body_bytes: PositiveInt = 32 * 1024 * 1024
     max_deadline_s: PositiveFloat = 7 * 24 * 3600.0
     max_wait_s: PositiveFloat = 600.0
+    max_held: PositiveInt | None = None
+    """Connections held open for deferred answers at once; past it a new held call gets 429 before it is stored.
+    Unset: half of the file descriptors left after Redis' pool and a reserve (the fd limit is raised to its
+    hard limit at start)."""
 
 
 class BatchSettings(_Strict, kw_only=True):
@@ -72,8 +76,15 @@ class BatchSettings(_Strict, kw_only=True):
     turnaround_prior_s: PositiveFloat = 3600.0
     result_ttl_s: PositiveFloat = 7 * 24 * 3600.0
     idempotency_ttl_s: PositiveFloat = 24 * 3600.0
-    lease_s: PositiveFloat = 120.0
+    lease_s: PositiveFloat = 10.0
+    """Leases on a batch, a poll or an escalation; renewed every third while the work runs, so a dead replica's
+    work is taken over within this many seconds."""
     hold_s: PositiveFloat = 24 * 3600.0
+    keepalive_s: PositiveFloat = 10.0
+    """A held caller receives a byte at least this often (JSON whitespace, or an SSE comment), so client read
+    timeouts and idle proxies do not cut the wait."""
+    reattach: bool = True
+    """An identical request whose earlier attempt lost its connection re-attaches to that call (see README)."""
 
 
 class WebhookSettings(_Strict, kw_only=True):
@@ -107,6 +118,9 @@ class Settings(_Strict, kw_only=True):
     data_dir: str = ".hybrid-router"
     policies_dir: str = "policies"
     pricing_file: str = "config/pricing.yaml"
+    shutdown_grace_s: PositiveFloat = 10.0
+    """On SIGTERM: held connections are closed at once (their retries re-attach elsewhere), and the process
+    exits within this many seconds."""
     limits: Limits = msgspec.field(default_factory=Limits)
     batch: BatchSettings = msgspec.field(default_factory=BatchSettings)
     webhooks: WebhookSettings = msgspec.field(default_factory=WebhookSettings)

@@ -127,13 +127,40 @@ async def test_a_late_batch_result_after_escalation_is_dropped(acc: Accumulator)
 
 
 async def test_idempotency_key_maps_a_retry_to_the_admitted_call(acc: Accumulator) -> None:
-    first, created = await acc.admit(meta(), body(1), "key-1")
-    again, created_again = await acc.admit(meta(), body(1), "key-1")
-    other_tenant, _ = await acc.admit(meta(tenant="u"), body(1), "key-1")
-    assert created and not created_again and again == first
-    assert other_tenant != first
+    first, created = await acc.admit(meta(), body(1), "key-1", digest="d1")
+    again, created_again = await acc.admit(meta(), body(1), "key-1", digest="d1")
+    other_tenant, _ = await acc.admit(meta(tenant="u"), body(1), "key-1", digest="d1u")
+    other_body, reused = await acc.admit(meta(), body(2), "key-1", digest="d2")
+    assert (created, created_again, reused) == ("new", "attached", "reused")
+    assert again == first and other_body == first and other_tenant != first
     stats = await acc.stats(TAG)
-    assert stats is not None and stats.count == 2
+    assert stats is not None and stats.count == 2  # the reused key stored nothing
+
+
+async def test_a_retry_reattaches_only_to_a_call_whose_caller_is_gone(acc: Accumulator) -> None:
+    await acc.heartbeat("live", 30)
+    held, _ = await acc.admit(meta(), body(1), digest="d", holder="live/c1")
+    # The caller is still connected on a live replica: an identical request is a new call (sampling on purpose).
+    assert await acc.reattachable(TAG, "d", retry=False) is None
+    # ...unless the client says it retries (its first attempt's connection is gone, unseen by the router yet).
+    assert await acc.reattachable(TAG, "d", retry=True) == held
+    # The connection ended: now any identical request takes the call over.
+    await acc.unhold(held, "live/c1", delivered=False)
+    assert await acc.reattachable(TAG, "d", retry=False) == held
+    again, outcome = await acc.admit(meta(), body(1), digest="d", holder="live/c2", attach_to=held)
+    assert (again, outcome) == (held, "attached")
+    # The old connection letting go later does not orphan the call its retry now holds.
+    await acc.unhold(held, "live/c1", delivered=False)
+    assert await acc.reattachable(TAG, "d", retry=False) is None
+    # A dead replica's calls are orphans; a delivered call and an async call are never taken over.
+    await acc.admit(meta(), body(1), digest="e", holder="dead/c3")
+    assert await acc.reattachable(TAG, "e", retry=False) is not None
+    await acc.unhold(held, "live/c2", delivered=True)
+    assert await acc.reattachable(TAG, "d", retry=True) is None
+    await acc.admit(meta(), body(1), digest="f", holder="async")
+    assert await acc.reattachable(TAG, "f", retry=True) is None
+    stats = await acc.stats(TAG)
+    assert stats is not None and stats.count == 3
 
 
 async def test_crash_between_claim_and_upload_is_recovered(

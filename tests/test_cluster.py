@@ -189,11 +189,12 @@ async def test_the_url_picks_a_cluster_or_one_server(cluster: list[int]) -> None
 
 
 async def test_admit_with_and_without_an_idempotency_key(client: RedisCluster, acc: Accumulator) -> None:
-    first, created = await acc.admit(meta(), body(1), "key-1")
-    again, created_again = await acc.admit(meta(), body(1), "key-1")
-    other_tenant, _ = await acc.admit(meta(tenant="u"), body(1), "key-1")
-    plain, plain_created = await acc.admit(meta(), body(2))
-    assert created and not created_again and again == first and plain_created
+    first, created = await acc.admit(meta(), body(1), "key-1", digest="d1")
+    again, created_again = await acc.admit(meta(), body(1), "key-1", digest="d1")
+    other_tenant, _ = await acc.admit(meta(tenant="u"), body(1), "key-1", digest="d1u")
+    plain, plain_created = await acc.admit(meta(), body(2), digest="d2", holder="gone/c")
+    assert (created, created_again, plain_created) == ("new", "attached", "new") and again == first
+    assert await acc.reattachable(TAG, "d2", retry=False) == plain  # the digest index is in the queue's slot
     assert len({first, other_tenant, plain}) == 3
     stats = await acc.stats(TAG)
     assert stats is not None and stats.count == 3 and stats.bytes == 2 * len(body(1)) + len(body(2))

@@ -13,15 +13,8 @@ import msgspec
 from router.errors import BadRequest, UpstreamError, UpstreamUnavailable
 from router.providers import anthropic_translate as tr
 from router.providers.anthropic_stream import StreamTranslator
-from router.providers.base import BatchLine, BatchState, BatchStatus, LineResult, UpstreamResponse
-from router.providers.transport import (
-    RETRY_STATUSES,
-    make_client,
-    read_all,
-    retry_after,
-    send_retrying,
-    translate_error,
-)
+from router.providers.base import RETRY_STATUSES, BatchLine, BatchState, BatchStatus, LineResult, UpstreamResponse
+from router.providers.transport import make_client, read_all, retry_after, send_retrying, translate_error
 from router.schema import error_body
 from router.settings import Upstream
 

@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Literal, Protocol
 
 import msgspec
 
 BatchState = Literal["running", "ended", "failed", "missing"]
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+"""Upstream answers that mean "not now": the call was not run (nor billed), so sending it again is safe."""
+
+
+def backoff(attempt: int) -> float:
+    """Exponential backoff with jitter, capped at 8 s."""
+    return min(8.0, 0.25 * 2.0**attempt) * (0.5 + random.random() / 2)
+
+
+def retry_after_s(headers: Iterable[tuple[str, str]]) -> float | None:
+    """Seconds from a `Retry-After` (or OpenAI's `retry-after-ms`) header, if present and numeric."""
+    found = {name.lower(): value for name, value in headers}
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        if value := found.get(name):
+            try:
+                return max(0.0, float(value) / scale)
+            except ValueError:
+                continue
+    return None
 
 
 class UpstreamResponse(msgspec.Struct, kw_only=True):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Collection, Mapping
 
 import aiohttp
@@ -11,9 +10,9 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from router.errors import UpstreamTimeout, UpstreamUnavailable
+from router.providers.base import RETRY_STATUSES, backoff, retry_after_s
 from router.settings import Upstream
 
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_RETRY_AFTER_S = 20.0
 
 
@@ -59,18 +58,7 @@ def is_timeout(exc: httpx.HTTPError) -> bool:
 
 def retry_after(headers: httpx.Headers) -> float | None:
     """Seconds from a `Retry-After` (or OpenAI's `retry-after-ms`) header, if present and numeric."""
-    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        if value := headers.get(name):
-            try:
-                return max(0.0, float(value) / scale)
-            except ValueError:
-                continue
-    return None
-
-
-def backoff(attempt: int) -> float:
-    """Exponential backoff with jitter, capped at 8 s."""
-    return min(8.0, 0.25 * 2.0**attempt) * (0.5 + random.random() / 2)
+    return retry_after_s(headers.multi_items())
 
 
 def translate_error(upstream: str, exc: httpx.HTTPError) -> UpstreamUnavailable:
