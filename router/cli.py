@@ -82,6 +82,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _turnaround(spec: str) -> str:
+    """`--batch-turnaround`, checked now so a typo is a usage error rather than a traceback."""
+    from router.simulator.config import Turnaround
+
+    try:
+        Turnaround.parse(spec)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return spec
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Run the built-in upstream simulator."""
     import uvicorn
@@ -91,8 +102,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     config = SimConfig(
         latency_ms=args.latency_ms,
         error_rate=args.error_rate,
-        batch_turnaround_s=args.batch_turnaround,
+        batch_turnaround=args.batch_turnaround,
         stream_chunk_delay_ms=args.stream_chunk_delay_ms,
+        seed=args.seed,
         api_key=args.api_key,
     )
     print(f"simulator listening on http://{args.host}:{args.port}/v1", file=sys.stderr)
@@ -157,7 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--port", type=int, default=9100)
     sim.add_argument("--latency-ms", type=float, default=0.0, help="added to every real-time answer")
     sim.add_argument("--error-rate", type=float, default=0.0, help="fraction of real-time calls answered 429/500")
-    sim.add_argument("--batch-turnaround", type=float, default=2.0, help="seconds from batch creation to completed")
+    sim.add_argument(
+        "--batch-turnaround",
+        type=_turnaround,
+        metavar="SPEC",
+        help="batch duration: seconds (default 2) or lognormal:median=S,p95=S[,max=S], drawn per batch; "
+        "a duration beyond max (default 86400) expires at max",
+    )
+    sim.add_argument("--seed", type=int, default=0, help="seeds drawn durations, error injection and output order")
     sim.add_argument("--stream-chunk-delay-ms", type=float, default=0.0, help="pause between streamed chunks")
     sim.add_argument("--api-key", help="the only key the simulator accepts (default: any key, or none)")
     sim.set_defaults(func=cmd_simulate)

@@ -9,17 +9,21 @@ import msgspec
 from litestar import Litestar, Request, Response, Router, get, post
 from litestar.exceptions import HTTPException
 from litestar.handlers import HTTPRouteHandler
-from litestar.types import ExceptionHandlersMap
+from litestar.types import ASGIApp, ExceptionHandlersMap, Message, Receive, Scope, Send
 
 from router.simulator import anthropic_api, openai_api, openai_batch_api
 from router.simulator.config import SimConfig, patched
 from router.simulator.errors import ANTHROPIC_ERROR_TYPES, AnthropicError, OpenAIError, describe_decode_error
 from router.simulator.state import SimState
-from router.simulator.web import anthropic_auth, json_response, openai_auth
+from router.simulator.web import Middleware, anthropic_auth, json_response, openai_auth
 
 MAX_BODY_BYTES = 600 * 1024 * 1024
 """Above the Files API's 512 MB, so the 200 MB batch-file check is ours to make, not the framework's."""
 ANTHROPIC_PREFIX = "/v1/messages"
+REALTIME_PATHS = frozenset(
+    {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages"}
+)
+"""The real-time endpoints, whose 200 answers `realtime_calls_billed` counts."""
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,27 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[byt
     return _openai_error(request, OpenAIError(500, "Internal server error.", type="server_error"))
 
 
+def billing(state: SimState) -> Middleware:
+    """Count each real-time call answered 200 as billed; errors (injected, flex 429, client gone) are not."""
+
+    def middleware(app: ASGIApp) -> ASGIApp:
+        async def counted(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["path"] not in REALTIME_PATHS:
+                await app(scope, receive, send)
+                return
+
+            async def watched(message: Message) -> None:
+                if message["type"] == "http.response.start" and message["status"] == 200:
+                    state.stats.realtime_calls_billed += 1
+                await send(message)
+
+            await app(scope, receive, watched)
+
+        return counted
+
+    return middleware
+
+
 def control_routes(state: SimState) -> list[HTTPRouteHandler]:
     """`/_sim/*`: live config, reset and counters for tests and benchmarks (no auth)."""
 
@@ -74,6 +99,7 @@ def control_routes(state: SimState) -> list[HTTPRouteHandler]:
 
     @get("/_sim/stats")
     async def stats() -> Response[bytes]:
+        state.advance_batches()
         return json_response(state.stats.view())
 
     @get("/_sim/health")
@@ -110,6 +136,7 @@ def create_simulator(config: SimConfig | None = None) -> Litestar:
     app = Litestar(
         route_handlers=[openai, anthropic, *control_routes(state)],
         exception_handlers=handlers,
+        middleware=[billing(state)],
         openapi_config=None,
         logging_config=None,
         request_max_body_size=MAX_BODY_BYTES,

@@ -22,7 +22,6 @@ from router.simulator.schedule import Schedule
 from router.simulator.store import FileStore, Stats
 from router.simulator.text import PrefixCache
 
-WINDOW_S = 24 * 3600
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 CANCELLABLE = frozenset({"validating", "in_progress", "finalizing"})
 
@@ -144,15 +143,20 @@ def answer(endpoint: str, raw: bytes, cache: PrefixCache) -> Answer:
 
 
 class BatchJob:
-    """One batch: its frozen schedule, its lines in processing order, and what has been answered so far."""
+    """One batch: its frozen schedule, its lines in processing order, and what has been answered so far.
 
-    def __init__(self, req: CreateBatch, parsed: Parsed, config: SimConfig, seq: int, now: float) -> None:
+    Each line answered 200 is billed into `stats` when it runs, whatever the batch's end (a cancelled or
+    expired batch bills its finished lines, as OpenAI does).
+    """
+
+    def __init__(self, req: CreateBatch, parsed: Parsed, config: SimConfig, seq: int, now: float, stats: Stats) -> None:
         self.id = new_id("batch_")
+        self.stats = stats
         self.endpoint = req.endpoint
         self.input_file_id = req.input_file_id
         self.metadata = req.metadata
         self.model = parsed.model
-        self.schedule = Schedule.of(config, now)
+        self.schedule = Schedule.of(config, now, seq)
         self.errors = parsed.errors
         if config.batch_fail and not self.errors:
             self.errors = [
@@ -237,6 +241,7 @@ class BatchJob:
                 t.cached_tokens += got.cached_tokens
                 t.output_tokens += got.output_tokens
                 t.reasoning_tokens += got.reasoning_tokens
+                self.stats.billed(custom_id)
         line = OutputLine(
             id=new_id("batch_req_"),
             custom_id=custom_id,
@@ -291,7 +296,7 @@ class BatchJob:
             error_file_id=self.error_file_id,
             created_at=int(s.created),
             in_progress_at=int(s.started) if started else None,
-            expires_at=int(s.created) + WINDOW_S,
+            expires_at=int(s.created + s.window),
             finalizing_at=int(s.finalizing) if reached_finalizing else None,
             completed_at=int(s.completes) if status == "completed" else None,
             failed_at=int(s.started) if status == "failed" else None,
@@ -320,4 +325,4 @@ def create(req: CreateBatch, files: FileStore, stats: Stats, config: SimConfig, 
     parsed = parse_input(content, req.endpoint)
     stats.batches_created += 1
     stats.submitted(parsed.custom_ids)
-    return BatchJob(req, parsed, config, seq, time.time())
+    return BatchJob(req, parsed, config, seq, time.time(), stats)

@@ -19,7 +19,6 @@ from router.simulator.store import Stats
 
 MAX_REQUESTS = 100_000
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-WINDOW_S = 24 * 3600
 
 
 class BatchRequest(msgspec.Struct):
@@ -102,11 +101,16 @@ def decode_create(raw: bytes) -> CreateMessageBatch:
 
 
 class MessageBatchJob:
-    """One Message Batch: its frozen schedule, its requests in processing order, its results once ended."""
+    """One Message Batch: its frozen schedule, its requests in processing order, its results once ended.
 
-    def __init__(self, req: CreateMessageBatch, config: SimConfig, seq: int, now: float) -> None:
+    Requests run as the clock says (as OpenAI lines do) and each `succeeded` one is billed into `stats` then,
+    but the counts and the results file only show once the batch has ended, as the real API does.
+    """
+
+    def __init__(self, req: CreateMessageBatch, config: SimConfig, seq: int, now: float, stats: Stats) -> None:
         self.id = new_id("msgbatch_")
-        self.schedule = Schedule.of(config, now)
+        self.stats = stats
+        self.schedule = Schedule.of(config, now, seq)
         rng = random.Random(f"{config.seed}:{seq}")
         requests = [(item.custom_id, item.params) for item in req.requests]
         order = list(requests)
@@ -117,6 +121,7 @@ class MessageBatchJob:
         self.failing = frozenset(rng.sample(range(len(order)), round(config.batch_line_failure_rate * len(order))))
         self.fail_all = config.batch_fail
         self.cancel_at: float | None = None
+        self.done: list[dict[str, Any]] = []
         self.results: bytes | None = None
         self.counts = RequestCounts(processing=len(order), succeeded=0, errored=0, canceled=0, expired=0)
 
@@ -141,26 +146,30 @@ class MessageBatchJob:
             self.cancel_at = now
         return status != "ended"
 
+    def lines_done(self, now: float) -> int:
+        """Requests finished by `now`; frozen at the moment of cancellation, and at expiry by the schedule."""
+        at = now if self.cancel_at is None else min(now, self.cancel_at)
+        return self.schedule.lines_done(at, len(self.requests))
+
     def advance(self, now: float) -> str:
-        """Build the results once the batch has ended; returns the status."""
+        """Run the requests that have finished by `now`, build the results once ended; returns the status."""
         status = self.status(now)
+        for position in range(len(self.done), self.lines_done(now)):
+            custom_id, params = self.requests[position]
+            result = self._run(position, params)
+            if result["type"] == "succeeded":
+                self.stats.billed(custom_id, anthropic=True)
+            self.done.append(result)
         if status == "ended" and self.results is None:
             self._finish()
         return status
 
     def _finish(self) -> None:
-        s = self.schedule
-        total = len(self.requests)
-        if self.cancel_at is not None:
-            done, rest = s.lines_done(self.cancel_at, total), "canceled"
-        elif s.expires is not None:
-            done, rest = s.lines_done(s.expires, total), "expired"
-        else:
-            done, rest = total, "expired"
+        rest = {"type": "canceled" if self.cancel_at is not None else "expired"}
         counts = {"succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
         lines = []
-        for position, (custom_id, params) in enumerate(self.requests):
-            result: dict[str, Any] = {"type": rest} if position >= done else self._run(position, params)
+        for position, (custom_id, _) in enumerate(self.requests):
+            result = self.done[position] if position < len(self.done) else rest
             counts[result["type"]] += 1
             lines.append(_ENCODE.encode({"custom_id": custom_id, "result": result}))
         self.results = b"\n".join(lines) + b"\n"
@@ -192,7 +201,7 @@ class MessageBatchJob:
             request_counts=self.counts,
             ended_at=rfc3339(self.ends()) if ended else None,
             created_at=rfc3339(s.created),
-            expires_at=rfc3339(s.created + WINDOW_S),
+            expires_at=rfc3339(s.created + s.window),
             cancel_initiated_at=rfc3339(self.cancel_at) if self.cancel_at is not None else None,
             results_url=f"{base_url.rstrip('/')}/v1/messages/batches/{self.id}/results" if ended else None,
         )
@@ -208,4 +217,4 @@ def create(raw: bytes, stats: Stats, config: SimConfig, seq: int) -> MessageBatc
     stats.message_batches_created += 1
     stats.message_batch_requests_submitted += len(req.requests)
     stats.submitted(item.custom_id for item in req.requests)
-    return MessageBatchJob(req, config, seq, time.time())
+    return MessageBatchJob(req, config, seq, time.time(), stats)

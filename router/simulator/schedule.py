@@ -1,8 +1,9 @@
-"""A batch's timeline: when it starts, how much of it is done at any moment, and when it ends."""
+"""A batch's timeline: how long it takes, when it starts, how much of it is done at any moment, and when it ends."""
 
 from __future__ import annotations
 
 import math
+import random
 
 import msgspec
 
@@ -14,36 +15,56 @@ FINALIZING_SHARE = 0.2
 """Share of the turnaround spent `finalizing` (OpenAI) after the last line."""
 
 
+def drawn_turnaround(config: SimConfig, seq: int) -> float:
+    """The duration of the `seq`-th batch: a draw from the configured `Turnaround`, reproducible from the seed."""
+    return config.turnaround().draw(random.Random(f"{config.seed}:{seq}:turnaround"))
+
+
 class Schedule(msgspec.Struct, frozen=True, kw_only=True):
-    """The knobs in force when a batch was created, frozen so later config changes leave it alone."""
+    """The knobs in force when a batch was created, frozen so later config changes leave it alone.
+
+    Lines finish at an even pace from `started` to `finalizing`. A batch expires either by the
+    `batch_expire_s` knob (`done_fraction` set: that share of the lines done by then) or because its
+    drawn `turnaround` overran the `window` (`done_fraction` None: the lines done by the pace so far).
+    """
 
     created: float
     turnaround: float
+    window: float
     expire_after: float | None
-    done_fraction: float
+    done_fraction: float | None
     cancel_delay: float
 
     @classmethod
-    def of(cls, config: SimConfig, created: float) -> Schedule:
-        """The schedule a batch created now gets; `batch_expire_s` only counts when shorter than the turnaround."""
-        expire = config.batch_expire_s
+    def of(cls, config: SimConfig, created: float, seq: int) -> Schedule:
+        """The schedule the `seq`-th batch, created now, gets; `batch_expire_s` only counts when it comes first."""
+        turnaround = drawn_turnaround(config, seq)
+        window = config.turnaround().max
+        knob = config.batch_expire_s
+        expire_after: float | None = None
+        done_fraction: float | None = None
+        if knob is not None and knob < turnaround and knob <= window:
+            expire_after, done_fraction = knob, config.batch_expire_done_fraction
+        elif turnaround > window:
+            expire_after = window
         return cls(
             created=created,
-            turnaround=config.batch_turnaround_s,
-            expire_after=expire if expire is not None and expire < config.batch_turnaround_s else None,
-            done_fraction=config.batch_expire_done_fraction,
+            turnaround=turnaround,
+            window=window,
+            expire_after=expire_after,
+            done_fraction=done_fraction,
             cancel_delay=config.batch_cancel_delay_s,
         )
 
     @property
     def started(self) -> float:
-        """When validation ends and lines start running."""
-        return self.created + VALIDATING_SHARE * self.turnaround
+        """When validation ends and lines start running (always within the window)."""
+        return self.created + self._start
 
     @property
     def finalizing(self) -> float:
-        """When the last line is done (OpenAI moves to `finalizing`)."""
-        return self.created + (1 - FINALIZING_SHARE) * self.turnaround
+        """When the last line is done (OpenAI moves to `finalizing`), had the batch not expired first."""
+        return self.created + self._finish
 
     @property
     def completes(self) -> float:
@@ -53,16 +74,31 @@ class Schedule(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def expires(self) -> float | None:
         """When the batch expires, if it does (never before validation has ended)."""
-        return None if self.expire_after is None else max(self.created + self.expire_after, self.started)
+        return None if self.expire_after is None else self.created + max(self.expire_after, self._start)
 
     def fraction_done(self, at: float) -> float:
-        """Share of lines finished by `at`: linear while running, capped at `done_fraction` if it expires."""
-        expires = self.expires
-        if expires is not None:
-            span = expires - self.started
-            return self.done_fraction * (_clamp((at - self.started) / span) if span > 0 else 1.0)
-        span = self.finalizing - self.started
-        return _clamp((at - self.started) / span) if span > 0 else float(at >= self.started)
+        """Share of lines finished by `at`: linear while running, stopped at expiry (see the class docstring).
+
+        Worked out in seconds since creation, and from the expiry offset itself once past it, so the share
+        at expiry is exact rather than blurred by the rounding of absolute clock times.
+        """
+        elapsed, start = at - self.created, self._start
+        if self.expire_after is not None:
+            end = max(self.expire_after, start)
+            if self.done_fraction is not None:
+                span = end - start
+                return self.done_fraction * (_clamp((elapsed - start) / span) if span > 0 else 1.0)
+            elapsed = min(elapsed, end)
+        span = self._finish - start
+        return _clamp((elapsed - start) / span) if span > 0 else float(elapsed >= start)
+
+    @property
+    def _start(self) -> float:
+        return VALIDATING_SHARE * min(self.turnaround, self.window)
+
+    @property
+    def _finish(self) -> float:
+        return (1 - FINALIZING_SHARE) * self.turnaround
 
     def lines_done(self, at: float, total: int) -> int:
         """Lines finished by `at`, out of `total`."""

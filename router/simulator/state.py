@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from typing import TYPE_CHECKING
 
 from router.simulator.config import SimConfig
@@ -44,6 +45,14 @@ class SimState:
         """A per-instance sequence number that, with the seed, makes each batch's shuffles reproducible."""
         self.batch_seq += 1
         return self.batch_seq
+
+    def advance_batches(self) -> None:
+        """Bring every batch of both APIs up to the clock, so the lines they finished by now are run and billed."""
+        now = time.time()
+        for job in self.batches.values():
+            job.advance(now, self.files, self.cache)
+        for message_job in self.message_batches.values():
+            message_job.advance(now)
 
     def injected_error(self) -> int | None:
         """The status to inject for this real-time call (429 and 500 alternate), or None; driven by `error_rate`."""

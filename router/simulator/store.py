@@ -95,6 +95,12 @@ class StatsView(msgspec.Struct, kw_only=True):
     `batches_cancelled` counts cancels of either kind; `message_batch_requests_submitted` is the Anthropic part;
     `open_streams` is the number of SSE answers still being sent; `cancelled_calls` counts real-time calls whose
     client went away before the answer was complete.
+
+    What a provider would charge for: `realtime_calls_billed` counts real-time calls answered 200 (a stream cut
+    short included); `batch_lines_billed` counts batch lines of either API that ran and succeeded (OpenAI status
+    200, Anthropic `succeeded`), in cancelled and expired batches too, with the Anthropic part in
+    `message_batch_requests_billed` and the count per custom_id in `batch_lines_billed_by_custom_id`. Batches
+    are brought up to the clock before the counts are read.
     """
 
     realtime_calls: dict[str, int]
@@ -108,6 +114,10 @@ class StatsView(msgspec.Struct, kw_only=True):
     message_batches_created: int
     message_batch_requests_submitted: int
     batches_cancelled: int
+    realtime_calls_billed: int
+    batch_lines_billed: int
+    message_batch_requests_billed: int
+    batch_lines_billed_by_custom_id: dict[str, int]
 
 
 class Stats:
@@ -126,6 +136,10 @@ class Stats:
         self.batches_cancelled = 0
         self.submissions: Counter[str] = Counter()
         self.max_submissions = 0
+        self.realtime_calls_billed = 0
+        self.batch_lines_billed = 0
+        self.message_batch_requests_billed = 0
+        self.billed_by_custom_id: Counter[str] = Counter()
 
     def submitted(self, custom_ids: Iterable[str]) -> None:
         """Count one submission of each custom_id (a line of any batch, OpenAI or Anthropic)."""
@@ -134,6 +148,13 @@ class Stats:
             submissions[custom_id] += 1
             self.batch_lines_submitted += 1
             self.max_submissions = max(self.max_submissions, submissions[custom_id])
+
+    def billed(self, custom_id: str, *, anthropic: bool = False) -> None:
+        """Count one batch line the provider ran and would charge for."""
+        self.batch_lines_billed += 1
+        if anthropic:
+            self.message_batch_requests_billed += 1
+        self.billed_by_custom_id[custom_id] += 1
 
     def view(self) -> StatsView:
         """A snapshot for the wire."""
@@ -149,4 +170,8 @@ class Stats:
             message_batches_created=self.message_batches_created,
             message_batch_requests_submitted=self.message_batch_requests_submitted,
             batches_cancelled=self.batches_cancelled,
+            realtime_calls_billed=self.realtime_calls_billed,
+            batch_lines_billed=self.batch_lines_billed,
+            message_batch_requests_billed=self.message_batch_requests_billed,
+            batch_lines_billed_by_custom_id=dict(self.billed_by_custom_id),
         )
