@@ -1,4 +1,4 @@
-"""The `hybrid-router` command: serve | simulate | demo | estimate | check-config."""
+"""The `hybrid-router` command: serve | simulate | demo | estimate | check-config | init."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import argparse
 import contextlib
 import logging
 import os
+import shlex
+import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -14,7 +16,15 @@ from typing import Any
 import msgspec
 
 from router.errors import ConfigError
-from router.settings import DEFAULT_CONFIG, Settings, load_settings
+from router.settings import (
+    DEFAULT_CONFIG,
+    DEFAULT_POLICIES,
+    DEFAULT_PRICING,
+    Settings,
+    load_settings,
+    packaged,
+    starter_files,
+)
 
 
 def _config_path(arg: str | None) -> Path | None:
@@ -121,30 +131,68 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _source(path: str, default: str) -> str:
+    """Where a file was read from, saying so when it is the packaged default."""
+    if path != str(packaged(default)):
+        return path
+    return f"packaged default {path} (add ./{default} to override it)"
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """Validate config, policies and pricing; print what is wrong, where."""
+    """Validate config, policies and pricing; print what is wrong, where, and which files were read."""
     from router.policy import load_policies
     from router.pricing import load_pricing
 
     problems: list[str] = []
     settings: Settings | None = None
+    rules = 0
     try:
         settings = load(args)
     except ConfigError as exc:
         problems.append(str(exc))
     if settings is not None:
-        for check, target in ((load_policies, settings.policies_dir), (load_pricing, settings.pricing_file)):
-            try:
-                check(Path(target))
-            except ConfigError as exc:
-                problems.append(str(exc))
+        try:
+            rules = len(load_policies(Path(settings.policies_dir)).rules)
+        except ConfigError as exc:
+            problems.append(str(exc))
+        try:
+            load_pricing(Path(settings.pricing_file))
+        except ConfigError as exc:
+            problems.append(str(exc))
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     if problems:
         return 1
     assert settings is not None
     names = ", ".join(f"{u.name} ({u.kind}, {u.base_url})" for u in settings.upstreams)
-    print(f"config OK: upstreams {names}; auth {settings.auth}; policies {settings.policies_dir}")
+    config = _config_path(args.config) or f"built-in defaults (no {DEFAULT_CONFIG}; `hybrid-router init` writes one)"
+    print(f"config OK: upstreams {names}; auth {settings.auth}")
+    print(f"  config:   {config}")
+    print(f"  pricing:  {_source(settings.pricing_file, DEFAULT_PRICING)}")
+    print(f"  policies: {_source(settings.policies_dir, DEFAULT_POLICIES)}, {rules} rules")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Write the packaged config, price table and example policies under a directory, to edit."""
+    directory = Path(args.directory)
+    pairs = starter_files(directory)
+    existing = [target for _, target in pairs if target.exists()]
+    if existing and not args.force:
+        names = ", ".join(str(target) for target in existing)
+        print(f"error: {names} already exist; nothing written (--force overwrites them)", file=sys.stderr)
+        return 1
+    for source, target in pairs:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+        except OSError as exc:
+            print(f"error: {target}: cannot write: {exc.strerror}", file=sys.stderr)
+            return 1
+        print(f"wrote {target}")
+    here = directory.resolve() == Path.cwd().resolve()
+    cd = "" if here else f"cd {shlex.quote(str(directory))} && "
+    print(f"next: {cd}hybrid-router check-config, then hybrid-router serve (or hybrid-router demo)")
     return 0
 
 
@@ -192,6 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate config, policies and pricing")
     check.add_argument("--config", help=f"config file (default: {DEFAULT_CONFIG} if present)")
     check.set_defaults(func=cmd_check_config)
+
+    init = sub.add_parser("init", help="write an editable config/router.yaml, config/pricing.yaml and policies/")
+    init.add_argument("directory", nargs="?", default=".", help="where to write them (default: here)")
+    init.add_argument("--force", action="store_true", help="overwrite files that exist")
+    init.set_defaults(func=cmd_init)
     return parser
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from router.app import create_app
+from router.errors import ConfigError
 from router.serving import serve_in_thread
 from router.settings import Settings
 from router.simulator import SimConfig, create_simulator
@@ -140,6 +142,8 @@ class DemoResult:
 
 def run_demo(settings: Settings, console: Console | None = None, workload: list[Group] | None = None) -> DemoResult:
     """Start the simulator and the router on loopback, drive the workload, print the tables."""
+    if importlib.util.find_spec("openai") is None:  # not a dependency of the router itself
+        raise ConfigError("openai", None, "the demo's client is the openai SDK: pip install 'hybrid-router[demo]'")
     console = console or Console()
     sim_config = SimConfig(latency_ms=120, batch_turnaround_s=3.0, stream_chunk_delay_ms=20, api_key=DEMO_KEY)
     with serve_in_thread(create_simulator(sim_config)) as sim_url:

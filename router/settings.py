@@ -1,10 +1,15 @@
-"""Typed settings: config/router.yaml, then HYBRID_ROUTER_* env vars, then CLI flags; loaded once, passed down."""
+"""Typed settings: config/router.yaml, then HYBRID_ROUTER_* env vars, then CLI flags; loaded once, passed down.
+
+The price table and the policies are read from config/pricing.yaml and policies/ when those exist (relative to the
+working directory), else from the copies that ship with the package (`packaged`).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import re
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -15,6 +20,9 @@ from router.errors import ConfigError
 
 ENV_PREFIX = "HYBRID_ROUTER_"
 DEFAULT_CONFIG = Path("config/router.yaml")
+DEFAULT_PRICING = "config/pricing.yaml"
+DEFAULT_POLICIES = "policies"
+_PACKAGE = Path(str(resources.files("router")))  # pip installs a wheel as plain files, never zipped
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
@@ -116,8 +124,8 @@ class Settings(_Strict, kw_only=True):
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
     data_dir: str = ".hybrid-router"
-    policies_dir: str = "policies"
-    pricing_file: str = "config/pricing.yaml"
+    policies_dir: str = DEFAULT_POLICIES
+    pricing_file: str = DEFAULT_PRICING
     shutdown_grace_s: PositiveFloat = 10.0
     """On SIGTERM: held connections are closed at once (their retries re-attach elsewhere), and the process
     exits within this many seconds."""
@@ -197,12 +205,43 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(str(path), None, f"not valid YAML: {exc}") from exc
 
 
+def packaged(relative: str) -> Path:
+    """The copy of `config/router.yaml`, `config/pricing.yaml` or `policies` that ships with the package.
+
+    A wheel carries them under router/defaults/ (force-included from the repository, see pyproject.toml);
+    a source checkout (editable install) reads them where they are.
+    """
+    shipped = _PACKAGE / "defaults" / relative
+    return shipped if shipped.exists() else _PACKAGE.parent / relative
+
+
+def _packaged_fallbacks(settings: Settings) -> Settings:
+    """At their default locations, an absent price table or policies directory means the packaged one.
+
+    An explicitly configured path is used as given, so a typo in it fails loudly instead of falling back.
+    """
+    changes = {
+        name: str(packaged(default))
+        for name, default in (("pricing_file", DEFAULT_PRICING), ("policies_dir", DEFAULT_POLICIES))
+        if getattr(settings, name) == default and not Path(default).exists()
+    }
+    return msgspec.structs.replace(settings, **changes) if changes else settings
+
+
+def starter_files(directory: Path) -> list[tuple[Path, Path]]:
+    """(packaged file, where `hybrid-router init` writes it under `directory`): config, price table, policies."""
+    pairs = [(packaged(name), directory / name) for name in (DEFAULT_CONFIG.as_posix(), DEFAULT_PRICING)]
+    policies = sorted(packaged(DEFAULT_POLICIES).glob("*.yaml"))
+    return pairs + [(path, directory / DEFAULT_POLICIES / path.name) for path in policies]
+
+
 def load_settings(
     path: Path | None,
     environ: Mapping[str, str],
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Read the config file (if any), apply env overrides and then CLI overrides, and validate the whole."""
+    """Read the config file (if any), apply env overrides and then CLI overrides, validate the whole, and point an
+    absent default price table or policies directory at the packaged one."""
     file = str(path) if path else "<defaults>"
     tree: dict[str, Any] = {}
     if path is not None:
@@ -220,4 +259,4 @@ def load_settings(
         raise ConfigError(file, "upstreams", f"upstream names must be unique, got {names}")
     if settings.auth == "keys" and not settings.keys:
         raise ConfigError(file, "keys", "auth is 'keys' but no keys are configured")
-    return settings
+    return _packaged_fallbacks(settings)

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from router.errors import ConfigError
-from router.settings import load_settings
+from router.policy import load_policies
+from router.pricing import load_pricing
+from router.settings import load_settings, packaged
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,3 +83,32 @@ def test_keys_are_compared_by_digest(tmp_path: Path) -> None:
     assert settings.tenant_for_key("sk-other") is None
     assert settings.tenant_for_key(None) is None
     assert load_settings(None, {}).tenant_for_key(None) == "default"
+
+
+def test_absent_prices_and_policies_mean_the_packaged_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(None, {})
+    assert settings.pricing_file == str(packaged("config/pricing.yaml"))
+    assert settings.policies_dir == str(packaged("policies"))
+    assert load_pricing(Path(settings.pricing_file)).lookup("gpt-4o") is not None
+    assert "evals" in [rule.name for rule in load_policies(Path(settings.policies_dir)).rules]
+
+
+def test_files_at_the_default_locations_override_the_packaged_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "pricing.yaml").write_text("models: []\n")
+    (tmp_path / "policies").mkdir()
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(None, {})
+    assert (settings.pricing_file, settings.policies_dir) == ("config/pricing.yaml", "policies")
+    assert load_policies(Path(settings.policies_dir)).rules == ()
+
+
+def test_an_explicit_path_never_falls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(write(tmp_path, "pricing_file: prices.yaml\n"), {})
+    assert settings.pricing_file == "prices.yaml"
+    with pytest.raises(ConfigError, match=r"^prices.yaml: cannot read"):
+        load_pricing(Path(settings.pricing_file))
