@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,49 @@ def _reachable(url: str) -> bool:
             return bool(client.ping())
     except redis.RedisError:
         return False
+
+
+# Every process a test starts inherits this mark in its environment, so one still running at the end of the
+# session is found even when it was orphaned; one started with a clean environment is found by its parent,
+# its working directory or its arguments (this session's temporary directory).
+_SESSION_MARK = ("HRTEST_SESSION", secrets.token_hex(8))
+os.environ[_SESSION_MARK[0]] = _SESSION_MARK[1]
+
+
+def _started_here(basetemp: str) -> dict[int, str]:
+    """Live processes (zombies excluded) that this session started: pid -> command line."""
+    found: dict[int, str] = {}
+    mark = "=".join(_SESSION_MARK).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            state, ppid = (entry / "stat").read_text().rpartition(")")[2].split()[:2]
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            ours = int(ppid) == os.getpid() or mark in (entry / "environ").read_bytes().split(b"\0")
+            ours = ours or basetemp in cmdline or (os.readlink(entry / "cwd") + os.sep).startswith(basetemp)
+        except OSError:
+            continue
+        if ours and state != "Z":
+            found[int(entry.name)] = cmdline
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Fail the run when a process a test started is still alive at the end (and stop it). Linux: reads /proc."""
+    basetemp = str(tmp_path_factory.getbasetemp().resolve()) + os.sep
+    yield
+    if not Path("/proc/self/environ").exists():
+        return
+    until = time.monotonic() + 3
+    while (leaked := _started_here(basetemp)) and time.monotonic() < until:
+        time.sleep(0.1)
+    for pid in leaked:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    if leaked:
+        pytest.fail("processes started by tests were still running (now killed): " + repr(leaked), pytrace=False)
 
 
 @pytest.fixture(scope="session")
