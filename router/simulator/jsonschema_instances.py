@@ -30,6 +30,7 @@ MAX_NODES = 2000
 """Past this many values generated, the rest is kept to what is required, so wide recursive schemas stay small."""
 HARD_DEPTH = 64
 _PATTERN_TRIES = 8
+_NONE = object()
 
 
 class SchemaError(ValueError):
@@ -280,16 +281,25 @@ class _Generator:
         for index in range(count):
             sub = prefix[index] if index < len(prefix) else rest
             item = self.value(sub, depth + 1)
-            for _ in range(8 if unique else 0):
-                if item not in out:
-                    break
-                item = self.value(sub, depth + 1)
             if unique and item in out:
-                if len(out) >= low:
-                    break
-                raise SchemaError("`uniqueItems` cannot be met")
+                item = self.distinct(sub, out, depth + 1)
+                if item is _NONE:
+                    if len(out) >= low:
+                        break
+                    raise SchemaError("`uniqueItems` cannot be met")
             out.append(item)
         return out
+
+    def distinct(self, schema: Any, taken: list[Any], depth: int) -> Any:
+        """An instance of `schema` not in `taken` (an unused `enum` value, else a few more draws), or `_NONE`."""
+        resolved = self.resolve(schema) if isinstance(schema, dict) else {}
+        if isinstance(resolved.get("enum"), list):
+            return next((v for v in resolved["enum"] if v not in taken), _NONE)
+        for _ in range(16):
+            item = self.value(schema, depth)
+            if item not in taken:
+                return item
+        return _NONE
 
     def string(self, schema: dict[str, Any]) -> str:
         low = int(schema.get("minLength", 0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 
 from router.simulator.openai_types import LegacyLogprobs, TokenLogprob, TopLogprob
 from router.simulator.text import WORDS, split_tokens
@@ -26,14 +27,14 @@ def _alternatives(token: str, digest: bytes, count: int) -> list[str]:
 def _position(seed: bytes, index: int, token: str, top: int) -> tuple[float, list[tuple[str, float]]]:
     """The chosen token's log probability and `top` likeliest tokens there, most likely first.
 
-    The chosen token is the likeliest (probability at least e^-0.2) and the alternatives fall off from e^-3 down,
-    so the probabilities at a position never add up past 1.
+    The chosen token is the likeliest (probability 0.80 to 0.95) and the alternatives fall off from e^-4 down
+    (together under 0.03), so the probabilities at a position never add up past 1.
     """
     digest = hashlib.blake2b(seed + index.to_bytes(4, "little") + token.encode(), digest_size=32).digest()
-    chosen = -round(digest[0] / 1275, 6)
+    chosen = round(math.log(0.8 + 0.15 * digest[0] / 256), 6)
     ranked = [(token, chosen)]
     for rank, alt in enumerate(_alternatives(token, digest[2:], max(0, top - 1))):
-        ranked.append((alt, -round(3 + rank + digest[1] / 256, 6)))
+        ranked.append((alt, -round(4 + rank + digest[1] / 256, 6)))
     return chosen, ranked[:top]
 
 
