@@ -90,7 +90,6 @@ class Person(BaseModel):
     id: uuid.UUID
     tree: Node
     pet: Cat | Dog = Field(discriminator="kind")
-    counts: dict[str, int]
     pair: tuple[int, str]
     price: float = Field(multiple_of=0.25, ge=1)
 
@@ -338,6 +337,14 @@ def test_required_calls_even_after_a_tool_result_and_named_tools_call_in_paralle
     assert len(one.choices[0].message.tool_calls or []) == 1
 
 
+class Counts(BaseModel):
+    counts: dict[str, int]  # strict mode has no place for a free-form object
+
+
+NOT_STRICT = {"name": "counts", "schema": to_strict_json_schema(Counts), "strict": True}
+NOT_STRICT_TOOL = {"name": "f", "parameters": Weather.model_json_schema(), "strict": True}  # objects left open
+
+
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
@@ -347,6 +354,8 @@ def test_required_calls_even_after_a_tool_result_and_named_tools_call_in_paralle
         ({"top_logprobs": 3}, "top_logprobs"),  # without logprobs
         ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
         ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+        ({"response_format": {"type": "json_schema", "json_schema": NOT_STRICT}}, "response_format"),
+        ({"tools": [{"type": "function", "function": NOT_STRICT_TOOL}]}, "tools[0].function.parameters"),
     ],
 )
 def test_bad_structured_requests_are_400(http: httpx.Client, extra: dict[str, Any], param: str) -> None:

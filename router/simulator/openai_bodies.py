@@ -156,6 +156,7 @@ def chat_completion(req: ChatRequest, cache: text.PrefixCache) -> ChatCompletion
     top = _top_logprobs(req)
     mode, functions = _tool_choice(req)
     _check_format(req)
+    _check_strict(req)
     convo = chat_conversation(req)
     prompt_tokens = convo.chat_prompt_tokens()
     cached = cache.hit(req.model, convo.text, prompt_tokens)
@@ -242,6 +243,23 @@ def _tool_choice(req: ChatRequest) -> tuple[str, list[FunctionDefinition]]:
             raise _bad_tool_choice("'allowed_tools.mode' must be 'auto' or 'required'.")
         return str(allowed["mode"]), [f for f in functions if f.name in names]
     raise _bad_tool_choice(f"a tool choice of type {kind!r} is not simulated.")
+
+
+def _check_strict(req: ChatRequest) -> None:
+    """Raise OpenAI's 400 for a `strict` response format or function whose schema strict mode cannot take."""
+    for at, tool in enumerate(req.tools or ()):
+        function = tool.function
+        if function is not None and function.strict and (problem := structured.strict_problem(function.parameters)):
+            raise OpenAIError(
+                400,
+                f"Invalid schema for function '{function.name}': {problem}",
+                param=f"tools[{at}].function.parameters",
+                code="invalid_function_parameters",
+            )
+    fmt = req.response_format
+    spec = fmt.json_schema if fmt is not None and fmt.type == "json_schema" else None
+    if spec is not None and spec.strict and (problem := structured.strict_problem(spec.schema)):
+        raise OpenAIError(400, f"Invalid schema for response_format '{spec.name}': {problem}", param="response_format")
 
 
 def _check_format(req: ChatRequest) -> None:

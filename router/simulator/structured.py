@@ -46,4 +46,41 @@ def json_text(schema: dict[str, Any] | None, salt: bytes) -> str:
     return _ENCODE.encode(instance(schema if schema is not None else {}, salt)).decode()
 
 
-__all__ = ["SchemaError", "arguments", "json_text", "pick_tools", "seed"]
+def strict_problem(schema: Any) -> str | None:
+    """What OpenAI's strict mode refuses in `schema`, worded as the API words it, or None.
+
+    Strict mode needs an object at the root and, on every object, `additionalProperties: false` and every property
+    listed in `required` (optional fields are spelled as a union with null instead).
+    """
+    kind = schema.get("type") if isinstance(schema, dict) else None
+    if kind != "object":
+        return f"schema must be a JSON Schema of 'type: \"object\"', got 'type: \"{kind}\"'."
+    return _strict_walk(schema, ())
+
+
+def _strict_walk(node: Any, context: tuple[str, ...]) -> str | None:
+    if isinstance(node, list):
+        return next((p for i, sub in enumerate(node) if (p := _strict_walk(sub, (*context, str(i))))), None)
+    if not isinstance(node, dict):
+        return None
+    if node.get("type") == "object" or "properties" in node:
+        if node.get("additionalProperties") is not False:
+            return f"In context={context!r}, 'additionalProperties' is required to be supplied and to be false."
+        required = node.get("required") or []
+        missing = [name for name in node.get("properties") or {} if name not in required]
+        if missing:
+            return (
+                f"In context={context!r}, 'required' is required to be supplied and to be an array including every "
+                f"key in properties. Missing '{missing[0]}'."
+            )
+    for key in ("properties", "$defs", "definitions"):
+        for name, sub in (node.get(key) or {}).items():
+            if problem := _strict_walk(sub, (*context, key, name)):
+                return problem
+    for key in ("items", "prefixItems", "anyOf", "allOf", "oneOf"):
+        if key in node and (problem := _strict_walk(node[key], (*context, key))):
+            return problem
+    return None
+
+
+__all__ = ["SchemaError", "arguments", "json_text", "pick_tools", "seed", "strict_problem"]
