@@ -8,7 +8,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Literal
 
 import anthropic
@@ -27,7 +27,9 @@ from pydantic import BaseModel, Field
 from router.serving import serve_in_thread
 from router.simulator import SimConfig, create_simulator
 from router.simulator.jsonschema_instances import SchemaError, instance
+from tests.conftest import RouterFactory, Sim
 from tests.openapi import validate
+from tests.test_anthropic_lane import FAST, upstreams
 
 OPENAI_MODEL = "gpt-4o-mini"
 CLAUDE = "claude-sonnet-4-6"
@@ -573,3 +575,31 @@ def test_messages_bad_tool_choice_is_400(claude: anthropic.Anthropic) -> None:
         )  # fmt: skip
     with pytest.raises(anthropic.BadRequestError):
         claude.messages.create(model=CLAUDE, max_tokens=10, messages=CLAUDE_ASK, tool_choice={"type": "any"})
+
+
+# --- through the router: OpenAI's dialect to both upstreams, in real time and through their batch APIs -----
+
+
+@pytest.mark.parametrize("model", [OPENAI_MODEL, "claude-sonnet-4-5"])
+@pytest.mark.parametrize("lane", ["realtime", "batch"])
+def test_tool_calls_and_parse_through_the_router(
+    start_router: RouterFactory, sim: Sim, oai: Callable[..., openai.OpenAI], model: str, lane: str
+) -> None:
+    headers = {"X-Deadline": "2h"} if lane == "batch" else {}
+    with start_router(upstreams=upstreams(sim), batch=FAST) as router:
+        client = oai(router)
+        raw = client.chat.completions.with_raw_response.create(
+            model=model, messages=ASK, tools=TOOLS, extra_headers=headers
+        )
+        assert raw.headers["x-router-lane"] == lane
+        call = (raw.parse().choices[0].message.tool_calls or [])[0]
+        assert call.function.name in SCHEMA_OF and raw.parse().choices[0].finish_reason == "tool_calls"
+        check(SCHEMA_OF[call.function.name], json.loads(call.function.arguments))
+        parsed = client.chat.completions.parse(
+            model=model, messages=ASK, response_format=MathReasoning, extra_headers=headers
+        )
+        assert isinstance(parsed.choices[0].message.parsed, MathReasoning)
+        with client.chat.completions.stream(model=model, messages=ASK, tools=TOOLS, extra_headers=headers) as stream:
+            final = stream.get_final_completion()
+        streamed = (final.choices[0].message.tool_calls or [])[0]
+        assert isinstance(streamed.function.parsed_arguments, Weather | Clock)
