@@ -603,3 +603,19 @@ def test_tool_calls_and_parse_through_the_router(
             final = stream.get_final_completion()
         streamed = (final.choices[0].message.tool_calls or [])[0]
         assert isinstance(streamed.function.parsed_arguments, Weather | Clock)
+
+
+def test_responses_parse(client: openai.OpenAI, http: httpx.Client) -> None:
+    raw = client.responses.with_raw_response.parse(
+        model="gpt-4.1-mini", input="Solve 8x + 7 = -23", text_format=MathReasoning
+    )
+    body = raw.http_response.json()
+    validate("Response", body)
+    assert body["text"]["format"]["type"] == "json_schema" and body["text"]["format"]["name"] == "MathReasoning"
+    assert isinstance(raw.parse().output_parsed, MathReasoning)
+    with client.responses.stream(model="gpt-4.1-mini", input="Solve 2x = 4", text_format=MathReasoning) as stream:
+        final = stream.get_final_response()
+    assert isinstance(final.output_parsed, MathReasoning)
+    bad = {"type": "json_schema", "name": "counts", "schema": NOT_STRICT["schema"], "strict": True}
+    r = http.post("/v1/responses", json={"model": "gpt-4.1-mini", "input": "hi", "text": {"format": bad}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "text.format.schema"

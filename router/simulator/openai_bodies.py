@@ -455,6 +455,27 @@ def responses_conversation(req: ResponsesRequest) -> text.Conversation:
     return text.Conversation(turns)
 
 
+def _response_text(req: ResponsesRequest, convo: text.Conversation) -> str:
+    """The output text: the reply, or JSON when `text.format` asks for it (valid against its schema)."""
+    fmt = req.text.format if req.text is not None else {}
+    kind = fmt.get("type", "text")
+    if kind == "json_object":
+        return _ENCODE.encode({"answer": convo.reply()}).decode()
+    if kind != "json_schema":
+        return convo.reply()
+    schema, name = fmt.get("schema"), fmt.get("name")
+    if not isinstance(schema, dict):
+        problem: str | None = "'schema' must be an object."
+    else:
+        problem = structured.strict_problem(schema) if fmt.get("strict") else None
+        if problem is None:
+            try:
+                return structured.json_text(schema, structured.seed(convo.digest, "text.format"))
+            except structured.SchemaError as exc:
+                problem = f"{exc}."
+    raise OpenAIError(400, f"Invalid schema for response_format '{name}': {problem}", param="text.format.schema")
+
+
 def response(req: ResponsesRequest, cache: text.PrefixCache) -> ResponseObject:
     """A completed (or `incomplete` when cut by `max_output_tokens`) Responses API object with one message."""
     check_model(req.model)
@@ -462,7 +483,7 @@ def response(req: ResponsesRequest, cache: text.PrefixCache) -> ResponseObject:
     convo = responses_conversation(req)
     input_tokens = convo.chat_prompt_tokens()
     cached = cache.hit(req.model, convo.text, input_tokens)
-    reply, cut = text.clip_to_tokens(convo.reply(), req.max_output_tokens)
+    reply, cut = text.clip_to_tokens(_response_text(req, convo), req.max_output_tokens)
     output_tokens = text.count_tokens(reply)
     now = int(time.time())
     status = "incomplete" if cut else "completed"
@@ -484,7 +505,7 @@ def response(req: ResponsesRequest, cache: text.PrefixCache) -> ResponseObject:
         service_tier=tier,
         store=req.store is not False,
         temperature=1.0 if req.temperature is None else req.temperature,
-        text=TextConfig(),
+        text=req.text or TextConfig(),
         tool_choice="auto",
         tools=[],
         top_p=1.0 if req.top_p is None else req.top_p,

@@ -110,6 +110,7 @@ class ResponsesRequest(msgspec.Struct):
     top_p: float | None = None
     previous_response_id: str | None = None
     parallel_tool_calls: bool | None = True
+    text: TextConfig | None = None
 
 
 # --- response objects ------------------------------------------------------------------------------------
@@ -315,9 +316,10 @@ class IncompleteDetails(msgspec.Struct):
 
 
 class TextConfig(msgspec.Struct, kw_only=True):
-    """`ResponseTextParam` as echoed back: plain text output."""
+    """`ResponseTextParam`: the output format (`text`, `json_object`, or `json_schema` with `name` and `schema`);
+    read from a request and echoed back in the Response."""
 
-    format: dict[str, str] = msgspec.field(default_factory=lambda: {"type": "text"})
+    format: dict[str, Any] = msgspec.field(default_factory=lambda: {"type": "text"})
 
 
 class ResponseObject(msgspec.Struct, kw_only=True, omit_defaults=True):
