@@ -619,3 +619,15 @@ def test_responses_parse(client: openai.OpenAI, http: httpx.Client) -> None:
     bad = {"type": "json_schema", "name": "counts", "schema": NOT_STRICT["schema"], "strict": True}
     r = http.post("/v1/responses", json={"model": "gpt-4.1-mini", "input": "hi", "text": {"format": bad}})
     assert r.status_code == 400 and r.json()["error"]["param"] == "text.format.schema"
+
+
+def test_tools_without_parameters_get_empty_arguments(client: openai.OpenAI) -> None:
+    bare: list[ChatCompletionToolParam] = [
+        {"type": "function", "function": {"name": "now"}},
+        {"type": "function", "function": {"name": "today", "parameters": {"type": "object", "properties": {}}}},
+    ]
+    answer = client.chat.completions.create(
+        model=OPENAI_MODEL, messages=[{"role": "user", "content": "now and today"}], tools=bare
+    )
+    calls = answer.choices[0].message.tool_calls or []
+    assert [(c.function.name, c.function.arguments) for c in calls] == [("now", "{}"), ("today", "{}")]

@@ -252,7 +252,9 @@ class _Generator:
                 out[name] = self.value(props.get(name, extra if isinstance(extra, dict) else True), depth + 1)
         low = int(schema.get("minProperties", 0))
         high = schema.get("maxProperties")
-        wanted = max(low, 0 if props or shallow or extra is False else 1 + self.rng.randrange(2))
+        # A map (no `properties`, a schema for the values, as Pydantic writes `dict[str, X]`) gets an entry or two.
+        is_map = "properties" not in schema and isinstance(extra, dict) and not shallow
+        wanted = max(low, 1 + self.rng.randrange(2) if is_map else 0)
         if high is not None:
             wanted = min(wanted, int(high))
         while len(out) < wanted and extra is not False:
