@@ -366,14 +366,10 @@ class _Generator:
             high -= nudge
         elif isinstance(ex_high, int | float) and not isinstance(ex_high, bool):
             high = min(high, ex_high - nudge) if high is not None else ex_high - nudge
-        if low is None and high is None:
-            low, high = 0, 100
-        elif low is None:
-            assert high is not None
-            low = 0 if high >= 0 else high - 100
-        elif high is None:
+        if low is None:  # an open end: a range of about a hundred, from 0 where the bounds allow
+            low = 0 if high is None or high >= 0 else high - 100
+        if high is None:
             high = 100 if low < 100 else low + 100
-        assert low is not None and high is not None
         if low > high:
             raise SchemaError("the bounds leave no value")
         return low, high
