@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from router.simulator import catalog, text
+from router.simulator import catalog, structured, text
 from router.simulator.errors import AnthropicError, describe_decode_error
 from router.simulator.ids import new_id
 
@@ -21,6 +21,37 @@ class InputMessage(msgspec.Struct):
     content: str | list[Any]
 
 
+class Tool(msgspec.Struct, omit_defaults=True):
+    """One entry of `tools`; only custom tools (no `type`, or `custom`) are ever called."""
+
+    name: str
+    input_schema: dict[str, Any] | None = None
+    type: str | None = None
+    description: str | None = None
+
+
+class ToolChoice(msgspec.Struct, omit_defaults=True):
+    """`tool_choice`: `auto`, `any`, one named `tool`, or `none`."""
+
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+    disable_parallel_tool_use: bool | None = None
+
+
+class OutputFormat(msgspec.Struct):
+    """`output_config.format`: JSON valid against a schema."""
+
+    type: Literal["json_schema"]
+    schema: dict[str, Any]
+
+
+class OutputConfig(msgspec.Struct, omit_defaults=True):
+    """`output_config`."""
+
+    format: OutputFormat | None = None
+    effort: str | None = None
+
+
 class MessagesRequest(msgspec.Struct):
     """The fields of a Messages request the simulator reads."""
 
@@ -30,15 +61,24 @@ class MessagesRequest(msgspec.Struct):
     system: str | list[Any] | None = None
     stream: bool | None = False
     stop_sequences: list[str] | None = None
-    tools: list[Any] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    output_config: OutputConfig | None = None
     speed: str | None = None
 
 
-class TextBlock(msgspec.Struct, kw_only=True):
+class TextBlock(msgspec.Struct, kw_only=True, tag_field="type", tag="text"):
     """A `text` content block."""
 
-    type: str = "text"
     text: str
+
+
+class ToolUseBlock(msgspec.Struct, kw_only=True, tag_field="type", tag="tool_use"):
+    """A `tool_use` content block: the model calls a tool with `input` valid against its `input_schema`."""
+
+    id: str
+    name: str
+    input: dict[str, Any]
 
 
 class Usage(msgspec.Struct, kw_only=True):
@@ -58,7 +98,7 @@ class Message(msgspec.Struct, kw_only=True):
     type: str = "message"
     role: str = "assistant"
     model: str
-    content: list[TextBlock]
+    content: list[TextBlock | ToolUseBlock]
     stop_reason: str | None
     stop_sequence: str | None = None
     usage: Usage
@@ -116,59 +156,149 @@ def conversation(req: MessagesRequest) -> text.Conversation:
 
 
 def check(req: MessagesRequest) -> None:
-    """Raise the errors the real API gives for a bad model or `max_tokens`."""
+    """Raise the errors the real API gives for a bad model, `max_tokens` or `tool_choice`."""
     if not catalog.anthropic_model_exists(req.model):
         raise AnthropicError(404, "not_found_error", f"model: {req.model}")
     if req.max_tokens < 1:
         raise AnthropicError(400, "invalid_request_error", "max_tokens: Input should be greater than or equal to 1")
+    choice = req.tool_choice
+    if choice is not None and choice.type != "none" and not req.tools:
+        raise AnthropicError(400, "invalid_request_error", "tool_choice may only be specified while providing tools.")
+    if choice is not None and choice.type == "tool" and not any(t.name == choice.name for t in req.tools or ()):
+        raise AnthropicError(400, "invalid_request_error", f"Tool '{choice.name}' not found in provided tools")
+
+
+def _fresh_user_turn(req: MessagesRequest) -> bool:
+    """Whether the last turn is the user's own (not tool results to answer, nor an assistant prefill to go on)."""
+    last = req.messages[-1]
+    if last.role != "user":
+        return False
+    results = isinstance(last.content, list) and any(
+        isinstance(b, dict) and b.get("type") == "tool_result" for b in last.content
+    )
+    return not results
+
+
+def _tools_to_call(req: MessagesRequest, convo: text.Conversation) -> list[Tool]:
+    """The custom tools this turn calls (none unless `tool_choice` and the conversation call for it)."""
+    custom = [t for t in req.tools or () if t.type in (None, "custom")]
+    choice = req.tool_choice or ToolChoice(type="auto")
+    if not custom or choice.type == "none" or (choice.type == "auto" and not _fresh_user_turn(req)):
+        return []
+    if choice.type == "tool":
+        return [t for t in custom if t.name == choice.name][:1]
+    by_name = {t.name: t for t in custom}
+    parallel = not choice.disable_parallel_tool_use
+    return [by_name[n] for n in structured.pick_tools(list(by_name), convo.last_user, parallel, convo.digest)]
+
+
+def _tool_use(req: MessagesRequest, tool: Tool, salt: bytes) -> ToolUseBlock:
+    try:
+        value = structured.arguments(tool.input_schema, structured.seed(salt, tool.name))
+    except structured.SchemaError as exc:
+        at = next(i for i, t in enumerate(req.tools or ()) if t is tool)
+        raise AnthropicError(400, "invalid_request_error", f"tools.{at}.custom.input_schema: {exc}") from exc
+    return ToolUseBlock(id=new_id("toolu_"), name=tool.name, input=value)
+
+
+def _reply(req: MessagesRequest, convo: text.Conversation) -> str:
+    """The text answer: the reply, or JSON valid against `output_config.format`'s schema."""
+    fmt = req.output_config.format if req.output_config is not None else None
+    if fmt is None:
+        return convo.reply()
+    try:
+        return structured.json_text(fmt.schema, structured.seed(convo.digest, "output_config"))
+    except structured.SchemaError as exc:
+        raise AnthropicError(400, "invalid_request_error", f"output_config.format.schema: {exc}") from exc
 
 
 def message(req: MessagesRequest, service_tier: str = "standard") -> Message:
-    """The deterministic answer: cut at `max_tokens` or at the first stop sequence it contains."""
+    """The deterministic answer: tool calls when the tools and `tool_choice` call for them, else text (JSON under
+    `output_config.format`), cut at `max_tokens` or at the first stop sequence it contains."""
     check(req)
     convo = conversation(req)
-    reply, cut = text.clip_to_tokens(convo.reply(), req.max_tokens)
+    calls = _tools_to_call(req, convo)
+    if calls:
+        content, stop_reason, stop_sequence = _tool_content(req, convo, calls)
+    else:
+        content, stop_reason, stop_sequence = _text_content(req, convo)
+    return Message(
+        id=new_id("msg_"),
+        model=req.model,
+        content=content,
+        stop_reason=stop_reason,
+        stop_sequence=stop_sequence,
+        usage=Usage(
+            input_tokens=convo.chat_prompt_tokens(),
+            output_tokens=sum(map(_block_tokens, content)),
+            service_tier=service_tier,
+        ),
+    )
+
+
+def _block_tokens(block: TextBlock | ToolUseBlock) -> int:
+    if isinstance(block, TextBlock):
+        return text.count_tokens(block.text)
+    return text.count_tokens(block.name) + text.count_tokens(_ENCODE.encode(block.input).decode())
+
+
+def _tool_content(
+    req: MessagesRequest, convo: text.Conversation, calls: list[Tool]
+) -> tuple[list[TextBlock | ToolUseBlock], str, None]:
+    """`tool_use` blocks, as many as fit in `max_tokens` (a call cut short is dropped, with `max_tokens`)."""
+    blocks: list[TextBlock | ToolUseBlock] = []
+    used = 0
+    for tool in calls:
+        block = _tool_use(req, tool, convo.digest)
+        used += _block_tokens(block)
+        if used > req.max_tokens:
+            return blocks, "max_tokens", None
+        blocks.append(block)
+    return blocks, "tool_use", None
+
+
+def _text_content(
+    req: MessagesRequest, convo: text.Conversation
+) -> tuple[list[TextBlock | ToolUseBlock], str, str | None]:
+    reply, cut = text.clip_to_tokens(_reply(req, convo), req.max_tokens)
     stop_reason, stop_sequence = ("max_tokens" if cut else "end_turn"), None
     for sequence in req.stop_sequences or ():
         at = reply.find(sequence) if sequence else -1
         if at >= 0:
             reply, stop_reason, stop_sequence = reply[:at], "stop_sequence", sequence
             break
-    return Message(
-        id=new_id("msg_"),
-        model=req.model,
-        content=[TextBlock(text=reply)],
-        stop_reason=stop_reason,
-        stop_sequence=stop_sequence,
-        usage=Usage(
-            input_tokens=convo.chat_prompt_tokens(),
-            output_tokens=text.count_tokens(reply),
-            service_tier=service_tier,
-        ),
-    )
+    return [TextBlock(text=reply)], stop_reason, stop_sequence
 
 
 def stream_events(msg: Message) -> Iterator[tuple[str, dict[str, Any]]]:
     """The documented SSE sequence for `msg`.
 
-    message_start, content_block_start, ping, content_block_delta (several), content_block_stop, message_delta,
+    message_start, then per content block content_block_start, content_block_delta (several: `text_delta` for text,
+    `input_json_delta` for a tool's input) and content_block_stop, with a ping after the first start; message_delta,
     message_stop.
     """
     start = msgspec.structs.replace(
         msg, content=[], stop_reason=None, stop_sequence=None, usage=msgspec.structs.replace(msg.usage, output_tokens=1)
     )
     yield "message_start", {"type": "message_start", "message": start}
-    yield (
-        "content_block_start",
-        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-    )
-    yield "ping", {"type": "ping"}
-    for piece in text.split_for_stream(msg.content[0].text):
-        yield (
-            "content_block_delta",
-            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}},
-        )
-    yield "content_block_stop", {"type": "content_block_stop", "index": 0}
+    for index, block in enumerate(msg.content):
+        if isinstance(block, TextBlock):
+            opening: dict[str, Any] = {"type": "text", "text": ""}
+            deltas = [{"type": "text_delta", "text": piece} for piece in text.split_for_stream(block.text)]
+        else:
+            opening = {"type": "tool_use", "id": block.id, "name": block.name, "input": {}}
+            arguments = _ENCODE.encode(block.input).decode()
+            step = max(1, -(-len(arguments) // 6))
+            deltas = [
+                {"type": "input_json_delta", "partial_json": arguments[i : i + step]}
+                for i in range(0, len(arguments), step)
+            ]
+        yield "content_block_start", {"type": "content_block_start", "index": index, "content_block": opening}
+        if index == 0:
+            yield "ping", {"type": "ping"}
+        for piece in deltas:
+            yield "content_block_delta", {"type": "content_block_delta", "index": index, "delta": piece}
+        yield "content_block_stop", {"type": "content_block_stop", "index": index}
     delta = {"stop_reason": msg.stop_reason, "stop_sequence": msg.stop_sequence}
     yield (
         "message_delta",

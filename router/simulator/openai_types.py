@@ -23,6 +23,38 @@ class ChatMessage(msgspec.Struct):
     tool_calls: list[Any] | None = None
 
 
+class FunctionDefinition(msgspec.Struct, omit_defaults=True):
+    """`FunctionObject`: a function tool's name and the JSON Schema of its arguments."""
+
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ChatTool(msgspec.Struct, omit_defaults=True):
+    """One entry of `tools`: a function tool (custom tools carry no `function` and are never called)."""
+
+    type: str
+    function: FunctionDefinition | None = None
+
+
+class JsonSchemaFormat(msgspec.Struct):
+    """`ResponseFormatJsonSchema.json_schema`."""
+
+    name: str
+    schema: dict[str, Any] | None = None
+    strict: bool | None = None
+    description: str | None = None
+
+
+class ResponseFormat(msgspec.Struct):
+    """`response_format`: text, any JSON object, or JSON valid against a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
 class ChatRequest(msgspec.Struct):
     """The fields of `CreateChatCompletionRequest` the simulator reads."""
 
@@ -34,7 +66,12 @@ class ChatRequest(msgspec.Struct):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     service_tier: str | None = None
-    tools: list[Any] | None = None
+    tools: list[ChatTool] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
 
 
 class CompletionRequest(msgspec.Struct):
@@ -44,6 +81,7 @@ class CompletionRequest(msgspec.Struct):
     prompt: str | list[Any]
     max_tokens: int | None = 16  # the legacy endpoint's documented default
     n: int = 1
+    logprobs: int | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
 
@@ -72,6 +110,7 @@ class ResponsesRequest(msgspec.Struct):
     top_p: float | None = None
     previous_response_id: str | None = None
     parallel_tool_calls: bool | None = True
+    text: TextConfig | None = None
 
 
 # --- response objects ------------------------------------------------------------------------------------
@@ -103,13 +142,53 @@ class CompletionUsage(msgspec.Struct, kw_only=True):
     completion_tokens_details: CompletionTokensDetails
 
 
+class FunctionCall(msgspec.Struct, kw_only=True):
+    """A tool call's function: its name and its arguments as a JSON string."""
+
+    name: str
+    arguments: str
+
+
+class ToolCall(msgspec.Struct, kw_only=True):
+    """`ChatCompletionMessageToolCall`."""
+
+    id: str
+    type: str = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(msgspec.Struct, kw_only=True):
-    """`ChatCompletionResponseMessage`."""
+    """`ChatCompletionResponseMessage`; `tool_calls` only when the model called tools (then `content` is null)."""
 
     role: str = "assistant"
-    content: str
+    content: str | None
     refusal: None = None
     annotations: list[Any] = msgspec.field(default_factory=list)
+    tool_calls: list[ToolCall] | msgspec.UnsetType = msgspec.UNSET
+
+
+class TopLogprob(msgspec.Struct, kw_only=True):
+    """One of the most likely tokens at a position."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(msgspec.Struct, kw_only=True):
+    """`ChatCompletionTokenLogprob`: a generated token, its log probability and the likeliest alternatives."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(msgspec.Struct, kw_only=True):
+    """A chat choice's `logprobs`: one entry per content token (null when the model called tools)."""
+
+    content: list[TokenLogprob] | None
+    refusal: list[TokenLogprob] | None = None
 
 
 class ChatChoice(msgspec.Struct, kw_only=True):
@@ -117,7 +196,7 @@ class ChatChoice(msgspec.Struct, kw_only=True):
 
     index: int
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: str
 
 
@@ -134,12 +213,21 @@ class ChatCompletion(msgspec.Struct, kw_only=True):
     system_fingerprint: str
 
 
+class LegacyLogprobs(msgspec.Struct, kw_only=True):
+    """A legacy completion choice's `logprobs`: parallel lists, `text_offset` counted in characters."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
 class TextChoice(msgspec.Struct, kw_only=True):
     """One choice of a legacy completion (also a streamed chunk's choice)."""
 
     text: str
     index: int
-    logprobs: None = None
+    logprobs: LegacyLogprobs | None = None
     finish_reason: str | None
 
 
@@ -228,9 +316,10 @@ class IncompleteDetails(msgspec.Struct):
 
 
 class TextConfig(msgspec.Struct, kw_only=True):
-    """`ResponseTextParam` as echoed back: plain text output."""
+    """`ResponseTextParam`: the output format (`text`, `json_object`, or `json_schema` with `name` and `schema`);
+    read from a request and echoed back in the Response."""
 
-    format: dict[str, str] = msgspec.field(default_factory=lambda: {"type": "text"})
+    format: dict[str, Any] = msgspec.field(default_factory=lambda: {"type": "text"})
 
 
 class ResponseObject(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -8,9 +8,11 @@ from typing import Any
 
 import msgspec
 
-from router.simulator import anthropic_bodies
+from router.simulator import anthropic_bodies, logprobs
 from router.simulator.openai_types import (
+    ChatChoice,
     ChatCompletion,
+    ChoiceLogprobs,
     Completion,
     CompletionUsage,
     OutputMessage,
@@ -25,11 +27,28 @@ _ENCODE = msgspec.json.Encoder()
 DONE = b"data: [DONE]\n\n"
 
 
+class FunctionDelta(msgspec.Struct, omit_defaults=True):
+    """A piece of a streamed tool call's function: the name once, then pieces of the arguments."""
+
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(msgspec.Struct, omit_defaults=True):
+    """`ChatCompletionMessageToolCallChunk`: `id` and `type` only in a call's first piece."""
+
+    index: int
+    id: str | None = None
+    type: str | None = None
+    function: FunctionDelta | None = None
+
+
 class Delta(msgspec.Struct, omit_defaults=True):
     """`ChatCompletionStreamResponseDelta`: only the fields a chunk carries."""
 
     role: str | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChunkChoice(msgspec.Struct, kw_only=True):
@@ -37,7 +56,7 @@ class ChunkChoice(msgspec.Struct, kw_only=True):
 
     index: int
     delta: Delta
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None = None
 
 
@@ -81,7 +100,7 @@ def _event(name: str, obj: Any) -> bytes:
 
 
 def chat_events(answer: ChatCompletion, include_usage: bool) -> Iterator[bytes]:
-    """`data:` chunks: the role, the content in pieces, `finish_reason`, optionally usage, then `[DONE]`."""
+    """`data:` chunks: the role, the content or tool calls in pieces, `finish_reason`, optionally usage, `[DONE]`."""
     usage_field: CompletionUsage | msgspec.UnsetType | None = None if include_usage else msgspec.UNSET
 
     def chunk(choices: list[ChunkChoice], usage: CompletionUsage | msgspec.UnsetType | None = usage_field) -> bytes:
@@ -97,17 +116,54 @@ def chat_events(answer: ChatCompletion, include_usage: bool) -> Iterator[bytes]:
             )
         )
 
-    yield chunk([ChunkChoice(index=c.index, delta=Delta(role="assistant", content="")) for c in answer.choices])
-    pieces = [split_for_stream(c.message.content) for c in answer.choices]
-    for step in range(max(map(len, pieces))):
-        for choice, parts in zip(answer.choices, pieces, strict=True):
+    steps = [_chat_steps(c) for c in answer.choices]
+    yield chunk([steps[i][0] for i in range(len(steps))])
+    for step in range(1, max(map(len, steps))):
+        for parts in steps:
             if step < len(parts):
-                yield chunk([ChunkChoice(index=choice.index, delta=Delta(content=parts[step]))])
+                yield chunk([parts[step]])
     for choice in answer.choices:
         yield chunk([ChunkChoice(index=choice.index, delta=Delta(), finish_reason=choice.finish_reason)])
     if include_usage:
         yield chunk([], answer.usage)
     yield DONE
+
+
+def _chat_steps(choice: ChatChoice) -> list[ChunkChoice]:
+    """One choice's chunks before its `finish_reason`, the role first.
+
+    Tool calls stream as OpenAI sends them: each call's id, type and name with empty arguments, then the arguments
+    in pieces. Content streams in pieces of whole tokens when it has logprobs (each chunk carries its tokens'),
+    else on word boundaries.
+    """
+    message, index = choice.message, choice.index
+    if isinstance(message.tool_calls, list):
+        steps = []
+        for n, call in enumerate(message.tool_calls):
+            head = ToolCallDelta(index=n, id=call.id, type=call.type, function=FunctionDelta(call.function.name, ""))
+            delta = Delta(role="assistant" if n == 0 else None, tool_calls=[head])
+            steps.append(ChunkChoice(index=index, delta=delta))
+            for piece in _char_pieces(call.function.arguments):
+                arguments = ToolCallDelta(index=n, function=FunctionDelta(arguments=piece))
+                steps.append(ChunkChoice(index=index, delta=Delta(tool_calls=[arguments])))
+        return steps
+    steps = [ChunkChoice(index=index, delta=Delta(role="assistant", content=""))]
+    tokens = choice.logprobs.content if choice.logprobs is not None else None
+    if tokens:
+        size = max(1, -(-len(tokens) // 6))
+        for start in range(0, len(tokens), size):
+            group = tokens[start : start + size]
+            piece = "".join(t.token for t in group)
+            steps.append(ChunkChoice(index=index, delta=Delta(content=piece), logprobs=ChoiceLogprobs(content=group)))
+    else:
+        steps.extend(ChunkChoice(index=index, delta=Delta(content=p)) for p in split_for_stream(message.content or ""))
+    return steps
+
+
+def _char_pieces(text: str, pieces: int = 6) -> list[str]:
+    """`text` in up to `pieces` runs of characters (JSON has no word boundaries to keep)."""
+    size = max(1, -(-len(text) // pieces))
+    return [text[i : i + size] for i in range(0, len(text), size)]
 
 
 def completion_events(answer: Completion, include_usage: bool) -> Iterator[bytes]:
@@ -116,16 +172,33 @@ def completion_events(answer: Completion, include_usage: bool) -> Iterator[bytes
     def chunk(choices: list[TextChoice], usage: CompletionUsage | None = None) -> bytes:
         return _data(msgspec.structs.replace(answer, choices=choices, usage=usage))
 
-    pieces = [split_for_stream(c.text) for c in answer.choices]
+    pieces = [_text_steps(c) for c in answer.choices]
     for step in range(max(map(len, pieces))):
-        for choice, parts in zip(answer.choices, pieces, strict=True):
+        for parts in pieces:
             if step < len(parts):
-                yield chunk([TextChoice(text=parts[step], index=choice.index, finish_reason=None)])
+                yield chunk([parts[step]])
     for choice in answer.choices:
         yield chunk([TextChoice(text="", index=choice.index, finish_reason=choice.finish_reason)])
     if include_usage:
         yield chunk([], answer.usage)
     yield DONE
+
+
+def _text_steps(choice: TextChoice) -> list[TextChoice]:
+    """A legacy choice's text in pieces: whole tokens with their logprobs when it has them, else on word boundaries."""
+    whole = choice.logprobs
+    if whole is None or not whole.tokens:
+        return [TextChoice(text=p, index=choice.index, finish_reason=None) for p in split_for_stream(choice.text)]
+    size = max(1, -(-len(whole.tokens) // 6))
+    return [
+        TextChoice(
+            text="".join(whole.tokens[start : start + size]),
+            index=choice.index,
+            logprobs=logprobs.legacy_slice(whole, start, start + size),
+            finish_reason=None,
+        )
+        for start in range(0, len(whole.tokens), size)
+    ]
 
 
 def response_events(answer: ResponseObject) -> Iterator[bytes]:

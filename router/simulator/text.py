@@ -10,7 +10,7 @@ import sys
 from array import array
 from collections.abc import Iterable
 
-_WORDS = (
+WORDS = (
     "amber", "basalt", "cedar", "delta", "ember", "fjord", "garnet", "harbor",
     "indigo", "juniper", "kestrel", "lagoon", "meadow", "nimbus", "orchid", "prairie",
     "quartz", "raven", "sierra", "tundra", "umber", "violet", "willow", "xenon",
@@ -21,7 +21,7 @@ _WORDS = (
     "fern", "grove", "hollow", "iris", "jade", "knoll", "lichen", "moss",
 )  # fmt: skip
 
-_WORD_BY_BYTE = _WORDS * (256 // len(_WORDS))  # index by a hash byte directly, no per-word Python code
+_WORD_BY_BYTE = WORDS * (256 // len(WORDS))  # index by a hash byte directly, no per-word Python code
 CHARS_PER_TOKEN = 4
 MESSAGE_OVERHEAD_TOKENS = 4
 """Per-message framing tokens, as OpenAI's chat format adds them."""
@@ -35,6 +35,11 @@ _CACHE_MAX_ENTRIES = 1_000_000
 def count_tokens(text: str) -> int:
     """Tokens in `text` at about four characters a token (0 for the empty string)."""
     return (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
+
+
+def split_tokens(text: str) -> list[str]:
+    """`text` as the simulator's tokens: runs of four characters (the last may be shorter), as `count_tokens` counts."""
+    return [text[i : i + CHARS_PER_TOKEN] for i in range(0, len(text), CHARS_PER_TOKEN)]
 
 
 def clip_to_tokens(text: str, max_tokens: int | None) -> tuple[str, bool]:
@@ -51,13 +56,13 @@ class Conversation:
     (top-level `system`) get the same answer.
     """
 
-    __slots__ = ("_digest", "last_user", "text", "turns")
+    __slots__ = ("digest", "last_user", "text", "turns")
 
     def __init__(self, turns: Iterable[tuple[str, str]]) -> None:
         self.turns = [("system" if role == "developer" else role, content) for role, content in turns]
         self.text = "".join(f"{role}\x1f{content}\x1e" for role, content in self.turns)
         self.last_user = next((content for role, content in reversed(self.turns) if role == "user"), "")
-        self._digest = hashlib.blake2b(self.text.encode(), digest_size=16).digest()
+        self.digest = hashlib.blake2b(self.text.encode(), digest_size=16).digest()
 
     def chat_prompt_tokens(self) -> int:
         """Prompt tokens the way chat formats count them: text plus per-message framing."""
@@ -66,7 +71,7 @@ class Conversation:
 
     def reply(self, variant: int = 0) -> str:
         """A deterministic reply: a fingerprint of the last user turn, then words picked by a hash of the turns."""
-        h = hashlib.blake2b(self._digest + variant.to_bytes(4, "little"), digest_size=32).digest()
+        h = hashlib.blake2b(self.digest + variant.to_bytes(4, "little"), digest_size=32).digest()
         count = 8 + h[0] % 24
         words = " ".join(map(_WORD_BY_BYTE.__getitem__, h[1 : 1 + count]))
         return f"Simulated reply {fingerprint(self.last_user)}: {words.capitalize()}."

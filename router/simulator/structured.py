@@ -1,0 +1,86 @@
+"""What a simulated model does with tools and output schemas, for both providers: which tools, and fitting JSON."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+import msgspec
+
+from router.simulator.jsonschema_instances import SchemaError, instance
+
+_ENCODE = msgspec.json.Encoder()
+
+
+def seed(*parts: str | bytes) -> bytes:
+    """A seed for a generated value, from the conversation's text and whatever tells values apart (a tool name)."""
+    h = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        h.update(part.encode() if isinstance(part, str) else part)
+        h.update(b"\x1f")
+    return h.digest()
+
+
+def pick_tools(names: list[str], mention: str, parallel: bool, salt: bytes) -> list[str]:
+    """The tools a model calls: each one the last user turn names (only the first when parallel calls are off),
+    else one picked by `salt`, so a prompt that names two tools shows parallel calls and any prompt shows one."""
+    named = [name for name in names if re.search(rf"(?<!\w){re.escape(name)}(?!\w)", mention)]
+    if named:
+        return named if parallel else named[:1]
+    return [names[salt[0] % len(names)]]
+
+
+def arguments(schema: dict[str, Any] | None, salt: bytes) -> dict[str, Any]:
+    """Tool arguments (always an object) valid against `schema`; raises `SchemaError` for one no object can meet."""
+    if not schema:
+        return {}
+    value = instance(schema, salt)
+    if not isinstance(value, dict):
+        raise SchemaError("the arguments of a tool must be an object")
+    return value
+
+
+def json_text(schema: dict[str, Any] | None, salt: bytes) -> str:
+    """Compact JSON text valid against `schema`, as a model writes structured output."""
+    return _ENCODE.encode(instance(schema if schema is not None else {}, salt)).decode()
+
+
+def strict_problem(schema: Any) -> str | None:
+    """What OpenAI's strict mode refuses in `schema`, worded as the API words it, or None.
+
+    Strict mode needs an object at the root and, on every object, `additionalProperties: false` and every property
+    listed in `required` (optional fields are spelled as a union with null instead).
+    """
+    kind = schema.get("type") if isinstance(schema, dict) else None
+    if kind != "object":
+        return f"schema must be a JSON Schema of 'type: \"object\"', got 'type: \"{kind}\"'."
+    return _strict_walk(schema, ())
+
+
+def _strict_walk(node: Any, context: tuple[str, ...]) -> str | None:
+    if isinstance(node, list):
+        return next((p for i, sub in enumerate(node) if (p := _strict_walk(sub, (*context, str(i))))), None)
+    if not isinstance(node, dict):
+        return None
+    if node.get("type") == "object" or "properties" in node:
+        if node.get("additionalProperties") is not False:
+            return f"In context={context!r}, 'additionalProperties' is required to be supplied and to be false."
+        required = node.get("required") or []
+        missing = [name for name in node.get("properties") or {} if name not in required]
+        if missing:
+            return (
+                f"In context={context!r}, 'required' is required to be supplied and to be an array including every "
+                f"key in properties. Missing '{missing[0]}'."
+            )
+    for key in ("properties", "$defs", "definitions"):
+        for name, sub in (node.get(key) or {}).items():
+            if problem := _strict_walk(sub, (*context, key, name)):
+                return problem
+    for key in ("items", "prefixItems", "anyOf", "allOf", "oneOf"):
+        if key in node and (problem := _strict_walk(node[key], (*context, key))):
+            return problem
+    return None
+
+
+__all__ = ["SchemaError", "arguments", "json_text", "pick_tools", "seed", "strict_problem"]
