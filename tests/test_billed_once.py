@@ -152,7 +152,7 @@ def test_router_stopped_and_restarted_while_callers_wait(
             else:
                 stopping = time.monotonic()
                 router.signal(signal.SIGTERM)
-                assert router.wait(10) == 0
+                assert router.wait(10) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it caught
                 # Held connections were cut at once, not held up to their deadlines (2 h): within the grace.
                 assert time.monotonic() - stopping < 3.0 + 2.0
             router.start()
