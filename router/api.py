@@ -206,6 +206,10 @@ def result_response(
         headers["x-router-escalated"] = "true"
     if result.cost_usd is not None:
         set_cost_headers(headers, result.cost_usd, result.savings_usd or 0.0)
+    if result.status >= 400:
+        # The router already retried what it could (escalations until the deadline); an SDK retry would queue
+        # the whole call again behind another batch.
+        headers["x-should-retry"] = "false"
     if replay and call.meta.stream and result.status == 200:
         headers["cache-control"] = "no-cache"
         chunks = sse_chunks(call.meta.endpoint, result.body, include_usage=call.meta.include_usage)
