@@ -38,7 +38,7 @@ from router.lanes import deferred_object, forward_realtime, lane_name
 from router.policy import Decision, Facts, decide
 from router.pricing import Usage
 from router.providers.base import Provider
-from router.replay import sse_chunks
+from router.replay import cost_comment, sse_chunks
 from router.schema import RequestView, decode_body, decode_view, encoder, error_body
 from router.sse import tap_usage
 
@@ -212,7 +212,8 @@ def result_response(
         headers["x-should-retry"] = "false"
     if replay and call.meta.stream and result.status == 200:
         headers["cache-control"] = "no-cache"
-        chunks = sse_chunks(call.meta.endpoint, result.body, include_usage=call.meta.include_usage)
+        cost = cost_comment(result.cost_usd, result.savings_usd)
+        chunks = sse_chunks(call.meta.endpoint, result.body, include_usage=call.meta.include_usage, cost=cost)
         return Stream(chunks, status_code=200, headers=headers, media_type="text/event-stream")
     return Response(result.body, status_code=result.status, headers=headers, media_type=JSON)
 
@@ -417,6 +418,7 @@ async def admit(gateway: Gateway, request: Request[Any, Any, Any], endpoint: str
     if decision.lane == "deferred" and decision.deadline is not None:
         lane = gateway.deferred
         if lane.eligible(gateway.upstreams.config(provider.name), endpoint, view):
+            provider.check(endpoint, body)  # what real time would refuse is refused now, not at flush time
             if await lane.fits(provider.name, endpoint, view.model, decision.deadline, now):
                 return await respond_deferred(
                     gateway,
@@ -500,7 +502,11 @@ async def respond_realtime(
             gateway.record_realtime(priced, lane=lane, upstream=provider.name, model=model, tenant=tenant,
                                     outcome="ok" if completed else "cancelled")  # fmt: skip
 
-        relay = tap_usage(upstream.stream, strip_usage_chunk=strip_usage, on_done=book)
+        def comment(usage: Usage) -> bytes:
+            priced = gateway.accounting.price(model, lane, b"", usage)
+            return cost_comment(priced.cost.actual_usd, priced.cost.savings_usd) if priced.cost else b""
+
+        relay = tap_usage(upstream.stream, strip_usage_chunk=strip_usage, on_done=book, comment=comment)
         return Stream(relay, status_code=upstream.status, headers=headers, media_type="text/event-stream")
     if upstream.status >= 400:
         count("error")

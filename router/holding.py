@@ -27,7 +27,7 @@ from typing import Any
 from router import metrics
 from router.accumulator import CallRecord, Result
 from router.lanes import DeferredLane
-from router.replay import sse_chunks
+from router.replay import cost_comment, sse_chunks
 from router.schema import error_body
 from router.settings import Settings
 
@@ -206,7 +206,10 @@ class Holds:
                 yield b"data: " + result.body + b"\n\n"  # the SDK raises on an `error` event, as for a live stream
                 delivered = True
             else:
-                for chunk in sse_chunks(call.meta.endpoint, result.body, include_usage=call.meta.include_usage):
+                cost = cost_comment(result.cost_usd, result.savings_usd)
+                for chunk in sse_chunks(
+                    call.meta.endpoint, result.body, include_usage=call.meta.include_usage, cost=cost
+                ):
                     yield chunk
                 delivered = True
         finally:

@@ -118,7 +118,7 @@ def deferred_object(call: CallRecord, result: Result | None) -> DeferredCall:
 
 
 _body_encoder = msgspec.json.Encoder()
-REPLAYABLE = frozenset({"/chat/completions", "/completions"})
+REPLAYABLE = frozenset({"/chat/completions", "/completions", "/responses"})
 FLEX_ENDPOINTS = frozenset({"/chat/completions", "/responses"})
 
 
@@ -148,7 +148,7 @@ class DeferredLane:
         """Whether this kind of call can go to a batch at all."""
         if not upstream.batch or endpoint not in ENDPOINTS:
             return False
-        # A deferred stream is replayed as SSE; that exists for chat and completions only.
+        # A deferred stream is replayed as SSE from the finished answer (router/replay.py).
         return not view.stream or endpoint in REPLAYABLE
 
     def flex_allowed(self, upstream: Upstream, endpoint: str, model: str) -> bool:

@@ -1,4 +1,6 @@
-"""Replay a finished ChatCompletion or Completion as the SSE chunks a streaming client expects."""
+"""Replay a finished answer as the SSE events a streaming client expects: ChatCompletion and Completion chunks
+(`data:` lines ending with `[DONE]`), or the Responses API's typed events (`response.created` …
+`response.completed`)."""
 
 from __future__ import annotations
 
@@ -17,20 +19,53 @@ def _event(obj: dict[str, Any]) -> bytes:
     return b"data: " + _encoder.encode(obj) + b"\n\n"
 
 
+def _named(name: str, obj: dict[str, Any]) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + _encoder.encode(obj) + b"\n\n"
+
+
+def cost_comment(cost_usd: float | None, savings_usd: float | None) -> bytes:
+    """The SSE comment that carries a streamed call's cost, since its headers left before the usage was known."""
+    if cost_usd is None:
+        return b""
+    return f": x-router-cost-usd={cost_usd:.12f} x-router-savings-usd={savings_usd or 0.0:.12f}\n\n".encode()
+
+
 def _pieces(text: str) -> list[str]:
     return [text[i : i + PIECE_CHARS] for i in range(0, len(text), PIECE_CHARS)] or [""]
 
 
-def _text_choice(index: int, text: str, finish_reason: str | None) -> dict[str, Any]:
-    return {"index": index, "text": text, "finish_reason": finish_reason, "logprobs": None}
+def _text_choice(index: int, text: str, finish_reason: str | None, logprobs: Any = None) -> dict[str, Any]:
+    return {"index": index, "text": text, "finish_reason": finish_reason, "logprobs": logprobs}
 
 
-def _delta(index: int, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-    return {"index": index, "delta": delta, "finish_reason": finish_reason}
+def _delta(index: int, delta: dict[str, Any], finish_reason: str | None = None, logprobs: Any = None) -> dict[str, Any]:
+    choice = {"index": index, "delta": delta, "finish_reason": finish_reason}
+    if logprobs is not None:
+        choice["logprobs"] = logprobs
+    return choice
 
 
-def sse_chunks(endpoint: str, body: bytes, *, include_usage: bool) -> Iterator[bytes]:
-    """The `data:` events for a finished `/chat/completions` or `/completions` body, ending with `[DONE]`."""
+def _content_pieces(message: dict[str, Any], logprobs: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """The content in pieces, each with its tokens' logprobs when the answer has them (whole tokens per piece,
+    as OpenAI streams them)."""
+    content = message.get("content") or ""
+    tokens = (logprobs or {}).get("content")
+    if not tokens or "".join(t.get("token", "") for t in tokens) != content:
+        return [(piece, None) for piece in _pieces(content)] if content else []
+    out: list[tuple[str, Any]] = []
+    for start in range(0, len(tokens), 16):
+        group = tokens[start : start + 16]
+        out.append(("".join(t["token"] for t in group), {"content": group, "refusal": None}))
+    return out
+
+
+def sse_chunks(endpoint: str, body: bytes, *, include_usage: bool, cost: bytes = b"") -> Iterator[bytes]:
+    """The events for a finished `/chat/completions`, `/completions` or `/responses` body; `cost` (an SSE
+    comment) follows the usage chunk, or the final event."""
+    if endpoint == "/responses":
+        yield from response_events(body)
+        yield cost
+        return
     done = _decoder.decode(body)
     base: dict[str, Any] = {k: done[k] for k in _KEEP if k in done}
     if endpoint == "/chat/completions":
@@ -41,8 +76,8 @@ def sse_chunks(endpoint: str, body: bytes, *, include_usage: bool) -> Iterator[b
             if message.get("refusal") is not None:
                 first["refusal"] = message["refusal"]
             yield _event(base | {"choices": [_delta(index, first)]})
-            for piece in _pieces(message["content"]) if message.get("content") else []:
-                yield _event(base | {"choices": [_delta(index, {"content": piece})]})
+            for piece, logprobs in _content_pieces(message, choice.get("logprobs")):
+                yield _event(base | {"choices": [_delta(index, {"content": piece}, logprobs=logprobs)]})
             if message.get("tool_calls"):
                 calls = [dict(call, index=i) for i, call in enumerate(message["tool_calls"])]
                 yield _event(base | {"choices": [_delta(index, {"tool_calls": calls})]})
@@ -53,7 +88,69 @@ def sse_chunks(endpoint: str, body: bytes, *, include_usage: bool) -> Iterator[b
             index = choice.get("index", 0)
             for piece in _pieces(choice.get("text") or ""):
                 yield _event(base | {"choices": [_text_choice(index, piece, None)]})
-            yield _event(base | {"choices": [_text_choice(index, "", choice.get("finish_reason"))]})
+            yield _event(
+                base | {"choices": [_text_choice(index, "", choice.get("finish_reason"), choice.get("logprobs"))]}
+            )
     if include_usage and done.get("usage") is not None:
         yield _event(base | {"choices": [], "usage": done["usage"]})
+    yield cost
     yield b"data: [DONE]\n\n"
+
+
+def response_events(body: bytes) -> Iterator[bytes]:
+    """A finished Response as its event stream, numbered by `sequence_number`: each output item is added, its
+    text or arguments streamed in pieces, and done; then `response.completed` (or `.incomplete`/`.failed`)."""
+    done = _decoder.decode(body)
+    seq = iter(range(1 << 30))
+    pending = done | {"status": "in_progress", "output": [], "usage": None}
+    if "completed_at" in done:
+        pending["completed_at"] = None
+    for name in ("response.created", "response.in_progress"):
+        yield _named(name, {"type": name, "response": pending, "sequence_number": next(seq)})
+    for index, item in enumerate(done.get("output") or []):
+        yield from _item_events(index, item, seq)
+    status = done.get("status")
+    final = {"incomplete": "response.incomplete", "failed": "response.failed"}.get(status or "", "response.completed")
+    yield _named(final, {"type": final, "response": done, "sequence_number": next(seq)})
+
+
+def _item_events(index: int, item: dict[str, Any], seq: Iterator[int]) -> Iterator[bytes]:
+    kind = item.get("type")
+    item_id = item.get("id", "")
+    if kind == "message":
+        opened = item | {"status": "in_progress", "content": []}
+        yield _named("response.output_item.added", _item("response.output_item.added", index, opened, seq))
+        for part_index, part in enumerate(item.get("content") or []):
+            where = {"item_id": item_id, "output_index": index, "content_index": part_index}
+            if part.get("type") == "output_text":
+                empty = part | {"text": "", "annotations": []}
+                yield _named("response.content_part.added", _part("response.content_part.added", where, empty, seq))
+                for piece in _pieces(part.get("text") or ""):
+                    delta = {"type": "response.output_text.delta", **where, "delta": piece, "logprobs": []}
+                    yield _named("response.output_text.delta", delta | {"sequence_number": next(seq)})
+                text_done = {"type": "response.output_text.done", **where, "text": part.get("text") or ""}
+                text_done |= {"logprobs": part.get("logprobs") or [], "sequence_number": next(seq)}
+                yield _named("response.output_text.done", text_done)
+            else:
+                yield _named("response.content_part.added", _part("response.content_part.added", where, part, seq))
+            yield _named("response.content_part.done", _part("response.content_part.done", where, part, seq))
+    elif kind == "function_call":
+        opened = item | {"status": "in_progress", "arguments": ""}
+        yield _named("response.output_item.added", _item("response.output_item.added", index, opened, seq))
+        where = {"item_id": item_id, "output_index": index}
+        for piece in _pieces(item.get("arguments") or ""):
+            delta = {"type": "response.function_call_arguments.delta", **where, "delta": piece}
+            yield _named("response.function_call_arguments.delta", delta | {"sequence_number": next(seq)})
+        args_done = {"type": "response.function_call_arguments.done", **where, "arguments": item.get("arguments")}
+        yield _named("response.function_call_arguments.done", args_done | {"sequence_number": next(seq)})
+    else:
+        yield _named("response.output_item.added", _item("response.output_item.added", index, item, seq))
+    yield _named("response.output_item.done", _item("response.output_item.done", index, item, seq))
+
+
+def _item(name: str, index: int, item: dict[str, Any], seq: Iterator[int]) -> dict[str, Any]:
+    return {"type": name, "output_index": index, "item": item, "sequence_number": next(seq)}
+
+
+def _part(name: str, where: dict[str, Any], part: dict[str, Any], seq: Iterator[int]) -> dict[str, Any]:
+    return {"type": name, **where, "part": part, "sequence_number": next(seq)}

@@ -39,9 +39,16 @@ def _event_usage(event: bytes) -> tuple[Usage | None, bool]:
 
 
 async def tap_usage(
-    stream: AsyncIterator[bytes], *, strip_usage_chunk: bool, on_done: Callable[[Usage | None, bool], None]
+    stream: AsyncIterator[bytes],
+    *,
+    strip_usage_chunk: bool,
+    on_done: Callable[[Usage | None, bool], None],
+    comment: Callable[[Usage], bytes] | None = None,
 ) -> AsyncIterator[bytes]:
-    """Relay `stream` chunk by chunk; report the usage it carried, and whether it ran to its end, when it stops."""
+    """Relay `stream` chunk by chunk; report the usage it carried, and whether it ran to its end, when it stops.
+
+    `comment` turns the usage into an SSE comment sent right after the event that carried it (the call's cost,
+    which its headers could not hold)."""
     pending = b""
     usage: Usage | None = None
     completed = False
@@ -58,6 +65,8 @@ async def tap_usage(
                 usage = found or usage
                 if not (usage_only and strip_usage_chunk):
                     out.append(event)
+                if found is not None and comment is not None:
+                    out.append(comment(found))
             if len(pending) > _MAX_PENDING:
                 out.append(pending)
                 pending = b""

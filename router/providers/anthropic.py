@@ -100,6 +100,18 @@ class AnthropicProvider:
                 f"The upstream '{self.name}' sent an answer that could not be read: {exc}"
             ) from exc
 
+    def _check_endpoint(self, endpoint: str) -> None:
+        if endpoint != "/chat/completions":
+            raise BadRequest(
+                f"The upstream '{self.name}' serves chat completions only; `{endpoint}` is not available here.",
+                code="unsupported_endpoint",
+            )
+
+    def check(self, endpoint: str, body: bytes) -> None:
+        """The endpoint and the translation to Messages, as `forward` would check them."""
+        self._check_endpoint(endpoint)
+        tr.to_params(tr.parse_chat(body))
+
     def _translate(self, exc: httpx.HTTPError) -> UpstreamUnavailable:
         return translate_error(self.name, exc)
 
@@ -107,11 +119,7 @@ class AnthropicProvider:
         self, endpoint: str, body: bytes, *, stream: bool, headers: Mapping[str, str] | None = None
     ) -> UpstreamResponse:
         """Translate a chat completion to Messages, POST it (retrying like the OpenAI adapter), translate back."""
-        if endpoint != "/chat/completions":
-            raise BadRequest(
-                f"The upstream '{self.name}' serves chat completions only; `{endpoint}` is not available here.",
-                code="unsupported_endpoint",
-            )
+        self._check_endpoint(endpoint)
         req = tr.parse_chat(body)
         params = tr.to_params(req) | ({"stream": True} if stream else {})
         content = _encoder.encode(params)

@@ -79,6 +79,11 @@ class Provider(Protocol):
         """Send one real-time call, retrying only what is safe; raise UpstreamUnavailable/Timeout."""
         ...
 
+    def check(self, endpoint: str, body: bytes) -> None:
+        """Raise the error real time would answer if this adapter cannot serve the call (endpoint, parameters),
+        so a deferred call is refused at admission, not when its batch is built."""
+        ...
+
     async def get(self, path: str) -> UpstreamResponse:
         """A GET on the upstream API (e.g. `/models`)."""
         ...

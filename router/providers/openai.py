@@ -100,6 +100,9 @@ class OpenAIProvider:
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = client or make_client(upstream, headers)
 
+    def check(self, endpoint: str, body: bytes) -> None:
+        """Nothing to refuse before sending: an OpenAI upstream takes every endpoint the router routes."""
+
     async def forward(
         self, endpoint: str, body: bytes, *, stream: bool, headers: Mapping[str, str] | None = None
     ) -> UpstreamResponse:
