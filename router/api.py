@@ -33,6 +33,7 @@ from router.errors import (
     UpstreamTimeout,
 )
 from router.lanes import deferred_object, forward_realtime, lane_name
+from router.logthrottle import Throttle, kind_of
 from router.policy import Decision, Facts, decide
 from router.pricing import Usage
 from router.providers.base import Provider
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from router.app import Gateway
 
 log = logging.getLogger("router.api")
+_throttle = Throttle(log)
 T = TypeVar("T")
 
 JSON = "application/json"
@@ -125,7 +127,7 @@ def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> R
 
 def redis_error_handler(_: Request[Any, Any, Any], exc: RedisError) -> Response[bytes]:
     """The store is unreachable: a 503 the client may retry, not a 500."""
-    log.warning("Redis unavailable: %s", exc)
+    _throttle.warning(kind_of("api", exc), "Redis unavailable: %s", exc)
     return error_response(ServiceUnavailable("The router's store is unavailable; retry shortly.", retry_after=1.0))
 
 

@@ -24,6 +24,7 @@ from router.batcher import Batcher
 from router.errors import ConfigError, RouterError
 from router.guard import Guard
 from router.lanes import DeferredLane, Upstreams
+from router.logthrottle import Throttle, kind_of
 from router.policy import PolicyStore
 from router.poller import Poller
 from router.pricing import load_pricing
@@ -34,6 +35,7 @@ from router.settings import Settings
 from router.webhooks import WebhookSender
 
 log = logging.getLogger("router")
+_throttle = Throttle(log)
 TOTALS_FLUSH_S = 1.0  # real-time totals reach Redis in one pipeline per second, not one round trip per call
 _models_decoder = msgspec.json.Decoder(dict[str, Any])
 
@@ -140,7 +142,7 @@ class Gateway:
         try:
             await self.deferred.acc.add_totals(pending)
         except Exception as exc:
-            log.warning("could not write real-time totals to Redis, will retry: %s", exc)
+            _throttle.warning(kind_of("totals", exc), "could not write real-time totals to Redis, will retry: %s", exc)
             for key, fields in pending.items():
                 merged = self._totals.setdefault(key, {})
                 for name, value in fields.items():
@@ -193,8 +195,8 @@ class Gateway:
         """The Prometheus exposition of this process; shared state (queues, batches) read from Redis now."""
         try:
             depth, inflight = await self.deferred.acc.counts()
-        except Exception:
-            log.warning("could not read queue depth from Redis for /metrics")
+        except Exception as exc:
+            _throttle.warning(kind_of("metrics", exc), "could not read queue depth from Redis for /metrics: %s", exc)
         else:
             for queue, count in depth.items():
                 metrics.queue_depth.labels(queue).set(count)
