@@ -323,7 +323,7 @@ async def admit(gateway: Gateway, request: Request[Any, Any, Any], endpoint: str
     tenant = authenticate(gateway, request)
     webhook = webhook_url(gateway, request)
     body = await request.body()
-    view = decode_view(body)
+    view = decode_view(body, gateway.settings.limits.max_json_depth)
     if not view.model:
         raise BadRequest("you must provide a model parameter", param="model", code="missing_required_parameter")
     provider = gateway.upstreams.for_model(view.model)

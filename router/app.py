@@ -17,7 +17,7 @@ from litestar.exceptions import HTTPException
 from redis.exceptions import RedisError
 from standardwebhooks import Webhook
 
-from router import api, metrics, redis_client
+from router import api, edge, metrics, redis_client
 from router.accounting import Accounting, Lane, Priced
 from router.accumulator import Accumulator, TotalsKey, Waiters
 from router.batcher import Batcher
@@ -169,7 +169,7 @@ class Gateway:
                 continue
             try:
                 items = _models_decoder.decode(answer.body).get("data", [])
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, RecursionError):
                 log.warning("upstream %s answered /models with something that is not a model list", cfg.name)
                 continue
             for item in items if isinstance(items, list) else []:
@@ -235,6 +235,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None, *, 
             Exception: api.internal_error_handler,
         },
         lifespan=[gateway.lifespan],
+        middleware=[edge.header_guard(settings.limits)],
         request_max_body_size=settings.limits.max_body_bytes,
         openapi_config=None,
         logging_config=None,

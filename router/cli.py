@@ -67,6 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from router.app import create_app
+    from router.edge import bounded_protocol
 
     base = load(args)
     settings = load(args, _serve_overrides(args, base))
@@ -79,7 +80,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     with redis_for(settings) as ready:
         app = create_app(ready, os.environ)
         print(f"hybrid-router listening on http://{ready.host}:{ready.port}/v1", file=sys.stderr)
-        uvicorn.run(app, host=ready.host, port=ready.port, log_level="warning", access_log=False, ws="none")
+        http = bounded_protocol(ready.limits)
+        uvicorn.run(app, host=ready.host, port=ready.port, log_level="warning", access_log=False, ws="none", http=http)
     return 0
 
 

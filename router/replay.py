@@ -7,6 +7,8 @@ from typing import Any
 
 import msgspec
 
+from router.schema import error_body
+
 _decoder = msgspec.json.Decoder(dict[str, Any])
 _encoder = msgspec.json.Encoder()
 PIECE_CHARS = 64
@@ -31,7 +33,12 @@ def _delta(index: int, delta: dict[str, Any], finish_reason: str | None = None) 
 
 def sse_chunks(endpoint: str, body: bytes, *, include_usage: bool) -> Iterator[bytes]:
     """The `data:` events for a finished `/chat/completions` or `/completions` body, ending with `[DONE]`."""
-    done = _decoder.decode(body)
+    try:
+        done = _decoder.decode(body)
+    except (msgspec.DecodeError, RecursionError):  # an upstream body nested deeper than msgspec follows from here
+        text = "The stored result of this call could not be read as a completion."
+        yield b"data: " + error_body(text, "upstream_error", None, "unreadable_result") + b"\n\n"
+        return
     base: dict[str, Any] = {k: done[k] for k in _KEEP if k in done}
     if endpoint == "/chat/completions":
         base["object"] = "chat.completion.chunk"

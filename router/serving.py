@@ -11,6 +11,9 @@ from typing import Any
 
 import uvicorn
 
+from router.edge import bounded_protocol
+from router.settings import Limits
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
@@ -21,10 +24,16 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: Any, port: int | None = None, timeout: float = 10.0) -> Iterator[str]:
-    """Serve `app` with uvicorn on 127.0.0.1 in a thread; yield its base URL; stop it on exit."""
+def serve_in_thread(
+    app: Any, port: int | None = None, timeout: float = 10.0, *, limits: Limits | None = None
+) -> Iterator[str]:
+    """Serve `app` with uvicorn on 127.0.0.1 in a thread; yield its base URL; stop it on exit.
+
+    Request heads are bounded as `limits` (default: the default limits) imply, as `hybrid-router serve` does.
+    """
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="on", ws="none")
+    http = bounded_protocol(limits or Limits())
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="on", ws="none", http=http)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -59,6 +59,12 @@ class Limits(_Strict, kw_only=True):
     max_body_bytes: PositiveInt = 32 * 1024 * 1024
     max_deadline_s: PositiveFloat = 7 * 24 * 3600.0
     max_wait_s: PositiveFloat = 600.0
+    max_header_bytes: PositiveInt = 32 * 1024
+    """Header names and values together; more gets 431, before authentication."""
+    max_headers: PositiveInt = 100
+    """Header lines; more gets 431, before authentication."""
+    max_json_depth: Annotated[int, msgspec.Meta(gt=0, le=512)] = 64
+    """Nesting of arrays and objects in a client body; deeper gets 400 `json_too_deep`."""
 
 
 class BatchSettings(_Strict, kw_only=True):
