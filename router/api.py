@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import re
 import secrets
@@ -77,6 +78,13 @@ def authenticate(gateway: Gateway, request: Request[Any, Any, Any]) -> str:
     if tenant is None:
         raise AuthenticationFailed()
     return tenant
+
+
+def authorize_metrics(gateway: Gateway, request: Request[Any, Any, Any]) -> None:
+    """A 401 unless `/metrics` is open or the caller sent its bearer token."""
+    expected = gateway.metrics_token
+    if expected is not None and not hmac.compare_digest((bearer(request) or "").encode(), expected.encode()):
+        raise AuthenticationFailed("`/metrics` needs the bearer token named by `metrics_token_env`.")
 
 
 def error_response(exc: RouterError) -> Response[bytes]:
@@ -394,7 +402,7 @@ async def respond_realtime(
         and not (view.stream_options and view.stream_options.include_usage)
     ):
         body, strip_usage = with_usage_requested(body), True  # priced from the usage chunk, hidden again below
-    passed = gateway.upstreams.passed_headers(provider.name, request.headers)
+    passed = gateway.upstreams.passed_headers(provider.name, request.headers, tenant)
     lane: Lane = "flex" if view.service_tier == "flex" else "realtime"
 
     def count(outcome: str) -> None:
@@ -535,7 +543,8 @@ def make_handlers(gateway: Gateway) -> list[Any]:
         return Response(body, status_code=200 if ok else 503, media_type=JSON)
 
     @get("/metrics")
-    async def metrics_endpoint() -> Response[bytes]:
+    async def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
+        authorize_metrics(gateway, request)
         body, content_type = await gateway.metrics_text()
         return Response(body, media_type=content_type)
 

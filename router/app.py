@@ -60,12 +60,14 @@ class Gateway:
         *,
         loops: bool = True,
         webhook_secret: str | None = None,
+        metrics_token: str | None = None,
     ) -> None:
         if not settings.redis_url:
             raise ConfigError("redis_url", None, "the router needs a Redis URL (the CLI starts a bundled one)")
         self.settings = settings
         self.key_index = settings.key_index()
-        self.upstreams = Upstreams(settings.upstreams, providers)
+        self.metrics_token = metrics_token
+        self.upstreams = Upstreams(settings.upstreams, providers, settings)
         self.policies = PolicyStore(Path(settings.policies_dir))
         self.accounting = Accounting(load_pricing(Path(settings.pricing_file)))
         # Connects lazily, on the serving loop; the lifespan closes it. One server or a cluster, by the URL.
@@ -219,11 +221,26 @@ def webhook_secret(settings: Settings, environ: Mapping[str, str]) -> str | None
     return secret
 
 
+def metrics_token(settings: Settings, environ: Mapping[str, str]) -> str | None:
+    """The bearer token `/metrics` requires, if `metrics_token_env` names one; a name without a value fails start."""
+    name = settings.metrics_token_env
+    if name is None:
+        return None
+    token = environ.get(name, "").strip()
+    if not token:
+        raise ConfigError("<environment>", name, "metrics_token_env names this variable, but it is not set")
+    return token
+
+
 def create_app(settings: Settings, environ: Mapping[str, str] | None = None, *, loops: bool = True) -> Litestar:
     """The router as an ASGI app; `loops=False` leaves the batcher, poller, guard and webhooks to the caller (tests)."""
     environ = environ or {}
     gateway = Gateway(
-        settings, make_providers(settings, environ), loops=loops, webhook_secret=webhook_secret(settings, environ)
+        settings,
+        make_providers(settings, environ),
+        loops=loops,
+        webhook_secret=webhook_secret(settings, environ),
+        metrics_token=metrics_token(settings, environ),
     )
     app = Litestar(
         route_handlers=api.make_handlers(gateway),
