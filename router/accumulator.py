@@ -15,9 +15,11 @@ from redis.asyncio.cluster import RedisCluster
 
 from router import scripts
 from router.keys import TOTALS_TTL_S, TURNAROUND_SAMPLES, Keys, queue_tag, tag_of
+from router.logthrottle import Throttle, kind_of
 from router.redis_client import RedisClient
 
 log = logging.getLogger("router.accumulator")
+_throttle = Throttle(log)  # a Redis outage would otherwise log a line per reconnect attempt, twice a second
 
 ASYNC_HOLDER = "async"
 """The holder of a call answered `202` (its caller polls or gets a webhook): never re-attached by digest."""
@@ -652,10 +654,10 @@ class Waiters:
                     if message is not None and message["type"] == "message":
                         self._wake(_s(message["data"]))
             except (ConnectionError, OSError, TimeoutError) as exc:
-                log.warning("result subscription lost, reconnecting: %s", exc)
+                _throttle.warning(kind_of("waiters", exc), "result subscription lost, reconnecting: %s", exc)
                 await asyncio.sleep(0.5)
             except Exception as exc:  # redis-py raises its own ConnectionError, not the builtin
-                log.warning("result subscription error, reconnecting: %s", exc)
+                _throttle.warning(kind_of("waiters", exc), "result subscription error, reconnecting: %s", exc)
                 await asyncio.sleep(0.5)
             finally:
                 with contextlib.suppress(Exception):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import re
 import secrets
@@ -35,6 +36,7 @@ from router.errors import (
     UpstreamTimeout,
 )
 from router.lanes import deferred_object, forward_realtime, lane_name
+from router.logthrottle import Throttle, kind_of
 from router.policy import Decision, Facts, decide
 from router.pricing import Usage
 from router.providers.base import Provider
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
     from router.app import Gateway
 
 log = logging.getLogger("router.api")
+_throttle = Throttle(log)
 T = TypeVar("T")
 
 JSON = "application/json"
@@ -77,6 +80,13 @@ def authenticate(gateway: Gateway, request: Request[Any, Any, Any]) -> str:
     if tenant is None:
         raise AuthenticationFailed()
     return tenant
+
+
+def authorize_metrics(gateway: Gateway, request: Request[Any, Any, Any]) -> None:
+    """A 401 unless `/metrics` is open or the caller sent its bearer token."""
+    expected = gateway.metrics_token
+    if expected is not None and not hmac.compare_digest((bearer(request) or "").encode(), expected.encode()):
+        raise AuthenticationFailed("`/metrics` needs the bearer token named by `metrics_token_env`.")
 
 
 def error_response(exc: RouterError) -> Response[bytes]:
@@ -130,7 +140,7 @@ def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> R
 
 def redis_error_handler(_: Request[Any, Any, Any], exc: RedisError) -> Response[bytes]:
     """The store is unreachable: a 503 the client may retry, not a 500."""
-    log.warning("Redis unavailable: %s", exc)
+    _throttle.warning(kind_of("api", exc), "Redis unavailable: %s", exc)
     return error_response(ServiceUnavailable("The router's store is unavailable; retry shortly.", retry_after=1.0))
 
 
@@ -397,7 +407,7 @@ async def admit(gateway: Gateway, request: Request[Any, Any, Any], endpoint: str
     tenant = authenticate(gateway, request)
     webhook = webhook_url(gateway, request)
     body = await request.body()
-    view = decode_view(body)
+    view = decode_view(body, gateway.settings.limits.max_json_depth)
     if not view.model:
         raise BadRequest("you must provide a model parameter", param="model", code="missing_required_parameter")
     provider = gateway.upstreams.for_model(view.model)
@@ -469,7 +479,7 @@ async def respond_realtime(
         and not (view.stream_options and view.stream_options.include_usage)
     ):
         body, strip_usage = with_usage_requested(body), True  # priced from the usage chunk, hidden again below
-    passed = gateway.upstreams.passed_headers(provider.name, request.headers)
+    passed = gateway.upstreams.passed_headers(provider.name, request.headers, tenant)
     lane: Lane = "flex" if view.service_tier == "flex" else "realtime"
 
     def count(outcome: str) -> None:
@@ -614,7 +624,8 @@ def make_handlers(gateway: Gateway) -> list[Any]:
         return Response(body, status_code=200 if ok else 503, media_type=JSON)
 
     @get("/metrics")
-    async def metrics_endpoint() -> Response[bytes]:
+    async def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
+        authorize_metrics(gateway, request)
         body, content_type = await gateway.metrics_text()
         return Response(body, media_type=content_type)
 

@@ -17,7 +17,7 @@ from litestar.exceptions import HTTPException
 from redis.exceptions import RedisError
 from standardwebhooks import Webhook
 
-from router import api, metrics, redis_client
+from router import api, edge, metrics, redis_client
 from router.accounting import Accounting, Lane, Priced
 from router.accumulator import Accumulator, TotalsKey, Waiters
 from router.batcher import Batcher
@@ -25,6 +25,7 @@ from router.errors import ConfigError, RouterError
 from router.guard import Guard
 from router.holding import Holds, max_held, quiet_held_cuts, raise_fd_limit
 from router.lanes import DeferredLane, Upstreams
+from router.logthrottle import Throttle, kind_of
 from router.policy import PolicyStore
 from router.poller import Poller
 from router.pricing import load_pricing
@@ -35,6 +36,7 @@ from router.settings import Settings
 from router.webhooks import WebhookSender
 
 log = logging.getLogger("router")
+_throttle = Throttle(log)
 TOTALS_FLUSH_S = 1.0  # real-time totals reach Redis in one pipeline per second, not one round trip per call
 _models_decoder = msgspec.json.Decoder(dict[str, Any])
 
@@ -59,12 +61,14 @@ class Gateway:
         *,
         loops: bool = True,
         webhook_secret: str | None = None,
+        metrics_token: str | None = None,
     ) -> None:
         if not settings.redis_url:
             raise ConfigError("redis_url", None, "the router needs a Redis URL (the CLI starts a bundled one)")
         self.settings = settings
         self.key_index = settings.key_index()
-        self.upstreams = Upstreams(settings.upstreams, providers)
+        self.metrics_token = metrics_token
+        self.upstreams = Upstreams(settings.upstreams, providers, settings)
         self.policies = PolicyStore(Path(settings.policies_dir))
         self.accounting = Accounting(load_pricing(Path(settings.pricing_file)))
         # Connects lazily, on the serving loop; the lifespan closes it. One server or a cluster, by the URL.
@@ -154,7 +158,7 @@ class Gateway:
         try:
             await self.deferred.acc.add_totals(pending)
         except Exception as exc:
-            log.warning("could not write real-time totals to Redis, will retry: %s", exc)
+            _throttle.warning(kind_of("totals", exc), "could not write real-time totals to Redis, will retry: %s", exc)
             for key, fields in pending.items():
                 merged = self._totals.setdefault(key, {})
                 for name, value in fields.items():
@@ -181,7 +185,7 @@ class Gateway:
                 continue
             try:
                 items = _models_decoder.decode(answer.body).get("data", [])
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, RecursionError):
                 log.warning("upstream %s answered /models with something that is not a model list", cfg.name)
                 continue
             for item in items if isinstance(items, list) else []:
@@ -207,8 +211,8 @@ class Gateway:
         """The Prometheus exposition of this process; shared state (queues, batches) read from Redis now."""
         try:
             depth, inflight = await self.deferred.acc.counts()
-        except Exception:
-            log.warning("could not read queue depth from Redis for /metrics")
+        except Exception as exc:
+            _throttle.warning(kind_of("metrics", exc), "could not read queue depth from Redis for /metrics: %s", exc)
         else:
             for queue, count in depth.items():
                 metrics.queue_depth.labels(queue).set(count)
@@ -231,12 +235,27 @@ def webhook_secret(settings: Settings, environ: Mapping[str, str]) -> str | None
     return secret
 
 
+def metrics_token(settings: Settings, environ: Mapping[str, str]) -> str | None:
+    """The bearer token `/metrics` requires, if `metrics_token_env` names one; a name without a value fails start."""
+    name = settings.metrics_token_env
+    if name is None:
+        return None
+    token = environ.get(name, "").strip()
+    if not token:
+        raise ConfigError("<environment>", name, "metrics_token_env names this variable, but it is not set")
+    return token
+
+
 def create_app(settings: Settings, environ: Mapping[str, str] | None = None, *, loops: bool = True) -> Litestar:
     """The router as an ASGI app; `loops=False` leaves the batcher, poller, guard and webhooks to the caller (tests)."""
     environ = environ or {}
     quiet_held_cuts()
     gateway = Gateway(
-        settings, make_providers(settings, environ), loops=loops, webhook_secret=webhook_secret(settings, environ)
+        settings,
+        make_providers(settings, environ),
+        loops=loops,
+        webhook_secret=webhook_secret(settings, environ),
+        metrics_token=metrics_token(settings, environ),
     )
     app = Litestar(
         route_handlers=api.make_handlers(gateway),
@@ -248,6 +267,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None, *, 
             Exception: api.internal_error_handler,
         },
         lifespan=[gateway.lifespan],
+        middleware=[edge.header_guard(settings.limits)],
         request_max_body_size=settings.limits.max_body_bytes,
         openapi_config=None,
         logging_config=None,

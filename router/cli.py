@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import logging
 import os
 import shlex
@@ -72,23 +73,38 @@ def redis_for(settings: Settings) -> Iterator[Settings]:
         yield msgspec.structs.replace(settings, redis_url=url)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` is reachable from this machine only."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the router until interrupted."""
     from router.app import create_app
+    from router.edge import bounded_protocol
     from router.serving import Server, server_config
 
     base = load(args)
     settings = load(args, _serve_overrides(args, base))
-    if settings.auth == "none" and settings.host not in ("127.0.0.1", "localhost", "::1"):
-        logging.getLogger("router").warning(
-            "auth is 'none' and the router listens on %s: anyone who reaches it spends your upstream key; "
-            "configure `auth: keys`",
-            settings.host,
-        )
+    if settings.auth == "none" and not is_loopback(settings.host):
+        if not args.insecure_no_auth:
+            raise ConfigError(
+                "--host",
+                settings.host,
+                "auth is 'none', so anyone who reaches this address spends your upstream key; configure "
+                "`auth: keys`, or pass --insecure-no-auth to listen there anyway",
+            )
+        logging.getLogger("router").warning("auth is 'none' and the router listens on %s (--insecure-no-auth)",
+                                            settings.host)  # fmt: skip
     with redis_for(settings) as ready:
         app = create_app(ready, os.environ)
         print(f"hybrid-router listening on http://{ready.host}:{ready.port}/v1", file=sys.stderr)
-        Server(server_config(app, host=ready.host, port=ready.port, grace_s=ready.shutdown_grace_s)).run()
+        http = bounded_protocol(ready.limits)
+        config = server_config(app, host=ready.host, port=ready.port, grace_s=ready.shutdown_grace_s, http=http)
+        Server(config).run()
     return 0
 
 
@@ -210,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--batch-max-wait", type=float, help="seconds a deferred call may wait before its queue flushes")
     serve.add_argument("--poll-interval", type=float, help="seconds between polls of in-flight batches")
+    serve.add_argument(
+        "--insecure-no-auth", action="store_true", help="listen beyond loopback although `auth` is 'none'"
+    )
     serve.set_defaults(func=cmd_serve)
 
     sim = sub.add_parser("simulate", help="run the built-in OpenAI/Anthropic upstream simulator")

@@ -148,7 +148,7 @@ def run_demo(settings: Settings, console: Console | None = None, workload: list[
     sim_config = SimConfig(latency_ms=120, batch_turnaround_s=3.0, stream_chunk_delay_ms=20, api_key=DEMO_KEY)
     with serve_in_thread(create_simulator(sim_config)) as sim_url:
         ready = demo_settings(settings, sim_url)
-        with serve_in_thread(create_app(ready, {DEMO_KEY_ENV: DEMO_KEY})) as base:
+        with serve_in_thread(create_app(ready, {DEMO_KEY_ENV: DEMO_KEY}), limits=ready.limits) as base:
             console.print(f"[bold]hybrid-router demo[/]: router {base}/v1, simulator {sim_url}/v1")
             console.print(f"Redis: {ready.redis_url}")
             before = httpx.get(base + "/metrics").text

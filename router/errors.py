@@ -5,6 +5,7 @@ RouterError                     500 server_error
  │    └── InvalidDeadline       400 invalid_request_error, param X-Deadline
  ├── AuthenticationFailed       401 invalid_request_error, code invalid_api_key
  ├── NotFound                   404 invalid_request_error
+ ├── HeadersTooLarge            431 invalid_request_error, code request_header_fields_too_large
  ├── UpstreamError              the upstream's status and body, passed through
  ├── UpstreamUnavailable        502 upstream_error
  │    └── UpstreamTimeout       504 upstream_error
@@ -79,6 +80,13 @@ class NotFound(RouterError):
     """Unknown route, model or deferred call."""
 
     status = 404
+    type = "invalid_request_error"
+
+
+class HeadersTooLarge(RouterError):
+    """More header bytes or header lines than `limits` allow (checked before authentication)."""
+
+    status = 431
     type = "invalid_request_error"
 
 

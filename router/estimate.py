@@ -213,7 +213,7 @@ def estimate(
             if line.cached_tokens > line.input_tokens:
                 raise ValueError("cached_tokens exceeds input_tokens (cached tokens are part of the input)")
             batched = admission.batched(line, at)
-        except (msgspec.DecodeError, ValueError, InvalidDeadline) as exc:
+        except (msgspec.DecodeError, ValueError, InvalidDeadline, RecursionError) as exc:
             malformed += 1
             if len(problems) < MAX_PROBLEMS:
                 # The accepted X-Deadline forms, once per line, would drown the report: the docs list them.

@@ -27,25 +27,47 @@ log = logging.getLogger("router.lanes")
 ENDPOINTS = ("/chat/completions", "/completions", "/embeddings", "/responses")
 
 
+NEVER_FORWARDED = frozenset(
+    {"authorization", "proxy-authorization", "api-key", "x-api-key", "cookie", "anthropic-version", "host",
+     "content-length", "content-type", "content-encoding", "transfer-encoding", "connection", "keep-alive", "te",
+     "upgrade", "accept-encoding"}
+)  # fmt: skip
+"""Credentials and framing: whatever `forward_headers` says, the router sets these itself."""
+
+
+def _globs(patterns: Sequence[str]) -> re.Pattern[str]:
+    return re.compile("|".join(fnmatch.translate(p.lower()) for p in patterns) or "(?!)")
+
+
 class Upstreams:
     """The configured upstreams in order; a model goes to the first whose patterns match it."""
 
-    def __init__(self, configs: Sequence[Upstream], providers: dict[str, Provider]) -> None:
+    def __init__(
+        self, configs: Sequence[Upstream], providers: dict[str, Provider], settings: Settings | None = None
+    ) -> None:
+        """`settings` decide which client headers pass (by tenant and auth mode; default: the built-in lists)."""
         self.configs = list(configs)
         self.providers = providers
         self._patterns = [
             (re.compile("|".join(fnmatch.translate(p) for p in cfg.models)), providers[cfg.name]) for cfg in configs
         ]
         self._cache: dict[str, Provider] = {}
-        self._forward = {
-            cfg.name: re.compile("|".join(fnmatch.translate(p.lower()) for p in cfg.forward_headers) or "(?!)")
+        settings = settings or Settings(upstreams=self.configs)
+        tenants = {key.tenant for key in settings.keys if key.forward_headers is not None}
+        self._forward: dict[tuple[str, str | None], re.Pattern[str]] = {
+            (cfg.name, tenant): _globs(settings.forward_headers(cfg, tenant))
             for cfg in configs
+            for tenant in (None, *tenants)
         }
 
-    def passed_headers(self, upstream: str, headers: Mapping[str, str]) -> dict[str, str]:
-        """The client headers this upstream is configured to receive."""
-        pattern = self._forward[upstream]
-        return {name: value for name, value in headers.items() if pattern.match(name.lower())}
+    def passed_headers(self, upstream: str, headers: Mapping[str, str], tenant: str | None = None) -> dict[str, str]:
+        """The client headers this upstream is configured to receive from this tenant."""
+        pattern = self._forward.get((upstream, tenant)) or self._forward[(upstream, None)]
+        return {
+            name: value
+            for name, value in headers.items()
+            if (lower := name.lower()) not in NEVER_FORWARDED and pattern.match(lower)
+        }
 
     def for_model_or_none(self, model: str) -> Provider | None:
         """The provider serving `model`, if any."""

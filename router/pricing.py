@@ -205,6 +205,6 @@ def usage_from_body(body: bytes | dict[str, Any]) -> Usage | None:
     """The usage a response body reports (OpenAI or Anthropic shape), or None when it reports none."""
     try:
         parsed = _DECODER.decode(body) if isinstance(body, bytes) else msgspec.convert(body, _WithUsage)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None
     return None if parsed.usage is None else _usage(parsed.usage)

@@ -9,10 +9,28 @@ from typing import Any
 
 import msgspec
 
+from router.schema import error_body
+
 _decoder = msgspec.json.Decoder(dict[str, Any])
 _encoder = msgspec.json.Encoder()
 PIECE_CHARS = 64
 _KEEP = ("id", "created", "model", "system_fingerprint", "service_tier")
+
+
+UNREADABLE = (
+    b"data: "
+    + error_body(
+        "The stored result of this call could not be read as a completion.", "upstream_error", None, "unreadable_result"
+    )
+    + b"\n\n"
+)
+
+
+def _decoded(body: bytes) -> dict[str, Any] | None:
+    try:
+        return _decoder.decode(body)
+    except (msgspec.DecodeError, RecursionError):  # an upstream body nested deeper than msgspec follows from here
+        return None
 
 
 def _event(obj: dict[str, Any]) -> bytes:
@@ -66,7 +84,10 @@ def sse_chunks(endpoint: str, body: bytes, *, include_usage: bool, cost: bytes =
         yield from response_events(body)
         yield cost
         return
-    done = _decoder.decode(body)
+    done = _decoded(body)
+    if done is None:
+        yield UNREADABLE
+        return
     base: dict[str, Any] = {k: done[k] for k in _KEEP if k in done}
     if endpoint == "/chat/completions":
         base["object"] = "chat.completion.chunk"
@@ -100,7 +121,10 @@ def sse_chunks(endpoint: str, body: bytes, *, include_usage: bool, cost: bytes =
 def response_events(body: bytes) -> Iterator[bytes]:
     """A finished Response as its event stream, numbered by `sequence_number`: each output item is added, its
     text or arguments streamed in pieces, and done; then `response.completed` (or `.incomplete`/`.failed`)."""
-    done = _decoder.decode(body)
+    done = _decoded(body)
+    if done is None:
+        yield UNREADABLE
+        return
     seq = iter(range(1 << 30))
     pending = done | {"status": "in_progress", "output": [], "usage": None}
     if "completed_at" in done:

@@ -7,6 +7,7 @@ from typing import Any, Literal
 import msgspec
 
 from router.errors import BadRequest
+from router.jsondepth import too_deep
 
 
 class StreamOptions(msgspec.Struct):
@@ -66,12 +67,25 @@ _any_decoder = msgspec.json.Decoder()
 encoder = msgspec.json.Encoder()
 
 
-def decode_view(body: bytes) -> RequestView:
-    """Decode the routing fields of a client body, or raise a 400 that says what is wrong."""
+def nested_too_deep(max_depth: int) -> BadRequest:
+    """The 400 for a body whose arrays and objects nest deeper than `max_depth` (or than the decoder can follow)."""
+    return BadRequest(
+        f"The JSON body of your request nests arrays and objects more than {max_depth} levels deep.",
+        code="json_too_deep",
+    )
+
+
+def decode_view(body: bytes, max_depth: int) -> RequestView:
+    """Decode the routing fields of a client body nested at most `max_depth` deep, or raise a 400 that says what
+    is wrong. The body is forwarded as is, so the depth is checked across all of it, not only the routing fields."""
     if not body:
         raise BadRequest("We could not parse the JSON body of your request: the body is empty.")
+    if too_deep(body, max_depth):
+        raise nested_too_deep(max_depth)
     try:
         return _view_decoder.decode(body)
+    except RecursionError as exc:  # the limit was raised past what the decoder can follow from here
+        raise nested_too_deep(max_depth) from exc
     except msgspec.ValidationError as exc:
         raise BadRequest(f"Invalid request body: {exc}") from exc
     except msgspec.DecodeError as exc:
@@ -90,6 +104,8 @@ def decode_body(body: bytes) -> dict[str, Any]:
     """The whole body as a mapping, or a 400 (the lenient view skips fields it does not route on)."""
     try:
         return _body_decoder.decode(body)
+    except RecursionError as exc:
+        raise BadRequest("The JSON body of your request nests too deeply to be read.", code="json_too_deep") from exc
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(f"Invalid request body: {exc}") from exc
 
@@ -97,7 +113,7 @@ def decode_body(body: bytes) -> dict[str, Any]:
 def _safe_decode(body: bytes) -> Any:
     try:
         return _any_decoder.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return None
 
 

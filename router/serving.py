@@ -14,6 +14,9 @@ from typing import Any
 
 import uvicorn
 
+from router.edge import bounded_protocol
+from router.settings import Limits
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
@@ -44,10 +47,16 @@ def server_config(app: Any, *, host: str, port: int, grace_s: float, **kw: Any) 
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: Any, port: int | None = None, timeout: float = 10.0) -> Iterator[str]:
-    """Serve `app` with uvicorn on 127.0.0.1 in a thread; yield its base URL; stop it on exit."""
+def serve_in_thread(
+    app: Any, port: int | None = None, timeout: float = 10.0, *, limits: Limits | None = None
+) -> Iterator[str]:
+    """Serve `app` with uvicorn on 127.0.0.1 in a thread; yield its base URL; stop it on exit.
+
+    Request heads are bounded as `limits` (default: the default limits) imply, as `hybrid-router serve` does.
+    """
     port = port or free_port()
-    config = server_config(app, host="127.0.0.1", port=port, grace_s=timeout, log_level="error")
+    http = bounded_protocol(limits or Limits())
+    config = server_config(app, host="127.0.0.1", port=port, grace_s=timeout, log_level="error", http=http)
     server = Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

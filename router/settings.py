@@ -24,6 +24,11 @@ DEFAULT_PRICING = "config/pricing.yaml"
 DEFAULT_POLICIES = "policies"
 _PACKAGE = Path(str(resources.files("router")))  # pip installs a wheel as plain files, never zipped
 
+FORWARD_HEADERS = ["openai-organization", "openai-project", "openai-beta"]
+"""The client headers an upstream receives when its `forward_headers` is unset (and `auth` is `none`)."""
+FORWARD_HEADERS_KEYS = ["openai-beta"]
+"""The same under `auth: keys`, where the router's own upstream key pays for every tenant."""
+
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 
@@ -48,10 +53,9 @@ class Upstream(_Strict, kw_only=True):
     max_connections: PositiveInt = 512
     transport: Literal["aiohttp", "httpx"] = "aiohttp"
     """httpx's API over aiohttp's pool (faster, see bench/RESULTS.md) or over httpx's own (httpcore)."""
-    forward_headers: list[str] = msgspec.field(
-        default_factory=lambda: ["openai-organization", "openai-project", "openai-beta"]
-    )
-    """Client request headers (glob patterns, case-insensitive) passed on to this upstream; others are dropped."""
+    forward_headers: list[str] | None = None
+    """Client request headers (glob patterns, case-insensitive) passed on to this upstream; others are dropped.
+    Unset: `FORWARD_HEADERS`, or with `auth: keys` only `FORWARD_HEADERS_KEYS` (see `Settings.forward_headers`)."""
 
 
 class ProxyKey(_Strict, kw_only=True):
@@ -59,6 +63,8 @@ class ProxyKey(_Strict, kw_only=True):
 
     sha256: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
     tenant: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    forward_headers: list[str] | None = None
+    """The client headers this tenant's calls pass on, instead of each upstream's list (the same for all its keys)."""
 
 
 class Limits(_Strict, kw_only=True):
@@ -71,6 +77,12 @@ class Limits(_Strict, kw_only=True):
     """Connections held open for deferred answers at once; past it a new held call gets 429 before it is stored.
     Unset: half of the file descriptors left after Redis' pool and a reserve (the fd limit is raised to its
     hard limit at start)."""
+    max_header_bytes: PositiveInt = 32 * 1024
+    """Header names and values together; more gets 431, before authentication."""
+    max_headers: PositiveInt = 100
+    """Header lines; more gets 431, before authentication."""
+    max_json_depth: Annotated[int, msgspec.Meta(gt=0, le=512)] = 64
+    """Nesting of arrays and objects in a client body; deeper gets 400 `json_too_deep`."""
 
 
 class BatchSettings(_Strict, kw_only=True):
@@ -102,6 +114,8 @@ class WebhookSettings(_Strict, kw_only=True):
     """The env var holding the signing secret (`whsec_<base64>`); unset or empty: webhooks are refused."""
     allowed_hosts: list[str] = msgspec.field(default_factory=list)
     """Host globs a webhook URL may name (the SSRF guard); empty: webhooks are refused."""
+    allowed_ports: list[Annotated[int, msgspec.Meta(ge=1, le=65535)]] = msgspec.field(default_factory=lambda: [443, 80])
+    """Ports a webhook URL may name (a URL without one means 443 for https, 80 for http)."""
     max_attempts: PositiveInt = 8
     timeout_s: PositiveFloat = 10.0
     backoff_s: PositiveFloat = 10.0
@@ -132,6 +146,19 @@ class Settings(_Strict, kw_only=True):
     limits: Limits = msgspec.field(default_factory=Limits)
     batch: BatchSettings = msgspec.field(default_factory=BatchSettings)
     webhooks: WebhookSettings = msgspec.field(default_factory=WebhookSettings)
+    metrics_token_env: str | None = None
+    """The env var holding the bearer token `/metrics` requires; unset: `/metrics` is open."""
+
+    def forward_headers(self, upstream: Upstream, tenant: str | None = None) -> list[str]:
+        """The header globs a tenant's calls pass on to `upstream`: the tenant's, the upstream's, or the default."""
+        if tenant is not None and self.auth == "keys":
+            for key in self.keys:
+                if key.tenant == tenant and key.forward_headers is not None:
+                    return key.forward_headers
+        if upstream.forward_headers is not None:
+            return upstream.forward_headers
+        # With keys, the router's upstream key pays: a tenant must not pick the organization or project it bills.
+        return FORWARD_HEADERS_KEYS if self.auth == "keys" else FORWARD_HEADERS
 
     def key_index(self) -> dict[str, str]:
         """SHA-256 hex digest of each proxy key → its tenant (build once, look up per request)."""
@@ -259,4 +286,10 @@ def load_settings(
         raise ConfigError(file, "upstreams", f"upstream names must be unique, got {names}")
     if settings.auth == "keys" and not settings.keys:
         raise ConfigError(file, "keys", "auth is 'keys' but no keys are configured")
+    per_tenant: dict[str, list[str]] = {}
+    for key in settings.keys:
+        if key.forward_headers is None:
+            continue
+        if per_tenant.setdefault(key.tenant, key.forward_headers) != key.forward_headers:
+            raise ConfigError(file, "keys", f"the keys of tenant {key.tenant!r} name different forward_headers")
     return _packaged_fallbacks(settings)

@@ -30,7 +30,7 @@ def _event_usage(event: bytes) -> tuple[Usage | None, bool]:
         if b'"response.completed"' in data:  # Responses API: usage sits inside the final response object
             try:
                 inner = _response_event.decode(data).response
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, RecursionError):
                 return None, False
             return (usage_from_body(bytes(inner)) if inner else None), False
         usage = usage_from_body(data)

@@ -8,7 +8,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -45,8 +45,9 @@ class Event(msgspec.Struct):
 _encoder = msgspec.json.Encoder()
 
 
-def check_url(url: str, allowed_hosts: Sequence[str]) -> str:
-    """The URL if it is http(s) to a host matching one of `allowed_hosts`, else a 400 naming the header."""
+def check_url(url: str, allowed_hosts: Sequence[str], allowed_ports: Collection[int] = (443, 80)) -> str:
+    """The URL if it is http(s) to a host matching one of `allowed_hosts`, on one of `allowed_ports`, else a 400
+    naming the header."""
     try:
         parsed = httpx.URL(url) if len(url) <= MAX_URL_LENGTH else None
     except httpx.InvalidURL:
@@ -65,6 +66,14 @@ def check_url(url: str, allowed_hosts: Sequence[str]) -> str:
             f"`{HEADER}` names the host `{host}`, which this router does not deliver webhooks to.",
             param=HEADER,
             code="webhook_host_not_allowed",
+        )
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)  # httpx leaves out a scheme's default port
+    if port not in allowed_ports:
+        # An allowed name may still front other services; the port keeps webhooks off admin and database ports.
+        raise BadRequest(
+            f"`{HEADER}` names the port {port}, which this router does not deliver webhooks to.",
+            param=HEADER,
+            code="webhook_port_not_allowed",
         )
     return url
 
@@ -91,7 +100,7 @@ class WebhookSender:
         if not self.enabled:
             raise BadRequest(f"Webhooks are not enabled on this router; omit `{HEADER}`.", param=HEADER,
                              code="webhooks_disabled")  # fmt: skip
-        return check_url(url, self.settings.allowed_hosts)
+        return check_url(url, self.settings.allowed_hosts, self.settings.allowed_ports)
 
     def sign(self, msg_id: str, body: bytes, now: float) -> dict[str, str]:
         """The Standard Webhooks headers for one attempt at sending `body`."""

@@ -174,7 +174,8 @@ def start_router(sim: Sim, redis_url: str, key_prefix: str) -> Iterator[RouterFa
     @contextlib.contextmanager
     def start(*, loops: bool = True, environ: dict[str, str] | None = None, **tree: Any) -> Iterator[str]:
         settings = router_settings(sim, redis_url, key_prefix, **tree)
-        with serve_in_thread(create_app(settings, {"SIM_KEY": "sk-sim"} | (environ or {}), loops=loops)) as base:
+        app = create_app(settings, {"SIM_KEY": "sk-sim"} | (environ or {}), loops=loops)
+        with serve_in_thread(app, limits=settings.limits) as base:
             yield base
 
     yield start

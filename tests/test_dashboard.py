@@ -166,7 +166,9 @@ def test_compose_stack_structure() -> None:
     assert (CONFIG / router["build"]["context"] / router["build"].get("dockerfile", "Dockerfile")).is_file()
     assert router["environment"]["REDIS_URL"] == "redis://redis:6379/0"
     assert router["environment"]["OPENAI_API_KEY"].startswith("${OPENAI_API_KEY")
-    assert router["command"] == ["serve", "--config", "config/router.yaml", "--host", "0.0.0.0", "--port", "8080"]
+    # 0.0.0.0 inside the container with the shipped `auth: none`: `serve` starts only with --insecure-no-auth.
+    serve = ["serve", "--config", "config/router.yaml", "--host", "0.0.0.0", "--port", "8080", "--insecure-no-auth"]
+    assert router["command"] == serve
     mounts = _mounts(router)
     assert mounts["/app/config"] == ("./", "ro") and mounts["/app/policies"] == ("../policies", "ro")
     assert services["prometheus"]["image"].startswith("prom/prometheus")

@@ -33,6 +33,8 @@ LATER = {"X-Deadline": "2h"}
 WINDOW = "1m"  # longer than this test: every rate() and increase() sees all of its samples
 SAVINGS_HEADER = "x-router-savings-usd"
 HEADER_DECIMALS = 8  # the router formats money headers with 8 decimals
+METRICS_TOKEN = "scrape-" + secrets.token_hex(8)
+SCRAPE = {"authorization": f"Bearer {METRICS_TOKEN}"}  # the router runs with `metrics_token_env`, as config/ shows
 Headers = Mapping[str, str]
 
 
@@ -81,7 +83,7 @@ PrometheusFactory = Callable[[str], Prometheus]
 
 @pytest.fixture
 def prometheus(tmp_path: Path) -> Iterator[PrometheusFactory]:
-    """Start Prometheus on 127.0.0.1 scraping a router's /metrics every second; stopped afterwards."""
+    """Start Prometheus on 127.0.0.1 scraping a router's /metrics every second, with its token; stopped afterwards."""
     binary = prometheus_tool("prometheus")
     processes: list[subprocess.Popen[bytes]] = []
     with contextlib.ExitStack() as stack:
@@ -93,6 +95,7 @@ def prometheus(tmp_path: Path) -> Iterator[PrometheusFactory]:
                     {
                         "job_name": "router",
                         "metrics_path": "/metrics",
+                        "authorization": {"type": "Bearer", "credentials": METRICS_TOKEN},
                         "static_configs": [{"targets": [urlsplit(router_base).netloc]}],
                     }
                 ],
@@ -213,7 +216,7 @@ CHANGED_BY_ESCALATION = [
 
 def _counter(base: str, name: str, label: str = "") -> float:
     """The sum of a metric's series on the router's own /metrics whose labels contain `label`."""
-    return sum(_series(httpx.get(base + "/metrics").text, name, label).values())
+    return sum(_series(httpx.get(base + "/metrics", headers=SCRAPE).text, name, label).values())
 
 
 def _series(text: str, name: str, label: str = "") -> dict[str, float]:
@@ -232,7 +235,9 @@ def test_every_dashboard_query_returns_data(
     tenant = "prom-e2e-" + secrets.token_hex(3)  # this test's own series in the process-wide registry
     key = "sk-" + secrets.token_hex(8)
     keys = [{"sha256": hashlib.sha256(key.encode()).hexdigest(), "tenant": tenant}]
-    with start_router(batch=FAST, auth="keys", keys=keys) as base:
+    protected = {"metrics_token_env": "METRICS_TOKEN", "environ": {"METRICS_TOKEN": METRICS_TOKEN}}
+    with start_router(batch=FAST, auth="keys", keys=keys, **protected) as base:
+        assert httpx.get(base + "/metrics").status_code == 401  # Prometheus gets in with the token only
         server = prometheus(base)
         server.wait_for_scrapes(1)
         realtime: list[Headers] = []
@@ -257,7 +262,8 @@ def test_every_dashboard_query_returns_data(
 
         savings = server.query(f'sum(hybrid_router_savings_usd_total{{tenant="{tenant}"}})')
         in_prometheus = float(savings[0]["value"][1])
-        on_router = sum(_series(httpx.get(base + "/metrics").text, "hybrid_router_savings_usd_total", tenant).values())
+        scraped = httpx.get(base + "/metrics", headers=SCRAPE).text
+        on_router = sum(_series(scraped, "hybrid_router_savings_usd_total", tenant).values())
     assert in_prometheus > 0
     assert in_prometheus == pytest.approx(on_router, rel=1e-9)
     assert all(SAVINGS_HEADER in h for h in deferred)

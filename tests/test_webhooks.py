@@ -10,9 +10,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import pytest
 from standardwebhooks import Webhook
 
+from router.errors import BadRequest
 from router.serving import serve_in_thread
+from router.webhooks import check_url
 from tests.conftest import RouterFactory
 from tests.test_deferred import FAST, _metric, _wait_for, prompt
 
@@ -60,12 +63,17 @@ def hooks(**fields: Any) -> dict[str, Any]:
     return {"secret_env": "WEBHOOK_SECRET", "allowed_hosts": ["127.0.0.1"], "backoff_s": 0.2} | fields
 
 
-def start(start_router: RouterFactory, **webhooks: Any) -> contextlib.AbstractContextManager[str]:
+def start(
+    start_router: RouterFactory, receiver: str | None = None, **webhooks: Any
+) -> contextlib.AbstractContextManager[str]:
+    """A router delivering webhooks to 127.0.0.1 on the default ports and, when given, the receiver's port."""
+    if receiver is not None:
+        webhooks["allowed_ports"] = [443, 80, httpx.URL(receiver).port]
     return start_router(batch=FAST, webhooks=hooks(**webhooks), environ={"WEBHOOK_SECRET": SECRET})
 
 
 def test_a_completed_call_delivers_one_signed_event(start_router: RouterFactory) -> None:
-    with receiving() as (receiver, url), start(start_router) as base:
+    with receiving() as (receiver, url), start(start_router, url) as base:
         accepted = httpx.post(base + "/v1/chat/completions", json=BODY, headers=ASYNC | {"x-webhook-url": url})
         assert accepted.status_code == 202
         call = accepted.json()
@@ -88,7 +96,7 @@ def test_a_completed_call_delivers_one_signed_event(start_router: RouterFactory)
 
 
 def test_retries_carry_the_same_webhook_id(start_router: RouterFactory) -> None:
-    with receiving([500, 500]) as (receiver, url), start(start_router) as base:
+    with receiving([500, 500]) as (receiver, url), start(start_router, url) as base:
         before = httpx.get(base + "/metrics").text
         httpx.post(base + "/v1/chat/completions", json=BODY, headers=ASYNC | {"x-webhook-url": url})
         _wait_for(lambda: len(receiver.requests) >= 3, timeout=15)
@@ -105,7 +113,7 @@ def test_retries_carry_the_same_webhook_id(start_router: RouterFactory) -> None:
 
 
 def test_a_receiver_that_keeps_failing_is_given_up_on(start_router: RouterFactory) -> None:
-    with receiving([500] * 10) as (receiver, url), start(start_router, max_attempts=2) as base:
+    with receiving([500] * 10) as (receiver, url), start(start_router, url, max_attempts=2) as base:
         before = httpx.get(base + "/metrics").text
         httpx.post(base + "/v1/chat/completions", json=BODY, headers=ASYNC | {"x-webhook-url": url})
         _wait_for(lambda: len(receiver.requests) >= 2, timeout=15)
@@ -131,6 +139,8 @@ BAD_URLS = {
     "ftp://127.0.0.1/hook": "invalid_webhook_url",
     "https://127.0.0.1@evil.example/hook": "invalid_webhook_url",
     "/relative/hook": "invalid_webhook_url",
+    "http://127.0.0.1:6379/hook": "webhook_port_not_allowed",  # an allowed host, but a port beyond 443 and 80
+    "https://127.0.0.1:8443/hook": "webhook_port_not_allowed",
 }
 
 
@@ -152,3 +162,23 @@ def test_webhooks_are_refused_unless_configured(start_router: RouterFactory) -> 
         assert _error(base, "http://127.0.0.1/hook")["code"] == "webhooks_disabled"
     with start_router(batch=FAST, webhooks=hooks()) as base:  # hosts allowed, but the secret's env var is unset
         assert _error(base, "http://127.0.0.1/hook")["code"] == "webhooks_disabled"
+
+
+@pytest.mark.parametrize(
+    ("url", "ports", "allowed"),
+    [
+        ("https://hooks.example/x", (443, 80), True),  # no port: the scheme's default
+        ("http://hooks.example/x", (443, 80), True),
+        ("https://hooks.example:443/x", (443, 80), True),
+        ("https://hooks.example:8443/x", (443, 80), False),
+        ("http://hooks.example:80/x", (443,), False),
+        ("https://hooks.example:8443/x", (443, 8443), True),
+    ],
+)
+def test_webhook_ports_are_443_and_80_unless_allowed(url: str, ports: tuple[int, ...], allowed: bool) -> None:
+    if allowed:
+        assert check_url(url, ["hooks.example"], ports) == url
+        return
+    with pytest.raises(BadRequest) as info:
+        check_url(url, ["hooks.example"], ports)
+    assert info.value.code == "webhook_port_not_allowed"

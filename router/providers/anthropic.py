@@ -95,7 +95,7 @@ class AnthropicProvider:
     def _decode(self, decoder: msgspec.json.Decoder[T], raw: bytes | str) -> T:
         try:
             return decoder.decode(raw)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested deeper than msgspec follows
             raise UpstreamUnavailable(
                 f"The upstream '{self.name}' sent an answer that could not be read: {exc}"
             ) from exc

@@ -120,7 +120,7 @@ class StreamTranslator:
     def _event(self, data: bytes) -> list[bytes]:
         try:
             event = _event_decoder.decode(data)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             event = _Event(
                 "error", error=ErrorDetail("api_error", "The upstream sent a stream event we could not read.")
             )

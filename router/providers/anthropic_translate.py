@@ -121,6 +121,8 @@ def parse_chat(body: bytes) -> ChatRequest:
         raise BadRequest(f"Invalid request body: {exc}") from exc
     except msgspec.DecodeError as exc:
         raise BadRequest("We could not parse the JSON body of your request.") from exc
+    except RecursionError as exc:
+        raise BadRequest("The JSON body of your request nests too deeply to be read.", code="json_too_deep") from exc
 
 
 def to_params(req: ChatRequest) -> dict[str, Any]:
@@ -226,7 +228,7 @@ def _assistant(message: _ChatMessage, where: str) -> str | list[dict[str, Any]]:
     for j, call in enumerate(message.tool_calls or ()):
         try:
             arguments = _json_decoder.decode(call.function.arguments or "{}")
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             arguments = None
         if not isinstance(arguments, dict):
             param = f"{where}.tool_calls[{j}].function.arguments"
@@ -422,6 +424,6 @@ def error_answer(status: int, body: bytes) -> tuple[int, bytes]:
     """(status, body) of an Anthropic error answer in OpenAI's terms; a body of another shape is kept as is."""
     try:
         error = _error_decoder.decode(body).error
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return openai_status(status), body
     return openai_status(status), translate_error(error)[1]

@@ -80,7 +80,7 @@ NO_RESULT_CODES = frozenset({"batch_expired", "batch_cancelled", "request_timeou
 def _decode(decoder: msgspec.json.Decoder[T], raw: bytes | str, upstream: str) -> T:
     try:
         return decoder.decode(raw)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested deeper than msgspec follows
         raise UpstreamUnavailable(f"The upstream '{upstream}' sent an answer that could not be read: {exc}") from exc
 
 

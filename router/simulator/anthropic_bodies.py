@@ -111,7 +111,7 @@ def decode_messages(raw: bytes) -> MessagesRequest:
     """The Messages request in `raw`, or Anthropic's 400 `invalid_request_error`."""
     try:
         return _MESSAGES.decode(raw)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise invalid_params(exc) from exc
 
 
@@ -120,7 +120,7 @@ def decode_params(params: msgspec.Raw) -> MessagesRequest:
     return decode_messages(bytes(params))
 
 
-def invalid_params(exc: msgspec.DecodeError) -> AnthropicError:
+def invalid_params(exc: msgspec.DecodeError | RecursionError) -> AnthropicError:
     """Anthropic's 400 for a body msgspec could not decode, worded like the real API (`field: Field required`)."""
     message, param, code = describe_decode_error(exc)
     if code == "missing_required_parameter":

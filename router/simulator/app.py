@@ -82,7 +82,7 @@ def control_routes(state: SimState) -> list[HTTPRouteHandler]:
     async def set_config(request: Request[Any, Any, Any]) -> Response[bytes]:
         try:
             config = patched(state.config, await request.body())
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             message, param, code = describe_decode_error(exc)
             raise OpenAIError(400, message, param=param, code=code) from exc
         state.set_config(config)

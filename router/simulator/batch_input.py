@@ -122,7 +122,7 @@ def parse_input(content: bytes, endpoint: str) -> Parsed:
             message, param, code = describe_decode_error(exc)
             errors.append(BatchError(code=code or "invalid_value", message=message, param=param, line=number))
             continue
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             errors.append(
                 BatchError(code="invalid_json_line", message="This line is not parseable as valid JSON.", line=number)
             )

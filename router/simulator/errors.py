@@ -86,8 +86,8 @@ _MISSING = re.compile(r"Object missing required field `(?P<field>[^`]+)`(?: - at
 _AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 
 
-def describe_decode_error(exc: msgspec.DecodeError) -> tuple[str, str | None, str | None]:
-    """(message, param, code) for a request body msgspec could not decode or validate."""
+def describe_decode_error(exc: msgspec.DecodeError | RecursionError) -> tuple[str, str | None, str | None]:
+    """(message, param, code) for a request body msgspec could not decode (or follow, nested too deep) or validate."""
     text = str(exc)
     if not isinstance(exc, msgspec.ValidationError):
         return (

@@ -80,7 +80,7 @@ def decode_create(raw: bytes) -> CreateMessageBatch:
     """The create body, checked the way the API checks it synchronously (ids, duplicates, count)."""
     try:
         req = _CREATE.decode(raw)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise bodies.invalid_params(exc) from exc
     seen: set[str] = set()
     for index, item in enumerate(req.requests):

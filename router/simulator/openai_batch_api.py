@@ -191,7 +191,7 @@ def batch_routes(state: SimState) -> list[HTTPRouteHandler]:
     async def create_batch(request: Request[Any, Any, Any]) -> Response[bytes]:
         try:
             req = _CREATE_BATCH.decode(await request.body())
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             message, param, code = describe_decode_error(exc)
             raise OpenAIError(400, message, param=param, code=code) from exc
         job = batches.create(req, state.files, state.stats, state.config, state.next_batch_seq())

@@ -69,7 +69,7 @@ T = TypeVar("T")
 def _decode(decoder: msgspec.json.Decoder[T], raw: bytes) -> T:
     try:
         return decoder.decode(raw)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         message, param, code = describe_decode_error(exc)
         raise OpenAIError(400, message, param=param, code=code) from exc
 
