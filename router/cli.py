@@ -104,7 +104,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"hybrid-router listening on http://{ready.host}:{ready.port}/v1", file=sys.stderr)
         http = bounded_protocol(ready.limits)
         config = server_config(app, host=ready.host, port=ready.port, grace_s=ready.shutdown_grace_s, http=http)
-        Server(config).run()
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is a normal stop, as with `uvicorn.run`
+            Server(config).run()
     return 0
 
 
