@@ -68,7 +68,7 @@ class RouterProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                preexec_fn=self._limits if self.nofile is not None else None,  # noqa: PLW1509
+                preexec_fn=self._limits if self.nofile is not None else None,
             )
         wait_until(self._healthy, timeout, f"the router on port {self.port} (log: {self.output()[-2000:]})")
 
