@@ -8,9 +8,10 @@ not cut the wait:
   every JSON parser skips) every interval, then the answer's JSON.
 
 Once `200` is committed, an answer that is an error cannot change the status. The router then cuts the
-response short instead (no client can take a truncated body for a completion: SDKs raise a connection error
-and retry), and the retry re-attaches to the same call (see `DeferredLane.admit`) and receives the error at
-once, with its real status. The same cut ends held connections at shutdown, so their retries re-attach on
+response short instead (no client can take a truncated body for a completion: openai-python raises a
+connection error and retries it; openai-node v4-v6 raises fetch's `TypeError: terminated`, which the
+application retries), and the retry re-attaches to the same call (see `DeferredLane.admit`) and receives the
+error at once, with its real status. The same cut ends held connections at shutdown, so their retries re-attach on
 another replica or after the restart.
 """
 

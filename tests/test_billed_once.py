@@ -7,11 +7,18 @@ router runs as a real process, so it can be killed and restarted; one case resta
 
 Each case checks the invariant from the provider's side: the lines the simulator billed plus the real-time
 calls it billed equal the 20 calls, and every caller that kept retrying got its own answer.
+
+The `openai_node` cases make the same calls through openai-node (`tests/node/billed_once.mjs`, its packages
+installed by `npm ci` there), whose timeout covers only the wait for the response headers.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 import signal
+import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -32,8 +39,6 @@ N = 20
 TURNAROUND_S = 12.0
 CLIENT_TIMEOUT_S = 5.0
 MODEL = "gpt-4o-mini"
-FAULTS = {"max_wait_s": 1.0, "poll_interval_s": 0.5, "keepalive_s": 1.0, "margin_s": 2.0, "turnaround_prior_s": 1.0}
-FAULTS["lease_s"] = 3.0
 
 
 @pytest.fixture
@@ -47,6 +52,9 @@ def prompt(i: int) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"Summarise report number {i} for the quarterly review."}]
 
 
+BATCH = dict(max_wait_s=1.0, poll_interval_s=0.5, keepalive_s=1.0, margin_s=2.0, turnaround_prior_s=1.0, lease_s=3.0)
+
+
 def settings_tree(sim: Sim, redis_url: str, key_prefix: str, **batch: Any) -> dict[str, Any]:
     return {
         "upstreams": [upstream(sim.v1)],
@@ -55,7 +63,7 @@ def settings_tree(sim: Sim, redis_url: str, key_prefix: str, **batch: Any) -> di
         "policies_dir": str(NO_POLICIES),
         "pricing_file": str(ROOT / "config" / "pricing.yaml"),
         "shutdown_grace_s": 3.0,
-        "batch": FAULTS | batch,
+        "batch": BATCH | batch,
     }
 
 
@@ -106,6 +114,63 @@ class Callers:
                 return
 
 
+class NodeCallers:
+    """The same N callers in one Node process: openai-node at its default retries, a 5 s timeout, and the same
+    app-level retry loop (`tests/node/billed_once.mjs`)."""
+
+    DIR = ROOT / "tests" / "node"
+
+    def __init__(self, node: str, base: str, patience: float = 120.0) -> None:
+        self.command = [node, "billed_once.mjs", base, str(N), str(patience)]
+        self.patience = patience
+        self.answers: dict[int, str] = {}
+        self.failures: dict[int, str] = {}
+        self.attempts: list[int] = []
+        self.errors: dict[int, list[str]] = {}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> NodeCallers:
+        with tempfile.TemporaryFile() as prompts:
+            prompts.write(json.dumps([prompt(i) for i in range(N)]).encode())
+            prompts.seek(0)
+            self.process = subprocess.Popen(
+                self.command, cwd=self.DIR, stdin=prompts, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        if kind is not None and self.process is not None:
+            self.process.kill()
+            self.process.communicate()
+            return
+        self.join()
+
+    def join(self) -> None:
+        assert self.process is not None
+        try:
+            out, err = self.process.communicate(timeout=self.patience + 30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            out, err = self.process.communicate()
+        assert self.process.returncode == 0, f"node exited with {self.process.returncode}: {err.decode()[-3000:]}"
+        report = json.loads(out)
+        self.answers = {int(i): answer for i, answer in report["answers"].items()}
+        self.failures = {int(i): failure for i, failure in report["failures"].items()}
+        self.attempts = report["attempts"]
+        self.errors = {int(i): seen for i, seen in report["errors"].items()}
+
+
+@pytest.fixture
+def node() -> str:
+    """The `node` binary, with openai-node installed in tests/node; skipped only where there is no Node.js."""
+    binary = shutil.which("node")
+    if binary is None:
+        pytest.skip("node is not on PATH: the openai-node cases need Node.js 20+ and `npm ci` in tests/node")
+    if not (NodeCallers.DIR / "node_modules" / "openai").is_dir():
+        pytest.fail("openai-node is not installed: run `npm ci --no-audit --no-fund` in tests/node")
+    return binary
+
+
 def expected_answers() -> dict[int, str]:
     """What the upstream answers each prompt, asked of a simulator that bills nothing the test counts."""
     with (
@@ -118,7 +183,7 @@ def expected_answers() -> dict[int, str]:
         }
 
 
-def check_billed_once(sim: Sim, callers: Callers) -> None:
+def check_billed_once(sim: Sim, callers: Callers | NodeCallers) -> None:
     """Every caller got its own answer, and the provider billed exactly one line or call per caller."""
     stats = sim.stats()
     assert callers.failures == {}
@@ -187,3 +252,29 @@ def test_held_connection_cap_under_a_low_fd_limit(
     check_billed_once(slow_sim, callers)
     assert "Too many open files" not in log
     assert max(callers.attempts) > 1  # some callers were refused (429) and came back
+
+
+def test_openai_node_timeout_shorter_than_the_batch(
+    node: str, slow_sim: Sim, redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    # openai-node's timeout ends when the headers arrive: the early 200 stops it, the spaces keep the body alive.
+    tree = settings_tree(slow_sim, redis_url, key_prefix)
+    with router_process(tmp_path, tree, {"SIM_KEY": "sk"}) as router, NodeCallers(node, router.base) as callers:
+        pass
+    check_billed_once(slow_sim, callers)
+    assert callers.attempts == [1] * N, callers.errors
+
+
+def test_openai_node_router_killed_and_restarted(
+    node: str, slow_sim: Sim, redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    # The 200 is committed (0.2 s) well before the batch is submitted (1 s), so the kill cuts every body.
+    tree = settings_tree(slow_sim, redis_url, key_prefix, keepalive_s=0.2)
+    with router_process(tmp_path, tree, {"SIM_KEY": "sk"}) as router, NodeCallers(node, router.base) as callers:
+        when_submitted(slow_sim)
+        router.signal(signal.SIGKILL)
+        router.wait(10)
+        router.start()
+    check_billed_once(slow_sim, callers)
+    # openai-node neither wraps nor retries a cut body: each caller saw fetch's own error, called again, re-attached.
+    assert all(callers.errors[i][0].startswith("TypeError: terminated") for i in range(N)), callers.errors

@@ -24,6 +24,8 @@ def _make(cls: type[errors.RouterError]) -> errors.RouterError:
         return cls("bad deadline")
     if issubclass(cls, errors.AuthenticationFailed):
         return cls()
+    if issubclass(cls, errors.IdempotencyKeyReused):
+        return cls("call-1")
     return cls("something is wrong", param="p", code="c", retry_after=2.0)
 
 
@@ -39,6 +41,15 @@ def test_every_error_maps_to_openai_json(cls: type[errors.RouterError]) -> None:
     assert 400 <= response.status_code <= 599
     if exc.retry_after is not None:
         assert response.headers["retry-after"] == "2"
+
+
+def test_an_error_about_a_stored_call_names_it_and_says_whether_to_retry() -> None:
+    exc = errors.ServiceUnavailable("Redis is away.", call_id="call-9", should_retry=True, retry_after=1.0)
+    response = error_response(exc)
+    body = json.loads(response.content)
+    assert body["error"]["deferred_call_id"] == "call-9"
+    assert response.headers["x-router-request-id"] == "call-9"
+    assert response.headers["x-should-retry"] == "true"
 
 
 def test_a_non_json_upstream_error_is_wrapped() -> None:
