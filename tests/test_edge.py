@@ -118,11 +118,15 @@ def depth(value: Any) -> int:
 
 
 def tools_nested(total: int) -> list[dict[str, Any]]:
-    """A `tools` list whose function parameters make a chat body `total` levels deep."""
-    parameters: dict[str, Any] = {}
-    tools = [{"type": "function", "function": {"name": "f", "parameters": parameters}}]
-    while depth({"tools": tools}) < total:
-        parameters["a"] = parameters = {}
+    """A `tools` list whose function parameters (a valid JSON Schema) make a chat body `total` levels deep."""
+    inner: dict[str, Any] = {"type": "object"}
+    tools = [{"type": "function", "function": {"name": "f", "parameters": inner}}]
+    while depth({"tools": tools}) + 2 <= total:
+        child: dict[str, Any] = {"type": "object"}
+        inner["properties"] = {"a": child}
+        inner = child
+    if depth({"tools": tools}) < total:
+        inner["properties"] = {}
     return tools
 
 
