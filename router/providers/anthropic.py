@@ -339,9 +339,15 @@ class AnthropicProvider:
                 created, canceling = batch.created_at.timestamp(), batch.processing_status == "canceling"
                 running.append(Candidate(id=batch.id, created_at=created, requests=_size(batch), canceling=canceling))
             elif await self._first_custom_id(batch.id) in lapsed.custom_ids:
+                log.info("batch %s: adopting Message Batch %s (its results name our calls)", lapsed.batch_id, batch.id)
                 return Found(provider_id=batch.id)
         verdict = judge(self.upstream.orphan_policy, running, ledger.rivals, complete)
+        if verdict.adopt:
+            log.info("batch %s: adopting Message Batch %s (the one that fits)", lapsed.batch_id, verdict.adopt)
         for provider_batch_id in verdict.cancel:
+            log.warning(
+                "batch %s: cancelling Message Batch %s, which nothing records", lapsed.batch_id, provider_batch_id
+            )
             try:
                 await self.cancel(provider_batch_id)
             except UpstreamError:  # it ended meanwhile: its results will tell whose it is
