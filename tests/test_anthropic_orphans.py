@@ -222,7 +222,7 @@ async def test_an_orphan_that_already_ended_is_proven_by_its_results(
 async def test_concurrent_equal_crashes_wait_for_proof_and_pay_once(
     acc: Accumulator, provider: AnthropicProvider, sim: Sim
 ) -> None:
-    sim.configure(batch_turnaround_s=2.0)
+    sim.configure(batch_turnaround_s=3.0)
     ids = await crash(acc, provider, [4, 4, 4], created=[True, True, False])
     await asyncio.sleep(LEASE)
     batcher = Batcher(acc, {"anthropic": provider}, SETTINGS)
