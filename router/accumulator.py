@@ -14,7 +14,7 @@ import msgspec
 from redis.asyncio.cluster import RedisCluster
 
 from router import scripts
-from router.keys import TOTALS_TTL_S, TURNAROUND_SAMPLES, Keys, queue_tag, tag_of
+from router.keys import PROVIDER_BATCHES_KEEP_S, TOTALS_TTL_S, TURNAROUND_SAMPLES, Keys, queue_tag, tag_of
 from router.logthrottle import Throttle, kind_of
 from router.redis_client import RedisClient
 
@@ -297,10 +297,55 @@ class Accumulator:
         """Record the provider's id for a batch we still own."""
         k = self.keys
         done = await self._mark_submitted(
-            keys=[k.batch(tag, bid), k.batches(tag)],
-            args=[bid, owner, provider_id, repr(time.time()), repr(next_poll)],
+            keys=[k.batch(tag, bid), k.batches(tag), k.provider_batches(tag)],
+            args=[bid, owner, provider_id, repr(time.time()), repr(next_poll), PROVIDER_BATCHES_KEEP_S],
         )
         return bool(done)
+
+    async def recorded(self, provider_ids: Sequence[str]) -> set[str]:
+        """The provider batch ids, among these, that some queue has recorded (crash recovery's orphan test)."""
+        if not provider_ids:
+            return set()
+        tags = await self.queue_tags()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for tag in tags:
+                pipe.zmscore(self.keys.provider_batches(tag), list(provider_ids))
+            rows = await pipe.execute()
+        return {pid for row in rows for pid, score in zip(provider_ids, row, strict=True) if score is not None}
+
+    async def building(self) -> list[tuple[str, BatchRecord, float]]:
+        """Every batch still being built, over all queues: (upstream, record, lease expiry)."""
+        k = self.keys
+        found: list[tuple[str, BatchRecord, float]] = []
+        for tag in await self.queue_tags():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hget(k.queue(tag), "upstream")
+                pipe.zrange(k.batches(tag), 0, -1, withscores=True)
+                upstream, scored = await pipe.execute()
+            if not scored:
+                continue
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for bid, _ in scored:
+                    pipe.hmget(k.batch(tag, _s(bid)), ["state", "owner", "created_at", "n"])
+                rows = await pipe.execute()
+            for (bid, until), row in zip(scored, rows, strict=True):
+                if _s(row[0]) != "building":
+                    continue
+                created_at, n = _f(row[2]) or 0.0, int(row[3] or 0)
+                record = BatchRecord(tag=tag, id=_s(bid), state="building", provider_id="", owner=_s(row[1]),
+                                     created_at=created_at, submitted_at=0.0, polls=0, n=n)  # fmt: skip
+                found.append((_s(upstream), record, float(until)))
+        return found
+
+    async def lapsed_at(self, tag: str, bid: str) -> float:
+        """When recovery first found this submission attempt of a batch lapsed (kept while it looks again)."""
+        key = self.keys.batch(tag, bid)
+        field = f"lapsed_at:{int(await self.redis.hget(key, 'submit_attempts') or 0)}"
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(key, field, repr(time.time()))
+            pipe.hget(key, field)
+            _, first = await pipe.execute()
+        return float(first)
 
     async def take_over(self, tag: str, bid: str, owner: str, lease_s: float) -> bool:
         """Adopt a `building` batch whose builder's lease lapsed."""

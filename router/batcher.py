@@ -7,13 +7,13 @@ import functools
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from router import metrics
 from router.accumulator import Accumulator, BatchRecord, LeaseLost, QueueStats, while_leased
 from router.errors import RouterError
 from router.loops import pace
-from router.providers.base import BatchLine, Provider
+from router.providers.base import BatchLine, Lapsed, Ledger, Provider, Rival
 from router.settings import BatchSettings
 
 log = logging.getLogger("router.batcher")
@@ -126,18 +126,33 @@ class Batcher:
         return True
 
     async def recover(self, record: BatchRecord, stats: QueueStats | None) -> int:
-        """A `building` batch whose lease lapsed: find it at the provider, else submit it again."""
-        if stats is None or not await self.acc.take_over(record.tag, record.id, self.owner, self.settings.lease_s):
+        """A `building` batch whose lease lapsed: find it at the provider, or look again later, or submit it again."""
+        s = self.settings
+        if stats is None or not await self.acc.take_over(record.tag, record.id, self.owner, s.lease_s):
             return 0
         provider = self.providers[stats.upstream]
         ids = await self.acc.batch_calls(record.tag, record.id)
+        lapsed = Lapsed(
+            batch_id=record.id,
+            claimed_at=record.created_at,
+            lapsed_at=await self.acc.lapsed_at(record.tag, record.id),
+            custom_ids=frozenset(ids),
+            lines=[BatchLine(custom_id=cid, body=body) for cid, body in await self.acc.bodies(ids)],
+            ledger=functools.partial(self._ledger, provider.kind, record.id),
+        )
+        renew = functools.partial(self.acc.renew_batch, record.tag, record.id, self.owner, s.lease_s)
         try:
-            found = await provider.find_batch(record.id)
+            found = await while_leased(provider.find_batch(lapsed), renew, s.lease_s)
+        except LeaseLost:
+            return 0
         except RouterError as exc:
             log.warning("looking up batch %s failed, will retry: %s", record.id, exc)
             return 0
-        if found is not None:
-            await self.acc.mark_submitted(record.tag, record.id, self.owner, found, time.time())
+        if found.wait:  # the provider cannot tell yet which batch is this one's: keep it, look again later
+            await self.acc.renew_batch(record.tag, record.id, self.owner, max(s.lease_s, s.poll_interval_s))
+            return 0
+        if found.provider_id is not None:
+            await self.acc.mark_submitted(record.tag, record.id, self.owner, found.provider_id, time.time())
             return 0
         attempts = await self.acc.count_submit_attempt(record.tag, record.id)
         if attempts > MAX_SUBMIT_ATTEMPTS:
@@ -147,3 +162,13 @@ class Batcher:
             await self.acc.finish_batch(record.tag, record.id, "unsubmitted", None)
             return 0
         return int(await self.submit(stats, record.id, ids))
+
+    async def _ledger(self, kind: str, bid: str, provider_ids: Sequence[str]) -> Ledger:
+        """For recovery: batches being built (read first), then which provider ids are recorded (so none slips by)."""
+        now = time.time()
+        rivals = [
+            Rival(claimed_at=other.created_at, requests=other.n, live=until > now)
+            for upstream, other, until in await self.acc.building()
+            if other.id != bid and (p := self.providers.get(upstream)) is not None and p.kind == kind
+        ]
+        return Ledger(recorded=frozenset(await self.acc.recorded(provider_ids)), rivals=rivals)

@@ -18,6 +18,9 @@ Owners and lifetimes:
 - `P:{q}:escalating` (zset of call ids by lease expiry): calls being answered in real time.
 - `P:{q}:batches` (zset of batch ids by next action time) and `P:{q}:batch:<bid>` (hash) +
   `P:{q}:batch:<bid>:calls` (list): a batch's record; both get the result TTL once ingested.
+- `P:{q}:provider_batches` (zset of provider batch ids by the time they were recorded): written with the id by
+  MARK_SUBMITTED, which drops entries older than `PROVIDER_BATCHES_KEEP_S` and gives the key that TTL; crash
+  recovery reads it (over every queue) to tell batches the router accounts for from orphans.
 - `P:{q}:turnaround` (list, capped): recent batch turnarounds in seconds.
 - `P:{q}:totals:<tenant>:<day>` (hash): per-tenant, per-day cost totals of deferred calls, kept 400 days.
 - `P:totals:<tenant>:<day>` (hash): the same for real-time calls (written once a second), kept 400 days.
@@ -42,6 +45,8 @@ import hashlib
 TAG_LEN = 10
 TOTALS_TTL_S = 400 * 24 * 3600
 TURNAROUND_SAMPLES = 100
+PROVIDER_BATCHES_KEEP_S = 7 * 24 * 3600
+"""How long a recorded provider batch id is remembered: longer than any batch can run (24 h) or wait to be found."""
 
 
 def queue_tag(upstream: str, endpoint: str, model: str) -> str:
@@ -104,6 +109,9 @@ class Keys:
 
     def batch_calls(self, tag: str, bid: str) -> str:
         return f"{self.q(tag)}:batch:{bid}:calls"
+
+    def provider_batches(self, tag: str) -> str:
+        return f"{self.q(tag)}:provider_batches"
 
     def turnaround(self, tag: str) -> str:
         return f"{self.q(tag)}:turnaround"

@@ -100,16 +100,23 @@ table.insert(taken, 1, total)
 return taken
 """
 
-# Record the provider's batch id, but only if the batch is still ours and still building.
-# Race closed: a replica whose lease lapsed (and whose batch another replica recovered) cannot overwrite.
+# Record the provider's batch id, but only if the batch is still ours and still building; the id also goes into
+# the queue's set of recorded provider batches (pruned to `keep` seconds), which crash recovery reads.
+# Races closed: a replica whose lease lapsed (and whose batch another replica recovered) cannot overwrite; a
+# provider id is never recorded without entering that set. A builder whose lease lapsed while recovery adopted the
+# very batch it created gets 1 (recorded already), so it does not cancel the adopted batch as an orphan.
 MARK_SUBMITTED = """
-local batch, batches = KEYS[1], KEYS[2]
-local bid, owner, provider_id, now, next_poll = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local batch, batches, recorded = KEYS[1], KEYS[2], KEYS[3]
+local bid, owner, provider_id, now, next_poll, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+if redis.call('HGET', batch, 'provider_id') == provider_id then return 1 end
 if redis.call('HGET', batch, 'state') ~= 'building' or redis.call('HGET', batch, 'owner') ~= owner then
   return 0
 end
 redis.call('HSET', batch, 'state', 'submitted', 'provider_id', provider_id, 'submitted_at', now)
 redis.call('ZADD', batches, next_poll, bid)
+redis.call('ZADD', recorded, now, provider_id)
+redis.call('ZREMRANGEBYSCORE', recorded, '-inf', tonumber(now) - tonumber(keep))
+redis.call('EXPIRE', recorded, keep)
 return 1
 """
 

@@ -31,6 +31,7 @@ FORWARD_HEADERS_KEYS = ["openai-beta"]
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+OrphanPolicy = Literal["adopt", "cancel", "adopt_or_cancel"]
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -56,6 +57,10 @@ class Upstream(_Strict, kw_only=True):
     forward_headers: list[str] | None = None
     """Client request headers (glob patterns, case-insensitive) passed on to this upstream; others are dropped.
     Unset: `FORWARD_HEADERS`, or with `auth: keys` only `FORWARD_HEADERS_KEYS` (see `Settings.forward_headers`)."""
+    orphan_policy: OrphanPolicy = "adopt"
+    """Anthropic only: what crash recovery does with a Message Batch it cannot attribute (docs/anthropic.md).
+    `cancel` and `adopt_or_cancel` cancel batches of the API key that the router did not record: opt in only
+    when no other software creates Message Batches with that key."""
 
 
 class ProxyKey(_Strict, kw_only=True):

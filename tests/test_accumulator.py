@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from router.accounting import Accounting
 from router.accumulator import Accumulator, CallMeta
 from router.batcher import Batcher
-from router.keys import queue_tag
+from router.keys import PROVIDER_BATCHES_KEEP_S, queue_tag
 from router.poller import Poller
 from router.pricing import load_pricing
 from router.providers.base import BatchLine
@@ -210,6 +210,26 @@ async def _drain(acc: Accumulator, provider: OpenAIProvider, ids: list[str]) -> 
             return
         await asyncio.sleep(0.1)
     raise AssertionError("results did not arrive")
+
+
+async def test_provider_batch_ids_are_recorded_for_crash_recovery(acc: Accumulator) -> None:
+    await admit_many(acc, 3)
+    first = await acc.claim(TAG, max_requests=1, max_bytes=10**9, owner="o", lease_s=30)
+    second = await acc.claim(TAG, max_requests=1, max_bytes=10**9, owner="o", lease_s=30)
+    assert first is not None and second is not None
+    recorded = acc.keys.provider_batches(TAG)
+    await acc.redis.zadd(recorded, {"batch_old": time.time() - PROVIDER_BATCHES_KEEP_S - 1})
+    assert await acc.mark_submitted(TAG, first[0], "o", "batch_1", next_poll=time.time() + 60)
+    assert await acc.recorded(["batch_1", "batch_old", "batch_2"]) == {"batch_1"}  # the old one was pruned
+    assert 0 < await acc.redis.ttl(recorded) <= PROVIDER_BATCHES_KEEP_S
+    [(upstream, building, lease_until)] = await acc.building()
+    assert (upstream, building.id, building.n, building.owner) == ("openai", second[0], 1, "o")
+    assert lease_until > time.time()
+    # The moment a lapse was first found stays put while recovery looks again, and starts over with a new attempt.
+    lapsed = await acc.lapsed_at(TAG, second[0])
+    assert await acc.lapsed_at(TAG, second[0]) == lapsed
+    await acc.count_submit_attempt(TAG, second[0])
+    assert await acc.lapsed_at(TAG, second[0]) > lapsed
 
 
 def test_every_lua_script_compiles(redis_url: str) -> None:

@@ -283,6 +283,25 @@ async def test_a_batch_lives_in_its_queue_slot_from_claim_to_requeue(acc: Accumu
     assert await acc.counts() == ({f"openai/gpt-4o-mini{ENDPOINT}": 1}, 0)
 
 
+async def test_crash_recovery_reads_recorded_and_building_batches_on_every_node(
+    client: RedisCluster, acc: Accumulator
+) -> None:
+    models = list(models_on_every_node(client, acc).values())
+    tags = [queue_tag("openai", ENDPOINT, model) for model in models]
+    bids = []
+    for i, (model, tag) in enumerate(zip(models, tags, strict=True)):
+        await acc.admit(meta(model), body(i))  # one queue per master, each with a batch
+        claim = await acc.claim(tag, max_requests=10, max_bytes=10**9, owner="o", lease_s=30)
+        assert claim is not None
+        bids.append(claim[0])
+    for i in (0, 1):  # recorded in the queue's own slot, with the batch, in one script
+        assert await acc.mark_submitted(tags[i], bids[i], "o", f"msgbatch_{i}", next_poll=time.time() + 60)
+        assert client.keyslot(acc.keys.provider_batches(tags[i])) == client.keyslot(acc.keys.batch(tags[i], bids[i]))
+    assert await acc.recorded(["msgbatch_0", "msgbatch_1", "msgbatch_2"]) == {"msgbatch_0", "msgbatch_1"}
+    [(upstream, record, lease_until)] = await acc.building()
+    assert (upstream, record.id, record.n) == ("openai", bids[2], 1) and lease_until > time.time()
+
+
 async def test_turnaround_estimate(acc: Accumulator) -> None:
     assert await acc.turnaround_estimate(TAG, prior=3600.0) == 3600.0
     for seconds in (10.0, 20.0, 30.0, 40.0, 50.0):

@@ -54,6 +54,11 @@ def test_cli_overrides_win(tmp_path: Path) -> None:
             "upstreams[0].kind",
             "Invalid enum value 'gemini'",
         ),
+        (
+            "upstreams:\n  - name: a\n    kind: anthropic\n    base_url: u\n    orphan_policy: ignore\n",
+            "upstreams[0].orphan_policy",
+            "Invalid enum value 'ignore'",
+        ),
         ("auth: keys\n", "keys", "no keys are configured"),
         ("keys:\n  - sha256: abc\n    tenant: t\n", "keys[0].sha256", "Expected `str` matching"),
         ("[1, 2]\n", None, "expected a mapping"),

@@ -253,6 +253,48 @@ def test_message_batch_list_and_delete(client: anthropic.Anthropic, http: httpx.
         client.messages.batches.retrieve(ids[0])
 
 
+def test_message_batch_list_pages_both_ways_as_documented(client: anthropic.Anthropic, http: httpx.Client) -> None:
+    configure(http, batch_turnaround_s=0.05)
+    empty = client.messages.batches.list()
+    assert (empty.data, empty.has_more, empty.first_id, empty.last_id) == ([], False, None, None)
+    ids = [client.messages.batches.create(requests=requests(i + 1)).id for i in range(5)]
+    newest = ids[::-1]
+    assert [b.id for b in client.messages.batches.list()] == newest  # default limit 20: one page
+    first = client.messages.batches.list(limit=2)
+    assert [b.id for b in first.data] == newest[:2] and (first.first_id, first.last_id) == (newest[0], newest[1])
+    assert first.has_more is True
+    # after_id: the page right after (older); has_more says whether older ones remain.
+    older = client.messages.batches.list(limit=2, after_id=first.last_id)
+    assert [b.id for b in older.data] == newest[2:4] and older.has_more is True
+    last = client.messages.batches.list(limit=2, after_id=older.last_id)
+    assert [b.id for b in last.data] == newest[4:] and last.has_more is False
+    # before_id: the page right before (newer), still newest first; has_more looks in that direction.
+    newer = client.messages.batches.list(limit=2, before_id=newest[4])
+    assert [b.id for b in newer.data] == newest[2:4] and newer.has_more is True
+    top = client.messages.batches.list(limit=2, before_id=newer.first_id)
+    assert [b.id for b in top.data] == newest[:2] and top.has_more is False
+    # The SDK walks either way: after_id pages from the newest, before_id pages (first_id) toward the newest.
+    assert [b.id for b in client.messages.batches.list(limit=2)] == newest
+    walked = [b.id for b in client.messages.batches.list(limit=1, before_id=newest[4])]
+    assert sorted(walked) == sorted(newest[:4])
+    counts = [b.request_counts for b in client.messages.batches.list()]
+    assert [c.processing + c.succeeded + c.errored + c.canceled + c.expired for c in counts] == [5, 4, 3, 2, 1]
+    # A deleted batch leaves the list, but its id still works as a cursor (a walk in progress goes on).
+    wait_ended(client, ids[2])
+    client.messages.batches.delete(ids[2])
+    assert [b.id for b in client.messages.batches.list(after_id=ids[2])] == newest[3:]
+    assert [b.id for b in client.messages.batches.list(before_id=ids[2])] == newest[:2]
+    assert ids[2] not in [b.id for b in client.messages.batches.list()]
+    for bad in (
+        {"limit": 0},
+        {"limit": 1001},
+        {"after_id": "msgbatch_never"},
+        {"after_id": ids[0], "before_id": ids[1]},
+    ):
+        with pytest.raises(anthropic.BadRequestError):
+            client.messages.batches.list(**bad)  # type: ignore[arg-type]
+
+
 def test_message_batch_cancel(client: anthropic.Anthropic, http: httpx.Client) -> None:
     configure(http, batch_turnaround_s=1.0, batch_cancel_delay_s=0.2)
     created = client.messages.batches.create(requests=requests(10))

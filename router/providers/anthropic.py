@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
@@ -13,17 +15,34 @@ import msgspec
 from router.errors import BadRequest, UpstreamError, UpstreamUnavailable
 from router.providers import anthropic_translate as tr
 from router.providers.anthropic_stream import StreamTranslator
-from router.providers.base import RETRY_STATUSES, BatchLine, BatchState, BatchStatus, LineResult, UpstreamResponse
+from router.providers.base import (
+    RETRY_STATUSES,
+    BatchLine,
+    BatchState,
+    BatchStatus,
+    Found,
+    Lapsed,
+    LineResult,
+    Rival,
+    UpstreamResponse,
+)
 from router.providers.transport import make_client, read_all, retry_after, send_retrying, translate_error
 from router.schema import error_body
-from router.settings import Upstream
+from router.settings import OrphanPolicy, Upstream
 
+log = logging.getLogger("router.providers.anthropic")
 API_VERSION = "2023-06-01"
 RETRY = RETRY_STATUSES | {529}  # 529: Anthropic is overloaded
 FRESH_S = 60.0
 """A batch this young may still answer 404 (anthropics/anthropic-sdk-python#1432): it counts as running."""
 LOCAL_PREFIX = "local-"
 """Id of a batch whose every line was refused before upload: nothing was sent, so nothing can be polled."""
+
+SKEW_S = 10.0
+"""Crash recovery's slack on times: how far Anthropic's clock (`created_at`) and ours may differ, and how late the
+create call of a builder that was losing its lease may still land."""
+LIST_LIMIT = 1000  # the largest page Anthropic serves
+MAX_LIST_PAGES = 100
 
 _STATES: dict[str, BatchState] = {"in_progress": "running", "canceling": "running", "ended": "ended"}
 _NO_RESULT = frozenset({"canceled", "expired"})
@@ -33,6 +52,72 @@ class _MessageBatch(msgspec.Struct):
     id: str
     processing_status: str
     results_url: str | None = None
+
+
+class _Counts(msgspec.Struct):
+    processing: int = 0
+    succeeded: int = 0
+    errored: int = 0
+    canceled: int = 0
+    expired: int = 0
+
+
+class _ListedBatch(msgspec.Struct):
+    id: str
+    processing_status: str
+    created_at: datetime
+    request_counts: _Counts
+
+
+class _BatchPage(msgspec.Struct):
+    data: list[_ListedBatch]
+    has_more: bool = False
+    last_id: str | None = None
+
+
+class _CustomId(msgspec.Struct):
+    custom_id: str
+
+
+class Candidate(msgspec.Struct, frozen=True, kw_only=True):
+    """An unrecorded Message Batch, still running, whose size and age fit a batch whose builder crashed."""
+
+    id: str
+    created_at: float
+    requests: int
+    canceling: bool = False
+
+
+class Verdict(msgspec.Struct, frozen=True, kw_only=True):
+    """What recovery does with the candidates: adopt one, or cancel some (then submit again), or wait for more."""
+
+    adopt: str | None = None
+    cancel: tuple[str, ...] = ()
+    wait: bool = False
+
+
+def claimable(candidate: Candidate, rival: Rival) -> bool:
+    """Whether another batch being built could have created `candidate` (its claim came first, it is big enough)."""
+    return candidate.requests <= rival.requests and candidate.created_at >= rival.claimed_at - SKEW_S
+
+
+def judge(policy: OrphanPolicy, running: Sequence[Candidate], rivals: Sequence[Rival], complete: bool) -> Verdict:
+    """Decide on the running candidates of one lapsed batch (those already ended were told apart by their results).
+
+    Count and time alone adopt only the one candidate no other batch being built could have created, and only when
+    the listing covered the whole window. Otherwise `adopt` waits (the candidates end within 24 h and their results
+    name their calls); the cancel policies cancel every candidate no live builder may be about to record, and
+    submit again (lines that ran before the cancel are paid twice).
+    """
+    if not running:
+        return Verdict()
+    contested = [c for c in running if any(claimable(c, r) for r in rivals)]
+    if policy != "cancel" and complete and len(running) == 1 and not contested:
+        return Verdict(adopt=running[0].id)
+    if policy == "adopt":
+        return Verdict(wait=True)
+    spared = {c.id for c in running if any(claimable(c, r) for r in rivals if r.live)}
+    return Verdict(cancel=tuple(c.id for c in running if c.id not in spared and not c.canceling))
 
 
 class _Result(msgspec.Struct):
@@ -70,6 +155,13 @@ _batch_decoder = msgspec.json.Decoder(_MessageBatch)
 _result_decoder = msgspec.json.Decoder(_ResultLine)
 _model_decoder = msgspec.json.Decoder(_Model)
 _models_decoder = msgspec.json.Decoder(_ModelList)
+_page_decoder = msgspec.json.Decoder(_BatchPage)
+_custom_id_decoder = msgspec.json.Decoder(_CustomId)
+
+
+def _size(batch: _ListedBatch) -> int:
+    counts = batch.request_counts
+    return counts.processing + counts.succeeded + counts.errored + counts.canceled + counts.expired
 
 
 def _out_model(model: _Model) -> _OutModel:
@@ -198,15 +290,18 @@ class AnthropicProvider:
             return False
         return True
 
+    def _params(self, endpoint: str, line: BatchLine) -> dict[str, Any]:
+        if endpoint != "/chat/completions":
+            raise BadRequest(f"The upstream '{self.name}' serves chat completions only.")
+        return tr.to_params(tr.parse_chat(line.body))
+
     async def submit_batch(self, batch_id: str, endpoint: str, model: str, lines: Sequence[BatchLine]) -> str:
         """Create a Message Batch with the lines inline; lines that cannot be translated are answered 400 later."""
         requests: list[dict[str, Any]] = []
         refused: dict[str, bytes] = {}
         for line in lines:
             try:
-                if endpoint != "/chat/completions":
-                    raise BadRequest(f"The upstream '{self.name}' serves chat completions only.")
-                params = tr.to_params(tr.parse_chat(line.body))
+                params = self._params(endpoint, line)
             except BadRequest as exc:
                 refused[line.custom_id] = error_body(exc.message, exc.type, exc.param, exc.code)
                 continue
@@ -223,8 +318,76 @@ class AnthropicProvider:
             self._refused[provider_id] = refused
         return provider_id
 
-    async def find_batch(self, batch_id: str) -> str | None:
-        """Always None: Message Batches carry no metadata, so our id cannot be found (see docs/anthropic.md)."""
+    async def find_batch(self, lapsed: Lapsed) -> Found:
+        """The Message Batch a crashed builder created, told apart without metadata (see docs/anthropic.md).
+
+        Candidates: batches created between the claim and the lapse (± `SKEW_S`) with as many requests as the
+        builder sent, that the router has not recorded. An ended one is proven by its results' first custom_id;
+        running ones are judged by `judge` under the upstream's `orphan_policy`.
+        """
+        sent = 0
+        for line in lapsed.lines:
+            with contextlib.suppress(BadRequest):  # refused lines were never sent
+                self._params("/chat/completions", line)
+                sent += 1
+        gone = len(lapsed.custom_ids) - len(lapsed.lines)  # answered meanwhile: sent or not, no body is left
+        if sent + gone == 0:
+            return Found()
+        low, high = lapsed.claimed_at - SKEW_S, lapsed.lapsed_at + SKEW_S
+        listed, complete = await self._listed_since(low)
+        if not complete:
+            log.warning("batch %s: too many Message Batches since its claim, only the newest searched", lapsed.batch_id)
+        fitting = [b for b in listed if b.created_at.timestamp() <= high and sent <= _size(b) <= sent + gone]
+        ledger = await lapsed.ledger([b.id for b in fitting])
+        running: list[Candidate] = []
+        for batch in fitting:
+            if batch.id in ledger.recorded:
+                continue
+            if batch.processing_status != "ended":
+                created, canceling = batch.created_at.timestamp(), batch.processing_status == "canceling"
+                running.append(Candidate(id=batch.id, created_at=created, requests=_size(batch), canceling=canceling))
+            elif await self._first_custom_id(batch.id) in lapsed.custom_ids:
+                log.info("batch %s: adopting Message Batch %s (its results name our calls)", lapsed.batch_id, batch.id)
+                return Found(provider_id=batch.id)
+        verdict = judge(self.upstream.orphan_policy, running, ledger.rivals, complete)
+        if verdict.adopt:
+            log.info("batch %s: adopting Message Batch %s (the one that fits)", lapsed.batch_id, verdict.adopt)
+        for provider_batch_id in verdict.cancel:
+            log.warning(
+                "batch %s: cancelling Message Batch %s, which nothing records", lapsed.batch_id, provider_batch_id
+            )
+            try:
+                await self.cancel(provider_batch_id)
+            except UpstreamError:  # it ended meanwhile: its results will tell whose it is
+                return Found(wait=True)
+        return Found(provider_id=verdict.adopt, wait=verdict.wait)
+
+    async def _listed_since(self, since: float) -> tuple[list[_ListedBatch], bool]:
+        """The Message Batches created since `since` (newest first, `after_id` pages); False if there were too many."""
+        found: list[_ListedBatch] = []
+        params = {"limit": str(LIST_LIMIT)}
+        for _ in range(MAX_LIST_PAGES):
+            page = self._decode(_page_decoder, await self._json("GET", f"{self.v1}/messages/batches", params=params))
+            for batch in page.data:
+                if batch.created_at.timestamp() < since:
+                    return found, True
+                found.append(batch)
+            if not page.has_more or page.last_id is None:
+                return found, True
+            params = {"limit": str(LIST_LIMIT), "after_id": page.last_id}
+        return found, False
+
+    async def _first_custom_id(self, provider_batch_id: str) -> str | None:
+        """The custom_id of the first line of an ended batch's results (one line names its whole batch)."""
+        try:
+            async with self.client.stream("GET", f"{self.v1}/messages/batches/{provider_batch_id}/results") as response:
+                if response.status_code >= 400:
+                    raise UpstreamError(*tr.error_answer(response.status_code, await response.aread()))
+                async for text in response.aiter_lines():
+                    if text.strip():
+                        return self._decode(_custom_id_decoder, text).custom_id
+        except httpx.HTTPError as exc:
+            raise self._translate(exc) from exc
         return None
 
     async def poll(self, provider_batch_id: str) -> BatchStatus:

@@ -67,6 +67,45 @@ class LineResult(msgspec.Struct, kw_only=True):
     billed: bool
 
 
+class Rival(msgspec.Struct, frozen=True, kw_only=True):
+    """Another batch still being built: it may have created a provider batch that it has not recorded yet."""
+
+    claimed_at: float
+    requests: int
+    live: bool
+    """Its lease holds: its builder may record (or be creating) a provider batch any moment."""
+
+
+class Ledger(msgspec.Struct, frozen=True, kw_only=True):
+    """What the router accounts for, read after the provider's batches were listed (so none listed is missed)."""
+
+    recorded: frozenset[str]
+    """Provider batch ids the router has recorded, among those asked about."""
+    rivals: Sequence[Rival]
+
+
+class Lapsed(msgspec.Struct, frozen=True, kw_only=True):
+    """A batch whose builder lost its lease before recording the provider's id: what recovery knows of it."""
+
+    batch_id: str
+    claimed_at: float
+    """When its calls were claimed; the provider created nothing for it before."""
+    lapsed_at: float
+    """When recovery first found the builder's lease lapsed; a dead builder created nothing much later."""
+    custom_ids: frozenset[str]
+    lines: Sequence[BatchLine]
+    """The claimed calls that still have a body (a call answered meanwhile has none)."""
+    ledger: Callable[[Sequence[str]], Awaitable[Ledger]]
+    """Asks the router which of these provider ids it has recorded, and which other batches are being built."""
+
+
+class Found(msgspec.Struct, frozen=True, kw_only=True):
+    """Recovery's answer: the provider batch to record, or `wait` to look again later, or neither (submit again)."""
+
+    provider_id: str | None = None
+    wait: bool = False
+
+
 class Provider(Protocol):
     """An upstream adapter; adding a provider touches `providers/` and config only."""
 
@@ -96,8 +135,8 @@ class Provider(Protocol):
         """Create a provider batch from `lines` with our `batch_id` in its metadata; return the provider's id."""
         ...
 
-    async def find_batch(self, batch_id: str) -> str | None:
-        """The provider id of the batch we created with `batch_id`, if it exists (crash recovery)."""
+    async def find_batch(self, lapsed: Lapsed) -> Found:
+        """The provider batch a crashed builder created for `lapsed`, if it can be told (crash recovery)."""
         ...
 
     async def poll(self, provider_batch_id: str) -> BatchStatus:

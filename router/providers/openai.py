@@ -10,7 +10,7 @@ import httpx
 import msgspec
 
 from router.errors import UpstreamError, UpstreamUnavailable
-from router.providers.base import BatchLine, BatchStatus, LineResult, UpstreamResponse
+from router.providers.base import BatchLine, BatchStatus, Found, Lapsed, LineResult, UpstreamResponse
 from router.providers.transport import make_client, read_all, retry_after, send_retrying, translate_error
 from router.schema import error_body
 from router.settings import Upstream
@@ -187,19 +187,19 @@ class OpenAIProvider:
         )
         return _decode(_batch_decoder, created, self.name).id
 
-    async def find_batch(self, batch_id: str) -> str | None:
-        """Look through recent batches for the one whose metadata names `batch_id`."""
+    async def find_batch(self, lapsed: Lapsed) -> Found:
+        """Look through recent batches for the one whose metadata names our batch id."""
         after: str | None = None
         for _ in range(_FIND_PAGES):
             params = {"limit": "100"} | ({"after": after} if after else {})
             page = _decode(_batch_list_decoder, await self._json("GET", "/batches", params=params), self.name)
             for batch in page.data:
-                if (batch.metadata or {}).get(METADATA_KEY) == batch_id:
-                    return batch.id
+                if (batch.metadata or {}).get(METADATA_KEY) == lapsed.batch_id:
+                    return Found(provider_id=batch.id)
             if not page.has_more or not page.data:
-                return None
+                return Found()
             after = page.data[-1].id
-        return None
+        return Found()
 
     async def poll(self, provider_batch_id: str) -> BatchStatus:
         """Map the Batch object's status onto running / ended / failed / missing."""

@@ -16,8 +16,6 @@ from router.simulator.errors import AnthropicError
 from router.simulator.state import SimState
 from router.simulator.web import SSE, admit, anthropic_injected, json_response, request_id
 
-MAX_LIST_LIMIT = 1000
-
 
 class MessageBatchList(msgspec.Struct, kw_only=True):
     """A page of `GET /v1/messages/batches`."""
@@ -32,23 +30,10 @@ def _base_url(request: Request[Any, Any, Any]) -> str:
     return str(request.base_url).rstrip("/")
 
 
-def _page(request: Request[Any, Any, Any], jobs: list[message_batches.MessageBatchJob]) -> tuple[list[Any], bool]:
-    """Newest-first page: `limit` (1 to 1000, default 20), then `after_id` (older) or `before_id` (newer)."""
-    raw = request.query_params.get("limit", "20")
-    limit = int(raw) if raw.isdigit() else 0
-    if not 1 <= limit <= MAX_LIST_LIMIT:
-        raise AnthropicError(400, "invalid_request_error", f"limit: must be between 1 and {MAX_LIST_LIMIT}")
-    ids = [job.id for job in jobs]
-    after, before = request.query_params.get("after_id"), request.query_params.get("before_id")
-    if before in ids:
-        end = ids.index(before)
-        return jobs[max(0, end - limit) : end], end - limit > 0
-    start = ids.index(after) + 1 if after in ids else 0
-    return jobs[start : start + limit], start + limit < len(jobs)
-
-
 def _batch_page(state: SimState, request: Request[Any, Any, Any]) -> MessageBatchList:
-    page, more = _page(request, list(reversed(state.message_batches.values())))
+    query, jobs = request.query_params, list(state.message_batches.values())
+    limit, after_id, before_id = query.get("limit", "20"), query.get("after_id"), query.get("before_id")
+    page, more = message_batches.list_page(jobs, limit, after_id, before_id)
     now, base = time.time(), _base_url(request)
     data = [job.view(now, base) for job in page]
     first, last = (data[0].id, data[-1].id) if data else (None, None)
@@ -84,7 +69,7 @@ def batch_routes(state: SimState) -> list[HTTPRouteHandler]:
     def job_or_404(request: Request[Any, Any, Any]) -> message_batches.MessageBatchJob:
         batch_id: str = request.path_params["batch_id"]
         job = state.message_batches.get(batch_id)
-        if job is None:
+        if job is None or job.deleted:
             raise AnthropicError(404, "not_found_error", f"Message batch {batch_id} not found.")
         return job
 
@@ -115,7 +100,7 @@ def batch_routes(state: SimState) -> list[HTTPRouteHandler]:
             raise AnthropicError(
                 400, "invalid_request_error", f"Message batch {job.id} cannot be deleted before processing ends."
             )
-        del state.message_batches[job.id]
+        job.deleted = True
         return json_response(message_batches.DeletedMessageBatch(id=job.id))
 
     @get("/v1/messages/batches/{batch_id:str}/results")

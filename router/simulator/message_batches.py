@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import re
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -18,6 +19,7 @@ from router.simulator.schedule import Schedule
 from router.simulator.store import Stats
 
 MAX_REQUESTS = 100_000
+MAX_LIST_LIMIT = 1000
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 
@@ -124,6 +126,7 @@ class MessageBatchJob:
         self.done: list[dict[str, Any]] = []
         self.results: bytes | None = None
         self.counts = RequestCounts(processing=len(order), succeeded=0, errored=0, canceled=0, expired=0)
+        self.deleted = False  # kept as a tombstone, so its id still works as a list cursor
 
     def ends(self) -> float:
         """When processing ends: after cancelling, at expiry, or at the turnaround."""
@@ -205,6 +208,34 @@ class MessageBatchJob:
             cancel_initiated_at=rfc3339(self.cancel_at) if self.cancel_at is not None else None,
             results_url=f"{base_url.rstrip('/')}/v1/messages/batches/{self.id}/results" if ended else None,
         )
+
+
+def list_page(
+    jobs: Sequence[MessageBatchJob], limit: str, after_id: str | None, before_id: str | None
+) -> tuple[list[MessageBatchJob], bool]:
+    """One page of `GET /v1/messages/batches` from the jobs in creation order, and its `has_more`.
+
+    As documented: newest first; `limit` 1 to 1000 (default 20); `after_id` gives the page right after that batch
+    (older ones), `before_id` the page right before it (newer ones, still newest first); `has_more` says whether
+    more lie in that direction. A deleted batch's id still works as a cursor. Undocumented, so chosen here: both
+    cursors at once, or an id this API never issued, is a 400.
+    """
+    size = int(limit) if limit.isdigit() else 0
+    if not 1 <= size <= MAX_LIST_LIMIT:
+        raise AnthropicError(400, "invalid_request_error", f"limit: must be between 1 and {MAX_LIST_LIMIT}")
+    if after_id and before_id:
+        raise AnthropicError(400, "invalid_request_error", "Only one of after_id and before_id may be given.")
+    newest_first = list(reversed(jobs))
+    position = {job.id: i for i, job in enumerate(newest_first)}
+    cursor = after_id or before_id
+    if cursor and cursor not in position:
+        param = "after_id" if after_id else "before_id"
+        raise AnthropicError(400, "invalid_request_error", f"{param}: no Message Batch has the id {cursor!r}")
+    if before_id:
+        newer = [job for job in newest_first[: position[before_id]] if not job.deleted]
+        return newer[-size:], len(newer) > size
+    older = [job for job in newest_first[position[after_id] + 1 if after_id else 0 :] if not job.deleted]
+    return older[:size], len(older) > size
 
 
 def _errored(exc: AnthropicError) -> dict[str, Any]:
