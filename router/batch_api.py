@@ -57,7 +57,7 @@ class FileList(msgspec.Struct, kw_only=True):
 class BatchList(msgspec.Struct, kw_only=True, omit_defaults=True):
     """`ListBatchesResponse`; `first_id` / `last_id` are left out of an empty page."""
 
-    object: str = "list"
+    object: str  # no default: omit_defaults would leave it out
     data: list[msgspec.Raw]
     first_id: str | None = None
     last_id: str | None = None
@@ -74,7 +74,7 @@ class _CreateView(msgspec.Struct):
 _create_decoder = msgspec.json.Decoder(_CreateView)
 
 
-def file_not_found(file_id: str, param: str = "file_id") -> NotFound:
+def file_not_found(file_id: str, param: str = "id") -> NotFound:
     """The 404 for a file the tenant does not own, worded as OpenAI words a missing one."""
     return NotFound(f"No such File object: {file_id}", param=param)
 
@@ -330,7 +330,8 @@ async def list_batches(gateway: Gateway, request: Request[Any, Any, Any]) -> Res
 
     data = await asyncio.gather(*(fresh(owned) for owned in page))
     first, last = (page[0].id, page[-1].id) if page else (None, None)
-    body = BatchList(data=[msgspec.Raw(raw) for raw in data], first_id=first, last_id=last, has_more=more)
+    body = BatchList(object="list", data=[msgspec.Raw(raw) for raw in data], first_id=first, last_id=last,
+                     has_more=more)  # fmt: skip
     return Response(encoder.encode(body), media_type=JSON)
 
 

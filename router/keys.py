@@ -42,9 +42,10 @@ carries the tag `{n:<tenant>}`, so booking a batch (its lines, the tenant's tota
   batch. A file expires with the provider's copy (`expires_at`, else `NATIVE_FILE_TTL_S`); a batch, its output
   and error files after `NATIVE_BATCH_TTL_S` (the 24 h window plus the 30 days its output is kept). Deleting a
   file deletes its hash only.
-- `P:{n:<t>}:files` / `P:{n:<t>}:batches` (zsets of ids by `created_at`): the tenant's lists, paged by rank, with
-  `...:files:ends` / `...:batches:ends` (zsets of the same ids by the time their hash expires): an entry leaves
-  both when that time passed (pruned at each new record), so `after=<a deleted id>` still pages on.
+- `P:{n:<t>}:files` / `P:{n:<t>}:batches` (zsets of ids by `created_at`, ties in the order recorded, numbered by
+  the counter `P:{n:<t>}:seq`, which is never pruned): the tenant's lists, paged by rank, with `...:files:ends` /
+  `...:batches:ends` (zsets of the same ids by the time their hash expires): an entry leaves both when that time
+  passed (pruned at each new record), so `after=<a deleted id>` still pages on.
 - `P:{n:<t>}:watch` (zset of batch ids by next poll time): batches not yet booked; left when booked or gone.
 - `P:{n:<t>}:booked:<id>` (set of custom_ids): lines of a batch booked so far; deleted once the whole batch is
   booked (`booked` = 1 in the batch hash), else it expires with the batch.
@@ -175,6 +176,9 @@ class Keys:
 
     def native_ends(self, tenant: str, kind: str) -> str:
         return f"{self.n(tenant)}:{kind}s:ends"
+
+    def native_seq(self, tenant: str) -> str:
+        return f"{self.n(tenant)}:seq"
 
     def native_watch(self, tenant: str) -> str:
         return f"{self.n(tenant)}:watch"

@@ -4,12 +4,13 @@ once, at the batch rate, when it ends (lane `native` in the metrics and `/v1/usa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
 import secrets
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Mapping
 from typing import Literal, Protocol
 
 import msgspec
@@ -61,7 +62,7 @@ class NativeUpstream(Protocol):
         """A GET's JSON body, None on a 404."""
         ...
 
-    def file_lines(self, file_id: str) -> AsyncIterator[bytes]:
+    def file_lines(self, file_id: str) -> AsyncGenerator[bytes, None]:
         """The non-empty lines of a file's content."""
         ...
 
@@ -148,7 +149,12 @@ class NativeStore:
         k = self.keys
         pairs = [item for pair in fields.items() for item in pair]
         await self._record(
-            keys=[k.native_object(tenant, kind, object_id), k.native_index(tenant, kind), k.native_ends(tenant, kind)],
+            keys=[
+                k.native_object(tenant, kind, object_id),
+                k.native_index(tenant, kind),
+                k.native_ends(tenant, kind),
+                k.native_seq(tenant),
+            ],
             args=[object_id, created_at, int(until), repr(time.time()), *pairs],
         )
 
@@ -356,13 +362,14 @@ class NativeWatcher:
             if not file_id:
                 continue
             chunk: list[tuple[str, Priced, str, str]] = []
-            async for raw in upstream.file_lines(file_id):
-                line = self._read(raw, view)
-                if line is not None:
-                    chunk.append(line)
-                if len(chunk) >= BOOK_CHUNK:
-                    await self._book_chunk(tenant, upstream.name, view.id, day, chunk)
-                    chunk = []
+            async with contextlib.aclosing(upstream.file_lines(file_id)) as lines:  # closes the download on failure
+                async for raw in lines:
+                    line = self._read(raw, view)
+                    if line is not None:
+                        chunk.append(line)
+                    if len(chunk) >= BOOK_CHUNK:
+                        await self._book_chunk(tenant, upstream.name, view.id, day, chunk)
+                        chunk = []
             await self._book_chunk(tenant, upstream.name, view.id, day, chunk)
         await self.store.finish(tenant, view.id)
 

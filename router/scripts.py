@@ -235,13 +235,14 @@ return redis.call('HGET', call, 'body')
 """
 
 # Record that a tenant owns a native file or batch: its hash (expiring with the provider's copy), its place in
-# the tenant's list (by created_at; kept if already there) and when that place ends; entries whose end passed
-# leave the list first.
+# the tenant's list (kept if already there) and when that place ends; entries whose end passed leave the list
+# first. The place is created_at (seconds) * 10^6 plus a per-tenant counter, so objects created in the same
+# second keep the order they were recorded in (exact in a double up to the year 2255).
 # Race closed: a list entry is never added without its end, so every entry is eventually pruned, and a record
 # is never half written (a list page never meets a listed id whose hash was not yet set by this step).
 NATIVE_RECORD = """
-local hash, index, ends = KEYS[1], KEYS[2], KEYS[3]
-local id, created, expire_at, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local hash, index, ends, counter = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local id, created, expire_at, now = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local gone = redis.call('ZRANGEBYSCORE', ends, '-inf', now, 'LIMIT', 0, 100)
 for _, old in ipairs(gone) do
   redis.call('ZREM', index, old)
@@ -249,7 +250,10 @@ for _, old in ipairs(gone) do
 end
 redis.call('HSET', hash, unpack(ARGV, 5))
 redis.call('EXPIREAT', hash, expire_at)
-redis.call('ZADD', index, 'NX', created, id)
+if not redis.call('ZSCORE', index, id) then
+  local place = created * 1000000 + redis.call('INCR', counter) % 1000000
+  redis.call('ZADD', index, string.format('%.0f', place), id)
+end
 redis.call('ZADD', ends, expire_at, id)
 return 1
 """

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mapping
 
 import httpx
 
@@ -78,7 +78,7 @@ class OpenAINative:
             raise UpstreamError(answer.status, answer.body)
         return answer.body
 
-    async def file_lines(self, file_id: str) -> AsyncIterator[bytes]:
+    async def file_lines(self, file_id: str) -> AsyncGenerator[bytes, None]:
         """The non-empty lines of a file's content, streamed."""
         try:
             async with self.client.stream("GET", f"/files/{file_id}/content") as response:
