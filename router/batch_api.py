@@ -232,7 +232,9 @@ async def file_content(gateway: Gateway, request: Request[Any, Any, Any], file_i
 async def delete_file(gateway: Gateway, request: Request[Any, Any, Any], file_id: str) -> Response[bytes]:
     """`DELETE /v1/files/{id}`: deleted upstream, then forgotten."""
     tenant = authenticate(gateway, request)
-    _, upstream = await _owned(gateway, tenant, "file", file_id)
+    owned, upstream = await _owned(gateway, tenant, "file", file_id)
+    if owned.batch:  # a batch's output or errors: its usage is read from this file, so book it first
+        await gateway.native.watcher.settle(tenant, owned.batch)
     answer = await upstream.call("DELETE", f"/files/{file_id}")
     if answer.status == 200:
         await gateway.native.store.forget(tenant, "file", file_id)

@@ -17,6 +17,7 @@ import msgspec
 
 from router.accounting import Accounting, Lane, Priced
 from router.accumulator import Accumulator, LeaseLost, while_leased
+from router.errors import UpstreamError
 from router.keys import NATIVE_BATCH_TTL_S, NATIVE_FILE_TTL_S, TOTALS_TTL_S, Keys
 from router.loops import pace
 from router.providers.base import UpstreamResponse
@@ -105,6 +106,8 @@ class Owned(msgspec.Struct, frozen=True):
     booked: bool = False
     outputs: bool = False
     polls: int = 0
+    batch: str = ""
+    """For an output or error file: the batch it came from."""
 
 
 class _LineResponse(msgspec.Struct):
@@ -125,7 +128,7 @@ file_decoder = msgspec.json.Decoder(FileView)
 batch_decoder = msgspec.json.Decoder(BatchView)
 _line_decoder = msgspec.json.Decoder(_Line)
 _model_decoder = msgspec.json.Decoder(_Model)
-_FIELDS = ["upstream", "object", "purpose", "booked", "outputs", "polls"]
+_FIELDS = ["upstream", "object", "purpose", "booked", "outputs", "polls", "batch"]
 
 
 def _s(value: object) -> str:
@@ -159,13 +162,13 @@ class NativeStore:
         )
 
     async def record_file(
-        self, tenant: str, upstream: str, raw: bytes, view: FileView, until: float | None = None
+        self, tenant: str, upstream: str, raw: bytes, view: FileView, until: float | None = None, batch: str = ""
     ) -> None:
-        """Own an uploaded (or output) file until the provider drops it: `expires_at`, else `until`, else
+        """Own an uploaded (or a batch's output) file until the provider drops it: `expires_at`, else `until`, else
         `NATIVE_FILE_TTL_S` from now."""
         end = view.expires_at or until or time.time() + NATIVE_FILE_TTL_S
         await self.record(tenant, "file", view.id, view.created_at, end, upstream=upstream, object=raw,
-                          purpose=view.purpose)  # fmt: skip
+                          purpose=view.purpose, batch=batch)  # fmt: skip
 
     async def record_batch(self, tenant: str, upstream: str, raw: bytes, view: BatchView, first_poll: float) -> None:
         """Own a batch just created, and watch it until its usage is booked."""
@@ -270,10 +273,11 @@ class NativeStore:
 
 
 def _owned(object_id: str, row: list[bytes | None]) -> Owned | None:
-    upstream, raw, purpose, booked, outputs, polls = row
+    upstream, raw, purpose, booked, outputs, polls, batch = row
     if upstream is None or raw is None:
         return None
-    return Owned(object_id, _s(upstream), raw, _s(purpose), booked == b"1", outputs == b"1", int(polls or 0))
+    return Owned(object_id, _s(upstream), raw, _s(purpose), booked == b"1", outputs == b"1", int(polls or 0),
+                 _s(batch))  # fmt: skip
 
 
 async def record_outputs(store: NativeStore, upstream: NativeUpstream, tenant: str, view: BatchView) -> None:
@@ -282,7 +286,7 @@ async def record_outputs(store: NativeStore, upstream: NativeUpstream, tenant: s
     for file_id in (view.output_file_id, view.error_file_id):
         raw = await upstream.fetch(f"/files/{file_id}") if file_id else None
         if raw is not None:
-            await store.record_file(tenant, upstream.name, raw, file_decoder.decode(raw), until)
+            await store.record_file(tenant, upstream.name, raw, file_decoder.decode(raw), until, batch=view.id)
     await store.update(tenant, "batch", view.id, outputs="1")
 
 
@@ -361,17 +365,46 @@ class NativeWatcher:
         for file_id in (view.output_file_id, view.error_file_id):
             if not file_id:
                 continue
-            chunk: list[tuple[str, Priced, str, str]] = []
-            async with contextlib.aclosing(upstream.file_lines(file_id)) as lines:  # closes the download on failure
-                async for raw in lines:
-                    line = self._read(raw, view)
-                    if line is not None:
-                        chunk.append(line)
-                    if len(chunk) >= BOOK_CHUNK:
-                        await self._book_chunk(tenant, upstream.name, view.id, day, chunk)
-                        chunk = []
-            await self._book_chunk(tenant, upstream.name, view.id, day, chunk)
+            try:
+                await self._book_file(tenant, upstream, view, file_id, day)
+            except UpstreamError as exc:
+                if exc.upstream_status != 404:
+                    raise
+                # Deleted behind the router's back, or expired: its lines cannot be read, so cannot be booked.
+                log.warning("native batch %s: file %s is gone upstream, its lines are not booked", view.id, file_id)
         await self.store.finish(tenant, view.id)
+
+    async def _book_file(self, tenant: str, upstream: NativeUpstream, view: BatchView, file_id: str, day: str) -> None:
+        chunk: list[tuple[str, Priced, str, str]] = []
+        async with contextlib.aclosing(upstream.file_lines(file_id)) as lines:  # closes the download on failure
+            async for raw in lines:
+                line = self._read(raw, view)
+                if line is not None:
+                    chunk.append(line)
+                if len(chunk) >= BOOK_CHUNK:
+                    await self._book_chunk(tenant, upstream.name, view.id, day, chunk)
+                    chunk = []
+        await self._book_chunk(tenant, upstream.name, view.id, day, chunk)
+
+    async def settle(self, tenant: str, batch_id: str) -> None:
+        """Book an ended batch now, before a handler deletes the output that holds its usage; if another replica
+        holds its lease, wait (up to a lease) for it to finish."""
+        lease = self.store.keys.native_lease(tenant, batch_id)
+        until = time.monotonic() + self.settings.lease_s
+        while time.monotonic() < until:
+            owned = await self.store.get(tenant, "batch", batch_id)
+            if owned is None or owned.booked:
+                return
+            if await self.acc.lease(lease, self.owner, self.settings.lease_s):
+                renew = functools.partial(self.acc.renew, lease, self.owner, self.settings.lease_s)
+                try:
+                    await while_leased(self.check(tenant, batch_id), renew, self.settings.lease_s)
+                    return
+                except LeaseLost:
+                    continue  # another replica has it now: wait for it as for any other
+                finally:
+                    await self.acc.release(lease, self.owner)
+            await asyncio.sleep(0.1)
 
     def _read(self, raw: bytes, view: BatchView) -> tuple[str, Priced, str, str] | None:
         """(custom_id, price, model label, outcome) of one result line; None for a line that never ran."""

@@ -193,6 +193,33 @@ def test_savings_counted_once_across_a_restart(start_router: RouterFactory, clie
     assert sample("cost_usd_total", **labels) - before["cost_usd"] == pytest.approx(cost, rel=1e-9)
 
 
+def test_an_output_deleted_first_is_booked_first(
+    start_router: RouterFactory, clients: Any, sim: Sim, redis_url: str, key_prefix: str
+) -> None:
+    with start_router(loops=False, batch=FAST, **AUTH) as base:  # no watcher: only the delete can book it
+        a, _ = clients(base)
+        uploaded = a.files.create(file=("in.jsonl", jsonl(3)), purpose="batch")
+        batch = a.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+        output_id = ended(a, batch.id).output_file_id or ""
+        output = a.files.content(output_id).read()
+        assert native_usage(base, "key-a") == {}
+        assert a.files.delete(output_id).deleted
+        count, cost, _ = expected_cost(output)
+        assert native_usage(base, "key-a")["requests"] == count == 3
+        assert native_usage(base, "key-a")["cost_usd"] == pytest.approx(cost, rel=1e-9)
+        # Deleted upstream behind the router's back: nothing can be read, so the batch is closed unbooked.
+        second = a.files.create(file=("in2.jsonl", jsonl(2, "s")), purpose="batch")
+        gone = a.batches.create(input_file_id=second.id, endpoint="/v1/chat/completions", completion_window="24h")
+        with openai.OpenAI(base_url=sim.v1, api_key="sk-sim") as direct:
+            direct.files.delete(ended(a, gone.id).output_file_id or "")
+        with pytest.raises(openai.NotFoundError):
+            a.files.content(ended(a, gone.id).output_file_id or "")
+    with start_router(batch=FAST, **AUTH) as base, redis.Redis.from_url(redis_url) as plain:
+        wait_for(lambda: plain.hget(f"{key_prefix}:{{n:team-a}}:batch:{gone.id}", "booked"))
+        assert plain.zcard(f"{key_prefix}:{{n:team-a}}:watch") == 0
+        assert native_usage(base, "key-a")["requests"] == 3
+
+
 class _CrashAfter:
     """The real upstream, whose output download breaks off after `lines` lines (a replica dying mid-booking)."""
 
