@@ -284,7 +284,10 @@ async def observe(gateway: Gateway, tenant: str, owned: Owned, upstream: NativeU
     await store.update(tenant, "batch", owned.id, object=raw)
     if view.status in TERMINAL and not owned.booked:
         if not owned.outputs:
-            await record_outputs(store, upstream, tenant, view)
+            try:
+                await record_outputs(store, upstream, tenant, view)
+            except RouterError as exc:  # the caller still gets its batch; the watcher records the files later
+                log.warning("could not record the files of native batch %s yet: %s", owned.id, exc.message)
         await store.schedule(tenant, owned.id, time.time())
 
 
