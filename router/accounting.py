@@ -9,12 +9,14 @@ import msgspec
 from router import metrics
 from router.pricing import Cost, PriceTable, Usage, usage_from_body
 
-Lane = Literal["realtime", "batch", "escalated", "flex"]
+Lane = Literal["realtime", "batch", "escalated", "flex", "native"]
+"""`native`: a line of a batch a tenant sent through the native Batch API (`/v1/batches`), at the batch rate."""
 _PRICE_LANE: dict[str, Literal["realtime", "batch", "flex"]] = {
     "realtime": "realtime",
     "escalated": "realtime",
     "batch": "batch",
     "flex": "flex",
+    "native": "batch",
 }
 
 

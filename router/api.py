@@ -561,7 +561,8 @@ async def usage_report(gateway: Gateway, tenant: str, day: str | None) -> bytes:
         raise BadRequest("`day` must be a UTC date like 2026-11-27.", param="day", code="invalid_value")
     await gateway.flush_totals()
     lanes: dict[str, dict[str, float]] = {}
-    for field, value in (await gateway.deferred.acc.totals(tenant, day)).items():
+    totals = await gateway.deferred.acc.totals(tenant, day)
+    for field, value in (totals | await gateway.native.store.totals(tenant, day)).items():  # lanes never overlap
         lane, _, name = field.partition(":")
         lanes.setdefault(lane, {})[name] = value
     return encoder.encode({"object": "router.usage", "tenant": tenant, "day": day, "lanes": lanes})

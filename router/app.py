@@ -17,7 +17,7 @@ from litestar.exceptions import HTTPException
 from redis.exceptions import RedisError
 from standardwebhooks import Webhook
 
-from router import api, edge, metrics, redis_client
+from router import api, batch_api, edge, metrics, redis_client
 from router.accounting import Accounting, Lane, Priced
 from router.accumulator import Accumulator, TotalsKey, Waiters
 from router.batcher import Batcher
@@ -26,12 +26,14 @@ from router.guard import Guard
 from router.holding import Holds, max_held, quiet_held_cuts, raise_fd_limit
 from router.lanes import DeferredLane, Upstreams
 from router.logthrottle import Throttle, kind_of
+from router.native_batches import NativeBatches
 from router.policy import PolicyStore
 from router.poller import Poller
 from router.pricing import load_pricing
 from router.providers.anthropic import AnthropicProvider
 from router.providers.base import Provider
 from router.providers.openai import OpenAIProvider
+from router.providers.openai_native import OpenAINative
 from router.settings import Settings
 from router.webhooks import WebhookSender
 
@@ -84,6 +86,12 @@ class Gateway:
         self.poller = Poller(acc, providers, b, self.accounting)
         self.guard = Guard(acc, providers, b, self.accounting)
         self.webhooks = WebhookSender(acc, settings.webhooks, webhook_secret)
+        natives = {
+            cfg.name: OpenAINative(provider)
+            for cfg in settings.upstreams
+            if cfg.batch and isinstance(provider := providers[cfg.name], OpenAIProvider)
+        }
+        self.native = NativeBatches(self.redis, settings.key_prefix, natives, acc, b, self.accounting)
         self.holds = Holds(self.deferred, settings, max_held(settings, raise_fd_limit()))
         self.loops = loops
         self._tasks: list[asyncio.Task[None]] = []
@@ -107,6 +115,7 @@ class Gateway:
                 asyncio.create_task(self.poller.run(self._stop), name="poller"),
                 asyncio.create_task(self.guard.run(self._stop), name="guard"),
                 asyncio.create_task(self.webhooks.run(self._stop), name="webhooks"),
+                asyncio.create_task(self.native.watcher.run(self._stop), name="native-batches"),
             ]
         try:
             yield
@@ -247,7 +256,8 @@ def metrics_token(settings: Settings, environ: Mapping[str, str]) -> str | None:
 
 
 def create_app(settings: Settings, environ: Mapping[str, str] | None = None, *, loops: bool = True) -> Litestar:
-    """The router as an ASGI app; `loops=False` leaves the batcher, poller, guard and webhooks to the caller (tests)."""
+    """The router as an ASGI app; `loops=False` leaves the batcher, poller, guard, webhooks and the native-batch
+    watcher to the caller (tests)."""
     environ = environ or {}
     quiet_held_cuts()
     gateway = Gateway(
@@ -258,7 +268,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None, *, 
         metrics_token=metrics_token(settings, environ),
     )
     app = Litestar(
-        route_handlers=api.make_handlers(gateway),
+        route_handlers=[*api.make_handlers(gateway), *batch_api.make_handlers(gateway)],
         exception_handlers={
             RouterError: api.router_error_handler,
             api.ClientDisconnected: api.disconnected_handler,

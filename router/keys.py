@@ -36,6 +36,24 @@ Owners and lifetimes:
 - `P:{q}:lease:flush`, `P:{q}:lease:batch:<bid>`, `P:{q}:lease:webhook:<id>`: short leases (SET NX PX) so
   one replica works a thing.
 - Pub/sub channel `P:done`: ids of calls that just got a result.
+
+Native Batch API (`/v1/files`, `/v1/batches` passed through; `router/native_batches.py`). Every key of one tenant
+carries the tag `{n:<tenant>}`, so booking a batch (its lines, the tenant's totals, the batch record) is one step:
+- `P:native:tenants` (set): tenants that ever created a native batch; the watcher walks it. Never pruned (bounded
+  by the configured tenants).
+- `P:{n:<t>}:file:<id>` / `P:{n:<t>}:batch:<id>` (hash: upstream, object JSON, ...): the tenant owns the file or
+  batch. A file expires with the provider's copy (`expires_at`, else `NATIVE_FILE_TTL_S`); a batch, its output
+  and error files after `NATIVE_BATCH_TTL_S` (the 24 h window plus the 30 days its output is kept). Deleting a
+  file deletes its hash only.
+- `P:{n:<t>}:files` / `P:{n:<t>}:batches` (zsets of ids by `created_at`, ties in the order recorded, numbered by
+  the counter `P:{n:<t>}:seq`, which is never pruned): the tenant's lists, paged by rank, with `...:files:ends` /
+  `...:batches:ends` (zsets of the same ids by the time their hash expires): an entry leaves both when that time
+  passed (pruned at each new record), so `after=<a deleted id>` still pages on.
+- `P:{n:<t>}:watch` (zset of batch ids by next poll time): batches not yet booked; left when booked or gone.
+- `P:{n:<t>}:booked:<id>` (set of custom_ids): lines of a batch booked so far; deleted once the whole batch is
+  booked (`booked` = 1 in the batch hash), else it expires with the batch.
+- `P:{n:<t>}:totals:<day>` (hash): the tenant's native batch costs per UTC day, kept 400 days.
+- `P:{n:<t>}:lease:<id>`: one replica polls and books a batch at a time.
 """
 
 from __future__ import annotations
@@ -47,6 +65,10 @@ TOTALS_TTL_S = 400 * 24 * 3600
 TURNAROUND_SAMPLES = 100
 PROVIDER_BATCHES_KEEP_S = 7 * 24 * 3600
 """How long a recorded provider batch id is remembered: longer than any batch can run (24 h) or wait to be found."""
+NATIVE_FILE_TTL_S = 400 * 24 * 3600
+"""Ownership of an uploaded file the provider keeps without an `expires_at` (purposes other than `batch`)."""
+NATIVE_BATCH_TTL_S = 31 * 24 * 3600
+"""Ownership of a native batch and its output files: the 24 h window, then 30 days of output retention."""
 
 
 def queue_tag(upstream: str, endpoint: str, model: str) -> str:
@@ -143,3 +165,37 @@ class Keys:
 
     def batch_lease(self, tag: str, bid: str) -> str:
         return f"{self.q(tag)}:lease:batch:{bid}"
+
+    # --- the native Batch API, per tenant ----------------------------------------------------------
+
+    def native_tenants(self) -> str:
+        return f"{self.prefix}:native:tenants"
+
+    def n(self, tenant: str) -> str:
+        """The common start of every native-batch key of `tenant`."""
+        return f"{self.prefix}:{{n:{tenant}}}"
+
+    def native_object(self, tenant: str, kind: str, object_id: str) -> str:
+        """`kind` is `file` or `batch`."""
+        return f"{self.n(tenant)}:{kind}:{object_id}"
+
+    def native_index(self, tenant: str, kind: str) -> str:
+        return f"{self.n(tenant)}:{kind}s"
+
+    def native_ends(self, tenant: str, kind: str) -> str:
+        return f"{self.n(tenant)}:{kind}s:ends"
+
+    def native_seq(self, tenant: str) -> str:
+        return f"{self.n(tenant)}:seq"
+
+    def native_watch(self, tenant: str) -> str:
+        return f"{self.n(tenant)}:watch"
+
+    def native_booked(self, tenant: str, batch_id: str) -> str:
+        return f"{self.n(tenant)}:booked:{batch_id}"
+
+    def native_totals(self, tenant: str, day: str) -> str:
+        return f"{self.n(tenant)}:totals:{day}"
+
+    def native_lease(self, tenant: str, batch_id: str) -> str:
+        return f"{self.n(tenant)}:lease:{batch_id}"

@@ -240,3 +240,61 @@ redis.call('HSET', call, 'state', 'escalated')
 redis.call('ZADD', escalating, lease_until, id)
 return redis.call('HGET', call, 'body')
 """
+
+# Record that a tenant owns a native file or batch: its hash (expiring with the provider's copy), its place in
+# the tenant's list (kept if already there) and when that place ends; entries whose end passed leave the list
+# first. The place is created_at (seconds) * 10^6 plus a per-tenant counter, so objects created in the same
+# second keep the order they were recorded in (exact in a double up to the year 2255).
+# Race closed: a list entry is never added without its end, so every entry is eventually pruned, and a record
+# is never half written (a list page never meets a listed id whose hash was not yet set by this step).
+NATIVE_RECORD = """
+local hash, index, ends, counter = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local id, created, expire_at, now = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local gone = redis.call('ZRANGEBYSCORE', ends, '-inf', now, 'LIMIT', 0, 100)
+for _, old in ipairs(gone) do
+  redis.call('ZREM', index, old)
+  redis.call('ZREM', ends, old)
+end
+redis.call('HSET', hash, unpack(ARGV, 5))
+redis.call('EXPIREAT', hash, expire_at)
+if not redis.call('ZSCORE', index, id) then
+  local place = created * 1000000 + redis.call('INCR', counter) % 1000000
+  redis.call('ZADD', index, string.format('%.0f', place), id)
+end
+redis.call('ZADD', ends, expire_at, id)
+return 1
+"""
+
+# Update fields of a native record only while it exists.
+# Race closed: a retrieve racing a delete (or the record's expiry) must not recreate the hash without its TTL.
+NATIVE_UPDATE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+# Book a chunk of a native batch's result lines, each line once: a line joins the batch's booked set and adds
+# to the tenant's daily totals in the same step. ARGV after the first three: (custom_id, cost, baseline,
+# savings) per line, costs empty when unpriced. Returns the 1-based positions of the lines booked now.
+# Race closed: a replica that crashed mid-booking (or lost its lease) and the one that books the batch again
+# never count a line twice, and a batch whose booking finished books nothing more.
+NATIVE_BOOK = """
+local booked, totals, batch = KEYS[1], KEYS[2], KEYS[3]
+local lane, ttl, totals_ttl = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('EXISTS', batch) == 0 or redis.call('HGET', batch, 'booked') == '1' then return {} end
+local new = {}
+for i = 4, #ARGV, 4 do
+  if redis.call('SADD', booked, ARGV[i]) == 1 then
+    new[#new + 1] = (i - 4) / 4 + 1
+    redis.call('HINCRBY', totals, lane .. ':requests', 1)
+    if ARGV[i + 1] ~= '' then
+      redis.call('HINCRBYFLOAT', totals, lane .. ':cost_usd', ARGV[i + 1])
+      redis.call('HINCRBYFLOAT', totals, lane .. ':baseline_usd', ARGV[i + 2])
+      redis.call('HINCRBYFLOAT', totals, lane .. ':savings_usd', ARGV[i + 3])
+    end
+  end
+end
+redis.call('EXPIRE', booked, ttl)
+if #new > 0 then redis.call('EXPIRE', totals, totals_ttl) end
+return new
+"""

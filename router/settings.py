@@ -76,6 +76,8 @@ class Limits(_Strict, kw_only=True):
     """Bounds on what a caller may send."""
 
     max_body_bytes: PositiveInt = 32 * 1024 * 1024
+    max_file_bytes: PositiveInt = 512 * 1024 * 1024
+    """An upload to `POST /v1/files` (the whole multipart body), streamed to the upstream, never held whole."""
     max_deadline_s: PositiveFloat = 7 * 24 * 3600.0
     max_wait_s: PositiveFloat = 600.0
     max_held: PositiveInt | None = None

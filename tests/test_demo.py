@@ -23,5 +23,6 @@ def test_demo_savings_match_the_headers(redis_url: str, key_prefix: str) -> None
     assert result.tally.calls["batch"] >= sum(g.count for g in small if "X-Deadline" in g.headers) - 2
     assert result.tally.calls["realtime"] >= 2
     assert result.batches >= 1
+    assert result.tally.parsed == sum(g.count for g in small if g.kind == "extract") > 0  # parse() in the batch lane
     text = out.getvalue()
-    assert "Calls per lane" in text and "saved (%)" in text
+    assert "Calls per lane" in text and "saved (%)" in text and "structured extractions parsed" in text

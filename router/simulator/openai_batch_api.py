@@ -107,6 +107,9 @@ def _file_page(state: SimState, request: Request[Any, Any, Any]) -> FileList:
 
 
 async def _store_upload(state: SimState, request: Request[Any, Any, Any]) -> FileRecord:
+    # The body first, then the form parsed from it: Litestar's streaming multipart parser leaves its spooled
+    # temporary file open when the client goes away mid-upload (the file is kept in memory here anyway).
+    await request.body()
     form = await request.form()
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
