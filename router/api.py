@@ -66,12 +66,13 @@ def new_request_id() -> str:
 
 
 def bearer(request: Request[Any, Any, Any]) -> str | None:
-    """The key from `Authorization: Bearer ...` (or `api-key`, as Azure clients send it)."""
+    """The key from `Authorization: Bearer ...` (or `api-key`, as Azure clients send it, or `x-api-key`, as the
+    `anthropic` SDKs do)."""
     value = request.headers.get("authorization")
     if value:
         scheme, _, key = value.partition(" ")
         return key.strip() if scheme.lower() == "bearer" else None
-    return request.headers.get("api-key")
+    return request.headers.get("api-key") or request.headers.get("x-api-key")
 
 
 def authenticate(gateway: Gateway, request: Request[Any, Any, Any]) -> str:
