@@ -94,7 +94,9 @@ class Batcher:
     async def submit(self, stats: QueueStats, bid: str, ids: list[str]) -> bool:
         """Upload one claimed batch and record the provider's id; on error leave it for recovery."""
         provider = self.providers[stats.upstream]
-        lines = [BatchLine(custom_id=cid, body=body) for cid, body in await self.acc.bodies(ids)]
+        lines = [
+            BatchLine(custom_id=cid, body=body, endpoint=endpoint) for cid, body, endpoint in await self.acc.bodies(ids)
+        ]
         if not lines:
             await self.acc.finish_batch(stats.tag, bid, "empty", None)
             return False

@@ -2,7 +2,9 @@
 
 A queue is one (upstream, endpoint, model); its tag `{q}` is a Redis Cluster hash tag, so every key of one
 queue (its calls, results and batches) lives in one slot and each atomic step (one Lua script) stays inside it.
-A call id starts with its queue's tag, so every key of a call derives from the id alone.
+A call id starts with its queue's tag, so every key of a call derives from the id alone. Anthropic Messages
+calls (`/messages`) share the queue of `/chat/completions` (`queue_endpoint`): both become requests of the same
+Message Batches.
 
 Owners and lifetimes:
 - `P:queues` (set of queue tags): added at deferred admission, never pruned (bounded by the models callers
@@ -44,9 +46,18 @@ TOTALS_TTL_S = 400 * 24 * 3600
 TURNAROUND_SAMPLES = 100
 
 
+QUEUE_ENDPOINTS = {"/messages": "/chat/completions"}
+"""Endpoints whose calls wait in another endpoint's queue: one provider batch carries both kinds of line."""
+
+
+def queue_endpoint(endpoint: str) -> str:
+    """The endpoint whose queue a call of `endpoint` joins."""
+    return QUEUE_ENDPOINTS.get(endpoint, endpoint)
+
+
 def queue_tag(upstream: str, endpoint: str, model: str) -> str:
-    """The short, stable tag of one queue."""
-    return hashlib.sha256(f"{upstream}|{endpoint}|{model}".encode()).hexdigest()[:TAG_LEN]
+    """The short, stable tag of one queue (the same for endpoints that share a queue)."""
+    return hashlib.sha256(f"{upstream}|{queue_endpoint(endpoint)}|{model}".encode()).hexdigest()[:TAG_LEN]
 
 
 def tag_of(call_id: str) -> str:
