@@ -40,7 +40,7 @@ from router.logthrottle import Throttle, kind_of
 from router.policy import Decision, Facts, decide
 from router.pricing import Usage
 from router.providers.base import Provider
-from router.replay import cost_comment, sse_chunks
+from router.replay import cost_comment, error_answer, sse_chunks
 from router.schema import RequestView, decode_body, decode_view, encoder, error_body
 from router.sse import tap_usage
 
@@ -226,7 +226,8 @@ def result_response(
         cost = cost_comment(result.cost_usd, result.savings_usd)
         chunks = sse_chunks(call.meta.endpoint, result.body, include_usage=call.meta.include_usage, cost=cost)
         return Stream(chunks, status_code=200, headers=headers, media_type="text/event-stream")
-    return Response(result.body, status_code=result.status, headers=headers, media_type=JSON)
+    body = error_answer(call.meta.endpoint, result.status, result.body) if result.status >= 400 else result.body
+    return Response(body, status_code=result.status, headers=headers, media_type=JSON)
 
 
 async def respond_deferred(
@@ -570,7 +571,6 @@ async def usage_report(gateway: Gateway, tenant: str, day: str | None) -> bytes:
 
 def make_handlers(gateway: Gateway) -> list[Any]:
     """The route handlers, closed over the gateway they serve."""
-
     @post(["/v1/chat/completions", "/chat/completions"], status_code=200)
     async def chat_completions(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
         return await admit(gateway, request, "/chat/completions")
