@@ -570,7 +570,9 @@ async def usage_report(gateway: Gateway, tenant: str, day: str | None) -> bytes:
 
 
 def make_handlers(gateway: Gateway) -> list[Any]:
-    """The route handlers, closed over the gateway they serve."""
+    """The route handlers, closed over the gateway they serve (Anthropic's own routes: `router.messages_api`)."""
+    from router import messages_api  # it builds on this module
+
     @post(["/v1/chat/completions", "/chat/completions"], status_code=200)
     async def chat_completions(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
         return await admit(gateway, request, "/chat/completions")
@@ -642,4 +644,5 @@ def make_handlers(gateway: Gateway) -> list[Any]:
         readyz,
         metrics_endpoint,
         usage,
+        *messages_api.make_handlers(gateway),
     ]

@@ -26,6 +26,7 @@ from router.guard import Guard
 from router.holding import Holds, max_held, quiet_held_cuts, raise_fd_limit
 from router.lanes import DeferredLane, Upstreams
 from router.logthrottle import Throttle, kind_of
+from router.message_batches import Ledger, Owners
 from router.policy import PolicyStore
 from router.poller import Poller
 from router.pricing import load_pricing
@@ -84,6 +85,8 @@ class Gateway:
         self.poller = Poller(acc, providers, b, self.accounting)
         self.guard = Guard(acc, providers, b, self.accounting)
         self.webhooks = WebhookSender(acc, settings.webhooks, webhook_secret)
+        self.message_batches = Owners(acc)
+        self.ledger = Ledger(self.message_batches, providers, self.accounting, self.record_realtime, b)
         self.holds = Holds(self.deferred, settings, max_held(settings, raise_fd_limit()))
         self.loops = loops
         self._tasks: list[asyncio.Task[None]] = []
@@ -107,6 +110,7 @@ class Gateway:
                 asyncio.create_task(self.poller.run(self._stop), name="poller"),
                 asyncio.create_task(self.guard.run(self._stop), name="guard"),
                 asyncio.create_task(self.webhooks.run(self._stop), name="webhooks"),
+                asyncio.create_task(self.ledger.run(self._stop), name="message-batches"),
             ]
         try:
             yield

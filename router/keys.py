@@ -35,6 +35,11 @@ Owners and lifetimes:
 - `P:{q}:lease:flush`, `P:{q}:lease:batch:<bid>`, `P:{q}:lease:webhook:<id>`: short leases (SET NX PX) so
   one replica works a thing.
 - Pub/sub channel `P:done`: ids of calls that just got a result.
+- Message Batches callers create through `/v1/messages/batches` (`router/message_batches.py`), outside the
+  queues: `P:mbatch:<id>` (hash: tenant, upstream, created_at, booked) and `P:mbatches:tenant:<tenant>` (zset of the
+  tenant's batch ids by creation), kept `MESSAGE_BATCH_TTL_S` (Anthropic keeps results 29 days), deleted with
+  the batch; `P:mbatches:open` (zset of batch ids by next check): batches whose usage is not booked yet, left
+  once booked or when their record is gone; `P:mbatch:<id>:lease`: one replica checks a batch at a time.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import hashlib
 TAG_LEN = 10
 TOTALS_TTL_S = 400 * 24 * 3600
 TURNAROUND_SAMPLES = 100
+MESSAGE_BATCH_TTL_S = 30 * 24 * 3600
 
 
 QUEUE_ENDPOINTS = {"/messages": "/chat/completions"}
@@ -146,3 +152,16 @@ class Keys:
 
     def batch_lease(self, tag: str, bid: str) -> str:
         return f"{self.q(tag)}:lease:batch:{bid}"
+
+    def message_batch(self, batch_id: str) -> str:
+        return f"{self.prefix}:mbatch:{batch_id}"
+
+    def message_batch_lease(self, batch_id: str) -> str:
+        return f"{self.prefix}:mbatch:{batch_id}:lease"
+
+    def tenant_message_batches(self, tenant: str) -> str:
+        return f"{self.prefix}:mbatches:tenant:{tenant}"
+
+    @property
+    def open_message_batches(self) -> str:
+        return f"{self.prefix}:mbatches:open"
