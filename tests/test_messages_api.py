@@ -17,6 +17,7 @@ import pytest
 from anthropic.types import Message
 
 from router.keys import queue_tag
+from router.settings import ProxyKey, Settings, Upstream
 from tests.conftest import RouterFactory, Sim, upstream
 
 Claude = Callable[..., anthropic.Anthropic]
@@ -353,3 +354,12 @@ def test_message_batches_through_the_router_are_the_tenants_own(claude: Claude, 
     assert a.messages.batches.delete(slow.id).id == slow.id
     assert [batch.id for batch in a.messages.batches.list()] == [created.id]
     assert sim.stats()["message_batches_created"] == 2  # nothing of the router's own in between
+
+
+def test_anthropic_upstreams_receive_anthropic_beta_by_default() -> None:
+    claude = Upstream(name="anthropic", kind="anthropic", base_url="http://127.0.0.1:1", models=["claude-*"])
+    gpt = Upstream(name="openai", base_url="http://127.0.0.1:2/v1")
+    for auth in ("none", "keys"):
+        settings = Settings(upstreams=[claude, gpt], auth=auth, keys=[ProxyKey(sha256="a" * 64, tenant="t")])
+        assert settings.forward_headers(claude, "t") == ["anthropic-beta"]  # no workspace header: billing stays ours
+        assert "anthropic-beta" not in settings.forward_headers(gpt, "t")
