@@ -14,7 +14,15 @@ import msgspec
 from redis.asyncio.cluster import RedisCluster
 
 from router import scripts
-from router.keys import PROVIDER_BATCHES_KEEP_S, TOTALS_TTL_S, TURNAROUND_SAMPLES, Keys, queue_tag, tag_of
+from router.keys import (
+    PROVIDER_BATCHES_KEEP_S,
+    TOTALS_TTL_S,
+    TURNAROUND_SAMPLES,
+    Keys,
+    queue_endpoint,
+    queue_tag,
+    tag_of,
+)
 from router.logthrottle import Throttle, kind_of
 from router.redis_client import RedisClient
 
@@ -164,7 +172,7 @@ class Accumulator:
             keys=[idem, k.call(call_id), k.pending(tag), k.arrivals(tag), k.bytes(tag), k.queue(tag),
                   k.digest(tag, digest)],
             args=[call_id, _meta_encoder.encode(meta), body, repr(meta.deadline), repr(meta.received_at), ttl,
-                  self.idempotency_ttl, meta.upstream, meta.endpoint, meta.model,
+                  self.idempotency_ttl, meta.upstream, queue_endpoint(meta.endpoint), meta.model,
                   "1" if idempotency_key is not None else "0", k.call_prefix(tag), meta.webhook or "", digest,
                   holder, attach_to or ""],
         )  # fmt: skip
@@ -285,13 +293,18 @@ class Accumulator:
                 break
         return (bid, taken) if taken else None
 
-    async def bodies(self, call_ids: Sequence[str]) -> list[tuple[str, bytes]]:
-        """The bodies of calls that still have one (a call answered meanwhile has none)."""
+    async def bodies(self, call_ids: Sequence[str]) -> list[tuple[str, bytes, str]]:
+        """(id, body, the caller's endpoint) of calls that still have a body (a call answered meanwhile has none);
+        calls of endpoints that share a queue need telling apart when their batch is built."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for call_id in call_ids:
-                pipe.hget(self.keys.call(call_id), "body")
+                pipe.hmget(self.keys.call(call_id), ["body", "meta"])
             found = await pipe.execute()
-        return [(cid, body) for cid, body in zip(call_ids, found, strict=True) if body is not None]
+        return [
+            (cid, body, _meta_decoder.decode(meta).endpoint)
+            for cid, (body, meta) in zip(call_ids, found, strict=True)
+            if body is not None and meta is not None
+        ]
 
     async def mark_submitted(self, tag: str, bid: str, owner: str, provider_id: str, next_poll: float) -> bool:
         """Record the provider's id for a batch we still own."""

@@ -40,7 +40,7 @@ from router.logthrottle import Throttle, kind_of
 from router.policy import Decision, Facts, decide
 from router.pricing import Usage
 from router.providers.base import Provider
-from router.replay import cost_comment, sse_chunks
+from router.replay import cost_comment, error_answer, sse_chunks
 from router.schema import RequestView, decode_body, decode_view, encoder, error_body
 from router.sse import tap_usage
 
@@ -66,12 +66,13 @@ def new_request_id() -> str:
 
 
 def bearer(request: Request[Any, Any, Any]) -> str | None:
-    """The key from `Authorization: Bearer ...` (or `api-key`, as Azure clients send it)."""
+    """The key from `Authorization: Bearer ...` (or `api-key`, as Azure clients send it, or `x-api-key`, as the
+    `anthropic` SDKs do)."""
     value = request.headers.get("authorization")
     if value:
         scheme, _, key = value.partition(" ")
         return key.strip() if scheme.lower() == "bearer" else None
-    return request.headers.get("api-key")
+    return request.headers.get("api-key") or request.headers.get("x-api-key")
 
 
 def authenticate(gateway: Gateway, request: Request[Any, Any, Any]) -> str:
@@ -225,7 +226,8 @@ def result_response(
         cost = cost_comment(result.cost_usd, result.savings_usd)
         chunks = sse_chunks(call.meta.endpoint, result.body, include_usage=call.meta.include_usage, cost=cost)
         return Stream(chunks, status_code=200, headers=headers, media_type="text/event-stream")
-    return Response(result.body, status_code=result.status, headers=headers, media_type=JSON)
+    body = error_answer(call.meta.endpoint, result.status, result.body) if result.status >= 400 else result.body
+    return Response(body, status_code=result.status, headers=headers, media_type=JSON)
 
 
 async def respond_deferred(
@@ -569,7 +571,8 @@ async def usage_report(gateway: Gateway, tenant: str, day: str | None) -> bytes:
 
 
 def make_handlers(gateway: Gateway) -> list[Any]:
-    """The route handlers, closed over the gateway they serve."""
+    """The route handlers, closed over the gateway they serve (Anthropic's own routes: `router.messages_api`)."""
+    from router import messages_api  # it builds on this module
 
     @post(["/v1/chat/completions", "/chat/completions"], status_code=200)
     async def chat_completions(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
@@ -642,4 +645,5 @@ def make_handlers(gateway: Gateway) -> list[Any]:
         readyz,
         metrics_endpoint,
         usage,
+        *messages_api.make_handlers(gateway),
     ]

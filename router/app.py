@@ -26,6 +26,7 @@ from router.guard import Guard
 from router.holding import Holds, max_held, quiet_held_cuts, raise_fd_limit
 from router.lanes import DeferredLane, Upstreams
 from router.logthrottle import Throttle, kind_of
+from router.message_batches import Ledger, Owners
 from router.native_batches import NativeBatches
 from router.policy import PolicyStore
 from router.poller import Poller
@@ -92,6 +93,8 @@ class Gateway:
             if cfg.batch and isinstance(provider := providers[cfg.name], OpenAIProvider)
         }
         self.native = NativeBatches(self.redis, settings.key_prefix, natives, acc, b, self.accounting)
+        self.message_batches = Owners(acc)
+        self.ledger = Ledger(self.message_batches, providers, self.accounting, self.record_realtime, b)
         self.holds = Holds(self.deferred, settings, max_held(settings, raise_fd_limit()))
         self.loops = loops
         self._tasks: list[asyncio.Task[None]] = []
@@ -116,6 +119,7 @@ class Gateway:
                 asyncio.create_task(self.guard.run(self._stop), name="guard"),
                 asyncio.create_task(self.webhooks.run(self._stop), name="webhooks"),
                 asyncio.create_task(self.native.watcher.run(self._stop), name="native-batches"),
+                asyncio.create_task(self.ledger.run(self._stop), name="message-batches"),
             ]
         try:
             yield

@@ -94,7 +94,9 @@ class Batcher:
     async def submit(self, stats: QueueStats, bid: str, ids: list[str]) -> bool:
         """Upload one claimed batch and record the provider's id; on error leave it for recovery."""
         provider = self.providers[stats.upstream]
-        lines = [BatchLine(custom_id=cid, body=body) for cid, body in await self.acc.bodies(ids)]
+        lines = [
+            BatchLine(custom_id=cid, body=body, endpoint=endpoint) for cid, body, endpoint in await self.acc.bodies(ids)
+        ]
         if not lines:
             await self.acc.finish_batch(stats.tag, bid, "empty", None)
             return False
@@ -137,7 +139,7 @@ class Batcher:
             claimed_at=record.created_at,
             lapsed_at=await self.acc.lapsed_at(record.tag, record.id),
             custom_ids=frozenset(ids),
-            lines=[BatchLine(custom_id=cid, body=body) for cid, body in await self.acc.bodies(ids)],
+            lines=[BatchLine(custom_id=cid, body=body, endpoint=ep) for cid, body, ep in await self.acc.bodies(ids)],
             ledger=functools.partial(self._ledger, provider.kind, record.id),
         )
         renew = functools.partial(self.acc.renew_batch, record.tag, record.id, self.owner, s.lease_s)

@@ -34,7 +34,7 @@ MAX_PROBLEMS = 100  # malformed lines kept with their numbers; the rest are only
 PROGRESS_BYTES = 10 * 1024 * 1024  # about 50,000 lines of a typical log
 DEFAULT_PATH = "/v1/chat/completions"
 # The endpoints the router's batch lane takes (router.lanes.ENDPOINTS, as request paths).
-BATCH_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"})
+BATCH_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages"})
 
 Tokens = Annotated[int, msgspec.Meta(ge=0)]
 PeriodSource = Literal["measured", "flag", "assumed"]

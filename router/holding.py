@@ -28,7 +28,7 @@ from typing import Any
 from router import metrics
 from router.accumulator import CallRecord, Result
 from router.lanes import DeferredLane
-from router.replay import cost_comment, sse_chunks
+from router.replay import cost_comment, error_event, sse_chunks
 from router.schema import error_body
 from router.settings import Settings
 
@@ -202,9 +202,10 @@ class Holds:
                 if result is None and not self.draining.is_set():
                     yield b": waiting for the batch\n\n"
             if result is None:
-                yield self._pending_event(call.id)
+                yield self._pending_event(call)
             elif result.status != 200:
-                yield b"data: " + result.body + b"\n\n"  # the SDK raises on an `error` event, as for a live stream
+                # The SDK raises on an error event, as for a live stream.
+                yield error_event(call.meta.endpoint, result.status, result.body)
                 delivered = True
             else:
                 cost = cost_comment(result.cost_usd, result.savings_usd)
@@ -216,17 +217,18 @@ class Holds:
         finally:
             self.leave(call.id, holder, delivered=delivered)
 
-    def _pending_event(self, call_id: str) -> bytes:
+    def _pending_event(self, call: CallRecord) -> bytes:
+        call_id = call.id
         if self.draining.is_set():
             metrics.held_cut.labels("shutdown").inc()
             message = (f"The router is restarting; the deferred call {call_id} is kept. Send the same request "
                        f"again to re-attach to it, or fetch it with GET /v1/deferred/{call_id}.")  # fmt: skip
-            code = "router_restarting"
+            code, status = "router_restarting", 503
         else:
             metrics.held_cut.labels("hold_limit").inc()
             message = f"The deferred call {call_id} has no result yet; fetch it with GET /v1/deferred/{call_id}."
-            code = "deferred_pending"
-        return b"data: " + error_body(message, "server_error", None, code, call_id=call_id) + b"\n\n"
+            code, status = "deferred_pending", 504
+        return error_event(call.meta.endpoint, status, error_body(message, "server_error", None, code, call_id=call_id))
 
     def _cut(self, call_id: str, reason: str) -> None:
         metrics.held_cut.labels(reason).inc()

@@ -2,7 +2,9 @@
 
 A queue is one (upstream, endpoint, model); its tag `{q}` is a Redis Cluster hash tag, so every key of one
 queue (its calls, results and batches) lives in one slot and each atomic step (one Lua script) stays inside it.
-A call id starts with its queue's tag, so every key of a call derives from the id alone.
+A call id starts with its queue's tag, so every key of a call derives from the id alone. Anthropic Messages
+calls (`/messages`) share the queue of `/chat/completions` (`queue_endpoint`): both become requests of the same
+Message Batches.
 
 Owners and lifetimes:
 - `P:queues` (set of queue tags): added at deferred admission, never pruned (bounded by the models callers
@@ -54,6 +56,12 @@ carries the tag `{n:<tenant>}`, so booking a batch (its lines, the tenant's tota
   booked (`booked` = 1 in the batch hash), else it expires with the batch.
 - `P:{n:<t>}:totals:<day>` (hash): the tenant's native batch costs per UTC day, kept 400 days.
 - `P:{n:<t>}:lease:<id>`: one replica polls and books a batch at a time.
+
+- Message Batches callers create through `/v1/messages/batches` (`router/message_batches.py`), outside the
+  queues: `P:mbatch:<id>` (hash: tenant, upstream, created_at, booked) and `P:mbatches:tenant:<tenant>` (zset of the
+  tenant's batch ids by creation), kept `MESSAGE_BATCH_TTL_S` (Anthropic keeps results 29 days), deleted with
+  the batch; `P:mbatches:open` (zset of batch ids by next check): batches whose usage is not booked yet, left
+  once booked or when their record is gone; `P:mbatch:<id>:lease`: one replica checks a batch at a time.
 """
 
 from __future__ import annotations
@@ -69,11 +77,21 @@ NATIVE_FILE_TTL_S = 400 * 24 * 3600
 """Ownership of an uploaded file the provider keeps without an `expires_at` (purposes other than `batch`)."""
 NATIVE_BATCH_TTL_S = 31 * 24 * 3600
 """Ownership of a native batch and its output files: the 24 h window, then 30 days of output retention."""
+MESSAGE_BATCH_TTL_S = 30 * 24 * 3600
+
+
+QUEUE_ENDPOINTS = {"/messages": "/chat/completions"}
+"""Endpoints whose calls wait in another endpoint's queue: one provider batch carries both kinds of line."""
+
+
+def queue_endpoint(endpoint: str) -> str:
+    """The endpoint whose queue a call of `endpoint` joins."""
+    return QUEUE_ENDPOINTS.get(endpoint, endpoint)
 
 
 def queue_tag(upstream: str, endpoint: str, model: str) -> str:
-    """The short, stable tag of one queue."""
-    return hashlib.sha256(f"{upstream}|{endpoint}|{model}".encode()).hexdigest()[:TAG_LEN]
+    """The short, stable tag of one queue (the same for endpoints that share a queue)."""
+    return hashlib.sha256(f"{upstream}|{queue_endpoint(endpoint)}|{model}".encode()).hexdigest()[:TAG_LEN]
 
 
 def tag_of(call_id: str) -> str:
@@ -199,3 +217,16 @@ class Keys:
 
     def native_lease(self, tenant: str, batch_id: str) -> str:
         return f"{self.n(tenant)}:lease:{batch_id}"
+
+    def message_batch(self, batch_id: str) -> str:
+        return f"{self.prefix}:mbatch:{batch_id}"
+
+    def message_batch_lease(self, batch_id: str) -> str:
+        return f"{self.prefix}:mbatch:{batch_id}:lease"
+
+    def tenant_message_batches(self, tenant: str) -> str:
+        return f"{self.prefix}:mbatches:tenant:{tenant}"
+
+    @property
+    def open_message_batches(self) -> str:
+        return f"{self.prefix}:mbatches:open"

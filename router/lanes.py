@@ -24,7 +24,7 @@ from router.schema import DeferredCall, RequestView, decode_body
 from router.settings import Settings, Upstream
 
 log = logging.getLogger("router.lanes")
-ENDPOINTS = ("/chat/completions", "/completions", "/embeddings", "/responses")
+ENDPOINTS = ("/chat/completions", "/completions", "/embeddings", "/responses", "/messages")
 
 
 NEVER_FORWARDED = frozenset(
@@ -140,7 +140,7 @@ def deferred_object(call: CallRecord, result: Result | None) -> DeferredCall:
 
 
 _body_encoder = msgspec.json.Encoder()
-REPLAYABLE = frozenset({"/chat/completions", "/completions", "/responses"})
+REPLAYABLE = frozenset({"/chat/completions", "/completions", "/responses", "/messages"})
 FLEX_ENDPOINTS = frozenset({"/chat/completions", "/responses"})
 
 

@@ -1,6 +1,6 @@
 """Replay a finished answer as the SSE events a streaming client expects: ChatCompletion and Completion chunks
-(`data:` lines ending with `[DONE]`), or the Responses API's typed events (`response.created` …
-`response.completed`)."""
+(`data:` lines ending with `[DONE]`), the Responses API's typed events (`response.created` …
+`response.completed`), or Anthropic's Messages events (`message_start` … `message_stop`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from router.schema import error_body
+from router.schema import anthropic_error_body, as_anthropic_error, error_body
 
 _decoder = msgspec.json.Decoder(dict[str, Any])
 _encoder = msgspec.json.Encoder()
@@ -24,6 +24,10 @@ UNREADABLE = (
     )
     + b"\n\n"
 )
+
+
+ANTHROPIC = "/messages"
+"""The endpoint whose callers speak Anthropic's dialect: its errors and streams take Anthropic's shapes."""
 
 
 def _decoded(body: bytes) -> dict[str, Any] | None:
@@ -78,11 +82,14 @@ def _content_pieces(message: dict[str, Any], logprobs: dict[str, Any] | None) ->
 
 
 def sse_chunks(endpoint: str, body: bytes, *, include_usage: bool, cost: bytes = b"") -> Iterator[bytes]:
-    """The events for a finished `/chat/completions`, `/completions` or `/responses` body; `cost` (an SSE
-    comment) follows the usage chunk, or the final event."""
+    """The events for a finished `/chat/completions`, `/completions`, `/responses` or `/messages` body; `cost`
+    (an SSE comment) follows the usage chunk (for `/messages`, the `message_delta` event), or the final event."""
     if endpoint == "/responses":
         yield from response_events(body)
         yield cost
+        return
+    if endpoint == ANTHROPIC:
+        yield from message_events(body, cost)
         return
     done = _decoded(body)
     if done is None:
@@ -178,3 +185,63 @@ def _item(name: str, index: int, item: dict[str, Any], seq: Iterator[int]) -> di
 
 def _part(name: str, where: dict[str, Any], part: dict[str, Any], seq: Iterator[int]) -> dict[str, Any]:
     return {"type": name, **where, "part": part, "sequence_number": next(seq)}
+
+
+def error_answer(endpoint: str, status: int, body: bytes) -> bytes:
+    """An error body in the dialect of the endpoint's callers (stored errors are OpenAI-shaped when the router
+    itself wrote them)."""
+    return as_anthropic_error(status, body) if endpoint == ANTHROPIC else body
+
+
+def error_event(endpoint: str, status: int, body: bytes) -> bytes:
+    """An error as the event that ends a stream: Anthropic's `error` event, or OpenAI's `data:` error object
+    (the SDKs raise on either)."""
+    if endpoint == ANTHROPIC:
+        return b"event: error\ndata: " + as_anthropic_error(status, body) + b"\n\n"
+    return b"data: " + body + b"\n\n"
+
+
+def message_events(body: bytes, cost: bytes = b"") -> Iterator[bytes]:
+    """A finished Anthropic `Message` as its event stream: `message_start` (no content yet), each content block
+    started, streamed in deltas where Anthropic streams it (text, tool input, thinking) and stopped, then
+    `message_delta` with the stop reason and the final usage, `cost`, and `message_stop`."""
+    done = _decoded(body)
+    if done is None:
+        yield error_event(ANTHROPIC, 500, anthropic_error_body(500, "The stored result could not be read."))
+        return
+    found = done.get("usage")
+    usage: dict[str, Any] = found if isinstance(found, dict) else {}
+    opened = done | {"content": [], "stop_reason": None, "stop_sequence": None, "usage": usage | {"output_tokens": 0}}
+    if "stop_details" in done:
+        opened["stop_details"] = None
+    yield _named("message_start", {"type": "message_start", "message": opened})
+    for index, block in enumerate(done.get("content") or []):
+        if isinstance(block, dict):
+            yield from _block_events(index, block)
+    delta = {"stop_reason": done.get("stop_reason"), "stop_sequence": done.get("stop_sequence")}
+    delta |= {k: done[k] for k in ("stop_details", "container") if k in done}
+    yield _named("message_delta", {"type": "message_delta", "delta": delta, "usage": usage})
+    yield cost
+    yield _named("message_stop", {"type": "message_stop"})
+
+
+def _block_events(index: int, block: dict[str, Any]) -> Iterator[bytes]:
+    kind = block.get("type")
+    deltas: list[dict[str, Any]] = []
+    opened = block
+    if kind == "text":
+        opened = block | {"text": ""} | ({"citations": None} if "citations" in block else {})
+        deltas = [{"type": "text_delta", "text": piece} for piece in _pieces(block.get("text") or "")]
+        deltas += [{"type": "citations_delta", "citation": c} for c in block.get("citations") or []]
+    elif kind in ("tool_use", "server_tool_use"):  # the kinds whose input the SDKs assemble from deltas
+        opened = block | {"input": {}}
+        arguments = _encoder.encode(block.get("input") or {}).decode()
+        deltas = [{"type": "input_json_delta", "partial_json": piece} for piece in _pieces(arguments)]
+    elif kind == "thinking":
+        opened = block | {"thinking": "", "signature": ""}
+        deltas = [{"type": "thinking_delta", "thinking": piece} for piece in _pieces(block.get("thinking") or "")]
+        deltas.append({"type": "signature_delta", "signature": block.get("signature") or ""})
+    yield _named("content_block_start", {"type": "content_block_start", "index": index, "content_block": opened})
+    for delta in deltas:
+        yield _named("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+    yield _named("content_block_stop", {"type": "content_block_stop", "index": index})

@@ -1,4 +1,5 @@
-"""Wire Structs: the lenient view of a client body, the OpenAI error body, the deferred-call object."""
+"""Wire Structs: the lenient view of a client body, the OpenAI and Anthropic error bodies, the deferred-call
+object."""
 
 from __future__ import annotations
 
@@ -125,3 +126,53 @@ def error_body(
         detail = DeferredErrorDetail(message=message, type=type_, param=param, code=code, deferred_call_id=call_id)
         return encoder.encode(ErrorBody(detail))
     return encoder.encode(ErrorBody(ErrorDetail(message=message, type=type_, param=param, code=code)))
+
+
+class AnthropicErrorDetail(msgspec.Struct):
+    """The inner object of an Anthropic error."""
+
+    type: str
+    message: str
+
+
+class AnthropicErrorBody(msgspec.Struct, kw_only=True):
+    """`{"type": "error", "error": {"type", "message"}}`, the error shape the `anthropic` SDKs read."""
+
+    type: str = "error"
+    error: AnthropicErrorDetail
+
+
+ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+"""Anthropic's error type for an HTTP status (the SDKs choose their exception by the status alone)."""
+
+
+def anthropic_error_body(status: int, message: str) -> bytes:
+    """Encode an Anthropic-shaped error for `status`."""
+    kind = ANTHROPIC_ERROR_TYPES.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
+    return encoder.encode(AnthropicErrorBody(error=AnthropicErrorDetail(type=kind, message=message)))
+
+
+def as_anthropic_error(status: int, body: bytes) -> bytes:
+    """An error body in Anthropic's shape: kept when it is one already, else its message re-wrapped (an OpenAI
+    error's `message`, or the text of a body of any other shape)."""
+    found = _safe_decode(body)
+    if isinstance(found, dict):
+        inner = found.get("error")
+        if found.get("type") == "error" and isinstance(inner, dict):
+            return body
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return anthropic_error_body(status, inner["message"])
+    text = body.decode("utf-8", "replace").strip()[:500]
+    return anthropic_error_body(status, text or f"The upstream answered {status} with no body.")

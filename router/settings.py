@@ -28,6 +28,8 @@ FORWARD_HEADERS = ["openai-organization", "openai-project", "openai-beta"]
 """The client headers an upstream receives when its `forward_headers` is unset (and `auth` is `none`)."""
 FORWARD_HEADERS_KEYS = ["openai-beta"]
 """The same under `auth: keys`, where the router's own upstream key pays for every tenant."""
+FORWARD_HEADERS_ANTHROPIC = ["anthropic-beta"]
+"""The default for an upstream of kind `anthropic`, either way (a beta flag picks no workspace to bill)."""
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
@@ -56,7 +58,8 @@ class Upstream(_Strict, kw_only=True):
     """httpx's API over aiohttp's pool (faster, see bench/RESULTS.md) or over httpx's own (httpcore)."""
     forward_headers: list[str] | None = None
     """Client request headers (glob patterns, case-insensitive) passed on to this upstream; others are dropped.
-    Unset: `FORWARD_HEADERS`, or with `auth: keys` only `FORWARD_HEADERS_KEYS` (see `Settings.forward_headers`)."""
+    Unset: `FORWARD_HEADERS`, or with `auth: keys` only `FORWARD_HEADERS_KEYS`; `FORWARD_HEADERS_ANTHROPIC` for
+    `kind: anthropic` (see `Settings.forward_headers`)."""
     orphan_policy: OrphanPolicy = "adopt"
     """Anthropic only: what crash recovery does with a Message Batch it cannot attribute (docs/anthropic.md).
     `cancel` and `adopt_or_cancel` cancel batches of the API key that the router did not record: opt in only
@@ -164,6 +167,8 @@ class Settings(_Strict, kw_only=True):
                     return key.forward_headers
         if upstream.forward_headers is not None:
             return upstream.forward_headers
+        if upstream.kind == "anthropic":
+            return FORWARD_HEADERS_ANTHROPIC
         # With keys, the router's upstream key pays: a tenant must not pick the organization or project it bills.
         return FORWARD_HEADERS_KEYS if self.auth == "keys" else FORWARD_HEADERS
 

@@ -1,9 +1,11 @@
-"""Read usage out of a relayed SSE stream without holding it back; drop the usage event nobody asked for."""
+"""Read usage out of a relayed SSE stream (OpenAI chunks, Responses or Anthropic Messages events) without holding
+it back; drop the usage event nobody asked for."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import msgspec
 
@@ -18,11 +20,40 @@ class _ResponseEvent(msgspec.Struct):
     response: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b""))
 
 
+class _Counts(msgspec.Struct):
+    usage: dict[str, Any] | None = None
+
+
+class _MessagesEvent(msgspec.Struct):
+    type: str = ""
+    message: _Counts | None = None
+    usage: dict[str, Any] | None = None
+
+
 _response_event = msgspec.json.Decoder(_ResponseEvent)
+_messages_event = msgspec.json.Decoder(_MessagesEvent)
+_MESSAGES_USAGE = frozenset({b"message_start", b"message_delta"})
 
 
-def _event_usage(event: bytes) -> tuple[Usage | None, bool]:
-    """(usage, whether the event is a usage-only chat/completions chunk) of one SSE event."""
+def _messages_usage(event: bytes, counts: dict[str, Any]) -> Usage | None:
+    """Anthropic Messages: the input counts come in `message_start`, the final (cumulative) ones in
+    `message_delta`, which may leave out what did not change; the usage is known at `message_delta`."""
+    data = b"\n".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
+    try:
+        parsed = _messages_event.decode(data)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    found = parsed.message.usage if parsed.message is not None else parsed.usage
+    counts.update({name: value for name, value in (found or {}).items() if value is not None})
+    return usage_from_body({"usage": counts}) if parsed.type == "message_delta" else None
+
+
+def _event_usage(event: bytes, counts: dict[str, Any]) -> tuple[Usage | None, bool]:
+    """(usage, whether the event is a usage-only chat/completions chunk) of one SSE event; `counts` carries an
+    Anthropic stream's counts from one event to the next."""
+    for line in event.split(b"\n"):
+        if line.startswith(b"event:") and line[6:].strip() in _MESSAGES_USAGE:
+            return _messages_usage(event, counts), False
     for line in event.split(b"\n"):
         if not line.startswith(b"data:") or b'"usage"' not in line:
             continue
@@ -51,6 +82,7 @@ async def tap_usage(
     which its headers could not hold)."""
     pending = b""
     usage: Usage | None = None
+    counts: dict[str, Any] = {}
     completed = False
     try:
         async for chunk in stream:
@@ -61,7 +93,7 @@ async def tap_usage(
             out = []
             while (end := pending.find(b"\n\n")) >= 0:
                 event, pending = pending[: end + 2], pending[end + 2 :]
-                found, usage_only = _event_usage(event) if _USAGE.search(event) else (None, False)
+                found, usage_only = _event_usage(event, counts) if _USAGE.search(event) else (None, False)
                 usage = found or usage
                 if not (usage_only and strip_usage_chunk):
                     out.append(event)

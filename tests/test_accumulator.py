@@ -185,7 +185,7 @@ async def test_crash_after_the_provider_created_the_batch_is_not_resubmitted(
     claim = await acc.claim(TAG, max_requests=10, max_bytes=10**9, owner="dead-replica", lease_s=0.2)
     assert claim is not None
     bid, claimed = claim
-    lines = [(cid, b) for cid, b in await acc.bodies(claimed)]
+    lines = [(cid, b) for cid, b, _ in await acc.bodies(claimed)]
     # The replica created the provider batch, then died before recording its id.
     await provider.submit_batch(bid, ENDPOINT, MODEL, [BatchLine(custom_id=c, body=b) for c, b in lines])
     await asyncio.sleep(0.3)

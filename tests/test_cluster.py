@@ -263,7 +263,7 @@ async def test_a_batch_lives_in_its_queue_slot_from_claim_to_requeue(acc: Accumu
     assert claim is not None
     bid, claimed = claim
     assert sorted(claimed) == sorted(ids) and await acc.batch_calls(TAG, bid) == claimed
-    assert [b for _, b in await acc.bodies(claimed)] == [body(ids.index(c)) for c in claimed]
+    assert [b for _, b, _ in await acc.bodies(claimed)] == [body(ids.index(c)) for c in claimed]
     await asyncio.sleep(0.1)
     assert await acc.take_over(TAG, bid, "me", lease_s=30)
     assert not await acc.mark_submitted(TAG, bid, "dead", "prov-1", next_poll=0)

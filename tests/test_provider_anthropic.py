@@ -12,6 +12,7 @@ import httpx
 import msgspec
 import openai
 import pytest
+from anthropic.types import Message
 from hypothesis import given
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
@@ -755,3 +756,56 @@ async def test_a_404_right_after_create_counts_as_running(
     monkeypatch.setattr(adapter, "FRESH_S", 0.0)
     assert (await provider.poll("msgbatch_vanished")).state == "missing"
     assert (await provider.poll("msgbatch_never_seen")).state == "missing"
+
+
+# --- Anthropic's own API, passed through ----------------------------------------------------------------------
+
+
+def native(**fields: Any) -> bytes:
+    """A Messages request as the anthropic SDK sends it."""
+    return msgspec.json.encode({"model": MODEL, "max_tokens": 200, "system": "Be terse.", "messages": [USER]} | fields)
+
+
+async def test_native_messages_pass_through_untranslated(provider: AnthropicProvider, sim: Control) -> None:
+    answer = await provider.forward("/messages", native(), stream=False)
+    message = Message.model_validate_json(answer.body)
+    assert answer.status == 200 and dict(answer.headers)["request-id"].startswith("req_")
+    assert message.type == "message" and message.content[0].type == "text"
+    assert message.content[0].text == await sim.direct()  # the same answer as the translated dialect's
+    streamed = await provider.forward("/messages", native(stream=True), stream=True)
+    assert streamed.stream is not None
+    events = b"".join([chunk async for chunk in streamed.stream])
+    assert events.startswith(b"event: message_start") and b"event: message_stop" in events
+
+
+async def test_native_errors_keep_anthropics_status_and_shape(provider: AnthropicProvider) -> None:
+    answer = await provider.forward("/messages", native(model="claude-nonexistent"), stream=False)
+    assert answer.status == 404
+    body = json.loads(answer.body)
+    assert body["type"] == "error" and body["error"]["type"] == "not_found_error"
+    assert body["error"]["message"] == "model: claude-nonexistent"
+    with pytest.raises(BadRequest, match="max_tokens"):
+        provider.check("/messages", msgspec.json.encode({"model": MODEL, "messages": [USER]}))
+
+
+async def test_a_batch_carries_both_dialects(provider: AnthropicProvider, sim: Control) -> None:
+    lines = [
+        BatchLine(custom_id="chat", body=chat(), endpoint="/chat/completions"),
+        BatchLine(custom_id="native", body=native(), endpoint="/messages"),
+    ]
+    results = await run_batch(provider, lines)
+    assert ChatCompletion.model_validate_json(results["chat"].body).choices[0].message.content == await sim.direct()
+    message = Message.model_validate_json(results["native"].body)
+    assert message.usage.service_tier == "batch"  # Anthropic's own bytes, not a translation
+    assert results["native"].billed and message.content[0].type == "text"
+    assert message.content[0].text == await sim.direct()
+    stats = await sim.stats()
+    assert stats["message_batches_created"] == 1 and stats["batch_lines_submitted"] == 2
+
+
+async def test_a_native_line_errors_in_anthropics_shape(provider: AnthropicProvider, sim: Control) -> None:
+    await sim.configure(batch_fail=True)
+    results = await run_batch(provider, [BatchLine(custom_id="a", body=native(), endpoint="/messages")])
+    assert (results["a"].status, results["a"].billed) == (400, False)
+    assert json.loads(results["a"].body)["error"]["type"] == "invalid_request_error"
+    assert json.loads(results["a"].body)["type"] == "error"

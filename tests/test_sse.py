@@ -1,16 +1,23 @@
-"""Usage read from a relayed SSE stream, whatever the chunk boundaries; the unasked-for usage event hidden."""
+"""Usage read from a relayed SSE stream, whatever the chunk boundaries; the unasked-for usage event hidden;
+Anthropic Messages replayed as the events the anthropic SDK assembles, and their errors in Anthropic's shape."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections.abc import AsyncIterator
+from typing import Any
 
+import pytest
+from anthropic._models import construct_type_unchecked
+from anthropic.lib.streaming._messages import accumulate_event
+from anthropic.types import Message, RawMessageStreamEvent
 from hypothesis import given
 from hypothesis import strategies as st
 
 from router.pricing import Usage
-from router.replay import sse_chunks
+from router.replay import error_answer, error_event, sse_chunks
 from router.sse import tap_usage
 
 EVENTS = [
@@ -76,3 +83,83 @@ def test_replay_round_trips_through_the_tap() -> None:
     out, seen = asyncio.run(_relay(chunks, False))
     assert seen == [Usage(input_tokens=3, cached_tokens=0, output_tokens=40)]
     assert out == b"".join(chunks)
+
+
+MESSAGE: dict[str, Any] = {
+    "id": "msg_1",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-sonnet-4-5",
+    "content": [
+        {"type": "thinking", "thinking": "Let me think. " * 10, "signature": "sig"},
+        {"type": "text", "text": "It is " + "sunny " * 30, "citations": None},
+        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Oslo", "days": [1, 2]}},
+        {"type": "redacted_thinking", "data": "opaque"},
+    ],
+    "stop_reason": "tool_use",
+    "stop_sequence": None,
+    "usage": {"input_tokens": 12, "output_tokens": 80, "cache_read_input_tokens": 4, "cache_creation_input_tokens": 2},
+}
+
+
+def _anthropic_events(chunks: list[bytes]) -> list[tuple[str, dict[str, Any]]]:
+    events = []
+    for block in b"".join(chunks).split(b"\n\n"):
+        lines = block.split(b"\n")
+        if lines[0].startswith(b"event: "):
+            events.append((lines[0][7:].decode(), json.loads(lines[1].removeprefix(b"data: "))))
+    return events
+
+
+def test_a_message_replays_as_the_events_the_anthropic_sdk_assembles() -> None:
+    chunks = list(sse_chunks("/messages", json.dumps(MESSAGE).encode(), include_usage=False, cost=b": cost\n\n"))
+    events = _anthropic_events(chunks)
+    assert [name for name, _ in events][:2] == ["message_start", "content_block_start"]
+    assert [name for name, _ in events][-2:] == ["message_delta", "message_stop"]
+    assert all(name == data["type"] for name, data in events)
+    snapshot = None
+    json_bufs: dict[int, bytes] = {}
+    for _, data in events:
+        event = construct_type_unchecked(type_=RawMessageStreamEvent, value=data)  # type: ignore[arg-type]
+        snapshot = accumulate_event(event=event, current_snapshot=snapshot, json_bufs=json_bufs)
+    assert snapshot is not None
+    assert Message.model_validate(MESSAGE) == Message.model_validate(snapshot.to_dict())
+    assert chunks.index(b": cost\n\n") == len(chunks) - 2  # after message_delta, before message_stop
+
+
+def test_anthropic_usage_comes_from_message_start_and_message_delta() -> None:
+    stream = b"".join(sse_chunks("/messages", json.dumps(MESSAGE).encode(), include_usage=False))
+    for cuts in ([], [7, 300, 301, 900], list(range(0, len(stream), 97))):
+        out, seen = asyncio.run(_relay(_split(stream, cuts), True))
+        # Input counts the cache reads and writes, as for translated calls; cache reads are its cached part.
+        assert seen == [Usage(input_tokens=18, cached_tokens=4, output_tokens=80)]
+        assert out == stream
+    partial = (
+        b'event: message_start\ndata: {"type":"message_start","message":{"id":"m","usage":{"input_tokens":9,'
+        b'"output_tokens":1}}}\n\nevent: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":'
+        b'"end_turn"},"usage":{"output_tokens":5}}\n\n'
+    )
+    assert asyncio.run(_relay([partial], False))[1] == [Usage(input_tokens=9, cached_tokens=0, output_tokens=5)]
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (400, b'{"error":{"message":"bad","type":"invalid_request_error","param":null,"code":null}}',
+         {"type": "invalid_request_error", "message": "bad"}),
+        (503, b'{"error":{"message":"restarting","type":"server_error","code":"router_restarting"}}',
+         {"type": "overloaded_error", "message": "restarting"}),
+        (502, b"<html>Bad Gateway</html>", {"type": "api_error", "message": "<html>Bad Gateway</html>"}),
+        (404, b'{"type":"error","error":{"type":"not_found_error","message":"model: x"}}',
+         {"type": "not_found_error", "message": "model: x"}),
+        (422, b"", {"type": "invalid_request_error", "message": "The upstream answered 422 with no body."}),
+    ],
+)  # fmt: skip
+def test_errors_on_anthropic_streams_and_answers_take_anthropics_shape(
+    status: int, body: bytes, expected: dict[str, str]
+) -> None:
+    assert json.loads(error_answer("/messages", status, body)) == {"type": "error", "error": expected}
+    event = error_event("/messages", status, body)
+    assert event.startswith(b"event: error\ndata: ") and event.endswith(b"\n\n")
+    assert json.loads(event.split(b"data: ", 1)[1]) == {"type": "error", "error": expected}
+    assert error_answer("/chat/completions", status, body) == body  # other dialects are kept as stored

@@ -1,4 +1,5 @@
-"""Anthropic upstreams behind the OpenAI-compatible router: Messages in real time, Message Batches deferred."""
+"""Anthropic upstreams behind the router: OpenAI chat completions translated to Messages, Anthropic's own
+`/messages` passed through, both in real time and in Message Batches."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from router.errors import BadRequest, UpstreamError, UpstreamUnavailable
 from router.providers import anthropic_translate as tr
 from router.providers.anthropic_stream import StreamTranslator
 from router.providers.base import (
+    ANTHROPIC_ENDPOINTS,
     RETRY_STATUSES,
     BatchLine,
     BatchState,
@@ -37,6 +39,11 @@ FRESH_S = 60.0
 """A batch this young may still answer 404 (anthropics/anthropic-sdk-python#1432): it counts as running."""
 LOCAL_PREFIX = "local-"
 """Id of a batch whose every line was refused before upload: nothing was sent, so nothing can be polled."""
+NATIVE_LINE = "m-"
+"""`custom_id` prefix of a batch request sent as the caller's own Messages params: its result goes back as is.
+Call ids start with a hex queue tag, so no translated line's id starts with it."""
+PASS_HEADERS = ("content-type", "request-id", "retry-after", "x-should-retry")
+"""Upstream headers handed to callers of Anthropic's own API."""
 
 SKEW_S = 10.0
 """Crash recovery's slack on times: how far Anthropic's clock (`created_at`) and ours may differ, and how late the
@@ -120,10 +127,16 @@ def judge(policy: OrphanPolicy, running: Sequence[Candidate], rivals: Sequence[R
     return Verdict(cancel=tuple(c.id for c in running if c.id not in spared and not c.canceling))
 
 
+def _absent() -> msgspec.Raw:
+    return msgspec.Raw(b"")
+
+
 class _Result(msgspec.Struct):
+    # Raw: a native line's message and error go back byte for byte. msgspec cannot decode `Raw | None`; an
+    # empty Raw stands for "absent".
     type: str
-    message: tr.Message | None = None
-    error: tr.ErrorEnvelope | None = None
+    message: msgspec.Raw = msgspec.field(default_factory=_absent)
+    error: msgspec.Raw = msgspec.field(default_factory=_absent)
 
 
 class _ResultLine(msgspec.Struct):
@@ -153,6 +166,7 @@ _JSON = {"content-type": "application/json"}
 _encoder = msgspec.json.Encoder()
 _batch_decoder = msgspec.json.Decoder(_MessageBatch)
 _result_decoder = msgspec.json.Decoder(_ResultLine)
+_envelope_decoder = msgspec.json.Decoder(tr.ErrorEnvelope)
 _model_decoder = msgspec.json.Decoder(_Model)
 _models_decoder = msgspec.json.Decoder(_ModelList)
 _page_decoder = msgspec.json.Decoder(_BatchPage)
@@ -193,16 +207,19 @@ class AnthropicProvider:
             ) from exc
 
     def _check_endpoint(self, endpoint: str) -> None:
-        if endpoint != "/chat/completions":
+        if endpoint != "/chat/completions" and endpoint not in ANTHROPIC_ENDPOINTS:
             raise BadRequest(
                 f"The upstream '{self.name}' serves chat completions only; `{endpoint}` is not available here.",
                 code="unsupported_endpoint",
             )
 
     def check(self, endpoint: str, body: bytes) -> None:
-        """The endpoint and the translation to Messages, as `forward` would check them."""
+        """The endpoint and the translation to Messages (or, for `/messages`, what Anthropic refuses outright)."""
         self._check_endpoint(endpoint)
-        tr.to_params(tr.parse_chat(body))
+        if endpoint in ANTHROPIC_ENDPOINTS:
+            tr.check_params(body)
+        else:
+            tr.to_params(tr.parse_chat(body))
 
     def _translate(self, exc: httpx.HTTPError) -> UpstreamUnavailable:
         return translate_error(self.name, exc)
@@ -210,8 +227,11 @@ class AnthropicProvider:
     async def forward(
         self, endpoint: str, body: bytes, *, stream: bool, headers: Mapping[str, str] | None = None
     ) -> UpstreamResponse:
-        """Translate a chat completion to Messages, POST it (retrying like the OpenAI adapter), translate back."""
+        """Translate a chat completion to Messages, POST it (retrying like the OpenAI adapter), translate back;
+        Anthropic's own endpoints are passed through untranslated."""
         self._check_endpoint(endpoint)
+        if endpoint in ANTHROPIC_ENDPOINTS:
+            return await self._forward_native(endpoint, body, stream=stream, headers=headers)
         req = tr.parse_chat(body)
         params = tr.to_params(req) | ({"stream": True} if stream else {})
         content = _encoder.encode(params)
@@ -226,6 +246,49 @@ class AnthropicProvider:
                 close=response.aclose,
             )
         return await self._answer(response)
+
+    async def _forward_native(
+        self, endpoint: str, body: bytes, *, stream: bool, headers: Mapping[str, str] | None
+    ) -> UpstreamResponse:
+        sent = dict(headers or {}) | _JSON
+        response = await send_retrying(self.client, self.upstream, f"{self.v1}{endpoint}", body, sent, RETRY)
+        if stream and response.status_code == 200:
+            return UpstreamResponse(
+                status=200, headers=_native_headers(response), stream=self._relay_raw(response), close=response.aclose
+            )
+        raw = await read_all(response, self.name)
+        return UpstreamResponse(status=response.status_code, headers=_native_headers(response), body=raw)
+
+    async def native(
+        self, method: str, path: str, *, content: bytes | None = None, params: Mapping[str, str] | None = None
+    ) -> UpstreamResponse:
+        """One call to Anthropic's API passed through untranslated and unretried (Message Batches of callers)."""
+        response = await self._request(
+            method, self.v1 + path, content=content, params=params, headers=_JSON if content is not None else None
+        )
+        return UpstreamResponse(status=response.status_code, headers=_native_headers(response), body=response.content)
+
+    async def native_stream(self, path: str) -> UpstreamResponse:
+        """A GET whose answer is relayed as it arrives (a Message Batch's results); an error answer is read whole."""
+        try:
+            response = await self.client.send(self.client.build_request("GET", self.v1 + path), stream=True)
+        except httpx.HTTPError as exc:
+            raise self._translate(exc) from exc
+        if response.status_code != 200:
+            raw = await read_all(response, self.name)
+            return UpstreamResponse(status=response.status_code, headers=_native_headers(response), body=raw)
+        return UpstreamResponse(
+            status=200, headers=_native_headers(response), stream=self._relay_raw(response), close=response.aclose
+        )
+
+    async def _relay_raw(self, response: httpx.Response) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in response.aiter_raw():
+                yield chunk
+        except httpx.HTTPError as exc:
+            raise self._translate(exc) from exc
+        finally:
+            await response.aclose()
 
     def _headers(self, response: httpx.Response, content_type: str) -> list[tuple[str, str]]:
         out = [("content-type", content_type)]
@@ -296,10 +359,14 @@ class AnthropicProvider:
         return tr.to_params(tr.parse_chat(line.body))
 
     async def submit_batch(self, batch_id: str, endpoint: str, model: str, lines: Sequence[BatchLine]) -> str:
-        """Create a Message Batch with the lines inline; lines that cannot be translated are answered 400 later."""
+        """Create a Message Batch with the lines inline; lines that cannot be translated are answered 400 later.
+        A `/messages` line is the caller's own params, sent as they are (its custom_id marked `NATIVE_LINE`)."""
         requests: list[dict[str, Any]] = []
         refused: dict[str, bytes] = {}
         for line in lines:
+            if line.endpoint == "/messages":
+                requests.append({"custom_id": NATIVE_LINE + line.custom_id, "params": msgspec.Raw(line.body)})
+                continue
             try:
                 params = self._params(endpoint, line)
             except BadRequest as exc:
@@ -327,6 +394,9 @@ class AnthropicProvider:
         """
         sent = 0
         for line in lapsed.lines:
+            if line.endpoint == "/messages":  # the caller's own params: always sent
+                sent += 1
+                continue
             with contextlib.suppress(BadRequest):  # refused lines were never sent
                 self._params("/chat/completions", line)
                 sent += 1
@@ -385,7 +455,7 @@ class AnthropicProvider:
                     raise UpstreamError(*tr.error_answer(response.status_code, await response.aread()))
                 async for text in response.aiter_lines():
                     if text.strip():
-                        return self._decode(_custom_id_decoder, text).custom_id
+                        return self._decode(_custom_id_decoder, text).custom_id.removeprefix(NATIVE_LINE)
         except httpx.HTTPError as exc:
             raise self._translate(exc) from exc
         return None
@@ -435,15 +505,34 @@ class AnthropicProvider:
             yield LineResult(custom_id=custom_id, status=400, body=body, billed=False)
 
     def _line_result(self, line: _ResultLine) -> LineResult:
+        """One result in its caller's dialect: a native line's message or error as Anthropic wrote it, a
+        translated line's as OpenAI's."""
         result = line.result
-        if result.type == "succeeded" and result.message is not None:
-            body = tr.chat_completion(result.message, int(time.time()))
-            return LineResult(custom_id=line.custom_id, status=200, body=body, billed=True)
+        native = line.custom_id.startswith(NATIVE_LINE)
+        custom_id = line.custom_id.removeprefix(NATIVE_LINE)
+        if result.type == "succeeded" and _present(result.message):
+            if native:
+                return LineResult(custom_id=custom_id, status=200, body=bytes(result.message), billed=True)
+            body = tr.chat_completion(self._decode(tr.message_decoder, result.message), int(time.time()))
+            return LineResult(custom_id=custom_id, status=200, body=body, billed=True)
         if result.type in _NO_RESULT:  # never ran: the router re-queues or escalates it
-            return LineResult(custom_id=line.custom_id, status=0, body=b"", billed=False)
-        error = result.error.error if result.error else tr.ErrorDetail("api_error", f"The line ended {result.type}.")
-        status, body = tr.translate_error(error)
-        return LineResult(custom_id=line.custom_id, status=status, body=body, billed=False)
+            return LineResult(custom_id=custom_id, status=0, body=b"", billed=False)
+        envelope = self._envelope(result)
+        if native:
+            body = bytes(result.error) if _present(result.error) else _encoder.encode(envelope)
+            return LineResult(
+                custom_id=custom_id, status=tr.native_status(envelope.error.type), body=body, billed=False
+            )
+        status, body = tr.translate_error(envelope.error)
+        return LineResult(custom_id=custom_id, status=status, body=body, billed=False)
+
+    def _envelope(self, result: _Result) -> tr.ErrorEnvelope:
+        if _present(result.error):
+            try:
+                return _envelope_decoder.decode(result.error)
+            except (msgspec.DecodeError, RecursionError):
+                pass
+        return tr.ErrorEnvelope(tr.ErrorDetail("api_error", f"The line ended {result.type}."))
 
     async def cancel(self, provider_batch_id: str) -> None:
         """Ask for cancellation; lines finished before it still arrive as results."""
@@ -453,3 +542,11 @@ class AnthropicProvider:
     async def aclose(self) -> None:
         """Close the pool."""
         await self.client.aclose()
+
+
+def _present(raw: msgspec.Raw) -> bool:
+    return bool(raw) and bytes(raw) != b"null"
+
+
+def _native_headers(response: httpx.Response) -> list[tuple[str, str]]:
+    return [(name, value) for name in PASS_HEADERS if (value := response.headers.get(name)) is not None]

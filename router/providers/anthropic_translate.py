@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -265,6 +265,30 @@ def _tool_choice(choice: str | _NamedChoice | None, parallel: bool | None) -> di
     return out
 
 
+class _NativeParams(msgspec.Struct):
+    """What Anthropic refuses at once in a Messages request (the rest of it is theirs to judge)."""
+
+    model: str
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)]
+    messages: Annotated[list[Any], msgspec.Meta(min_length=1)]
+
+
+_params_decoder = msgspec.json.Decoder(_NativeParams)
+
+
+def check_params(body: bytes) -> None:
+    """A 400 for a Messages request Anthropic would refuse outright (missing `max_tokens`, no `messages`), so a
+    deferred call is refused at admission rather than when its batch line errors."""
+    try:
+        _params_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"Invalid request body: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise BadRequest("We could not parse the JSON body of your request.") from exc
+    except RecursionError as exc:
+        raise BadRequest("The JSON body of your request nests too deeply to be read.", code="json_too_deep") from exc
+
+
 # --- answers -------------------------------------------------------------------------------------------------
 
 
@@ -407,6 +431,11 @@ _ERRORS: dict[str, tuple[int, str, str | None]] = {
     "overloaded_error": (503, "server_error", "overloaded"),
 }
 _error_decoder = msgspec.json.Decoder(ErrorEnvelope)
+
+
+def native_status(error_type: str) -> int:
+    """The HTTP status Anthropic answers an error of this type with (529 when overloaded)."""
+    return 529 if error_type == "overloaded_error" else _ERRORS.get(error_type, (500, "", None))[0]
 
 
 def openai_status(status: int) -> int:

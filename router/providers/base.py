@@ -11,6 +11,8 @@ import msgspec
 BatchState = Literal["running", "ended", "failed", "missing"]
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 """Upstream answers that mean "not now": the call was not run (nor billed), so sending it again is safe."""
+ANTHROPIC_ENDPOINTS = frozenset({"/messages", "/messages/count_tokens"})
+"""Endpoints of Anthropic's own API: only an Anthropic upstream serves them, untranslated."""
 
 
 def backoff(attempt: int) -> float:
@@ -46,6 +48,9 @@ class BatchLine(msgspec.Struct, kw_only=True):
 
     custom_id: str
     body: bytes
+    endpoint: str = ""
+    """The endpoint the caller used, when it differs from the batch's (`/messages` in a chat-completions
+    queue: its body is the provider's own request, sent untranslated); empty means the batch's."""
 
 
 class BatchStatus(msgspec.Struct, kw_only=True):

@@ -9,8 +9,16 @@ from typing import Any, TypeVar
 import httpx
 import msgspec
 
-from router.errors import UpstreamError, UpstreamUnavailable
-from router.providers.base import BatchLine, BatchStatus, Found, Lapsed, LineResult, UpstreamResponse
+from router.errors import BadRequest, UpstreamError, UpstreamUnavailable
+from router.providers.base import (
+    ANTHROPIC_ENDPOINTS,
+    BatchLine,
+    BatchStatus,
+    Found,
+    Lapsed,
+    LineResult,
+    UpstreamResponse,
+)
 from router.providers.transport import make_client, read_all, retry_after, send_retrying, translate_error
 from router.schema import error_body
 from router.settings import Upstream
@@ -101,12 +109,19 @@ class OpenAIProvider:
         self.client = client or make_client(upstream, headers)
 
     def check(self, endpoint: str, body: bytes) -> None:
-        """Nothing to refuse before sending: an OpenAI upstream takes every endpoint the router routes."""
+        """An OpenAI upstream takes every endpoint the router routes but Anthropic's own (`/messages`)."""
+        if endpoint in ANTHROPIC_ENDPOINTS:
+            raise BadRequest(
+                f"The model is served by the upstream '{self.name}', which speaks the OpenAI API: `/v1{endpoint}` "
+                "needs an upstream of kind `anthropic`. Use `/v1/chat/completions`.",
+                code="unsupported_endpoint",
+            )
 
     async def forward(
         self, endpoint: str, body: bytes, *, stream: bool, headers: Mapping[str, str] | None = None
     ) -> UpstreamResponse:
         """POST `body` to `endpoint`; retry connect failures and 429/5xx before any byte went back."""
+        self.check(endpoint, body)
         sent = {"content-type": "application/json"} | dict(headers or {})
         response = await send_retrying(self.client, self.upstream, endpoint, body, sent)
         return await self._wrap(response, stream=stream and response.status_code == 200)

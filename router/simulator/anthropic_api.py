@@ -49,7 +49,7 @@ def _cancel(state: SimState, job: message_batches.MessageBatchJob, now: float) -
 
 
 def message_routes(state: SimState) -> list[HTTPRouteHandler]:
-    """`POST /v1/messages` of one simulator instance."""
+    """`POST /v1/messages` and `POST /v1/messages/count_tokens` of one simulator instance."""
 
     @post("/v1/messages", status_code=200)
     async def messages(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
@@ -60,7 +60,12 @@ def message_routes(state: SimState) -> list[HTTPRouteHandler]:
             return Stream(events, media_type=SSE, headers={"cache-control": "no-cache", "request-id": request_id()})
         return json_response(answer, headers={"request-id": request_id()})
 
-    return [messages]
+    @post("/v1/messages/count_tokens", status_code=200)
+    async def count_tokens(request: Request[Any, Any, Any]) -> Response[bytes]:
+        raw = await admit(state, request, "/v1/messages/count_tokens", anthropic_injected)
+        return json_response(bodies.count_tokens(raw), headers={"request-id": request_id()})
+
+    return [messages, count_tokens]
 
 
 def batch_routes(state: SimState) -> list[HTTPRouteHandler]:

@@ -104,7 +104,25 @@ class Message(msgspec.Struct, kw_only=True):
     usage: Usage
 
 
+class CountTokensRequest(msgspec.Struct):
+    """The body of `POST /v1/messages/count_tokens`: a Messages request without `max_tokens`."""
+
+    model: str
+    messages: Annotated[list[InputMessage], msgspec.Meta(min_length=1)]
+    system: str | list[Any] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    output_config: OutputConfig | None = None
+
+
+class TokenCount(msgspec.Struct):
+    """`MessageTokensCount`."""
+
+    input_tokens: int
+
+
 _MESSAGES = msgspec.json.Decoder(MessagesRequest)
+_COUNT = msgspec.json.Decoder(CountTokensRequest)
 
 
 def decode_messages(raw: bytes) -> MessagesRequest:
@@ -166,6 +184,18 @@ def check(req: MessagesRequest) -> None:
         raise AnthropicError(400, "invalid_request_error", "tool_choice may only be specified while providing tools.")
     if choice is not None and choice.type == "tool" and not any(t.name == choice.name for t in req.tools or ()):
         raise AnthropicError(400, "invalid_request_error", f"Tool '{choice.name}' not found in provided tools")
+
+
+def count_tokens(raw: bytes) -> TokenCount:
+    """The input tokens a Messages request with this body would report (the same count as its `usage`)."""
+    try:
+        req = _COUNT.decode(raw)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise invalid_params(exc) from exc
+    if not catalog.anthropic_model_exists(req.model):
+        raise AnthropicError(404, "not_found_error", f"model: {req.model}")
+    full = MessagesRequest(model=req.model, max_tokens=1, messages=req.messages, system=req.system, tools=req.tools)
+    return TokenCount(input_tokens=conversation(full).chat_prompt_tokens())
 
 
 def _fresh_user_turn(req: MessagesRequest) -> bool:
