@@ -104,7 +104,7 @@ async def crash(
         assert claim is not None
         if made:
             bid, claimed = claim
-            lines = [BatchLine(custom_id=cid, body=b) for cid, b in await acc.bodies(claimed)]
+            lines = [BatchLine(custom_id=cid, body=b, endpoint=ep) for cid, b, ep in await acc.bodies(claimed)]
             await provider.submit_batch(bid, ENDPOINT, model, lines)
     return ids
 

@@ -125,7 +125,7 @@ async def claim(acc: Accumulator, model: str, owner: str, lease_s: float = LEASE
 
 async def create(acc: Accumulator, provider: AnthropicProvider, model: str, bid: str, ids: list[str]) -> str:
     """What the dying builder got done: the provider created the batch (its id is never recorded)."""
-    lines = [BatchLine(custom_id=cid, body=b) for cid, b in await acc.bodies(ids)]
+    lines = [BatchLine(custom_id=cid, body=b, endpoint=ep) for cid, b, ep in await acc.bodies(ids)]
     return await provider.submit_batch(bid, ENDPOINT, model, lines)
 
 
