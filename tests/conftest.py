@@ -18,11 +18,8 @@ import redis
 
 from router.app import create_app
 from router.serving import serve_in_thread
-from router.settings import Settings, load_settings
 from router.simulator import SimConfig, create_simulator
-
-ROOT = Path(__file__).resolve().parent.parent
-NO_POLICIES = ROOT / "tests" / "data" / "policies_none"
+from tests.helpers.servers import RouterFactory, Sim, router_settings
 
 
 def _reachable(url: str) -> bool:
@@ -109,23 +106,6 @@ def key_prefix(redis_url: str) -> Iterator[str]:
             client.delete(*keys[start : start + 500])
 
 
-class Sim:
-    """A running simulator: its API base URL and its control endpoints."""
-
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.v1 = base + "/v1"
-
-    def configure(self, **fields: Any) -> None:
-        httpx.post(self.base + "/_sim/config", json=fields).raise_for_status()
-
-    def stats(self) -> dict[str, Any]:
-        response = httpx.get(self.base + "/_sim/stats")
-        response.raise_for_status()
-        result: dict[str, Any] = response.json()
-        return result
-
-
 @pytest.fixture(scope="module")
 def sim_server() -> Iterator[Sim]:
     with serve_in_thread(create_simulator(SimConfig(batch_turnaround_s=0.3))) as base:
@@ -138,32 +118,6 @@ def sim(sim_server: Sim) -> Iterator[Sim]:
     httpx.post(sim_server.base + "/_sim/reset").raise_for_status()
     sim_server.configure(**{f: getattr(SimConfig(batch_turnaround_s=0.3), f) for f in SimConfig.__struct_fields__})
     yield sim_server
-
-
-def upstream(base_url: str, **fields: Any) -> dict[str, Any]:
-    """An upstream entry for the simulator (its key from SIM_KEY; X-Sim-* test headers passed through)."""
-    entry = {"name": "openai", "kind": "openai", "base_url": base_url, "api_key_env": "SIM_KEY"}
-    return entry | {"forward_headers": ["openai-*", "x-sim-*"]} | fields
-
-
-def router_settings(sim: Sim, redis_url: str, key_prefix: str, **tree: Any) -> Settings:
-    """Settings for a router in front of `sim`, with the given overrides (a settings tree)."""
-    base: dict[str, Any] = {
-        "upstreams": [upstream(sim.v1)],
-        "redis_url": redis_url,
-        "key_prefix": key_prefix,
-        "policies_dir": str(NO_POLICIES),
-        "pricing_file": str(ROOT / "config" / "pricing.yaml"),
-    }
-    for key, value in tree.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            base[key] = base[key] | value
-        else:
-            base[key] = value
-    return load_settings(None, {}, base)
-
-
-RouterFactory = Callable[..., contextlib.AbstractContextManager[str]]
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import msgspec
 import pytest
@@ -19,7 +19,8 @@ from router.pricing import load_pricing
 from router.providers.base import BatchLine
 from router.providers.openai import OpenAIProvider
 from router.settings import BatchSettings, Upstream
-from tests.conftest import ROOT, Sim
+from tests.helpers.servers import ROOT, Sim
+from tests.helpers.waiting import wait_until_async
 
 ENDPOINT, MODEL = "/chat/completions", "gpt-4o-mini"
 TAG = queue_tag("openai", ENDPOINT, MODEL)
@@ -169,10 +170,7 @@ async def test_crash_between_claim_and_upload_is_recovered(
     ids = await admit_many(acc, 5)
     claim = await acc.claim(TAG, max_requests=10, max_bytes=10**9, owner="dead-replica", lease_s=0.2)
     assert claim is not None  # ...and the replica dies before uploading anything
-    await asyncio.sleep(0.3)
-    batcher = Batcher(acc, {"openai": provider}, SETTINGS)
-    assert await batcher.run_once() == 1
-    await _drain(acc, provider, ids)
+    assert await _recover_and_drain(acc, provider, ids) == 1  # adopted once its lease lapsed, and uploaded
     stats = sim.stats()
     assert stats["batches_created"] == 1
     assert stats["max_submissions_per_custom_id"] == 1
@@ -188,28 +186,28 @@ async def test_crash_after_the_provider_created_the_batch_is_not_resubmitted(
     lines = [(cid, b) for cid, b, _ in await acc.bodies(claimed)]
     # The replica created the provider batch, then died before recording its id.
     await provider.submit_batch(bid, ENDPOINT, MODEL, [BatchLine(custom_id=c, body=b) for c, b in lines])
-    await asyncio.sleep(0.3)
-    batcher = Batcher(acc, {"openai": provider}, SETTINGS)
-    assert await batcher.run_once() == 0  # found by its metadata, recorded, not submitted again
-    await _drain(acc, provider, ids)
+    assert await _recover_and_drain(acc, provider, ids) == 0  # found by its metadata, recorded, not submitted again
     stats = sim.stats()
     assert stats["batches_created"] == 1
     assert stats["max_submissions_per_custom_id"] == 1
 
 
-async def _drain(acc: Accumulator, provider: OpenAIProvider, ids: list[str]) -> None:
-    """Poll until every call has its result (bounded)."""
-    accounting = Accounting(load_pricing(ROOT / "config" / "pricing.yaml"))
-    poller = Poller(acc, {"openai": provider}, SETTINGS, accounting)
-    until = time.monotonic() + 15
-    while time.monotonic() < until:
+async def _recover_and_drain(acc: Accumulator, provider: OpenAIProvider, ids: list[str]) -> int:
+    """Run a live replica's batcher and poller until every call has its batch result; the batches it submitted."""
+    batcher = Batcher(acc, {"openai": provider}, SETTINGS)
+    poller = Poller(acc, {"openai": provider}, SETTINGS, Accounting(load_pricing(ROOT / "config" / "pricing.yaml")))
+    submitted = 0
+
+    async def answered() -> bool:
+        nonlocal submitted
+        submitted += await batcher.run_once()
         await poller.run_once()
-        results = [await acc.get_result(cid) for cid in ids]
-        if all(r is not None for r in results):
-            assert all(r is not None and r.status == 200 and r.lane == "batch" for r in results)
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("results did not arrive")
+        return all([await acc.get_result(cid) is not None for cid in ids])
+
+    await wait_until_async(answered, 15, "every call's result", every=0.1)
+    results = [await acc.get_result(cid) for cid in ids]
+    assert all(r is not None and r.status == 200 and r.lane == "batch" for r in results)
+    return submitted
 
 
 async def test_provider_batch_ids_are_recorded_for_crash_recovery(acc: Accumulator) -> None:
@@ -246,8 +244,8 @@ def test_every_lua_script_compiles(redis_url: str) -> None:
 class SlowProvider(OpenAIProvider):
     """An upload that takes longer than the batcher's lease."""
 
-    async def submit_batch(self, batch_id: str, endpoint: str, model: str, lines: list[BatchLine]) -> str:  # type: ignore[override]
-        await asyncio.sleep(1.0)
+    async def submit_batch(self, batch_id: str, endpoint: str, model: str, lines: Sequence[BatchLine]) -> str:
+        await asyncio.sleep(1.0)  # the upload's own duration: three times the 0.3 s lease
         return await super().submit_batch(batch_id, endpoint, model, lines)
 
 
@@ -259,13 +257,12 @@ async def test_a_slow_upload_keeps_its_lease_and_is_not_submitted_twice(acc: Acc
     try:
         first = Batcher(acc, {"openai": slow}, short)
         second = Batcher(acc, {"openai": fast}, short)
-
-        async def keep_recovering() -> None:
-            for _ in range(12):  # a second replica passing every 0.1 s while the first one uploads
-                await second.run_once()
-                await asyncio.sleep(0.1)
-
-        submitted, _ = await asyncio.gather(first.run_once(force=True), keep_recovering())
+        uploading = asyncio.create_task(first.run_once(force=True))
+        await wait_until_async(acc.building, 5, "the first replica's claim")
+        while not uploading.done():  # a second replica passing every 0.1 s while the first one uploads
+            await second.run_once()
+            await asyncio.sleep(0.1)
+        submitted = await uploading
     finally:
         await slow.aclose()
         await fast.aclose()

@@ -9,30 +9,17 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import RouterFactory, Sim, upstream
+from tests.helpers.servers import FAST, RouterFactory, Sim, with_anthropic
 
 Client = Callable[..., openai.OpenAI]
 MODEL = "claude-sonnet-4-5"
-FAST = {"max_wait_s": 0.2, "poll_interval_s": 0.2, "turnaround_prior_s": 1.0, "margin_s": 1.0, "lease_s": 5.0}
 LATER = {"X-Deadline": "2h"}
 MESSAGES: list[Any] = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Name a colour."}]
 
 
-def upstreams(sim: Sim) -> list[dict[str, Any]]:
-    anthropic = {
-        "name": "anthropic",
-        "kind": "anthropic",
-        "base_url": sim.base,
-        "api_key_env": "SIM_KEY",
-        "models": ["claude-*"],
-        "forward_headers": ["x-sim-*"],
-    }
-    return [anthropic, upstream(sim.v1)]
-
-
 @pytest.fixture
 def router(start_router: RouterFactory, sim: Sim) -> Iterator[str]:
-    with start_router(upstreams=upstreams(sim), batch=FAST) as base:
+    with start_router(upstreams=with_anthropic(sim), batch=FAST) as base:
         yield base
 
 

@@ -21,7 +21,7 @@ from router.providers import anthropic as adapter
 from router.providers.anthropic import SKEW_S, AnthropicProvider, Candidate, Verdict, judge
 from router.providers.base import BatchLine, Found, Lapsed, Ledger, Rival
 from router.settings import BatchSettings, OrphanPolicy, Upstream
-from tests.conftest import ROOT, Sim
+from tests.helpers.servers import ROOT, Sim
 
 ENDPOINT = "/chat/completions"
 MODELS = ("claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1")

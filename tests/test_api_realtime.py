@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Callable
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import RouterFactory, Sim, upstream
+from tests.helpers.servers import RouterFactory, Sim, upstream
+from tests.helpers.waiting import wait_until
 
 MESSAGES = [{"role": "user", "content": "Say hello to the proxy."}]
 Client = Callable[..., openai.OpenAI]
@@ -217,13 +217,8 @@ def test_client_disconnect_cancels_the_upstream_call(router_url: str, sim: Sim) 
             headers={"X-Sim-Latency-Ms": "3000"},
             timeout=0.5,
         )
-    stats = sim.stats()
-    deadline_polls = 50
-    while stats.get("cancelled_calls", 0) < 1 and deadline_polls:
-        time.sleep(0.1)
-        deadline_polls -= 1
-        stats = sim.stats()
-    assert stats["cancelled_calls"] == 1
+    wait_until(lambda: sim.stats().get("cancelled_calls", 0) >= 1, 5, "the upstream call to be cancelled")
+    assert sim.stats()["cancelled_calls"] == 1
 
 
 def test_health_ready_metrics(oai: Client, router_url: str) -> None:

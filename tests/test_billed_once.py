@@ -25,13 +25,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
 from router.serving import serve_in_thread
 from router.simulator import SimConfig, create_simulator
-from tests.conftest import NO_POLICIES, ROOT, Sim, upstream
-from tests.helpers.processes import redis_process, router_process, wait_until
+from tests.helpers.processes import redis_process, router_process
+from tests.helpers.servers import NO_POLICIES, ROOT, Sim, upstream
+from tests.helpers.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -105,7 +107,7 @@ class Callers:
                     if time.monotonic() > self._until:
                         self.failures[i] = exc
                         return
-                    time.sleep(0.5)
+                    time.sleep(0.5)  # the application's own pause before it tries again
                     continue
                 except Exception as exc:
                     self.failures[i] = exc
@@ -192,6 +194,12 @@ def check_billed_once(sim: Sim, callers: Callers | NodeCallers) -> None:
     assert stats["max_submissions_per_custom_id"] == 1
 
 
+def redis_ready(base: str) -> bool:
+    """Whether the router's readiness check reaches Redis."""
+    ready: bool = httpx.get(base + "/readyz", timeout=10).json()["checks"]["redis"]
+    return ready
+
+
 def when_submitted(sim: Sim) -> None:
     """Wait until every call sits in a provider batch (so a fault hits calls that are stored and running)."""
     wait_until(lambda: sim.stats()["batch_lines_submitted"] >= N, 30, "all calls submitted in a batch")
@@ -233,7 +241,8 @@ def test_redis_restarted_while_callers_wait(slow_sim: Sim, key_prefix: str, tmp_
         with router_process(tmp_path, tree, {"SIM_KEY": "sk"}) as router, Callers(router.base) as callers:
             when_submitted(slow_sim)
             store.stop()
-            time.sleep(2.0)  # Redis is away for a while: held callers keep waiting, nobody gets a 503
+            # Redis stays away until the router has seen it gone; held callers keep waiting, nobody gets a 503.
+            wait_until(lambda: not redis_ready(router.base), 20, "the router to see Redis gone")
             store.start()
     check_billed_once(slow_sim, callers)
     assert callers.attempts == [1] * N

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,23 +14,14 @@ import pytest
 from router.embedded import INSTALL_HINT, embedded_redis, redis_server_binary
 from router.errors import ConfigError
 from router.serving import free_port
+from tests.helpers.processes import clean_env, run_cli
+from tests.helpers.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "router", *args], capture_output=True, text=True, timeout=60, env=env, cwd=cwd
-    )
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRID_ROUTER_") and k != "REDIS_URL"}
-    return env | extra
-
-
 def test_check_config_accepts_the_shipped_files() -> None:
-    done = run("check-config", env=clean_env())
+    done = run_cli("check-config", env=clean_env())
     assert done.returncode == 0, done.stderr
     assert "config OK" in done.stdout
 
@@ -40,7 +29,7 @@ def test_check_config_accepts_the_shipped_files() -> None:
 def test_check_config_names_file_and_field(tmp_path: Path) -> None:
     bad = tmp_path / "router.yaml"
     bad.write_text("batch:\n  max_wait_s: soon\n")
-    done = run("check-config", "--config", str(bad), env=clean_env())
+    done = run_cli("check-config", "--config", str(bad), env=clean_env())
     assert done.returncode == 1
     assert f"{bad}: batch.max_wait_s: Expected `float`" in done.stderr
     assert "Traceback" not in done.stderr
@@ -52,7 +41,7 @@ def test_check_config_reports_a_broken_policy(tmp_path: Path) -> None:
     (policies / "10-bad.yaml").write_text("rules:\n  - name: x\n    match: {model: 3}\n")
     config = tmp_path / "router.yaml"
     config.write_text(f"policies_dir: {policies}\n")
-    done = run("check-config", "--config", str(config), env=clean_env())
+    done = run_cli("check-config", "--config", str(config), env=clean_env())
     assert done.returncode == 1
     assert "10-bad.yaml" in done.stderr and "rules[0].match.model" in done.stderr
 
@@ -60,7 +49,7 @@ def test_check_config_reports_a_broken_policy(tmp_path: Path) -> None:
 def test_serve_with_a_bad_config_fails_with_a_message(tmp_path: Path) -> None:
     bad = tmp_path / "router.yaml"
     bad.write_text("upstreams:\n  - name: a\n    base_url: http://x\n    kind: gemini\n")
-    done = run("serve", "--config", str(bad), env=clean_env(REDIS_URL="redis://127.0.0.1:1/0"))
+    done = run_cli("serve", "--config", str(bad), env=clean_env(REDIS_URL="redis://127.0.0.1:1/0"))
     assert done.returncode == 2
     assert "upstreams[0].kind" in done.stderr
     assert "Traceback" not in done.stderr
@@ -86,16 +75,16 @@ def test_bundled_redis_keeps_data_with_aof(tmp_path: Path) -> None:
 
 
 def _wait_http(url: str, proc: subprocess.Popen[str], timeout: float = 30.0) -> None:
-    until = time.monotonic() + timeout
-    while time.monotonic() < until:
+    def answers() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"process exited: {proc.stderr.read() if proc.stderr else ''}")
         try:
             httpx.get(url, timeout=1.0)
-            return
         except httpx.HTTPError:
-            time.sleep(0.1)
-    raise AssertionError(f"{url} did not come up")
+            return False
+        return True
+
+    wait_until(answers, timeout, f"{url} to come up", every=0.1)
 
 
 @pytest.fixture

@@ -28,10 +28,10 @@ from router.errors import ConfigError
 from router.keys import queue_tag
 from router.redis_client import close, connect
 from router.serving import free_port, serve_in_thread
-from tests.conftest import Sim, router_settings
+from tests.helpers.servers import FAST, Sim, router_settings
+from tests.helpers.waiting import wait_until, wait_until_async
 
 ENDPOINT = "/chat/completions"
-FAST = {"max_wait_s": 0.2, "poll_interval_s": 0.2, "turnaround_prior_s": 1.0, "margin_s": 1.0, "lease_s": 5.0}
 
 
 def _binary(name: str) -> str | None:
@@ -76,14 +76,13 @@ def _cluster_ok(port: int) -> bool:
 
 
 def _wait_for(ready: Callable[[], bool], processes: list[subprocess.Popen[bytes]], root: Path, seconds: float) -> None:
-    until = time.monotonic() + seconds
-    while not ready():
+    def up() -> bool:
         if any(p.poll() is not None for p in processes):
             logs = "\n".join(f.read_text(errors="replace")[-500:] for f in root.glob("*/redis.log"))
             raise RuntimeError(f"a cluster node exited at start:\n{logs}")
-        if time.monotonic() > until:
-            raise TimeoutError("the Redis Cluster did not get ready")
-        time.sleep(0.05)
+        return ready()
+
+    wait_until(up, seconds, "the Redis Cluster to get ready")
 
 
 @pytest.fixture(scope="module")
@@ -264,8 +263,7 @@ async def test_a_batch_lives_in_its_queue_slot_from_claim_to_requeue(acc: Accumu
     bid, claimed = claim
     assert sorted(claimed) == sorted(ids) and await acc.batch_calls(TAG, bid) == claimed
     assert [b for _, b, _ in await acc.bodies(claimed)] == [body(ids.index(c)) for c in claimed]
-    await asyncio.sleep(0.1)
-    assert await acc.take_over(TAG, bid, "me", lease_s=30)
+    await wait_until_async(lambda: acc.take_over(TAG, bid, "me", lease_s=30), 5, "the dead owner's lease to lapse")
     assert not await acc.mark_submitted(TAG, bid, "dead", "prov-1", next_poll=0)
     assert await acc.mark_submitted(TAG, bid, "me", "prov-1", next_poll=0)
     [due] = await acc.due_batches(TAG, time.time())
@@ -360,12 +358,13 @@ async def test_waiters_wake_on_a_result_published_through_any_node(
 ) -> None:
     waiters = Waiters(client, acc.keys.done_channel)
     stop = asyncio.Event()
+
+    async def subscribed() -> bool:
+        return sum((await _subscribers(cluster, waiters.channel)).values()) == 1
+
     task = asyncio.create_task(waiters.run(stop))
     try:
-        until = time.monotonic() + 10
-        while sum((await _subscribers(cluster, waiters.channel)).values()) != 1:
-            assert time.monotonic() < until, "the result subscription did not start"
-            await asyncio.sleep(0.05)
+        await wait_until_async(subscribed, 10, "the result subscription")
         # One subscription on one node; a message published on each of the three nodes reaches it.
         for port in cluster:
             call_id = f"{TAG}_via-{port}"

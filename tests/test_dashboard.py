@@ -16,7 +16,7 @@ from grafana_foundation_sdk.models.dashboard import Dashboard, Panel, RowPanel
 from grafana_foundation_sdk.models.prometheus import Dataquery
 
 from router.metrics import REGISTRY
-from tests.promql import (
+from tests.helpers.promql import (
     DASHBOARD_JSON,
     DASHBOARD_SOURCE,
     ROOT,

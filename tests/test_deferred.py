@@ -12,11 +12,12 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import RouterFactory, Sim
+from tests.helpers.metrics import metric
+from tests.helpers.servers import FAST, ROOT, RouterFactory, Sim, upstream
+from tests.helpers.waiting import wait_until
 
 Client = Callable[..., openai.OpenAI]
 
-FAST = {"max_wait_s": 0.2, "poll_interval_s": 0.2, "turnaround_prior_s": 1.0, "margin_s": 1.0, "lease_s": 5.0}
 LATER = {"X-Deadline": "2h"}
 
 
@@ -185,7 +186,7 @@ def test_cancelled_batch_calls_still_get_answers(oai: Client, start_router: Rout
             )
             ids.append(r.json()["id"])
         upstream = oai(sim.v1)
-        _wait_for(lambda: sim.stats()["batch_lines_submitted"] == 4)
+        wait_until(lambda: sim.stats()["batch_lines_submitted"] == 4, what="all four calls submitted")
         sim.configure(batch_turnaround_s=0.3)
         for batch in upstream.batches.list().data:  # someone cancels them from the provider's console
             upstream.batches.cancel(batch.id)
@@ -199,7 +200,7 @@ def test_guard_escalates_before_the_deadline(oai: Client, start_router: RouterFa
     sim.configure(batch_turnaround_s=120)
     with start_router(batch=FAST) as base:
         series = 'hybrid_router_deadline_escalations_total{reason="submitted"}'
-        before = _metric(httpx.get(base + "/metrics").text, series)
+        before = metric(httpx.get(base + "/metrics").text, series)
         started = time.time()
         raw = oai(base).chat.completions.with_raw_response.create(
             model="gpt-4o-mini", messages=prompt(5), extra_headers={"X-Deadline": "4s"}
@@ -211,7 +212,7 @@ def test_guard_escalates_before_the_deadline(oai: Client, start_router: RouterFa
     assert raw.parse().choices[0].message.content == direct_answer(sim, prompt(5))
     assert answered < started + 4  # the promise itself, not a speed measurement
     assert sim.stats()["batches_created"] == 1
-    after = _metric(metrics, series)
+    after = metric(metrics, series)
     assert after - before == 1
 
 
@@ -265,26 +266,7 @@ def test_urgent_header_stays_realtime(oai: Client, router_url: str, sim: Sim) ->
     assert sim.stats()["batches_created"] == 0
 
 
-def _metric(text: str, series: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(series + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
-def _wait_for(probe: Any, timeout: float = 10.0) -> Any:
-    until = time.monotonic() + timeout
-    while time.monotonic() < until:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not reached")
-
-
 def test_policy_defers_a_marked_call_and_names_the_rule(oai: Client, start_router: RouterFactory, sim: Sim) -> None:
-    from tests.conftest import ROOT
-
     with start_router(batch=FAST, policies_dir=str(ROOT / "policies")) as base:
         c = oai(base)
         marked = c.chat.completions.with_raw_response.create(
@@ -320,8 +302,6 @@ def test_a_held_stream_caller_that_leaves_can_fetch_its_result(start_router: Rou
 def test_too_soon_for_a_batch_takes_the_flex_tier_where_offered(
     oai: Client, start_router: RouterFactory, sim: Sim
 ) -> None:
-    from tests.conftest import upstream
-
     flexible = [upstream(sim.v1, flex=True)]
     with start_router(batch=FAST | {"turnaround_prior_s": 600}, upstreams=flexible) as base:
         c = oai(base)
@@ -342,8 +322,6 @@ def test_too_soon_for_a_batch_takes_the_flex_tier_where_offered(
 
 
 def test_a_flex_shortage_falls_back_to_the_standard_tier(oai: Client, start_router: RouterFactory, sim: Sim) -> None:
-    from tests.conftest import upstream
-
     sim.configure(flex_unavailable=True)
     with start_router(batch=FAST | {"turnaround_prior_s": 600}, upstreams=[upstream(sim.v1, flex=True)]) as base:
         c = oai(base)

@@ -13,7 +13,7 @@ import pytest
 from router.edge import check_headers, head_bound
 from router.errors import HeadersTooLarge
 from router.settings import Limits
-from tests.conftest import RouterFactory
+from tests.helpers.servers import RouterFactory
 
 KEY = "sk-team-a"
 KEYS = [{"sha256": hashlib.sha256(KEY.encode()).hexdigest(), "tenant": "team-a"}]

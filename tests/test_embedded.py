@@ -23,7 +23,7 @@ import redis
 from router.embedded import embedded_redis, redis_server_binary
 from router.errors import ConfigError
 from router.serving import free_port
-from tests.conftest import Sim
+from tests.helpers.servers import Sim
 
 ROOT = Path(__file__).resolve().parent.parent
 LINUX = sys.platform.startswith("linux")

@@ -82,7 +82,7 @@ def fuzz_router(sim_server: Any, redis_url: str) -> Iterator[str]:
 
     from router.app import create_app
     from router.serving import serve_in_thread
-    from tests.conftest import router_settings
+    from tests.helpers.servers import router_settings
 
     prefix = "hrfuzz-" + secrets.token_hex(4)
     fast = {"max_wait_s": 0.2, "poll_interval_s": 0.2, "turnaround_prior_s": 1.0, "margin_s": 1.0}
@@ -104,7 +104,7 @@ def keyed_router(sim_server: Any, redis_url: str) -> Iterator[str]:
 
     from router.app import create_app
     from router.serving import serve_in_thread
-    from tests.conftest import router_settings
+    from tests.helpers.servers import router_settings
 
     prefix = "hrfuzz-" + secrets.token_hex(4)
     keys = [{"sha256": hashlib.sha256(KEY.encode()).hexdigest(), "tenant": "fuzz"}]

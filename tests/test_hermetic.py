@@ -6,7 +6,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from tests.openapi import SPEC_PATH, component_names
+from tests.helpers.openapi import SPEC_PATH, component_names
 
 ROOT = Path(__file__).resolve().parent.parent
 # An absolute path on a developer's or CI machine, or the read-only folder beside the repository.

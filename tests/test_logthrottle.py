@@ -14,7 +14,7 @@ from router import accumulator, api, app, loops
 from router.app import create_app
 from router.logthrottle import INTERVAL_S, Throttle, is_outage, kind_of
 from router.serving import free_port, serve_in_thread
-from tests.conftest import Sim, router_settings
+from tests.helpers.servers import Sim, router_settings
 
 LOOPS = ("batcher", "poller", "guard", "webhooks")
 

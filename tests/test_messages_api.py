@@ -18,7 +18,7 @@ from anthropic.types import Message
 
 from router.keys import queue_tag
 from router.settings import ProxyKey, Settings, Upstream
-from tests.conftest import RouterFactory, Sim, upstream
+from tests.helpers.servers import RouterFactory, Sim, upstream
 
 Claude = Callable[..., anthropic.Anthropic]
 MODEL = "claude-sonnet-4-5"

@@ -26,8 +26,8 @@ from router.providers.openai import OpenAIProvider
 from router.providers.openai_native import OpenAINative
 from router.redis_client import close, connect
 from router.settings import BatchSettings, Upstream
-from tests.conftest import ROOT, RouterFactory, Sim
-from tests.openapi import validate
+from tests.helpers.openapi import validate
+from tests.helpers.servers import ROOT, RouterFactory, Sim
 
 T = TypeVar("T")
 Client = Callable[..., openai.OpenAI]

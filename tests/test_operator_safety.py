@@ -18,8 +18,8 @@ from router.cli import is_loopback
 from router.errors import ConfigError
 from router.serving import serve_in_thread
 from router.simulator import SimConfig, create_simulator
-from tests.conftest import RouterFactory, Sim, router_settings
-from tests.test_cli import clean_env, run
+from tests.helpers.processes import clean_env, run_cli
+from tests.helpers.servers import RouterFactory, Sim, router_settings
 
 KEY = "sk-team-a"
 KEYS = [{"sha256": hashlib.sha256(KEY.encode()).hexdigest(), "tenant": "team-a"}]
@@ -154,7 +154,7 @@ def test_the_keys_of_one_tenant_must_agree_on_forward_headers(sim: Sim, redis_ur
 
 
 def test_serve_beyond_loopback_without_auth_refuses_to_start() -> None:
-    done = run("serve", "--host", "0.0.0.0", env=clean_env())  # the shipped config: `auth: none`
+    done = run_cli("serve", "--host", "0.0.0.0", env=clean_env())  # the shipped config: `auth: none`
     assert done.returncode == 2
     assert "--insecure-no-auth" in done.stderr and "auth: keys" in done.stderr
     assert "Traceback" not in done.stderr

@@ -10,7 +10,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,12 +22,13 @@ import yaml
 from openai.types.chat import ChatCompletionMessageParam
 
 from router.serving import free_port
-from tests.conftest import ROOT, RouterFactory, Sim
-from tests.promql import expressions, instantiate, load_dashboard
+from tests.helpers.metrics import series
+from tests.helpers.promql import expressions, instantiate, load_dashboard
+from tests.helpers.servers import FAST, ROOT, RouterFactory, Sim
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(40)
 
-FAST = {"max_wait_s": 0.2, "poll_interval_s": 0.2, "turnaround_prior_s": 1.0, "margin_s": 1.0, "lease_s": 5.0}
 LATER = {"X-Deadline": "2h"}
 WINDOW = "1m"  # longer than this test: every rate() and increase() sees all of its samples
 SAVINGS_HEADER = "x-router-savings-usd"
@@ -72,10 +72,7 @@ class Prometheus:
     def wait_for_scrapes(self, count: int, timeout: float = 10.0) -> None:
         """Wait until `count` more scrapes have landed."""
         target = self.scrapes() + count
-        until = time.monotonic() + timeout
-        while self.scrapes() < target:
-            assert time.monotonic() < until, f"Prometheus did not scrape the router:\n{self.log.read_text()[-2000:]}"
-            time.sleep(0.2)
+        wait_until(lambda: self.scrapes() >= target, timeout, f"a scrape of the router (log: {self.log})", every=0.2)
 
 
 PrometheusFactory = Callable[[str], Prometheus]
@@ -113,11 +110,12 @@ def prometheus(tmp_path: Path) -> Iterator[PrometheusFactory]:
             ]
             processes.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT))
             server = Prometheus(f"http://127.0.0.1:{port}", log_path)
-            until = time.monotonic() + 10
-            while not _ready(server.base):
+
+            def ready() -> bool:
                 assert processes[-1].poll() is None, f"prometheus exited:\n{log_path.read_text()[-2000:]}"
-                assert time.monotonic() < until, f"prometheus did not become ready:\n{log_path.read_text()[-2000:]}"
-                time.sleep(0.1)
+                return _ready(server.base)
+
+            wait_until(ready, 10, f"Prometheus to be ready (log: {log_path})", every=0.1)
             return server
 
         try:
@@ -200,10 +198,12 @@ def escalated_and_late(base: str, key: str, sim: Sim) -> Headers:
     done = httpx.get(base + accepted.headers["location"] + "?wait=15", headers=auth, timeout=20)
     assert done.status_code == 200
     assert done.headers["x-router-escalated"] == "true"
-    until = time.monotonic() + 10
-    while any(_counter(base, name, label) <= before[name, label] for name, label in CHANGED_BY_ESCALATION):
-        assert time.monotonic() < until, "no escalation, deadline miss and late batch result were counted"
-        time.sleep(0.2)
+    wait_until(
+        lambda: all(_counter(base, name, label) > before[name, label] for name, label in CHANGED_BY_ESCALATION),
+        10,
+        "the escalation, the deadline miss and the late batch result to be counted",
+        every=0.2,
+    )
     return done.headers
 
 
@@ -216,17 +216,7 @@ CHANGED_BY_ESCALATION = [
 
 def _counter(base: str, name: str, label: str = "") -> float:
     """The sum of a metric's series on the router's own /metrics whose labels contain `label`."""
-    return sum(_series(httpx.get(base + "/metrics", headers=SCRAPE).text, name, label).values())
-
-
-def _series(text: str, name: str, label: str = "") -> dict[str, float]:
-    """Series of one metric in a Prometheus text exposition, by their full name with labels."""
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith(name) and line[len(name)] in "{ " and label in line:
-            series, value = line.rsplit(" ", 1)
-            out[series] = float(value)
-    return out
+    return sum(series(httpx.get(base + "/metrics", headers=SCRAPE).text, name, label).values())
 
 
 def test_every_dashboard_query_returns_data(
@@ -263,7 +253,7 @@ def test_every_dashboard_query_returns_data(
         savings = server.query(f'sum(hybrid_router_savings_usd_total{{tenant="{tenant}"}})')
         in_prometheus = float(savings[0]["value"][1])
         scraped = httpx.get(base + "/metrics", headers=SCRAPE).text
-        on_router = sum(_series(scraped, "hybrid_router_savings_usd_total", tenant).values())
+        on_router = sum(series(scraped, "hybrid_router_savings_usd_total", tenant).values())
     assert in_prometheus > 0
     assert in_prometheus == pytest.approx(on_router, rel=1e-9)
     assert all(SAVINGS_HEADER in h for h in deferred)

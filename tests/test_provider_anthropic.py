@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 from collections.abc import AsyncIterator, Iterator
@@ -26,6 +25,7 @@ from router.providers.base import BatchLine, BatchStatus, LineResult
 from router.serving import serve_in_thread
 from router.settings import Upstream
 from router.simulator import SimConfig, create_simulator
+from tests.helpers.waiting import wait_until_async
 
 MODEL = "claude-sonnet-4-5"
 USER = {"role": "user", "content": "Hello there"}
@@ -676,12 +676,11 @@ async def test_models_in_openai_shape() -> None:
 
 
 async def wait_ended(p: AnthropicProvider, provider_id: str) -> BatchStatus:
-    for _ in range(200):
+    async def ended() -> BatchStatus | None:
         status = await p.poll(provider_id)
-        if status.state != "running":
-            return status
-        await asyncio.sleep(0.05)
-    raise AssertionError("the batch did not end")
+        return status if status.state != "running" else None
+
+    return await wait_until_async(ended, 10, "the batch to end")
 
 
 async def run_batch(p: AnthropicProvider, lines: list[BatchLine]) -> dict[str, LineResult]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,6 +15,7 @@ from anthropic.types.messages import MessageBatch
 
 from router.serving import serve_in_thread
 from router.simulator import SimConfig, create_simulator
+from tests.helpers.waiting import wait_until
 
 HEADERS = {"x-api-key": "sk-ant-test", "anthropic-version": "2023-06-01"}
 MODEL = "claude-sonnet-4-6"
@@ -64,15 +64,14 @@ def requests(n: int, **params: Any) -> list[Any]:
 
 def wait_ended(client: anthropic.Anthropic, batch_id: str, timeout: float = 10) -> tuple[MessageBatch, list[str]]:
     seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def ended() -> MessageBatch | None:
         batch = client.messages.batches.retrieve(batch_id)
         if not seen or seen[-1] != batch.processing_status:
             seen.append(batch.processing_status)
-        if batch.processing_status == "ended":
-            return batch, seen
-        assert time.monotonic() < deadline
-        time.sleep(0.03)
+        return batch if batch.processing_status == "ended" else None
+
+    return wait_until(ended, timeout, f"the batch to end (seen: {seen})", every=0.03), seen
 
 
 def test_message_is_deterministic_with_usage(client: anthropic.Anthropic) -> None:
@@ -298,7 +297,8 @@ def test_message_batch_list_pages_both_ways_as_documented(client: anthropic.Anth
 def test_message_batch_cancel(client: anthropic.Anthropic, http: httpx.Client) -> None:
     configure(http, batch_turnaround_s=1.0, batch_cancel_delay_s=0.2)
     created = client.messages.batches.create(requests=requests(10))
-    time.sleep(0.45)
+    # Cancel once some requests ran (ten run over about a second; the counts show only at the end, the bill at once).
+    wait_until(lambda: http.get("/_sim/stats").json()["message_batch_requests_billed"], what="a request to run")
     cancelling = client.messages.batches.cancel(created.id)
     assert cancelling.processing_status == "canceling" and cancelling.cancel_initiated_at is not None
     batch, seen = wait_ended(client, created.id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +13,8 @@ from openai.types import Batch
 
 from router.serving import serve_in_thread
 from router.simulator import SimConfig, create_simulator
-from tests.openapi import validate
+from tests.helpers.openapi import validate
+from tests.helpers.waiting import wait_until
 
 KEY = {"Authorization": "Bearer sk-test"}
 FAST = {"batch_turnaround_s": 0.2}
@@ -77,17 +77,21 @@ def wait(
 ) -> tuple[Batch, list[str]]:
     """Poll until the status is in `until`; returns the batch and the distinct statuses seen, in order."""
     seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def reached() -> Batch | None:
         raw = client.batches.with_raw_response.retrieve(batch_id)
         validate("Batch", raw.http_response.json())
         batch = raw.parse()
         if not seen or seen[-1] != batch.status:
             seen.append(batch.status)
-        if batch.status in until:
-            return batch, seen
-        assert time.monotonic() < deadline, f"batch stuck in {batch.status}"
-        time.sleep(0.03)
+        return batch if batch.status in until else None
+
+    return wait_until(reached, timeout, f"the batch to reach {sorted(until)} (seen: {seen})", every=0.03), seen
+
+
+def lines_done(client: openai.OpenAI, batch_id: str) -> int:
+    counts = client.batches.retrieve(batch_id).request_counts
+    return counts.completed if counts else 0
 
 
 def file_lines(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
@@ -307,7 +311,8 @@ def test_cancel_keeps_finished_lines_and_cancels_the_rest(client: openai.OpenAI,
     configure(http, batch_turnaround_s=1.0, batch_cancel_delay_s=0.2)
     lines = [chat_line(i) for i in range(10)]
     created = submit(client, lines)
-    time.sleep(0.45)
+    # Cancel once some lines are done (ten lines finish over about a second), so some are left to cancel.
+    wait_until(lambda: lines_done(client, created.id), what="the first line to finish")
     raw = client.batches.with_raw_response.cancel(created.id)
     validate("Batch", raw.http_response.json())
     cancelling = raw.parse()

@@ -17,7 +17,8 @@ from openai.types.chat import ChatCompletionMessageParam, ChatCompletionSystemMe
 
 from router.serving import serve_in_thread
 from router.simulator import SimConfig, create_simulator
-from tests.openapi import validate
+from tests.helpers.openapi import validate
+from tests.helpers.waiting import wait_until
 
 KEY = {"Authorization": "Bearer sk-test"}
 USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What is the capital of France?"}]
@@ -458,10 +459,7 @@ def test_instances_are_independent(http: httpx.Client) -> None:
 
 
 def _wait_for_stat(http: httpx.Client, name: str, value: int) -> None:
-    deadline = time.monotonic() + 5
-    while http.get("/_sim/stats").json()[name] != value:
-        assert time.monotonic() < deadline, f"{name} never reached {value}"
-        time.sleep(0.02)
+    wait_until(lambda: http.get("/_sim/stats").json()[name] == value, 5, f"{name} to reach {value}", every=0.02)
 
 
 def test_calls_abandoned_by_the_client_are_counted(http: httpx.Client, server: str) -> None:

@@ -6,7 +6,6 @@ import datetime
 import enum
 import json
 import math
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Literal
@@ -27,9 +26,9 @@ from pydantic import BaseModel, Field
 from router.serving import serve_in_thread
 from router.simulator import SimConfig, create_simulator
 from router.simulator.jsonschema_instances import SchemaError, instance
-from tests.conftest import RouterFactory, Sim
-from tests.openapi import validate
-from tests.test_anthropic_lane import FAST, upstreams
+from tests.helpers.openapi import validate
+from tests.helpers.servers import FAST, RouterFactory, Sim, with_anthropic
+from tests.helpers.waiting import wait_until
 
 OPENAI_MODEL = "gpt-4o-mini"
 CLAUDE = "claude-sonnet-4-6"
@@ -466,11 +465,9 @@ def test_batch_lines_with_tools_and_schemas(client: openai.OpenAI, http: httpx.C
     uploaded = client.files.create(file=("in.jsonl", b"".join(msgspec.json.encode(x) + b"\n" for x in lines)),
                                    purpose="batch")  # fmt: skip
     batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
-    deadline = time.monotonic() + 10
-    while batch.status not in ("completed", "failed", "expired", "cancelled"):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-        batch = client.batches.retrieve(batch.id)
+    ended = ("completed", "failed", "expired", "cancelled")
+    wait_until(lambda: client.batches.retrieve(batch.id).status in ended, what="the batch to end")
+    batch = client.batches.retrieve(batch.id)
     assert batch.status == "completed" and batch.output_file_id
     out = {
         line["custom_id"]: line["response"]["body"]
@@ -586,7 +583,7 @@ def test_tool_calls_and_parse_through_the_router(
     start_router: RouterFactory, sim: Sim, oai: Callable[..., openai.OpenAI], model: str, lane: str
 ) -> None:
     headers = {"X-Deadline": "2h"} if lane == "batch" else {}
-    with start_router(upstreams=upstreams(sim), batch=FAST) as router:
+    with start_router(upstreams=with_anthropic(sim), batch=FAST) as router:
         client = oai(router)
         raw = client.chat.completions.with_raw_response.create(
             model=model, messages=ASK, tools=TOOLS, extra_headers=headers

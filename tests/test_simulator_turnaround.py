@@ -4,8 +4,7 @@ expiry at `max`, and what `/_sim/stats` says a provider would charge, through th
 from __future__ import annotations
 
 import statistics
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -23,6 +22,7 @@ from router.simulator import SimConfig, create_simulator
 from router.simulator.config import WINDOW_S, Turnaround
 from router.simulator.schedule import Schedule, drawn_turnaround
 from router.simulator.state import SimState
+from tests.helpers.waiting import wait_until
 
 DEFAULTS = msgspec.structs.asdict(SimConfig(batch_turnaround_s=0.3))
 ANTHROPIC_MODEL = "claude-sonnet-4-6"
@@ -199,15 +199,6 @@ def stats(http: httpx.Client) -> dict[str, Any]:
     return result
 
 
-def until(check: Callable[[], Any], timeout: float = 10) -> Any:
-    """Poll `check` until it returns something truthy; that value."""
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.03)
-    return value
-
-
 def test_the_spec_is_set_live_and_a_bad_one_is_a_400(http: httpx.Client) -> None:
     spec = "lognormal:median=60,p95=600,max=3600"
     assert configure(http, batch_turnaround=spec)["batch_turnaround"] == spec
@@ -281,7 +272,7 @@ def _submit(client: openai.OpenAI, lines: list[dict[str, Any]]) -> str:
 
 
 def _finished(client: openai.OpenAI, batch_id: str) -> openai.types.Batch:
-    return until(
+    return wait_until(
         lambda: (b := client.batches.retrieve(batch_id)).status in {"completed", "expired", "cancelled", "failed"} and b
     )
 
@@ -319,7 +310,9 @@ def test_openai_lines_finish_progressively_and_a_cancel_bills_only_those(
 ) -> None:
     configure(http, batch_turnaround="lognormal:median=4,p95=4", batch_cancel_delay_s=0.1)
     batch_id = _submit(oai, _chat_lines(40))
-    running = until(lambda: (b := oai.batches.retrieve(batch_id)).request_counts and b.request_counts.completed and b)
+    running = wait_until(
+        lambda: (b := oai.batches.retrieve(batch_id)).request_counts and b.request_counts.completed and b
+    )
     assert running.status == "in_progress"
     oai.batches.cancel(batch_id)
     batch = _finished(oai, batch_id)
@@ -338,7 +331,7 @@ def test_stats_bill_lines_while_a_batch_runs_and_see_a_custom_id_billed_twice(
 ) -> None:
     configure(http, batch_turnaround="lognormal:median=2,p95=2")
     first = _submit(oai, _chat_lines(20))
-    billed = until(lambda: 0 < (n := stats(http)["batch_lines_billed"]) < 20 and n)  # no poll of the batch needed
+    billed = wait_until(lambda: 0 < (n := stats(http)["batch_lines_billed"]) < 20 and n)  # no poll of the batch needed
     assert oai.batches.retrieve(first).request_counts.completed >= billed  # type: ignore[union-attr]
     configure(http, batch_turnaround_s=0.2)
     second = _submit(oai, _chat_lines(5))  # req-0..4 again, as a resubmission would
@@ -372,7 +365,7 @@ def _anthropic_requests(n: int, prefix: str = "req") -> list[Any]:
 
 
 def _ended(client: anthropic.Anthropic, batch_id: str) -> anthropic.types.messages.MessageBatch:
-    return until(lambda: (b := client.messages.batches.retrieve(batch_id)).processing_status == "ended" and b)
+    return wait_until(lambda: (b := client.messages.batches.retrieve(batch_id)).processing_status == "ended" and b)
 
 
 def test_message_batch_beyond_max_expires_there_billing_only_finished_requests(
@@ -397,7 +390,7 @@ def test_message_batch_runs_progressively_and_a_cancel_bills_only_finished_reque
 ) -> None:
     configure(http, batch_turnaround="lognormal:median=4,p95=4", batch_cancel_delay_s=0.1)
     created = ant.messages.batches.create(requests=_anthropic_requests(40))
-    running = until(lambda: stats(http)["message_batch_requests_billed"])
+    running = wait_until(lambda: stats(http)["message_batch_requests_billed"])
     during = ant.messages.batches.retrieve(created.id)  # counts stay `processing` until the batch ends
     assert during.processing_status == "in_progress" and during.request_counts.processing == 40
     assert during.request_counts.succeeded == 0

@@ -10,8 +10,8 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import RouterFactory, Sim, upstream
-from tests.openapi import validate
+from tests.helpers.openapi import validate
+from tests.helpers.servers import RouterFactory, Sim, upstream
 
 Client = Callable[..., openai.OpenAI]
 FAST = {"max_wait_s": 0.2, "poll_interval_s": 0.2, "turnaround_prior_s": 0.5, "margin_s": 1.0}

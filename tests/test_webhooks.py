@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,11 +15,12 @@ from standardwebhooks import Webhook
 from router.errors import BadRequest
 from router.serving import serve_in_thread
 from router.webhooks import check_url
-from tests.conftest import RouterFactory
-from tests.test_deferred import FAST, _metric, _wait_for, prompt
+from tests.helpers.metrics import metric
+from tests.helpers.servers import FAST, RouterFactory
+from tests.helpers.waiting import wait_until
 
 SECRET = "whsec_" + base64.b64encode(b"a test secret of thirty-two byte").decode()
-BODY = {"model": "gpt-4o-mini", "messages": prompt(1)}
+BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Summarise document number 1."}]}
 ASYNC = {"prefer": "respond-async", "x-deadline": "1h"}
 
 
@@ -63,6 +63,14 @@ def hooks(**fields: Any) -> dict[str, Any]:
     return {"secret_env": "WEBHOOK_SECRET", "allowed_hosts": ["127.0.0.1"], "backoff_s": 0.2} | fields
 
 
+SERIES = 'hybrid_router_webhook_deliveries_total{outcome="%s"}'
+
+
+def deliveries(base: str, outcome: str) -> float:
+    """Webhook attempts with `outcome` counted so far (the registry is process-wide: compare with a reading before)."""
+    return metric(httpx.get(base + "/metrics").text, SERIES % outcome)
+
+
 def start(
     start_router: RouterFactory, receiver: str | None = None, **webhooks: Any
 ) -> contextlib.AbstractContextManager[str]:
@@ -74,12 +82,13 @@ def start(
 
 def test_a_completed_call_delivers_one_signed_event(start_router: RouterFactory) -> None:
     with receiving() as (receiver, url), start(start_router, url) as base:
+        before = deliveries(base, "delivered")
         accepted = httpx.post(base + "/v1/chat/completions", json=BODY, headers=ASYNC | {"x-webhook-url": url})
         assert accepted.status_code == 202
         call = accepted.json()
         assert call["webhook"] is True
-        _wait_for(lambda: receiver.requests, timeout=10)
-        time.sleep(0.5)  # a second delivery would have come by now
+        # Counted as delivered only once the sender removed the event from its schedule: no second POST can follow.
+        wait_until(lambda: deliveries(base, "delivered") == before + 1, 10, "the delivery to be counted")
         fetched = httpx.get(f"{base}/v1/deferred/{call['id']}")
     assert len(receiver.requests) == 1
     headers, body = receiver.requests[0]
@@ -99,29 +108,29 @@ def test_retries_carry_the_same_webhook_id(start_router: RouterFactory) -> None:
     with receiving([500, 500]) as (receiver, url), start(start_router, url) as base:
         before = httpx.get(base + "/metrics").text
         httpx.post(base + "/v1/chat/completions", json=BODY, headers=ASYNC | {"x-webhook-url": url})
-        _wait_for(lambda: len(receiver.requests) >= 3, timeout=15)
-        time.sleep(0.5)
+        # The third attempt succeeds and ends the schedule (counted after the removal): nothing follows it.
+        done = metric(before, SERIES % "delivered") + 1
+        wait_until(lambda: deliveries(base, "delivered") == done, 15, "the third attempt to be delivered")
         after = httpx.get(base + "/metrics").text
     assert len(receiver.requests) == 3
     ids = {headers["webhook-id"] for headers, _ in receiver.requests}
     assert len(ids) == 1
     for headers, body in receiver.requests:
         Webhook(SECRET).verify(body, headers)
-    series = 'hybrid_router_webhook_deliveries_total{outcome="%s"}'
-    assert _metric(after, series % "retried") - _metric(before, series % "retried") == 2
-    assert _metric(after, series % "delivered") - _metric(before, series % "delivered") == 1
+    assert metric(after, SERIES % "retried") - metric(before, SERIES % "retried") == 2
+    assert metric(after, SERIES % "delivered") - metric(before, SERIES % "delivered") == 1
 
 
 def test_a_receiver_that_keeps_failing_is_given_up_on(start_router: RouterFactory) -> None:
     with receiving([500] * 10) as (receiver, url), start(start_router, url, max_attempts=2) as base:
         before = httpx.get(base + "/metrics").text
         httpx.post(base + "/v1/chat/completions", json=BODY, headers=ASYNC | {"x-webhook-url": url})
-        _wait_for(lambda: len(receiver.requests) >= 2, timeout=15)
-        time.sleep(1.0)  # well past the next backoff: no third attempt
+        # Dropped is counted after the event left the schedule: there is no third attempt to wait for.
+        given_up = metric(before, SERIES % "dropped") + 1
+        wait_until(lambda: deliveries(base, "dropped") == given_up, 15, "the event to be given up on")
         after = httpx.get(base + "/metrics").text
     assert len(receiver.requests) == 2
-    series = 'hybrid_router_webhook_deliveries_total{outcome="dropped"}'
-    assert _metric(after, series) - _metric(before, series) == 1
+    assert metric(after, SERIES % "dropped") - metric(before, SERIES % "dropped") == 1
 
 
 def _error(base: str, url: str, headers: dict[str, str] = ASYNC) -> dict[str, Any]:

@@ -13,8 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +22,22 @@ import redis
 import yaml
 
 from router.serving import free_port
+from tests.helpers.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str, every: float = 0.05) -> None:
-    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without router settings or `REDIS_URL` (as a new user's shell has it), plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRID_ROUTER_") and k != "REDIS_URL"}
+    return env | extra
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """`python -m router ARGS` to its end (at most a minute): its exit code and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "router", *args], capture_output=True, text=True, timeout=60, env=env, cwd=cwd
+    )
 
 
 class RouterProcess:

@@ -12,7 +12,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 SPEC_URI = "urn:openai-openapi"
-SPEC_PATH = Path(__file__).with_name("data") / "openai-openapi.json"
+SPEC_PATH = Path(__file__).resolve().parents[1] / "data" / "openai-openapi.json"
 """The schemas the tests use, vendored from the official spec by `tests/data/vendor_openapi.py`."""
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD_SOURCE = ROOT / "config" / "grafana" / "dashboard.py"
 DASHBOARD_JSON = ROOT / "config" / "grafana" / "dashboards" / "hybrid-router.json"
 

@@ -1,0 +1,1 @@
+"""What several test modules share: servers and settings, condition waits, metrics, the OpenAPI spec, PromQL."""
