@@ -1,5 +1,9 @@
-# One command per job; CI (.ci/run) calls `make test`.
-.PHONY: setup demo test lint typecheck unit bench
+# One command per job; CI (.ci/run) calls `make test`. Test tiers: CONTRIBUTING.md.
+.PHONY: setup demo test lint typecheck unit integration e2e coverage bench
+
+# Unmarked tests: pure code, Redis, the simulator alone (about 30 s). The markers are declared in pyproject.toml.
+UNIT := not integration and not e2e and not slow
+PYTEST := python3 -m pytest -q
 
 setup:
 	python3 -m pip install -e '.[dev]'
@@ -16,9 +20,19 @@ typecheck:
 	mypy
 
 unit:
-	python3 -m pytest -q
+	$(PYTEST) -m '$(UNIT)'
 
-test: setup lint typecheck unit
+integration:
+	$(PYTEST) -m integration
+
+e2e:
+	$(PYTEST) -m e2e
+
+# Every tier, with line and branch coverage of router/ printed at the end (no threshold).
+coverage:
+	$(PYTEST) --cov --cov-report=term
+
+test: setup lint typecheck coverage
 
 bench:
 	python3 bench/realtime.py

@@ -21,6 +21,23 @@ from router.serving import serve_in_thread
 from router.simulator import SimConfig, create_simulator
 from tests.helpers.servers import RouterFactory, Sim, router_settings
 
+# The tiers `make unit` leaves out (pyproject's markers, CONTRIBUTING.md). A test that starts a router through the
+# fixtures below is at least an integration test: collection fails if it is not marked as one.
+TIERS = ("integration", "e2e", "slow")
+ROUTER_FIXTURES = frozenset({"start_router", "router_url"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse a test that starts a router but carries no tier marker (it would slow `make unit` down)."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if ROUTER_FIXTURES & set(getattr(item, "fixturenames", ()))
+        and not any(item.get_closest_marker(tier) for tier in TIERS)
+    ]
+    if unmarked:
+        raise pytest.UsageError("mark these tests `integration` (they start a router): " + ", ".join(unmarked))
+
 
 def _reachable(url: str) -> bool:
     try:

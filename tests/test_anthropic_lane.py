@@ -11,6 +11,8 @@ import pytest
 
 from tests.helpers.servers import FAST, RouterFactory, Sim, with_anthropic
 
+pytestmark = pytest.mark.integration
+
 Client = Callable[..., openai.OpenAI]
 MODEL = "claude-sonnet-4-5"
 LATER = {"X-Deadline": "2h"}

@@ -9,11 +9,14 @@ from collections.abc import Callable
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.helpers.servers import RouterFactory, Sim, upstream
 from tests.helpers.waiting import wait_until
 
-MESSAGES = [{"role": "user", "content": "Say hello to the proxy."}]
+pytestmark = pytest.mark.integration
+
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello to the proxy."}]
 Client = Callable[..., openai.OpenAI]
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from router.serving import serve_in_thread
 from router.simulator import SimConfig, create_simulator
@@ -50,7 +51,7 @@ def slow_sim() -> Iterator[Sim]:
         yield Sim(base)
 
 
-def prompt(i: int) -> list[dict[str, str]]:
+def prompt(i: int) -> list[ChatCompletionMessageParam]:
     return [{"role": "user", "content": f"Summarise report number {i} for the quarterly review."}]
 
 
@@ -180,7 +181,7 @@ def expected_answers() -> dict[int, str]:
         openai.OpenAI(base_url=base + "/v1", api_key="x") as client,
     ):
         return {
-            i: client.chat.completions.create(model=MODEL, messages=prompt(i)).choices[0].message.content or ""  # type: ignore[arg-type]
+            i: client.chat.completions.create(model=MODEL, messages=prompt(i)).choices[0].message.content or ""
             for i in range(N)
         }
 

@@ -17,6 +17,8 @@ from router.serving import free_port
 from tests.helpers.processes import clean_env, run_cli
 from tests.helpers.waiting import wait_until
 
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -31,6 +31,8 @@ from router.serving import free_port, serve_in_thread
 from tests.helpers.servers import FAST, Sim, router_settings
 from tests.helpers.waiting import wait_until, wait_until_async
 
+pytestmark = pytest.mark.e2e
+
 ENDPOINT = "/chat/completions"
 
 

@@ -11,23 +11,26 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.helpers.metrics import metric
 from tests.helpers.servers import FAST, ROOT, RouterFactory, Sim, upstream
 from tests.helpers.waiting import wait_until
+
+pytestmark = pytest.mark.integration
 
 Client = Callable[..., openai.OpenAI]
 
 LATER = {"X-Deadline": "2h"}
 
 
-def prompt(i: int) -> list[dict[str, str]]:
+def prompt(i: int) -> list[ChatCompletionMessageParam]:
     return [{"role": "user", "content": f"Summarise document number {i}."}]
 
 
-def direct_answer(sim: Sim, messages: list[dict[str, str]], model: str = "gpt-4o-mini") -> str:
+def direct_answer(sim: Sim, messages: list[ChatCompletionMessageParam], model: str = "gpt-4o-mini") -> str:
     with openai.OpenAI(base_url=sim.v1, api_key="x") as c:
-        answer = c.chat.completions.create(model=model, messages=messages)  # type: ignore[arg-type]
+        answer = c.chat.completions.create(model=model, messages=messages)
     return answer.choices[0].message.content or ""
 
 
@@ -66,7 +69,13 @@ async def test_a_thousand_concurrent_calls_land_in_four_batches(start_router: Ro
     with start_router(batch=batch) as base:
         limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
         http = httpx.AsyncClient(limits=limits, timeout=120)
-        async with openai.AsyncOpenAI(base_url=base + "/v1", api_key="dev", http_client=http, max_retries=0) as c:
+        # openai 3.x types its client against its own httpx fork; the SDK takes an httpx client all the same.
+        async with openai.AsyncOpenAI(
+            base_url=base + "/v1",
+            api_key="dev",
+            http_client=http,  # type: ignore[arg-type,unused-ignore]
+            max_retries=0,
+        ) as c:
             answers = await asyncio.gather(
                 *(c.chat.completions.create(model="gpt-4o-mini", messages=prompt(i), extra_headers=LATER)
                   for i in range(n))

@@ -10,6 +10,8 @@ from rich.console import Console
 from router.demo import WORKLOAD, Group, run_demo
 from router.settings import load_settings
 
+pytestmark = pytest.mark.integration
+
 
 def test_demo_savings_match_the_headers(redis_url: str, key_prefix: str) -> None:
     small = [Group(g.label, max(2, g.count // 25), g.kind, g.model, g.headers) for g in WORKLOAD]

@@ -27,7 +27,7 @@ from tests.helpers.servers import Sim
 
 ROOT = Path(__file__).resolve().parent.parent
 LINUX = sys.platform.startswith("linux")
-pytestmark = pytest.mark.skipif(not LINUX, reason="reads processes from /proc")
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not LINUX, reason="reads processes from /proc")]
 
 
 def wait_for(condition: Callable[[], bool], seconds: float = 20.0) -> bool:

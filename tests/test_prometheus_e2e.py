@@ -27,7 +27,7 @@ from tests.helpers.promql import expressions, instantiate, load_dashboard
 from tests.helpers.servers import FAST, ROOT, RouterFactory, Sim
 from tests.helpers.waiting import wait_until
 
-pytestmark = pytest.mark.timeout(40)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(40)]
 
 LATER = {"X-Deadline": "2h"}
 WINDOW = "1m"  # longer than this test: every rate() and increase() sees all of its samples

@@ -105,7 +105,7 @@ class MathReasoning(BaseModel):
     final_answer: str
 
 
-HAND_WRITTEN: list[dict[str, Any]] = [
+HAND_WRITTEN: list[dict[str, Any] | bool] = [  # a boolean is a schema too
     {"type": "object", "properties": {"a": {"const": 3}, "b": {"enum": ["x", 1, None]}}, "required": ["a", "b"]},
     {"type": ["string", "null"], "minLength": 20},
     {"type": "array", "items": {"enum": [1, 2, 3]}, "uniqueItems": True, "minItems": 3},
@@ -258,7 +258,7 @@ def test_json_object_mode(client: openai.OpenAI) -> None:
 
 
 def test_an_unsatisfiable_schema_is_a_400(client: openai.OpenAI) -> None:
-    bad = {"type": "object", "properties": {"x": {"$ref": "#/$defs/nowhere"}}, "required": ["x"]}
+    bad: dict[str, Any] = {"type": "object", "properties": {"x": {"$ref": "#/$defs/nowhere"}}, "required": ["x"]}
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(
             model=OPENAI_MODEL,
@@ -367,7 +367,10 @@ def test_bad_structured_requests_are_400(http: httpx.Client, extra: dict[str, An
 
 
 def test_streamed_tool_calls_reassemble(client: openai.OpenAI, http: httpx.Client) -> None:
-    body = {"model": OPENAI_MODEL, "messages": [{"role": "user", "content": "get_weather and get_time"}]}
+    body: dict[str, Any] = {
+        "model": OPENAI_MODEL,
+        "messages": [{"role": "user", "content": "get_weather and get_time"}],
+    }
     body |= {"tools": TOOLS, "stream": True, "stream_options": {"include_usage": True}}
     chunks = sse(http, "/v1/chat/completions", body)
     for chunk in chunks:
@@ -521,7 +524,7 @@ def test_messages_tool_use_and_tool_loop(claude: anthropic.Anthropic) -> None:
     ],
 )
 def test_messages_tool_choice(claude: anthropic.Anthropic, tool_choice: Any, called: list[str]) -> None:
-    ask = [{"role": "user", "content": "Call get_weather and get_time."}]
+    ask: list[Any] = [{"role": "user", "content": "Call get_weather and get_time."}]
     message = claude.messages.create(
         model=CLAUDE, max_tokens=400, messages=ask, tools=CLAUDE_TOOLS, tool_choice=tool_choice
     )
@@ -577,6 +580,7 @@ def test_messages_bad_tool_choice_is_400(claude: anthropic.Anthropic) -> None:
 # --- through the router: OpenAI's dialect to both upstreams, in real time and through their batch APIs -----
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("model", [OPENAI_MODEL, "claude-sonnet-4-5"])
 @pytest.mark.parametrize("lane", ["realtime", "batch"])
 def test_tool_calls_and_parse_through_the_router(
@@ -590,6 +594,7 @@ def test_tool_calls_and_parse_through_the_router(
         )
         assert raw.headers["x-router-lane"] == lane
         call = (raw.parse().choices[0].message.tool_calls or [])[0]
+        assert call.type == "function"
         assert call.function.name in SCHEMA_OF and raw.parse().choices[0].finish_reason == "tool_calls"
         check(SCHEMA_OF[call.function.name], json.loads(call.function.arguments))
         parsed = client.chat.completions.parse(
@@ -627,4 +632,7 @@ def test_tools_without_parameters_get_empty_arguments(client: openai.OpenAI) -> 
         model=OPENAI_MODEL, messages=[{"role": "user", "content": "now and today"}], tools=bare
     )
     calls = answer.choices[0].message.tool_calls or []
-    assert [(c.function.name, c.function.arguments) for c in calls] == [("now", "{}"), ("today", "{}")]
+    assert [(c.function.name, c.function.arguments) for c in calls if c.type == "function"] == [
+        ("now", "{}"),
+        ("today", "{}"),
+    ]

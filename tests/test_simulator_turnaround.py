@@ -272,9 +272,11 @@ def _submit(client: openai.OpenAI, lines: list[dict[str, Any]]) -> str:
 
 
 def _finished(client: openai.OpenAI, batch_id: str) -> openai.types.Batch:
-    return wait_until(
-        lambda: (b := client.batches.retrieve(batch_id)).status in {"completed", "expired", "cancelled", "failed"} and b
-    )
+    def ended() -> openai.types.Batch | None:
+        batch = client.batches.retrieve(batch_id)
+        return batch if batch.status in {"completed", "expired", "cancelled", "failed"} else None
+
+    return wait_until(ended, what="the batch to end")
 
 
 def _lines(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
@@ -289,7 +291,7 @@ def test_openai_batch_beyond_max_expires_there_billing_only_finished_lines(
     configure(http, batch_turnaround=FIXED_THEN_EXPIRE)
     batch = _finished(oai, _submit(oai, _chat_lines(10)))
     assert batch.status == "expired" and batch.expired_at is not None and batch.completed_at is None
-    assert batch.expires_at - batch.created_at <= 1  # the window is max, not 24 h
+    assert batch.expires_at is not None and batch.expires_at - batch.created_at <= 1  # the window is max, not 24 h
     output, errors = _lines(oai, batch.output_file_id), _lines(oai, batch.error_file_id)
     assert len(output) == 6 and len(errors) == 4
     assert batch.request_counts and (batch.request_counts.completed, batch.request_counts.failed) == (6, 0)
@@ -310,10 +312,13 @@ def test_openai_lines_finish_progressively_and_a_cancel_bills_only_those(
 ) -> None:
     configure(http, batch_turnaround="lognormal:median=4,p95=4", batch_cancel_delay_s=0.1)
     batch_id = _submit(oai, _chat_lines(40))
-    running = wait_until(
-        lambda: (b := oai.batches.retrieve(batch_id)).request_counts and b.request_counts.completed and b
-    )
-    assert running.status == "in_progress"
+
+    def progressed() -> openai.types.Batch | None:
+        batch = oai.batches.retrieve(batch_id)
+        return batch if batch.request_counts and batch.request_counts.completed else None
+
+    running = wait_until(progressed, what="a line to finish")
+    assert running.status == "in_progress" and running.request_counts
     oai.batches.cancel(batch_id)
     batch = _finished(oai, batch_id)
     output, errors = _lines(oai, batch.output_file_id), _lines(oai, batch.error_file_id)
@@ -365,7 +370,11 @@ def _anthropic_requests(n: int, prefix: str = "req") -> list[Any]:
 
 
 def _ended(client: anthropic.Anthropic, batch_id: str) -> anthropic.types.messages.MessageBatch:
-    return wait_until(lambda: (b := client.messages.batches.retrieve(batch_id)).processing_status == "ended" and b)
+    def ended() -> anthropic.types.messages.MessageBatch | None:
+        batch = client.messages.batches.retrieve(batch_id)
+        return batch if batch.processing_status == "ended" else None
+
+    return wait_until(ended, what="the batch to end")
 
 
 def test_message_batch_beyond_max_expires_there_billing_only_finished_requests(

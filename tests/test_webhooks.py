@@ -19,6 +19,8 @@ from tests.helpers.metrics import metric
 from tests.helpers.servers import FAST, RouterFactory
 from tests.helpers.waiting import wait_until
 
+pytestmark = pytest.mark.integration
+
 SECRET = "whsec_" + base64.b64encode(b"a test secret of thirty-two byte").decode()
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Summarise document number 1."}]}
 ASYNC = {"prefer": "respond-async", "x-deadline": "1h"}

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 T = TypeVar("T")
 
 
 def wait_until(
-    condition: Callable[[], T], seconds: float = 10.0, what: str = "the condition", every: float = 0.05
+    condition: Callable[[], T | Literal[False] | None],
+    seconds: float = 10.0,
+    what: str = "the condition",
+    every: float = 0.05,
 ) -> T:
     """Poll `condition` until it returns something truthy and return that; fail naming `what` after `seconds`."""
     deadline = time.monotonic() + seconds
@@ -23,7 +26,10 @@ def wait_until(
 
 
 async def wait_until_async(
-    condition: Callable[[], Awaitable[T]], seconds: float = 10.0, what: str = "the condition", every: float = 0.05
+    condition: Callable[[], Awaitable[T | Literal[False] | None]],
+    seconds: float = 10.0,
+    what: str = "the condition",
+    every: float = 0.05,
 ) -> T:
     """`wait_until` for a coroutine condition, yielding to the event loop between polls."""
     deadline = time.monotonic() + seconds
