@@ -27,6 +27,7 @@ from router.providers.base import (
     LineResult,
     Rival,
     UpstreamResponse,
+    off_loop,
 )
 from router.providers.transport import make_client, read_all, retry_after, send_retrying, translate_error
 from router.schema import error_body
@@ -163,6 +164,7 @@ class _OutModel(msgspec.Struct, kw_only=True):
 
 T = TypeVar("T")
 _JSON = {"content-type": "application/json"}
+_PIECE_BYTES = 1 << 20
 _encoder = msgspec.json.Encoder()
 _batch_decoder = msgspec.json.Decoder(_MessageBatch)
 _result_decoder = msgspec.json.Decoder(_ResultLine)
@@ -361,21 +363,11 @@ class AnthropicProvider:
     async def submit_batch(self, batch_id: str, endpoint: str, model: str, lines: Sequence[BatchLine]) -> str:
         """Create a Message Batch with the lines inline; lines that cannot be translated are answered 400 later.
         A `/messages` line is the caller's own params, sent as they are (its custom_id marked `NATIVE_LINE`)."""
-        requests: list[dict[str, Any]] = []
-        refused: dict[str, bytes] = {}
-        for line in lines:
-            if line.endpoint == "/messages":
-                requests.append({"custom_id": NATIVE_LINE + line.custom_id, "params": msgspec.Raw(line.body)})
-                continue
-            try:
-                params = self._params(endpoint, line)
-            except BadRequest as exc:
-                refused[line.custom_id] = error_body(exc.message, exc.type, exc.param, exc.code)
-                continue
-            requests.append({"custom_id": line.custom_id, "params": params})
-        if requests:
-            content = _encoder.encode({"requests": requests})
-            raw = await self._json("POST", f"{self.v1}/messages/batches", content=content, headers=_JSON)
+        size = sum(len(line.body) for line in lines)  # a large batch is translated and encoded off the event loop
+        content, refused = await off_loop(size, self._batch_body, endpoint, lines)
+        if content is not None:
+            headers = _JSON | {"content-length": str(len(content))}
+            raw = await self._json("POST", f"{self.v1}/messages/batches", content=_pieces(content), headers=headers)
             provider_id = self._decode(_batch_decoder, raw).id
         else:
             provider_id = LOCAL_PREFIX + batch_id
@@ -384,6 +376,30 @@ class AnthropicProvider:
         if refused:
             self._refused[provider_id] = refused
         return provider_id
+
+    def _batch_body(self, endpoint: str, lines: Sequence[BatchLine]) -> tuple[bytearray | None, dict[str, bytes]]:
+        """The Message Batch request for the lines that translate (None if none does), and the refused lines.
+
+        Each request is encoded on its own into one growing buffer: one `encode` of the whole batch, or one copy
+        of the result, would hold the GIL, and so stall the event loop even from a worker thread.
+        """
+        body = bytearray(b'{"requests":[')
+        refused: dict[str, bytes] = {}
+        for line in lines:
+            if line.endpoint == "/messages":
+                request: dict[str, Any] = {"custom_id": NATIVE_LINE + line.custom_id, "params": msgspec.Raw(line.body)}
+            else:
+                try:
+                    request = {"custom_id": line.custom_id, "params": self._params(endpoint, line)}
+                except BadRequest as exc:
+                    refused[line.custom_id] = error_body(exc.message, exc.type, exc.param, exc.code)
+                    continue
+            _encoder.encode_into(request, body, -1)
+            body += b","
+        if not body.endswith(b","):
+            return None, refused
+        body[-1:] = b"]}"
+        return body, refused
 
     async def find_batch(self, lapsed: Lapsed) -> Found:
         """The Message Batch a crashed builder created, told apart without metadata (see docs/anthropic.md).
@@ -550,3 +566,10 @@ def _present(raw: msgspec.Raw) -> bool:
 
 def _native_headers(response: httpx.Response) -> list[tuple[str, str]]:
     return [(name, value) for name in PASS_HEADERS if (value := response.headers.get(name)) is not None]
+
+
+async def _pieces(body: bytearray) -> AsyncIterator[bytes]:
+    """A request body sent 1 MiB at a time: a copy of all of it at once would stall the event loop."""
+    view = memoryview(body)
+    for start in range(0, len(view), _PIECE_BYTES):
+        yield bytes(view[start : start + _PIECE_BYTES])

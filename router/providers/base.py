@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Literal, Protocol
+from typing import Literal, ParamSpec, Protocol, TypeVar
 
 import msgspec
 
@@ -13,6 +14,21 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 """Upstream answers that mean "not now": the call was not run (nor billed), so sending it again is safe."""
 ANTHROPIC_ENDPOINTS = frozenset({"/messages", "/messages/count_tokens"})
 """Endpoints of Anthropic's own API: only an Anthropic upstream serves them, untranslated."""
+
+
+OFF_LOOP_BYTES = 1 << 20
+"""Work over this many bytes (encoding a batch file, say) runs in a worker thread: 200 MB inline would stall
+every request the process serves for a fraction of a second."""
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+async def off_loop(size: int, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """`fn(*args, **kwargs)`, in a worker thread when `size` bytes are over `OFF_LOOP_BYTES`, else inline."""
+    if size > OFF_LOOP_BYTES:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    return fn(*args, **kwargs)
 
 
 def backoff(attempt: int) -> float:

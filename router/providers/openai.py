@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import httpx
 import msgspec
@@ -18,6 +18,7 @@ from router.providers.base import (
     Lapsed,
     LineResult,
     UpstreamResponse,
+    off_loop,
 )
 from router.providers.transport import make_client, read_all, retry_after, send_retrying, translate_error
 from router.schema import error_body
@@ -176,13 +177,9 @@ class OpenAIProvider:
         return response.content
 
     async def submit_batch(self, batch_id: str, endpoint: str, model: str, lines: Sequence[BatchLine]) -> str:
-        """Spool the JSONL (bounded memory), upload it with purpose=batch, create the batch."""
+        """Spool the JSONL (bounded memory; a large file off the event loop), upload it, create the batch."""
         url = "/v1" + endpoint  # batch lines name the API path, not our base URL's
-        with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as spool:
-            for line in lines:
-                spool.write(_encoder.encode(_InputLine(line.custom_id, "POST", url, msgspec.Raw(line.body))))
-                spool.write(b"\n")
-            spool.seek(0)
+        with await off_loop(sum(len(line.body) for line in lines), _spool, lines, url) as spool:
             uploaded = await self._json(
                 "POST",
                 "/files",
@@ -261,6 +258,20 @@ class OpenAIProvider:
     async def aclose(self) -> None:
         """Close the pool."""
         await self.client.aclose()
+
+
+def _spool(lines: Sequence[BatchLine], url: str) -> IO[bytes]:
+    """The batch input file: one request per line, in memory up to `_SPOOL_BYTES`, then on disk; rewound."""
+    spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)  # noqa: SIM115 (the caller closes it)
+    try:
+        for line in lines:
+            spool.write(_encoder.encode(_InputLine(line.custom_id, "POST", url, msgspec.Raw(line.body))))
+            spool.write(b"\n")
+        spool.seek(0)
+    except BaseException:
+        spool.close()
+        raise
+    return spool
 
 
 def _errors_text(errors: dict[str, Any] | None) -> str | None:

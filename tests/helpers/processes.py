@@ -1,4 +1,4 @@
-"""Real processes for fault tests: the router as `python -m router serve`, and a redis-server of a test's own.
+"""Real processes: the router as `python -m router serve`, the simulator, and a redis-server of a test's own.
 
 Every process is started on 127.0.0.1, and killed (with its output kept for the failure message) when the
 test ends, whatever happened in it.
@@ -161,3 +161,37 @@ def redis_process(directory: Path) -> Iterator[RedisProcess]:
         server.stop()
         if server.process is not None and server.process.poll() is None:
             server.process.kill()
+
+
+@contextlib.contextmanager
+def simulator_process(tmp: Path) -> Iterator[str]:
+    """`python -m router simulate` on a free port, killed when the block ends; its base URL.
+
+    In a process of its own, its work (parsing a large upload, say) does not compete for this process's GIL.
+    """
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp / "simulator.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "router", "simulate", "--port", str(port)],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"the simulator exited with {process.returncode}: {log.read_text()[-2000:]}")
+        try:
+            return httpx.get(base + "/_sim/stats", timeout=0.5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(answers, 20, f"the simulator on port {port}")
+        yield base
+    finally:
+        process.kill()
+        process.wait(10)
