@@ -1,4 +1,4 @@
-"""A 100 MB batch is encoded and uploaded without holding the event loop, so real-time calls keep their latency.
+"""A 100 MB batch is built, uploaded and its results read without holding the event loop: real-time calls go on.
 
 A probe task sleeps a few milliseconds at a time; the CPU time the loop's thread spends between two of its
 wake-ups is how long work on the loop held it. (Lateness by the clock also counts waits for the GIL or for a
@@ -19,11 +19,12 @@ import msgspec
 import pytest
 
 from router.providers.anthropic import AnthropicProvider
-from router.providers.base import OFF_LOOP_BYTES, BatchLine, Provider
+from router.providers.base import OFF_LOOP_BYTES, BatchLine, BatchStatus, Provider
 from router.providers.openai import OpenAIProvider
 from router.settings import Upstream
 from tests.helpers.processes import simulator_process
 from tests.helpers.servers import Sim
+from tests.helpers.waiting import wait_until_async
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -85,16 +86,23 @@ async def test_a_100_mb_batch_does_not_hold_the_loop_from_real_time_calls(
             assert answer.status == 200
             latencies.append(time.perf_counter() - start)
 
+    async def ended() -> BatchStatus | None:
+        status = await uploader.poll(provider_id)
+        return status if status.state != "running" else None
+
     tasks = [asyncio.create_task(probe()), asyncio.create_task(realtime_calls())]
     try:
         await running.wait()  # the probe ticks before the batch starts
         provider_id = await uploader.submit_batch("b-100mb", "/chat/completions", model, lines)
+        answered = len(latencies)
+        status = await wait_until_async(ended, 60, "the batch to end", every=0.5)
+        results = [line.status async for line in uploader.results(status)]  # read and parsed as they stream in
     finally:
         done.set()
         await asyncio.gather(*tasks)
         await uploader.aclose()
         await realtime.aclose()
-    assert provider_id
-    assert latencies, "no real-time call was answered while the batch was built"
+    assert answered, "no real-time call was answered while the batch was built"
+    assert results == [200] * len(lines)
     seen = f"the loop was {max(late):.3f} s late at worst; real-time calls took up to {max(latencies):.3f} s"
     assert max(held) < MAX_HELD_S, f"the loop's thread worked {max(held):.3f} s in one go; {seen}"
