@@ -1,4 +1,4 @@
-"""The `hybrid-router` command: serve | simulate | demo | estimate | check-config | init."""
+"""The `hybrid-router` command: serve | simulate | demo | estimate | check-config | init | healthcheck."""
 
 from __future__ import annotations
 
@@ -106,6 +106,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config = server_config(app, host=ready.host, port=ready.port, grace_s=ready.shutdown_grace_s, http=http)
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is a normal stop, as with `uvicorn.run`
             Server(config).run()
+    return 0
+
+
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    """Exit 0 when the router these settings describe answers `/healthz` (a container's health check)."""
+    import httpx
+
+    settings = load(args, {"port": args.port} if args.port is not None else None)
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host  # a wildcard bind: ask loopback
+    url = f"http://{f'[{host}]' if ':' in host else host}:{settings.port}/healthz"
+    try:
+        status = httpx.get(url, timeout=args.timeout).status_code
+    except httpx.HTTPError as exc:
+        print(f"unhealthy: {url}: {exc!r}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"unhealthy: {url} answered {status}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -265,6 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("directory", nargs="?", default=".", help="where to write them (default: here)")
     init.add_argument("--force", action="store_true", help="overwrite files that exist")
     init.set_defaults(func=cmd_init)
+
+    health = sub.add_parser("healthcheck", help="exit 0 if the router on the configured port answers /healthz")
+    health.add_argument("--config", help=f"config file (default: {DEFAULT_CONFIG} if present)")
+    health.add_argument("--port", type=int, help="port (default: the configured one)")
+    health.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer")
+    health.set_defaults(func=cmd_healthcheck)
     return parser
 
 

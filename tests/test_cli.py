@@ -129,3 +129,19 @@ def test_simulate_and_serve_as_the_readme_says(tmp_path: Path, processes: list[s
     ready = httpx.get(f"http://127.0.0.1:{port}/readyz").json()
     assert ready["checks"]["redis"] is True
     assert (tmp_path / "data" / "redis" / "appendonlydir").exists() or (tmp_path / "data" / "redis").exists()
+
+
+def test_healthcheck_finds_the_port_in_the_settings(tmp_path: Path, processes: list[subprocess.Popen[str]]) -> None:
+    """As in the container: the port comes from the environment, for `serve` and `healthcheck` alike."""
+    port = free_port()
+    env = clean_env(HYBRID_ROUTER_DATA_DIR=str(tmp_path / "data"), HYBRID_ROUTER_PORT=str(port))
+    cmd = [sys.executable, "-m", "router"]
+
+    def healthcheck() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*cmd, "healthcheck"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+
+    down = healthcheck()
+    assert down.returncode == 1 and f"127.0.0.1:{port}/healthz" in down.stderr
+    processes.append(subprocess.Popen([*cmd, "serve"], env=env, cwd=tmp_path, text=True, stderr=subprocess.PIPE))
+    _wait_http(f"http://127.0.0.1:{port}/healthz", processes[0])
+    assert healthcheck().returncode == 0
