@@ -36,6 +36,14 @@ def test_the_health_check_reads_the_port_from_the_settings() -> None:
     assert not re.search(r"\d{4}", check.split("CMD", 1)[1])  # no port written into it
 
 
+def test_the_image_serves_on_the_port_compose_publishes_and_prometheus_scrapes() -> None:
+    assert "HYBRID_ROUTER_HOST=0.0.0.0 HYBRID_ROUTER_PORT=8080" in DOCKERFILE
+    router = yaml.safe_load((ROOT / "config" / "docker-compose.yml").read_text())["services"]["router"]
+    assert router["ports"] == ["127.0.0.1:8080:8080"]
+    scraped = yaml.safe_load((ROOT / "config" / "prometheus.yml").read_text())["scrape_configs"][0]
+    assert scraped["static_configs"][0]["targets"] == ["router:8080"]
+
+
 def test_compose_pins_every_image() -> None:
     services = yaml.safe_load((ROOT / "config" / "docker-compose.yml").read_text())["services"]
     images = {name: service["image"] for name, service in services.items() if "image" in service}
