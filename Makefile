@@ -1,12 +1,13 @@
-# One command per job; CI (.ci/run) calls `make test`. Test tiers: CONTRIBUTING.md.
+# One command per job; CI (.ci/run) calls `make test`. The test tiers are described in CONTRIBUTING.md.
 .PHONY: setup demo test lint typecheck unit integration e2e coverage bench
 
+PYTHON ?= python3
+PYTEST := $(PYTHON) -m pytest -q
 # Unmarked tests: pure code, Redis, the simulator alone (about 30 s). The markers are declared in pyproject.toml.
 UNIT := not integration and not e2e and not slow
-PYTEST := python3 -m pytest -q
 
 setup:
-	python3 -m pip install -e '.[dev]'
+	$(PYTHON) -m pip install -e '.[dev]'
 
 demo: setup
 	hybrid-router demo
@@ -26,7 +27,7 @@ integration:
 	$(PYTEST) -m integration
 
 e2e:
-	$(PYTEST) -m e2e
+	$(PYTEST) -m 'e2e or slow'
 
 # Every tier, with line and branch coverage of router/ printed at the end (no threshold).
 coverage:
@@ -35,4 +36,4 @@ coverage:
 test: setup lint typecheck coverage
 
 bench:
-	python3 bench/realtime.py
+	$(PYTHON) bench/realtime.py
