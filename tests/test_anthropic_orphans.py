@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 
@@ -22,6 +21,7 @@ from router.providers.anthropic import SKEW_S, AnthropicProvider, Candidate, Ver
 from router.providers.base import BatchLine, Found, Lapsed, Ledger, Rival
 from router.settings import BatchSettings, OrphanPolicy, Upstream
 from tests.helpers.servers import ROOT, Sim
+from tests.helpers.waiting import wait_until, wait_until_async
 
 ENDPOINT = "/chat/completions"
 MODELS = ("claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1")
@@ -147,16 +147,26 @@ async def settle(acc: Accumulator, provider: AnthropicProvider, ids: list[str], 
     batcher = Batcher(acc, providers, SETTINGS)
     poller = Poller(acc, providers, SETTINGS, Accounting(load_pricing(ROOT / "config" / "pricing.yaml")))
     submitted = 0
-    until = time.monotonic() + seconds
-    while time.monotonic() < until:
+
+    async def answered() -> bool:
+        nonlocal submitted
         submitted += await batcher.run_once()
         await poller.run_once()
-        results = [await acc.get_result(cid) for cid in ids]
-        if all(r is not None for r in results):
-            assert all(r is not None and r.status == 200 and r.lane == "batch" for r in results)
-            return submitted
-        await asyncio.sleep(0.05)
-    raise AssertionError("results did not arrive")
+        return all([await acc.get_result(cid) is not None for cid in ids])
+
+    await wait_until_async(answered, seconds, "every call's batch result")
+    results = [await acc.get_result(cid) for cid in ids]
+    assert all(r is not None and r.status == 200 and r.lane == "batch" for r in results)
+    return submitted
+
+
+async def leases_run_out(acc: Accumulator, owner: str = "dead-replica") -> None:
+    """Wait until the leases `owner` holds on batches it was building have run out, as Redis records them."""
+
+    async def run_out() -> bool:
+        return all(until < time.time() for _, record, until in await acc.building() if record.owner == owner)
+
+    await wait_until_async(run_out, 10, f"the leases of {owner} to run out", every=0.02)
 
 
 def paid_twice(sim: Sim) -> int:
@@ -171,21 +181,23 @@ async def provider(sim: Sim, request: pytest.FixtureRequest) -> AsyncIterator[An
     await p.aclose()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("provider", POLICIES, indirect=True)
 async def test_a_crash_before_the_create_submits_once(acc: Accumulator, provider: AnthropicProvider, sim: Sim) -> None:
     ids = await crash(acc, provider, [5], created=[False])
-    await asyncio.sleep(LEASE)
+    await leases_run_out(acc)
     assert await settle(acc, provider, ids) == 1
     stats = sim.stats()
     assert stats["message_batches_created"] == 1 and stats["max_submissions_per_custom_id"] == 1
     assert stats["batches_cancelled"] == 0
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("provider", ["adopt", "adopt_or_cancel"], indirect=True)
 async def test_the_one_orphan_that_fits_is_adopted(acc: Accumulator, provider: AnthropicProvider, sim: Sim) -> None:
     sim.configure(batch_turnaround_s=3.0)  # still running when recovery looks
     ids = await crash(acc, provider, [5], created=[True])
-    await asyncio.sleep(LEASE)
+    await leases_run_out(acc)
     assert await settle(acc, provider, ids) == 0
     stats = sim.stats()
     assert stats["message_batches_created"] == 1 and stats["max_submissions_per_custom_id"] == 1
@@ -193,13 +205,14 @@ async def test_the_one_orphan_that_fits_is_adopted(acc: Accumulator, provider: A
     assert stats["message_batch_requests_billed"] == 5
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("provider", ["cancel"], indirect=True)
 async def test_cancel_cancels_the_running_orphan_and_submits_again(
     acc: Accumulator, provider: AnthropicProvider, sim: Sim
 ) -> None:
     sim.configure(batch_turnaround_s=3.0, batch_cancel_delay_s=0.1)
     ids = await crash(acc, provider, [5], created=[True])
-    await asyncio.sleep(LEASE)
+    await leases_run_out(acc)
     assert await settle(acc, provider, ids) == 1
     stats = sim.stats()
     assert stats["message_batches_created"] == 2 and stats["batches_cancelled"] == 1
@@ -207,24 +220,29 @@ async def test_cancel_cancels_the_running_orphan_and_submits_again(
     assert paid_twice(sim) == stats["message_batch_requests_billed"] - 5 < 5
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("provider", POLICIES, indirect=True)
 async def test_an_orphan_that_already_ended_is_proven_by_its_results(
     acc: Accumulator, provider: AnthropicProvider, sim: Sim
 ) -> None:
     sim.configure(batch_turnaround_s=0.05)
     ids = await crash(acc, provider, [5, 5], created=[True, True])  # alike in size and time: only results tell
-    await asyncio.sleep(LEASE + 0.2)
+    await leases_run_out(acc)
+    with anthropic.Anthropic(base_url=sim.base, api_key="k", max_retries=0) as client:
+        ended = lambda: all(b.processing_status == "ended" for b in client.messages.batches.list())  # noqa: E731
+        wait_until(ended, 10, "both orphans to end")
     assert await settle(acc, provider, ids) == 0
     stats = sim.stats()
     assert stats["message_batches_created"] == 2 and stats["batches_cancelled"] == 0 and paid_twice(sim) == 0
 
 
+@pytest.mark.integration
 async def test_concurrent_equal_crashes_wait_for_proof_and_pay_once(
     acc: Accumulator, provider: AnthropicProvider, sim: Sim
 ) -> None:
     sim.configure(batch_turnaround_s=3.0)
     ids = await crash(acc, provider, [4, 4, 4], created=[True, True, False])
-    await asyncio.sleep(LEASE)
+    await leases_run_out(acc)
     batcher = Batcher(acc, {"anthropic": provider}, SETTINGS)
     assert await batcher.run_once() == 0  # three alike, two orphans: nobody can tell yet, nothing is submitted
     assert sim.stats()["message_batches_created"] == 2
@@ -234,19 +252,21 @@ async def test_concurrent_equal_crashes_wait_for_proof_and_pay_once(
     assert stats["batches_cancelled"] == 0 and paid_twice(sim) == 0
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("provider", ["cancel", "adopt_or_cancel"], indirect=True)
 async def test_concurrent_equal_crashes_cancel_what_cannot_be_told_apart(
     acc: Accumulator, provider: AnthropicProvider, sim: Sim
 ) -> None:
     sim.configure(batch_turnaround_s=3.0, batch_cancel_delay_s=0.1)
     ids = await crash(acc, provider, [4, 4, 4], created=[True, True, True])
-    await asyncio.sleep(LEASE)
+    await leases_run_out(acc)
     await settle(acc, provider, ids)
     stats = sim.stats()
     assert stats["batches_cancelled"] == 3 and stats["max_submissions_per_custom_id"] == 2
     assert paid_twice(sim) < 12  # lines that ran before their cancel, no more
 
 
+@pytest.mark.integration
 async def test_a_batch_a_live_builder_has_not_recorded_yet_is_left_to_it(
     acc: Accumulator, provider: AnthropicProvider, sim: Sim
 ) -> None:
@@ -256,7 +276,7 @@ async def test_a_batch_a_live_builder_has_not_recorded_yet_is_left_to_it(
     live_ids = await admit(acc, MODELS[1], 3)
     bid, claimed = await claim(acc, MODELS[1], "live-replica", lease_s=30)
     theirs = await create(acc, provider, MODELS[1], bid, claimed)  # created, about to be recorded
-    await asyncio.sleep(LEASE)
+    await leases_run_out(acc)
     batcher = Batcher(acc, {"anthropic": provider}, SETTINGS)
     assert await batcher.run_once() == 0  # it fits, but it may be the live builder's: wait
     tag = queue_tag("anthropic", ENDPOINT, MODELS[1])
@@ -267,6 +287,7 @@ async def test_a_batch_a_live_builder_has_not_recorded_yet_is_left_to_it(
     assert stats["batches_cancelled"] == 0
 
 
+@pytest.mark.integration
 async def test_recorded_and_other_sized_batches_are_not_taken(
     acc: Accumulator, provider: AnthropicProvider, sim: Sim
 ) -> None:
@@ -277,12 +298,13 @@ async def test_recorded_and_other_sized_batches_are_not_taken(
     with anthropic.Anthropic(base_url=sim.base, api_key="k", max_retries=0) as client:  # other software's batch
         request = {"custom_id": "theirs", "params": {"model": MODELS[0], "max_tokens": 10, "messages": []}}
         client.messages.batches.create(requests=[request] * 1)  # type: ignore[list-item]
-    await asyncio.sleep(LEASE)
+    await leases_run_out(acc)
     assert await settle(acc, provider, ids + other) == 1
     stats = sim.stats()
     assert stats["message_batches_created"] == 3 and stats["max_submissions_per_custom_id"] == 1
 
 
+@pytest.mark.integration
 async def test_a_builder_whose_batch_was_adopted_records_it_without_cancelling(
     acc: Accumulator, provider: AnthropicProvider, sim: Sim
 ) -> None:
@@ -290,7 +312,7 @@ async def test_a_builder_whose_batch_was_adopted_records_it_without_cancelling(
     await admit(acc, MODELS[0], 3)
     bid, claimed = await claim(acc, MODELS[0], "stalled-replica")
     created = await create(acc, provider, MODELS[0], bid, claimed)
-    await asyncio.sleep(LEASE)
+    await leases_run_out(acc, "stalled-replica")
     assert await Batcher(acc, {"anthropic": provider}, SETTINGS).run_once() == 0  # adopted
     tag = queue_tag("anthropic", ENDPOINT, MODELS[0])
     # The stalled builder wakes up and records the batch it created: already recorded, so it is not an orphan.

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from router.edge import check_headers, head_bound
 from router.errors import HeadersTooLarge
@@ -17,7 +18,7 @@ from tests.helpers.servers import RouterFactory
 
 KEY = "sk-team-a"
 KEYS = [{"sha256": hashlib.sha256(KEY.encode()).hexdigest(), "tenant": "team-a"}]
-MESSAGES = [{"role": "user", "content": "hi"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 CHAT = {"model": "gpt-4o-mini", "messages": MESSAGES}
 
 
@@ -53,8 +54,8 @@ def test_an_8_mib_header_is_refused_by_the_server_before_it_is_read(start_router
         response = client.post("/v1/chat/completions", json=CHAT, headers=big)
         error = _error(response, 431)
         assert response.headers["connection"] == "close"
-        with openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0) as client:
-            assert client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).choices  # still serving
+        with openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0) as sdk:
+            assert sdk.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).choices  # still serving
     assert error["code"] == "request_header_fields_too_large"
     assert str(head_bound(Limits())) in error["message"]
 

@@ -15,6 +15,7 @@ from router.app import create_app
 from router.logthrottle import INTERVAL_S, Throttle, is_outage, kind_of
 from router.serving import free_port, serve_in_thread
 from tests.helpers.servers import Sim, router_settings
+from tests.helpers.waiting import wait_until
 
 LOOPS = ("batcher", "poller", "guard", "webhooks")
 
@@ -82,6 +83,7 @@ def _by_where(counts: collections.Counter[str], where: str) -> int:
     return sum(n for kind, n in counts.items() if kind.startswith(where + ":"))
 
 
+@pytest.mark.integration  # a router served in this process
 def test_a_redis_outage_logs_a_line_per_kind_per_interval(
     sim: Sim, key_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -93,10 +95,12 @@ def test_a_redis_outage_logs_a_line_per_kind_per_interval(
     with serve_in_thread(create_app(settings, {"SIM_KEY": "sk-sim"})) as base:
         for _ in range(20):
             assert httpx.get(base + "/v1/deferred/abc").status_code == 503
-        until = time.monotonic() + 30
-        while not all(_by_where(_occurrences() - before, name) >= 5 for name in (*LOOPS, "api", "waiters")):
-            assert time.monotonic() < until, f"the loops did not keep failing: {_occurrences() - before}"
-            time.sleep(0.1)
+        wait_until(
+            lambda: all(_by_where(_occurrences() - before, name) >= 5 for name in (*LOOPS, "api", "waiters")),
+            30,
+            "every loop to keep failing",
+            every=0.1,
+        )
     elapsed = time.monotonic() - started
     seen = _occurrences() - before
     lines: dict[str, list[logging.LogRecord]] = collections.defaultdict(list)

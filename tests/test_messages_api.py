@@ -5,7 +5,6 @@ completions."""
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -19,6 +18,7 @@ from anthropic.types import Message
 from router.keys import queue_tag
 from router.settings import ProxyKey, Settings, Upstream
 from tests.helpers.servers import RouterFactory, Sim, upstream
+from tests.helpers.waiting import wait_until
 
 Claude = Callable[..., anthropic.Anthropic]
 MODEL = "claude-sonnet-4-5"
@@ -80,7 +80,8 @@ def claude() -> Iterator[Claude]:
 def direct(sim: Sim, **params: Any) -> Message:
     """The simulator's own answer to the same request."""
     with anthropic.Anthropic(base_url=sim.base, api_key="sk-sim", max_retries=0) as client:
-        return client.messages.create(model=MODEL, max_tokens=300, **params)
+        message: Message = client.messages.create(model=MODEL, max_tokens=300, **params)
+        return message
 
 
 def essence(message: Message) -> dict[str, Any]:
@@ -101,10 +102,7 @@ def usage_lanes(router: str, key: str = KEY_A) -> dict[str, Any]:
 
 
 def wait_for(check: Callable[[], bool], timeout: float = 20.0) -> None:
-    until = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < until, "the condition did not hold in time"
-        time.sleep(0.05)
+    wait_until(check, timeout)
 
 
 # --- real time -------------------------------------------------------------------------------------------------

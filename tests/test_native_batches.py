@@ -3,7 +3,6 @@ and each batch's usage booked once at the batch rate (metrics and /v1/usage), ac
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
@@ -28,6 +27,7 @@ from router.redis_client import close, connect
 from router.settings import BatchSettings, Upstream
 from tests.helpers.openapi import validate
 from tests.helpers.servers import ROOT, RouterFactory, Sim
+from tests.helpers.waiting import wait_until, wait_until_async
 
 T = TypeVar("T")
 Client = Callable[..., openai.OpenAI]
@@ -51,11 +51,16 @@ def jsonl(n: int, tag: str = "r", model: str = "gpt-4o-mini") -> bytes:
 
 def wait_for(probe: Callable[[], T | None], timeout: float = 30.0) -> T:
     """Poll `probe` until it returns something other than None (or fail after `timeout`)."""
-    until = time.monotonic() + timeout
-    while (value := probe()) is None:
-        assert time.monotonic() < until, "condition not met in time"
-        time.sleep(0.05)
-    return value
+    found: list[T] = []
+
+    def given() -> bool:
+        value = probe()
+        if value is not None:
+            found.append(value)
+        return value is not None
+
+    wait_until(given, timeout, "a value")
+    return found[0]
 
 
 def ended(client: openai.OpenAI, batch_id: str) -> openai.types.Batch:
@@ -130,12 +135,13 @@ def test_round_trip_and_tenant_scoping(start_router: RouterFactory, clients: Any
 
         # The other tenant sees none of it, and cannot tell it exists: the same 404 as for an id nobody has.
         assert b.files.list().data == [] and b.batches.list().data == []
-        for file_id, action in (
+        file_actions: list[tuple[str | None, Callable[[], object]]] = [
             (uploaded.id, lambda: b.files.retrieve(uploaded.id)),
             (done.output_file_id, lambda: b.files.content(done.output_file_id or "")),
             (uploaded.id, lambda: b.files.delete(uploaded.id)),
             ("file-0123456789abcdef01234567", lambda: b.files.retrieve("file-0123456789abcdef01234567")),
-        ):
+        ]
+        for file_id, action in file_actions:
             with pytest.raises(openai.NotFoundError) as caught:
                 action()
             validate("ErrorResponse", caught.value.response.json())
@@ -143,10 +149,14 @@ def test_round_trip_and_tenant_scoping(start_router: RouterFactory, clients: Any
                 "message": f"No such File object: {file_id}", "type": "invalid_request_error", "param": "id",
                 "code": None,
             }  # fmt: skip
-        for batch_action in (lambda: b.batches.retrieve(done.id), lambda: b.batches.cancel(done.id)):
+        batch_actions: list[Callable[[], object]] = [
+            lambda: b.batches.retrieve(done.id),
+            lambda: b.batches.cancel(done.id),
+        ]
+        for batch_action in batch_actions:
             with pytest.raises(openai.NotFoundError) as caught:
                 batch_action()
-            assert caught.value.body == {  # type: ignore[comparison-overlap]
+            assert caught.value.body == {
                 "message": f"No batch found with id '{done.id}'.", "type": "invalid_request_error",
                 "param": "batch_id", "code": None,
             }  # fmt: skip
@@ -285,11 +295,7 @@ def _day(batch: openai.types.Batch) -> str:
 
 
 async def wait_async(probe: Callable[[], Any]) -> None:
-    for _ in range(500):
-        if await probe():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not met in time")
+    await wait_until_async(probe, 10, every=0.02)
 
 
 def test_pages_hold_only_the_tenants_own_in_order(start_router: RouterFactory, clients: Any) -> None:
@@ -390,7 +396,7 @@ def test_bad_requests_are_refused_in_openai_shape(start_router: RouterFactory, c
                              metadata={"hybrid_router_batch": "b0"})  # fmt: skip
         assert caught.value.param == "metadata"
         with pytest.raises(openai.BadRequestError) as caught:
-            a.files.list(order="sideways")  # type: ignore[arg-type]
+            a.files.list(order="sideways")
         assert caught.value.param == "order"
         with pytest.raises(openai.NotFoundError):
             a.batches.retrieve("batch_../../etc")

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from router.app import create_app
 from router.cli import is_loopback
@@ -23,7 +24,7 @@ from tests.helpers.servers import RouterFactory, Sim, router_settings
 
 KEY = "sk-team-a"
 KEYS = [{"sha256": hashlib.sha256(KEY.encode()).hexdigest(), "tenant": "team-a"}]
-MESSAGES = [{"role": "user", "content": "hi"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
 
 def _error(response: httpx.Response, status: int) -> dict[str, Any]:
@@ -71,7 +72,7 @@ class Tap:
         self.seen: list[dict[str, str]] = []
         self._lock = threading.Lock()
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"].endswith("/chat/completions"):
             with self._lock:
                 self.seen.append({k.decode(): v.decode() for k, v in scope["headers"]})
@@ -104,6 +105,7 @@ def _call(base: str, key: str = KEY) -> None:
         )
 
 
+@pytest.mark.integration  # `tapped` serves a router
 def test_org_and_project_headers_are_not_forwarded_under_auth_keys(tapped: tuple[Tap, Any]) -> None:
     tap, start = tapped
     with start(auth="keys", keys=KEYS) as base:
@@ -114,6 +116,7 @@ def test_org_and_project_headers_are_not_forwarded_under_auth_keys(tapped: tuple
     assert seen["authorization"] == "Bearer sk-sim"  # the router's key, never the tenant's
 
 
+@pytest.mark.integration  # `tapped` serves a router
 def test_org_and_project_headers_are_forwarded_without_auth(tapped: tuple[Tap, Any]) -> None:
     tap, start = tapped
     with start() as base:
@@ -123,6 +126,7 @@ def test_org_and_project_headers_are_forwarded_without_auth(tapped: tuple[Tap, A
     assert seen["openai-project"] == "proj-tenant"
 
 
+@pytest.mark.integration  # `tapped` serves a router
 def test_a_tenant_can_be_allowed_its_org_header(tapped: tuple[Tap, Any]) -> None:
     tap, start = tapped
     keys = [KEYS[0] | {"forward_headers": ["openai-organization"]}, {"sha256": "b" * 64, "tenant": "team-b"}]
@@ -133,6 +137,7 @@ def test_a_tenant_can_be_allowed_its_org_header(tapped: tuple[Tap, Any]) -> None
     assert "openai-project" not in seen and "openai-beta" not in seen  # the tenant's list replaces the upstream's
 
 
+@pytest.mark.integration  # `tapped` serves a router
 def test_credentials_and_framing_never_pass_whatever_the_globs(tapped: tuple[Tap, Any]) -> None:
     tap, start = tapped
     with start({"forward_headers": ["*"]}, auth="keys", keys=KEYS) as base:
@@ -153,6 +158,7 @@ def test_the_keys_of_one_tenant_must_agree_on_forward_headers(sim: Sim, redis_ur
 # --- serve beyond loopback ------------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e  # a `serve` process
 def test_serve_beyond_loopback_without_auth_refuses_to_start() -> None:
     done = run_cli("serve", "--host", "0.0.0.0", env=clean_env())  # the shipped config: `auth: none`
     assert done.returncode == 2

@@ -15,8 +15,8 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from router.accumulator import LeaseLost, while_leased
-from tests.helpers.processes import wait_until
 from tests.helpers.servers import RouterFactory, Sim
+from tests.helpers.waiting import wait_until
 
 Client = Callable[..., openai.OpenAI]
 HELD = {"max_wait_s": 0.2, "poll_interval_s": 0.2, "turnaround_prior_s": 0.5, "margin_s": 1.0, "lease_s": 3.0}

@@ -263,13 +263,16 @@ def test_message_batch_list_pages_both_ways_as_documented(client: anthropic.Anth
     assert [b.id for b in first.data] == newest[:2] and (first.first_id, first.last_id) == (newest[0], newest[1])
     assert first.has_more is True
     # after_id: the page right after (older); has_more says whether older ones remain.
+    assert first.last_id is not None
     older = client.messages.batches.list(limit=2, after_id=first.last_id)
     assert [b.id for b in older.data] == newest[2:4] and older.has_more is True
+    assert older.last_id is not None
     last = client.messages.batches.list(limit=2, after_id=older.last_id)
     assert [b.id for b in last.data] == newest[4:] and last.has_more is False
     # before_id: the page right before (newer), still newest first; has_more looks in that direction.
     newer = client.messages.batches.list(limit=2, before_id=newest[4])
     assert [b.id for b in newer.data] == newest[2:4] and newer.has_more is True
+    assert newer.first_id is not None
     top = client.messages.batches.list(limit=2, before_id=newer.first_id)
     assert [b.id for b in top.data] == newest[:2] and top.has_more is False
     # The SDK walks either way: after_id pages from the newest, before_id pages (first_id) toward the newest.
@@ -291,7 +294,7 @@ def test_message_batch_list_pages_both_ways_as_documented(client: anthropic.Anth
         {"after_id": ids[0], "before_id": ids[1]},
     ):
         with pytest.raises(anthropic.BadRequestError):
-            client.messages.batches.list(**bad)  # type: ignore[arg-type]
+            client.messages.batches.list(**bad)
 
 
 def test_message_batch_cancel(client: anthropic.Anthropic, http: httpx.Client) -> None:

@@ -120,7 +120,7 @@ def test_a_message_replays_as_the_events_the_anthropic_sdk_assembles() -> None:
     snapshot = None
     json_bufs: dict[int, bytes] = {}
     for _, data in events:
-        event = construct_type_unchecked(type_=RawMessageStreamEvent, value=data)  # type: ignore[arg-type]
+        event: RawMessageStreamEvent = construct_type_unchecked(type_=RawMessageStreamEvent, value=data)  # type: ignore[arg-type]
         snapshot = accumulate_event(event=event, current_snapshot=snapshot, json_bufs=json_bufs)
     assert snapshot is not None
     assert Message.model_validate(MESSAGE) == Message.model_validate(snapshot.to_dict())
