@@ -3,7 +3,7 @@
 
 PYTHON ?= python3
 PYTEST := $(PYTHON) -m pytest -q
-# Unmarked tests: pure code, Redis, the simulator alone (about 30 s). The markers are declared in pyproject.toml.
+# Unmarked tests: pure code, Redis, the simulator alone (35-40 s here). The markers are declared in pyproject.toml.
 UNIT := not integration and not e2e and not slow
 
 setup:
