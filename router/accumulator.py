@@ -14,14 +14,15 @@ import msgspec
 from redis.asyncio.cluster import RedisCluster
 
 from router import scripts
-from router.keys import TOTALS_TTL_S, TURNAROUND_SAMPLES, Keys, queue_tag, tag_of
+from router.keys import TOTALS_TTL_S, TURNAROUND_SAMPLES, TURNAROUND_TTL_S, Keys, queue_tag, tag_of
 from router.redis_client import RedisClient
 
 log = logging.getLogger("router.accumulator")
 
 ASYNC_HOLDER = "async"
 """The holder of a call answered `202` (its caller polls or gets a webhook): never re-attached by digest."""
-Admission = Literal["new", "attached", "reused"]
+Admission = Literal["new", "attached", "reused", "full"]
+"""`full`: the call would open a queue past `max_queues`; nothing was stored."""
 LINE_OVERHEAD = 128  # bytes a JSONL line adds around a body: custom_id, method, url
 CLAIM_CHUNK = 2000  # calls moved per CLAIM script run: bounds how long one script holds Redis
 TotalsKey = tuple[str, str]  # tenant, UTC day
@@ -116,12 +117,24 @@ def _f(value: object) -> float | None:
 class Accumulator:
     """The deferred lane's state, all of it in Redis under one key prefix."""
 
-    def __init__(self, redis: RedisClient, prefix: str, *, result_ttl_s: float, idempotency_ttl_s: float) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        prefix: str,
+        *,
+        result_ttl_s: float,
+        idempotency_ttl_s: float,
+        max_queues: int = 1000,
+    ) -> None:
         self.redis = redis
         self.keys = Keys(prefix)
         self.result_ttl = int(result_ttl_s)
         self.idempotency_ttl = int(idempotency_ttl_s)
+        self.max_queues = max_queues
+        self._indexed: set[tuple[str, str, str]] = set()  # (tenant, day, tag) entered in the usage index lately
         self._admit = redis.register_script(scripts.ADMIT)
+        self._enrol = redis.register_script(scripts.ENROL)
+        self._prune = redis.register_script(scripts.PRUNE)
         self._release = redis.register_script(scripts.RELEASE)
         self._claim = redis.register_script(scripts.CLAIM)
         self._mark_submitted = redis.register_script(scripts.MARK_SUBMITTED)
@@ -155,10 +168,11 @@ class Accumulator:
         tag = queue_tag(meta.upstream, meta.endpoint, meta.model)
         call_id = new_call_id(tag)
         ttl = int(max(0.0, meta.deadline - time.time()) + self.result_ttl)
-        # The set of queues first: a call is never in a queue the batcher cannot find.
-        await self.redis.sadd(k.queues, tag)
+        # The set of queues first: a call is never in a queue the batcher cannot find (and a full set refuses it).
+        if not await self._enrol(keys=[k.queues], args=[tag, self.max_queues]):
+            return "", "full"
         idem = k.idempotency(tag, meta.tenant, idempotency_key) if idempotency_key is not None else k.queue(tag)
-        outcome, admitted = await self._admit(
+        outcome, admitted, *created = await self._admit(
             keys=[idem, k.call(call_id), k.pending(tag), k.arrivals(tag), k.bytes(tag), k.queue(tag),
                   k.digest(tag, digest)],
             args=[call_id, _meta_encoder.encode(meta), body, repr(meta.deadline), repr(meta.received_at), ttl,
@@ -166,6 +180,9 @@ class Accumulator:
                   "1" if idempotency_key is not None else "0", k.call_prefix(tag), meta.webhook or "", digest,
                   holder, attach_to or ""],
         )  # fmt: skip
+        if created and int(created[0]):
+            # The queue was pruned (or is new) since the tag was entered above: enter it again (see scripts.PRUNE).
+            await self.redis.sadd(k.queues, tag)
         return _s(admitted), _s(outcome)  # type: ignore[return-value]
 
     async def reattachable(self, tag: str, digest: str, *, retry: bool, limit: int = 10) -> str | None:
@@ -221,8 +238,25 @@ class Accumulator:
     # --- queues and batches --------------------------------------------------------------------------
 
     async def queue_tags(self) -> list[str]:
-        """Every queue that has ever had work."""
+        """The queues that have work (and idle ones not pruned yet)."""
         return sorted(_s(t) for t in await self.redis.smembers(self.keys.queues))
+
+    async def prune(self, tag: str) -> bool:
+        """Take an idle queue out of the set the loops walk; True when it was idle (see `scripts.PRUNE`)."""
+        k = self.keys
+        keys = [k.queue(tag), k.bytes(tag), k.pending(tag), k.arrivals(tag), k.inflight(tag), k.escalating(tag),
+                k.batches(tag), k.webhooks(tag)]  # fmt: skip
+        if not await self._prune(keys=keys, args=[]):
+            return False
+        await self.redis.srem(k.queues, tag)
+        if await self.redis.exists(k.queue(tag)):  # an admission re-created it meanwhile: keep the queue
+            await self.redis.sadd(k.queues, tag)
+            return False
+        return True
+
+    async def prune_idle(self) -> int:
+        """Prune every idle queue; returns how many were pruned."""
+        return sum([await self.prune(tag) for tag in await self.queue_tags()])
 
     async def stats(self, tag: str) -> QueueStats | None:
         """Count, bytes, oldest arrival and earliest deadline of what waits in one queue."""
@@ -385,6 +419,7 @@ class Accumulator:
             if turnaround is not None:
                 pipe.lpush(k.turnaround(tag), repr(turnaround))
                 pipe.ltrim(k.turnaround(tag), 0, TURNAROUND_SAMPLES - 1)
+                pipe.expire(k.turnaround(tag), TURNAROUND_TTL_S)
             await pipe.execute()
 
     async def turnaround_estimate(self, tag: str, prior: float, min_samples: int = 5) -> float:
@@ -470,6 +505,7 @@ class Accumulator:
         tag = tag_of(call_id)
         now = time.time()
         day = time.strftime("%Y-%m-%d", time.gmtime(now))
+        await self._index_usage(meta.tenant, day, tag)
         actual, baseline, savings = (repr(c) for c in cost) if cost else ("", "", "")
         stored = int(
             await self._store(
@@ -562,13 +598,31 @@ class Accumulator:
                 pipe.expire(key, TOTALS_TTL_S)
             await pipe.execute()
 
+    async def _index_usage(self, tenant: str, day: str, tag: str) -> None:
+        """Enter a queue in a tenant's usage index for `day`, before its totals there are written, so a crash
+        in between cannot hide them; once per process and (tenant, day, queue)."""
+        if (tenant, day, tag) in self._indexed:
+            return
+        key = self.keys.usage_index(tenant, day)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.sadd(key, tag)
+            pipe.expire(key, TOTALS_TTL_S)
+            await pipe.execute()
+        if len(self._indexed) >= 100_000:
+            self._indexed.clear()
+        self._indexed.add((tenant, day, tag))
+
     async def totals(self, tenant: str, day: str) -> dict[str, float]:
-        """A tenant's cost totals for one UTC day (`YYYY-MM-DD`): real-time calls plus every queue's."""
+        """A tenant's cost totals for one UTC day (`YYYY-MM-DD`): real-time calls plus every queue's it used."""
+        k = self.keys
+        tags = {_s(t) for t in await self.redis.smembers(k.usage_index(tenant, day))}
+        keys = [k.realtime_totals(tenant, day)] + [f"{k.totals_prefix(tag)}{tenant}:{day}" for tag in sorted(tags)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hgetall(key)
+            rows = await pipe.execute()
         out: dict[str, float] = {}
-        keys = [self.keys.realtime_totals(tenant, day)]
-        keys += [f"{self.keys.totals_prefix(tag)}{tenant}:{day}" for tag in await self.queue_tags()]
-        for key in keys:
-            row = await self.redis.hgetall(key)
+        for row in rows:
             for field, value in row.items():
                 out[_s(field)] = out.get(_s(field), 0.0) + float(value)
         return out

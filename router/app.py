@@ -21,10 +21,12 @@ from router import api, metrics, redis_client
 from router.accounting import Accounting, Lane, Priced
 from router.accumulator import Accumulator, TotalsKey, Waiters
 from router.batcher import Batcher
+from router.catalog import ModelCatalog
 from router.errors import ConfigError, RouterError
 from router.guard import Guard
 from router.holding import Holds, max_held, quiet_held_cuts, raise_fd_limit
 from router.lanes import DeferredLane, Upstreams
+from router.loops import pace
 from router.policy import PolicyStore
 from router.poller import Poller
 from router.pricing import load_pricing
@@ -36,6 +38,7 @@ from router.webhooks import WebhookSender
 
 log = logging.getLogger("router")
 TOTALS_FLUSH_S = 1.0  # real-time totals reach Redis in one pipeline per second, not one round trip per call
+PRUNE_S = 10.0  # idle queues leave the set the loops walk within this many seconds
 _models_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -71,11 +74,18 @@ class Gateway:
         self.redis = redis_client.connect(settings.redis_url, max_connections=settings.redis_max_connections)
         b = settings.batch
         acc = Accumulator(
-            self.redis, settings.key_prefix, result_ttl_s=b.result_ttl_s, idempotency_ttl_s=b.idempotency_ttl_s
+            self.redis,
+            settings.key_prefix,
+            result_ttl_s=b.result_ttl_s,
+            idempotency_ttl_s=b.idempotency_ttl_s,
+            max_queues=settings.limits.max_queues,
         )
         self.waiters = Waiters(self.redis, acc.keys.done_channel)
         prices = self.accounting.prices
-        self.deferred = DeferredLane(acc, self.waiters, settings, lambda model: prices.rates(model, "flex") is not None)
+        self.catalog = ModelCatalog(settings.upstreams, providers, prices)
+        self.deferred = DeferredLane(
+            acc, self.waiters, settings, lambda model: prices.rates(model, "flex") is not None, self.catalog.known
+        )
         self.batcher = Batcher(acc, providers, b)
         self.poller = Poller(acc, providers, b, self.accounting)
         self.guard = Guard(acc, providers, b, self.accounting)
@@ -84,6 +94,7 @@ class Gateway:
         self.loops = loops
         self._tasks: list[asyncio.Task[None]] = []
         self._totals: dict[TotalsKey, dict[str, float]] = {}
+        self._depth_labels: set[str] = set()
         self._stop = asyncio.Event()
 
     @contextlib.asynccontextmanager
@@ -96,6 +107,7 @@ class Gateway:
             asyncio.create_task(self._watch_policies(), name="policy-reload"),
             asyncio.create_task(self.waiters.run(self._stop), name="waiters"),
             asyncio.create_task(self._flush_totals_loop(), name="totals"),
+            asyncio.create_task(self.catalog.run(self._stop), name="catalog"),
         ]
         if self.loops:
             self._tasks += [
@@ -103,6 +115,7 @@ class Gateway:
                 asyncio.create_task(self.poller.run(self._stop), name="poller"),
                 asyncio.create_task(self.guard.run(self._stop), name="guard"),
                 asyncio.create_task(self.webhooks.run(self._stop), name="webhooks"),
+                asyncio.create_task(pace(self._stop, PRUNE_S, self.deferred.acc.prune_idle, "pruner"), name="pruner"),
             ]
         try:
             yield
@@ -212,6 +225,9 @@ class Gateway:
         else:
             for queue, count in depth.items():
                 metrics.queue_depth.labels(queue).set(count)
+            for gone in self._depth_labels - depth.keys():  # pruned queues: no series left behind
+                metrics.queue_depth.remove(gone)
+            self._depth_labels = set(depth)
             metrics.batches_inflight.set(inflight)
         return prometheus_client.generate_latest(metrics.REGISTRY), prometheus_client.CONTENT_TYPE_LATEST
 

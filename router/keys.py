@@ -5,9 +5,10 @@ queue (its calls, results and batches) lives in one slot and each atomic step (o
 A call id starts with its queue's tag, so every key of a call derives from the id alone.
 
 Owners and lifetimes:
-- `P:queues` (set of queue tags): added at deferred admission, never pruned (bounded by the models callers
-  defer; an unknown model fails at the provider and stays a small, idle queue).
-- `P:{q}:queue` (hash: upstream, endpoint, model): written at admission, refreshed with the queue.
+- `P:queues` (set of queue tags): the queues the loops walk. Added at deferred admission (at most
+  `limits.max_queues` of them, and only for known models: `catalog.py`); a queue with nothing waiting, in flight,
+  escalating or awaiting a webhook is pruned from it (`scripts.PRUNE`), so it holds the queues that have work.
+- `P:{q}:queue` (hash: upstream, endpoint, model): written at admission, deleted when the queue is pruned.
 - `P:{q}:call:<id>` (hash: meta, body, state, ..., `webhook` URL if any, `webhook_attempts`): created at
   admission; gets the result TTL when the call ends.
 - `P:{q}:result:<id>` (hash: status, body, lane, costs): result TTL.
@@ -18,8 +19,10 @@ Owners and lifetimes:
 - `P:{q}:escalating` (zset of call ids by lease expiry): calls being answered in real time.
 - `P:{q}:batches` (zset of batch ids by next action time) and `P:{q}:batch:<bid>` (hash) +
   `P:{q}:batch:<bid>:calls` (list): a batch's record; both get the result TTL once ingested.
-- `P:{q}:turnaround` (list, capped): recent batch turnarounds in seconds.
+- `P:{q}:turnaround` (list, capped): recent batch turnarounds in seconds; kept 30 days after the last batch.
 - `P:{q}:totals:<tenant>:<day>` (hash): per-tenant, per-day cost totals of deferred calls, kept 400 days.
+- `P:usage:<tenant>:<day>` (set of queue tags): the queues whose totals a tenant's day has, so reading it does not
+  depend on `P:queues` (which forgets idle queues); added before each stored result, kept 400 days.
 - `P:totals:<tenant>:<day>` (hash): the same for real-time calls (written once a second), kept 400 days.
 - `P:{q}:idem:<sha256(tenant, key)>`: Idempotency-Key → call id, idempotency TTL (under the queue's tag: a
   retry is the same request, so the same queue, and admission stays one atomic step).
@@ -42,6 +45,7 @@ import hashlib
 TAG_LEN = 10
 TOTALS_TTL_S = 400 * 24 * 3600
 TURNAROUND_SAMPLES = 100
+TURNAROUND_TTL_S = 30 * 24 * 3600
 
 
 def queue_tag(upstream: str, endpoint: str, model: str) -> str:
@@ -110,6 +114,9 @@ class Keys:
 
     def totals_prefix(self, tag: str) -> str:
         return f"{self.q(tag)}:totals:"
+
+    def usage_index(self, tenant: str, day: str) -> str:
+        return f"{self.prefix}:usage:{tenant}:{day}"
 
     def realtime_totals(self, tenant: str, day: str) -> str:
         return f"{self.prefix}:totals:{tenant}:{day}"

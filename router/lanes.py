@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 from router import metrics
 from router.accumulator import ASYNC_HOLDER, Accumulator, Admission, CallMeta, CallRecord, Result, Waiters
 from router.deadline import format_deadline
-from router.errors import NotFound
+from router.errors import NotFound, TooManyRequests
 from router.keys import queue_tag
 from router.providers.base import Provider, UpstreamResponse
 from router.schema import DeferredCall, RequestView, decode_body
@@ -25,6 +25,9 @@ from router.settings import Settings, Upstream
 
 log = logging.getLogger("router.lanes")
 ENDPOINTS = ("/chat/completions", "/completions", "/embeddings", "/responses")
+QUEUES_FULL_RETRY_S = 60.0
+"""`Retry-After` of a call refused for `limits.max_queues`: idle queues are pruned every few seconds, but a queue
+empties only when its batch is answered."""
 
 
 class Upstreams:
@@ -137,16 +140,27 @@ class DeferredLane:
     """Admission to the batch lane and waiting for a deferred call's result."""
 
     def __init__(
-        self, acc: Accumulator, waiters: Waiters, settings: Settings, flex_priced: Callable[[str], bool]
+        self,
+        acc: Accumulator,
+        waiters: Waiters,
+        settings: Settings,
+        flex_priced: Callable[[str], bool],
+        known: Callable[[str, str], bool],
     ) -> None:
         self.acc = acc
         self.waiters = waiters
         self.settings = settings
         self.flex_priced = flex_priced
+        self.known = known
+        """Whether (upstream, model) names a model the upstream surely serves (`catalog.ModelCatalog.known`)."""
 
     def eligible(self, upstream: Upstream, endpoint: str, view: RequestView) -> bool:
-        """Whether this kind of call can go to a batch at all."""
+        """Whether this kind of call can go to a batch at all: a batch upstream, a batch endpoint, a known model
+        (any other name would open a queue in Redis; in real time the upstream answers it, storing nothing)."""
         if not upstream.batch or endpoint not in ENDPOINTS:
+            return False
+        if not self.known(upstream.name, view.model or ""):
+            metrics.unknown_model.labels(upstream.name).inc()
             return False
         # A deferred stream is replayed as SSE; that exists for chat and completions only.
         return not view.stream or endpoint in REPLAYABLE
@@ -203,6 +217,16 @@ class DeferredLane:
         call_id, outcome = await self.acc.admit(
             meta, batch_body(body, view), idempotency_key, digest=digest, holder=holder, attach_to=attach_to
         )
+        if outcome == "full":
+            metrics.queues_refused.inc()
+            raise TooManyRequests(
+                f"The router has as many deferred queues as it may ({self.acc.max_queues}, `limits.max_queues`); "
+                "a new model can be deferred once queues drain. Send the call without `X-Deadline` to answer it in "
+                "real time now.",
+                code="too_many_queues",
+                retry_after=QUEUES_FULL_RETRY_S,
+                should_retry=False,
+            )
         if outcome == "new":
             metrics.admitted.labels(upstream, meta.model, tenant).inc()
         elif outcome == "attached":

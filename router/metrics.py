@@ -127,6 +127,20 @@ late_results = Counter(
     namespace=NS,
     registry=REGISTRY,
 )
+unknown_model = Counter(
+    "deferred_unknown_model",
+    "Calls that would have been deferred but went real time because their model is not known (no price, not in "
+    "the upstream's /models, not listed in its `models`).",
+    ["upstream"],
+    namespace=NS,
+    registry=REGISTRY,
+)
+queues_refused = Counter(
+    "deferred_queues_refused",
+    "Deferred calls refused with 429 because they would open a queue past `limits.max_queues`.",
+    namespace=NS,
+    registry=REGISTRY,
+)
 queue_depth = Gauge(
     "queue_depth",
     "Calls waiting to be packed into a batch (read from Redis at scrape; the same on every replica).",

@@ -6,7 +6,8 @@ keys, so every script stays inside one Redis Cluster slot.
 
 from __future__ import annotations
 
-# Admit a call to its queue, or attach the request to a live call it repeats; returns {outcome, call id}.
+# Admit a call to its queue, or attach the request to a live call it repeats; returns {outcome, call id} and,
+# for a new call, whether it created the queue's descriptor (1: the queue was new or had been pruned, see PRUNE).
 # Outcomes: `new`; `attached` (an Idempotency-Key matched a live call with the same body, or `attach` names
 # an identical call whose caller is gone); `reused` (an Idempotency-Key matched a call with another body:
 # nothing is stored).
@@ -43,11 +44,39 @@ redis.call('EXPIRE', call, ttl)
 redis.call('ZADD', pending, deadline, id)
 redis.call('ZADD', arrivals, received_at, id)
 redis.call('INCRBY', bytes, string.len(body))
+local created = redis.call('EXISTS', queue) == 0 and 1 or 0
 redis.call('HSET', queue, 'upstream', upstream, 'endpoint', endpoint, 'model', model)
 if has_idem == '1' then redis.call('SET', idem, id, 'EX', idem_ttl) end
 redis.call('ZADD', digests, received_at, id)
 redis.call('EXPIRE', digests, ttl)
-return {'new', id}
+return {'new', id, created}
+"""
+
+# Enter a queue's tag in the set of queues the loops walk, unless the set is full; returns 1 when the tag is in it.
+# One key, so one step on any server or cluster: concurrent admissions of new queues never pass the cap.
+ENROL = """
+local queues, tag, cap = KEYS[1], ARGV[1], tonumber(ARGV[2])
+if redis.call('SISMEMBER', queues, tag) == 1 then return 1 end
+if redis.call('SCARD', queues) >= cap then return 0 end
+redis.call('SADD', queues, tag)
+return 1
+"""
+
+# Forget an idle queue: when nothing waits, flies, escalates or awaits a webhook in it, drop its descriptor and
+# byte count and return 1; the caller then removes the tag from `P:queues` (another slot, so not in this step) and
+# looks at the descriptor once more (`Accumulator.prune`). Calls, results and idempotency keys keep their own TTLs;
+# the turnaround samples stay (known models only, so bounded).
+# Race closed: an admission racing the prune never leaves a call in a queue the loops cannot find. Only ADMIT puts
+# work into an idle queue, and it re-creates the descriptor and says so; its caller then adds the tag again after
+# storing the call, while the pruner, after removing the tag, adds it back when the descriptor exists again. In any
+# order of those four steps, a queue that holds a call ends in the set.
+PRUNE = """
+local queue, bytes = KEYS[1], KEYS[2]
+for i = 3, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then return 0 end
+end
+redis.call('DEL', queue, bytes)
+return 1
 """
 
 # A held connection lets go of its call: clear the holder if it is still this one (a retry may have attached

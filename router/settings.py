@@ -71,6 +71,9 @@ class Limits(_Strict, kw_only=True):
     """Connections held open for deferred answers at once; past it a new held call gets 429 before it is stored.
     Unset: half of the file descriptors left after Redis' pool and a reserve (the fd limit is raised to its
     hard limit at start)."""
+    max_queues: PositiveInt = 1000
+    """Deferred queues (one per upstream, endpoint and model) that may hold work at once; a call that would open
+    one more gets 429 `too_many_queues` before anything is stored. Idle queues are pruned, so they do not count."""
 
 
 class BatchSettings(_Strict, kw_only=True):
