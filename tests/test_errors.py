@@ -24,6 +24,8 @@ def _make(cls: type[errors.RouterError]) -> errors.RouterError:
         return cls("bad deadline")
     if issubclass(cls, errors.AuthenticationFailed):
         return cls()
+    if issubclass(cls, errors.IdempotencyKeyReused):
+        return cls("abc_123")
     return cls("something is wrong", param="p", code="c", retry_after=2.0)
 
 
