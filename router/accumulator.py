@@ -21,8 +21,9 @@ log = logging.getLogger("router.accumulator")
 
 ASYNC_HOLDER = "async"
 """The holder of a call answered `202` (its caller polls or gets a webhook): never re-attached by digest."""
-Admission = Literal["new", "attached", "reused", "full"]
-"""`full`: the call would open a queue past `max_queues`; nothing was stored."""
+Admission = Literal["new", "attached", "reused", "full", "over_limit"]
+"""`full`: the call would open a queue past `max_queues`; `over_limit`: `attach_only` and nothing to attach to.
+Neither stored anything."""
 LINE_OVERHEAD = 128  # bytes a JSONL line adds around a body: custom_id, method, url
 CLAIM_CHUNK = 2000  # calls moved per CLAIM script run: bounds how long one script holds Redis
 TotalsKey = tuple[str, str]  # tenant, UTC day
@@ -157,16 +158,19 @@ class Accumulator:
         digest: str = "",
         holder: str = "",
         attach_to: str | None = None,
+        call_id: str | None = None,
+        attach_only: bool = False,
     ) -> tuple[str, Admission]:
         """Queue a call, or attach to the live call this request repeats; (call id, outcome).
 
         `digest` identifies identical requests (tenant, endpoint, body); `holder` names the connection that waits
         for the answer (empty for none, `async` for a 202 call); `attach_to` is an identical call whose caller is
-        gone (found by `reattachable`), which this request takes over if it still can.
+        gone (found by `reattachable`), which this request takes over if it still can. `call_id` is the id a new
+        call gets (made here if not given); with `attach_only` the request may attach but not queue a new call.
         """
         k = self.keys
         tag = queue_tag(meta.upstream, meta.endpoint, meta.model)
-        call_id = new_call_id(tag)
+        call_id = call_id or new_call_id(tag)
         ttl = int(max(0.0, meta.deadline - time.time()) + self.result_ttl)
         # The set of queues first: a call is never in a queue the batcher cannot find (and a full set refuses it).
         if not await self._enrol(keys=[k.queues], args=[tag, self.max_queues]):
@@ -178,7 +182,7 @@ class Accumulator:
             args=[call_id, _meta_encoder.encode(meta), body, repr(meta.deadline), repr(meta.received_at), ttl,
                   self.idempotency_ttl, meta.upstream, meta.endpoint, meta.model,
                   "1" if idempotency_key is not None else "0", k.call_prefix(tag), meta.webhook or "", digest,
-                  holder, attach_to or ""],
+                  holder, attach_to or "", "1" if attach_only else "0"],
         )  # fmt: skip
         if created and int(created[0]):
             # The queue was pruned (or is new) since the tag was entered above: enter it again (see scripts.PRUNE).
@@ -522,7 +526,11 @@ class Accumulator:
             )
         )  # fmt: skip
         if stored == 1:
-            await self.redis.publish(k.done_channel, call_id)
+            # Side by side, not pipelined: a cluster pipeline refuses PUBLISH.
+            await asyncio.gather(
+                self.redis.publish(k.done_channel, call_id),
+                self.redis.zrem(k.tenant_deferred(meta.tenant), call_id),  # no longer counts for `max_deferred`
+            )
         return stored
 
     async def requeue(self, call_id: str, bid: str) -> bool:

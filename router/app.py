@@ -34,6 +34,7 @@ from router.providers.anthropic import AnthropicProvider
 from router.providers.base import Provider
 from router.providers.openai import OpenAIProvider
 from router.settings import Settings
+from router.tenants import Tenants
 from router.webhooks import WebhookSender
 
 log = logging.getLogger("router")
@@ -83,8 +84,14 @@ class Gateway:
         self.waiters = Waiters(self.redis, acc.keys.done_channel)
         prices = self.accounting.prices
         self.catalog = ModelCatalog(settings.upstreams, providers, prices)
+        self.tenants = Tenants(self.redis, acc.keys, settings, acc.totals, self.unflushed_cost)
         self.deferred = DeferredLane(
-            acc, self.waiters, settings, lambda model: prices.rates(model, "flex") is not None, self.catalog.known
+            acc,
+            self.waiters,
+            settings,
+            lambda model: prices.rates(model, "flex") is not None,
+            self.catalog.known,
+            self.tenants,
         )
         self.batcher = Batcher(acc, providers, b)
         self.poller = Poller(acc, providers, b, self.accounting)
@@ -94,6 +101,7 @@ class Gateway:
         self.loops = loops
         self._tasks: list[asyncio.Task[None]] = []
         self._totals: dict[TotalsKey, dict[str, float]] = {}
+        self._flushing: list[dict[TotalsKey, dict[str, float]]] = []
         self._depth_labels: set[str] = set()
         self._stop = asyncio.Event()
 
@@ -159,11 +167,17 @@ class Gateway:
             for name, value in zip(("cost_usd", "baseline_usd", "savings_usd"), priced.as_tuple() or (), strict=True):
                 fields[f"{lane}:{name}"] = fields.get(f"{lane}:{name}", 0.0) + value
 
+    def unflushed_cost(self, tenant: str, day: str) -> float:
+        """What this process's real-time calls of a tenant's day cost that Redis may not show yet."""
+        rows = [totals.get((tenant, day), {}) for totals in (self._totals, *self._flushing)]
+        return sum(value for fields in rows for name, value in fields.items() if name.endswith(":cost_usd"))
+
     async def flush_totals(self) -> None:
         """Write the real-time totals summed since the last flush; on failure keep them for the next one."""
         pending, self._totals = self._totals, {}
         if not pending:
             return
+        self._flushing.append(pending)  # still counted for budgets while being written
         try:
             await self.deferred.acc.add_totals(pending)
         except Exception as exc:
@@ -172,6 +186,10 @@ class Gateway:
                 merged = self._totals.setdefault(key, {})
                 for name, value in fields.items():
                     merged[name] = merged.get(name, 0.0) + value
+        else:
+            self.tenants.forget_spend({tenant for tenant, _ in pending})  # Redis has them now: read it again
+        finally:
+            self._flushing = [batch for batch in self._flushing if batch is not pending]
 
     async def _flush_totals_loop(self) -> None:
         while not self._stop.is_set():
@@ -229,6 +247,10 @@ class Gateway:
                 metrics.queue_depth.remove(gone)
             self._depth_labels = set(depth)
             metrics.batches_inflight.set(inflight)
+        try:
+            await self.tenants.publish_metrics()
+        except Exception:
+            log.warning("could not read tenant headroom from Redis for /metrics")
         return prometheus_client.generate_latest(metrics.REGISTRY), prometheus_client.CONTENT_TYPE_LATEST
 
 

@@ -28,6 +28,11 @@ Owners and lifetimes:
   retry is the same request, so the same queue, and admission stays one atomic step).
 - `P:{q}:digest:<sha256(tenant, endpoint, body)>` (zset of call ids by arrival): identical calls, so an SDK
   retry whose first attempt lost its connection re-attaches to that call instead of queuing it again; call TTL.
+- `P:tenant:<tenant>:rate` (string, the GCRA theoretical arrival time in ms): a tenant's real-time `rpm`
+  allowance; expires when the bucket is full again.
+- `P:tenant:<tenant>:deferred` (zset of call ids by reservation expiry): a tenant's deferred calls queued or in flight,
+  for `max_deferred`; an entry leaves when its result is stored, or lapses at its call's deadline plus the upstream's
+  timeout; the key expires with its last entry.
 - `P:replica:<id>` (string, 2 s TTL, renewed every half second): a live router process; a held call whose holder's
   replica key is gone is orphaned.
 - `P:{q}:webhooks` (zset of call ids by next delivery time): added by STORE_RESULT when the call has a
@@ -127,6 +132,12 @@ class Keys:
 
     def digest(self, tag: str, digest: str) -> str:
         return f"{self.q(tag)}:digest:{digest}"
+
+    def tenant_rate(self, tenant: str) -> str:
+        return f"{self.prefix}:tenant:{tenant}:rate"
+
+    def tenant_deferred(self, tenant: str) -> str:
+        return f"{self.prefix}:tenant:{tenant}:deferred"
 
     def replica(self, replica_id: str) -> str:
         return f"{self.prefix}:replica:{replica_id}"

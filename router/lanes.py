@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import hashlib
 import logging
@@ -15,13 +16,23 @@ import msgspec
 from redis.exceptions import RedisError
 
 from router import metrics
-from router.accumulator import ASYNC_HOLDER, Accumulator, Admission, CallMeta, CallRecord, Result, Waiters
+from router.accumulator import (
+    ASYNC_HOLDER,
+    Accumulator,
+    Admission,
+    CallMeta,
+    CallRecord,
+    Result,
+    Waiters,
+    new_call_id,
+)
 from router.deadline import format_deadline
 from router.errors import NotFound, TooManyRequests
 from router.keys import queue_tag
 from router.providers.base import Provider, UpstreamResponse
 from router.schema import DeferredCall, RequestView, decode_body
 from router.settings import Settings, Upstream
+from router.tenants import RESERVATION_SLACK_S, Tenants
 
 log = logging.getLogger("router.lanes")
 ENDPOINTS = ("/chat/completions", "/completions", "/embeddings", "/responses")
@@ -146,6 +157,7 @@ class DeferredLane:
         settings: Settings,
         flex_priced: Callable[[str], bool],
         known: Callable[[str, str], bool],
+        tenants: Tenants,
     ) -> None:
         self.acc = acc
         self.waiters = waiters
@@ -153,6 +165,7 @@ class DeferredLane:
         self.flex_priced = flex_priced
         self.known = known
         """Whether (upstream, model) names a model the upstream surely serves (`catalog.ModelCatalog.known`)."""
+        self.tenants = tenants
 
     def eligible(self, upstream: Upstream, endpoint: str, view: RequestView) -> bool:
         """Whether this kind of call can go to a batch at all: a batch upstream, a batch endpoint, a known model
@@ -210,13 +223,29 @@ class DeferredLane:
             webhook=webhook,
         )
         digest = call_digest(tenant, endpoint, body)
+        tag = queue_tag(upstream, endpoint, meta.model)
         attach_to = None
         if reattach and holder != ASYNC_HOLDER and self.settings.batch.reattach:
-            tag = queue_tag(upstream, endpoint, meta.model)
             attach_to = await self.acc.reattachable(tag, digest, retry=retry)
-        call_id, outcome = await self.acc.admit(
-            meta, batch_body(body, view), idempotency_key, digest=digest, holder=holder, attach_to=attach_to
-        )
+        new_id = new_call_id(tag)
+        expires_at = deadline + self._timeout(upstream) + RESERVATION_SLACK_S
+        refusal = await self.tenants.reserve_deferred(tenant, new_id, expires_at)
+        if refusal is not None and idempotency_key is None and attach_to is None:
+            raise self.tenants.refuse(tenant, refusal)
+        try:
+            call_id, outcome = await self.acc.admit(
+                meta, batch_body(body, view), idempotency_key, digest=digest, holder=holder, attach_to=attach_to,
+                call_id=new_id, attach_only=refusal is not None,
+            )  # fmt: skip
+        except BaseException:
+            if refusal is None:  # best effort: an unreleased reservation lapses at `expires_at`
+                with contextlib.suppress(Exception):
+                    await self.tenants.release_deferred(tenant, new_id)
+            raise
+        if refusal is None and outcome != "new":
+            await self.tenants.release_deferred(tenant, new_id)  # the reservation made no new call
+        if refusal is not None and outcome == "over_limit":
+            raise self.tenants.refuse(tenant, refusal)
         if outcome == "full":
             metrics.queues_refused.inc()
             raise TooManyRequests(
@@ -232,6 +261,9 @@ class DeferredLane:
         elif outcome == "attached":
             metrics.reattached.inc()
         return call_id, outcome
+
+    def _timeout(self, upstream: str) -> float:
+        return next((u.timeout_s for u in self.settings.upstreams if u.name == upstream), 600.0)
 
     async def wait(self, call_id: str, seconds: float, stop: asyncio.Event | None = None) -> Result | None:
         """The call's result, waiting up to `seconds` for it, or until `stop` is set.

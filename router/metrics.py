@@ -194,3 +194,27 @@ held_cut = Counter(
 )
 for _reason in ("error", "shutdown", "hold_limit"):
     held_cut.labels(_reason)
+tenant_limit = Gauge(
+    "tenant_limit",
+    "A tenant's configured limit, by kind: rpm (real-time calls a minute), max_deferred (calls), daily_budget_usd.",
+    ["tenant", "limit"],
+    namespace=NS,
+    registry=REGISTRY,
+    multiprocess_mode="max",
+)
+tenant_headroom = Gauge(
+    "tenant_headroom",
+    "What a tenant may still use of a limit now (read from Redis at scrape): calls it could make at once, deferred "
+    "calls it could add, USD left today.",
+    ["tenant", "limit"],
+    namespace=NS,
+    registry=REGISTRY,
+    multiprocess_mode="min",
+)
+tenant_refused = Counter(
+    "tenant_refused",
+    "Calls refused with 429 because their tenant was over a limit (rpm, max_deferred, daily_budget_usd).",
+    ["tenant", "limit"],
+    namespace=NS,
+    registry=REGISTRY,
+)

@@ -10,7 +10,8 @@ from __future__ import annotations
 # for a new call, whether it created the queue's descriptor (1: the queue was new or had been pruned, see PRUNE).
 # Outcomes: `new`; `attached` (an Idempotency-Key matched a live call with the same body, or `attach` names
 # an identical call whose caller is gone); `reused` (an Idempotency-Key matched a call with another body:
-# nothing is stored).
+# nothing is stored); `over_limit` (with `attach_only`, set when the tenant may not add a call: nothing to attach
+# to, so nothing is stored).
 # Races closed: two requests with one key (a client retry racing its original) never queue two calls, and a
 # retry never attaches to a call whose answer was already delivered; the key and the digest index live under
 # the queue's tag (a retry is the same request, so the same queue), so each is one step.
@@ -21,6 +22,7 @@ local id, meta, body, deadline, received_at, ttl = ARGV[1], ARGV[2], ARGV[3], AR
 local idem_ttl, upstream, endpoint, model = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 local has_idem, call_prefix, webhook, digest, holder, attach = ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15],
   ARGV[16]
+local attach_only = ARGV[17] == '1'
 if has_idem == '1' then
   local existing = redis.call('GET', idem)
   if existing and redis.call('EXISTS', call_prefix .. existing) == 1 then
@@ -37,6 +39,7 @@ if attach ~= '' then
     return {'attached', attach}
   end
 end
+if attach_only then return {'over_limit', ''} end
 redis.call('HSET', call, 'meta', meta, 'body', body, 'state', 'queued', 'batch', '', 'deadline', deadline,
   'received_at', received_at, 'attempts', 0, 'digest', digest, 'holder', holder)
 if webhook ~= '' then redis.call('HSET', call, 'webhook', webhook) end
@@ -261,4 +264,33 @@ end
 redis.call('HSET', call, 'state', 'escalated')
 redis.call('ZADD', escalating, lease_until, id)
 return redis.call('HGET', call, 'body')
+"""
+
+# Take one real-time call from a tenant's `rpm` allowance: a token bucket of `burst` calls refilled one per
+# `interval` ms, kept as GCRA's theoretical arrival time (ms) in one key; returns {1, calls left now} when taken,
+# or {0, ms until one is}.
+# One key per tenant, so one step on a server or a cluster node: replicas share the allowance and never both take
+# its last call.
+TAKE_CALL = """
+local key, now, interval, burst = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', key) or now)
+if tat < now then tat = now end
+local allow_at = tat + interval - burst * interval
+if allow_at > now then return {0, math.ceil(allow_at - now)} end
+redis.call('SET', key, string.format('%.3f', tat + interval), 'PX', math.ceil(tat + interval - now) + 1)
+return {1, math.floor((now - allow_at) / interval)}
+"""
+
+# Count a deferred call against its tenant's `max_deferred`: drop reservations past their expiry, refuse when the
+# tenant is at the limit, else add this call; returns {1 or 0, calls counted}. The key expires with its last entry.
+# One key per tenant, so one step: concurrent admissions on any replicas never pass the limit together.
+RESERVE_DEFERRED = """
+local key, id, now, expiry, cap = KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+local n = redis.call('ZCARD', key)
+if n >= cap then return {0, n} end
+redis.call('ZADD', key, expiry, id)
+local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+redis.call('EXPIREAT', key, math.ceil(tonumber(last[2])) + 1)
+return {1, n + 1}
 """
