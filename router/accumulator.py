@@ -1,4 +1,4 @@
-"""Every Redis operation of the deferred lane: admit, claim, record, store results, wake waiters."""
+"""Every Redis operation of the deferred lane: admit, claim, record, store results (waiters wait in `waiters.py`)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Literal, TypeVar
 
 import msgspec
-from redis.asyncio.cluster import RedisCluster
 
 from router import scripts
 from router.keys import TOTALS_TTL_S, TURNAROUND_SAMPLES, TURNAROUND_TTL_S, Keys, queue_tag, tag_of
@@ -478,6 +477,14 @@ class Accumulator:
             attempts=int(row[4] or 0),
         )
 
+    async def results_stored(self, call_ids: Sequence[str]) -> set[str]:
+        """Which of these calls have a result stored (one pipelined existence check each)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for call_id in call_ids:
+                pipe.exists(self.keys.result(call_id))
+            found = await pipe.execute()
+        return {cid for cid, there in zip(call_ids, found, strict=True) if there}
+
     async def get_result(self, call_id: str) -> Result | None:
         """A finished call's result, if stored and not expired."""
         row: dict[bytes, bytes] = await self.redis.hgetall(self.keys.result(call_id))  # type: ignore[assignment]
@@ -668,57 +675,3 @@ async def while_leased(work: Awaitable[T], renew: Callable[[], Awaitable[bool]],
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-
-
-class Waiters:
-    """One pub/sub subscription per process that wakes every local waiter whose call just finished."""
-
-    def __init__(self, redis: RedisClient, channel: str) -> None:
-        self.redis = redis
-        self.channel = channel
-        self._waiting: dict[str, set[asyncio.Future[None]]] = {}
-
-    @contextlib.contextmanager
-    def waiting(self, call_id: str) -> Iterator[asyncio.Future[None]]:
-        """Register interest in one call; the future resolves when its result is published."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(call_id, set()).add(future)
-        try:
-            yield future
-        finally:
-            futures = self._waiting.get(call_id)
-            if futures is not None:
-                futures.discard(future)
-                if not futures:
-                    del self._waiting[call_id]
-
-    def _wake(self, call_id: str) -> None:
-        for future in self._waiting.get(call_id, ()):
-            if not future.done():
-                future.set_result(None)
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Listen until `stop`; reconnect after errors (waiters re-check Redis on their own timer meanwhile)."""
-        while not stop.is_set():
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                if isinstance(self.redis, RedisCluster):
-                    # A cluster's pubsub subscribes on one node, the owner of the channel name's slot, picked from the
-                    # slot map the client loads on its first command. One node is enough: a cluster propagates every
-                    # PUBLISH to all its nodes. If that node fails, this loop retries until the map (refreshed by
-                    # the client's other commands) names a live one; waiters re-check Redis on their timer meanwhile.
-                    await self.redis.initialize()
-                await pubsub.subscribe(self.channel)
-                while not stop.is_set():
-                    message = await pubsub.get_message(timeout=0.5)
-                    if message is not None and message["type"] == "message":
-                        self._wake(_s(message["data"]))
-            except (ConnectionError, OSError, TimeoutError) as exc:
-                log.warning("result subscription lost, reconnecting: %s", exc)
-                await asyncio.sleep(0.5)
-            except Exception as exc:  # redis-py raises its own ConnectionError, not the builtin
-                log.warning("result subscription error, reconnecting: %s", exc)
-                await asyncio.sleep(0.5)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -19,7 +19,7 @@ from standardwebhooks import Webhook
 
 from router import api, metrics, redis_client
 from router.accounting import Accounting, Lane, Priced
-from router.accumulator import Accumulator, TotalsKey, Waiters
+from router.accumulator import Accumulator, TotalsKey
 from router.batcher import Batcher
 from router.catalog import ModelCatalog
 from router.errors import ConfigError, RouterError
@@ -35,6 +35,7 @@ from router.providers.base import Provider
 from router.providers.openai import OpenAIProvider
 from router.settings import Settings
 from router.tenants import Tenants
+from router.waiters import Waiters
 from router.webhooks import WebhookSender
 
 log = logging.getLogger("router")
@@ -81,7 +82,7 @@ class Gateway:
             idempotency_ttl_s=b.idempotency_ttl_s,
             max_queues=settings.limits.max_queues,
         )
-        self.waiters = Waiters(self.redis, acc.keys.done_channel)
+        self.waiters = Waiters(self.redis, acc.keys.done_channel, acc.results_stored)
         prices = self.accounting.prices
         self.catalog = ModelCatalog(settings.upstreams, providers, prices)
         self.tenants = Tenants(self.redis, acc.keys, settings, acc.totals, self.unflushed_cost)

@@ -9,8 +9,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import msgspec
 from redis.exceptions import RedisError
@@ -23,7 +22,6 @@ from router.accumulator import (
     CallMeta,
     CallRecord,
     Result,
-    Waiters,
     new_call_id,
 )
 from router.deadline import format_deadline
@@ -33,6 +31,7 @@ from router.providers.base import Provider, UpstreamResponse
 from router.schema import DeferredCall, RequestView, decode_body
 from router.settings import Settings, Upstream
 from router.tenants import RESERVATION_SLACK_S, Tenants
+from router.waiters import Waiters, Watch
 
 log = logging.getLogger("router.lanes")
 ENDPOINTS = ("/chat/completions", "/completions", "/embeddings", "/responses")
@@ -265,38 +264,54 @@ class DeferredLane:
     def _timeout(self, upstream: str) -> float:
         return next((u.timeout_s for u in self.settings.upstreams if u.name == upstream), 600.0)
 
-    async def wait(self, call_id: str, seconds: float, stop: asyncio.Event | None = None) -> Result | None:
-        """The call's result, waiting up to `seconds` for it, or until `stop` is set.
+    @contextlib.contextmanager
+    def watching(self, call_id: str) -> Iterator[ResultWatch]:
+        """Watch one call's result for the duration of the block (`ResultWatch.result` waits for it)."""
+        with self.waiters.watching(call_id) as watch:
+            yield ResultWatch(self.acc, watch)
 
-        Woken by pub/sub and re-checked every 5 s. While Redis is away the reads are retried with backoff: a
-        stored call stays stored, so its waiter waits rather than answering an error.
+    async def wait(self, call_id: str, seconds: float, stop: asyncio.Event | None = None) -> Result | None:
+        """The call's result, waiting up to `seconds` for it, or until `stop` is set."""
+        with self.watching(call_id) as watch:
+            return await watch.result(seconds, stop)
+
+
+class ResultWatch:
+    """A call's result as one waiter sees it: read when the watch starts, then only when woken (`router.waiters`),
+    so waiting costs Redis nothing between reads."""
+
+    def __init__(self, acc: Accumulator, watch: Watch) -> None:
+        self.acc = acc
+        self.watch = watch
+        self._read = True
+
+    async def result(self, seconds: float, stop: asyncio.Event | None = None) -> Result | None:
+        """The result, waiting up to `seconds` for it, or None (also at once when `stop` is set).
+
+        While Redis is away the read is retried with backoff: a stored call stays stored, so its waiter waits
+        rather than answering an error.
         """
         until = time.monotonic() + seconds
         pause = 0.1
-        with self.waiters.waiting(call_id) as woken:
-            while True:
+        while stop is None or not stop.is_set():
+            left = until - time.monotonic()
+            if self._read:
                 try:
-                    result = await self.acc.get_result(call_id)
-                    pause = 0.1
+                    result = await self.acc.get_result(self.watch.call_id)
                 except (RedisError, OSError) as exc:
-                    log.debug("reading the result of %s failed, will retry: %s", call_id, exc)
-                    result, pause = None, min(pause * 2, 5.0)
-                left = until - time.monotonic()
-                if result is not None or left <= 0 or (stop is not None and stop.is_set()):
-                    return result
-                if woken.done():  # woken, yet nothing stored: a wake-up for a result that has since expired
-                    await asyncio.sleep(min(left, 0.25))
+                    log.debug("reading the result of %s failed, will retry: %s", self.watch.call_id, exc)
+                    pause = min(pause * 2, 5.0)
+                    if left <= 0:
+                        return None
+                    await asyncio.sleep(min(pause, left))
                     continue
-                waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(asyncio.shield(woken))}
-                if stop is not None:
-                    waits.add(asyncio.ensure_future(stop.wait()))
-                try:
-                    await asyncio.wait(
-                        waits, timeout=min(left, 5.0 if pause <= 0.1 else pause), return_when=asyncio.FIRST_COMPLETED
-                    )
-                finally:
-                    for waiting in waits:
-                        waiting.cancel()
+                if result is not None:
+                    return result
+                self._read = False
+            if left <= 0:
+                return None
+            self._read = await self.watch.woken(left)
+        return None
 
 
 def call_digest(tenant: str, endpoint: str, body: bytes) -> str:
