@@ -15,7 +15,6 @@ from typing import Any
 
 import msgspec
 
-from router.errors import RouterError
 from router.loops import pace
 from router.pricing import PriceTable
 from router.providers.base import Provider
@@ -69,7 +68,7 @@ class ModelCatalog:
         """Read one upstream's `/models` now; False (and the old list kept) when it could not be read."""
         try:
             answer = await self.providers[upstream].get("/models")
-        except RouterError as exc:
+        except Exception as exc:  # RouterError from the adapter, or an answer it could not read
             log.info("could not list the models of %s, will retry: %s", upstream, exc)
             return False
         ids = model_ids(answer.body) if answer.status == 200 else []

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from router.accumulator import Accumulator
 from router.app import Gateway, create_app
+from router.catalog import model_ids
 from router.serving import serve_in_thread
 from tests.conftest import Sim, router_settings, upstream
 from tests.helpers.processes import wait_until
@@ -177,3 +178,20 @@ def test_the_queue_cap_refuses_a_new_queue_with_429(
     assert refused.value.response.headers["retry-after"] == "60"
     assert refused.value.response.headers["x-should-retry"] == "false"
     assert len(calls) == 2  # the refused call stored nothing
+
+
+@pytest.mark.parametrize(
+    ("body", "ids"),
+    [
+        (
+            b'{"object": "list", "data": [{"id": "gpt-4o"}, {"id": "o3-mini", "owned_by": "system"}]}',
+            ["gpt-4o", "o3-mini"],
+        ),
+        (b'{"data": [{"id": "a"}, {"name": "b"}, "c", {"id": 7}]}', ["a"]),
+        (b'{"data": {"id": "a"}}', []),
+        (b"<html>Bad Gateway</html>", []),
+        (b"[]", []),
+    ],
+)
+def test_model_ids_take_only_what_is_a_model_list(body: bytes, ids: list[str]) -> None:
+    assert model_ids(body) == ids
