@@ -14,6 +14,7 @@ import msgspec
 import prometheus_client
 from litestar import Litestar
 from litestar.exceptions import HTTPException
+from prometheus_client import multiprocess
 from redis.exceptions import RedisError
 from standardwebhooks import Webhook
 
@@ -64,6 +65,7 @@ class Gateway:
         *,
         loops: bool = True,
         webhook_secret: str | None = None,
+        metrics_dir: str | None = None,
     ) -> None:
         if not settings.redis_url:
             raise ConfigError("redis_url", None, "the router needs a Redis URL (the CLI starts a bundled one)")
@@ -100,6 +102,8 @@ class Gateway:
         self.webhooks = WebhookSender(acc, settings.webhooks, webhook_secret)
         self.holds = Holds(self.deferred, settings, max_held(settings, raise_fd_limit()))
         self.loops = loops
+        self.metrics_dir = metrics_dir
+        """Set in a worker of `serve --workers`: metrics are read from every worker's files there."""
         self._tasks: list[asyncio.Task[None]] = []
         self._totals: dict[TotalsKey, dict[str, float]] = {}
         self._flushing: list[dict[TotalsKey, dict[str, float]]] = []
@@ -245,14 +249,21 @@ class Gateway:
             for queue, count in depth.items():
                 metrics.queue_depth.labels(queue).set(count)
             for gone in self._depth_labels - depth.keys():  # pruned queues: no series left behind
-                metrics.queue_depth.remove(gone)
+                if self.metrics_dir:  # other workers' files keep the label: the most recent value must say 0
+                    metrics.queue_depth.labels(gone).set(0)
+                else:
+                    metrics.queue_depth.remove(gone)
             self._depth_labels = set(depth)
             metrics.batches_inflight.set(inflight)
         try:
             await self.tenants.publish_metrics()
         except Exception:
             log.warning("could not read tenant headroom from Redis for /metrics")
-        return prometheus_client.generate_latest(metrics.REGISTRY), prometheus_client.CONTENT_TYPE_LATEST
+        registry = metrics.REGISTRY
+        if self.metrics_dir:
+            registry = prometheus_client.CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=self.metrics_dir)  # type: ignore[no-untyped-call]
+        return prometheus_client.generate_latest(registry), prometheus_client.CONTENT_TYPE_LATEST
 
 
 def webhook_secret(settings: Settings, environ: Mapping[str, str]) -> str | None:
@@ -270,12 +281,19 @@ def webhook_secret(settings: Settings, environ: Mapping[str, str]) -> str | None
     return secret
 
 
-def create_app(settings: Settings, environ: Mapping[str, str] | None = None, *, loops: bool = True) -> Litestar:
-    """The router as an ASGI app; `loops=False` leaves the batcher, poller, guard and webhooks to the caller (tests)."""
+def create_app(
+    settings: Settings, environ: Mapping[str, str] | None = None, *, loops: bool = True, metrics_dir: str | None = None
+) -> Litestar:
+    """The router as an ASGI app; `loops=False` leaves the batcher, poller, guard and webhooks to the caller (tests);
+    `metrics_dir` is the multiprocess metrics directory of a `serve --workers` worker."""
     environ = environ or {}
     quiet_held_cuts()
     gateway = Gateway(
-        settings, make_providers(settings, environ), loops=loops, webhook_secret=webhook_secret(settings, environ)
+        settings,
+        make_providers(settings, environ),
+        loops=loops,
+        webhook_secret=webhook_secret(settings, environ),
+        metrics_dir=metrics_dir,
     )
     app = Litestar(
         route_handlers=api.make_handlers(gateway),

@@ -85,11 +85,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "configure `auth: keys`",
             settings.host,
         )
+    workers = args.workers
     with redis_for(settings) as ready:
+        if workers > 1:
+            from router.workers import Supervisor
+
+            where = f"http://{ready.host}:{ready.port}/v1"
+            print(f"hybrid-router listening on {where} ({workers} workers)", file=sys.stderr)
+            return Supervisor(ready, os.environ, workers).run()
         app = create_app(ready, os.environ)
         print(f"hybrid-router listening on http://{ready.host}:{ready.port}/v1", file=sys.stderr)
         Server(server_config(app, host=ready.host, port=ready.port, grace_s=ready.shutdown_grace_s)).run()
     return 0
+
+
+def _workers(value: str) -> int:
+    """`--workers`, checked now so a typo is a usage error rather than a traceback."""
+    from router.workers import parse_workers
+
+    try:
+        return parse_workers(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _turnaround(spec: str) -> str:
@@ -210,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--batch-max-wait", type=float, help="seconds a deferred call may wait before its queue flushes")
     serve.add_argument("--poll-interval", type=float, help="seconds between polls of in-flight batches")
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N",
+        help="router processes on the one port (default 1; `auto`: one per CPU), coordinated through Redis",
+    )
     serve.set_defaults(func=cmd_serve)
 
     sim = sub.add_parser("simulate", help="run the built-in OpenAI/Anthropic upstream simulator")
@@ -248,11 +272,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `hybrid-router` command."""
+def configure_logging() -> None:
+    """The command's log format and levels (a `serve --workers` worker calls it too)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in ("httpx", "httpx2"):  # httpx2: the openai SDK's client; one line per request is noise, not news
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `hybrid-router` command."""
+    configure_logging()
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)

@@ -147,14 +147,14 @@ queue_depth = Gauge(
     ["queue"],
     namespace=NS,
     registry=REGISTRY,
-    multiprocess_mode="max",
+    multiprocess_mode="mostrecent",
 )
 batches_inflight = Gauge(
     "batches_inflight",
     "Provider batches submitted and not yet ingested (read from Redis at scrape).",
     namespace=NS,
     registry=REGISTRY,
-    multiprocess_mode="max",
+    multiprocess_mode="mostrecent",
 )
 webhook_deliveries = Counter(
     "webhook_deliveries",
@@ -200,7 +200,7 @@ tenant_limit = Gauge(
     ["tenant", "limit"],
     namespace=NS,
     registry=REGISTRY,
-    multiprocess_mode="max",
+    multiprocess_mode="mostrecent",
 )
 tenant_headroom = Gauge(
     "tenant_headroom",
@@ -209,7 +209,7 @@ tenant_headroom = Gauge(
     ["tenant", "limit"],
     namespace=NS,
     registry=REGISTRY,
-    multiprocess_mode="min",
+    multiprocess_mode="mostrecent",
 )
 tenant_refused = Counter(
     "tenant_refused",
