@@ -45,6 +45,10 @@ def prompt(i: int) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"Summarise report number {i} for the quarterly review."}]
 
 
+BATCH = {"max_wait_s": 1.0, "poll_interval_s": 0.5, "keepalive_s": 1.0, "margin_s": 2.0, "turnaround_prior_s": 1.0,
+         "lease_s": 3.0}  # fmt: skip
+
+
 def settings_tree(sim: Sim, redis_url: str, key_prefix: str, **batch: Any) -> dict[str, Any]:
     return {
         "upstreams": [upstream(sim.v1)],
@@ -53,8 +57,7 @@ def settings_tree(sim: Sim, redis_url: str, key_prefix: str, **batch: Any) -> di
         "policies_dir": str(NO_POLICIES),
         "pricing_file": str(ROOT / "config" / "pricing.yaml"),
         "shutdown_grace_s": 3.0,
-        "batch": {"max_wait_s": 1.0, "poll_interval_s": 0.5, "keepalive_s": 1.0, "margin_s": 2.0,
-                  "turnaround_prior_s": 1.0, "lease_s": 3.0} | batch,  # fmt: skip
+        "batch": BATCH | batch,
     }
 
 
@@ -132,9 +135,11 @@ def when_submitted(sim: Sim) -> None:
 
 
 def test_sdk_timeout_shorter_than_the_batch(slow_sim: Sim, redis_url: str, key_prefix: str, tmp_path: Path) -> None:
-    with router_process(tmp_path, settings_tree(slow_sim, redis_url, key_prefix), {"SIM_KEY": "sk"}) as router:
-        with Callers(router.base) as callers:
-            pass
+    with (
+        router_process(tmp_path, settings_tree(slow_sim, redis_url, key_prefix), {"SIM_KEY": "sk"}) as router,
+        Callers(router.base) as callers,
+    ):
+        pass
     check_billed_once(slow_sim, callers)
     assert callers.attempts == [1] * N  # kept alive past the client's timeout: not even one app-level retry
 
@@ -143,19 +148,21 @@ def test_sdk_timeout_shorter_than_the_batch(slow_sim: Sim, redis_url: str, key_p
 def test_router_stopped_and_restarted_while_callers_wait(
     how: str, slow_sim: Sim, redis_url: str, key_prefix: str, tmp_path: Path
 ) -> None:
-    with router_process(tmp_path, settings_tree(slow_sim, redis_url, key_prefix), {"SIM_KEY": "sk"}) as router:
-        with Callers(router.base) as callers:
-            when_submitted(slow_sim)
-            if how == "kill -9":
-                router.signal(signal.SIGKILL)
-                router.wait(10)
-            else:
-                stopping = time.monotonic()
-                router.signal(signal.SIGTERM)
-                assert router.wait(10) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it caught
-                # Held connections were cut at once, not held up to their deadlines (2 h): within the grace.
-                assert time.monotonic() - stopping < 3.0 + 2.0
-            router.start()
+    with (
+        router_process(tmp_path, settings_tree(slow_sim, redis_url, key_prefix), {"SIM_KEY": "sk"}) as router,
+        Callers(router.base) as callers,
+    ):
+        when_submitted(slow_sim)
+        if how == "kill -9":
+            router.signal(signal.SIGKILL)
+            router.wait(10)
+        else:
+            stopping = time.monotonic()
+            router.signal(signal.SIGTERM)
+            assert router.wait(10) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it caught
+            # Held connections were cut at once, not held up to their deadlines (2 h): within the grace.
+            assert time.monotonic() - stopping < 3.0 + 2.0
+        router.start()
     check_billed_once(slow_sim, callers)
 
 
