@@ -3,7 +3,8 @@
 Run from the repository root (needs the Redis at REDIS_URL, default redis://127.0.0.1:6379/0):
 
     python bench/realtime.py [--duration 10] [--concurrency 32] [--latency-ms 0]
-                             [--transport both|aiohttp|httpx] [--warmup 2] [--rounds 1] [--markdown]
+                             [--transport both|aiohttp|httpx] [--workers 1[,2...]] [--warmup 2] [--rounds 1]
+                             [--markdown]
 
 It starts the built-in simulator once and one router per transport (`python -m router ...`, each its own
 process on 127.0.0.1), then for each call kind (a small non-streamed and a streamed `POST /v1/chat/completions`,
@@ -13,7 +14,8 @@ p50/p90/p99 latency (time to the end of the body; streams also time to the first
 ratios against "direct" in the same run, the mean of the router's own `hybrid_router_proxy_overhead_seconds`
 histogram over the measured window, and the CPU time per call of the process the caller talks to (read from
 /proc). With `--rounds N` every (kind, target) is measured N times in rotated order and the samples pooled,
-so slow drift on a shared machine does not favour whoever runs first.
+so slow drift on a shared machine does not favour whoever runs first. `--workers 1,2` starts one router per
+transport and worker count (`serve --workers N`); a router's CPU is then that of all its processes.
 
 The load generator is one process, one event loop (uvloop), one `aiohttp.ClientSession`: plain aiohttp is the
 lightest client at hand (no httpx request/response model on top), which matters on a 2-core machine where
@@ -119,13 +121,25 @@ def quantile(values: list[float], q: float) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far, from /proc (nan where there is no /proc)."""
+    """User + system CPU time of a process and its live children so far, from /proc (nan where there is none)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return math.nan
     fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_seconds(child) for child in children(pid))
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of `pid` (the workers of `serve --workers`)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
 
 
 # --- servers -------------------------------------------------------------------------------------------------
@@ -390,12 +404,21 @@ def bounded(low: float, high: float, kind: type[float] | type[int]) -> Callable[
     return parse
 
 
+def worker_counts(text: str) -> list[int]:
+    """`--workers 1,2`: one router per count."""
+    counts = [int(part) for part in text.split(",")]
+    if not counts or any(not 1 <= n <= 16 for n in counts):
+        raise argparse.ArgumentTypeError("worker counts must be within [1, 16]")
+    return counts
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=bounded(1, 300, float), default=10.0, help="measured seconds per target")
     parser.add_argument("--concurrency", type=bounded(1, 512, int), default=32, help="closed-loop callers")
     parser.add_argument("--latency-ms", type=bounded(0, 10_000, float), default=0.0, help="simulator latency")
     parser.add_argument("--transport", choices=("both", *TRANSPORTS), default="both", help="routers to start")
+    parser.add_argument("--workers", type=worker_counts, default=[1], help="router processes, e.g. 1,2 (both)")
     parser.add_argument("--warmup", type=bounded(0, 60, float), default=2.0, help="unmeasured seconds first")
     parser.add_argument("--rounds", type=bounded(1, 10, int), default=1, help="interleaved repeats, pooled")
     parser.add_argument("--markdown", action="store_true", help="also print Markdown tables for RESULTS.md")
@@ -424,13 +447,14 @@ def main() -> int:
         )
         targets = [Target("direct", f"http://127.0.0.1:{sim_port}", sim.pid, router=False)]
         for transport in transports:
-            port = free_port()
-            config = router_config(directory, sim_port, transport)
-            serve_args = ["serve", "--config", str(config), "--port", str(port)]
-            proc = stack.enter_context(
-                server(serve_args, env, f"http://127.0.0.1:{port}/healthz", directory / f"router-{transport}.log")
-            )
-            targets.append(Target(f"router/{transport}", f"http://127.0.0.1:{port}", proc.pid, router=True))
+            for workers in args.workers:
+                port = free_port()
+                config = router_config(directory, sim_port, transport)
+                serve_args = ["serve", "--config", str(config), "--port", str(port), "--workers", str(workers)]
+                name = f"router/{transport}" + (f" x{workers}" if args.workers != [1] else "")
+                log = directory / f"router-{transport}-{workers}.log"
+                proc = stack.enter_context(server(serve_args, env, f"http://127.0.0.1:{port}/healthz", log))
+                targets.append(Target(name, f"http://127.0.0.1:{port}", proc.pid, router=True))
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             pooled = runner.run(measure(targets, args))
     report(pooled, args, load_before, commit)

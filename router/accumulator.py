@@ -1,4 +1,4 @@
-"""Every Redis operation of the deferred lane: admit, claim, record, store results, wake waiters."""
+"""Every Redis operation of the deferred lane: admit, claim, record, store results (waiters wait in `waiters.py`)."""
 
 from __future__ import annotations
 
@@ -7,31 +7,31 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Literal, TypeVar
 
 import msgspec
-from redis.asyncio.cluster import RedisCluster
 
 from router import scripts
 from router.keys import (
     PROVIDER_BATCHES_KEEP_S,
     TOTALS_TTL_S,
     TURNAROUND_SAMPLES,
+    TURNAROUND_TTL_S,
     Keys,
     queue_endpoint,
     queue_tag,
     tag_of,
 )
-from router.logthrottle import Throttle, kind_of
 from router.redis_client import RedisClient
 
 log = logging.getLogger("router.accumulator")
-_throttle = Throttle(log)  # a Redis outage would otherwise log a line per reconnect attempt, twice a second
 
 ASYNC_HOLDER = "async"
 """The holder of a call answered `202` (its caller polls or gets a webhook): never re-attached by digest."""
-Admission = Literal["new", "attached", "reused"]
+Admission = Literal["new", "attached", "reused", "full", "over_limit"]
+"""`full`: the call would open a queue past `max_queues`; `over_limit`: `attach_only` and nothing to attach to.
+Neither stored anything."""
 LINE_OVERHEAD = 128  # bytes a JSONL line adds around a body: custom_id, method, url
 CLAIM_CHUNK = 2000  # calls moved per CLAIM script run: bounds how long one script holds Redis
 TotalsKey = tuple[str, str]  # tenant, UTC day
@@ -126,12 +126,24 @@ def _f(value: object) -> float | None:
 class Accumulator:
     """The deferred lane's state, all of it in Redis under one key prefix."""
 
-    def __init__(self, redis: RedisClient, prefix: str, *, result_ttl_s: float, idempotency_ttl_s: float) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        prefix: str,
+        *,
+        result_ttl_s: float,
+        idempotency_ttl_s: float,
+        max_queues: int = 1000,
+    ) -> None:
         self.redis = redis
         self.keys = Keys(prefix)
         self.result_ttl = int(result_ttl_s)
         self.idempotency_ttl = int(idempotency_ttl_s)
+        self.max_queues = max_queues
+        self._indexed: set[tuple[str, str, str]] = set()  # (tenant, day, tag) entered in the usage index lately
         self._admit = redis.register_script(scripts.ADMIT)
+        self._enrol = redis.register_script(scripts.ENROL)
+        self._prune = redis.register_script(scripts.PRUNE)
         self._release = redis.register_script(scripts.RELEASE)
         self._claim = redis.register_script(scripts.CLAIM)
         self._mark_submitted = redis.register_script(scripts.MARK_SUBMITTED)
@@ -154,28 +166,35 @@ class Accumulator:
         digest: str = "",
         holder: str = "",
         attach_to: str | None = None,
+        call_id: str | None = None,
+        attach_only: bool = False,
     ) -> tuple[str, Admission]:
         """Queue a call, or attach to the live call this request repeats; (call id, outcome).
 
         `digest` identifies identical requests (tenant, endpoint, body); `holder` names the connection that waits
         for the answer (empty for none, `async` for a 202 call); `attach_to` is an identical call whose caller is
-        gone (found by `reattachable`), which this request takes over if it still can.
+        gone (found by `reattachable`), which this request takes over if it still can. `call_id` is the id a new
+        call gets (made here if not given); with `attach_only` the request may attach but not queue a new call.
         """
         k = self.keys
         tag = queue_tag(meta.upstream, meta.endpoint, meta.model)
-        call_id = new_call_id(tag)
+        call_id = call_id or new_call_id(tag)
         ttl = int(max(0.0, meta.deadline - time.time()) + self.result_ttl)
-        # The set of queues first: a call is never in a queue the batcher cannot find.
-        await self.redis.sadd(k.queues, tag)
+        # The set of queues first: a call is never in a queue the batcher cannot find (and a full set refuses it).
+        if not await self._enrol(keys=[k.queues], args=[tag, self.max_queues]):
+            return "", "full"
         idem = k.idempotency(tag, meta.tenant, idempotency_key) if idempotency_key is not None else k.queue(tag)
-        outcome, admitted = await self._admit(
+        outcome, admitted, *created = await self._admit(
             keys=[idem, k.call(call_id), k.pending(tag), k.arrivals(tag), k.bytes(tag), k.queue(tag),
                   k.digest(tag, digest)],
             args=[call_id, _meta_encoder.encode(meta), body, repr(meta.deadline), repr(meta.received_at), ttl,
                   self.idempotency_ttl, meta.upstream, queue_endpoint(meta.endpoint), meta.model,
                   "1" if idempotency_key is not None else "0", k.call_prefix(tag), meta.webhook or "", digest,
-                  holder, attach_to or ""],
+                  holder, attach_to or "", "1" if attach_only else "0"],
         )  # fmt: skip
+        if created and int(created[0]):
+            # The queue was pruned (or is new) since the tag was entered above: enter it again (see scripts.PRUNE).
+            await self.redis.sadd(k.queues, tag)
         return _s(admitted), _s(outcome)  # type: ignore[return-value]
 
     async def reattachable(self, tag: str, digest: str, *, retry: bool, limit: int = 10) -> str | None:
@@ -231,8 +250,25 @@ class Accumulator:
     # --- queues and batches --------------------------------------------------------------------------
 
     async def queue_tags(self) -> list[str]:
-        """Every queue that has ever had work."""
+        """The queues that have work (and idle ones not pruned yet)."""
         return sorted(_s(t) for t in await self.redis.smembers(self.keys.queues))
+
+    async def prune(self, tag: str) -> bool:
+        """Take an idle queue out of the set the loops walk; True when it was idle (see `scripts.PRUNE`)."""
+        k = self.keys
+        keys = [k.queue(tag), k.bytes(tag), k.pending(tag), k.arrivals(tag), k.inflight(tag), k.escalating(tag),
+                k.batches(tag), k.webhooks(tag)]  # fmt: skip
+        if not await self._prune(keys=keys, args=[]):
+            return False
+        await self.redis.srem(k.queues, tag)
+        if await self.redis.exists(k.queue(tag)):  # an admission re-created it meanwhile: keep the queue
+            await self.redis.sadd(k.queues, tag)
+            return False
+        return True
+
+    async def prune_idle(self) -> int:
+        """Prune every idle queue; returns how many were pruned."""
+        return sum([await self.prune(tag) for tag in await self.queue_tags()])
 
     async def stats(self, tag: str) -> QueueStats | None:
         """Count, bytes, oldest arrival and earliest deadline of what waits in one queue."""
@@ -445,6 +481,7 @@ class Accumulator:
             if turnaround is not None:
                 pipe.lpush(k.turnaround(tag), repr(turnaround))
                 pipe.ltrim(k.turnaround(tag), 0, TURNAROUND_SAMPLES - 1)
+                pipe.expire(k.turnaround(tag), TURNAROUND_TTL_S)
             await pipe.execute()
 
     async def turnaround_estimate(self, tag: str, prior: float, min_samples: int = 5) -> float:
@@ -499,6 +536,14 @@ class Accumulator:
             attempts=int(row[4] or 0),
         )
 
+    async def results_stored(self, call_ids: Sequence[str]) -> set[str]:
+        """Which of these calls have a result stored (one pipelined existence check each)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for call_id in call_ids:
+                pipe.exists(self.keys.result(call_id))
+            found = await pipe.execute()
+        return {cid for cid, there in zip(call_ids, found, strict=True) if there}
+
     async def get_result(self, call_id: str) -> Result | None:
         """A finished call's result, if stored and not expired."""
         row: dict[bytes, bytes] = await self.redis.hgetall(self.keys.result(call_id))  # type: ignore[assignment]
@@ -530,6 +575,7 @@ class Accumulator:
         tag = tag_of(call_id)
         now = time.time()
         day = time.strftime("%Y-%m-%d", time.gmtime(now))
+        await self._index_usage(meta.tenant, day, tag)
         actual, baseline, savings = (repr(c) for c in cost) if cost else ("", "", "")
         stored = int(
             await self._store(
@@ -546,7 +592,11 @@ class Accumulator:
             )
         )  # fmt: skip
         if stored == 1:
-            await self.redis.publish(k.done_channel, call_id)
+            # Side by side, not pipelined: a cluster pipeline refuses PUBLISH.
+            await asyncio.gather(
+                self.redis.publish(k.done_channel, call_id),
+                self.redis.zrem(k.tenant_deferred(meta.tenant), call_id),  # no longer counts for `max_deferred`
+            )
         return stored
 
     async def requeue(self, call_id: str, bid: str) -> bool:
@@ -622,13 +672,31 @@ class Accumulator:
                 pipe.expire(key, TOTALS_TTL_S)
             await pipe.execute()
 
+    async def _index_usage(self, tenant: str, day: str, tag: str) -> None:
+        """Enter a queue in a tenant's usage index for `day`, before its totals there are written, so a crash
+        in between cannot hide them; once per process and (tenant, day, queue)."""
+        if (tenant, day, tag) in self._indexed:
+            return
+        key = self.keys.usage_index(tenant, day)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.sadd(key, tag)
+            pipe.expire(key, TOTALS_TTL_S)
+            await pipe.execute()
+        if len(self._indexed) >= 100_000:
+            self._indexed.clear()
+        self._indexed.add((tenant, day, tag))
+
     async def totals(self, tenant: str, day: str) -> dict[str, float]:
-        """A tenant's cost totals for one UTC day (`YYYY-MM-DD`): real-time calls plus every queue's."""
+        """A tenant's cost totals for one UTC day (`YYYY-MM-DD`): real-time calls plus every queue's it used."""
+        k = self.keys
+        tags = {_s(t) for t in await self.redis.smembers(k.usage_index(tenant, day))}
+        keys = [k.realtime_totals(tenant, day)] + [f"{k.totals_prefix(tag)}{tenant}:{day}" for tag in sorted(tags)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hgetall(key)
+            rows = await pipe.execute()
         out: dict[str, float] = {}
-        keys = [self.keys.realtime_totals(tenant, day)]
-        keys += [f"{self.keys.totals_prefix(tag)}{tenant}:{day}" for tag in await self.queue_tags()]
-        for key in keys:
-            row = await self.redis.hgetall(key)
+        for row in rows:
             for field, value in row.items():
                 out[_s(field)] = out.get(_s(field), 0.0) + float(value)
         return out
@@ -666,57 +734,3 @@ async def while_leased(work: Awaitable[T], renew: Callable[[], Awaitable[bool]],
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-
-
-class Waiters:
-    """One pub/sub subscription per process that wakes every local waiter whose call just finished."""
-
-    def __init__(self, redis: RedisClient, channel: str) -> None:
-        self.redis = redis
-        self.channel = channel
-        self._waiting: dict[str, set[asyncio.Future[None]]] = {}
-
-    @contextlib.contextmanager
-    def waiting(self, call_id: str) -> Iterator[asyncio.Future[None]]:
-        """Register interest in one call; the future resolves when its result is published."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(call_id, set()).add(future)
-        try:
-            yield future
-        finally:
-            futures = self._waiting.get(call_id)
-            if futures is not None:
-                futures.discard(future)
-                if not futures:
-                    del self._waiting[call_id]
-
-    def _wake(self, call_id: str) -> None:
-        for future in self._waiting.get(call_id, ()):
-            if not future.done():
-                future.set_result(None)
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Listen until `stop`; reconnect after errors (waiters re-check Redis on their own timer meanwhile)."""
-        while not stop.is_set():
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                if isinstance(self.redis, RedisCluster):
-                    # A cluster's pubsub subscribes on one node, the owner of the channel name's slot, picked from the
-                    # slot map the client loads on its first command. One node is enough: a cluster propagates every
-                    # PUBLISH to all its nodes. If that node fails, this loop retries until the map (refreshed by
-                    # the client's other commands) names a live one; waiters re-check Redis on their timer meanwhile.
-                    await self.redis.initialize()
-                await pubsub.subscribe(self.channel)
-                while not stop.is_set():
-                    message = await pubsub.get_message(timeout=0.5)
-                    if message is not None and message["type"] == "message":
-                        self._wake(_s(message["data"]))
-            except (ConnectionError, OSError, TimeoutError) as exc:
-                _throttle.warning(kind_of("waiters", exc), "result subscription lost, reconnecting: %s", exc)
-                await asyncio.sleep(0.5)
-            except Exception as exc:  # redis-py raises its own ConnectionError, not the builtin
-                _throttle.warning(kind_of("waiters", exc), "result subscription error, reconnecting: %s", exc)
-                await asyncio.sleep(0.5)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]

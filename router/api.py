@@ -472,6 +472,7 @@ async def respond_realtime(
     `flex_fallback`: the router chose the flex tier, so a flex 429 may be retried on the standard tier (a
     caller who asked for flex itself gets the 429, as from the upstream).
     """
+    await gateway.tenants.admit_realtime(tenant)  # its budget and `rpm`, before the upstream sees the call
     model = view.model or ""
     stream = bool(view.stream)
     strip_usage = False
@@ -567,7 +568,10 @@ async def usage_report(gateway: Gateway, tenant: str, day: str | None) -> bytes:
     for field, value in (totals | await gateway.native.store.totals(tenant, day)).items():  # lanes never overlap
         lane, _, name = field.partition(":")
         lanes.setdefault(lane, {})[name] = value
-    return encoder.encode({"object": "router.usage", "tenant": tenant, "day": day, "lanes": lanes})
+    report: dict[str, Any] = {"object": "router.usage", "tenant": tenant, "day": day, "lanes": lanes}
+    if day == time.strftime("%Y-%m-%d", time.gmtime()):
+        report["limits"] = await gateway.tenants.headroom(tenant)  # what the tenant may still use, now
+    return encoder.encode(report)
 
 
 def make_handlers(gateway: Gateway) -> list[Any]:

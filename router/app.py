@@ -14,18 +14,21 @@ import msgspec
 import prometheus_client
 from litestar import Litestar
 from litestar.exceptions import HTTPException
+from prometheus_client import multiprocess
 from redis.exceptions import RedisError
 from standardwebhooks import Webhook
 
 from router import api, batch_api, edge, metrics, redis_client
 from router.accounting import Accounting, Lane, Priced
-from router.accumulator import Accumulator, TotalsKey, Waiters
+from router.accumulator import Accumulator, TotalsKey
 from router.batcher import Batcher
+from router.catalog import ModelCatalog
 from router.errors import ConfigError, RouterError
 from router.guard import Guard
 from router.holding import Holds, max_held, quiet_held_cuts, raise_fd_limit
 from router.lanes import DeferredLane, Upstreams
 from router.logthrottle import Throttle, kind_of
+from router.loops import pace
 from router.message_batches import Ledger, Owners
 from router.native_batches import NativeBatches
 from router.policy import PolicyStore
@@ -36,11 +39,14 @@ from router.providers.base import Provider
 from router.providers.openai import OpenAIProvider
 from router.providers.openai_native import OpenAINative
 from router.settings import Settings
+from router.tenants import Tenants
+from router.waiters import Waiters
 from router.webhooks import WebhookSender
 
 log = logging.getLogger("router")
 _throttle = Throttle(log)
 TOTALS_FLUSH_S = 1.0  # real-time totals reach Redis in one pipeline per second, not one round trip per call
+PRUNE_S = 10.0  # idle queues leave the set the loops walk within this many seconds
 _models_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -65,6 +71,7 @@ class Gateway:
         loops: bool = True,
         webhook_secret: str | None = None,
         metrics_token: str | None = None,
+        metrics_dir: str | None = None,
     ) -> None:
         if not settings.redis_url:
             raise ConfigError("redis_url", None, "the router needs a Redis URL (the CLI starts a bundled one)")
@@ -78,11 +85,24 @@ class Gateway:
         self.redis = redis_client.connect(settings.redis_url, max_connections=settings.redis_max_connections)
         b = settings.batch
         acc = Accumulator(
-            self.redis, settings.key_prefix, result_ttl_s=b.result_ttl_s, idempotency_ttl_s=b.idempotency_ttl_s
+            self.redis,
+            settings.key_prefix,
+            result_ttl_s=b.result_ttl_s,
+            idempotency_ttl_s=b.idempotency_ttl_s,
+            max_queues=settings.limits.max_queues,
         )
-        self.waiters = Waiters(self.redis, acc.keys.done_channel)
+        self.waiters = Waiters(self.redis, acc.keys.done_channel, acc.results_stored)
         prices = self.accounting.prices
-        self.deferred = DeferredLane(acc, self.waiters, settings, lambda model: prices.rates(model, "flex") is not None)
+        self.catalog = ModelCatalog(settings.upstreams, providers, prices)
+        self.tenants = Tenants(self.redis, acc.keys, settings, acc.totals, self.unflushed_cost)
+        self.deferred = DeferredLane(
+            acc,
+            self.waiters,
+            settings,
+            lambda model: prices.rates(model, "flex") is not None,
+            self.catalog.known,
+            self.tenants,
+        )
         self.batcher = Batcher(acc, providers, b)
         self.poller = Poller(acc, providers, b, self.accounting)
         self.guard = Guard(acc, providers, b, self.accounting)
@@ -97,8 +117,12 @@ class Gateway:
         self.ledger = Ledger(self.message_batches, providers, self.accounting, self.record_realtime, b)
         self.holds = Holds(self.deferred, settings, max_held(settings, raise_fd_limit()))
         self.loops = loops
+        self.metrics_dir = metrics_dir
+        """Set in a worker of `serve --workers`: metrics are read from every worker's files there."""
         self._tasks: list[asyncio.Task[None]] = []
         self._totals: dict[TotalsKey, dict[str, float]] = {}
+        self._flushing: list[dict[TotalsKey, dict[str, float]]] = []
+        self._depth_labels: set[str] = set()
         self._stop = asyncio.Event()
 
     @contextlib.asynccontextmanager
@@ -111,6 +135,7 @@ class Gateway:
             asyncio.create_task(self._watch_policies(), name="policy-reload"),
             asyncio.create_task(self.waiters.run(self._stop), name="waiters"),
             asyncio.create_task(self._flush_totals_loop(), name="totals"),
+            asyncio.create_task(self.catalog.run(self._stop), name="catalog"),
         ]
         if self.loops:
             self._tasks += [
@@ -120,6 +145,7 @@ class Gateway:
                 asyncio.create_task(self.webhooks.run(self._stop), name="webhooks"),
                 asyncio.create_task(self.native.watcher.run(self._stop), name="native-batches"),
                 asyncio.create_task(self.ledger.run(self._stop), name="message-batches"),
+                asyncio.create_task(pace(self._stop, PRUNE_S, self.deferred.acc.prune_idle, "pruner"), name="pruner"),
             ]
         try:
             yield
@@ -163,11 +189,17 @@ class Gateway:
             for name, value in zip(("cost_usd", "baseline_usd", "savings_usd"), priced.as_tuple() or (), strict=True):
                 fields[f"{lane}:{name}"] = fields.get(f"{lane}:{name}", 0.0) + value
 
+    def unflushed_cost(self, tenant: str, day: str) -> float:
+        """What this process's real-time calls of a tenant's day cost that Redis may not show yet."""
+        rows = [totals.get((tenant, day), {}) for totals in (self._totals, *self._flushing)]
+        return sum(value for fields in rows for name, value in fields.items() if name.endswith(":cost_usd"))
+
     async def flush_totals(self) -> None:
         """Write the real-time totals summed since the last flush; on failure keep them for the next one."""
         pending, self._totals = self._totals, {}
         if not pending:
             return
+        self._flushing.append(pending)  # still counted for budgets while being written
         try:
             await self.deferred.acc.add_totals(pending)
         except Exception as exc:
@@ -176,6 +208,10 @@ class Gateway:
                 merged = self._totals.setdefault(key, {})
                 for name, value in fields.items():
                     merged[name] = merged.get(name, 0.0) + value
+        else:
+            self.tenants.forget_spend({tenant for tenant, _ in pending})  # Redis has them now: read it again
+        finally:
+            self._flushing = [batch for batch in self._flushing if batch is not pending]
 
     async def _flush_totals_loop(self) -> None:
         while not self._stop.is_set():
@@ -229,8 +265,22 @@ class Gateway:
         else:
             for queue, count in depth.items():
                 metrics.queue_depth.labels(queue).set(count)
+            for gone in self._depth_labels - depth.keys():  # pruned queues: no series left behind
+                if self.metrics_dir:  # other workers' files keep the label: the most recent value must say 0
+                    metrics.queue_depth.labels(gone).set(0)
+                else:
+                    metrics.queue_depth.remove(gone)
+            self._depth_labels = set(depth)
             metrics.batches_inflight.set(inflight)
-        return prometheus_client.generate_latest(metrics.REGISTRY), prometheus_client.CONTENT_TYPE_LATEST
+        try:
+            await self.tenants.publish_metrics()
+        except Exception:
+            log.warning("could not read tenant headroom from Redis for /metrics")
+        registry = metrics.REGISTRY
+        if self.metrics_dir:
+            registry = prometheus_client.CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=self.metrics_dir)  # type: ignore[no-untyped-call]
+        return prometheus_client.generate_latest(registry), prometheus_client.CONTENT_TYPE_LATEST
 
 
 def webhook_secret(settings: Settings, environ: Mapping[str, str]) -> str | None:
@@ -259,9 +309,12 @@ def metrics_token(settings: Settings, environ: Mapping[str, str]) -> str | None:
     return token
 
 
-def create_app(settings: Settings, environ: Mapping[str, str] | None = None, *, loops: bool = True) -> Litestar:
+def create_app(
+    settings: Settings, environ: Mapping[str, str] | None = None, *, loops: bool = True, metrics_dir: str | None = None
+) -> Litestar:
     """The router as an ASGI app; `loops=False` leaves the batcher, poller, guard, webhooks and the native-batch
-    watcher to the caller (tests)."""
+    watcher to the caller (tests); `metrics_dir` is the multiprocess metrics directory of a `serve --workers`
+    worker."""
     environ = environ or {}
     quiet_held_cuts()
     gateway = Gateway(
@@ -270,6 +323,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None, *, 
         loops=loops,
         webhook_secret=webhook_secret(settings, environ),
         metrics_token=metrics_token(settings, environ),
+        metrics_dir=metrics_dir,
     )
     app = Litestar(
         route_handlers=[*api.make_handlers(gateway), *batch_api.make_handlers(gateway)],

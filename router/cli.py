@@ -99,7 +99,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             )
         logging.getLogger("router").warning("auth is 'none' and the router listens on %s (--insecure-no-auth)",
                                             settings.host)  # fmt: skip
+    workers = args.workers
     with redis_for(settings) as ready:
+        if workers > 1:
+            from router.workers import Supervisor
+
+            where = f"http://{ready.host}:{ready.port}/v1"
+            print(f"hybrid-router listening on {where} ({workers} workers)", file=sys.stderr)
+            return Supervisor(ready, os.environ, workers).run()
         app = create_app(ready, os.environ)
         print(f"hybrid-router listening on http://{ready.host}:{ready.port}/v1", file=sys.stderr)
         http = bounded_protocol(ready.limits)
@@ -125,6 +132,16 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
         print(f"unhealthy: {url} answered {status}", file=sys.stderr)
         return 1
     return 0
+
+
+def _workers(value: str) -> int:
+    """`--workers`, checked now so a typo is a usage error rather than a traceback."""
+    from router.workers import parse_workers
+
+    try:
+        return parse_workers(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _turnaround(spec: str) -> str:
@@ -248,6 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--insecure-no-auth", action="store_true", help="listen beyond loopback although `auth` is 'none'"
     )
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N",
+        help="router processes on the one port (default 1; `auto`: one per CPU), coordinated through Redis",
+    )
     serve.set_defaults(func=cmd_serve)
 
     sim = sub.add_parser("simulate", help="run the built-in OpenAI/Anthropic upstream simulator")
@@ -292,11 +316,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `hybrid-router` command."""
+def configure_logging() -> None:
+    """The command's log format and levels (a `serve --workers` worker calls it too)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in ("httpx", "httpx2"):  # httpx2: the openai SDK's client; one line per request is noise, not news
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `hybrid-router` command."""
+    configure_logging()
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)

@@ -11,7 +11,9 @@ RouterError                     500 server_error
  │    └── UpstreamTimeout       504 upstream_error
  ├── IdempotencyKeyReused       422 invalid_request_error, code idempotency_key_reused
  ├── ServiceUnavailable         503 server_error (Redis down, shutting down)
- └── TooManyRequests            429 rate_limit_exceeded (held-connection cap)
+ └── TooManyRequests            429 rate_limit_exceeded (held-connection cap, queue cap)
+      ├── TenantRateLimited     429 requests, code rate_limit_exceeded (a tenant's `rpm` or `max_deferred`)
+      └── QuotaExceeded         429 insufficient_quota (a tenant's `daily_budget_usd`)
 ConfigError                     not an HTTP error: a bad config, policy or pricing file
 
 Litestar's own rejections (unknown route 404, wrong method 405, body too large 413) are shaped by
@@ -145,6 +147,18 @@ class TooManyRequests(RouterError):
 
     status = 429
     type = "rate_limit_exceeded"
+
+
+class TenantRateLimited(TooManyRequests):
+    """A tenant is over one of its request limits (shaped as OpenAI's own rate-limit errors); nothing was stored."""
+
+    type = "requests"
+
+
+class QuotaExceeded(TooManyRequests):
+    """A tenant spent its daily budget (shaped as OpenAI's `insufficient_quota`); nothing was stored."""
+
+    type = "insufficient_quota"
 
 
 class ConfigError(Exception):

@@ -107,7 +107,11 @@ class Holds:
         if self.drain_started is None:
             self.drain_started = time.monotonic()
         if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self.draining.set)
+            self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        self.draining.set()
+        self.lane.waiters.wake_all()  # held waiters see the drain now, not at their next keep-alive
 
     def new_holder(self) -> str:
         """The name a connection holds a call under: this replica and the connection."""
@@ -173,20 +177,21 @@ class Holds:
         keepalive = self.settings.batch.keepalive_s
         delivered = False
         try:
-            while True:
-                left = until - time.monotonic()
-                if left <= 0:
-                    self._cut(call.id, "hold_limit")
-                result = await self.lane.wait(call.id, min(left, keepalive), stop=self.draining)
-                if result is not None:
-                    if result.status >= 400:
-                        self._cut(call.id, "error")
-                    yield result.body
-                    delivered = True
-                    return
-                if self.draining.is_set():
-                    self._cut(call.id, "shutdown")
-                yield b" "
+            with self.lane.watching(call.id) as watch:  # one watch for the whole hold: Redis is read when woken
+                while True:
+                    left = until - time.monotonic()
+                    if left <= 0:
+                        self._cut(call.id, "hold_limit")
+                    result = await watch.result(min(left, keepalive), stop=self.draining)
+                    if result is not None:
+                        if result.status >= 400:
+                            self._cut(call.id, "error")
+                        yield result.body
+                        delivered = True
+                        return
+                    if self.draining.is_set():
+                        self._cut(call.id, "shutdown")
+                    yield b" "
         finally:
             self.leave(call.id, holder, delivered=delivered)
 
@@ -197,10 +202,11 @@ class Holds:
         delivered = False
         result = None
         try:
-            while result is None and (left := until - time.monotonic()) > 0 and not self.draining.is_set():
-                result = await self.lane.wait(call.id, min(left, keepalive), stop=self.draining)
-                if result is None and not self.draining.is_set():
-                    yield b": waiting for the batch\n\n"
+            with self.lane.watching(call.id) as watch:
+                while result is None and (left := until - time.monotonic()) > 0 and not self.draining.is_set():
+                    result = await watch.result(min(left, keepalive), stop=self.draining)
+                    if result is None and not self.draining.is_set():
+                        yield b": waiting for the batch\n\n"
             if result is None:
                 yield self._pending_event(call)
             elif result.status != 200:

@@ -7,9 +7,10 @@ calls (`/messages`) share the queue of `/chat/completions` (`queue_endpoint`): b
 Message Batches.
 
 Owners and lifetimes:
-- `P:queues` (set of queue tags): added at deferred admission, never pruned (bounded by the models callers
-  defer; an unknown model fails at the provider and stays a small, idle queue).
-- `P:{q}:queue` (hash: upstream, endpoint, model): written at admission, refreshed with the queue.
+- `P:queues` (set of queue tags): the queues the loops walk. Added at deferred admission (at most
+  `limits.max_queues` of them, and only for known models: `catalog.py`); a queue with nothing waiting, in flight,
+  escalating or awaiting a webhook is pruned from it (`scripts.PRUNE`), so it holds the queues that have work.
+- `P:{q}:queue` (hash: upstream, endpoint, model): written at admission, deleted when the queue is pruned.
 - `P:{q}:call:<id>` (hash: meta, body, state, ..., `webhook` URL if any, `webhook_attempts`): created at
   admission; gets the result TTL when the call ends.
 - `P:{q}:result:<id>` (hash: status, body, lane, costs): result TTL.
@@ -23,13 +24,20 @@ Owners and lifetimes:
 - `P:{q}:provider_batches` (zset of provider batch ids by the time they were recorded): written with the id by
   MARK_SUBMITTED, which drops entries older than `PROVIDER_BATCHES_KEEP_S` and gives the key that TTL; crash
   recovery reads it (over every queue) to tell batches the router accounts for from orphans.
-- `P:{q}:turnaround` (list, capped): recent batch turnarounds in seconds.
+- `P:{q}:turnaround` (list, capped): recent batch turnarounds in seconds; kept 30 days after the last batch.
 - `P:{q}:totals:<tenant>:<day>` (hash): per-tenant, per-day cost totals of deferred calls, kept 400 days.
+- `P:usage:<tenant>:<day>` (set of queue tags): the queues whose totals a tenant's day has, so reading it does not
+  depend on `P:queues` (which forgets idle queues); added before each stored result, kept 400 days.
 - `P:totals:<tenant>:<day>` (hash): the same for real-time calls (written once a second), kept 400 days.
 - `P:{q}:idem:<sha256(tenant, key)>`: Idempotency-Key → call id, idempotency TTL (under the queue's tag: a
   retry is the same request, so the same queue, and admission stays one atomic step).
 - `P:{q}:digest:<sha256(tenant, endpoint, body)>` (zset of call ids by arrival): identical calls, so an SDK
   retry whose first attempt lost its connection re-attaches to that call instead of queuing it again; call TTL.
+- `P:tenant:<tenant>:rate` (string, the GCRA theoretical arrival time in ms): a tenant's real-time `rpm`
+  allowance; expires when the bucket is full again.
+- `P:tenant:<tenant>:deferred` (zset of call ids by reservation expiry): a tenant's deferred calls queued or in flight,
+  for `max_deferred`; an entry leaves when its result is stored, or lapses at its call's deadline plus the upstream's
+  timeout; the key expires with its last entry.
 - `P:replica:<id>` (string, 2 s TTL, renewed every half second): a live router process; a held call whose holder's
   replica key is gone is orphaned.
 - `P:{q}:webhooks` (zset of call ids by next delivery time): added by STORE_RESULT when the call has a
@@ -87,6 +95,9 @@ QUEUE_ENDPOINTS = {"/messages": "/chat/completions"}
 def queue_endpoint(endpoint: str) -> str:
     """The endpoint whose queue a call of `endpoint` joins."""
     return QUEUE_ENDPOINTS.get(endpoint, endpoint)
+
+
+TURNAROUND_TTL_S = 30 * 24 * 3600
 
 
 def queue_tag(upstream: str, endpoint: str, model: str) -> str:
@@ -159,6 +170,9 @@ class Keys:
     def totals_prefix(self, tag: str) -> str:
         return f"{self.q(tag)}:totals:"
 
+    def usage_index(self, tenant: str, day: str) -> str:
+        return f"{self.prefix}:usage:{tenant}:{day}"
+
     def realtime_totals(self, tenant: str, day: str) -> str:
         return f"{self.prefix}:totals:{tenant}:{day}"
 
@@ -168,6 +182,12 @@ class Keys:
 
     def digest(self, tag: str, digest: str) -> str:
         return f"{self.q(tag)}:digest:{digest}"
+
+    def tenant_rate(self, tenant: str) -> str:
+        return f"{self.prefix}:tenant:{tenant}:rate"
+
+    def tenant_deferred(self, tenant: str) -> str:
+        return f"{self.prefix}:tenant:{tenant}:deferred"
 
     def replica(self, replica_id: str) -> str:
         return f"{self.prefix}:replica:{replica_id}"

@@ -3,25 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import hashlib
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import msgspec
 from redis.exceptions import RedisError
 
 from router import metrics
-from router.accumulator import ASYNC_HOLDER, Accumulator, Admission, CallMeta, CallRecord, Result, Waiters
+from router.accumulator import (
+    ASYNC_HOLDER,
+    Accumulator,
+    Admission,
+    CallMeta,
+    CallRecord,
+    Result,
+    new_call_id,
+)
 from router.deadline import format_deadline
-from router.errors import NotFound
+from router.errors import NotFound, TooManyRequests
 from router.keys import queue_tag
 from router.providers.base import Provider, UpstreamResponse
 from router.schema import DeferredCall, RequestView, decode_body
 from router.settings import Settings, Upstream
+from router.tenants import RESERVATION_SLACK_S, Tenants
+from router.waiters import Waiters, Watch
 
 log = logging.getLogger("router.lanes")
 ENDPOINTS = ("/chat/completions", "/completions", "/embeddings", "/responses", "/messages")
@@ -37,6 +47,11 @@ NEVER_FORWARDED = frozenset(
 
 def _globs(patterns: Sequence[str]) -> re.Pattern[str]:
     return re.compile("|".join(fnmatch.translate(p.lower()) for p in patterns) or "(?!)")
+
+
+QUEUES_FULL_RETRY_S = 60.0
+"""`Retry-After` of a call refused for `limits.max_queues`: idle queues are pruned every few seconds, but a queue
+empties only when its batch is answered."""
 
 
 class Upstreams:
@@ -159,16 +174,29 @@ class DeferredLane:
     """Admission to the batch lane and waiting for a deferred call's result."""
 
     def __init__(
-        self, acc: Accumulator, waiters: Waiters, settings: Settings, flex_priced: Callable[[str], bool]
+        self,
+        acc: Accumulator,
+        waiters: Waiters,
+        settings: Settings,
+        flex_priced: Callable[[str], bool],
+        known: Callable[[str, str], bool],
+        tenants: Tenants,
     ) -> None:
         self.acc = acc
         self.waiters = waiters
         self.settings = settings
         self.flex_priced = flex_priced
+        self.known = known
+        """Whether (upstream, model) names a model the upstream surely serves (`catalog.ModelCatalog.known`)."""
+        self.tenants = tenants
 
     def eligible(self, upstream: Upstream, endpoint: str, view: RequestView) -> bool:
-        """Whether this kind of call can go to a batch at all."""
+        """Whether this kind of call can go to a batch at all: a batch upstream, a batch endpoint, a known model
+        (any other name would open a queue in Redis; in real time the upstream answers it, storing nothing)."""
         if not upstream.batch or endpoint not in ENDPOINTS:
+            return False
+        if not self.known(upstream.name, view.model or ""):
+            metrics.unknown_model.labels(upstream.name).inc()
             return False
         # A deferred stream is replayed as SSE from the finished answer (router/replay.py).
         return not view.stream or endpoint in REPLAYABLE
@@ -218,51 +246,96 @@ class DeferredLane:
             webhook=webhook,
         )
         digest = call_digest(tenant, endpoint, body)
+        tag = queue_tag(upstream, endpoint, meta.model)
         attach_to = None
         if reattach and holder != ASYNC_HOLDER and self.settings.batch.reattach:
-            tag = queue_tag(upstream, endpoint, meta.model)
             attach_to = await self.acc.reattachable(tag, digest, retry=retry)
-        call_id, outcome = await self.acc.admit(
-            meta, batch_body(body, view), idempotency_key, digest=digest, holder=holder, attach_to=attach_to
-        )
+        new_id = new_call_id(tag)
+        expires_at = deadline + self._timeout(upstream) + RESERVATION_SLACK_S
+        refusal = await self.tenants.reserve_deferred(tenant, new_id, expires_at)
+        if refusal is not None and idempotency_key is None and attach_to is None:
+            raise self.tenants.refuse(tenant, refusal)
+        try:
+            call_id, outcome = await self.acc.admit(
+                meta, batch_body(body, view), idempotency_key, digest=digest, holder=holder, attach_to=attach_to,
+                call_id=new_id, attach_only=refusal is not None,
+            )  # fmt: skip
+        except BaseException:
+            if refusal is None:  # best effort: an unreleased reservation lapses at `expires_at`
+                with contextlib.suppress(Exception):
+                    await self.tenants.release_deferred(tenant, new_id)
+            raise
+        if refusal is None and outcome != "new":
+            await self.tenants.release_deferred(tenant, new_id)  # the reservation made no new call
+        if refusal is not None and outcome == "over_limit":
+            raise self.tenants.refuse(tenant, refusal)
+        if outcome == "full":
+            metrics.queues_refused.inc()
+            raise TooManyRequests(
+                f"The router has as many deferred queues as it may ({self.acc.max_queues}, `limits.max_queues`); "
+                "a new model can be deferred once queues drain. Send the call without `X-Deadline` to answer it in "
+                "real time now.",
+                code="too_many_queues",
+                retry_after=QUEUES_FULL_RETRY_S,
+                should_retry=False,
+            )
         if outcome == "new":
             metrics.admitted.labels(upstream, meta.model, tenant).inc()
         elif outcome == "attached":
             metrics.reattached.inc()
         return call_id, outcome
 
-    async def wait(self, call_id: str, seconds: float, stop: asyncio.Event | None = None) -> Result | None:
-        """The call's result, waiting up to `seconds` for it, or until `stop` is set.
+    def _timeout(self, upstream: str) -> float:
+        return next((u.timeout_s for u in self.settings.upstreams if u.name == upstream), 600.0)
 
-        Woken by pub/sub and re-checked every 5 s. While Redis is away the reads are retried with backoff: a
-        stored call stays stored, so its waiter waits rather than answering an error.
+    @contextlib.contextmanager
+    def watching(self, call_id: str) -> Iterator[ResultWatch]:
+        """Watch one call's result for the duration of the block (`ResultWatch.result` waits for it)."""
+        with self.waiters.watching(call_id) as watch:
+            yield ResultWatch(self.acc, watch)
+
+    async def wait(self, call_id: str, seconds: float, stop: asyncio.Event | None = None) -> Result | None:
+        """The call's result, waiting up to `seconds` for it, or until `stop` is set."""
+        with self.watching(call_id) as watch:
+            return await watch.result(seconds, stop)
+
+
+class ResultWatch:
+    """A call's result as one waiter sees it: read when the watch starts, then only when woken (`router.waiters`),
+    so waiting costs Redis nothing between reads."""
+
+    def __init__(self, acc: Accumulator, watch: Watch) -> None:
+        self.acc = acc
+        self.watch = watch
+        self._read = True
+
+    async def result(self, seconds: float, stop: asyncio.Event | None = None) -> Result | None:
+        """The result, waiting up to `seconds` for it, or None (also at once when `stop` is set).
+
+        While Redis is away the read is retried with backoff: a stored call stays stored, so its waiter waits
+        rather than answering an error.
         """
         until = time.monotonic() + seconds
         pause = 0.1
-        with self.waiters.waiting(call_id) as woken:
-            while True:
+        while stop is None or not stop.is_set():
+            left = until - time.monotonic()
+            if self._read:
                 try:
-                    result = await self.acc.get_result(call_id)
-                    pause = 0.1
+                    result = await self.acc.get_result(self.watch.call_id)
                 except (RedisError, OSError) as exc:
-                    log.debug("reading the result of %s failed, will retry: %s", call_id, exc)
-                    result, pause = None, min(pause * 2, 5.0)
-                left = until - time.monotonic()
-                if result is not None or left <= 0 or (stop is not None and stop.is_set()):
-                    return result
-                if woken.done():  # woken, yet nothing stored: a wake-up for a result that has since expired
-                    await asyncio.sleep(min(left, 0.25))
+                    log.debug("reading the result of %s failed, will retry: %s", self.watch.call_id, exc)
+                    pause = min(pause * 2, 5.0)
+                    if left <= 0:
+                        return None
+                    await asyncio.sleep(min(pause, left))
                     continue
-                waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(asyncio.shield(woken))}
-                if stop is not None:
-                    waits.add(asyncio.ensure_future(stop.wait()))
-                try:
-                    await asyncio.wait(
-                        waits, timeout=min(left, 5.0 if pause <= 0.1 else pause), return_when=asyncio.FIRST_COMPLETED
-                    )
-                finally:
-                    for waiting in waits:
-                        waiting.cancel()
+                if result is not None:
+                    return result
+                self._read = False
+            if left <= 0:
+                return None
+            self._read = await self.watch.woken(left)
+        return None
 
 
 def call_digest(tenant: str, endpoint: str, body: bytes) -> str:

@@ -127,20 +127,34 @@ late_results = Counter(
     namespace=NS,
     registry=REGISTRY,
 )
+unknown_model = Counter(
+    "deferred_unknown_model",
+    "Calls that would have been deferred but went real time because their model is not known (no price, not in "
+    "the upstream's /models, not listed in its `models`).",
+    ["upstream"],
+    namespace=NS,
+    registry=REGISTRY,
+)
+queues_refused = Counter(
+    "deferred_queues_refused",
+    "Deferred calls refused with 429 because they would open a queue past `limits.max_queues`.",
+    namespace=NS,
+    registry=REGISTRY,
+)
 queue_depth = Gauge(
     "queue_depth",
     "Calls waiting to be packed into a batch (read from Redis at scrape; the same on every replica).",
     ["queue"],
     namespace=NS,
     registry=REGISTRY,
-    multiprocess_mode="max",
+    multiprocess_mode="mostrecent",
 )
 batches_inflight = Gauge(
     "batches_inflight",
     "Provider batches submitted and not yet ingested (read from Redis at scrape).",
     namespace=NS,
     registry=REGISTRY,
-    multiprocess_mode="max",
+    multiprocess_mode="mostrecent",
 )
 webhook_deliveries = Counter(
     "webhook_deliveries",
@@ -180,3 +194,27 @@ held_cut = Counter(
 )
 for _reason in ("error", "shutdown", "hold_limit"):
     held_cut.labels(_reason)
+tenant_limit = Gauge(
+    "tenant_limit",
+    "A tenant's configured limit, by kind: rpm (real-time calls a minute), max_deferred (calls), daily_budget_usd.",
+    ["tenant", "limit"],
+    namespace=NS,
+    registry=REGISTRY,
+    multiprocess_mode="mostrecent",
+)
+tenant_headroom = Gauge(
+    "tenant_headroom",
+    "What a tenant may still use of a limit now (read from Redis at scrape): calls it could make at once, deferred "
+    "calls it could add, USD left today.",
+    ["tenant", "limit"],
+    namespace=NS,
+    registry=REGISTRY,
+    multiprocess_mode="mostrecent",
+)
+tenant_refused = Counter(
+    "tenant_refused",
+    "Calls refused with 429 because their tenant was over a limit (rpm, max_deferred, daily_budget_usd).",
+    ["tenant", "limit"],
+    namespace=NS,
+    registry=REGISTRY,
+)

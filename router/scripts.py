@@ -6,10 +6,12 @@ keys, so every script stays inside one Redis Cluster slot.
 
 from __future__ import annotations
 
-# Admit a call to its queue, or attach the request to a live call it repeats; returns {outcome, call id}.
+# Admit a call to its queue, or attach the request to a live call it repeats; returns {outcome, call id} and,
+# for a new call, whether it created the queue's descriptor (1: the queue was new or had been pruned, see PRUNE).
 # Outcomes: `new`; `attached` (an Idempotency-Key matched a live call with the same body, or `attach` names
 # an identical call whose caller is gone); `reused` (an Idempotency-Key matched a call with another body:
-# nothing is stored).
+# nothing is stored); `over_limit` (with `attach_only`, set when the tenant may not add a call: nothing to attach
+# to, so nothing is stored).
 # Races closed: two requests with one key (a client retry racing its original) never queue two calls, and a
 # retry never attaches to a call whose answer was already delivered; the key and the digest index live under
 # the queue's tag (a retry is the same request, so the same queue), so each is one step.
@@ -20,6 +22,7 @@ local id, meta, body, deadline, received_at, ttl = ARGV[1], ARGV[2], ARGV[3], AR
 local idem_ttl, upstream, endpoint, model = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 local has_idem, call_prefix, webhook, digest, holder, attach = ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15],
   ARGV[16]
+local attach_only = ARGV[17] == '1'
 if has_idem == '1' then
   local existing = redis.call('GET', idem)
   if existing and redis.call('EXISTS', call_prefix .. existing) == 1 then
@@ -36,6 +39,7 @@ if attach ~= '' then
     return {'attached', attach}
   end
 end
+if attach_only then return {'over_limit', ''} end
 redis.call('HSET', call, 'meta', meta, 'body', body, 'state', 'queued', 'batch', '', 'deadline', deadline,
   'received_at', received_at, 'attempts', 0, 'digest', digest, 'holder', holder)
 if webhook ~= '' then redis.call('HSET', call, 'webhook', webhook) end
@@ -43,11 +47,39 @@ redis.call('EXPIRE', call, ttl)
 redis.call('ZADD', pending, deadline, id)
 redis.call('ZADD', arrivals, received_at, id)
 redis.call('INCRBY', bytes, string.len(body))
+local created = redis.call('EXISTS', queue) == 0 and 1 or 0
 redis.call('HSET', queue, 'upstream', upstream, 'endpoint', endpoint, 'model', model)
 if has_idem == '1' then redis.call('SET', idem, id, 'EX', idem_ttl) end
 redis.call('ZADD', digests, received_at, id)
 redis.call('EXPIRE', digests, ttl)
-return {'new', id}
+return {'new', id, created}
+"""
+
+# Enter a queue's tag in the set of queues the loops walk, unless the set is full; returns 1 when the tag is in it.
+# One key, so one step on any server or cluster: concurrent admissions of new queues never pass the cap.
+ENROL = """
+local queues, tag, cap = KEYS[1], ARGV[1], tonumber(ARGV[2])
+if redis.call('SISMEMBER', queues, tag) == 1 then return 1 end
+if redis.call('SCARD', queues) >= cap then return 0 end
+redis.call('SADD', queues, tag)
+return 1
+"""
+
+# Forget an idle queue: when nothing waits, flies, escalates or awaits a webhook in it, drop its descriptor and
+# byte count and return 1; the caller then removes the tag from `P:queues` (another slot, so not in this step) and
+# looks at the descriptor once more (`Accumulator.prune`). Calls, results and idempotency keys keep their own TTLs;
+# the turnaround samples stay (known models only, so bounded).
+# Race closed: an admission racing the prune never leaves a call in a queue the loops cannot find. Only ADMIT puts
+# work into an idle queue, and it re-creates the descriptor and says so; its caller then adds the tag again after
+# storing the call, while the pruner, after removing the tag, adds it back when the descriptor exists again. In any
+# order of those four steps, a queue that holds a call ends in the set.
+PRUNE = """
+local queue, bytes = KEYS[1], KEYS[2]
+for i = 3, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then return 0 end
+end
+redis.call('DEL', queue, bytes)
+return 1
 """
 
 # A held connection lets go of its call: clear the holder if it is still this one (a retry may have attached
@@ -297,4 +329,33 @@ end
 redis.call('EXPIRE', booked, ttl)
 if #new > 0 then redis.call('EXPIRE', totals, totals_ttl) end
 return new
+"""
+
+# Take one real-time call from a tenant's `rpm` allowance: a token bucket of `burst` calls refilled one per
+# `interval` ms, kept as GCRA's theoretical arrival time (ms) in one key; returns {1, calls left now} when taken,
+# or {0, ms until one is}.
+# One key per tenant, so one step on a server or a cluster node: replicas share the allowance and never both take
+# its last call.
+TAKE_CALL = """
+local key, now, interval, burst = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', key) or now)
+if tat < now then tat = now end
+local allow_at = tat + interval - burst * interval
+if allow_at > now then return {0, math.ceil(allow_at - now)} end
+redis.call('SET', key, string.format('%.3f', tat + interval), 'PX', math.ceil(tat + interval - now) + 1)
+return {1, math.floor((now - allow_at) / interval)}
+"""
+
+# Count a deferred call against its tenant's `max_deferred`: drop reservations past their expiry, refuse when the
+# tenant is at the limit, else add this call; returns {1 or 0, calls counted}. The key expires with its last entry.
+# One key per tenant, so one step: concurrent admissions on any replicas never pass the limit together.
+RESERVE_DEFERRED = """
+local key, id, now, expiry, cap = KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+local n = redis.call('ZCARD', key)
+if n >= cap then return {0, n} end
+redis.call('ZADD', key, expiry, id)
+local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+redis.call('EXPIREAT', key, math.ceil(tonumber(last[2])) + 1)
+return {1, n + 1}
 """

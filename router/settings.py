@@ -75,6 +75,24 @@ class ProxyKey(_Strict, kw_only=True):
     """The client headers this tenant's calls pass on, instead of each upstream's list (the same for all its keys)."""
 
 
+class TenantLimits(_Strict, kw_only=True):
+    """One tenant's limits; an unset limit does not apply. Crossing one answers 429 before anything is stored."""
+
+    rpm: PositiveInt | None = None
+    """Real-time calls per minute, shared by every replica: a bucket of `rpm` calls that refills at `rpm`/60 a
+    second (so a burst of `rpm`, then a steady `rpm` a minute)."""
+    max_deferred: PositiveInt | None = None
+    """Deferred calls queued or in flight at once (a retry that re-attaches to its stored call is not a new one)."""
+    daily_budget_usd: PositiveFloat | None = None
+    """Spend per UTC day, every lane at the rate paid, as `GET /v1/usage` counts it; checked before each call, so
+    calls admitted before the total crossed it still finish (a deferred call is priced when it is answered)."""
+
+
+_TENANT_PATTERN = r"^(\*|[A-Za-z0-9_.-]{1,64})$"
+_TENANT_RE = re.compile(_TENANT_PATTERN)
+TenantName = Annotated[str, msgspec.Meta(pattern=_TENANT_PATTERN)]
+
+
 class Limits(_Strict, kw_only=True):
     """Bounds on what a caller may send."""
 
@@ -93,6 +111,9 @@ class Limits(_Strict, kw_only=True):
     """Header lines; more gets 431, before authentication."""
     max_json_depth: Annotated[int, msgspec.Meta(gt=0, le=512)] = 64
     """Nesting of arrays and objects in a client body; deeper gets 400 `json_too_deep`."""
+    max_queues: PositiveInt = 1000
+    """Deferred queues (one per upstream, endpoint and model) that may hold work at once; a call that would open
+    one more gets 429 `too_many_queues` before anything is stored. Idle queues are pruned, so they do not count."""
 
 
 class BatchSettings(_Strict, kw_only=True):
@@ -154,6 +175,9 @@ class Settings(_Strict, kw_only=True):
     """On SIGTERM: held connections are closed at once (their retries re-attach elsewhere), and the process
     exits within this many seconds."""
     limits: Limits = msgspec.field(default_factory=Limits)
+    tenants: dict[TenantName, TenantLimits] = msgspec.field(default_factory=dict)
+    """Limits per tenant name (the tenant of `keys`, or `default` with `auth: none`); `"*"` applies to every tenant
+    not named. Limits belong to the tenant, not to a key, so a tenant with several keys has one allowance."""
     batch: BatchSettings = msgspec.field(default_factory=BatchSettings)
     webhooks: WebhookSettings = msgspec.field(default_factory=WebhookSettings)
     metrics_token_env: str | None = None
@@ -171,6 +195,14 @@ class Settings(_Strict, kw_only=True):
             return FORWARD_HEADERS_ANTHROPIC
         # With keys, the router's upstream key pays: a tenant must not pick the organization or project it bills.
         return FORWARD_HEADERS_KEYS if self.auth == "keys" else FORWARD_HEADERS
+
+    def tenant_limits(self, tenant: str) -> TenantLimits | None:
+        """The limits that apply to `tenant`: its own entry, else the `"*"` entry, else None."""
+        return self.tenants[tenant] if tenant in self.tenants else self.tenants.get("*")
+
+    def known_tenants(self) -> list[str]:
+        """Every tenant name the settings can authenticate: those of `keys`, or `default` with `auth: none`."""
+        return ["default"] if self.auth == "none" else sorted({entry.tenant for entry in self.keys})
 
     def key_index(self) -> dict[str, str]:
         """SHA-256 hex digest of each proxy key → its tenant (build once, look up per request)."""
@@ -290,6 +322,14 @@ def load_settings(
         tree = loaded or {}
     tree = _merge(tree, _env_overrides(environ))
     tree = _merge(tree, overrides or {})
+    tenants = tree.get("tenants")
+    for name, entry in tenants.items() if isinstance(tenants, dict) else ():
+        if not isinstance(name, str) or not _TENANT_RE.match(name):
+            raise ConfigError(file, "tenants", f"{name!r} is not a tenant name (letters, digits, `_.-`; or `*`)")
+        try:  # one by one first, so an error names the tenant (msgspec shows a dict key as `[...]`)
+            convert(entry, TenantLimits, file)
+        except ConfigError as exc:
+            raise ConfigError(file, f"tenants.{name}" + (f".{exc.field}" if exc.field else ""), exc.problem) from exc
     settings: Settings = convert(tree, Settings, file)
     names = [u.name for u in settings.upstreams]
     if not names:

@@ -289,3 +289,50 @@ async def test_a_large_claim_is_taken_in_chunks_within_the_limits(
     assert await acc.batch_calls(TAG, by_count[0]) == by_count[1]
     stats = await acc.stats(TAG)
     assert stats is not None and stats.count == 8 and stats.bytes == 8 * len(body(39))
+
+
+async def test_an_idle_queue_is_pruned_and_returns_with_its_next_call(acc: Accumulator) -> None:
+    [call_id] = await admit_many(acc, 1)
+    assert not await acc.prune(TAG)  # a call waits in it
+    claim = await acc.claim(TAG, max_requests=10, max_bytes=10**9, owner="o", lease_s=30)
+    assert claim is not None
+    assert not await acc.prune(TAG)  # the call is in flight, its batch scheduled
+    call = await acc.get_call(call_id)
+    assert call is not None
+    assert await acc.store_result(call_id, call.meta, from_batch=claim[0], status=200, body=b"{}", lane="batch",
+                                  cost=(1.0, 2.0, 1.0)) == 1  # fmt: skip
+    await acc.finish_batch(TAG, claim[0], "completed", 1.0)
+    assert await acc.prune_idle() == 1
+    assert await acc.queue_tags() == []
+    assert await acc.stats(TAG) is None
+    assert (await acc.totals("t", time.strftime("%Y-%m-%d", time.gmtime())))["batch:requests"] == 1  # still found
+    await admit_many(acc, 1)
+    assert await acc.queue_tags() == [TAG]
+    stats = await acc.stats(TAG)
+    assert stats is not None and stats.count == 1 and stats.bytes == len(body(0))
+
+
+async def test_pruning_racing_admissions_never_loses_a_queue_with_work(acc: Accumulator) -> None:
+    """Every interleaving the event loop produces of a prune and an admission ends with a queue holding a call
+    in the set the loops walk."""
+    for i in range(60):
+        await asyncio.gather(*[acc.prune(TAG) for _ in range(3)], acc.admit(meta(i), body(i)), acc.prune(TAG))
+        assert TAG in await acc.queue_tags(), i
+        claim = await acc.claim(TAG, max_requests=10, max_bytes=10**9, owner="o", lease_s=30)
+        assert claim is not None
+        for call_id in claim[1]:
+            await acc.forget(call_id)
+        await acc.finish_batch(TAG, claim[0], "completed", None)
+        assert await acc.prune(TAG)
+
+
+async def test_the_queue_cap_refuses_a_new_queue_only(acc: Accumulator) -> None:
+    acc.max_queues = 2
+    for model in ("gpt-4o-mini", "gpt-4o"):
+        _, outcome = await acc.admit(msgspec.structs.replace(meta(), model=model), body(0))
+        assert outcome == "new"
+    third = msgspec.structs.replace(meta(), model="gpt-5")
+    assert await acc.admit(third, body(1)) == ("", "full")
+    assert (await acc.admit(meta(), body(2)))[1] == "new"  # an existing queue still takes calls
+    assert len(await acc.queue_tags()) == 2
+    assert await acc.stats(queue_tag("openai", ENDPOINT, "gpt-5")) is None  # nothing stored for the refused call

@@ -22,12 +22,13 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import SSLConnection
 
-from router.accumulator import Accumulator, CallMeta, Waiters
+from router.accumulator import Accumulator, CallMeta
 from router.app import create_app
 from router.errors import ConfigError
 from router.keys import queue_tag
 from router.redis_client import close, connect
 from router.serving import free_port, serve_in_thread
+from router.waiters import Waiters
 from tests.helpers.servers import FAST, Sim, router_settings
 from tests.helpers.waiting import wait_until, wait_until_async
 
@@ -358,7 +359,7 @@ async def _subscribers(ports: list[int], channel: str) -> dict[int, int]:
 async def test_waiters_wake_on_a_result_published_through_any_node(
     client: RedisCluster, acc: Accumulator, cluster: list[int]
 ) -> None:
-    waiters = Waiters(client, acc.keys.done_channel)
+    waiters = Waiters(client, acc.keys.done_channel, acc.results_stored)
     stop = asyncio.Event()
 
     async def subscribed() -> bool:
@@ -370,20 +371,20 @@ async def test_waiters_wake_on_a_result_published_through_any_node(
         # One subscription on one node; a message published on each of the three nodes reaches it.
         for port in cluster:
             call_id = f"{TAG}_via-{port}"
-            with waiters.waiting(call_id) as woken:
+            with waiters.watching(call_id) as watch:
                 async with Redis(port=port) as node:
                     await node.publish(waiters.channel, call_id)
-                await asyncio.wait_for(woken, timeout=5)
+                assert await watch.woken(5)
         # And the accumulator's own publish, after storing a result.
         call_id, _ = await acc.admit(meta(), body(0))
         claim = await acc.claim(TAG, max_requests=1, max_bytes=10**9, owner="o", lease_s=30)
         assert claim is not None
-        with waiters.waiting(call_id) as woken:
+        with waiters.watching(call_id) as watch:
             stored = await acc.store_result(
                 call_id, meta(), from_batch=claim[0], status=200, body=b"{}", lane="batch", cost=None
             )
             assert stored == 1
-            await asyncio.wait_for(woken, timeout=5)
+            assert await watch.woken(5)
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=5)

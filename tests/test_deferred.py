@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import redis
 from openai.types.chat import ChatCompletionMessageParam
 
 from tests.helpers.metrics import metric
@@ -252,6 +253,35 @@ def test_idempotency_key_attaches_a_retry_to_the_same_call(start_router: RouterF
     stats = sim.stats()
     assert stats["batch_lines_submitted"] == 1
     assert stats["max_submissions_per_custom_id"] == 1
+
+
+def test_idempotency_key_reused_with_another_body_is_422_and_stores_nothing(
+    oai: Client, start_router: RouterFactory, sim: Sim, redis_url: str, key_prefix: str
+) -> None:
+    with start_router(batch=FAST | {"max_wait_s": 60.0}) as base:
+        headers = {"x-deadline": "2h", "idempotency-key": "job-43", "prefer": "respond-async"}
+        first = httpx.post(base + "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": prompt(10)},
+                           headers=headers)  # fmt: skip
+        assert first.status_code == 202
+        with pytest.raises(openai.UnprocessableEntityError) as refused:
+            oai(base, max_retries=2).chat.completions.create(
+                model="gpt-4o-mini",
+                messages=prompt(11),
+                extra_headers=headers,
+            )
+        with redis.Redis.from_url(redis_url) as r:
+            calls = list(r.scan_iter(match=f"{key_prefix}:*:call:*"))
+    assert refused.value.status_code == 422
+    error = refused.value.body
+    assert isinstance(error, dict)
+    assert (error["code"], error["param"], error["type"]) == (
+        "idempotency_key_reused",
+        "Idempotency-Key",
+        "invalid_request_error",
+    )
+    assert refused.value.response.headers["x-should-retry"] == "false"
+    assert len(calls) == 1  # the first call only: the reused key stored nothing
+    assert calls[0].decode().endswith(first.json()["id"])
 
 
 def test_bad_deadlines_are_400(router_url: str) -> None:

@@ -61,6 +61,10 @@ def test_cli_overrides_win(tmp_path: Path) -> None:
         ),
         ("auth: keys\n", "keys", "no keys are configured"),
         ("keys:\n  - sha256: abc\n    tenant: t\n", "keys[0].sha256", "Expected `str` matching"),
+        ("tenants:\n  a:\n    rpm: 0\n", "tenants.a.rpm", "Expected `int` >= 1"),
+        ("tenants:\n  a:\n    rmp: 5\n", "tenants.a", "unknown field `rmp`"),
+        ("tenants:\n  'a b':\n    rpm: 5\n", "tenants", "'a b' is not a tenant name"),
+        ("limits:\n  max_queues: 0\n", "limits.max_queues", "Expected `int` >= 1"),
         ("[1, 2]\n", None, "expected a mapping"),
         ("port: [\n", None, "not valid YAML"),
     ],
@@ -88,6 +92,17 @@ def test_keys_are_compared_by_digest(tmp_path: Path) -> None:
     assert settings.tenant_for_key("sk-other") is None
     assert settings.tenant_for_key(None) is None
     assert load_settings(None, {}).tenant_for_key(None) == "default"
+
+
+def test_tenant_limits_fall_back_to_the_star_entry(tmp_path: Path) -> None:
+    text = "tenants:\n  a: {rpm: 5}\n  '*': {daily_budget_usd: 2.5}\n"
+    settings = load_settings(write(tmp_path, text), {"HYBRID_ROUTER_TENANTS__B__MAX_DEFERRED": "7"})
+    assert settings.tenant_limits("a") == settings.tenants["a"]
+    assert settings.tenants["a"].daily_budget_usd is None  # a named tenant's own entry is all that applies to it
+    assert settings.tenant_limits("b") is not None and settings.tenant_limits("b").max_deferred == 7  # type: ignore[union-attr]
+    other = settings.tenant_limits("c")
+    assert other is not None and other.daily_budget_usd == 2.5 and other.rpm is None
+    assert load_settings(None, {}).tenant_limits("default") is None
 
 
 def test_absent_prices_and_policies_mean_the_packaged_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

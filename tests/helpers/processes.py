@@ -43,7 +43,15 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> 
 class RouterProcess:
     """`python -m router serve` with a config file of the test's own, on a fixed port so it can be restarted."""
 
-    def __init__(self, tmp: Path, config: dict[str, Any], env: dict[str, str], *, nofile: int | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        config: dict[str, Any],
+        env: dict[str, str],
+        *,
+        nofile: int | None = None,
+        args: tuple[str, ...] = (),
+    ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.config_path = tmp / "router.yaml"
@@ -51,6 +59,7 @@ class RouterProcess:
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
         self.env.pop("HYBRID_ROUTER_LOG", None)
         self.nofile = nofile
+        self.args = args
         self.log = tmp / "router.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -66,7 +75,7 @@ class RouterProcess:
             out.write(f"--- start {self.starts}\n".encode())
             out.flush()
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "router", "serve", "--config", str(self.config_path)],
+                [sys.executable, "-m", "router", "serve", "--config", str(self.config_path), *self.args],
                 cwd=self.config_path.parent,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
@@ -104,10 +113,10 @@ class RouterProcess:
 
 @contextlib.contextmanager
 def router_process(
-    tmp: Path, config: dict[str, Any], env: dict[str, str], *, nofile: int | None = None
+    tmp: Path, config: dict[str, Any], env: dict[str, str], *, nofile: int | None = None, args: tuple[str, ...] = ()
 ) -> Iterator[RouterProcess]:
-    """A started router process, killed when the block ends."""
-    router = RouterProcess(tmp, config, env, nofile=nofile)
+    """A started router process (`args` added to `serve`), killed when the block ends."""
+    router = RouterProcess(tmp, config, env, nofile=nofile, args=args)
     try:
         router.start()
         yield router
