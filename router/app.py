@@ -31,6 +31,7 @@ from router.pricing import load_pricing
 from router.providers.anthropic import AnthropicProvider
 from router.providers.base import Provider
 from router.providers.openai import OpenAIProvider
+from router.routing import Catalog, Planner
 from router.settings import Settings
 from router.webhooks import WebhookSender
 
@@ -75,10 +76,11 @@ class Gateway:
         )
         self.waiters = Waiters(self.redis, acc.keys.done_channel)
         prices = self.accounting.prices
-        self.deferred = DeferredLane(acc, self.waiters, settings, lambda model: prices.rates(model, "flex") is not None)
-        self.batcher = Batcher(acc, providers, b)
-        self.poller = Poller(acc, providers, b, self.accounting)
-        self.guard = Guard(acc, providers, b, self.accounting)
+        self.planner = Planner(b, Catalog(settings.upstreams, lambda model: prices.rates(model, "flex") is not None))
+        self.deferred = DeferredLane(acc, self.waiters, settings, self.planner)
+        self.batcher = Batcher(acc, providers, b, self.planner)
+        self.poller = Poller(acc, providers, b, self.accounting, self.planner)
+        self.guard = Guard(acc, providers, b, self.accounting, self.planner)
         self.webhooks = WebhookSender(acc, settings.webhooks, webhook_secret)
         self.holds = Holds(self.deferred, settings, max_held(settings, raise_fd_limit()))
         self.loops = loops
@@ -207,12 +209,19 @@ class Gateway:
         """The Prometheus exposition of this process; shared state (queues, batches) read from Redis now."""
         try:
             depth, inflight = await self.deferred.acc.counts()
+            models = await self.deferred.acc.turnarounds()
         except Exception:
             log.warning("could not read queue depth from Redis for /metrics")
         else:
             for queue, count in depth.items():
                 metrics.queue_depth.labels(queue).set(count)
             metrics.batches_inflight.set(inflight)
+            now = time.time()
+            for queue, observations in models.items():
+                summary = self.planner.model.summary(observations, now)
+                metrics.turnaround_estimate.labels(queue, "0.5").set(summary.median_s)
+                metrics.turnaround_estimate.labels(queue, "admit").set(summary.admit_s)
+                metrics.turnaround_evidence.labels(queue).set(summary.weight)
         return prometheus_client.generate_latest(metrics.REGISTRY), prometheus_client.CONTENT_TYPE_LATEST
 
 

@@ -16,9 +16,10 @@ Owners and lifetimes:
   hash expired).
 - `P:{q}:inflight` (zset of submitted call ids by deadline): the guard's view; entries leave with a result.
 - `P:{q}:escalating` (zset of call ids by lease expiry): calls being answered in real time.
-- `P:{q}:batches` (zset of batch ids by next action time) and `P:{q}:batch:<bid>` (hash) +
+- `P:{q}:batches` (zset of batch ids by next action time) and `P:{q}:batch:<bid>` (hash; `cut_at` once the
+  guard cut it) +
   `P:{q}:batch:<bid>:calls` (list): a batch's record; both get the result TTL once ingested.
-- `P:{q}:turnaround` (list, capped): recent batch turnarounds in seconds.
+- `P:{q}:turnaround` (list, capped): recent batches' `turnaround.Observation`s (seconds, when, lines, cut).
 - `P:{q}:totals:<tenant>:<day>` (hash): per-tenant, per-day cost totals of deferred calls, kept 400 days.
 - `P:totals:<tenant>:<day>` (hash): the same for real-time calls (written once a second), kept 400 days.
 - `P:{q}:idem:<sha256(tenant, key)>`: Idempotency-Key → call id, idempotency TTL (under the queue's tag: a

@@ -8,7 +8,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -20,11 +20,11 @@ from router.deadline import format_deadline
 from router.errors import NotFound
 from router.keys import queue_tag
 from router.providers.base import Provider, UpstreamResponse
+from router.routing import Capabilities, Outlook, Planner
 from router.schema import DeferredCall, RequestView, decode_body
 from router.settings import Settings, Upstream
 
 log = logging.getLogger("router.lanes")
-ENDPOINTS = ("/chat/completions", "/completions", "/embeddings", "/responses")
 
 
 class Upstreams:
@@ -95,8 +95,13 @@ async def forward_realtime(
 
 
 def lane_name(lane: str) -> str:
-    """The lane a caller is shown for a stored result (an escalated call was answered in real time)."""
+    """The lane a caller is shown for a stored result (an escalated call was answered in real time, or by flex)."""
     return "realtime" if lane == "escalated" else lane
+
+
+def escalated(lane: str) -> bool:
+    """Whether a stored result came from an escalation (a deferred call answered by flex was escalated too)."""
+    return lane in ("escalated", "flex")
 
 
 def deferred_object(call: CallRecord, result: Result | None) -> DeferredCall:
@@ -118,8 +123,6 @@ def deferred_object(call: CallRecord, result: Result | None) -> DeferredCall:
 
 
 _body_encoder = msgspec.json.Encoder()
-REPLAYABLE = frozenset({"/chat/completions", "/completions"})
-FLEX_ENDPOINTS = frozenset({"/chat/completions", "/responses"})
 
 
 def batch_body(body: bytes, view: RequestView) -> bytes:
@@ -136,30 +139,26 @@ def batch_body(body: bytes, view: RequestView) -> bytes:
 class DeferredLane:
     """Admission to the batch lane and waiting for a deferred call's result."""
 
-    def __init__(
-        self, acc: Accumulator, waiters: Waiters, settings: Settings, flex_priced: Callable[[str], bool]
-    ) -> None:
+    def __init__(self, acc: Accumulator, waiters: Waiters, settings: Settings, planner: Planner) -> None:
         self.acc = acc
         self.waiters = waiters
         self.settings = settings
-        self.flex_priced = flex_priced
+        self.planner = planner
 
-    def eligible(self, upstream: Upstream, endpoint: str, view: RequestView) -> bool:
-        """Whether this kind of call can go to a batch at all."""
-        if not upstream.batch or endpoint not in ENDPOINTS:
-            return False
-        # A deferred stream is replayed as SSE; that exists for chat and completions only.
-        return not view.stream or endpoint in REPLAYABLE
+    async def outlook(self, upstream: str, endpoint: str, model: str, now: float) -> Outlook:
+        """What the queue's turnaround model says now (read from Redis): its admission quantile for a batch one
+        call larger than what waits, and whether a probe may go."""
+        tag = queue_tag(upstream, endpoint, model)
+        turnaround = self.planner.model
+        observations = await self.acc.observations(tag)
+        waiting, batches = await self.acc.load(tag)
+        quantile = turnaround.quantile(observations, now, lines=waiting + 1)
+        probe = self.planner.probe and not waiting and not batches and not turnaround.enough(observations, now)
+        return Outlook(quantile_s=quantile, may_probe=probe)
 
-    def flex_allowed(self, upstream: Upstream, endpoint: str, model: str) -> bool:
-        """Whether the upstream offers the flex tier for this call and the model has a flex price."""
-        return upstream.flex and endpoint in FLEX_ENDPOINTS and self.flex_priced(model)
-
-    async def fits(self, upstream: str, endpoint: str, model: str, deadline: float, now: float) -> bool:
-        """Whether a batch can be expected back before `deadline` minus the guard's margin."""
-        s = self.settings.batch
-        turnaround = await self.acc.turnaround_estimate(queue_tag(upstream, endpoint, model), s.turnaround_prior_s)
-        return deadline - now >= s.margin_s + turnaround
+    def capabilities(self, upstream: str, endpoint: str, model: str, *, stream: bool = False) -> Capabilities:
+        """What the upstream offers this kind of call (`routing.Catalog`)."""
+        return self.planner.catalog.of(upstream, endpoint, model, stream=stream)
 
     async def admit(
         self,

@@ -28,6 +28,7 @@ from router.errors import ConfigError
 from router.keys import queue_tag
 from router.redis_client import close, connect
 from router.serving import free_port, serve_in_thread
+from router.turnaround import TurnaroundModel
 from tests.conftest import Sim, router_settings
 
 ENDPOINT = "/chat/completions"
@@ -283,14 +284,15 @@ async def test_a_batch_lives_in_its_queue_slot_from_claim_to_requeue(acc: Accumu
     assert await acc.counts() == ({f"openai/gpt-4o-mini{ENDPOINT}": 1}, 0)
 
 
-async def test_turnaround_estimate(acc: Accumulator) -> None:
-    assert await acc.turnaround_estimate(TAG, prior=3600.0) == 3600.0
+async def test_turnaround_observations(acc: Accumulator) -> None:
+    model = TurnaroundModel(3600.0)
+    assert model.quantile(await acc.observations(TAG), time.time()) == 3600.0
     for seconds in (10.0, 20.0, 30.0, 40.0, 50.0):
         await acc.admit(meta(), body(0))
         claim = await acc.claim(TAG, max_requests=1, max_bytes=10**9, owner="o", lease_s=30)
         assert claim is not None
         await acc.finish_batch(TAG, claim[0], "completed", turnaround=seconds)
-    assert await acc.turnaround_estimate(TAG, prior=3600.0) == 50.0
+    assert model.quantile(await acc.observations(TAG), time.time()) == 50.0
 
 
 async def test_counts_and_totals_span_queues_on_every_node(client: RedisCluster, acc: Accumulator) -> None:
