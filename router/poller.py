@@ -129,9 +129,12 @@ class Poller:
             quantile = self.planner.model.quantile(await self.acc.observations(record.tag), time.time())
             for call_id in unanswered:
                 await self.retry(call_id, record.id, quantile)
-        # A batch cut, cancelled or expired says only that it took longer than its age then (censored).
-        censored = record.cut_at is not None or status.provider_status in CENSORED
-        ended = record.cut_at if record.cut_at is not None else time.time()
+        # A batch cancelled or expired says only that it took longer than its age then (censored); Anthropic ends
+        # a cancelled batch as `ended` too, so a cut one counts as cancelled unless the provider says completed.
+        censored = status.provider_status in CENSORED or (
+            record.cut_at is not None and status.provider_status != "completed"
+        )
+        ended = record.cut_at if censored and record.cut_at is not None else time.time()
         turnaround = ended - record.submitted_at if record.submitted_at else None
         await self.acc.finish_batch(
             record.tag, record.id, status.provider_status, turnaround, record.n, censored=censored
