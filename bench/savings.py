@@ -69,6 +69,8 @@ BASE_BATCH: dict[str, Any] = {
     "lease_s": 10.0,
     "keepalive_s": 5.0,
 }
+RESERVE_S = BASE_BATCH["margin_s"] + BASE_BATCH["flex_s"] + BASE_BATCH["cancel_lead_s"]
+"""How long before its deadline a call's batch must be back (flex queues), in the scenario's settings."""
 POLICIES: dict[str, dict[str, Any]] = {
     "router": {},
     "router q=0.5": {"batch": {"admit_quantile": 0.5}},
@@ -195,10 +197,15 @@ async def send(client: httpx.AsyncClient, base: str, call: Call, start: float) -
     if response.status_code != 200:
         out.error = f"{response.status_code}: {response.text[:200]}"
         return out
-    out.lane = response.headers.get("x-router-lane", "?")
-    out.escalated = response.headers.get("x-router-escalated") == "true"
     out.call_id = response.headers.get("x-router-request-id", "")
     out.usage = usage_from_body(response.content)
+    got = response.headers
+    if got.get("x-router-lane") == "batch":
+        # A held call's headers go out when the router commits to holding it, before the call knows how it ends:
+        # the stored result says which lane answered it.
+        got = (await client.get(f"{base}/v1/deferred/{out.call_id}")).headers
+    out.lane = got.get("x-router-lane", "?")
+    out.escalated = got.get("x-router-escalated") == "true"
     return out
 
 
@@ -268,10 +275,9 @@ async def run(scenario: Scenario, policy: str, redis_url: str, prices: PriceTabl
 def headline(calls: int, span: float, seed: int, turnaround: str, deadlines: tuple[float, float]) -> list[Scenario]:
     """The issue's scenario and its relaxed variant (deadlines 2-4x the p95, as slack beyond the reserve)."""
     p95 = float(turnaround.split("p95=")[1].split(",")[0]) if "p95=" in turnaround else float(turnaround)
-    reserve = BASE_BATCH["margin_s"] + BASE_BATCH["flex_s"] + BASE_BATCH["cancel_lead_s"]
     return [
         Scenario("base", turnaround, deadlines, calls, span, seed),
-        Scenario("relaxed", turnaround, (reserve + 2 * p95, reserve + 4 * p95), calls, span, seed),
+        Scenario("relaxed", turnaround, (RESERVE_S + 2 * p95, RESERVE_S + 4 * p95), calls, span, seed),
     ]
 
 
@@ -281,7 +287,7 @@ SWEEP_SLACK = (0.5, 1.0, 2.0, 4.0)  # deadline slack beyond the reserve, as mult
 
 def sweep(calls: int, span: float, seed: int) -> list[Scenario]:
     """Savings against deadline slack and turnaround tail (the plot)."""
-    reserve = BASE_BATCH["margin_s"] + BASE_BATCH["flex_s"] + BASE_BATCH["cancel_lead_s"]
+    reserve = RESERVE_S
     out = []
     for p95, top in SWEEP_TAILS:
         for k in SWEEP_SLACK:
@@ -293,10 +299,10 @@ def sweep(calls: int, span: float, seed: int) -> list[Scenario]:
 def markdown(results: list[Result]) -> str:
     """The results as a Markdown table."""
     lanes = ("batch", "flex (admission)", "flex (escalated)", "standard (admission)", "standard (escalated)")
-    head = ["scenario", "policy", "savings / limit", "missed", "paid twice", *lanes, "batches", "errors"]
+    head = ["scenario", "seed", "policy", "savings / limit", "missed", "paid twice", *lanes, "batches", "errors"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
-        cells = [r.scenario, r.policy, f"{100 * r.savings_share:.1f}%", str(r.missed),
+        cells = [r.scenario, str(r.seed), r.policy, f"{100 * r.savings_share:.1f}%", str(r.missed),
                  f"{r.paid_twice} ({100 * r.paid_twice / max(1, r.calls):.1f}%)",
                  *(str(r.lanes.get(lane, 0)) for lane in lanes), str(r.batches), str(r.errors)]  # fmt: skip
         rows.append("| " + " | ".join(cells) + " |")
@@ -337,17 +343,19 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     deadlines = tuple(float(x) for x in args.deadlines.split("-"))
     jobs: list[tuple[Scenario, str]] = []
-    if args.suite in ("headline", "all"):
-        for scenario in headline(args.calls, args.span, args.seed, args.batch_turnaround, deadlines):  # type: ignore[arg-type]
-            jobs += [(scenario, policy) for policy in args.policies]
-    if args.suite in ("sweep", "all"):
-        jobs += [(scenario, "router") for scenario in sweep(args.calls, args.span, args.seed)]
+    for seed in range(args.seed, args.seed + args.seeds):
+        if args.suite in ("headline", "all"):
+            for scenario in headline(args.calls, args.span, seed, args.batch_turnaround, deadlines):  # type: ignore[arg-type]
+                jobs += [(scenario, policy) for policy in args.policies]
+        if args.suite in ("sweep", "all"):
+            jobs += [(scenario, "router") for scenario in sweep(args.calls, args.span, seed)]
     limit = asyncio.Semaphore(args.parallel)
 
     async def one(scenario: Scenario, policy: str) -> Result:
         async with limit:
             result = await run(scenario, policy, redis_url, prices)
-            print(f"  {scenario.name} / {policy}: {100 * result.savings_share:.1f}% of the limit, "
+            share = f"{100 * result.savings_share:.1f}%"
+            print(f"  {scenario.name} / seed {scenario.seed} / {policy}: {share} of the limit, "
                   f"{result.missed} missed, {result.paid_twice} paid twice", file=sys.stderr)  # fmt: skip
             return result
 
@@ -359,7 +367,8 @@ def main() -> int:
     parser.add_argument("--suite", choices=("headline", "sweep", "all"), default="headline")
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--span", type=float, default=20.0, help="seconds over which the calls arrive")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the first seed (trace and batch durations)")
+    parser.add_argument("--seeds", type=int, default=1, help="how many seeds, from --seed on")
     parser.add_argument("--batch-turnaround", default="lognormal:median=5,p95=30,max=300")
     parser.add_argument("--deadlines", default="60-150", help="base scenario deadline range, seconds")
     parser.add_argument("--parallel", type=int, default=12, help="runs at once")
