@@ -203,10 +203,22 @@ async def send(client: httpx.AsyncClient, base: str, call: Call, start: float) -
     if got.get("x-router-lane") == "batch":
         # A held call's headers go out when the router commits to holding it, before the call knows how it ends:
         # the stored result says which lane answered it.
-        got = (await client.get(f"{base}/v1/deferred/{out.call_id}")).headers
+        got = await stored_headers(client, base, out.call_id)
     out.lane = got.get("x-router-lane", "?")
     out.escalated = got.get("x-router-escalated") == "true"
     return out
+
+
+async def stored_headers(client: httpx.AsyncClient, base: str, call_id: str) -> httpx.Headers:
+    """The headers of a deferred call's stored result (retried: a kept-alive connection may have just closed)."""
+    for attempt in range(5):
+        try:
+            return (await client.get(f"{base}/v1/deferred/{call_id}", timeout=30)).headers
+        except httpx.TransportError:
+            if attempt == 4:
+                raise
+            await asyncio.sleep(0.2)
+    raise AssertionError("unreachable")
 
 
 def lane_key(o: Outcome) -> str:

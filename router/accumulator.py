@@ -406,24 +406,18 @@ class Accumulator:
             await pipe.execute()
 
     async def observations(self, tag: str) -> list[Observation]:
-        """The recent batch turnarounds of a queue, newest first (a bare number, as older routers wrote, counts
-        as seen now with one line)."""
-        out = []
-        for raw in await self.redis.lrange(self.keys.turnaround(tag), 0, -1):
-            try:
-                out.append(_observation_decoder.decode(raw))
-            except msgspec.ValidationError:
-                out.append(Observation(seconds=float(raw), at=time.time(), lines=1))
-        return out
+        """The recent batch turnarounds of a queue, newest first."""
+        return _observations(await self.redis.lrange(self.keys.turnaround(tag), 0, -1))
 
-    async def load(self, tag: str) -> tuple[int, int]:
-        """(calls waiting, batches in flight) of a queue."""
+    async def outlook(self, tag: str) -> tuple[list[Observation], int, int]:
+        """What admission reads of a queue, in one round trip: (observations, calls waiting, batches in flight)."""
         k = self.keys
         async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lrange(k.turnaround(tag), 0, -1)
             pipe.zcard(k.pending(tag))
             pipe.zcard(k.batches(tag))
-            waiting, batches = await pipe.execute()
-        return int(waiting), int(batches)
+            raw, waiting, batches = await pipe.execute()
+        return _observations(raw), int(waiting), int(batches)
 
     async def batches_holding(self, tag: str, cutoff: float, limit: int = 500) -> set[str]:
         """The batches that hold a submitted call whose deadline is before `cutoff`."""
@@ -630,6 +624,17 @@ class Accumulator:
             for field, value in row.items():
                 out[_s(field)] = out.get(_s(field), 0.0) + float(value)
         return out
+
+
+def _observations(raw: list[bytes]) -> list[Observation]:
+    """Decode stored observations; a bare number (as older routers wrote) counts as seen now, with one line."""
+    out = []
+    for item in raw:
+        try:
+            out.append(_observation_decoder.decode(item))
+        except msgspec.ValidationError:
+            out.append(Observation(seconds=float(item), at=time.time(), lines=1))
+    return out
 
 
 class LeaseLost(Exception):

@@ -150,8 +150,7 @@ class DeferredLane:
         call larger than what waits, and whether a probe may go."""
         tag = queue_tag(upstream, endpoint, model)
         turnaround = self.planner.model
-        observations = await self.acc.observations(tag)
-        waiting, batches = await self.acc.load(tag)
+        observations, waiting, batches = await self.acc.outlook(tag)
         quantile = turnaround.quantile(observations, now, lines=waiting + 1)
         probe = self.planner.probe and not waiting and not batches and not turnaround.enough(observations, now)
         return Outlook(quantile_s=quantile, may_probe=probe)
