@@ -626,7 +626,7 @@ class Accumulator:
         return out
 
 
-def _observations(raw: list[bytes]) -> list[Observation]:
+def _observations(raw: Sequence[bytes | str]) -> list[Observation]:
     """Decode stored observations; a bare number (as older routers wrote) counts as seen now, with one line."""
     out = []
     for item in raw:
