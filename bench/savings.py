@@ -22,7 +22,8 @@ Per run it reports, from the caller's side and the simulator's billing counters 
 - **calls per lane**: batch, flex (at admission / escalated), standard (at admission / escalated).
 
 Policies on the same trace: "router" (the scenario's settings: prior 20 s, margin 10 s, flex 5 s, cut 3 s before),
-"router q=0.5" / "router q=0.99" (other admission quantiles), and the baselines "never batch" (every call real
+"router q=0.5" / "router q=0.99" (other admission quantiles), "router, 1 h prior" (the shipped prior, learning
+through probes on a fresh router), and the baselines "never batch" (every call real
 time), "fixed 1 h prior" (today's default admission: a 1 h prior, no probes, so nothing short reaches a batch) and
 "always batch" (every deferrable call batched within a second, whatever its deadline; the guard still escalates).
 """
@@ -75,6 +76,7 @@ POLICIES: dict[str, dict[str, Any]] = {
     "router": {},
     "router q=0.5": {"batch": {"admit_quantile": 0.5}},
     "router q=0.99": {"batch": {"admit_quantile": 0.99}},
+    "router, 1 h prior": {"batch": {"turnaround_prior_s": 3600.0}},
     "never batch": {"upstream": {"batch": False, "flex": False}},
     "fixed 1 h prior": {"batch": {"turnaround_prior_s": 3600.0, "probe": False}},
     "always batch": {"batch": {"turnaround_prior_s": 0.001, "turnaround_min_observations": 1e9, "max_wait_s": 1.0}},
