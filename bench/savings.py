@@ -140,6 +140,8 @@ class Result:
     batch_lines_billed: int = 0
     realtime_calls_billed: int = 0
     wall_s: float = 0.0
+    answer_p50_s: float = 0.0
+    answer_p95_s: float = 0.0
 
 
 def trace(s: Scenario) -> list[Call]:
@@ -257,6 +259,10 @@ def tally(scenario: Scenario, policy: str, outcomes: list[Outcome], stats: dict[
         result.paid_twice += extra > 0
         result.missed += o.done - o.sent > o.call.deadline_s
     result.lanes = dict(Counter(lane_key(o) for o in outcomes))
+    waits = sorted(o.done - o.sent for o in outcomes if o.error is None)
+    if waits:
+        result.answer_p50_s = waits[len(waits) // 2]
+        result.answer_p95_s = waits[min(len(waits) - 1, int(0.95 * len(waits)))]
     result.savings_share = result.realised_usd / result.limit_usd if result.limit_usd else 0.0
     return result
 
@@ -319,6 +325,28 @@ def markdown(results: list[Result]) -> str:
         cells = [r.scenario, str(r.seed), r.policy, f"{100 * r.savings_share:.1f}%", str(r.missed),
                  f"{r.paid_twice} ({100 * r.paid_twice / max(1, r.calls):.1f}%)",
                  *(str(r.lanes.get(lane, 0)) for lane in lanes), str(r.batches), str(r.errors)]  # fmt: skip
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def summary(results: list[Result]) -> str:
+    """Per scenario and policy over the seeds: savings share (mean, min), misses, double payments and lanes."""
+    lanes = ("batch", "flex (admission)", "flex (escalated)", "standard (admission)", "standard (escalated)")
+    head = ["scenario", "policy", "runs", "savings / limit, mean", "min", "missed", "paid twice", "answer p50 / p95",
+            *lanes]  # fmt: skip
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    groups: dict[tuple[str, str], list[Result]] = {}
+    for r in results:
+        groups.setdefault((r.scenario, r.policy), []).append(r)
+    for (scenario, policy), runs in groups.items():
+        calls = sum(r.calls for r in runs)
+        twice = sum(r.paid_twice for r in runs)
+        shares = [100 * r.savings_share for r in runs]
+        cells = [scenario, policy, str(len(runs)), f"{statistics.mean(shares):.1f}%", f"{min(shares):.1f}%",
+                 f"{sum(r.missed for r in runs)} of {calls}", f"{twice} ({100 * twice / max(1, calls):.2f}%)",
+                 f"{statistics.median(r.answer_p50_s for r in runs):.0f} s / "
+                 f"{statistics.median(r.answer_p95_s for r in runs):.0f} s",
+                 *(str(sum(r.lanes.get(lane, 0) for r in runs)) for lane in lanes)]  # fmt: skip
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -390,14 +418,21 @@ def main() -> int:
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--plot", type=Path, help="write the sweep's PNG here")
     parser.add_argument("--json", type=Path, help="write every result as JSON here")
+    parser.add_argument("--from-json", type=Path, help="report (and plot) saved results instead of running")
     args = parser.parse_args()
     started = time.monotonic()
-    results = asyncio.run(main_async(args))
+    if args.from_json:
+        results = [Result(**{**r, "deadlines": tuple(r["deadlines"])}) for r in json.loads(args.from_json.read_text())]
+    else:
+        results = asyncio.run(main_async(args))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
     if args.plot:
         plot(results, args.plot)
-    print(markdown(results) if args.markdown else "\n".join(map(str, results)))
+    if args.markdown:
+        print(summary(results) + "\n\n" + markdown(results))
+    else:
+        print("\n".join(map(str, results)))
     shares = [r.savings_share for r in results if r.policy == "router"]
     if shares:
         print(f"\nrouter: median savings share {100 * statistics.median(shares):.1f}% over {len(shares)} runs; "
