@@ -85,7 +85,8 @@ POLICIES: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class Scenario:
-    """A trace's shape: turnaround distribution, deadline range (seconds after arrival), size and seed."""
+    """A trace's shape: turnaround distribution, deadline range (seconds after arrival), size and seed; `prior_s`
+    overrides the routers' turnaround prior."""
 
     name: str
     turnaround: str
@@ -93,6 +94,7 @@ class Scenario:
     calls: int = 200
     span_s: float = 20.0
     seed: int = 0
+    prior_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -154,9 +156,10 @@ def trace(s: Scenario) -> list[Call]:
     ]
 
 
-def router_tree(policy: str, sim_v1: str, redis_url: str) -> dict[str, Any]:
+def router_tree(policy: str, sim_v1: str, redis_url: str, prior_s: float | None = None) -> dict[str, Any]:
     """The settings tree of one policy's router in front of `sim_v1`."""
     over = POLICIES[policy]
+    batch = BASE_BATCH | ({"turnaround_prior_s": prior_s} if prior_s is not None else {}) | over.get("batch", {})
     upstream = {"name": "openai", "kind": "openai", "base_url": sim_v1, "api_key_env": "SIM_KEY", "flex": True}
     return {
         "upstreams": [upstream | over.get("upstream", {})],
@@ -164,7 +167,7 @@ def router_tree(policy: str, sim_v1: str, redis_url: str) -> dict[str, Any]:
         "key_prefix": "bench-" + secrets.token_hex(4),
         "policies_dir": str(NO_POLICIES),
         "pricing_file": str(ROOT / "config" / "pricing.yaml"),
-        "batch": BASE_BATCH | over.get("batch", {}),
+        "batch": batch,
     }
 
 
@@ -173,7 +176,7 @@ def servers(scenario: Scenario, policy: str, redis_url: str) -> Iterator[tuple[s
     """A simulator and a router for one run: (simulator base, router base, key prefix); keys deleted after."""
     sim_config = SimConfig(batch_turnaround=scenario.turnaround, seed=scenario.seed, latency_ms=100)
     with serve_in_thread(create_simulator(sim_config)) as sim:
-        tree = router_tree(policy, sim + "/v1", redis_url)
+        tree = router_tree(policy, sim + "/v1", redis_url, scenario.prior_s)
         settings = load_settings(None, {}, tree)
         try:
             with serve_in_thread(create_app(settings, {"SIM_KEY": "sk-sim"})) as base:
@@ -301,18 +304,20 @@ def headline(calls: int, span: float, seed: int, turnaround: str, deadlines: tup
     ]
 
 
+SWEEP_POLICIES = ("router", "always batch")
 SWEEP_TAILS = ((15.0, 150.0), (30.0, 300.0), (60.0, 600.0))  # p95, max; median 5 s throughout
-SWEEP_SLACK = (0.5, 1.0, 2.0, 4.0)  # deadline slack beyond the reserve, as multiples of the p95 (times 1 to 1.5)
+SWEEP_SLACK = (0.5, 1.0, 1.5, 2.0, 4.0)  # deadline slack beyond the reserve, as multiples of the p95 (times 1 to 1.5)
 
 
 def sweep(calls: int, span: float, seed: int) -> list[Scenario]:
-    """Savings against deadline slack and turnaround tail (the plot)."""
-    reserve = RESERVE_S
+    """Savings against deadline slack and turnaround tail (the plot). The routers' prior is the tail's p95: the
+    estimate a queue's model settles on, so the sweep shows the steady state rather than a fresh router's guess."""
     out = []
     for p95, top in SWEEP_TAILS:
         for k in SWEEP_SLACK:
-            out.append(Scenario(f"sweep p95={p95:g} slack={k:g}x", f"lognormal:median=5,p95={p95:g},max={top:g}",
-                                (reserve + k * p95, reserve + 1.5 * k * p95), calls, span, seed))  # fmt: skip
+            deadlines = (RESERVE_S + k * p95, RESERVE_S + 1.5 * k * p95)
+            spec = f"lognormal:median=5,p95={p95:g},max={top:g}"
+            out.append(Scenario(f"sweep p95={p95:g} slack={k:g}x", spec, deadlines, calls, span, seed, prior_s=p95))
     return out
 
 
@@ -358,15 +363,17 @@ def plot(results: list[Result], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    for p95, _ in SWEEP_TAILS:
-        points = sorted(
-            (float(r.scenario.split("slack=")[1].rstrip("x")), 100 * r.savings_share)
-            for r in results
-            if r.policy == "router" and r.scenario.startswith(f"sweep p95={p95:g} ")
-        )
-        if points:
-            ax.plot(*zip(*points, strict=True), marker="o", label=f"turnaround p95 {p95:g} s (median 5 s)")
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    for (p95, _), color in zip(SWEEP_TAILS, ("tab:blue", "tab:orange", "tab:red"), strict=True):
+        for policy, style in (("router", "-o"), ("always batch", ":x")):
+            points = sorted(
+                (float(r.scenario.split("slack=")[1].rstrip("x")), 100 * r.savings_share)
+                for r in results
+                if r.policy == policy and r.scenario.startswith(f"sweep p95={p95:g} ")
+            )
+            if points:
+                label = f"{policy}, turnaround p95 {p95:g} s" if policy == "router" else f"{policy}, p95 {p95:g} s"
+                ax.plot(*zip(*points, strict=True), style, color=color, label=label)
     ax.set_xscale("log", base=2)
     ax.set_xticks(SWEEP_SLACK, [f"{k:g}x" for k in SWEEP_SLACK])
     ax.set_xlabel("deadline slack beyond the router's reserve, in multiples of the turnaround p95")
@@ -374,7 +381,7 @@ def plot(results: list[Result], path: Path) -> None:
     ax.set_ylim(0, 105)
     ax.axhline(90, color="grey", linewidth=0.8, linestyle="--")
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize="small")
     ax.set_title("hybrid-router: savings vs deadline slack and turnaround tail")
     fig.tight_layout()
     fig.savefig(path)
@@ -390,7 +397,7 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
             for scenario in headline(args.calls, args.span, seed, args.batch_turnaround, deadlines):  # type: ignore[arg-type]
                 jobs += [(scenario, policy) for policy in args.policies]
         if args.suite in ("sweep", "all"):
-            jobs += [(scenario, "router") for scenario in sweep(args.calls, args.span, seed)]
+            jobs += [(scenario, policy) for scenario in sweep(args.calls, args.span, seed) for policy in SWEEP_POLICIES]
     limit = asyncio.Semaphore(args.parallel)
 
     async def one(scenario: Scenario, policy: str) -> Result:

@@ -103,3 +103,19 @@ def test_turnaround_metrics_are_exported(start_router: RouterFactory, sim: Sim) 
         evidence = metric(base, f'hybrid_router_turnaround_evidence_batches{{queue="{queue}"}}')
     assert evidence == pytest.approx(1.0, abs=0.01)
     assert 1.0 <= admit <= 3.0  # four parts prior (1 s), one part the batch seen (0.5 s plus polling)
+
+
+def test_a_late_message_batch_is_cut_and_its_succeeded_results_harvested(start_router: RouterFactory, sim: Sim) -> None:
+    sim.configure(batch_turnaround_s=20.0)
+    anthropic = {"name": "anthropic", "kind": "anthropic", "base_url": sim.base, "api_key_env": "SIM_KEY",
+                 "models": ["claude-*"]}  # fmt: skip
+    n = 10
+    with start_router(batch=LADDER, upstreams=[anthropic, upstream(sim.v1)]) as base:
+        raws = asyncio.run(held_calls(base, "claude-sonnet-4-5", n, "12s"))
+        lanes = lanes_of(base, raws)
+    from_batch = lanes.count(("batch", None))
+    assert 0 < from_batch < n, lanes
+    assert lanes.count(("realtime", "true")) == n - from_batch
+    stats = sim.stats()
+    assert stats["message_batch_requests_billed"] == from_batch
+    assert stats["realtime_calls_billed"] == n - from_batch  # billed once each
