@@ -33,7 +33,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
+import math
 import os
 import random
 import secrets
@@ -44,6 +46,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import httpx
@@ -54,6 +57,7 @@ from router.pricing import PriceTable, Usage, load_pricing, usage_from_body
 from router.serving import serve_in_thread
 from router.settings import load_settings
 from router.simulator import SimConfig, create_simulator
+from router.simulator.config import Turnaround
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("gpt-5-mini", "gpt-4o-mini", "gpt-4.1-mini")
@@ -304,14 +308,22 @@ def headline(calls: int, span: float, seed: int, turnaround: str, deadlines: tup
     ]
 
 
-SWEEP_POLICIES = ("router", "always batch")
+SWEEP_POLICIES = ("router", "router q=0.5", "always batch")
 SWEEP_TAILS = ((15.0, 150.0), (30.0, 300.0), (60.0, 600.0))  # p95, max; median 5 s throughout
 SWEEP_SLACK = (0.5, 1.0, 1.5, 2.0, 4.0)  # deadline slack beyond the reserve, as multiples of the p95 (times 1 to 1.5)
 
 
+def settled_prior(scenario: Scenario, policy: str) -> float:
+    """The turnaround quantile a queue's model settles on under `policy` (its `admit_quantile` of the scenario's
+    lognormal), used as the prior so the sweep shows the steady state rather than a fresh router's guess."""
+    spec = Turnaround.parse(scenario.turnaround)
+    q = POLICIES[policy].get("batch", {}).get("admit_quantile", 0.95)
+    sigma = math.log(spec.p95 / spec.median) / NormalDist().inv_cdf(0.95)
+    return min(spec.max, spec.median * math.exp(sigma * NormalDist().inv_cdf(q)))
+
+
 def sweep(calls: int, span: float, seed: int) -> list[Scenario]:
-    """Savings against deadline slack and turnaround tail (the plot). The routers' prior is the tail's p95: the
-    estimate a queue's model settles on, so the sweep shows the steady state rather than a fresh router's guess."""
+    """Savings against deadline slack and turnaround tail (the plot); priors: `settled_prior`."""
     out = []
     for p95, top in SWEEP_TAILS:
         for k in SWEEP_SLACK:
@@ -365,14 +377,14 @@ def plot(results: list[Result], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
     for (p95, _), color in zip(SWEEP_TAILS, ("tab:blue", "tab:orange", "tab:red"), strict=True):
-        for policy, style in (("router", "-o"), ("always batch", ":x")):
+        for policy, style in (("router", "-o"), ("router q=0.5", "--s"), ("always batch", ":x")):
             points = sorted(
                 (float(r.scenario.split("slack=")[1].rstrip("x")), 100 * r.savings_share)
                 for r in results
                 if r.policy == policy and r.scenario.startswith(f"sweep p95={p95:g} ")
             )
             if points:
-                label = f"{policy}, turnaround p95 {p95:g} s" if policy == "router" else f"{policy}, p95 {p95:g} s"
+                label = f"{policy}, p95 {p95:g} s"
                 ax.plot(*zip(*points, strict=True), style, color=color, label=label)
     ax.set_xscale("log", base=2)
     ax.set_xticks(SWEEP_SLACK, [f"{k:g}x" for k in SWEEP_SLACK])
@@ -397,7 +409,9 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
             for scenario in headline(args.calls, args.span, seed, args.batch_turnaround, deadlines):  # type: ignore[arg-type]
                 jobs += [(scenario, policy) for policy in args.policies]
         if args.suite in ("sweep", "all"):
-            jobs += [(scenario, policy) for scenario in sweep(args.calls, args.span, seed) for policy in SWEEP_POLICIES]
+            policies = [p for p in SWEEP_POLICIES if p in args.policies]
+        for scenario in sweep(args.calls, args.span, seed):
+            jobs += [(dataclasses.replace(scenario, prior_s=settled_prior(scenario, p)), p) for p in policies]
     limit = asyncio.Semaphore(args.parallel)
 
     async def one(scenario: Scenario, policy: str) -> Result:
@@ -425,11 +439,12 @@ def main() -> int:
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--plot", type=Path, help="write the sweep's PNG here")
     parser.add_argument("--json", type=Path, help="write every result as JSON here")
-    parser.add_argument("--from-json", type=Path, help="report (and plot) saved results instead of running")
+    parser.add_argument("--from-json", type=Path, nargs="+", help="report (and plot) saved results, not run")
     args = parser.parse_args()
     started = time.monotonic()
     if args.from_json:
-        results = [Result(**{**r, "deadlines": tuple(r["deadlines"])}) for r in json.loads(args.from_json.read_text())]
+        saved = [r for path in args.from_json for r in json.loads(path.read_text())]
+        results = [Result(**{**r, "deadlines": tuple(r["deadlines"])}) for r in saved]
     else:
         results = asyncio.run(main_async(args))
     if args.json:
