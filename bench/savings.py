@@ -410,8 +410,8 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
                 jobs += [(scenario, policy) for policy in args.policies]
         if args.suite in ("sweep", "all"):
             policies = [p for p in SWEEP_POLICIES if p in args.policies]
-        for scenario in sweep(args.calls, args.span, seed):
-            jobs += [(dataclasses.replace(scenario, prior_s=settled_prior(scenario, p)), p) for p in policies]
+            for scenario in sweep(args.calls, args.span, seed):
+                jobs += [(dataclasses.replace(scenario, prior_s=settled_prior(scenario, p)), p) for p in policies]
     limit = asyncio.Semaphore(args.parallel)
 
     async def one(scenario: Scenario, policy: str) -> Result:
