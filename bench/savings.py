@@ -355,7 +355,10 @@ def summary(results: list[Result]) -> str:
     groups: dict[tuple[str, str], list[Result]] = {}
     for r in results:
         groups.setdefault((r.scenario, r.policy), []).append(r)
-    for (scenario, policy), runs in groups.items():
+    scenarios = list(dict.fromkeys(r.scenario for r in results))
+    order = sorted(groups, key=lambda key: (scenarios.index(key[0]), list(POLICIES).index(key[1])))
+    for scenario, policy in order:
+        runs = groups[scenario, policy]
         calls = sum(r.calls for r in runs)
         twice = sum(r.paid_twice for r in runs)
         shares = [100 * r.savings_share for r in runs]
