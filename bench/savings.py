@@ -148,6 +148,7 @@ class Result:
     wall_s: float = 0.0
     answer_p50_s: float = 0.0
     answer_p95_s: float = 0.0
+    error_samples: list[str] = field(default_factory=list)
 
 
 def trace(s: Scenario) -> list[Call]:
@@ -253,6 +254,8 @@ def tally(scenario: Scenario, policy: str, outcomes: list[Outcome], stats: dict[
     for o in outcomes:
         if o.error is not None or o.usage is None:
             result.errors += 1
+            if len(result.error_samples) < 5:
+                result.error_samples.append(f"call {o.call.index} after {o.done - o.sent:.1f} s: {o.error}")
             continue
         realtime = prices.cost(o.call.model, o.usage, "realtime")
         batch = prices.cost(o.call.model, o.usage, "batch")
@@ -447,7 +450,7 @@ def main() -> int:
     started = time.monotonic()
     if args.from_json:
         saved = [r for path in args.from_json for r in json.loads(path.read_text())]
-        results = [Result(**{**r, "deadlines": tuple(r["deadlines"])}) for r in saved]
+        results = [Result(**{"error_samples": [], **r, "deadlines": tuple(r["deadlines"])}) for r in saved]
     else:
         results = asyncio.run(main_async(args))
     if args.json:
@@ -462,6 +465,9 @@ def main() -> int:
     if shares:
         print(f"\nrouter: median savings share {100 * statistics.median(shares):.1f}% over {len(shares)} runs; "
               f"{time.monotonic() - started:.0f} s in all", file=sys.stderr)  # fmt: skip
+    for r in results:
+        for sample in r.error_samples:
+            print(f"error in {r.scenario} / seed {r.seed} / {r.policy}: {sample}", file=sys.stderr)
     return 1 if any(r.errors for r in results) else 0
 
 
