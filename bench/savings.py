@@ -292,7 +292,11 @@ async def run(scenario: Scenario, policy: str, redis_url: str, prices: PriceTabl
     """One run: servers up, the trace replayed, billing read, servers down."""
     calls = trace(scenario)
     with servers(scenario, policy, redis_url) as (sim, base, _):
-        limits = httpx.Limits(max_connections=len(calls) + 10, max_keepalive_connections=len(calls) + 10)
+        # Idle connections are dropped before uvicorn's 5 s keep-alive ends them, so a call never goes out on a
+        # connection the server is closing (an SDK would retry that ReadError; this client does not retry).
+        limits = httpx.Limits(
+            max_connections=len(calls) + 10, max_keepalive_connections=len(calls) + 10, keepalive_expiry=2.0
+        )
         async with httpx.AsyncClient(limits=limits) as client:
             start = time.monotonic()
             outcomes = await asyncio.gather(*(send(client, base, c, start) for c in calls))
