@@ -24,6 +24,7 @@ from router.keys import (
     tag_of,
 )
 from router.redis_client import RedisClient
+from router.turnaround import Observation
 
 log = logging.getLogger("router.accumulator")
 
@@ -101,8 +102,12 @@ class BatchRecord(msgspec.Struct, frozen=True, kw_only=True):
     submitted_at: float
     polls: int
     n: int
+    cut_at: float | None = None
+    """When the guard cut the batch (it is being cancelled and harvested), if it did."""
 
 
+_observation_encoder = msgspec.json.Encoder()
+_observation_decoder = msgspec.json.Decoder(Observation)
 _meta_encoder = msgspec.json.Encoder()
 _meta_decoder = msgspec.json.Decoder(CallMeta)
 
@@ -154,6 +159,7 @@ class Accumulator:
         self._store = redis.register_script(scripts.STORE_RESULT)
         self._requeue = redis.register_script(scripts.REQUEUE)
         self._escalate = redis.register_script(scripts.ESCALATE)
+        self._cut = redis.register_script(scripts.CUT)
 
     # --- admission -----------------------------------------------------------------------------------
 
@@ -449,6 +455,7 @@ class Accumulator:
                 submitted_at=_f(row.get(b"submitted_at")) or 0.0,
                 polls=int(row.get(b"polls") or 0),
                 n=int(row.get(b"n") or 0),
+                cut_at=_f(row.get(b"cut_at")),
             )
             for bid, row in zip(bids, rows, strict=True)
             if row
@@ -470,8 +477,18 @@ class Accumulator:
         """The ids claimed into a batch."""
         return [_s(i) for i in await self.redis.lrange(self.keys.batch_calls(tag, bid), 0, -1)]
 
-    async def finish_batch(self, tag: str, bid: str, provider_status: str, turnaround: float | None) -> None:
-        """Mark a batch ingested, drop it from the poll schedule and record its turnaround."""
+    async def finish_batch(
+        self,
+        tag: str,
+        bid: str,
+        provider_status: str,
+        turnaround: float | None,
+        lines: int = 1,
+        *,
+        censored: bool = False,
+    ) -> None:
+        """Mark a batch ingested, drop it from the poll schedule and record its turnaround (an `Observation`;
+        `censored` for a batch cut before it finished, whose `turnaround` is its age at the cut)."""
         k = self.keys
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(k.batch(tag, bid), mapping={"state": "ingested", "provider_status": provider_status})
@@ -479,17 +496,52 @@ class Accumulator:
             pipe.expire(k.batch_calls(tag, bid), self.result_ttl)
             pipe.zrem(k.batches(tag), bid)
             if turnaround is not None:
-                pipe.lpush(k.turnaround(tag), repr(turnaround))
+                observation = Observation(seconds=turnaround, at=time.time(), lines=max(1, lines), censored=censored)
+                pipe.lpush(k.turnaround(tag), _observation_encoder.encode(observation))
                 pipe.ltrim(k.turnaround(tag), 0, TURNAROUND_SAMPLES - 1)
                 pipe.expire(k.turnaround(tag), TURNAROUND_TTL_S)
             await pipe.execute()
 
-    async def turnaround_estimate(self, tag: str, prior: float, min_samples: int = 5) -> float:
-        """The p95 of recent batch turnarounds of a queue, or `prior` until there are enough of them."""
-        samples = sorted(float(v) for v in await self.redis.lrange(self.keys.turnaround(tag), 0, -1))
-        if len(samples) < min_samples:
-            return prior
-        return samples[min(len(samples) - 1, int(0.95 * len(samples)))]
+    async def observations(self, tag: str) -> list[Observation]:
+        """The recent batch turnarounds of a queue, newest first."""
+        return _observations(await self.redis.lrange(self.keys.turnaround(tag), 0, -1))
+
+    async def outlook(self, tag: str) -> tuple[list[Observation], int, int]:
+        """What admission reads of a queue, in one round trip: (observations, calls waiting, batches in flight)."""
+        k = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lrange(k.turnaround(tag), 0, -1)
+            pipe.zcard(k.pending(tag))
+            pipe.zcard(k.batches(tag))
+            raw, waiting, batches = await pipe.execute()
+        return _observations(raw), int(waiting), int(batches)
+
+    async def batches_holding(self, tag: str, cutoff: float, limit: int = 500) -> set[str]:
+        """The batches that hold a submitted call whose deadline is before `cutoff`."""
+        k = self.keys
+        ids = [_s(i) for i in await self.redis.zrangebyscore(k.inflight(tag), "-inf", cutoff, start=0, num=limit)]
+        if not ids:
+            return set()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for call_id in ids:
+                pipe.hmget(k.call(call_id), ["state", "batch"])
+            rows = await pipe.execute()
+        return {_s(row[1]) for row in rows if _s(row[0]) == "submitted" and row[1]}
+
+    async def cut(self, tag: str, bid: str) -> bool:
+        """Mark a running batch cut and make it due for the poller now (which cancels and harvests it)."""
+        k = self.keys
+        return bool(await self._cut(keys=[k.batch(tag, bid), k.batches(tag)], args=[bid, repr(time.time())]))
+
+    async def turnarounds(self) -> dict[str, list[Observation]]:
+        """Every queue's turnaround observations, by queue name (`upstream/model/endpoint`)."""
+        out: dict[str, list[Observation]] = {}
+        for tag in await self.queue_tags():
+            info = await self.redis.hgetall(self.keys.queue(tag))
+            if info:
+                name = f"{_s(info[b'upstream'])}/{_s(info[b'model'])}{_s(info[b'endpoint'])}"
+                out[name] = await self.observations(tag)
+        return out
 
     async def counts(self) -> tuple[dict[str, int], int]:
         """Queued calls per queue (`upstream/model/endpoint`) and batches in flight, over all queues."""
@@ -700,6 +752,17 @@ class Accumulator:
             for field, value in row.items():
                 out[_s(field)] = out.get(_s(field), 0.0) + float(value)
         return out
+
+
+def _observations(raw: Sequence[bytes | str]) -> list[Observation]:
+    """Decode stored observations; a bare number (as older routers wrote) counts as seen now, with one line."""
+    out = []
+    for item in raw:
+        try:
+            out.append(_observation_decoder.decode(item))
+        except msgspec.ValidationError:
+            out.append(Observation(seconds=float(item), at=time.time(), lines=1))
+    return out
 
 
 class LeaseLost(Exception):

@@ -35,13 +35,14 @@ from router.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from router.lanes import deferred_object, forward_realtime, lane_name
+from router.lanes import deferred_object, escalated, forward_realtime, lane_name
 from router.logthrottle import Throttle, kind_of
 from router.policy import Decision, Facts, decide
 from router.pricing import Usage
 from router.providers.base import Provider
 from router.replay import cost_comment, error_answer, sse_chunks
-from router.schema import RequestView, decode_body, decode_view, encoder, error_body
+from router.routing import NO_OUTLOOK, route
+from router.schema import RequestView, decode_body, decode_view, encoder, error_body, with_fields
 from router.sse import tap_usage
 
 if TYPE_CHECKING:
@@ -213,7 +214,7 @@ def result_response(
 ) -> Response[bytes] | Stream:
     """A finished deferred call as the caller's endpoint would have answered it."""
     headers["x-router-lane"] = lane_name(result.lane)
-    if result.lane == "escalated":
+    if escalated(result.lane):
         headers["x-router-escalated"] = "true"
     if result.cost_usd is not None:
         set_cost_headers(headers, result.cost_usd, result.savings_usd or 0.0)
@@ -427,30 +428,37 @@ async def admit(gateway: Gateway, request: Request[Any, Any, Any], endpoint: str
     headers = {"x-router-request-id": new_request_id(), "x-router-lane": "realtime"}
     if decision.rule:
         headers["x-router-rule"] = decision.rule
-    if decision.lane == "deferred" and decision.deadline is not None:
-        lane = gateway.deferred
-        if lane.eligible(gateway.upstreams.config(provider.name), endpoint, view):
-            provider.check(endpoint, body)  # what real time would refuse is refused now, not at flush time
-            if await lane.fits(provider.name, endpoint, view.model, decision.deadline, now):
-                return await respond_deferred(
-                    gateway,
-                    request,
-                    endpoint=endpoint,
-                    body=body,
-                    view=view,
-                    upstream=provider.name,
-                    tenant=tenant,
-                    decision=decision,
-                    headers=headers,
-                    webhook=webhook,
-                )
-            metrics.escalations.labels("admission").inc()
-        if gateway.deferred.flex_allowed(gateway.upstreams.config(provider.name), endpoint, view.model):
-            # Too soon for a batch, but it can wait minutes: the flex tier costs the batch price, synchronously.
-            body, view = with_fields(body, service_tier="flex"), msgspec.structs.replace(view, service_tier="flex")
-            return await respond_realtime(
-                gateway, request, provider, endpoint, body, view, tenant, headers, started, flex_fallback=True
-            )
+    lane = gateway.deferred
+    stream = bool(view.stream)
+    caps = lane.capabilities(provider.name, endpoint, view.model, stream=stream)
+    outlook = NO_OUTLOOK
+    if decision.lane == "deferred" and caps.batch:
+        outlook = await lane.outlook(provider.name, endpoint, view.model, now)
+    chosen = route(
+        decision, endpoint=endpoint, stream=stream, caps=caps, outlook=outlook, timing=lane.planner.timing, now=now
+    )
+    if chosen.lane == "batch":
+        provider.check(endpoint, body)  # what real time would refuse is refused now, not at flush time
+        return await respond_deferred(
+            gateway,
+            request,
+            endpoint=endpoint,
+            body=body,
+            view=view,
+            upstream=provider.name,
+            tenant=tenant,
+            decision=decision,
+            headers=headers,
+            webhook=webhook,
+        )
+    if chosen.reason == "too_soon":
+        metrics.escalations.labels("admission").inc()
+    if chosen.lane == "flex":
+        # No batch for it, but it can wait minutes: the flex tier costs the batch price, synchronously.
+        body, view = with_fields(body, service_tier="flex"), msgspec.structs.replace(view, service_tier="flex")
+        return await respond_realtime(
+            gateway, request, provider, endpoint, body, view, tenant, headers, started, flex_fallback=True
+        )
     return await respond_realtime(gateway, request, provider, endpoint, body, view, tenant, headers, started)
 
 
@@ -532,17 +540,6 @@ async def respond_realtime(
 
 
 USAGE_OPTION_ENDPOINTS = frozenset({"/chat/completions", "/completions"})
-
-
-def with_fields(body: bytes, **fields: Any) -> bytes:
-    """The body with top-level fields set (or removed, for None)."""
-    obj = decode_body(body)
-    for name, value in fields.items():
-        if value is None:
-            obj.pop(name, None)
-        else:
-            obj[name] = value
-    return encoder.encode(obj)
 
 
 def with_usage_requested(body: bytes) -> bytes:

@@ -38,6 +38,7 @@ from router.providers.anthropic import AnthropicProvider
 from router.providers.base import Provider
 from router.providers.openai import OpenAIProvider
 from router.providers.openai_native import OpenAINative
+from router.routing import Catalog, Planner
 from router.settings import Settings
 from router.tenants import Tenants
 from router.waiters import Waiters
@@ -95,17 +96,11 @@ class Gateway:
         prices = self.accounting.prices
         self.catalog = ModelCatalog(settings.upstreams, providers, prices)
         self.tenants = Tenants(self.redis, acc.keys, settings, acc.totals, self.unflushed_cost)
-        self.deferred = DeferredLane(
-            acc,
-            self.waiters,
-            settings,
-            lambda model: prices.rates(model, "flex") is not None,
-            self.catalog.known,
-            self.tenants,
-        )
-        self.batcher = Batcher(acc, providers, b)
-        self.poller = Poller(acc, providers, b, self.accounting)
-        self.guard = Guard(acc, providers, b, self.accounting)
+        self.planner = Planner(b, Catalog(settings.upstreams, lambda model: prices.rates(model, "flex") is not None))
+        self.deferred = DeferredLane(acc, self.waiters, settings, self.planner, self.catalog.known, self.tenants)
+        self.batcher = Batcher(acc, providers, b, self.planner)
+        self.poller = Poller(acc, providers, b, self.accounting, self.planner)
+        self.guard = Guard(acc, providers, b, self.accounting, self.planner)
         self.webhooks = WebhookSender(acc, settings.webhooks, webhook_secret)
         natives = {
             cfg.name: OpenAINative(provider)
@@ -260,6 +255,7 @@ class Gateway:
         """The Prometheus exposition of this process; shared state (queues, batches) read from Redis now."""
         try:
             depth, inflight = await self.deferred.acc.counts()
+            models = await self.deferred.acc.turnarounds()
         except Exception as exc:
             _throttle.warning(kind_of("metrics", exc), "could not read queue depth from Redis for /metrics: %s", exc)
         else:
@@ -272,6 +268,12 @@ class Gateway:
                     metrics.queue_depth.remove(gone)
             self._depth_labels = set(depth)
             metrics.batches_inflight.set(inflight)
+            now = time.time()
+            for queue, observations in models.items():
+                summary = self.planner.model.summary(observations, now)
+                metrics.turnaround_estimate.labels(queue, "0.5").set(summary.median_s)
+                metrics.turnaround_estimate.labels(queue, "admit").set(summary.admit_s)
+                metrics.turnaround_evidence.labels(queue).set(summary.weight)
         try:
             await self.tenants.publish_metrics()
         except Exception:

@@ -1,4 +1,8 @@
-"""The batcher: packs each queue's calls into provider batch jobs when a limit, max_wait or a deadline says so."""
+"""The batcher: packs each queue's calls into provider batch jobs when a limit, max_wait or a deadline says so.
+
+When a queue flushes is `routing.flush_due`: as late as its earliest call allows (fewest batches), but never so late
+that this call has less than its turnaround quantile left before its reserve.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from router.accumulator import Accumulator, BatchRecord, LeaseLost, QueueStats, 
 from router.errors import RouterError
 from router.loops import pace
 from router.providers.base import BatchLine, Lapsed, Ledger, Provider, Rival
+from router.routing import Planner, flush_due, flush_wait
 from router.settings import BatchSettings
 
 log = logging.getLogger("router.batcher")
@@ -23,10 +28,17 @@ MAX_SUBMIT_ATTEMPTS = 3
 class Batcher:
     """Flushes queues into batches, and recovers batches whose builder died before recording them."""
 
-    def __init__(self, acc: Accumulator, providers: Mapping[str, Provider], settings: BatchSettings) -> None:
+    def __init__(
+        self,
+        acc: Accumulator,
+        providers: Mapping[str, Provider],
+        settings: BatchSettings,
+        planner: Planner | None = None,
+    ) -> None:
         self.acc = acc
         self.providers = providers
         self.settings = settings
+        self.planner = planner if planner is not None else Planner(settings)
         self.owner = "batcher-" + secrets.token_hex(6)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -35,7 +47,7 @@ class Batcher:
 
     def tick(self) -> float:
         """Seconds between passes: short enough to honour max_wait closely."""
-        return max(0.05, min(1.0, self.settings.max_wait_s / 4))
+        return flush_wait(self.settings)
 
     async def due(self, stats: QueueStats, now: float) -> bool:
         """Whether a queue should be flushed now."""
@@ -48,9 +60,10 @@ class Batcher:
             return True
         if stats.earliest_deadline is None:
             return False
-        turnaround = await self.acc.turnaround_estimate(stats.tag, s.turnaround_prior_s)
-        # Waiting one more pass would leave the earliest call less than a typical turnaround before its margin.
-        return stats.earliest_deadline - s.margin_s - turnaround <= now + self.tick()
+        caps = self.planner.catalog.of(stats.upstream, stats.endpoint, stats.model)
+        observations = await self.acc.observations(stats.tag)
+        quantile = self.planner.model.quantile(observations, now, lines=stats.count)
+        return flush_due(stats.earliest_deadline, now, caps, quantile, self.planner.timing)
 
     async def run_once(self, *, force: bool = False) -> int:
         """One pass over every queue; returns the number of batches submitted (tests call this)."""

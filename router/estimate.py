@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fnmatch
 import math
 import os
-import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
@@ -25,6 +23,7 @@ from router.deadline import ACCEPTED_FORMS, format_deadline, parse_deadline
 from router.errors import InvalidDeadline
 from router.policy import Facts, Policies, decide, load_policies
 from router.pricing import PriceTable, Usage, load_pricing
+from router.routing import Capabilities, Catalog, Outlook, Planner, Route, route
 from router.settings import DEFAULT_CONFIG, Settings, load_settings
 
 DAYS_PER_MONTH = 30.0
@@ -33,8 +32,6 @@ ASSUMED_PERIOD_DAYS = 1.0
 MAX_PROBLEMS = 100  # malformed lines kept with their numbers; the rest are only counted
 PROGRESS_BYTES = 10 * 1024 * 1024  # about 50,000 lines of a typical log
 DEFAULT_PATH = "/v1/chat/completions"
-# The endpoints the router's batch lane takes (router.lanes.ENDPOINTS, as request paths).
-BATCH_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages"})
 
 Tokens = Annotated[int, msgspec.Meta(ge=0)]
 PeriodSource = Literal["measured", "flag", "assumed"]
@@ -127,18 +124,19 @@ class _Tally(msgspec.Struct):
     priced: bool = True
 
 
-class _Admission:
-    """The router's lane choice for a logged call: policies, X-Deadline, endpoint, upstream and turnaround room."""
+class Admission:
+    """The router's lane for a logged call: `routing.route`, as `serve` decides it, with each queue's turnaround
+    model at its prior (a log has no batch history) and no probes."""
 
-    def __init__(self, policies: Policies, settings: Settings) -> None:
+    def __init__(self, policies: Policies, settings: Settings, prices: PriceTable) -> None:
         self.policies = policies
         self.max_deadline_s = settings.limits.max_deadline_s
-        # Offline there is no observed turnaround: the router's admission then uses the configured prior too.
-        self.room_s = settings.batch.margin_s + settings.batch.turnaround_prior_s
-        self.upstreams = [(re.compile("|".join(map(fnmatch.translate, u.models))), u.batch) for u in settings.upstreams]
+        catalog = Catalog(settings.upstreams, lambda model: prices.rates(model, "flex") is not None)
+        self.planner = Planner(settings.batch, catalog)
+        self.outlook = Outlook(quantile_s=self.planner.model.quantile([], 0.0))
 
-    def batched(self, line: LogLine, at: float) -> bool:
-        """Whether the router would batch this call; InvalidDeadline where it would have answered 400."""
+    def route(self, line: LogLine, at: float) -> Route:
+        """Where the router would send this call; InvalidDeadline where it would have answered 400."""
         headers = {name.lower(): value for name, value in (line.headers or {}).items()}
         raw = line.deadline if line.deadline is not None else headers.get("x-deadline")
         header = None if raw is None else parse_deadline(raw, now=at, max_seconds=self.max_deadline_s)
@@ -147,10 +145,15 @@ class _Admission:
         tenant = line.tenant or "default"
         facts = Facts(path=path, model=line.model, tenant=tenant, headers=headers, metadata=metadata, user=line.user)
         decision = decide(self.policies, facts, header, raw is not None and header is None, at)
-        if decision.lane != "deferred" or decision.deadline is None or path not in BATCH_PATHS:
-            return False
-        batch_upstream = next((batch for pattern, batch in self.upstreams if pattern.match(line.model)), False)
-        return batch_upstream and decision.deadline - at >= self.room_s
+        endpoint = path.removeprefix("/v1")
+        upstream = self.planner.catalog.upstream_for(line.model)
+        caps = (
+            self.planner.catalog.of(upstream.name, endpoint, line.model)
+            if upstream is not None
+            else Capabilities(batch=False, flex=False)
+        )
+        timing = self.planner.timing
+        return route(decision, endpoint=endpoint, stream=False, caps=caps, outlook=self.outlook, timing=timing, now=at)
 
 
 def _path(endpoint: str) -> str:
@@ -199,7 +202,7 @@ def estimate(
     period_days: float | None = None,
 ) -> Estimate:
     """Replay each logged call through admission, price it now and in its lane, and scale the totals to 30 days."""
-    admission = _Admission(policies, settings)
+    admission = Admission(policies, settings, prices)
     tallies: dict[str, _Tally] = {}
     problems: list[Problem] = []
     malformed = 0
@@ -212,7 +215,7 @@ def estimate(
             at = _timestamp(line.timestamp)
             if line.cached_tokens > line.input_tokens:
                 raise ValueError("cached_tokens exceeds input_tokens (cached tokens are part of the input)")
-            batched = admission.batched(line, at)
+            lane = admission.route(line, at).lane
         except (msgspec.DecodeError, ValueError, InvalidDeadline, RecursionError) as exc:
             malformed += 1
             if len(problems) < MAX_PROBLEMS:
@@ -223,14 +226,14 @@ def estimate(
         tally = tallies.setdefault(line.model, _Tally())
         tokens = line.input_tokens + line.output_tokens
         tally.calls, tally.tokens = tally.calls + 1, tally.tokens + tokens
-        if batched:
+        if lane != "realtime":
             tally.deferred_calls, tally.deferred_tokens = tally.deferred_calls + 1, tally.deferred_tokens + tokens
         usage = Usage(line.input_tokens, line.cached_tokens, line.output_tokens)
         now = prices.cost(line.model, usage, "realtime")
         if now is None:
             tally.priced = False  # never guessed: counted, and left out of every dollar figure
             continue
-        paid = prices.cost(line.model, usage, "batch") if batched else now
+        paid = prices.cost(line.model, usage, lane) if lane != "realtime" else now
         tally.now_usd += now.baseline_usd
         tally.batch_usd += (paid or now).actual_usd
     calls = sum(t.calls for t in tallies.values())

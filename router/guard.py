@@ -1,4 +1,12 @@
-"""The deadline guard: any call still without a result at `deadline - margin` is answered in real time."""
+"""The deadline guard: cuts batches that would make a call late, and answers calls that run out of time.
+
+Per queue and pass (`routing` has the times):
+- a running batch that holds a call whose reserve has come is cut: the poller cancels it and harvests what it
+  finished, so only the calls it did not finish are escalated, and none of them is billed twice;
+- a call still without a result at `deadline - lead` is escalated up the ladder: the flex tier (batch price) where
+  the upstream and model offer it and there is time, falling back to the standard tier on a flex 429 or timeout;
+  otherwise straight to the standard tier.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +17,13 @@ import time
 from collections.abc import Mapping
 
 from router import metrics
-from router.accounting import Accounting
-from router.accumulator import Accumulator, LeaseLost, while_leased
+from router.accounting import Accounting, Lane
+from router.accumulator import Accumulator, CallMeta, LeaseLost, while_leased
 from router.errors import RouterError, UpstreamError, UpstreamTimeout
 from router.loops import pace
 from router.providers.base import RETRY_STATUSES, Provider, backoff, retry_after_s
-from router.schema import error_body
+from router.routing import Capabilities, Planner, cut_cutoff, escalation_cutoff, escalation_tier
+from router.schema import error_body, with_fields
 from router.settings import BatchSettings
 
 log = logging.getLogger("router.guard")
@@ -31,21 +40,44 @@ class Guard:
         providers: Mapping[str, Provider],
         settings: BatchSettings,
         accounting: Accounting,
+        planner: Planner | None = None,
     ) -> None:
         self.acc = acc
         self.providers = providers
         self.settings = settings
         self.accounting = accounting
+        self.planner = planner if planner is not None else Planner(settings)
         self._slots = asyncio.Semaphore(CONCURRENCY)
         self._running: dict[str, asyncio.Task[int]] = {}
+        self._queues: dict[str, tuple[str, Capabilities]] = {}
+
+    async def _queue(self, tag: str) -> tuple[str, Capabilities] | None:
+        """A queue's upstream and capabilities (fixed for a tag, so remembered)."""
+        known = self._queues.get(tag)
+        if known is None:
+            stats = await self.acc.stats(tag)
+            if stats is None:
+                return None
+            caps = self.planner.catalog.of(stats.upstream, stats.endpoint, stats.model)
+            known = self._queues[tag] = (stats.upstream, caps)
+        return known
 
     async def run_once(self, *, wait: bool = True) -> int:
-        """Start an escalation for every due call; with `wait` (tests) await them and count the answered ones."""
+        """Cut late batches, then start an escalation for every due call; with `wait` (tests) await the
+        escalations and count the answered ones."""
         now = time.time()
-        cutoff = now + self.settings.margin_s
+        timing = self.planner.timing
         started: list[asyncio.Task[int]] = []
         for tag in await self.acc.queue_tags():
-            for call_id in await self.acc.escalation_due(tag, cutoff, now):
+            queue = await self._queue(tag)
+            if queue is None:
+                continue
+            upstream, caps = queue
+            for bid in await self.acc.batches_holding(tag, cut_cutoff(now, caps, timing)):
+                if await self.acc.cut(tag, bid):
+                    log.info("batch %s is late for a call in it: cut (cancelled and harvested)", bid)
+                    metrics.batches_cut.labels(upstream).inc()
+            for call_id in await self.acc.escalation_due(tag, escalation_cutoff(now, caps, timing), now):
                 if call_id in self._running:  # already being answered by this process
                     continue
                 task = asyncio.create_task(self.escalate(call_id), name=f"escalate-{call_id}")
@@ -84,26 +116,44 @@ class Guard:
             meta = call.meta
             renew = functools.partial(self.acc.renew_escalation, call_id, lease)
             try:
-                status, content = await while_leased(
-                    self._answer(meta.upstream, meta.endpoint, body, meta.deadline), renew, lease
-                )
+                lane, status, content = await while_leased(self._ladder(meta, body), renew, lease)
             except LeaseLost:
                 log.warning("lost the escalation lease of %s; whoever holds it now answers the call", call_id)
                 return 0
-        priced = self.accounting.price(meta.model, "escalated", content if status == 200 else b"")
+        priced = self.accounting.price(meta.model, lane, content if status == 200 else b"")
         stored = await self.acc.store_result(
-            call_id, meta, from_batch="", status=status, body=content, lane="escalated", cost=priced.as_tuple()
+            call_id, meta, from_batch="", status=status, body=content, lane=lane, cost=priced.as_tuple()
         )
         if stored != 1:
             return 0
         metrics.escalations.labels(reason).inc()
         outcome = "ok" if status == 200 else "error"
         self.accounting.book(
-            priced, lane="escalated", upstream=meta.upstream, model=meta.model, tenant=meta.tenant, outcome=outcome
+            priced, lane=lane, upstream=meta.upstream, model=meta.model, tenant=meta.tenant, outcome=outcome
         )
         if time.time() > meta.deadline:
             metrics.deadline_misses.inc()
         return 1
+
+    async def _ladder(self, meta: CallMeta, body: bytes) -> tuple[Lane, int, bytes]:
+        """The escalation's answer as (lane, status, body): flex first where `routing.escalation_tier` says so,
+        then the standard tier when flex is short of capacity (429), fails (5xx) or takes too long."""
+        caps = self.planner.catalog.of(meta.upstream, meta.endpoint, meta.model)
+        tier, seconds = escalation_tier(meta.deadline, time.time(), caps, self.planner.timing)
+        provider = self.providers.get(meta.upstream)
+        if tier == "flex" and provider is not None:
+            flex = provider.forward(meta.endpoint, with_fields(body, service_tier="flex"), stream=False)
+            try:
+                answer = await asyncio.wait_for(flex, timeout=seconds)
+            except (TimeoutError, RouterError) as exc:
+                # A timed-out flex call may still run upstream (and be billed): the deadline comes first.
+                log.info("flex escalation of a %s call failed (%s); the standard tier answers it", meta.model, exc)
+            else:
+                if answer.status not in RETRY_STATUSES and answer.status != OVERLOADED:
+                    return "flex", answer.status, answer.body
+                log.info("flex answered %d; the standard tier answers the call", answer.status)
+        status, content = await self._answer(meta.upstream, meta.endpoint, body, meta.deadline)
+        return "escalated", status, content
 
     async def _answer(self, upstream: str, endpoint: str, body: bytes, deadline: float) -> tuple[int, bytes]:
         """The real-time answer as (status, body), retrying transient failures while the deadline allows.

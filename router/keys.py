@@ -19,12 +19,14 @@ Owners and lifetimes:
   hash expired).
 - `P:{q}:inflight` (zset of submitted call ids by deadline): the guard's view; entries leave with a result.
 - `P:{q}:escalating` (zset of call ids by lease expiry): calls being answered in real time.
-- `P:{q}:batches` (zset of batch ids by next action time) and `P:{q}:batch:<bid>` (hash) +
+- `P:{q}:batches` (zset of batch ids by next action time) and `P:{q}:batch:<bid>` (hash; `cut_at` once the
+  guard cut it) +
   `P:{q}:batch:<bid>:calls` (list): a batch's record; both get the result TTL once ingested.
 - `P:{q}:provider_batches` (zset of provider batch ids by the time they were recorded): written with the id by
   MARK_SUBMITTED, which drops entries older than `PROVIDER_BATCHES_KEEP_S` and gives the key that TTL; crash
   recovery reads it (over every queue) to tell batches the router accounts for from orphans.
-- `P:{q}:turnaround` (list, capped): recent batch turnarounds in seconds; kept 30 days after the last batch.
+- `P:{q}:turnaround` (list, capped): recent batches' `turnaround.Observation`s (seconds, when, lines, cut); kept
+  30 days after the last batch.
 - `P:{q}:totals:<tenant>:<day>` (hash): per-tenant, per-day cost totals of deferred calls, kept 400 days.
 - `P:usage:<tenant>:<day>` (set of queue tags): the queues whose totals a tenant's day has, so reading it does not
   depend on `P:queues` (which forgets idle queues); added before each stored result, kept 400 days.

@@ -28,15 +28,13 @@ from router.deadline import format_deadline
 from router.errors import NotFound, TooManyRequests
 from router.keys import queue_tag
 from router.providers.base import Provider, UpstreamResponse
+from router.routing import Capabilities, Outlook, Planner
 from router.schema import DeferredCall, RequestView, decode_body
 from router.settings import Settings, Upstream
 from router.tenants import RESERVATION_SLACK_S, Tenants
 from router.waiters import Waiters, Watch
 
 log = logging.getLogger("router.lanes")
-ENDPOINTS = ("/chat/completions", "/completions", "/embeddings", "/responses", "/messages")
-
-
 NEVER_FORWARDED = frozenset(
     {"authorization", "proxy-authorization", "api-key", "x-api-key", "cookie", "anthropic-version", "host",
      "content-length", "content-type", "content-encoding", "transfer-encoding", "connection", "keep-alive", "te",
@@ -132,8 +130,13 @@ async def forward_realtime(
 
 
 def lane_name(lane: str) -> str:
-    """The lane a caller is shown for a stored result (an escalated call was answered in real time)."""
+    """The lane a caller is shown for a stored result (an escalated call was answered in real time, or by flex)."""
     return "realtime" if lane == "escalated" else lane
+
+
+def escalated(lane: str) -> bool:
+    """Whether a stored result came from an escalation (a deferred call answered by flex was escalated too)."""
+    return lane in ("escalated", "flex")
 
 
 def deferred_object(call: CallRecord, result: Result | None) -> DeferredCall:
@@ -155,8 +158,6 @@ def deferred_object(call: CallRecord, result: Result | None) -> DeferredCall:
 
 
 _body_encoder = msgspec.json.Encoder()
-REPLAYABLE = frozenset({"/chat/completions", "/completions", "/responses", "/messages"})
-FLEX_ENDPOINTS = frozenset({"/chat/completions", "/responses"})
 
 
 def batch_body(body: bytes, view: RequestView) -> bytes:
@@ -178,38 +179,36 @@ class DeferredLane:
         acc: Accumulator,
         waiters: Waiters,
         settings: Settings,
-        flex_priced: Callable[[str], bool],
+        planner: Planner,
         known: Callable[[str, str], bool],
         tenants: Tenants,
     ) -> None:
         self.acc = acc
         self.waiters = waiters
         self.settings = settings
-        self.flex_priced = flex_priced
+        self.planner = planner
         self.known = known
         """Whether (upstream, model) names a model the upstream surely serves (`catalog.ModelCatalog.known`)."""
         self.tenants = tenants
 
-    def eligible(self, upstream: Upstream, endpoint: str, view: RequestView) -> bool:
-        """Whether this kind of call can go to a batch at all: a batch upstream, a batch endpoint, a known model
-        (any other name would open a queue in Redis; in real time the upstream answers it, storing nothing)."""
-        if not upstream.batch or endpoint not in ENDPOINTS:
-            return False
-        if not self.known(upstream.name, view.model or ""):
-            metrics.unknown_model.labels(upstream.name).inc()
-            return False
-        # A deferred stream is replayed as SSE from the finished answer (router/replay.py).
-        return not view.stream or endpoint in REPLAYABLE
+    async def outlook(self, upstream: str, endpoint: str, model: str, now: float) -> Outlook:
+        """What the queue's turnaround model says now (read from Redis): its admission quantile for a batch one
+        call larger than what waits, and whether a probe may go."""
+        tag = queue_tag(upstream, endpoint, model)
+        turnaround = self.planner.model
+        observations, waiting, batches = await self.acc.outlook(tag)
+        quantile = turnaround.quantile(observations, now, lines=waiting + 1)
+        probe = self.planner.probe and not waiting and not batches and not turnaround.enough(observations, now)
+        return Outlook(quantile_s=quantile, may_probe=probe)
 
-    def flex_allowed(self, upstream: Upstream, endpoint: str, model: str) -> bool:
-        """Whether the upstream offers the flex tier for this call and the model has a flex price."""
-        return upstream.flex and endpoint in FLEX_ENDPOINTS and self.flex_priced(model)
-
-    async def fits(self, upstream: str, endpoint: str, model: str, deadline: float, now: float) -> bool:
-        """Whether a batch can be expected back before `deadline` minus the guard's margin."""
-        s = self.settings.batch
-        turnaround = await self.acc.turnaround_estimate(queue_tag(upstream, endpoint, model), s.turnaround_prior_s)
-        return deadline - now >= s.margin_s + turnaround
+    def capabilities(self, upstream: str, endpoint: str, model: str, *, stream: bool = False) -> Capabilities:
+        """What the upstream offers this kind of call (`routing.Catalog`). A batch only for a known model: any
+        other name would open a queue in Redis, while in real time the upstream answers it and nothing is stored."""
+        caps = self.planner.catalog.of(upstream, endpoint, model, stream=stream)
+        if caps.batch and not self.known(upstream, model):
+            metrics.unknown_model.labels(upstream).inc()
+            return msgspec.structs.replace(caps, batch=False)
+        return caps
 
     async def admit(
         self,

@@ -156,6 +156,46 @@ batches_inflight = Gauge(
     registry=REGISTRY,
     multiprocess_mode="mostrecent",
 )
+turnaround_estimate = Gauge(
+    "turnaround_estimate_seconds",
+    "A queue's batch turnaround as its model estimates it now: quantile is 0.5 or admit (batch.admit_quantile); "
+    "read from Redis at scrape.",
+    ["queue", "quantile"],
+    namespace=NS,
+    registry=REGISTRY,
+    multiprocess_mode="max",
+)
+turnaround_evidence = Gauge(
+    "turnaround_evidence_batches",
+    "Batches' worth of decayed evidence behind a queue's turnaround model (below turnaround_min_observations the "
+    "prior still counts).",
+    ["queue"],
+    namespace=NS,
+    registry=REGISTRY,
+    multiprocess_mode="max",
+)
+batches_cut = Counter(
+    "batches_cut",
+    "Batches cancelled by the router because a call in them would otherwise escalate; what they finished is "
+    "harvested at the batch price.",
+    ["upstream"],
+    namespace=NS,
+    registry=REGISTRY,
+)
+harvested = Counter(
+    "harvested_lines",
+    "Calls answered from the lines a cut batch finished before it was cancelled (batch price).",
+    ["upstream"],
+    namespace=NS,
+    registry=REGISTRY,
+)
+paid_twice = Counter(
+    "paid_twice",
+    "Batch lines the provider completed (and bills) for calls already answered by an escalation: double payments.",
+    ["upstream"],
+    namespace=NS,
+    registry=REGISTRY,
+)
 webhook_deliveries = Counter(
     "webhook_deliveries",
     "Webhook delivery attempts, by outcome: delivered (2xx), retried (rescheduled), dropped (given up or expired).",

@@ -1,4 +1,8 @@
-"""The poller: polls in-flight batches with backoff, ingests their results, and gives unanswered calls another way."""
+"""The poller: polls in-flight batches with backoff, ingests their results, and gives unanswered calls another way.
+
+A batch the guard cut is cancelled here (under the batch's lease, so once) and polled closely until the provider
+ends it; its finished lines are then ingested like any batch's (the harvest), and the rest re-queued or escalated.
+"""
 
 from __future__ import annotations
 
@@ -13,15 +17,19 @@ from collections.abc import Mapping
 from router import metrics
 from router.accounting import Accounting, Priced
 from router.accumulator import Accumulator, BatchRecord, LeaseLost, while_leased
-from router.keys import tag_of
+from router.errors import RouterError
 from router.loops import pace
 from router.providers.base import BatchStatus, LineResult, Provider
+from router.routing import Planner, fits
 from router.settings import BatchSettings
 
 log = logging.getLogger("router.poller")
 MAX_POLL_INTERVAL_S = 600.0
 MAX_REQUEUES = 1
 INGEST_CHUNK = 256  # result lines whose calls are read from Redis in one round trip
+CUT_POLL_S = 0.5  # a cut batch is polled this often (at most poll_interval_s) until the provider ends it
+CANCELLING = frozenset({"cancelling", "canceling"})
+CENSORED = frozenset({"cancelling", "canceling", "cancelled", "canceled", "expired"})
 
 
 class Poller:
@@ -33,11 +41,13 @@ class Poller:
         providers: Mapping[str, Provider],
         settings: BatchSettings,
         accounting: Accounting,
+        planner: Planner | None = None,
     ) -> None:
         self.acc = acc
         self.providers = providers
         self.settings = settings
         self.accounting = accounting
+        self.planner = planner if planner is not None else Planner(settings)
         self.owner = "poller-" + secrets.token_hex(6)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -81,10 +91,24 @@ class Poller:
         provider = self.providers[upstream]
         status = await provider.poll(record.provider_id)
         if status.state == "running":
-            await self.acc.reschedule(record.tag, record.id, self.next_poll(record.polls))
+            if record.cut_at is None:
+                await self.acc.reschedule(record.tag, record.id, self.next_poll(record.polls))
+                return 0
+            if status.provider_status not in CANCELLING:
+                await self.cancel(record, provider)
+            soon = time.time() + min(CUT_POLL_S, self.settings.poll_interval_s)
+            await self.acc.reschedule(record.tag, record.id, soon)
             return 0
         await self.ingest(record, provider, status, model)
         return 1
+
+    async def cancel(self, record: BatchRecord, provider: Provider) -> None:
+        """Cancel a cut batch at the provider (again, until it says it is cancelling)."""
+        try:
+            await provider.cancel(record.provider_id)
+        except RouterError as exc:
+            # It may have just finished (then the next poll ingests it), or the upstream is away: poll again soon.
+            log.info("cancelling cut batch %s (%s) failed, will look again: %s", record.id, record.provider_id, exc)
 
     async def ingest(self, record: BatchRecord, provider: Provider, status: BatchStatus, model: str) -> None:
         """Store each line's result, then re-queue or escalate the calls that got none."""
@@ -100,13 +124,23 @@ class Poller:
             answered |= await self.store(record, provider.name, model, chunk)
         else:
             log.warning("batch %s ended %s: %s", record.id, status.provider_status, status.message or "")
-        for call_id in await self.acc.batch_calls(record.tag, record.id):
-            if call_id not in answered:
-                await self.retry(call_id, record.id)
-        turnaround = time.time() - record.submitted_at if record.submitted_at else None
-        await self.acc.finish_batch(record.tag, record.id, status.provider_status, turnaround)
+        unanswered = [c for c in await self.acc.batch_calls(record.tag, record.id) if c not in answered]
+        if unanswered:
+            quantile = self.planner.model.quantile(await self.acc.observations(record.tag), time.time())
+            for call_id in unanswered:
+                await self.retry(call_id, record.id, quantile)
+        # A batch cancelled or expired says only that it took longer than its age then (censored); Anthropic ends
+        # a cancelled batch as `ended` too, so a cut one counts as cancelled unless the provider says completed.
+        censored = status.provider_status in CENSORED or (
+            record.cut_at is not None and status.provider_status != "completed"
+        )
+        ended = record.cut_at if censored and record.cut_at is not None else time.time()
+        turnaround = ended - record.submitted_at if record.submitted_at else None
+        await self.acc.finish_batch(
+            record.tag, record.id, status.provider_status, turnaround, record.n, censored=censored
+        )
         metrics.batches_finished.labels(provider.name, status.provider_status).inc()
-        if turnaround is not None:
+        if turnaround is not None and not censored:
             metrics.batch_turnaround.labels(provider.name).observe(turnaround)
 
     async def store(self, record: BatchRecord, upstream: str, model: str, lines: list[LineResult]) -> set[str]:
@@ -128,6 +162,8 @@ class Poller:
             )
             answered.add(line.custom_id)
             if stored == 1:
+                if record.cut_at is not None:
+                    metrics.harvested.labels(upstream).inc()
                 outcome = "ok" if line.status == 200 else "error"
                 self.accounting.book(
                     priced, lane="batch", upstream=upstream, model=model, tenant=call.meta.tenant, outcome=outcome
@@ -136,16 +172,18 @@ class Poller:
                     metrics.deadline_misses.inc()
             elif stored == 0 and line.billed:
                 metrics.late_results.inc()
+                metrics.paid_twice.labels(upstream).inc()
         return answered
 
-    async def retry(self, call_id: str, bid: str) -> None:
-        """A call its batch did not answer: back to its queue if its deadline allows, else to the guard now."""
+    async def retry(self, call_id: str, bid: str, quantile: float) -> None:
+        """A call its batch did not answer: back to its queue if another batch fits its deadline at the queue's
+        turnaround `quantile` (`routing.fits`), else to the guard now."""
         call = await self.acc.get_call(call_id)
         if call is None or call.state != "submitted" or call.batch != bid:
             return
-        turnaround = await self.acc.turnaround_estimate(tag_of(call_id), self.settings.turnaround_prior_s)
-        room = call.meta.deadline - time.time() - self.settings.margin_s
-        if call.attempts < MAX_REQUEUES and room > turnaround:
+        meta, now = call.meta, time.time()
+        caps = self.planner.catalog.of(meta.upstream, meta.endpoint, meta.model)
+        if call.attempts < MAX_REQUEUES and fits(meta.deadline, now, caps, quantile, self.planner.timing):
             await self.acc.requeue(call_id, bid)
         else:
             await self.acc.expedite(call_id)

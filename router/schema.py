@@ -111,6 +111,17 @@ def decode_body(body: bytes) -> dict[str, Any]:
         raise BadRequest(f"Invalid request body: {exc}") from exc
 
 
+def with_fields(body: bytes, **fields: Any) -> bytes:
+    """The body with top-level fields set (or removed, for None)."""
+    obj = decode_body(body)
+    for name, value in fields.items():
+        if value is None:
+            obj.pop(name, None)
+        else:
+            obj[name] = value
+    return encoder.encode(obj)
+
+
 def _safe_decode(body: bytes) -> Any:
     try:
         return _any_decoder.decode(body)

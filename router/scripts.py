@@ -359,3 +359,16 @@ local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
 redis.call('EXPIREAT', key, math.ceil(tonumber(last[2])) + 1)
 return {1, n + 1}
 """
+
+# Cut a submitted batch: mark it (once) and make it due for the poller, which cancels it at the provider and
+# harvests the lines it finished; returns 1 when this call cut it.
+# Race closed: two guards cutting one batch do it once, and a cut never puts a batch that was ingested meanwhile
+# back on the poll schedule (ZADD XX).
+CUT = """
+local batch, batches = KEYS[1], KEYS[2]
+local bid, now = ARGV[1], ARGV[2]
+if redis.call('HGET', batch, 'state') ~= 'submitted' or redis.call('HEXISTS', batch, 'cut_at') == 1 then return 0 end
+redis.call('HSET', batch, 'cut_at', now)
+redis.call('ZADD', batches, 'XX', now, bid)
+return 1
+"""

@@ -124,7 +124,24 @@ class BatchSettings(_Strict, kw_only=True):
     max_requests: Annotated[int, msgspec.Meta(gt=0, le=50_000)] = 50_000
     max_bytes: Annotated[int, msgspec.Meta(gt=0, le=200 * 1024 * 1024)] = 200 * 1024 * 1024
     margin_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+    """A call still without a result is answered in real time (the standard tier) this long before its deadline."""
+    flex_s: Annotated[float, msgspec.Meta(ge=0)] = 120.0
+    """Where the upstream and model offer flex, an escalation tries it first, this much earlier than `margin_s`
+    (0: escalations never use flex)."""
+    cancel_lead_s: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    """A batch still running this long before its earliest call escalates is cancelled, and what it finished is
+    answered at the batch price (the harvest). Unset: half of `margin_s`."""
     turnaround_prior_s: PositiveFloat = 3600.0
+    """Assumed turnaround quantile of a queue that has not seen enough batches yet (see `router.turnaround`)."""
+    admit_quantile: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.95
+    """The turnaround quantile a batch must be expected back by, before a call's reserve, to admit the call."""
+    turnaround_min_observations: PositiveFloat = 5.0
+    """Batches' worth of (decayed) evidence after which the prior no longer counts."""
+    turnaround_half_life_s: PositiveFloat = 6 * 3600.0
+    """An observed batch counts half as much after this long."""
+    probe: bool = True
+    """A queue with too little evidence and nothing waiting or in flight admits a call that does not fit the prior
+    (a probe, which the escalation ladder still answers in time), so a fresh router learns the real turnaround."""
     result_ttl_s: PositiveFloat = 7 * 24 * 3600.0
     idempotency_ttl_s: PositiveFloat = 24 * 3600.0
     lease_s: PositiveFloat = 10.0

@@ -28,6 +28,7 @@ from router.errors import ConfigError
 from router.keys import queue_tag
 from router.redis_client import close, connect
 from router.serving import free_port, serve_in_thread
+from router.turnaround import TurnaroundModel
 from router.waiters import Waiters
 from tests.helpers.servers import FAST, Sim, router_settings
 from tests.helpers.waiting import wait_until, wait_until_async
@@ -303,14 +304,15 @@ async def test_crash_recovery_reads_recorded_and_building_batches_on_every_node(
     assert (upstream, record.id, record.n) == ("openai", bids[2], 1) and lease_until > time.time()
 
 
-async def test_turnaround_estimate(acc: Accumulator) -> None:
-    assert await acc.turnaround_estimate(TAG, prior=3600.0) == 3600.0
+async def test_turnaround_observations(acc: Accumulator) -> None:
+    model = TurnaroundModel(3600.0)
+    assert model.quantile(await acc.observations(TAG), time.time()) == 3600.0
     for seconds in (10.0, 20.0, 30.0, 40.0, 50.0):
         await acc.admit(meta(), body(0))
         claim = await acc.claim(TAG, max_requests=1, max_bytes=10**9, owner="o", lease_s=30)
         assert claim is not None
         await acc.finish_batch(TAG, claim[0], "completed", turnaround=seconds)
-    assert await acc.turnaround_estimate(TAG, prior=3600.0) == 50.0
+    assert model.quantile(await acc.observations(TAG), time.time()) == 50.0
 
 
 async def test_counts_and_totals_span_queues_on_every_node(client: RedisCluster, acc: Accumulator) -> None:

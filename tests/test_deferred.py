@@ -226,15 +226,39 @@ def test_guard_escalates_before_the_deadline(oai: Client, start_router: RouterFa
     assert after - before == 1
 
 
+NO_PROBE = {"turnaround_prior_s": 600, "probe": False}
+
+
 def test_deadline_too_close_for_a_batch_goes_realtime_at_once(
     oai: Client, start_router: RouterFactory, sim: Sim
 ) -> None:
-    with start_router(batch=FAST | {"turnaround_prior_s": 600}) as base:
+    with start_router(batch=FAST | NO_PROBE) as base:
         raw = oai(base).chat.completions.with_raw_response.create(
             model="gpt-4o-mini", messages=prompt(1), extra_headers={"X-Deadline": "5m"}
         )
     assert raw.headers["x-router-lane"] == "realtime"
     assert sim.stats()["batches_created"] == 0
+
+
+def test_a_fresh_queue_probes_once_and_learns_instead_of_refusing_forever(
+    start_router: RouterFactory, sim: Sim
+) -> None:
+    sim.configure(batch_turnaround_s=1.0)
+    tight = FAST | {"turnaround_prior_s": 600, "turnaround_min_observations": 1}
+    with start_router(batch=tight) as base:
+
+        def send(i: int) -> httpx.Response:
+            body = {"model": "gpt-4o-mini", "messages": prompt(i)}
+            headers = {"x-deadline": "30s", "prefer": "respond-async"}
+            return httpx.post(base + "/v1/chat/completions", json=body, headers=headers, timeout=30)
+
+        probe = send(1)  # the prior (600 s) says no; an empty queue with no evidence sends it anyway
+        during = send(2)  # one probe at a time: this one is refused while the probe is out
+        assert httpx.get(f"{base}/v1/deferred/{probe.json()['id']}?wait=20", timeout=30).status_code == 200
+        learned = send(3)  # one batch of about 1 s observed: 30 s is plenty now
+    assert (probe.status_code, probe.headers["x-router-lane"]) == (202, "batch")
+    assert (during.status_code, during.headers["x-router-lane"]) == (200, "realtime")
+    assert (learned.status_code, learned.headers["x-router-lane"]) == (202, "batch")
 
 
 def test_idempotency_key_attaches_a_retry_to_the_same_call(start_router: RouterFactory, sim: Sim) -> None:
@@ -342,7 +366,7 @@ def test_too_soon_for_a_batch_takes_the_flex_tier_where_offered(
     oai: Client, start_router: RouterFactory, sim: Sim
 ) -> None:
     flexible = [upstream(sim.v1, flex=True)]
-    with start_router(batch=FAST | {"turnaround_prior_s": 600}, upstreams=flexible) as base:
+    with start_router(batch=FAST | NO_PROBE, upstreams=flexible) as base:
         c = oai(base)
         flex = c.chat.completions.with_raw_response.create(
             model="gpt-5-mini", messages=prompt(4), extra_headers={"X-Deadline": "5m"}
@@ -362,7 +386,7 @@ def test_too_soon_for_a_batch_takes_the_flex_tier_where_offered(
 
 def test_a_flex_shortage_falls_back_to_the_standard_tier(oai: Client, start_router: RouterFactory, sim: Sim) -> None:
     sim.configure(flex_unavailable=True)
-    with start_router(batch=FAST | {"turnaround_prior_s": 600}, upstreams=[upstream(sim.v1, flex=True)]) as base:
+    with start_router(batch=FAST | NO_PROBE, upstreams=[upstream(sim.v1, flex=True)]) as base:
         c = oai(base)
         routed = c.chat.completions.with_raw_response.create(
             model="gpt-5-mini", messages=prompt(6), extra_headers={"X-Deadline": "5m"}

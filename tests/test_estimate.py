@@ -23,7 +23,7 @@ DATA = ROOT / "tests" / "data" / "estimate"
 POLICIES = load_policies(DATA / "policies")
 PRICES = load_pricing(DATA / "pricing.yaml")  # test-model: $1 in / $0.50 cached / $2 out per 1M; test-cheap: 0.10/0.40
 SHIPPED_PRICES = ROOT / "config" / "pricing.yaml"
-SETTINGS = Settings()  # margin 60 s + turnaround prior 3600 s: a deferral needs 3660 s of room
+SETTINGS = Settings()  # a deferral needs 3691 s of room: prior 3600 s + flush 1 s + margin 60 s + cut 30 s
 T0 = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
 M = 1_000_000
 
@@ -160,8 +160,10 @@ def test_records_and_text_lines_are_the_same_call() -> None:
         ({"headers": None, "metadata": None, "tenant": None, "user": None}, False),  # nulls read as absent
         ({"headers": {"x-workload": "eval"}}, True),  # rule default: 24h
         ({"headers": {"X-Workload": "eval"}}, True),  # header names in any case
-        ({"headers": {"x-workload": "eval"}, "deadline": "30m"}, False),  # 1800 s < 60 s margin + 3600 s prior
-        ({"headers": {"x-workload": "eval"}, "deadline": "61m"}, True),  # exactly margin + prior
+        # A batch must be back by the reserve (60 s margin + 30 s to cut) at the prior (3600 s), flushed within 1 s.
+        ({"headers": {"x-workload": "eval"}, "deadline": "30m"}, False),
+        ({"headers": {"x-workload": "eval"}, "deadline": "3691s"}, True),  # exactly prior + flush + reserve
+        ({"headers": {"x-workload": "eval"}, "deadline": "3690s"}, False),
         ({"headers": {"x-workload": "eval"}, "deadline": "now"}, False),  # urgent
         ({"headers": {"x-workload": "eval", "x-deadline": "30m"}}, False),  # X-Deadline among the headers
         ({"headers": {"x-workload": "interactive"}, "deadline": "2h"}, False),  # forbid_deferral

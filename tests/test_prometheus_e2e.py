@@ -29,6 +29,7 @@ from tests.helpers.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(40)]
 
+ROUTER_BATCH = FAST | {"cancel_lead_s": 0.0}  # a late batch is cut as its calls escalate: see escalated_and_late
 LATER = {"X-Deadline": "2h"}
 WINDOW = "1m"  # longer than this test: every rate() and increase() sees all of its samples
 SAVINGS_HEADER = "x-router-savings-usd"
@@ -183,21 +184,27 @@ def deferred_calls(base: str, key: str, first: int, n: int) -> list[Headers]:
 
 
 def escalated_and_late(base: str, key: str, sim: Sim) -> Headers:
-    """A call the guard must escalate, answered after its deadline, whose batch result then arrives late."""
+    """Calls the guard must escalate, answered after their deadline, whose batch lines are then billed late."""
     before = {(name, label): _counter(base, name, label) for name, label in CHANGED_BY_ESCALATION}
-    # The batch takes 4 s, longer than the 3 s deadline allows: the guard answers in real time at deadline - 1 s,
-    # and a 2 s upstream makes that answer miss the deadline. The batch's result arrives after both.
+    # The batch takes 4 s (its lines finish from 0.4 s to 3.2 s), longer than the 3 s deadline allows. With no
+    # cancel lead (ROUTER_BATCH) the guard cuts the batch and answers in real time together, at deadline - 1 s,
+    # and a 2 s upstream makes those answers miss the deadline. The lines finished before the cancel are
+    # harvested after the calls were answered: billed twice, counted as late results.
     sim.configure(batch_turnaround_s=4, latency_ms=2000)
     auth = {"authorization": f"Bearer {key}"}
-    accepted = httpx.post(
-        base + "/v1/chat/completions",
-        json={"model": "gpt-4o-mini", "messages": prompt(99)},
-        headers=auth | {"prefer": "respond-async", "x-deadline": "3s"},
-    )
-    assert accepted.status_code == 202, accepted.text
-    done = httpx.get(base + accepted.headers["location"] + "?wait=15", headers=auth, timeout=20)
-    assert done.status_code == 200
-    assert done.headers["x-router-escalated"] == "true"
+    locations = []
+    for i in range(4):
+        accepted = httpx.post(
+            base + "/v1/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": prompt(99 + i)},
+            headers=auth | {"prefer": "respond-async", "x-deadline": "3s"},
+        )
+        assert accepted.status_code == 202, accepted.text
+        locations.append(accepted.headers["location"])
+    for location in locations:
+        done = httpx.get(base + location + "?wait=15", headers=auth, timeout=20)
+        assert done.status_code == 200
+        assert done.headers["x-router-escalated"] == "true"
     wait_until(
         lambda: all(_counter(base, name, label) > before[name, label] for name, label in CHANGED_BY_ESCALATION),
         10,
@@ -211,6 +218,7 @@ CHANGED_BY_ESCALATION = [
     ("hybrid_router_deadline_escalations_total", 'reason="submitted"'),
     ("hybrid_router_deadline_misses_total", ""),
     ("hybrid_router_late_batch_results_total", ""),
+    ("hybrid_router_paid_twice_total", ""),
 ]
 
 
@@ -226,7 +234,7 @@ def test_every_dashboard_query_returns_data(
     key = "sk-" + secrets.token_hex(8)
     keys = [{"sha256": hashlib.sha256(key.encode()).hexdigest(), "tenant": tenant}]
     protected = {"metrics_token_env": "METRICS_TOKEN", "environ": {"METRICS_TOKEN": METRICS_TOKEN}}
-    with start_router(batch=FAST, auth="keys", keys=keys, **protected) as base:
+    with start_router(batch=ROUTER_BATCH, auth="keys", keys=keys, **protected) as base:
         assert httpx.get(base + "/metrics").status_code == 401  # Prometheus gets in with the token only
         server = prometheus(base)
         server.wait_for_scrapes(1)

@@ -1,0 +1,121 @@
+"""A late batch is cut and harvested, and its calls climb the ladder batch → flex → standard, billed once."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.helpers.servers import RouterFactory, Sim, upstream
+
+# Flushed at once (max_wait 0.2 s); cut 1 s before the margin; flex tried for up to 2 s before it.
+LADDER = {"max_wait_s": 0.2, "poll_interval_s": 0.2, "turnaround_prior_s": 1.0, "margin_s": 1.0, "lease_s": 5.0,
+          "cancel_lead_s": 1.0, "flex_s": 2.0, "probe": False}  # fmt: skip
+
+
+def prompt(i: int) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"Summarise incident report {i}."}]
+
+
+async def held_calls(base: str, model: str, n: int, deadline: str) -> list[Any]:
+    async with openai.AsyncOpenAI(base_url=base + "/v1", api_key="dev", timeout=60, max_retries=0) as c:
+        return await asyncio.gather(
+            *(c.chat.completions.with_raw_response.create(model=model, messages=prompt(i),  # type: ignore[arg-type]
+                                                         extra_headers={"X-Deadline": deadline}) for i in range(n))
+        )  # fmt: skip
+
+
+def lanes_of(base: str, raws: list[Any]) -> list[tuple[str, str | None]]:
+    """(lane, escalated) of each answer, from the stored result: a held call's headers go out when the router
+    commits to holding it (after `keepalive_s`), before the call knows how it will end."""
+    out = []
+    for raw in raws:
+        headers = raw.headers
+        if headers["x-router-lane"] == "batch":
+            headers = httpx.get(f"{base}/v1/deferred/{headers['x-router-request-id']}").headers
+        out.append((headers["x-router-lane"], headers.get("x-router-escalated")))
+    return out
+
+
+def metric(base: str, series: str) -> float:
+    for line in httpx.get(base + "/metrics").text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_late_batch_is_cut_its_finished_lines_harvested_and_only_the_rest_escalated(
+    start_router: RouterFactory, sim: Sim
+) -> None:
+    # A 20 s batch runs its lines from 2 s to 16 s; cut about 10 s in, about half of them are done.
+    sim.configure(batch_turnaround_s=20.0)
+    n = 10
+    with start_router(batch=LADDER) as base:
+        raws = asyncio.run(held_calls(base, "gpt-4o-mini", n, "12s"))
+        harvested = metric(base, 'hybrid_router_harvested_lines_total{upstream="openai"}')
+        cut = metric(base, 'hybrid_router_batches_cut_total{upstream="openai"}')
+        lanes = lanes_of(base, raws)
+    from_batch = lanes.count(("batch", None))
+    assert 0 < from_batch < n, lanes
+    assert lanes.count(("realtime", "true")) == n - from_batch  # gpt-4o-mini has no flex price: standard tier
+    assert harvested == from_batch and cut == 1
+    stats = sim.stats()
+    assert stats["batches_cancelled"] == 1
+    assert stats["batch_lines_billed"] == from_batch
+    assert stats["realtime_calls_billed"] == n - from_batch  # billed once each: nothing paid twice
+    assert max(stats["batch_lines_billed_by_custom_id"].values()) == 1
+
+
+def test_an_escalation_takes_the_flex_tier_where_offered(start_router: RouterFactory, sim: Sim) -> None:
+    sim.configure(batch_turnaround_s=120.0)  # still validating when cut: nothing to harvest
+    with start_router(batch=LADDER, upstreams=[upstream(sim.v1, flex=True)]) as base:
+        flex, standard = asyncio.run(held_calls(base, "gpt-5-mini", 1, "8s"))[0], None
+        standard = asyncio.run(held_calls(base, "gpt-4o-mini", 1, "8s"))[0]
+    assert (flex.headers["x-router-lane"], flex.headers["x-router-escalated"]) == ("flex", "true")
+    assert flex.parse().service_tier == "flex"
+    assert float(flex.headers["x-router-savings-usd"]) > 0  # flex costs the batch price
+    assert (standard.headers["x-router-lane"], standard.headers["x-router-escalated"]) == ("realtime", "true")
+    stats = sim.stats()
+    assert (stats["batch_lines_billed"], stats["realtime_calls_billed"], stats["batches_cancelled"]) == (0, 2, 2)
+
+
+def test_a_flex_shortage_during_an_escalation_falls_back_to_the_standard_tier(
+    start_router: RouterFactory, sim: Sim
+) -> None:
+    sim.configure(batch_turnaround_s=120.0, flex_unavailable=True)
+    with start_router(batch=LADDER, upstreams=[upstream(sim.v1, flex=True)]) as base:
+        [raw] = asyncio.run(held_calls(base, "gpt-5-mini", 1, "8s"))
+    assert (raw.headers["x-router-lane"], raw.headers["x-router-escalated"]) == ("realtime", "true")
+    assert raw.parse().service_tier == "default"
+    assert float(raw.headers["x-router-savings-usd"]) == 0
+    assert sim.stats()["realtime_calls_billed"] == 1  # the flex 429 is not billed
+
+
+def test_turnaround_metrics_are_exported(start_router: RouterFactory, sim: Sim) -> None:
+    sim.configure(batch_turnaround_s=0.5)
+    with start_router(batch=LADDER) as base:
+        asyncio.run(held_calls(base, "gpt-4o-mini", 2, "1h"))
+        queue = "openai/gpt-4o-mini/chat/completions"
+        admit = metric(base, f'hybrid_router_turnaround_estimate_seconds{{quantile="admit",queue="{queue}"}}')
+        evidence = metric(base, f'hybrid_router_turnaround_evidence_batches{{queue="{queue}"}}')
+    assert evidence == pytest.approx(1.0, abs=0.01)
+    assert 1.0 <= admit <= 3.0  # four parts prior (1 s), one part the batch seen (0.5 s plus polling)
+
+
+def test_a_late_message_batch_is_cut_and_its_succeeded_results_harvested(start_router: RouterFactory, sim: Sim) -> None:
+    sim.configure(batch_turnaround_s=20.0)
+    anthropic = {"name": "anthropic", "kind": "anthropic", "base_url": sim.base, "api_key_env": "SIM_KEY",
+                 "models": ["claude-*"]}  # fmt: skip
+    n = 10
+    with start_router(batch=LADDER, upstreams=[anthropic, upstream(sim.v1)]) as base:
+        raws = asyncio.run(held_calls(base, "claude-sonnet-4-5", n, "12s"))
+        lanes = lanes_of(base, raws)
+    from_batch = lanes.count(("batch", None))
+    assert 0 < from_batch < n, lanes
+    assert lanes.count(("realtime", "true")) == n - from_batch
+    stats = sim.stats()
+    assert stats["message_batch_requests_billed"] == from_batch
+    assert stats["realtime_calls_billed"] == n - from_batch  # billed once each
