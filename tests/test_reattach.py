@@ -143,14 +143,14 @@ def test_an_escalation_retries_transient_upstream_errors_until_it_succeeds(
 ) -> None:
     # The batch is too slow for the deadline; the real-time escalation meets 429/500 for a while.
     sim.configure(batch_turnaround_s=60.0, error_rate=1.0)
-    with start_router(batch=HELD | {"margin_s": 10.0}) as base:
+    with start_router(batch=HELD | {"margin_s": 8.0, "cancel_lead_s": 0.0}) as base:
         client = oai(base, timeout=30)
-        threading.Timer(5.0, lambda: sim.configure(error_rate=0.0)).start()
-        # Escalated about 2 s in (deadline 12 s, margin 10 s); the upstream fails until 5 s.
+        threading.Timer(8.0, lambda: sim.configure(error_rate=0.0)).start()
+        # Escalated about 6 s in (deadline 14 s, margin 8 s); the upstream fails until 8 s.
         raw = client.chat.completions.with_raw_response.create(
             model="gpt-4o-mini",
             messages=MESSAGES,  # type: ignore[arg-type]
-            extra_headers={"X-Deadline": "12s"},
+            extra_headers={"X-Deadline": "14s"},
         )
     assert raw.headers["x-router-escalated"] == "true"
     assert raw.parse().choices[0].message.content

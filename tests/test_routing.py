@@ -53,8 +53,8 @@ def deferred(seconds: float, rule: str | None = "r") -> Decision:
         (deferred(3600), "/chat/completions", False, FLEX, NO_OUTLOOK, "flex", "no_batch"),
         (deferred(3600), "/chat/completions", False, NONE, NO_OUTLOOK, "realtime", "no_batch"),
         (deferred(3600), "/moderations", False, NONE, NO_OUTLOOK, "realtime", "endpoint"),
-        (deferred(3600), "/responses", True, NONE, NO_OUTLOOK, "realtime", "stream"),
-        (deferred(3600), "/responses", True, FLEX, NO_OUTLOOK, "flex", "stream"),
+        (deferred(3600), "/embeddings", True, NONE, NO_OUTLOOK, "realtime", "stream"),
+        (deferred(3600), "/embeddings", True, FLEX, NO_OUTLOOK, "flex", "stream"),
     ],
 )  # fmt: skip
 def test_route(
@@ -131,7 +131,8 @@ def test_timing_from_settings() -> None:
         ("openai", "/chat/completions", "gpt-5-mini", False, BOTH),
         ("openai", "/chat/completions", "gpt-4o-mini", False, BATCH),  # no flex price
         ("openai", "/embeddings", "gpt-5-mini", False, BATCH),  # no flex endpoint
-        ("openai", "/responses", "gpt-5-mini", True, FLEX),  # a /responses stream cannot wait for a batch
+        ("openai", "/responses", "gpt-5-mini", True, BOTH),  # a /responses stream is replayed as its events
+        ("openai", "/embeddings", "gpt-5-mini", True, NONE),  # nothing to replay an embeddings "stream" as
         ("openai", "/chat/completions", "gpt-5-mini", True, BOTH),  # a chat stream is replayed
         ("openai", "/moderations", "gpt-5-mini", False, NONE),
         ("local", "/chat/completions", "gpt-5-mini", False, NONE),  # batch: false, flex: false
