@@ -61,7 +61,8 @@ def test_a_late_batch_is_cut_its_finished_lines_harvested_and_only_the_rest_esca
     from_batch = lanes.count(("batch", None))
     assert 0 < from_batch < n, lanes
     assert lanes.count(("realtime", "true")) == n - from_batch  # gpt-4o-mini has no flex price: standard tier
-    assert harvested == from_batch and cut == 1
+    # One batch, or two when the calls arrived across a flush (a loaded machine): each is cut, none runs on.
+    assert harvested == from_batch and cut == sim.stats()["batches_created"] >= 1
     stats = sim.stats()
     assert stats["batches_cancelled"] == 1
     assert stats["batch_lines_billed"] == from_batch
