@@ -24,6 +24,7 @@ from router.keys import (
     tag_of,
 )
 from router.redis_client import RedisClient
+from router.states import BatchState, CallState, StoreOutcome
 from router.turnaround import Observation
 
 log = logging.getLogger("router.accumulator")
@@ -60,6 +61,7 @@ class CallRecord(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     meta: CallMeta
     state: str
+    """A `CallState` value."""
     batch: str
     lane: str
     attempts: int
@@ -96,6 +98,7 @@ class BatchRecord(msgspec.Struct, frozen=True, kw_only=True):
     tag: str
     id: str
     state: str
+    """A `BatchState` value."""
     provider_id: str
     owner: str
     created_at: float
@@ -384,10 +387,10 @@ class Accumulator:
                     pipe.hmget(k.batch(tag, _s(bid)), ["state", "owner", "created_at", "n"])
                 rows = await pipe.execute()
             for (bid, until), row in zip(scored, rows, strict=True):
-                if _s(row[0]) != "building":
+                if _s(row[0]) != BatchState.BUILDING:
                     continue
                 created_at, n = _f(row[2]) or 0.0, int(row[3] or 0)
-                record = BatchRecord(tag=tag, id=_s(bid), state="building", provider_id="", owner=_s(row[1]),
+                record = BatchRecord(tag=tag, id=_s(bid), state=BatchState.BUILDING, provider_id="", owner=_s(row[1]),
                                      created_at=created_at, submitted_at=0.0, polls=0, n=n)  # fmt: skip
                 found.append((_s(upstream), record, float(until)))
         return found
@@ -491,7 +494,7 @@ class Accumulator:
         `censored` for a batch cut before it finished, whose `turnaround` is its age at the cut)."""
         k = self.keys
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(k.batch(tag, bid), mapping={"state": "ingested", "provider_status": provider_status})
+            pipe.hset(k.batch(tag, bid), mapping={"state": BatchState.INGESTED, "provider_status": provider_status})
             pipe.expire(k.batch(tag, bid), self.result_ttl)
             pipe.expire(k.batch_calls(tag, bid), self.result_ttl)
             pipe.zrem(k.batches(tag), bid)
@@ -526,7 +529,7 @@ class Accumulator:
             for call_id in ids:
                 pipe.hmget(k.call(call_id), ["state", "batch"])
             rows = await pipe.execute()
-        return {_s(row[1]) for row in rows if _s(row[0]) == "submitted" and row[1]}
+        return {_s(row[1]) for row in rows if _s(row[0]) == CallState.SUBMITTED and row[1]}
 
     async def cut(self, tag: str, bid: str) -> bool:
         """Mark a running batch cut and make it due for the poller now (which cancels and harvests it)."""
@@ -621,29 +624,22 @@ class Accumulator:
         body: bytes,
         lane: str,
         cost: tuple[float, float, float] | None,
-    ) -> int:
-        """Store a final result once (1), or report it late (0) or the call unknown (-1); wakes waiters."""
+    ) -> StoreOutcome:
+        """Store a final result once, or say why not (`StoreOutcome`); wakes waiters when stored."""
         k = self.keys
         tag = tag_of(call_id)
         now = time.time()
         day = time.strftime("%Y-%m-%d", time.gmtime(now))
         await self._index_usage(meta.tenant, day, tag)
         actual, baseline, savings = (repr(c) for c in cost) if cost else ("", "", "")
-        stored = int(
-            await self._store(
-                keys=[
-                    k.call(call_id),
-                    k.result(call_id),
-                    k.inflight(tag),
-                    k.escalating(tag),
-                    f"{k.totals_prefix(tag)}{meta.tenant}:{day}",
-                    k.webhooks(tag),
-                ],
-                args=[call_id, from_batch, status, body, lane, self.result_ttl, actual, baseline, savings, repr(now),
-                      TOTALS_TTL_S],
-            )
+        raw = await self._store(
+            keys=[k.call(call_id), k.result(call_id), k.inflight(tag), k.escalating(tag),
+                  f"{k.totals_prefix(tag)}{meta.tenant}:{day}", k.webhooks(tag)],
+            args=[call_id, from_batch, status, body, lane, self.result_ttl, actual, baseline, savings, repr(now),
+                  TOTALS_TTL_S],
         )  # fmt: skip
-        if stored == 1:
+        stored = StoreOutcome(int(raw))
+        if stored == StoreOutcome.STORED:
             # Side by side, not pipelined: a cluster pipeline refuses PUBLISH.
             await asyncio.gather(
                 self.redis.publish(k.done_channel, call_id),

@@ -1,4 +1,4 @@
-"""Litestar handlers: admit, decide, answer; RouterError → OpenAI error JSON."""
+"""Litestar handlers: admit, decide, answer (errors become JSON in `error_handlers`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from urllib.parse import quote
 
 import msgspec
 from litestar import Request, Response, get, post
-from litestar.exceptions import HTTPException
 from litestar.params import FromPath, FromQuery
 from litestar.response import Stream
 from litestar.types import Receive
@@ -24,6 +23,7 @@ from router import metrics
 from router.accounting import Lane, Priced
 from router.accumulator import ASYNC_HOLDER, CallRecord, Result
 from router.deadline import format_deadline, parse_deadline
+from router.error_handlers import JSON, ClientDisconnected
 from router.errors import (
     AuthenticationFailed,
     BadRequest,
@@ -36,29 +36,22 @@ from router.errors import (
     UpstreamTimeout,
 )
 from router.lanes import deferred_object, escalated, forward_realtime, lane_name
-from router.logthrottle import Throttle, kind_of
 from router.policy import Decision, Facts, decide
 from router.pricing import Usage
 from router.providers.base import Provider
 from router.replay import cost_comment, error_answer, sse_chunks
 from router.routing import NO_OUTLOOK, route
-from router.schema import RequestView, decode_body, decode_view, encoder, error_body, with_fields
+from router.schema import RequestView, decode_body, decode_view, encoder, with_fields
 from router.sse import tap_usage
 
 if TYPE_CHECKING:
-    from router.app import Gateway
+    from router.gateway import Gateway
 
 log = logging.getLogger("router.api")
-_throttle = Throttle(log)
 T = TypeVar("T")
 
-JSON = "application/json"
 _CALL_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-
-
-class ClientDisconnected(Exception):
-    """The caller went away before its answer was ready."""
 
 
 def new_request_id() -> str:
@@ -91,68 +84,6 @@ def authorize_metrics(gateway: Gateway, request: Request[Any, Any, Any]) -> None
         raise AuthenticationFailed("`/metrics` needs the bearer token named by `metrics_token_env`.")
 
 
-def error_response(exc: RouterError) -> Response[bytes]:
-    """The OpenAI-shaped answer for one of our errors."""
-    headers = dict(exc.headers)
-    if exc.retry_after is not None:
-        headers["retry-after"] = str(max(1, round(exc.retry_after)))
-    if exc.should_retry is not None:
-        headers["x-should-retry"] = "true" if exc.should_retry else "false"
-    if exc.call_id is not None:
-        headers["x-router-request-id"] = exc.call_id
-    if isinstance(exc, UpstreamError):
-        body = exc.body if _looks_like_openai_error(exc.body) else _wrap_upstream(exc.body, exc.upstream_status)
-        return Response(body, status_code=exc.upstream_status, media_type=JSON, headers=headers)
-    body = error_body(exc.message, exc.type, exc.param, exc.code, call_id=exc.call_id)
-    return Response(body, status_code=exc.status, media_type=JSON, headers=headers)
-
-
-def _looks_like_openai_error(body: bytes) -> bool:
-    head = body.lstrip()[:1]
-    return head == b"{" and b'"error"' in body[:200]
-
-
-def _wrap_upstream(body: bytes, status: int) -> bytes:
-    text = body.decode("utf-8", "replace").strip()[:500] or f"The upstream answered {status} with no body."
-    return error_body(text, "upstream_error", None, f"upstream_{status}")
-
-
-def router_error_handler(_: Request[Any, Any, Any], exc: RouterError) -> Response[bytes]:
-    """RouterError → its OpenAI error JSON."""
-    return error_response(exc)
-
-
-_HTTP_TYPES = {401: "invalid_request_error", 404: "invalid_request_error", 405: "invalid_request_error"}
-
-
-def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
-    """Litestar's own errors (unknown route, wrong method, body too large) in OpenAI shape."""
-    status = exc.status_code
-    if status == 404:
-        message, code = f"Unknown request URL: {request.method} {request.url.path}.", "unknown_url"
-    elif status == 405:
-        message, code = f"Method {request.method} is not allowed on {request.url.path}.", "method_not_allowed"
-    elif status == 413:
-        message, code = "The request body is larger than this router accepts.", "request_too_large"
-    else:
-        message, code = str(exc.detail), None
-    type_ = "server_error" if status >= 500 else _HTTP_TYPES.get(status, "invalid_request_error")
-    return Response(error_body(message, type_, None, code), status_code=status, media_type=JSON)
-
-
-def redis_error_handler(_: Request[Any, Any, Any], exc: RedisError) -> Response[bytes]:
-    """The store is unreachable: a 503 the client may retry, not a 500."""
-    _throttle.warning(kind_of("api", exc), "Redis unavailable: %s", exc)
-    return error_response(ServiceUnavailable("The router's store is unavailable; retry shortly.", retry_after=1.0))
-
-
-def internal_error_handler(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    """Anything unforeseen: log it, answer a clean 500 without a traceback."""
-    log.exception("unhandled error", exc_info=exc)
-    body = error_body("The router hit an internal error.", "server_error", None, None)
-    return Response(body, status_code=500, media_type=JSON)
-
-
 async def until_disconnect(receive: Receive) -> None:
     """Return when the client goes away (the body has already been read)."""
     while True:
@@ -176,11 +107,6 @@ async def unless_disconnected(request: Request[Any, Any, Any], work: Awaitable[T
     if task.cancelled():
         raise ClientDisconnected()
     return task.result()
-
-
-def disconnected_handler(_: Request[Any, Any, Any], __: ClientDisconnected) -> Response[bytes]:
-    """Nobody reads this answer; 499 is what the access log will show."""
-    return Response(b"", status_code=499)
 
 
 def prefers_async(request: Request[Any, Any, Any]) -> bool:

@@ -18,7 +18,8 @@ from litestar.params import FromPath
 from litestar.response import Stream
 from redis.exceptions import RedisError
 
-from router.api import JSON, ClientDisconnected, authenticate
+from router.api import authenticate
+from router.error_handlers import JSON, ClientDisconnected
 from router.errors import BadRequest, NotFound, RouterError, UpstreamError, UpstreamUnavailable
 from router.native_batches import (
     TERMINAL,
@@ -35,7 +36,7 @@ from router.providers.openai import METADATA_KEY
 from router.schema import decode_view, encoder
 
 if TYPE_CHECKING:
-    from router.app import Gateway
+    from router.gateway import Gateway
 
 log = logging.getLogger("router.batch_api")
 T = TypeVar("T")

@@ -20,6 +20,7 @@ from router.loops import pace
 from router.providers.base import BatchLine, Lapsed, Ledger, Provider, Rival
 from router.routing import Planner, flush_due, flush_wait
 from router.settings import BatchSettings
+from router.states import BatchState
 
 log = logging.getLogger("router.batcher")
 MAX_SUBMIT_ATTEMPTS = 3
@@ -73,7 +74,7 @@ class Batcher:
             if stats is not None and ((force and stats.count) or await self.due(stats, time.time())):
                 submitted += await self.flush(stats)
             for record in await self.acc.due_batches(tag, time.time()):
-                if record.state == "building":
+                if record.state == BatchState.BUILDING:
                     submitted += await self.recover(record, stats)
         return submitted
 

@@ -17,7 +17,7 @@ RouterError                     500 server_error
 ConfigError                     not an HTTP error: a bad config, policy or pricing file
 
 Litestar's own rejections (unknown route 404, wrong method 405, body too large 413) are shaped by
-`api.http_error_handler`.
+`error_handlers.http_error_handler`.
 """
 
 from __future__ import annotations

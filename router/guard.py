@@ -25,6 +25,7 @@ from router.providers.base import RETRY_STATUSES, Provider, backoff, retry_after
 from router.routing import Capabilities, Planner, cut_cutoff, escalation_cutoff, escalation_tier
 from router.schema import error_body, with_fields
 from router.settings import BatchSettings
+from router.states import CallState, StoreOutcome
 
 log = logging.getLogger("router.guard")
 CONCURRENCY = 64
@@ -108,7 +109,7 @@ class Guard:
             if call is None:
                 await self.acc.forget(call_id)
                 return 0
-            reason = "queued" if call.state == "queued" else "submitted"
+            reason = "queued" if call.state == CallState.QUEUED else "submitted"
             lease = self.settings.lease_s
             body = await self.acc.escalate(call_id, lease)
             if body is None:
@@ -124,7 +125,7 @@ class Guard:
         stored = await self.acc.store_result(
             call_id, meta, from_batch="", status=status, body=content, lane=lane, cost=priced.as_tuple()
         )
-        if stored != 1:
+        if stored != StoreOutcome.STORED:
             return 0
         metrics.escalations.labels(reason).inc()
         outcome = "ok" if status == 200 else "error"

@@ -31,6 +31,7 @@ from router.providers.base import Provider, UpstreamResponse
 from router.routing import Capabilities, Outlook, Planner
 from router.schema import DeferredCall, RequestView, decode_body
 from router.settings import Settings, Upstream
+from router.states import CallState
 from router.tenants import RESERVATION_SLACK_S, Tenants
 from router.waiters import Waiters, Watch
 
@@ -41,6 +42,12 @@ NEVER_FORWARDED = frozenset(
      "upgrade", "accept-encoding"}
 )  # fmt: skip
 """Credentials and framing: whatever `forward_headers` says, the router sets these itself."""
+_DEFERRED_STATUS: dict[str, str] = {
+    CallState.QUEUED: "queued",
+    CallState.SUBMITTED: "submitted",
+    CallState.ESCALATED: "escalated",
+}
+"""The `deferred.call` status of a call that has no result yet, by its state."""
 
 
 def _globs(patterns: Sequence[str]) -> re.Pattern[str]:
@@ -144,7 +151,7 @@ def deferred_object(call: CallRecord, result: Result | None) -> DeferredCall:
     if result is not None:
         status = "completed" if result.status < 400 else "failed"
     else:
-        status = {"queued": "queued", "submitted": "submitted", "escalated": "escalated"}.get(call.state, "queued")
+        status = _DEFERRED_STATUS.get(call.state, "queued")
     return DeferredCall(
         id=call.id,
         status=status,  # type: ignore[arg-type]

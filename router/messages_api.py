@@ -21,7 +21,7 @@ from litestar.response import Stream
 from litestar.types import ExceptionHandlersMap
 from redis.exceptions import RedisError
 
-from router import api
+from router import api, error_handlers
 from router.errors import BadRequest, NotFound, RouterError, UpstreamError
 from router.jsondepth import too_deep
 from router.lanes import forward_realtime
@@ -31,7 +31,7 @@ from router.providers.base import UpstreamResponse
 from router.schema import as_anthropic_error, decode_view, nested_too_deep
 
 if TYPE_CHECKING:
-    from router.app import Gateway
+    from router.gateway import Gateway
 
 JSON = "application/json"
 MAX_LIST_LIMIT = 1000
@@ -56,10 +56,10 @@ def anthropic_shaped(handler: Handler) -> Handler:
 
 
 ERRORS: ExceptionHandlersMap = {
-    RouterError: anthropic_shaped(api.router_error_handler),
-    RedisError: anthropic_shaped(api.redis_error_handler),
-    HTTPException: anthropic_shaped(api.http_error_handler),
-    Exception: anthropic_shaped(api.internal_error_handler),
+    RouterError: anthropic_shaped(error_handlers.router_error_handler),
+    RedisError: anthropic_shaped(error_handlers.redis_error_handler),
+    HTTPException: anthropic_shaped(error_handlers.http_error_handler),
+    Exception: anthropic_shaped(error_handlers.internal_error_handler),
 }
 """Route-level error handlers (they take precedence over the app's; `ClientDisconnected` keeps the app's)."""
 

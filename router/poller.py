@@ -22,6 +22,7 @@ from router.loops import pace
 from router.providers.base import BatchStatus, LineResult, Provider
 from router.routing import Planner, fits
 from router.settings import BatchSettings
+from router.states import BatchState, CallState, StoreOutcome
 
 log = logging.getLogger("router.poller")
 MAX_POLL_INTERVAL_S = 600.0
@@ -67,7 +68,7 @@ class Poller:
             if stats is None:
                 continue
             for record in await self.acc.due_batches(tag, time.time()):
-                if record.state != "submitted":
+                if record.state != BatchState.SUBMITTED:
                     continue
                 lease = self.acc.keys.batch_lease(tag, record.id)
                 if not await self.acc.lease(lease, self.owner, self.settings.lease_s):
@@ -161,7 +162,7 @@ class Poller:
                 cost=priced.as_tuple(),
             )
             answered.add(line.custom_id)
-            if stored == 1:
+            if stored == StoreOutcome.STORED:
                 if record.cut_at is not None:
                     metrics.harvested.labels(upstream).inc()
                 outcome = "ok" if line.status == 200 else "error"
@@ -170,7 +171,7 @@ class Poller:
                 )
                 if time.time() > call.meta.deadline:
                     metrics.deadline_misses.inc()
-            elif stored == 0 and line.billed:
+            elif stored == StoreOutcome.LATE and line.billed:
                 metrics.late_results.inc()
                 metrics.paid_twice.labels(upstream).inc()
         return answered
@@ -179,7 +180,7 @@ class Poller:
         """A call its batch did not answer: back to its queue if another batch fits its deadline at the queue's
         turnaround `quantile` (`routing.fits`), else to the guard now."""
         call = await self.acc.get_call(call_id)
-        if call is None or call.state != "submitted" or call.batch != bid:
+        if call is None or call.state != CallState.SUBMITTED or call.batch != bid:
             return
         meta, now = call.meta, time.time()
         caps = self.planner.catalog.of(meta.upstream, meta.endpoint, meta.model)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from router import errors
-from router.api import error_response
+from router.error_handlers import error_response
 
 
 def _all_subclasses(cls: type[errors.RouterError]) -> list[type[errors.RouterError]]:

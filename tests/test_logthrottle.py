@@ -10,7 +10,7 @@ import httpx
 import pytest
 import redis.exceptions
 
-from router import api, app, loops, waiters
+from router import error_handlers, gateway, loops, waiters
 from router.app import create_app
 from router.logthrottle import INTERVAL_S, Throttle, is_outage, kind_of
 from router.serving import free_port, serve_in_thread
@@ -74,7 +74,7 @@ def test_outages_are_told_from_bugs(exc: BaseException, outage: bool) -> None:
 
 def _occurrences() -> collections.Counter[str]:
     seen: collections.Counter[str] = collections.Counter()
-    for module in (loops, api, waiters, app):
+    for module in (loops, error_handlers, waiters, gateway):
         seen.update(module._throttle.occurrences())
     return seen
 
