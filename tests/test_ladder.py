@@ -53,18 +53,22 @@ def test_a_late_batch_is_cut_its_finished_lines_harvested_and_only_the_rest_esca
     # A 20 s batch runs its lines from 2 s to 16 s; cut about 10 s in, about half of them are done.
     sim.configure(batch_turnaround_s=20.0)
     n = 10
+    harvested_series = 'hybrid_router_harvested_lines_total{upstream="openai"}'
+    cut_series = 'hybrid_router_batches_cut_total{upstream="openai"}'
     with start_router(batch=LADDER) as base:
+        # The metrics live in this process's registry, shared with earlier tests: count what this test adds.
+        harvested_before, cut_before = metric(base, harvested_series), metric(base, cut_series)
         raws = asyncio.run(held_calls(base, "gpt-4o-mini", n, "12s"))
-        harvested = metric(base, 'hybrid_router_harvested_lines_total{upstream="openai"}')
-        cut = metric(base, 'hybrid_router_batches_cut_total{upstream="openai"}')
+        harvested = metric(base, harvested_series) - harvested_before
+        cut = metric(base, cut_series) - cut_before
         lanes = lanes_of(base, raws)
     from_batch = lanes.count(("batch", None))
     assert 0 < from_batch < n, lanes
     assert lanes.count(("realtime", "true")) == n - from_batch  # gpt-4o-mini has no flex price: standard tier
     # One batch, or two when the calls arrived across a flush (a loaded machine): each is cut, none runs on.
-    assert harvested == from_batch and cut == sim.stats()["batches_created"] >= 1
     stats = sim.stats()
-    assert stats["batches_cancelled"] == 1
+    assert harvested == from_batch and cut == stats["batches_created"] >= 1
+    assert stats["batches_cancelled"] == stats["batches_created"]
     assert stats["batch_lines_billed"] == from_batch
     assert stats["realtime_calls_billed"] == n - from_batch  # billed once each: nothing paid twice
     assert max(stats["batch_lines_billed_by_custom_id"].values()) == 1
