@@ -1,7 +1,11 @@
-"""The Lua scripts behind the accumulator's atomic steps; each touches the keys of one queue only.
+"""The Lua scripts behind the store's atomic steps, each followed by its typed wrapper; each touches the keys of one
+queue (or one tenant) only.
 
-Keys a script builds from a prefix argument (a call's hash) carry the same `{q}` hash tag as its declared
-keys, so every script stays inside one Redis Cluster slot.
+Python runs a script only through its wrapper (`Scripts` holds one of each): named keyword arguments in, a typed
+result out. The wrapper names the script's KEYS and ARGV in the order its Lua reads them, by the Lua's own local
+names, and derives every key from one queue's tag or one tenant; `tests/test_scripts.py` checks the count and the
+names against the Lua and that one call's keys share a slot. Keys a script builds from a prefix argument (a call's
+hash) carry the same `{q}` hash tag as its declared keys, so every script stays inside one Redis Cluster slot.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from typing import TypeVar
 from router.store.context import StoreContext
 from router.store.records import text
 
-log = logging.getLogger("router.accumulator")
+log = logging.getLogger("router.accumulator")  # the facade's name, as operators know it
 T = TypeVar("T")
 
 
