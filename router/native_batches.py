@@ -22,7 +22,7 @@ from router.keys import NATIVE_BATCH_TTL_S, NATIVE_FILE_TTL_S, TOTALS_TTL_S, Key
 from router.loops import pace
 from router.providers.base import UpstreamResponse
 from router.redis_client import RedisClient
-from router.scripts import NATIVE_BOOK, NATIVE_RECORD, NATIVE_UPDATE
+from router.scripts import Scripts
 from router.settings import BatchSettings
 
 log = logging.getLogger("router.native_batches")
@@ -141,24 +141,20 @@ class NativeStore:
     def __init__(self, redis: RedisClient, prefix: str) -> None:
         self.redis = redis
         self.keys = Keys(prefix)
-        self._record = redis.register_script(NATIVE_RECORD)
-        self._update = redis.register_script(NATIVE_UPDATE)
-        self._book = redis.register_script(NATIVE_BOOK)
+        self._scripts = Scripts(redis, self.keys)
 
     async def record(
         self, tenant: str, kind: Kind, object_id: str, created_at: int, until: float, **fields: str | bytes
     ) -> None:
         """The tenant owns this file or batch until `until` (epoch seconds): its hash and its list entry."""
-        k = self.keys
-        pairs = [item for pair in fields.items() for item in pair]
-        await self._record(
-            keys=[
-                k.native_object(tenant, kind, object_id),
-                k.native_index(tenant, kind),
-                k.native_ends(tenant, kind),
-                k.native_seq(tenant),
-            ],
-            args=[object_id, created_at, int(until), repr(time.time()), *pairs],
+        await self._scripts.native_record(
+            tenant=tenant,
+            kind=kind,
+            object_id=object_id,
+            created_at=created_at,
+            expire_at=int(until),
+            now=time.time(),
+            fields=fields,
         )
 
     async def record_file(
@@ -186,8 +182,7 @@ class NativeStore:
 
     async def update(self, tenant: str, kind: Kind, object_id: str, **fields: str | bytes) -> bool:
         """Set fields of a record that still exists."""
-        pairs = [item for pair in fields.items() for item in pair]
-        return bool(await self._update(keys=[self.keys.native_object(tenant, kind, object_id)], args=pairs))
+        return await self._scripts.native_update(tenant=tenant, kind=kind, object_id=object_id, fields=fields)
 
     async def forget(self, tenant: str, kind: Kind, object_id: str) -> None:
         """Drop the tenant's record (a deleted file); its list entry stays until its end, so paging after it works."""
@@ -245,17 +240,15 @@ class NativeStore:
     async def book(self, tenant: str, batch_id: str, day: str, lines: list[tuple[str, Priced]]) -> list[int]:
         """Add lines (custom_id, price) to the tenant's totals of `day`, each once per batch; the positions (from 0)
         of the lines booked by this call."""
-        k = self.keys
-        args: list[str | int] = [LANE, NATIVE_BATCH_TTL_S, TOTALS_TTL_S]
-        for custom_id, priced in lines:
-            cost = priced.as_tuple()
-            args += [custom_id, *((repr(c) for c in cost) if cost else ("", "", ""))]
-        new = await self._book(
-            keys=[k.native_booked(tenant, batch_id), k.native_totals(tenant, day),
-                  k.native_object(tenant, "batch", batch_id)],
-            args=args,
-        )  # fmt: skip
-        return [int(i) - 1 for i in new]
+        return await self._scripts.native_book(
+            tenant=tenant,
+            batch_id=batch_id,
+            day=day,
+            lane=LANE,
+            ttl=NATIVE_BATCH_TTL_S,
+            totals_ttl=TOTALS_TTL_S,
+            lines=[(custom_id, priced.as_tuple()) for custom_id, priced in lines],
+        )
 
     async def finish(self, tenant: str, batch_id: str) -> None:
         """The batch is booked: nothing more is added for it, and it is no longer polled."""

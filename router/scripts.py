@@ -1,10 +1,70 @@
-"""The Lua scripts behind the accumulator's atomic steps; each touches the keys of one queue only.
+"""The Lua scripts behind the store's atomic steps, each followed by its typed wrapper; each touches the keys of one
+queue (or one tenant) only.
 
-Keys a script builds from a prefix argument (a call's hash) carry the same `{q}` hash tag as its declared
-keys, so every script stays inside one Redis Cluster slot.
+Python runs a script only through its wrapper (`Scripts` holds one of each): named keyword arguments in, a typed
+result out. The wrapper names the script's KEYS and ARGV in the order its Lua reads them, by the Lua's own local
+names, and derives every key from one queue's tag or one tenant; `tests/test_scripts.py` checks the count and the
+names against the Lua and that one call's keys share a slot. Keys a script builds from a prefix argument (a call's
+hash) carry the same `{q}` hash tag as its declared keys, so every script stays inside one Redis Cluster slot.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, NamedTuple
+
+from redis.typing import EncodableT
+
+from router.keys import Keys, tag_of
+from router.redis_client import RedisClient
+from router.states import AdmitOutcome, StoreOutcome
+
+
+class Script:
+    """One Lua script, registered on a client, called by name.
+
+    A subclass names the script's KEYS and ARGV in the order its Lua reads them (the one place that order is
+    written; `tests/test_scripts.py` checks it against the names the Lua gives them and the highest index it reads)
+    and its `__call__` passes every one of them by name to `_run`, after deriving the keys from the ids it is given:
+    all keys of one call share a hash tag, so the script runs inside one Redis Cluster slot.
+    """
+
+    LUA: ClassVar[str]
+    KEYS: ClassVar[tuple[str, ...]] = ()
+    ARGV: ClassVar[tuple[str, ...]] = ()
+    MORE_KEYS: ClassVar[bool] = False
+    """The Lua reads further KEYS after the named ones (`#KEYS`), passed as `_run`'s first argument."""
+    MORE_ARGV: ClassVar[bool] = False
+    """The Lua reads further ARGV after the named ones (`#ARGV`, `unpack(ARGV, n)`), passed as `_run`'s second."""
+
+    def __init__(self, redis: RedisClient, keys: Keys) -> None:
+        self.keys = keys
+        self._script = redis.register_script(self.LUA)
+
+    async def _run(
+        self, more_keys: Sequence[str] = (), more_args: Sequence[EncodableT] = (), /, **named: EncodableT
+    ) -> Any:
+        """Run the script with `named` laid out as KEYS and ARGV in the declared order, then the variadic rest."""
+        if named.keys() != {*self.KEYS, *self.ARGV}:
+            raise TypeError(f"{type(self).__name__} takes {self.KEYS + self.ARGV}, was given {tuple(named)}")
+        if (more_keys and not self.MORE_KEYS) or (more_args and not self.MORE_ARGV):
+            raise TypeError(f"{type(self).__name__} reads no more KEYS or ARGV than it names")
+        keys: list[Any] = [named[name] for name in self.KEYS]
+        args: list[Any] = [named[name] for name in self.ARGV]
+        return await self._script(keys=[*keys, *more_keys], args=[*args, *more_args])
+
+
+def _flag(value: bool) -> str:
+    return "1" if value else "0"
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else "" if value is None else str(value)
+
+
+def _pairs(fields: Mapping[str, str | bytes]) -> list[EncodableT]:
+    return [item for pair in fields.items() for item in pair]
+
 
 # Admit a call to its queue, or attach the request to a live call it repeats; returns {outcome, call id} and,
 # for a new call, whether it created the queue's descriptor (1: the queue was new or had been pruned, see PRUNE).
@@ -55,6 +115,94 @@ redis.call('EXPIRE', digests, ttl)
 return {'new', id, created}
 """
 
+
+class Admitted(NamedTuple):
+    """What ADMIT answers: the outcome, the call admitted or attached to (empty when none), and for a new call
+    whether it created the queue's descriptor."""
+
+    outcome: AdmitOutcome
+    call_id: str
+    created: bool
+
+
+class Admit(Script):
+    """ADMIT, with its keys derived from the queue's tag and the call id (one slot)."""
+
+    LUA = ADMIT
+    KEYS = ("idem", "call", "pending", "arrivals", "bytes", "queue", "digests")
+    ARGV = (
+        "id",
+        "meta",
+        "body",
+        "deadline",
+        "received_at",
+        "ttl",
+        "idem_ttl",
+        "upstream",
+        "endpoint",
+        "model",
+        "has_idem",
+        "call_prefix",
+        "webhook",
+        "digest",
+        "holder",
+        "attach",
+        "attach_only",
+    )
+
+    async def __call__(
+        self,
+        *,
+        tag: str,
+        call_id: str,
+        tenant: str,
+        idempotency_key: str | None,
+        digest: str,
+        meta: bytes,
+        body: bytes,
+        deadline: float,
+        received_at: float,
+        ttl: int,
+        idempotency_ttl: int,
+        upstream: str,
+        endpoint: str,
+        model: str,
+        webhook: str | None,
+        holder: str,
+        attach_to: str | None,
+        attach_only: bool,
+    ) -> Admitted:
+        k = self.keys
+        idem = k.idempotency(tag, tenant, idempotency_key) if idempotency_key is not None else k.queue(tag)
+        outcome, admitted, *created = await self._run(
+            idem=idem,
+            call=k.call(call_id),
+            pending=k.pending(tag),
+            arrivals=k.arrivals(tag),
+            bytes=k.bytes(tag),
+            queue=k.queue(tag),
+            digests=k.digest(tag, digest),
+            id=call_id,
+            meta=meta,
+            body=body,
+            deadline=repr(deadline),
+            received_at=repr(received_at),
+            ttl=ttl,
+            idem_ttl=idempotency_ttl,
+            upstream=upstream,
+            endpoint=endpoint,
+            model=model,
+            has_idem=_flag(idempotency_key is not None),
+            call_prefix=k.call_prefix(tag),
+            webhook=webhook or "",
+            digest=digest,
+            holder=holder,
+            attach=attach_to or "",
+            attach_only=_flag(attach_only),
+        )
+        return Admitted(AdmitOutcome(_text(outcome)), _text(admitted), bool(created and int(created[0])))
+
+
 # Enter a queue's tag in the set of queues the loops walk, unless the set is full; returns 1 when the tag is in it.
 # One key, so one step on any server or cluster: concurrent admissions of new queues never pass the cap.
 ENROL = """
@@ -64,6 +212,18 @@ if redis.call('SCARD', queues) >= cap then return 0 end
 redis.call('SADD', queues, tag)
 return 1
 """
+
+
+class Enrol(Script):
+    """ENROL: True when the queue's tag is in the set of queues (it was, or it fit under `cap`)."""
+
+    LUA = ENROL
+    KEYS = ("queues",)
+    ARGV = ("tag", "cap")
+
+    async def __call__(self, *, tag: str, cap: int) -> bool:
+        return bool(await self._run(queues=self.keys.queues, tag=tag, cap=cap))
+
 
 # Forget an idle queue: when nothing waits, flies, escalates or awaits a webhook in it, drop its descriptor and
 # byte count and return 1; the caller then removes the tag from `P:queues` (another slot, so not in this step) and
@@ -82,6 +242,20 @@ redis.call('DEL', queue, bytes)
 return 1
 """
 
+
+class Prune(Script):
+    """PRUNE: True when the queue was idle and its descriptor is dropped."""
+
+    LUA = PRUNE
+    KEYS = ("queue", "bytes")
+    MORE_KEYS = True  # every key whose existence keeps the queue
+
+    async def __call__(self, *, tag: str) -> bool:
+        k = self.keys
+        busy = [k.pending(tag), k.arrivals(tag), k.inflight(tag), k.escalating(tag), k.batches(tag), k.webhooks(tag)]
+        return bool(await self._run(busy, (), queue=k.queue(tag), bytes=k.bytes(tag)))
+
+
 # A held connection lets go of its call: clear the holder if it is still this one (a retry may have attached
 # since), and mark the call delivered when its answer went out, so later identical calls are new calls.
 # Race closed: an old connection ending after its retry attached must not make the call look orphaned.
@@ -92,6 +266,18 @@ if redis.call('HGET', call, 'holder') == holder then redis.call('HSET', call, 'h
 if delivered == '1' then redis.call('HSET', call, 'delivered', '1') end
 return 1
 """
+
+
+class Release(Script):
+    """RELEASE: False when the call is gone."""
+
+    LUA = RELEASE
+    KEYS = ("call",)
+    ARGV = ("holder", "delivered")
+
+    async def __call__(self, *, call_id: str, holder: str, delivered: bool) -> bool:
+        return bool(await self._run(call=self.keys.call(call_id), holder=holder, delivered=_flag(delivered)))
+
 
 # Claim the earliest-deadline queued calls into a `building` batch, one chunk per call (a 50,000-call batch
 # is claimed in chunks so no single script blocks Redis for long); returns {bytes used, ids...}.
@@ -132,6 +318,56 @@ table.insert(taken, 1, total)
 return taken
 """
 
+
+class Claimed(NamedTuple):
+    """What one CLAIM chunk took: the bytes its lines use, and the call ids (none when nothing fit or waited)."""
+
+    used: int
+    ids: list[str]
+
+
+class Claim(Script):
+    """CLAIM, one chunk of a batch of queue `tag`."""
+
+    LUA = CLAIM
+    KEYS = ("pending", "arrivals", "bytes", "inflight", "batches", "batch", "calls")
+    ARGV = ("max_n", "max_bytes", "line_overhead", "bid", "owner", "now", "lease_until", "call_prefix", "first_chunk")
+
+    async def __call__(
+        self,
+        *,
+        tag: str,
+        bid: str,
+        max_n: int,
+        max_bytes: int,
+        line_overhead: int,
+        owner: str,
+        now: float,
+        lease_until: float,
+        first_chunk: bool,
+    ) -> Claimed:
+        k = self.keys
+        used, *ids = await self._run(
+            pending=k.pending(tag),
+            arrivals=k.arrivals(tag),
+            bytes=k.bytes(tag),
+            inflight=k.inflight(tag),
+            batches=k.batches(tag),
+            batch=k.batch(tag, bid),
+            calls=k.batch_calls(tag, bid),
+            max_n=max_n,
+            max_bytes=max_bytes,
+            line_overhead=line_overhead,
+            bid=bid,
+            owner=owner,
+            now=repr(now),
+            lease_until=repr(lease_until),
+            call_prefix=k.call_prefix(tag),
+            first_chunk=_flag(first_chunk),
+        )
+        return Claimed(int(used), [_text(i) for i in ids])
+
+
 # Record the provider's batch id, but only if the batch is still ours and still building; the id also goes into
 # the queue's set of recorded provider batches (pruned to `keep` seconds), which crash recovery reads.
 # Races closed: a replica whose lease lapsed (and whose batch another replica recovered) cannot overwrite; a
@@ -152,6 +388,32 @@ redis.call('EXPIRE', recorded, keep)
 return 1
 """
 
+
+class MarkSubmitted(Script):
+    """MARK_SUBMITTED: True when the provider's id is recorded (now, or before)."""
+
+    LUA = MARK_SUBMITTED
+    KEYS = ("batch", "batches", "recorded")
+    ARGV = ("bid", "owner", "provider_id", "now", "next_poll", "keep")
+
+    async def __call__(
+        self, *, tag: str, bid: str, owner: str, provider_id: str, now: float, next_poll: float, keep_s: int
+    ) -> bool:
+        k = self.keys
+        done = await self._run(
+            batch=k.batch(tag, bid),
+            batches=k.batches(tag),
+            recorded=k.provider_batches(tag),
+            bid=bid,
+            owner=owner,
+            provider_id=provider_id,
+            now=repr(now),
+            next_poll=repr(next_poll),
+            keep=keep_s,
+        )
+        return bool(done)
+
+
 # Keep a lease while the work it guards is still running (an upload or a real-time call can outlast it).
 # Race closed: without renewal a slow owner loses its batch or escalation to a second replica that then
 # does the same work again; the owner check makes a renewal by a replica that already lost it a no-op.
@@ -163,10 +425,38 @@ redis.call('ZADD', batches, 'XX', expiry, bid)
 return 1
 """
 
+
+class RenewBatch(Script):
+    """RENEW_BATCH: True when the `building` batch is still this owner's and its lease now ends at `until`."""
+
+    LUA = RENEW_BATCH
+    KEYS = ("batch", "batches")
+    ARGV = ("bid", "owner", "expiry")
+
+    async def __call__(self, *, tag: str, bid: str, owner: str, until: float) -> bool:
+        k = self.keys
+        return bool(
+            await self._run(batch=k.batch(tag, bid), batches=k.batches(tag), bid=bid, owner=owner, expiry=repr(until))
+        )
+
+
 RENEW_LEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+local lease, owner, ms = KEYS[1], ARGV[1], ARGV[2]
+if redis.call('GET', lease) == owner then return redis.call('PEXPIRE', lease, ms) end
 return 0
 """
+
+
+class RenewLease(Script):
+    """RENEW_LEASE: True when the lease at `key` is still `owner`'s and now lasts `ms` more."""
+
+    LUA = RENEW_LEASE
+    KEYS = ("lease",)
+    ARGV = ("owner", "ms")
+
+    async def __call__(self, *, key: str, owner: str, ms: int) -> bool:
+        return bool(await self._run(lease=key, owner=owner, ms=ms))
+
 
 RENEW_ESCALATION = """
 local call, escalating = KEYS[1], KEYS[2]
@@ -175,6 +465,22 @@ if redis.call('HGET', call, 'state') ~= 'escalated' then return 0 end
 redis.call('ZADD', escalating, 'XX', expiry, id)
 return 1
 """
+
+
+class RenewEscalation(Script):
+    """RENEW_ESCALATION: True when the call is still escalated and its lease now ends at `until`."""
+
+    LUA = RENEW_ESCALATION
+    KEYS = ("call", "escalating")
+    ARGV = ("id", "expiry")
+
+    async def __call__(self, *, call_id: str, until: float) -> bool:
+        k = self.keys
+        done = await self._run(
+            call=k.call(call_id), escalating=k.escalating(tag_of(call_id)), id=call_id, expiry=repr(until)
+        )
+        return bool(done)
+
 
 # Take over a `building` batch whose lease lapsed (its builder crashed between claim and record).
 TAKE_OVER = """
@@ -187,6 +493,27 @@ redis.call('HSET', batch, 'owner', owner)
 redis.call('ZADD', batches, lease_until, bid)
 return 1
 """
+
+
+class TakeOver(Script):
+    """TAKE_OVER: True when this owner adopted the lapsed `building` batch."""
+
+    LUA = TAKE_OVER
+    KEYS = ("batch", "batches")
+    ARGV = ("bid", "owner", "now", "lease_until")
+
+    async def __call__(self, *, tag: str, bid: str, owner: str, now: float, lease_until: float) -> bool:
+        k = self.keys
+        done = await self._run(
+            batch=k.batch(tag, bid),
+            batches=k.batches(tag),
+            bid=bid,
+            owner=owner,
+            now=repr(now),
+            lease_until=repr(lease_until),
+        )
+        return bool(done)
+
 
 # Store a call's final result exactly once, with its cost added to the tenant's daily totals, and schedule
 # its webhook (if it has one) to go out now.
@@ -233,6 +560,54 @@ if redis.call('HEXISTS', call, 'webhook') == 1 then redis.call('ZADD', webhooks,
 return 1
 """
 
+
+class StoreResult(Script):
+    """STORE_RESULT, its answer a `StoreOutcome`; `cost` is (cost, baseline, savings) in USD, None when unpriced."""
+
+    LUA = STORE_RESULT
+    KEYS = ("call", "result", "inflight", "escalating", "totals", "webhooks")
+    ARGV = ("id", "from_batch", "status", "body", "lane", "ttl", "cost", "baseline", "savings", "now", "tenant_ttl")
+
+    async def __call__(
+        self,
+        *,
+        call_id: str,
+        tenant: str,
+        day: str,
+        from_batch: str,
+        status: int,
+        body: bytes,
+        lane: str,
+        ttl: int,
+        cost: tuple[float, float, float] | None,
+        now: float,
+        totals_ttl: int,
+    ) -> StoreOutcome:
+        k = self.keys
+        tag = tag_of(call_id)
+        actual, baseline, savings = (repr(c) for c in cost) if cost else ("", "", "")
+        raw = await self._run(
+            call=k.call(call_id),
+            result=k.result(call_id),
+            inflight=k.inflight(tag),
+            escalating=k.escalating(tag),
+            totals=f"{k.totals_prefix(tag)}{tenant}:{day}",
+            webhooks=k.webhooks(tag),
+            id=call_id,
+            from_batch=from_batch,
+            status=status,
+            body=body,
+            lane=lane,
+            ttl=ttl,
+            cost=actual,
+            baseline=baseline,
+            savings=savings,
+            now=repr(now),
+            tenant_ttl=totals_ttl,
+        )
+        return StoreOutcome(int(raw))
+
+
 # Put a submitted call back on its queue after its batch gave it no result (expired, cancelled, failed).
 REQUEUE = """
 local call, pending, arrivals, bytes, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -247,6 +622,29 @@ redis.call('ZADD', arrivals, redis.call('HGET', call, 'received_at'), id)
 redis.call('INCRBY', bytes, redis.call('HSTRLEN', call, 'body'))
 return 1
 """
+
+
+class Requeue(Script):
+    """REQUEUE: True when the call was still submitted in batch `bid` and is queued again."""
+
+    LUA = REQUEUE
+    KEYS = ("call", "pending", "arrivals", "bytes", "inflight")
+    ARGV = ("id", "bid")
+
+    async def __call__(self, *, call_id: str, bid: str) -> bool:
+        k = self.keys
+        tag = tag_of(call_id)
+        done = await self._run(
+            call=k.call(call_id),
+            pending=k.pending(tag),
+            arrivals=k.arrivals(tag),
+            bytes=k.bytes(tag),
+            inflight=k.inflight(tag),
+            id=call_id,
+            bid=bid,
+        )
+        return bool(done)
+
 
 # Take a call out of the batch lane to answer it in real time; returns its body, or false.
 # A queued call leaves its queue; a submitted one stays in its batch (a late result is dropped); an
@@ -273,6 +671,31 @@ redis.call('ZADD', escalating, lease_until, id)
 return redis.call('HGET', call, 'body')
 """
 
+
+class Escalate(Script):
+    """ESCALATE: the call's body, or None when it is not this caller's to answer."""
+
+    LUA = ESCALATE
+    KEYS = ("call", "pending", "arrivals", "bytes", "inflight", "escalating")
+    ARGV = ("id", "now", "lease_until")
+
+    async def __call__(self, *, call_id: str, now: float, lease_until: float) -> bytes | None:
+        k = self.keys
+        tag = tag_of(call_id)
+        body = await self._run(
+            call=k.call(call_id),
+            pending=k.pending(tag),
+            arrivals=k.arrivals(tag),
+            bytes=k.bytes(tag),
+            inflight=k.inflight(tag),
+            escalating=k.escalating(tag),
+            id=call_id,
+            now=repr(now),
+            lease_until=repr(lease_until),
+        )
+        return body if isinstance(body, bytes) else None
+
+
 # Record that a tenant owns a native file or batch: its hash (expiring with the provider's copy), its place in
 # the tenant's list (kept if already there) and when that place ends; entries whose end passed leave the list
 # first. The place is created_at (seconds) * 10^6 plus a per-tenant counter, so objects created in the same
@@ -297,13 +720,61 @@ redis.call('ZADD', ends, expire_at, id)
 return 1
 """
 
+
+class NativeRecord(Script):
+    """NATIVE_RECORD; `fields` are the hash's fields."""
+
+    LUA = NATIVE_RECORD
+    KEYS = ("hash", "index", "ends", "counter")
+    ARGV = ("id", "created", "expire_at", "now")
+    MORE_ARGV = True  # the hash's fields and values
+
+    async def __call__(
+        self,
+        *,
+        tenant: str,
+        kind: str,
+        object_id: str,
+        created_at: int,
+        expire_at: int,
+        now: float,
+        fields: Mapping[str, str | bytes],
+    ) -> None:
+        k = self.keys
+        await self._run(
+            (),
+            _pairs(fields),
+            hash=k.native_object(tenant, kind, object_id),
+            index=k.native_index(tenant, kind),
+            ends=k.native_ends(tenant, kind),
+            counter=k.native_seq(tenant),
+            id=object_id,
+            created=created_at,
+            expire_at=expire_at,
+            now=repr(now),
+        )
+
+
 # Update fields of a native record only while it exists.
 # Race closed: a retrieve racing a delete (or the record's expiry) must not recreate the hash without its TTL.
 NATIVE_UPDATE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV))
+local hash = KEYS[1]
+if redis.call('EXISTS', hash) == 0 then return 0 end
+redis.call('HSET', hash, unpack(ARGV))
 return 1
 """
+
+
+class NativeUpdate(Script):
+    """NATIVE_UPDATE: False when the record is gone (nothing written)."""
+
+    LUA = NATIVE_UPDATE
+    KEYS = ("hash",)
+    MORE_ARGV = True  # the fields and values to set
+
+    async def __call__(self, *, tenant: str, kind: str, object_id: str, fields: Mapping[str, str | bytes]) -> bool:
+        return bool(await self._run((), _pairs(fields), hash=self.keys.native_object(tenant, kind, object_id)))
+
 
 # Book a chunk of a native batch's result lines, each line once: a line joins the batch's booked set and adds
 # to the tenant's daily totals in the same step. ARGV after the first three: (custom_id, cost, baseline,
@@ -331,6 +802,44 @@ if #new > 0 then redis.call('EXPIRE', totals, totals_ttl) end
 return new
 """
 
+
+class NativeBook(Script):
+    """NATIVE_BOOK; `lines` are (custom_id, (cost, baseline, savings) or None when unpriced). Returns the positions
+    (from 0) of the lines booked by this call."""
+
+    LUA = NATIVE_BOOK
+    KEYS = ("booked", "totals", "batch")
+    ARGV = ("lane", "ttl", "totals_ttl")
+    MORE_ARGV = True  # four per line: custom_id, cost, baseline, savings
+
+    async def __call__(
+        self,
+        *,
+        tenant: str,
+        batch_id: str,
+        day: str,
+        lane: str,
+        ttl: int,
+        totals_ttl: int,
+        lines: Sequence[tuple[str, tuple[float, float, float] | None]],
+    ) -> list[int]:
+        k = self.keys
+        more: list[EncodableT] = []
+        for custom_id, cost in lines:
+            more += [custom_id, *((repr(c) for c in cost) if cost else ("", "", ""))]
+        new = await self._run(
+            (),
+            more,
+            booked=k.native_booked(tenant, batch_id),
+            totals=k.native_totals(tenant, day),
+            batch=k.native_object(tenant, "batch", batch_id),
+            lane=lane,
+            ttl=ttl,
+            totals_ttl=totals_ttl,
+        )
+        return [int(i) - 1 for i in new]
+
+
 # Take one real-time call from a tenant's `rpm` allowance: a token bucket of `burst` calls refilled one per
 # `interval` ms, kept as GCRA's theoretical arrival time (ms) in one key; returns {1, calls left now} when taken,
 # or {0, ms until one is}.
@@ -346,6 +855,29 @@ redis.call('SET', key, string.format('%.3f', tat + interval), 'PX', math.ceil(ta
 return {1, math.floor((now - allow_at) / interval)}
 """
 
+
+class Taken(NamedTuple):
+    """A limit's answer: whether the call was taken, and a number (TAKE_CALL: calls left, or ms until one is;
+    RESERVE_DEFERRED: calls counted)."""
+
+    taken: bool
+    value: int
+
+
+class TakeCall(Script):
+    """TAKE_CALL, the clock passed in (ms)."""
+
+    LUA = TAKE_CALL
+    KEYS = ("key",)
+    ARGV = ("now", "interval", "burst")
+
+    async def __call__(self, *, tenant: str, now_ms: float, interval_ms: float, burst: int) -> Taken:
+        taken, value = await self._run(
+            key=self.keys.tenant_rate(tenant), now=repr(now_ms), interval=repr(interval_ms), burst=burst
+        )
+        return Taken(bool(taken), int(value))
+
+
 # Count a deferred call against its tenant's `max_deferred`: drop reservations past their expiry, refuse when the
 # tenant is at the limit, else add this call; returns {1 or 0, calls counted}. The key expires with its last entry.
 # One key per tenant, so one step: concurrent admissions on any replicas never pass the limit together.
@@ -360,6 +892,21 @@ redis.call('EXPIREAT', key, math.ceil(tonumber(last[2])) + 1)
 return {1, n + 1}
 """
 
+
+class ReserveDeferred(Script):
+    """RESERVE_DEFERRED."""
+
+    LUA = RESERVE_DEFERRED
+    KEYS = ("key",)
+    ARGV = ("id", "now", "expiry", "cap")
+
+    async def __call__(self, *, tenant: str, call_id: str, now: float, expires_at: float, cap: int) -> Taken:
+        taken, count = await self._run(
+            key=self.keys.tenant_deferred(tenant), id=call_id, now=repr(now), expiry=repr(expires_at), cap=cap
+        )
+        return Taken(bool(taken), int(count))
+
+
 # Cut a submitted batch: mark it (once) and make it due for the poller, which cancels it at the provider and
 # harvests the lines it finished; returns 1 when this call cut it.
 # Race closed: two guards cutting one batch do it once, and a cut never puts a batch that was ingested meanwhile
@@ -372,3 +919,40 @@ redis.call('HSET', batch, 'cut_at', now)
 redis.call('ZADD', batches, 'XX', now, bid)
 return 1
 """
+
+
+class Cut(Script):
+    """CUT: True when this call cut the batch."""
+
+    LUA = CUT
+    KEYS = ("batch", "batches")
+    ARGV = ("bid", "now")
+
+    async def __call__(self, *, tag: str, bid: str, now: float) -> bool:
+        k = self.keys
+        return bool(await self._run(batch=k.batch(tag, bid), batches=k.batches(tag), bid=bid, now=repr(now)))
+
+
+class Scripts:
+    """Every script, registered on one client, its keys under one prefix; each attribute is a typed wrapper."""
+
+    def __init__(self, redis: RedisClient, keys: Keys) -> None:
+        self.admit = Admit(redis, keys)
+        self.enrol = Enrol(redis, keys)
+        self.prune = Prune(redis, keys)
+        self.release = Release(redis, keys)
+        self.claim = Claim(redis, keys)
+        self.mark_submitted = MarkSubmitted(redis, keys)
+        self.renew_batch = RenewBatch(redis, keys)
+        self.renew_lease = RenewLease(redis, keys)
+        self.renew_escalation = RenewEscalation(redis, keys)
+        self.take_over = TakeOver(redis, keys)
+        self.store_result = StoreResult(redis, keys)
+        self.requeue = Requeue(redis, keys)
+        self.escalate = Escalate(redis, keys)
+        self.native_record = NativeRecord(redis, keys)
+        self.native_update = NativeUpdate(redis, keys)
+        self.native_book = NativeBook(redis, keys)
+        self.take_call = TakeCall(redis, keys)
+        self.reserve_deferred = ReserveDeferred(redis, keys)
+        self.cut = Cut(redis, keys)

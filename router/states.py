@@ -1,4 +1,4 @@
-"""The states a deferred call and a batch of ours go through, and what `STORE_RESULT` answers.
+"""The states a deferred call and a batch of ours go through, and what `ADMIT` and `STORE_RESULT` answer.
 
 The Lua scripts in `scripts.py` write and compare the same values as string literals;
 `tests/test_scripts.py` checks that every literal they use is a member here, and the reverse.
@@ -24,6 +24,19 @@ class BatchState(StrEnum):
     BUILDING = "building"
     SUBMITTED = "submitted"
     INGESTED = "ingested"
+
+
+class AdmitOutcome(StrEnum):
+    """What `ADMIT` answers (`Accumulator.admit` adds `full` when the set of queues refused the queue first)."""
+
+    NEW = "new"
+    """Queued as a new call."""
+    ATTACHED = "attached"
+    """Attached to the live call this request repeats (by Idempotency-Key, or an identical orphaned call)."""
+    REUSED = "reused"
+    """The Idempotency-Key belongs to a call with another body: nothing is stored."""
+    OVER_LIMIT = "over_limit"
+    """`attach_only` and nothing to attach to: nothing is stored."""
 
 
 class StoreOutcome(IntEnum):

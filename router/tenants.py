@@ -16,10 +16,11 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Literal, NamedTuple
 
-from router import metrics, scripts
+from router import metrics
 from router.errors import QuotaExceeded, RouterError, TenantRateLimited
 from router.keys import Keys
 from router.redis_client import RedisClient
+from router.scripts import Scripts
 from router.settings import Settings, TenantLimits
 
 SPEND_REFRESH_S = 2.0
@@ -72,8 +73,7 @@ class Tenants:
         self.settings = settings
         self._totals = totals
         self._unflushed = unflushed
-        self._take = redis.register_script(scripts.TAKE_CALL)
-        self._reserve = redis.register_script(scripts.RESERVE_DEFERRED)
+        self._scripts = Scripts(redis, keys)
         self._spend: dict[tuple[str, str], tuple[float, float]] = {}  # (tenant, day) -> (spent in Redis, read at)
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -111,8 +111,8 @@ class Tenants:
         if refusal is not None or limits.max_deferred is None:
             return refusal
         cap = limits.max_deferred
-        taken, count = await self._reserve(
-            keys=[self.keys.tenant_deferred(tenant)], args=[call_id, repr(time.time()), repr(expires_at), cap]
+        taken, count = await self._scripts.reserve_deferred(
+            tenant=tenant, call_id=call_id, now=time.time(), expires_at=expires_at, cap=cap
         )
         if taken:
             return None
@@ -134,8 +134,8 @@ class Tenants:
         return refusal.error
 
     async def _take_call(self, tenant: str, rpm: int) -> Refusal | None:
-        taken, value = await self._take(
-            keys=[self.keys.tenant_rate(tenant)], args=[repr(time.time() * 1000), repr(60_000 / rpm), rpm]
+        taken, value = await self._scripts.take_call(
+            tenant=tenant, now_ms=time.time() * 1000, interval_ms=60_000 / rpm, burst=rpm
         )
         if taken:
             return None

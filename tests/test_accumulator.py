@@ -275,9 +275,9 @@ async def test_a_slow_upload_keeps_its_lease_and_is_not_submitted_twice(acc: Acc
 async def test_a_large_claim_is_taken_in_chunks_within_the_limits(
     acc: Accumulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import router.accumulator
+    import router.store.batches
 
-    monkeypatch.setattr(router.accumulator, "CLAIM_CHUNK", 7)  # as if 50,000 calls were claimed 2,000 at a time
+    monkeypatch.setattr(router.store.batches, "CLAIM_CHUNK", 7)  # as if 50,000 calls were claimed 2,000 at a time
     ids = await admit_many(acc, 40)
     by_count = await acc.claim(TAG, max_requests=20, max_bytes=10**9, owner="o", lease_s=30)
     line = len(body(20)) + 128  # the second claim takes calls 20.. (two-digit bodies)

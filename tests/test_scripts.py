@@ -1,20 +1,30 @@
-"""The Lua scripts agree with their Python side: every state literal is a member of `router.states`, and every
-script reads as many KEYS and ARGV as its callers pass (read from the source, so a new argument on one side only
-fails here rather than as a wrong field in Redis)."""
+"""The Lua scripts agree with their Python side: every state literal is a member of `router.states`, and each
+script's typed wrapper in `router/scripts.py` names exactly the KEYS and ARGV its Lua reads, in the Lua's order and
+by the Lua's own names (read from the source, so a new argument on one side only fails here rather than as a wrong
+field in Redis); every key one call passes lies in one Redis Cluster slot."""
 
 from __future__ import annotations
 
-import ast
+import inspect
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+from redis.crc import key_slot
 
 from router import scripts
-from router.states import BatchState, CallState
+from router.keys import Keys
+from router.states import AdmitOutcome, BatchState, CallState
 
 ROOT = Path(__file__).resolve().parent.parent / "router"
 SCRIPTS = {name: text for name, text in vars(scripts).items() if name.isupper() and isinstance(text, str)}
+WRAPPERS: list[type[scripts.Script]] = [
+    w
+    for w in vars(scripts).values()
+    if isinstance(w, type) and issubclass(w, scripts.Script) and w is not scripts.Script
+]
+WRAPPER = {name: w for w in WRAPPERS for name, text in SCRIPTS.items() if w.LUA is text}
 STATES = {s.value for s in CallState} | {s.value for s in BatchState}
 
 # The `state` field written or compared on a hash: HSET key, ..., 'state', 'x' / HGET key, 'state') ~= 'x'.
@@ -72,7 +82,7 @@ def test_the_patterns_see_a_wrong_literal() -> None:
     assert _state_literals(wrong) == [("batch", "bulding")]
 
 
-# --- arity -----------------------------------------------------------------------------------------------------
+# --- arity and names ---------------------------------------------------------------------------------------
 
 
 def _lua_arity(text: str, table: str) -> tuple[int, bool]:
@@ -82,91 +92,44 @@ def _lua_arity(text: str, table: str) -> tuple[int, bool]:
     return max(fixed, default=0), variadic
 
 
-def _targets(assign: ast.Assign | ast.AnnAssign) -> list[ast.expr]:
-    return assign.targets if isinstance(assign, ast.Assign) else [assign.target]
+_LOCALS = re.compile(r"^local ([\w, ]+) = (.+)$", re.M)
+_SLOT = re.compile(r"\b(KEYS|ARGV)\[(\d+)\]")
 
 
-def _list_count(node: ast.expr, function: ast.AST) -> tuple[int, bool]:
-    """How many items a `keys=` / `args=` argument passes: (items counted, whether more may follow)."""
-    if isinstance(node, ast.Name):
-        assigned = [
-            a.value
-            for a in ast.walk(function)
-            if isinstance(a, ast.Assign | ast.AnnAssign)
-            and any(isinstance(t, ast.Name) and t.id == node.id for t in _targets(a))
-        ]
-        grown = any(
-            isinstance(a, ast.AugAssign) and isinstance(a.target, ast.Name) and a.target.id == node.id
-            for a in ast.walk(function)
-        )
-        assert len(assigned) == 1, f"{node.id} is assigned {len(assigned)} times"
-        value = assigned[0]
-        assert value is not None
-        count, more = _list_count(value, function)
-        return count, more or grown
-    if isinstance(node, ast.List):
-        starred = [e for e in node.elts if isinstance(e, ast.Starred)]
-        return len(node.elts) - len(starred), bool(starred)
-    return 0, True  # a comprehension or another expression: any length
+def _lua_locals(text: str) -> dict[tuple[str, int], str]:
+    """The local name each KEYS[i] / ARGV[i] is bound to (`local a, b = KEYS[1], tonumber(ARGV[1])`)."""
+    joined = re.sub(r",\n\s+", ", ", text)  # a `local` list continued on the next line
+    bound: dict[tuple[str, int], str] = {}
+    for names, values in _LOCALS.findall(joined):
+        pairs = list(zip(names.split(", "), values.split(", "), strict=False))
+        if len(names.split(", ")) != len(values.split(", ")):
+            continue  # `local ids = redis.call(...)`: no KEYS or ARGV bound here
+        for name, value in pairs:
+            found = _SLOT.findall(value)
+            if len(found) == 1:
+                table, index = found[0]
+                assert (table, int(index)) not in bound, f"{table}[{index}] bound twice"
+                bound[table, int(index)] = name
+    return bound
 
 
-def _calls() -> list[tuple[str, str, str, ast.Call, ast.AST]]:
-    """(module, script name, attribute, call, enclosing function) for every call of a registered script."""
-    found: list[tuple[str, str, str, ast.Call, ast.AST]] = []
-    for path in sorted(ROOT.glob("*.py")):
-        tree = ast.parse(path.read_text())
-        registered: dict[str, str] = {}
-        for node in ast.walk(tree):
-            if (
-                isinstance(node, ast.Assign)
-                and isinstance(node.value, ast.Call)
-                and isinstance(node.value.func, ast.Attribute)
-                and node.value.func.attr == "register_script"
-            ):
-                target, script = node.targets[0], node.value.args[0]
-                name = script.attr if isinstance(script, ast.Attribute) else script.id  # type: ignore[attr-defined]
-                assert isinstance(target, ast.Attribute)
-                registered[target.attr] = name
-        for function in ast.walk(tree):
-            if not isinstance(function, ast.AsyncFunctionDef | ast.FunctionDef):
-                continue
-            for node in ast.walk(function):
-                if (
-                    isinstance(node, ast.Call)
-                    and isinstance(node.func, ast.Attribute)
-                    and node.func.attr in registered
-                    and isinstance(node.func.value, ast.Name)
-                    and node.func.value.id == "self"
-                ):
-                    found.append((path.name, registered[node.func.attr], node.func.attr, node, function))
-    return found
+def test_every_script_has_one_wrapper() -> None:
+    assert sorted(WRAPPER) == sorted(SCRIPTS)
+    assert len(WRAPPERS) == len(SCRIPTS)
 
 
-CALLS = _calls()
-
-
-def test_every_script_is_called() -> None:
-    assert {name for _, name, *_ in CALLS} == set(SCRIPTS)
-
-
-@pytest.mark.parametrize(
-    ("module", "name", "call", "function"),
-    [(m, n, c, f) for m, n, _, c, f in CALLS],
-    ids=[f"{m}:{n}" for m, n, *_ in CALLS],
-)
-def test_a_script_reads_what_its_caller_passes(module: str, name: str, call: ast.Call, function: ast.AST) -> None:
-    passed = {kw.arg: kw.value for kw in call.keywords}
-    assert set(passed) == {"keys", "args"}, f"{module}: call {name} with keys= and args="
-    for table, arg in (("KEYS", "keys"), ("ARGV", "args")):
-        read, reads_more = _lua_arity(SCRIPTS[name], table)
-        given, gives_more = _list_count(passed[arg], function)
-        if gives_more:
-            assert reads_more, f"{module}: {name} reads {read} {table} but may be given more"
-            assert given >= read, f"{module}: {name} reads {table}[{read}] but is given at least {given}"
-        elif reads_more:
-            assert given >= read, f"{module}: {name} reads {table}[{read}] but is given {given}"
-        else:
-            assert given == read, f"{module}: {name} reads {read} {table} but is given {given}"
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_a_wrapper_names_what_its_script_reads(name: str) -> None:
+    wrapper, text = WRAPPER[name], SCRIPTS[name]
+    bound = _lua_locals(text)
+    for table, declared, more in (("KEYS", wrapper.KEYS, wrapper.MORE_KEYS), ("ARGV", wrapper.ARGV, wrapper.MORE_ARGV)):
+        read, reads_more = _lua_arity(text, table)
+        assert len(declared) == read, f"{name} reads {table}[{read}] but {wrapper.__name__} names {len(declared)}"
+        assert more == reads_more, f"{name}: {wrapper.__name__}.MORE_{table} should be {reads_more}"
+        for index in range(1, read + 1):
+            assert (table, index) in bound, f"{name}: bind {table}[{index}] to a local, so its name is checked"
+            assert declared[index - 1] == bound[table, index], f"{name}: {table}[{index}] is {bound[table, index]}"
+    assert not set(wrapper.KEYS) & set(wrapper.ARGV), f"{name}: a name is both a key and an argument"
 
 
 def test_the_arity_reader_counts() -> None:
@@ -174,3 +137,94 @@ def test_the_arity_reader_counts() -> None:
     assert _lua_arity(scripts.STORE_RESULT, "ARGV") == (11, False)
     assert _lua_arity(scripts.PRUNE, "KEYS") == (2, True)
     assert _lua_arity(scripts.NATIVE_RECORD, "ARGV") == (4, True)
+
+
+def test_the_locals_reader_names() -> None:
+    admit = _lua_locals(scripts.ADMIT)
+    assert admit["KEYS", 7] == "digests"  # continued on the next line
+    assert admit["ARGV", 17] == "attach_only"  # `ARGV[17] == '1'`
+    assert _lua_locals(scripts.CLAIM)["ARGV", 1] == "max_n"  # `tonumber(ARGV[1])`
+
+
+def test_admit_answers_the_outcomes_of_the_enum() -> None:
+    returned = set(re.findall(r"return \{'(\w+)'", scripts.ADMIT))
+    assert returned == {o.value for o in AdmitOutcome}
+
+
+def test_only_the_wrappers_register_scripts() -> None:
+    outside = [
+        path.relative_to(ROOT).as_posix()
+        for path in sorted(ROOT.rglob("*.py"))
+        if "register_script" in path.read_text() and path.name != "scripts.py"
+    ]
+    assert outside == []
+
+
+def test_scripts_holds_every_wrapper() -> None:
+    held = {type(w) for w in vars(scripts.Scripts(_Stub(), Keys("p"))).values()}  # type: ignore[arg-type]
+    assert held == set(WRAPPERS)
+
+
+# --- what a wrapper passes ------------------------------------------------------------------------------------
+
+TAG = "abcdefghij"
+CALL_ID = f"{TAG}_call"
+
+
+class _Sent(Exception):
+    """Raised by the stub in place of Redis's answer: what was sent is all a test here looks at."""
+
+
+class _Stub:
+    """A client whose scripts record the KEYS and ARGV they are run with."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[list[Any], list[Any]]] = []
+
+    def register_script(self, lua: str) -> Any:
+        async def run(*, keys: list[Any], args: list[Any]) -> Any:
+            self.sent.append((keys, args))
+            raise _Sent()
+
+        return run
+
+
+def _value(name: str, annotation: str) -> Any:
+    """A plausible value for a wrapper's parameter, by its name and annotation."""
+    if name == "tag":
+        return TAG
+    if name == "call_id":
+        return CALL_ID
+    examples: dict[str, Any] = {
+        "str": "x",
+        "str | None": "x",
+        "int": 1,
+        "float": 1.5,
+        "bool": True,
+        "bytes": b"x",
+        "tuple[float, float, float] | None": (1.0, 0.5, 0.5),
+        "Mapping[str, str | bytes]": {"field": "value"},
+        "Sequence[tuple[str, tuple[float, float, float] | None]]": [("a", (1.0, 0.5, 0.5)), ("b", None)],
+    }
+    return examples[annotation]
+
+
+@pytest.mark.parametrize("wrapper", WRAPPERS, ids=[w.__name__ for w in WRAPPERS])
+async def test_a_wrapper_passes_every_key_and_argument_in_one_slot(wrapper: type[scripts.Script]) -> None:
+    stub = _Stub()
+    script: Any = wrapper(stub, Keys("p"))  # type: ignore[arg-type]
+    parameters = inspect.signature(script).parameters.values()
+    with pytest.raises(_Sent):
+        await script(**{p.name: _value(p.name, str(p.annotation)) for p in parameters})
+    [(keys, args)] = stub.sent
+    assert len(keys) >= len(wrapper.KEYS) and len(args) >= len(wrapper.ARGV)
+    assert len(keys) == len(wrapper.KEYS) or wrapper.MORE_KEYS
+    assert len(args) == len(wrapper.ARGV) or wrapper.MORE_ARGV
+    assert len({key_slot(key.encode()) for key in keys}) == 1, keys
+    assert all(isinstance(a, str | bytes | int | float) and not isinstance(a, bool) for a in args), args
+
+
+async def test_a_wrapper_refuses_a_missing_name() -> None:
+    script = scripts.Cut(_Stub(), Keys("p"))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="Cut takes"):
+        await script._run(batch="k", batches="k", bid="b")

@@ -1,0 +1,112 @@
+"""What the store reads and writes, as structs, and the small codecs every part shares (no Redis here)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import msgspec
+
+ASYNC_HOLDER = "async"
+"""The holder of a call answered `202` (its caller polls or gets a webhook): never re-attached by digest."""
+Admission = Literal["new", "attached", "reused", "full", "over_limit"]
+"""`full`: the call would open a queue past `max_queues`; `over_limit`: `attach_only` and nothing to attach to.
+Neither stored anything."""
+TotalsKey = tuple[str, str]  # tenant, UTC day
+
+
+class CallMeta(msgspec.Struct, frozen=True, kw_only=True):
+    """What the router remembers about a deferred call besides its body."""
+
+    tenant: str
+    upstream: str
+    endpoint: str
+    model: str
+    deadline: float
+    received_at: float
+    stream: bool = False
+    include_usage: bool = False
+    rule: str | None = None
+    webhook: str | None = None
+
+
+class CallRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A deferred call as stored."""
+
+    id: str
+    meta: CallMeta
+    state: str
+    """A `CallState` value."""
+    batch: str
+    lane: str
+    attempts: int
+
+
+class Result(msgspec.Struct, frozen=True, kw_only=True):
+    """A finished call's answer and price."""
+
+    status: int
+    body: bytes
+    lane: str
+    cost_usd: float | None
+    baseline_usd: float | None
+    savings_usd: float | None
+    finished_at: float
+
+
+class QueueStats(msgspec.Struct, frozen=True, kw_only=True):
+    """What waits in one queue."""
+
+    tag: str
+    upstream: str
+    endpoint: str
+    model: str
+    count: int
+    bytes: int
+    oldest_arrival: float | None
+    earliest_deadline: float | None
+
+
+class BatchRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One of our batches."""
+
+    tag: str
+    id: str
+    state: str
+    """A `BatchState` value."""
+    provider_id: str
+    owner: str
+    created_at: float
+    submitted_at: float
+    polls: int
+    n: int
+    cut_at: float | None = None
+    """When the guard cut the batch (it is being cancelled and harvested), if it did."""
+
+
+meta_encoder = msgspec.json.Encoder()
+meta_decoder = msgspec.json.Decoder(CallMeta)
+
+
+def new_call_id(tag: str) -> str:
+    """An unguessable call id that starts with its queue's tag; valid as an OpenAI and Anthropic custom_id."""
+    return f"{tag}_{secrets.token_urlsafe(18)}"
+
+
+def text(value: object) -> str:
+    """A Redis reply as text ('' for nil)."""
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def number(value: object) -> float | None:
+    """A Redis reply as a float, None for nil or empty."""
+    found = text(value)
+    return float(found) if found else None
+
+
+def queue_name(info: Mapping[Any, object]) -> str:
+    """A queue's name in metrics and `/v1/usage`-like views: `upstream/model/endpoint`, from its descriptor."""
+    return f"{text(info[b'upstream'])}/{text(info[b'model'])}{text(info[b'endpoint'])}"
