@@ -76,12 +76,13 @@ async def test_a_thousand_concurrent_calls_land_in_four_batches(start_router: Ro
             api_key="dev",
             http_client=http,  # type: ignore[arg-type,unused-ignore]
             max_retries=0,
+            timeout=120,  # the SDK's 5 s connect timeout is for one call, not a thousand opened at once on a busy host
         ) as c:
             answers = await asyncio.gather(
                 *(c.chat.completions.create(model="gpt-4o-mini", messages=prompt(i), extra_headers=LATER)
                   for i in range(n))
             )  # fmt: skip
-        async with openai.AsyncOpenAI(base_url=sim.v1, api_key="x", max_retries=0) as direct:
+        async with openai.AsyncOpenAI(base_url=sim.v1, api_key="x", max_retries=0, timeout=120) as direct:
             expected = await asyncio.gather(
                 *(direct.chat.completions.create(model="gpt-4o-mini", messages=prompt(i)) for i in range(n))
             )
