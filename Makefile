@@ -2,10 +2,13 @@
 .PHONY: setup demo test lint typecheck unit integration e2e coverage bench
 
 PYTHON ?= python3
+# Some machines set PYTHONDONTWRITEBYTECODE; the tests then recompile every module and redo pytest's assertion
+# rewriting in every worker on every run (about 6 s of each run's start here). Let the recipes cache them.
+unexport PYTHONDONTWRITEBYTECODE
 # Tests run in parallel, one worker per core (pytest-xdist); worksteal evens out the few long e2e tests.
 # Every test isolates itself (its own Redis key prefix, ports and temporary directory). JOBS=0 runs them in one process.
 JOBS ?= auto
-PYTEST := $(PYTHON) -m pytest -q -n $(JOBS) --dist worksteal
+PYTEST := $(PYTHON) -m pytest -q -n $(JOBS) --dist worksteal -p no:faker
 # Unmarked tests: pure code, Redis, the simulator alone (35-40 s here). The markers are declared in pyproject.toml.
 UNIT := not integration and not e2e and not slow
 
