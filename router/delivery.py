@@ -1,7 +1,7 @@
-"""Deferred delivery: a call admitted to the batch lane is stored (or re-attached to), then answered one of three
-ways — the connection held until its result (`router.holding` keeps it alive), `202` with a call id to poll, and
-with `X-Webhook-URL` also a signed event (`router.webhooks` sends it) — and later fetched with
-`GET /v1/deferred/{id}`.
+"""Deferred delivery: a call admitted to the batch lane is stored (or re-attached to), then answered in one of
+three ways: the connection held until its result (`router.holding` keeps it alive); `202` with a call id to poll;
+and with `X-Webhook-URL`, that `202` and a signed event when it ends (`router.webhooks` sends it). A stored call is
+fetched with `GET /v1/deferred/{id}` (`fetch_deferred`).
 
 Nothing here reads a request: `admission` reads what the caller asked for into a `Delivery`, and the disconnect
 racing gets the request's ASGI `receive`.
