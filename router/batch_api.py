@@ -18,7 +18,7 @@ from litestar.params import FromPath
 from litestar.response import Stream
 from redis.exceptions import RedisError
 
-from router.api import authenticate
+from router.auth import authenticate
 from router.error_handlers import JSON, ClientDisconnected
 from router.errors import BadRequest, NotFound, RouterError, UpstreamError, UpstreamUnavailable
 from router.native_batches import (
@@ -154,7 +154,7 @@ class _Upload:
 
 async def upload_file(gateway: Gateway, request: Request[Any, Any, Any]) -> Response[bytes]:
     """`POST /v1/files`: the multipart body streamed to the upstream; the file is the caller's tenant's."""
-    tenant = authenticate(gateway, request)
+    tenant = authenticate(gateway, request.headers)
     native = gateway.native
     upstream = native.upstreams.get(native.default) if native.default else None
     if upstream is None:
@@ -192,7 +192,7 @@ async def upload_file(gateway: Gateway, request: Request[Any, Any, Any]) -> Resp
 
 async def list_files(gateway: Gateway, request: Request[Any, Any, Any]) -> Response[bytes]:
     """`GET /v1/files`: the tenant's files, newest first unless `order=asc`, paged with `after` and `limit`."""
-    tenant = authenticate(gateway, request)
+    tenant = authenticate(gateway, request.headers)
     query = request.query_params
     limit = _limit(query.get("limit"), FILE_LIMIT)
     order = query.get("order", "desc")
@@ -210,7 +210,7 @@ async def list_files(gateway: Gateway, request: Request[Any, Any, Any]) -> Respo
 
 async def retrieve_file(gateway: Gateway, request: Request[Any, Any, Any], file_id: str) -> Response[bytes]:
     """`GET /v1/files/{id}`."""
-    tenant = authenticate(gateway, request)
+    tenant = authenticate(gateway, request.headers)
     _, upstream = await _owned(gateway, tenant, "file", file_id)
     answer = await upstream.call("GET", f"/files/{file_id}")
     if answer.status == 200:
@@ -220,7 +220,7 @@ async def retrieve_file(gateway: Gateway, request: Request[Any, Any, Any], file_
 
 async def file_content(gateway: Gateway, request: Request[Any, Any, Any], file_id: str) -> Stream:
     """`GET /v1/files/{id}/content`, streamed from the upstream as it comes."""
-    tenant = authenticate(gateway, request)
+    tenant = authenticate(gateway, request.headers)
     _, upstream = await _owned(gateway, tenant, "file", file_id)
     answer = await upstream.download(f"/files/{file_id}/content")
     if answer.stream is None:
@@ -232,7 +232,7 @@ async def file_content(gateway: Gateway, request: Request[Any, Any, Any], file_i
 
 async def delete_file(gateway: Gateway, request: Request[Any, Any, Any], file_id: str) -> Response[bytes]:
     """`DELETE /v1/files/{id}`: deleted upstream, then forgotten."""
-    tenant = authenticate(gateway, request)
+    tenant = authenticate(gateway, request.headers)
     owned, upstream = await _owned(gateway, tenant, "file", file_id)
     if owned.batch:  # a batch's output or errors: its usage is read from this file, so book it first
         await gateway.native.watcher.settle(tenant, owned.batch)
@@ -244,7 +244,7 @@ async def delete_file(gateway: Gateway, request: Request[Any, Any, Any], file_id
 
 async def create_batch(gateway: Gateway, request: Request[Any, Any, Any]) -> Response[bytes]:
     """`POST /v1/batches` on the upstream that holds the input file; the batch is recorded and watched."""
-    tenant = authenticate(gateway, request)
+    tenant = authenticate(gateway, request.headers)
     body = await request.body()
     decode_view(body, gateway.settings.limits.max_json_depth)  # the depth and JSON checks every body gets
     try:
@@ -294,7 +294,7 @@ async def observe(gateway: Gateway, tenant: str, owned: Owned, upstream: NativeU
 
 async def retrieve_batch(gateway: Gateway, request: Request[Any, Any, Any], batch_id: str) -> Response[bytes]:
     """`GET /v1/batches/{id}`."""
-    tenant = authenticate(gateway, request)
+    tenant = authenticate(gateway, request.headers)
     owned, upstream = await _owned(gateway, tenant, "batch", batch_id)
     answer = await upstream.call("GET", f"/batches/{batch_id}")
     if answer.status == 200:
@@ -304,7 +304,7 @@ async def retrieve_batch(gateway: Gateway, request: Request[Any, Any, Any], batc
 
 async def cancel_batch(gateway: Gateway, request: Request[Any, Any, Any], batch_id: str) -> Response[bytes]:
     """`POST /v1/batches/{id}/cancel`; the watcher books what ran before the cancel took effect."""
-    tenant = authenticate(gateway, request)
+    tenant = authenticate(gateway, request.headers)
     owned, upstream = await _owned(gateway, tenant, "batch", batch_id)
     headers = gateway.upstreams.passed_headers(upstream.name, request.headers, tenant)
     answer = await upstream.call("POST", f"/batches/{batch_id}/cancel", headers=headers)
@@ -315,7 +315,7 @@ async def cancel_batch(gateway: Gateway, request: Request[Any, Any, Any], batch_
 
 async def list_batches(gateway: Gateway, request: Request[Any, Any, Any]) -> Response[bytes]:
     """`GET /v1/batches`: the tenant's batches, newest first; those still running are read fresh."""
-    tenant = authenticate(gateway, request)
+    tenant = authenticate(gateway, request.headers)
     query = request.query_params
     limit = _limit(query.get("limit"), BATCH_LIMIT)
     page, more = await gateway.native.store.page(

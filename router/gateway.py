@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import msgspec
 import prometheus_client
@@ -21,7 +23,7 @@ from router.accounting import Accounting, Lane, Priced
 from router.accumulator import Accumulator, TotalsKey
 from router.batcher import Batcher
 from router.catalog import ModelCatalog
-from router.errors import ConfigError, RouterError
+from router.errors import BadRequest, ConfigError, RouterError, UpstreamError
 from router.guard import Guard
 from router.holding import Holds, max_held, raise_fd_limit
 from router.lanes import DeferredLane, Upstreams
@@ -36,6 +38,7 @@ from router.providers.base import Provider
 from router.providers.openai import OpenAIProvider
 from router.providers.openai_native import OpenAINative
 from router.routing import Catalog, Planner
+from router.schema import encoder
 from router.settings import Settings
 from router.tenants import Tenants
 from router.waiters import Waiters
@@ -46,6 +49,7 @@ _throttle = Throttle(log)
 TOTALS_FLUSH_S = 1.0  # real-time totals reach Redis in one pipeline per second, not one round trip per call
 PRUNE_S = 10.0  # idle queues leave the set the loops walk within this many seconds
 _models_decoder = msgspec.json.Decoder(dict[str, Any])
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 class Gateway:
@@ -79,6 +83,7 @@ class Gateway:
             idempotency_ttl_s=b.idempotency_ttl_s,
             max_queues=settings.limits.max_queues,
         )
+        self._acc = acc  # its own reads and writes (totals, queue metrics, pruning); lanes and loops own theirs
         self.waiters = Waiters(self.redis, acc.keys.done_channel, acc.results_stored)
         prices = self.accounting.prices
         self.catalog = ModelCatalog(settings.upstreams, providers, prices)
@@ -127,7 +132,7 @@ class Gateway:
                 asyncio.create_task(self.webhooks.run(self._stop), name="webhooks"),
                 asyncio.create_task(self.native.watcher.run(self._stop), name="native-batches"),
                 asyncio.create_task(self.ledger.run(self._stop), name="message-batches"),
-                asyncio.create_task(pace(self._stop, PRUNE_S, self.deferred.acc.prune_idle, "pruner"), name="pruner"),
+                asyncio.create_task(pace(self._stop, PRUNE_S, self._acc.prune_idle, "pruner"), name="pruner"),
             ]
         try:
             yield
@@ -183,7 +188,7 @@ class Gateway:
             return
         self._flushing.append(pending)  # still counted for budgets while being written
         try:
-            await self.deferred.acc.add_totals(pending)
+            await self._acc.add_totals(pending)
         except Exception as exc:
             _throttle.warning(kind_of("totals", exc), "could not write real-time totals to Redis, will retry: %s", exc)
             for key, fields in pending.items():
@@ -227,6 +232,35 @@ class Gateway:
             raise errors[0]
         return msgspec.json.encode({"object": "list", "data": data})
 
+    async def describe_model(self, model_id: str) -> bytes:
+        """One model as its upstream describes it (`GET /v1/models/{id}`); the upstream's error passes through."""
+        provider = self.upstreams.for_model(model_id)
+        upstream = await provider.get(f"/models/{quote(model_id, safe='')}")
+        if upstream.status >= 400:
+            raise UpstreamError(upstream.status, upstream.body)
+        return upstream.body
+
+    async def day_totals(self, tenant: str, day: str) -> dict[str, float]:
+        """A tenant's totals of one UTC day as `lane:name` fields: real-time calls (this process's flushed first),
+        deferred calls and native batches (their lanes never overlap)."""
+        await self.flush_totals()
+        return await self._acc.totals(tenant, day) | await self.native.store.totals(tenant, day)
+
+    async def usage_report(self, tenant: str, day: str | None) -> bytes:
+        """`GET /v1/usage`: the tenant's totals for one UTC day, per lane (from Redis, so they outlive restarts), and
+        today what it may still use."""
+        day = day or time.strftime("%Y-%m-%d", time.gmtime())
+        if not _DAY.match(day):
+            raise BadRequest("`day` must be a UTC date like 2026-11-27.", param="day", code="invalid_value")
+        lanes: dict[str, dict[str, float]] = {}
+        for field, value in (await self.day_totals(tenant, day)).items():
+            lane, _, name = field.partition(":")
+            lanes.setdefault(lane, {})[name] = value
+        report: dict[str, Any] = {"object": "router.usage", "tenant": tenant, "day": day, "lanes": lanes}
+        if day == time.strftime("%Y-%m-%d", time.gmtime()):
+            report["limits"] = await self.tenants.headroom(tenant)  # what the tenant may still use, now
+        return encoder.encode(report)
+
     async def readiness(self) -> dict[str, bool]:
         """Redis and each upstream: reachable or not."""
         checks: dict[str, bool] = {}
@@ -241,8 +275,8 @@ class Gateway:
     async def metrics_text(self) -> tuple[bytes, str]:
         """The Prometheus exposition of this process; shared state (queues, batches) read from Redis now."""
         try:
-            depth, inflight = await self.deferred.acc.counts()
-            models = await self.deferred.acc.turnarounds()
+            depth, inflight = await self._acc.counts()
+            models = await self._acc.turnarounds()
         except Exception as exc:
             _throttle.warning(kind_of("metrics", exc), "could not read queue depth from Redis for /metrics: %s", exc)
         else:

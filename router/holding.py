@@ -111,7 +111,7 @@ class Holds:
 
     def _drain(self) -> None:
         self.draining.set()
-        self.lane.waiters.wake_all()  # held waiters see the drain now, not at their next keep-alive
+        self.lane.wake_all()  # held waiters see the drain now, not at their next keep-alive
 
     def new_holder(self) -> str:
         """The name a connection holds a call under: this replica and the connection."""
@@ -135,7 +135,7 @@ class Holds:
     async def _release(self, call_id: str, holder: str, delivered: bool) -> None:
         for attempt in range(5):
             try:
-                await self.lane.acc.unhold(call_id, holder, delivered=delivered)
+                await self.lane.unhold(call_id, holder, delivered=delivered)
                 return
             except Exception as exc:  # the holder field is advisory: a failed release only delays re-attaching
                 log.debug("releasing %s failed (attempt %d): %s", call_id, attempt + 1, exc)
@@ -150,7 +150,7 @@ class Holds:
         """Keep this replica's liveness key fresh until `stop`, then remove it (its calls are orphaned now)."""
         while not stop.is_set():
             try:
-                await self.lane.acc.heartbeat(self.replica_id, HEARTBEAT_TTL_S)
+                await self.lane.heartbeat(self.replica_id, HEARTBEAT_TTL_S)
             except Exception as exc:
                 log.debug("heartbeat failed: %s", exc)
             try:
@@ -158,7 +158,7 @@ class Holds:
             except TimeoutError:
                 continue
         try:
-            await self.lane.acc.retire(self.replica_id)
+            await self.lane.retire(self.replica_id)
         except Exception as exc:
             log.debug("could not retire replica %s: %s", self.replica_id, exc)
 

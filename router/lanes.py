@@ -291,6 +291,35 @@ class DeferredLane:
             metrics.reattached.inc()
         return call_id, outcome
 
+    async def call(self, call_id: str) -> CallRecord | None:
+        """A stored call, or None (unknown, malformed or expired id)."""
+        return await self.acc.get_call(call_id)
+
+    async def result(self, call_id: str) -> Result | None:
+        """A call's result, if it has one now (no waiting: `wait` waits)."""
+        return await self.acc.get_result(call_id)
+
+    async def call_and_result(self, call_id: str) -> tuple[CallRecord | None, Result | None]:
+        """A stored call and, if it has one, its result (None, None once the call expired)."""
+        call = await self.acc.get_call(call_id)
+        return call, (await self.acc.get_result(call_id) if call is not None else None)
+
+    async def unhold(self, call_id: str, holder: str, *, delivered: bool) -> None:
+        """A connection stops holding a call; `delivered`: its caller has the answer (see `scripts.RELEASE`)."""
+        await self.acc.unhold(call_id, holder, delivered=delivered)
+
+    async def heartbeat(self, replica_id: str, ttl_s: float) -> None:
+        """Say a replica is alive for `ttl_s` more seconds: the calls it holds are not orphans to re-attach to."""
+        await self.acc.heartbeat(replica_id, ttl_s)
+
+    async def retire(self, replica_id: str) -> None:
+        """A replica is stopping: the calls it held are orphaned from now on (a retry may re-attach to them)."""
+        await self.acc.retire(replica_id)
+
+    def wake_all(self) -> None:
+        """Wake every local waiter now (the drain: held waiters see it at once, not at their next keep-alive)."""
+        self.waiters.wake_all()
+
     def _timeout(self, upstream: str) -> float:
         return next((u.timeout_s for u in self.settings.upstreams if u.name == upstream), 600.0)
 

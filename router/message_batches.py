@@ -142,6 +142,14 @@ class Owners:
         """Stop looking at a batch (booked, or gone)."""
         await self.redis.zrem(self.keys.open_message_batches, batch_id)
 
+    async def lease(self, batch_id: str, holder: str, seconds: float) -> bool:
+        """Take the short lease on checking one batch (a replica that dies lets it lapse)."""
+        return await self.acc.lease(self.keys.message_batch_lease(batch_id), holder, seconds)
+
+    async def release(self, batch_id: str, holder: str) -> None:
+        """Give the lease on checking a batch back, if it is still `holder`'s."""
+        await self.acc.release(self.keys.message_batch_lease(batch_id), holder)
+
     async def mark_booked(self, batch_id: str) -> bool:
         """Claim the booking of a batch's usage; False when it was booked already (HSETNX: once, whoever asks)."""
         return bool(await self.redis.hsetnx(self.keys.message_batch(batch_id), "booked", repr(time.time())))
@@ -186,8 +194,7 @@ class Ledger:
         """Check every due batch once; returns how many were booked (tests call this)."""
         booked = 0
         for batch_id in await self.owners.due(time.time()):
-            lease = self.owners.keys.message_batch_lease(batch_id)
-            if not await self.owners.acc.lease(lease, self.owner, self.settings.lease_s):
+            if not await self.owners.lease(batch_id, self.owner, self.settings.lease_s):
                 continue
             try:
                 booked += await self.check(batch_id)
@@ -195,7 +202,7 @@ class Ledger:
                 log.warning("checking message batch %s failed, will retry: %s", batch_id, exc)
                 await self.owners.check_later(batch_id, time.time() + self.settings.poll_interval_s)
             finally:
-                await self.owners.acc.release(lease, self.owner)
+                await self.owners.release(batch_id, self.owner)
         return booked
 
     async def check(self, batch_id: str) -> int:

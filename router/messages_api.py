@@ -1,7 +1,7 @@
 """Anthropic's own API through the router: `/v1/messages` in both lanes, token counting, and Message Batches
 passed through per tenant; every error on these routes in Anthropic's shape, which the `anthropic` SDKs read.
 
-A `/v1/messages` call is admitted like any other (`api.admit`: auth, `X-Deadline`, policies, lanes); its body is
+A `/v1/messages` call is admitted like any other (`admission.admit`: `X-Deadline`, policies, lanes); its body is
 sent to an Anthropic upstream untranslated, in real time or as a request of the Message Batch its model's chat
 completions go into (`keys.queue_endpoint`), and its answer comes back as Anthropic wrote it.
 """
@@ -21,7 +21,9 @@ from litestar.response import Stream
 from litestar.types import ExceptionHandlersMap
 from redis.exceptions import RedisError
 
-from router import api, error_handlers
+from router import admission, error_handlers
+from router.auth import authenticate
+from router.disconnect import unless_disconnected
 from router.errors import BadRequest, NotFound, RouterError, UpstreamError
 from router.jsondepth import too_deep
 from router.lanes import forward_realtime
@@ -151,7 +153,7 @@ def _limit(raw: str | None) -> int:
 
 async def _owned(gateway: Gateway, request: Request[Any, Any, Any], batch_id: str) -> tuple[Owner, AnthropicProvider]:
     """The caller's own batch and its upstream; any other id is a 404, whoever owns it."""
-    tenant = api.authenticate(gateway, request)
+    tenant = authenticate(gateway, request.headers)
     owner = await gateway.message_batches.owner(batch_id)
     provider = gateway.upstreams.providers.get(owner.upstream) if owner is not None else None
     if owner is None or owner.tenant != tenant or not isinstance(provider, AnthropicProvider):
@@ -161,7 +163,7 @@ async def _owned(gateway: Gateway, request: Request[Any, Any, Any], batch_id: st
 
 async def count_tokens(gateway: Gateway, request: Request[Any, Any, Any]) -> Response[bytes]:
     """`POST /v1/messages/count_tokens`, passed to the model's Anthropic upstream (free: nothing is booked)."""
-    tenant = api.authenticate(gateway, request)
+    tenant = authenticate(gateway, request.headers)
     body = await request.body()
     view = decode_view(body, gateway.settings.limits.max_json_depth)
     if not view.model:
@@ -169,7 +171,7 @@ async def count_tokens(gateway: Gateway, request: Request[Any, Any, Any]) -> Res
     provider = gateway.upstreams.for_model(view.model)
     passed = gateway.upstreams.passed_headers(provider.name, request.headers, tenant)
     forward = forward_realtime(provider, "/messages/count_tokens", body, stream=False, headers=passed)
-    answer = await api.unless_disconnected(request, forward)
+    answer = await unless_disconnected(request.receive, forward)
     if answer.status >= 400:
         raise UpstreamError(answer.status, answer.body, headers=_headers(answer))
     return Response(answer.body, headers=_headers(answer), media_type=JSON)
@@ -177,7 +179,7 @@ async def count_tokens(gateway: Gateway, request: Request[Any, Any, Any]) -> Res
 
 async def create_batch(gateway: Gateway, request: Request[Any, Any, Any]) -> Response[bytes]:
     """`POST /v1/messages/batches`: created at the upstream of its models, recorded as the caller's."""
-    tenant = api.authenticate(gateway, request)
+    tenant = authenticate(gateway, request.headers)
     body = await request.body()
     provider = _batch_provider(gateway, body)
     answer = await provider.native("POST", "/messages/batches", content=body)
@@ -191,7 +193,7 @@ async def create_batch(gateway: Gateway, request: Request[Any, Any, Any]) -> Res
 
 async def list_batches(gateway: Gateway, request: Request[Any, Any, Any]) -> Response[bytes]:
     """`GET /v1/messages/batches`: the caller's own batches, newest first, each as the upstream has it now."""
-    tenant = api.authenticate(gateway, request)
+    tenant = authenticate(gateway, request.headers)
     query = request.query_params
     limit = _limit(query.get("limit"))
     ids, more = await gateway.message_batches.page(tenant, limit, query.get("after_id"), query.get("before_id"))
@@ -231,7 +233,12 @@ def make_handlers(gateway: Gateway) -> list[Any]:
 
     @post(["/v1/messages"], status_code=200, exception_handlers=ERRORS)
     async def messages(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
-        return await api.admit(gateway, request, "/messages")
+        started = time.perf_counter()
+        tenant = authenticate(gateway, request.headers)
+        arrival = admission.Arrival(
+            tenant=tenant, endpoint="/messages", body=await request.body(), headers=request.headers, started=started
+        )
+        return await admission.admit(gateway, arrival, request.receive)
 
     @post(["/v1/messages/count_tokens"], status_code=200, exception_handlers=ERRORS)
     async def tokens(request: Request[Any, Any, Any]) -> Response[bytes]:

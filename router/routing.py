@@ -1,6 +1,6 @@
 """The lane decision, in one place: where a call goes, when a queue flushes, when a late batch is cut, and which
-tier answers an escalation. Pure (no I/O): `serve` (`api.admit`), `estimate`, the batcher, the poller and the guard
-all decide with these functions.
+tier answers an escalation. Pure (no I/O): `serve` (`admission.admit`), `estimate`, the batcher, the poller and the
+guard all decide with these functions.
 
 A deferred call's time is split, from its deadline backwards (`Timing`):
 - `margin_s`: the standard tier's answer. A call still without a result is escalated at `deadline - lead`.
