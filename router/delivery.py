@@ -106,31 +106,41 @@ async def respond_deferred(
     held = delivery.held
     if holds.draining.is_set():
         raise ServiceUnavailable("The router is restarting; retry shortly.", retry_after=1.0, should_retry=True)
-    if held and holds.full():
-        metrics.held_refused.inc()
-        raise TooManyRequests(
-            f"The router holds as many connections as it may ({holds.cap}); retry shortly, or send "
-            "`Prefer: respond-async` to get a call id to poll.",
-            code="too_many_held_calls",
-            retry_after=2.0,
-        )
+    if held:
+        if holds.full():
+            metrics.held_refused.inc()
+            raise TooManyRequests(
+                f"The router holds as many connections as it may ({holds.cap}); retry shortly, or send "
+                "`Prefer: respond-async` to get a call id to poll.",
+                code="too_many_held_calls",
+                retry_after=2.0,
+            )
+        # Take the slot before the first await: a burst of arrivals must not all pass the check above while
+        # each waits on Redis. `_hold` keeps it; every other way out gives it back.
+        holds.enter()
     holder = holds.new_holder() if held else ASYNC_HOLDER
-    call_id, outcome = await gateway.deferred.admit(
-        endpoint=endpoint,
-        body=body,
-        view=view,
-        upstream=upstream,
-        tenant=tenant,
-        deadline=deadline,
-        rule=rule,
-        idempotency_key=delivery.idempotency_key,
-        webhook=delivery.webhook,
-        holder=holder,
-        retry=delivery.retry,
-        reattach=delivery.reattach,
-    )
-    if outcome == "reused":
-        raise IdempotencyKeyReused(call_id)
+    kept = False
+    try:
+        call_id, outcome = await gateway.deferred.admit(
+            endpoint=endpoint,
+            body=body,
+            view=view,
+            upstream=upstream,
+            tenant=tenant,
+            deadline=deadline,
+            rule=rule,
+            idempotency_key=delivery.idempotency_key,
+            webhook=delivery.webhook,
+            holder=holder,
+            retry=delivery.retry,
+            reattach=delivery.reattach,
+        )
+        if outcome == "reused":
+            raise IdempotencyKeyReused(call_id)
+        kept = held
+    finally:
+        if held and not kept:
+            holds.give_back()
     headers["x-router-request-id"] = call_id
     headers["x-router-lane"] = "batch"
     if outcome == "attached":
@@ -143,9 +153,9 @@ async def respond_deferred(
 async def _hold(
     gateway: Gateway, receive: Receive, call_id: str, holder: str, upstream: str, headers: dict[str, str]
 ) -> Response[bytes] | Stream:
-    """Hold the connection for a stored call: its answer within one keep-alive interval, else a held body."""
+    """Hold the connection for a stored call (its held slot already taken): its answer within one keep-alive
+    interval, else a held body."""
     holds = gateway.holds
-    holds.enter()
     handed_off = delivered = False
     try:
         call = await gateway.deferred.call(call_id)

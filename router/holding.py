@@ -122,14 +122,19 @@ class Holds:
         return self.count >= self.cap
 
     def enter(self) -> None:
+        """Take a held slot (synchronously, so a check of `full` and this step are one)."""
         self.count += 1
         metrics.held_connections.inc()
+
+    def give_back(self) -> None:
+        """A slot taken by `enter` for a call that was never held (refused, or admission failed)."""
+        self.count -= 1
+        metrics.held_connections.dec()
 
     def leave(self, call_id: str, holder: str, *, delivered: bool) -> None:
         """A held connection ends: count it and let go of its call (in the background, so a cancelled
         response still releases, and a Redis blip only delays it)."""
-        self.count -= 1
-        metrics.held_connections.dec()
+        self.give_back()
         self._spawn(self._release(call_id, holder, delivered))
 
     async def _release(self, call_id: str, holder: str, delivered: bool) -> None:

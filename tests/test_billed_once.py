@@ -32,6 +32,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from router.serving import serve_in_thread
 from router.simulator import SimConfig, create_simulator
+from tests.helpers.metrics import metric
 from tests.helpers.processes import redis_process, router_process
 from tests.helpers.servers import NO_POLICIES, ROOT, Sim, upstream
 from tests.helpers.waiting import wait_until
@@ -258,10 +259,13 @@ def test_held_connection_cap_under_a_low_fd_limit(
     with router_process(tmp_path, tree, {"SIM_KEY": "sk"}, nofile=200) as router:
         with Callers(router.base, patience=150) as callers:
             pass
+        refused = metric(httpx.get(router.base + "/metrics").text, "hybrid_router_held_refused_total")
         log = router.output()
     check_billed_once(slow_sim, callers)
     assert "Too many open files" not in log
-    assert max(callers.attempts) > 1  # some callers were refused (429) and came back
+    # Some calls were refused with 429 and came back: through the SDK's own retries, or the caller's when the
+    # SDK's ran out first (which of the two depends on how soon held slots free up).
+    assert refused > 0
 
 
 def test_openai_node_timeout_shorter_than_the_batch(

@@ -138,6 +138,21 @@ def test_past_the_held_cap_a_call_gets_429_before_it_is_stored(start_router: Rou
     wait_until(lambda: sim.stats()["batch_lines_submitted"] == 2, 10, "the held and the async call submitted")
 
 
+async def test_a_burst_of_held_calls_never_passes_the_cap(start_router: RouterFactory, sim: Sim) -> None:
+    # Twelve held calls arrive at once; each waits on Redis to be stored. The slot is taken before that wait,
+    # so exactly `max_held` of them are held and the rest are refused before anything is stored.
+    sim.configure(batch_turnaround_s=3.0)
+    with start_router(batch=HELD | {"keepalive_s": 0.3}, limits={"max_held": 3}) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            answers = await asyncio.gather(
+                *(client.post("/v1/chat/completions", json=body(i), headers=LATER) for i in range(12))
+            )
+    statuses = sorted(answer.status_code for answer in answers)
+    assert statuses == [200] * 3 + [429] * 9
+    assert all(a.json()["error"]["code"] == "too_many_held_calls" for a in answers if a.status_code == 429)
+    assert sim.stats()["batch_lines_submitted"] == 3
+
+
 def test_an_escalation_retries_transient_upstream_errors_until_it_succeeds(
     oai: Client, start_router: RouterFactory, sim: Sim
 ) -> None:
