@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -113,8 +114,24 @@ def test_the_required_views_are_there(board: dict[str, Any]) -> None:
         "hybrid_router_late_batch_results_total",
         "hybrid_router_proxy_overhead_seconds_bucket",
         "hybrid_router_upstream_latency_seconds_bucket",
+        "hybrid_router_turnaround_estimate_seconds",
+        "hybrid_router_turnaround_evidence_batches",
+        "hybrid_router_batches_cut_total",
+        "hybrid_router_harvested_lines_total",
+        "hybrid_router_paid_twice_total",
+        "hybrid_router_held_connections",
+        "hybrid_router_held_refused_total",
+        "hybrid_router_held_cut_total",
+        "hybrid_router_deferred_reattached_total",
+        "hybrid_router_tenant_limit",
+        "hybrid_router_tenant_headroom",
+        "hybrid_router_tenant_refused_total",
+        "hybrid_router_deferred_unknown_model_total",
+        "hybrid_router_deferred_queues_refused_total",
     }
     assert required <= used, required - used
+    headlines = {p["title"]: p["targets"][0]["expr"] for p in panels(board) if p["type"] == "stat"}
+    assert "hybrid_router_paid_twice_total" in headlines["Calls paid twice"]
     turnaround = [e for e in exprs if "batch_turnaround_seconds_bucket" in e]
     assert {q for q in ("0.5", "0.95", "0.99") if any(f"histogram_quantile({q}," in e for e in turnaround)} == {
         "0.5",
@@ -126,6 +143,30 @@ def test_the_required_views_are_there(board: dict[str, Any]) -> None:
         for gauge in ("hybrid_router_queue_depth", "hybrid_router_batches_inflight"):
             if gauge in expr:
                 assert expr.startswith("max"), expr
+        for gauge in REPLICATED_GAUGES:
+            for found in re.finditer(rf"\b{gauge}\b", expr):
+                assert _AGGREGATED_BY_MAX_OR_MIN.search(expr[: found.start()]), expr
+
+
+# Gauges every replica reports alike (read from Redis, or configuration): aggregated with max or min, never summed.
+REPLICATED_GAUGES = (
+    "hybrid_router_queue_depth",
+    "hybrid_router_batches_inflight",
+    "hybrid_router_turnaround_estimate_seconds",
+    "hybrid_router_turnaround_evidence_batches",
+    "hybrid_router_tenant_limit",
+    "hybrid_router_tenant_headroom",
+)
+_AGGREGATED_BY_MAX_OR_MIN = re.compile(r"\b(?:max|min)(?:\s+by\s*\([^)]*\))?\s*\(\s*$")
+
+
+def test_every_metric_the_router_exports_has_a_panel(board: dict[str, Any]) -> None:
+    used = set().union(*(router_metrics(e) for e in expressions(board)))
+    families = {family.name: family.type for family in REGISTRY.collect()}
+    assert families["hybrid_router_requests"] == "counter" and families["hybrid_router_queue_depth"] == "gauge"
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    missing = {name for name, kind in families.items() if not {name + s for s in suffixes[kind]} & used}
+    assert not missing, f"metrics of router/metrics.py without a panel: {sorted(missing)}"
 
 
 def test_every_metric_the_dashboard_reads_is_exported_by_the_router(board: dict[str, Any]) -> None:

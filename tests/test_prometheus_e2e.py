@@ -183,43 +183,78 @@ def deferred_calls(base: str, key: str, first: int, n: int) -> list[Headers]:
     return [raw.headers for raw in raws]
 
 
-def escalated_and_late(base: str, key: str, sim: Sim) -> Headers:
-    """Calls the guard must escalate, answered after their deadline, whose batch lines are then billed late."""
+def escalated_and_late(base: str, key: str, sim: Sim) -> list[Headers]:
+    """Calls the guard must escalate, answered after their deadline, whose batch lines are then billed late; and
+    calls with time to spare in the same batch, harvested from it when it is cut. Every call's result headers."""
     before = {(name, label): _counter(base, name, label) for name, label in CHANGED_BY_ESCALATION}
-    # The batch takes 4 s (its lines finish from 0.4 s to 3.2 s), longer than the 3 s deadline allows. With no
-    # cancel lead (ROUTER_BATCH) the guard cuts the batch and answers in real time together, at deadline - 1 s,
-    # and a 2 s upstream makes those answers miss the deadline. The lines finished before the cancel are
-    # harvested after the calls were answered: billed twice, counted as late results.
+    # The batch takes 4 s (its lines finish from 0.4 s to 3.2 s, earliest deadline first), longer than the 3 s
+    # deadline allows. With no cancel lead (ROUTER_BATCH) the guard cuts the batch and answers the 3 s calls in
+    # real time together, at deadline - 1 s, and a 2 s upstream makes those answers miss the deadline. Their lines
+    # finished before the cancel are harvested after the calls were taken for escalation: billed twice, counted as
+    # late results. The 10 s calls whose lines finished by then are harvested at the batch price; the rest go to
+    # another batch, a quick one.
     sim.configure(batch_turnaround_s=4, latency_ms=2000)
     auth = {"authorization": f"Bearer {key}"}
-    locations = []
-    for i in range(4):
-        accepted = httpx.post(
-            base + "/v1/chat/completions",
-            json={"model": "gpt-4o-mini", "messages": prompt(99 + i)},
-            headers=auth | {"prefer": "respond-async", "x-deadline": "3s"},
-        )
+
+    async def submit(i: int, deadline: str) -> str:
+        async with httpx.AsyncClient(base_url=base, headers=auth, timeout=10) as c:
+            accepted = await c.post(
+                "/v1/chat/completions",
+                json={"model": "gpt-4o-mini", "messages": prompt(99 + i)},
+                headers={"prefer": "respond-async", "x-deadline": deadline},
+            )
         assert accepted.status_code == 202, accepted.text
-        locations.append(accepted.headers["location"])
-    for location in locations:
-        done = httpx.get(base + location + "?wait=15", headers=auth, timeout=20)
-        assert done.status_code == 200
-        assert done.headers["x-router-escalated"] == "true"
+        return accepted.headers["location"]
+
+    async def submit_all() -> list[str]:  # at once, so they share one batch
+        return await asyncio.gather(*(submit(i, "3s" if i < SHORT else "10s") for i in range(SHORT + LONG)))
+
+    locations = asyncio.run(submit_all())
+    cut = ("hybrid_router_batches_cut_total", "")
+    wait_until(lambda: _counter(base, *cut) > before[cut], 10, "the late batch to be cut", every=0.1)
+    sim.configure(batch_turnaround_s=1)  # the next batch, holding the 10 s calls not harvested: back in a second
+    answers = [httpx.get(base + location + "?wait=15", headers=auth, timeout=20) for location in locations]
+    assert [a.status_code for a in answers] == [200] * len(answers)
+    assert all(a.headers["x-router-escalated"] == "true" for a in answers[:SHORT])
+    assert any(a.headers["x-router-lane"] == "batch" for a in answers[SHORT:])
     wait_until(
         lambda: all(_counter(base, name, label) > before[name, label] for name, label in CHANGED_BY_ESCALATION),
         10,
-        "the escalation, the deadline miss and the late batch result to be counted",
+        "the escalation, the deadline miss, the cut, the harvest and the late batch result to be counted",
         every=0.2,
     )
-    return done.headers
+    return [a.headers for a in answers]
 
 
+SHORT, LONG = 2, 10  # calls with a 3 s and a 10 s deadline in the batch escalated_and_late cuts
 CHANGED_BY_ESCALATION = [
     ("hybrid_router_deadline_escalations_total", 'reason="submitted"'),
     ("hybrid_router_deadline_misses_total", ""),
     ("hybrid_router_late_batch_results_total", ""),
     ("hybrid_router_paid_twice_total", ""),
+    ("hybrid_router_batches_cut_total", ""),
+    ("hybrid_router_harvested_lines_total", ""),
 ]
+
+
+def still_waiting(base: str, key: str, sim: Sim) -> None:
+    """A deferred call left in a batch that outlasts the test, as calls usually are in flight: its queue keeps work,
+    so the pruner (every few seconds) does not drop the queue and its depth series before the queries run."""
+    sim.configure(batch_turnaround_s=3600)
+    accepted = httpx.post(
+        base + "/v1/embeddings",
+        json={"model": "text-embedding-3-small", "input": "a report for later"},
+        headers={"authorization": f"Bearer {key}", "prefer": "respond-async"} | LATER,
+    )
+    assert accepted.status_code == 202, accepted.text
+
+
+def over_its_limit(base: str, key: str) -> None:
+    """A tenant with rpm 1 makes two real-time calls: the second is refused with 429."""
+    auth = {"authorization": f"Bearer {key}"}
+    body = {"model": "gpt-4o-mini", "messages": prompt(0)}
+    statuses = [httpx.post(base + "/v1/chat/completions", json=body, headers=auth).status_code for _ in range(2)]
+    assert statuses == [200, 429]
 
 
 def _counter(base: str, name: str, label: str = "") -> float:
@@ -231,13 +266,19 @@ def test_every_dashboard_query_returns_data(
     start_router: RouterFactory, sim: Sim, prometheus: PrometheusFactory
 ) -> None:
     tenant = "prom-e2e-" + secrets.token_hex(3)  # this test's own series in the process-wide registry
-    key = "sk-" + secrets.token_hex(8)
-    keys = [{"sha256": hashlib.sha256(key.encode()).hexdigest(), "tenant": tenant}]
+    capped = "prom-e2e-capped-" + secrets.token_hex(3)  # with every kind of limit, for the tenant panels
+    key, capped_key = "sk-" + secrets.token_hex(8), "sk-" + secrets.token_hex(8)
+    keys = [
+        {"sha256": hashlib.sha256(k.encode()).hexdigest(), "tenant": t}
+        for k, t in ((key, tenant), (capped_key, capped))
+    ]
+    tenants = {capped: {"rpm": 1, "max_deferred": 5, "daily_budget_usd": 50.0}}
     protected = {"metrics_token_env": "METRICS_TOKEN", "environ": {"METRICS_TOKEN": METRICS_TOKEN}}
-    with start_router(batch=ROUTER_BATCH, auth="keys", keys=keys, **protected) as base:
+    with start_router(batch=ROUTER_BATCH, auth="keys", keys=keys, tenants=tenants, **protected) as base:
         assert httpx.get(base + "/metrics").status_code == 401  # Prometheus gets in with the token only
         server = prometheus(base)
         server.wait_for_scrapes(1)
+        over_its_limit(base, capped_key)
         realtime: list[Headers] = []
         deferred: list[Headers] = []
         with openai.OpenAI(base_url=base + "/v1", api_key=key, timeout=30, max_retries=0) as client:
@@ -246,7 +287,8 @@ def test_every_dashboard_query_returns_data(
                 realtime += realtime_calls(client, round_)
                 deferred += deferred_calls(base, key, first=10 * round_, n=3)
                 server.wait_for_scrapes(1)
-        deferred.append(escalated_and_late(base, key, sim))
+        deferred += escalated_and_late(base, key, sim)
+        still_waiting(base, key, sim)
         server.wait_for_scrapes(2)  # the last counter changes are in Prometheus
 
         empty = []

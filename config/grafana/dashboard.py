@@ -74,7 +74,7 @@ def shares(title: str, counter: str, description: str) -> timeseries.Panel:
     )
 
 
-def headline(title: str, unit: str, expr: str, description: str) -> stat.Panel:
+def headline(title: str, unit: str, expr: str, description: str, *, width: int = 6) -> stat.Panel:
     """A single number over the selected time range."""
     return (
         stat.Panel()
@@ -83,7 +83,7 @@ def headline(title: str, unit: str, expr: str, description: str) -> stat.Panel:
         .datasource(DATASOURCE)
         .unit(unit)
         .height(4)
-        .span(6)
+        .span(width)
         .graph_mode(BigValueGraphMode.NONE)
         .color_mode(BigValueColorMode.VALUE)
         .reduce_options(common.ReduceDataOptions().calcs(["lastNotNull"]))
@@ -110,7 +110,10 @@ def build() -> dashboard.Dashboard:
     board = (
         dashboard.Dashboard("hybrid-router")
         .uid(UID)
-        .description("Savings, lanes, cost, the deferred lane's batches and deadlines, and real-time latency.")
+        .description(
+            "Savings, lanes, cost, the deferred lane, batch turnaround, deadlines and escalations, held "
+            "connections, tenants' limits, and real-time latency."
+        )
         .tags(["hybrid-router"])
         .readonly()
         .tooltip(DashboardCursorSync.CROSSHAIR)
@@ -127,6 +130,7 @@ def build() -> dashboard.Dashboard:
                 "currencyUSD",
                 f"sum(increase({savings}[$__range]))",
                 "Real-time price minus what was paid, for the calls finished in the selected range.",
+                width=4,
             )
         )
         .with_panel(
@@ -135,10 +139,38 @@ def build() -> dashboard.Dashboard:
                 "percentunit",
                 f"sum(increase({savings}[$__range])) / sum(increase({baseline}[$__range]))",
                 "Savings as a share of the real-time baseline, over the selected range.",
+                width=4,
             )
         )
         .with_panel(
-            headline("Spend", "currencyUSD", f"sum(increase({cost}[$__range]))", "What the calls cost, all lanes.")
+            headline(
+                "Spend",
+                "currencyUSD",
+                f"sum(increase({cost}[$__range]))",
+                "What the calls cost, all lanes.",
+                width=4,
+            )
+        )
+        .with_panel(
+            headline(
+                "Calls paid twice",
+                "short",
+                f"sum(increase({M}paid_twice_total[$__range]))",
+                "Batch lines the provider finished, and bills, for calls an escalation had already answered: "
+                "money spent twice. Anything above zero means batches run late for their deadlines: see the "
+                "Deadlines and escalations row.",
+                width=4,
+            )
+        )
+        .with_panel(
+            headline(
+                "Escalations",
+                "short",
+                f"sum(increase({M}deadline_escalations_total[$__range]))",
+                "Deferred calls answered in real time to keep their deadline, over the selected range: each one "
+                "lost the batch discount unless the flex tier answered it.",
+                width=4,
+            )
         )
         .with_panel(
             headline(
@@ -146,6 +178,7 @@ def build() -> dashboard.Dashboard:
                 "short",
                 f"sum(increase({M}deadline_misses_total[$__range]))",
                 "Calls answered after their X-Deadline, over the selected range.",
+                width=4,
             )
         )
         .with_panel(
@@ -230,15 +263,6 @@ def build() -> dashboard.Dashboard:
         )
         .with_panel(
             graph(
-                "Batch turnaround",
-                "s",
-                quantiles(f"{M}batch_turnaround_seconds"),
-                description="From creating a provider batch to ingesting its results.",
-                width=8,
-            ).interval("15m")  # batches end minutes to hours apart: short windows would show mostly gaps
-        )
-        .with_panel(
-            graph(
                 "Deferred calls (per second)",
                 "reqps",
                 [
@@ -261,28 +285,20 @@ def build() -> dashboard.Dashboard:
         )
         .with_panel(
             graph(
-                "Deadline escalations by reason",
+                "Calls not deferred",
                 "short",
-                [(f"sum by (reason) (increase({M}deadline_escalations_total[{WINDOW}]))", "{{reason}}")],
-                description="Deferred calls answered in real time to keep their deadline: at admission (no batch "
-                "could make it), or by the guard while queued or submitted.",
+                [
+                    (
+                        f"sum by (upstream) (increase({M}deferred_unknown_model_total[{WINDOW}]))",
+                        "unknown model {{upstream}}",
+                    ),
+                    (f"sum(increase({M}deferred_queues_refused_total[{WINDOW}]))", "refused: max_queues"),
+                ],
+                description="Calls that asked to wait but did not. Unknown model: no price, not in the upstream's "
+                "/models and not in its `models`, so it went real time at full price; add it to pricing.yaml or "
+                "the upstream's `models`. Refused: a 429 because a new queue would pass `limits.max_queues`; raise "
+                "it if the models are legitimate.",
                 width=8,
-            )
-        )
-        .with_panel(
-            graph(
-                "Deadline misses",
-                "short",
-                [(f"sum(increase({M}deadline_misses_total[{WINDOW}]))", "misses")],
-                description="Calls answered after their deadline.",
-            )
-        )
-        .with_panel(
-            graph(
-                "Late batch results",
-                "short",
-                [(f"sum(increase({M}late_batch_results_total[{WINDOW}]))", "late results")],
-                description="Batch results for calls already answered another way: billed by the provider, dropped.",
             )
         )
         .with_panel(
@@ -292,6 +308,177 @@ def build() -> dashboard.Dashboard:
                 [(f"sum by (outcome) (increase({M}webhook_deliveries_total[{WINDOW}]))", "{{outcome}}")],
                 description="Signed events sent to callers' X-Webhook-URL: delivered, retried after a failed "
                 "attempt, or dropped after the last attempt.",
+                width=8,
+            )
+        )
+    )
+    board = (
+        board.with_row(dashboard.Row("Turnaround"))
+        .with_panel(
+            graph(
+                "Batch turnaround",
+                "s",
+                quantiles(f"{M}batch_turnaround_seconds"),
+                description="From creating a provider batch to ingesting its results, as observed.",
+                width=8,
+            ).interval("15m")  # batches end minutes to hours apart: short windows would show mostly gaps
+        )
+        .with_panel(
+            graph(
+                "Turnaround estimate by queue",
+                "s",
+                [(f"max by (queue, quantile) ({M}turnaround_estimate_seconds)", "{{queue}} {{quantile}}")],
+                description="Each queue's batch turnaround as the model predicts it now: the median (0.5) and the "
+                "quantile admission plans with (admit, `batch.admit_quantile`). A call is deferred only if a batch "
+                "is expected back by then with its margin to spare, so a rising admit line means more calls go "
+                "real time. Far above the observed turnaround: the prior (`batch.turnaround_prior_s`) still weighs "
+                "in. A Redis value: max over replicas.",
+                width=8,
+            )
+        )
+        .with_panel(
+            graph(
+                "Turnaround evidence by queue",
+                "short",
+                [(f"max by (queue) ({M}turnaround_evidence_batches)", "{{queue}}")],
+                description="Batches' worth of decayed observations behind each queue's estimate. Below "
+                "`batch.turnaround_min_observations` (5 by default) the prior still counts; it decays with "
+                "`batch.turnaround_half_life_s`, so a queue that stops batching drifts back to the prior. A Redis "
+                "value: max over replicas.",
+                width=8,
+            )
+        )
+    )
+    board = (
+        board.with_row(dashboard.Row("Deadlines and escalations"))
+        .with_panel(
+            graph(
+                "Deadline escalations by reason",
+                "short",
+                [(f"sum by (reason) (increase({M}deadline_escalations_total[{WINDOW}]))", "{{reason}}")],
+                description="Deferred calls answered in real time to keep their deadline: at admission (no batch "
+                "could make it), or by the guard while queued or submitted. The tier that answered them shows in "
+                "the lanes: escalated (standard tier) or flex.",
+                width=8,
+            )
+        )
+        .with_panel(
+            graph(
+                "Deadline misses",
+                "short",
+                [(f"sum(increase({M}deadline_misses_total[{WINDOW}]))", "misses")],
+                description="Calls answered after their deadline.",
+                width=8,
+            )
+        )
+        .with_panel(
+            graph(
+                "Batches cut",
+                "short",
+                [(f"sum by (upstream) (increase({M}batches_cut_total[{WINDOW}]))", "{{upstream}}")],
+                description="Batches the router cancelled because a call in them would otherwise escalate "
+                "(`batch.cancel_lead_s` before its escalation). Frequent cuts: the turnaround estimate is too "
+                "optimistic for the deadlines callers send.",
+                width=8,
+            )
+        )
+        .with_panel(
+            graph(
+                "Calls harvested from cut batches",
+                "short",
+                [(f"sum by (upstream) (increase({M}harvested_lines_total[{WINDOW}]))", "{{upstream}}")],
+                description="Calls answered at the batch price from the lines a cut batch had finished before it was "
+                "cancelled: what cutting saved over escalating the whole batch.",
+            )
+        )
+        .with_panel(
+            graph(
+                "Calls paid twice",
+                "short",
+                [
+                    (f"sum(increase({M}late_batch_results_total[{WINDOW}]))", "late results, all upstreams"),
+                    (f"sum by (upstream) (increase({M}paid_twice_total[{WINDOW}]))", "paid twice {{upstream}}"),
+                ],
+                description="Batch results that came in after an escalation had answered their call: the provider "
+                "bills the line, the router drops it, and the call is paid twice. Raise `batch.cancel_lead_s` so "
+                "late batches are cut, and what they finished harvested, before their calls escalate.",
+            )
+        )
+    )
+    board = (
+        board.with_row(dashboard.Row("Held connections"))
+        .with_panel(
+            graph(
+                "Held connections",
+                "short",
+                [(f"sum({M}held_connections)", "held")],
+                description="Connections held open until a deferred answer arrives, summed over processes. Past "
+                "`limits.max_held` new held calls get 429: raise it, or have callers send `Prefer: respond-async`.",
+                width=8,
+            )
+        )
+        .with_panel(
+            graph(
+                "Held calls refused and cut short",
+                "short",
+                [
+                    (f"sum(increase({M}held_refused_total[{WINDOW}]))", "refused at max_held"),
+                    (f"sum by (reason) (increase({M}held_cut_total[{WINDOW}]))", "cut: {{reason}}"),
+                ],
+                description="Refused: 429 before storing, the held-connection cap was reached. Cut: a held answer "
+                "ended on purpose; on error or shutdown the caller's retry re-attaches to its call, at hold_limit "
+                "(`batch.hold_s`) it gets 504 and must fetch the result with GET /v1/deferred/{id}.",
+                width=8,
+            )
+        )
+        .with_panel(
+            graph(
+                "Re-attached retries",
+                "short",
+                [(f"sum(increase({M}deferred_reattached_total[{WINDOW}]))", "re-attached")],
+                description="Requests that matched a deferred call already stored (a retry after a lost "
+                "connection) and waited for it instead of being billed again. A steady stream means clients or "
+                "proxies drop long-held connections: check their timeouts against `batch.keepalive_s`.",
+                width=8,
+            )
+        )
+    )
+    board = (
+        board.with_row(dashboard.Row("Tenants"))
+        .with_panel(
+            graph(
+                "Headroom left, share of each limit",
+                "percentunit",
+                [
+                    (
+                        f"min by (tenant, limit) ({M}tenant_headroom) / max by (tenant, limit) ({M}tenant_limit)",
+                        "{{tenant}} {{limit}}",
+                    )
+                ],
+                description="What each limited tenant may still use now over its limit: rpm (calls it could make at "
+                "once), max_deferred (deferred calls it could add), daily_budget_usd (budget left today). Near 0 "
+                "its next calls get 429.",
+                width=8,
+            ).min(0)
+        )
+        .with_panel(
+            graph(
+                "Daily budget left (USD)",
+                "currencyUSD",
+                [(f'min by (tenant) ({M}tenant_headroom{{limit="daily_budget_usd"}})', "{{tenant}}")],
+                description="USD each tenant with a `daily_budget_usd` may still spend today (UTC); at 0 its "
+                "calls get 429 insufficient_quota until midnight UTC.",
+                width=8,
+            )
+        )
+        .with_panel(
+            graph(
+                "Calls refused by tenant limit",
+                "short",
+                [(f"sum by (tenant, limit) (increase({M}tenant_refused_total[{WINDOW}]))", "{{tenant}} {{limit}}")],
+                description="429s sent because a tenant was over a limit. Expected when a tenant bursts; steady "
+                "refusals mean its limit in `tenants` is too low for its traffic, or it needs to slow down.",
+                width=8,
             )
         )
     )
