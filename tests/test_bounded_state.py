@@ -67,6 +67,7 @@ def metric(base: str, name: str, labels: str = "") -> float:
     return 0.0
 
 
+@pytest.mark.integration  # starts a router in front of the simulator
 async def test_junk_model_names_leave_no_redis_state(router: Started, redis_url: str, key_prefix: str) -> None:
     unknown = "hybrid_router_deferred_unknown_model_total"
     with router() as (base, _):
@@ -90,6 +91,7 @@ async def test_junk_model_names_leave_no_redis_state(router: Started, redis_url:
     assert [k for k in left if ":totals:default:" not in k and ":replica:" not in k] == []
 
 
+@pytest.mark.integration  # starts a router in front of the simulator
 async def test_known_models_are_deferred_and_their_idle_queues_pruned(
     router: Started, acc: Accumulator, oai: Callable[..., openai.OpenAI]
 ) -> None:
@@ -134,6 +136,7 @@ async def test_known_models_are_deferred_and_their_idle_queues_pruned(
         assert gateway.deferred.acc.max_queues == 1000
 
 
+@pytest.mark.integration  # starts a router in front of the simulator
 async def test_an_explicit_model_list_without_wildcards_makes_its_models_known(
     router: Started, sim: Sim, oai: Callable[..., openai.OpenAI]
 ) -> None:
@@ -154,6 +157,7 @@ async def test_an_explicit_model_list_without_wildcards_makes_its_models_known(
     assert other.headers["x-router-lane"] == "realtime"
 
 
+@pytest.mark.integration  # starts a router in front of the simulator
 def test_the_queue_cap_refuses_a_new_queue_with_429(
     router: Started, redis_url: str, key_prefix: str, oai: Callable[..., openai.OpenAI]
 ) -> None:
