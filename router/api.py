@@ -21,6 +21,22 @@ if TYPE_CHECKING:
     from router.gateway import Gateway
 
 
+async def list_models(gateway: Gateway, request: Request[Any, Any, Any]) -> Response[bytes]:
+    """`GET /v1/models`, in Anthropic's shape when an Anthropic SDK asks (`anthropic-version`)."""
+    if messages_api.ANTHROPIC_VERSION in request.headers:
+        return await messages_api.list_models(gateway, request)
+    authenticate(gateway, request.headers)
+    return Response(await gateway.list_models(), media_type=JSON)
+
+
+async def describe_model(gateway: Gateway, request: Request[Any, Any, Any], model_id: str) -> Response[bytes]:
+    """`GET /v1/models/{id}`, in Anthropic's shape when an Anthropic SDK asks."""
+    if messages_api.ANTHROPIC_VERSION in request.headers:
+        return await messages_api.describe_model(gateway, request, model_id)
+    authenticate(gateway, request.headers)
+    return Response(await gateway.describe_model(model_id), media_type=JSON)
+
+
 def make_handlers(gateway: Gateway) -> list[Any]:
     """The route handlers, closed over the gateway they serve (Anthropic's own routes: `router.messages_api`)."""
 
@@ -50,13 +66,11 @@ def make_handlers(gateway: Gateway) -> list[Any]:
 
     @get(["/v1/models", "/models"])
     async def models(request: Request[Any, Any, Any]) -> Response[bytes]:
-        authenticate(gateway, request.headers)
-        return Response(await gateway.list_models(), media_type=JSON)
+        return await list_models(gateway, request)
 
     @get(["/v1/models/{model_id:str}", "/models/{model_id:str}"])
     async def model(request: Request[Any, Any, Any], model_id: FromPath[str]) -> Response[bytes]:
-        authenticate(gateway, request.headers)
-        return Response(await gateway.describe_model(model_id), media_type=JSON)
+        return await describe_model(gateway, request, model_id)
 
     @get(["/v1/deferred/{call_id:str}"])
     async def deferred(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     from router.gateway import Gateway
 
 JSON = "application/json"
+ANTHROPIC_VERSION = "anthropic-version"
+"""The header every Anthropic SDK sends: on a route both APIs share (`/v1/models`), the answer takes its shape."""
 MAX_LIST_LIMIT = 1000
 LIST_CONCURRENCY = 8
 """Batches of one list page fetched from the upstream at once."""
@@ -226,6 +229,62 @@ async def batch_results(gateway: Gateway, request: Request[Any, Any, Any], batch
         raise UpstreamError(answer.status, answer.body, headers=_headers(answer))
     media = dict(answer.headers).get("content-type", "application/binary")
     return Stream(answer.stream, status_code=200, headers=_headers(answer), media_type=media)
+
+
+def _model_info(item: dict[str, Any]) -> dict[str, Any]:
+    """One OpenAI-shaped model (`id`, `created`) as Anthropic's `ModelInfo`."""
+    created = item.get("created")
+    stamp = datetime.fromtimestamp(created if isinstance(created, int) and created >= 0 else 0, UTC)
+    name = item.get("display_name")
+    return {
+        "type": "model",
+        "id": item["id"],
+        "display_name": name if isinstance(name, str) else item["id"],
+        "created_at": stamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def model_page(listed: bytes, limit: int, after_id: str | None, before_id: str | None) -> bytes:
+    """The router's model list (OpenAI's shape) as one page of Anthropic's `GET /v1/models`: newest first,
+    `after_id` / `before_id` cursors, `has_more`, `first_id` and `last_id`."""
+    items = [i for i in _object_decoder.decode(listed).get("data", []) if isinstance(i, dict) and "id" in i]
+    models = sorted(map(_model_info, items), key=lambda m: (m["created_at"], m["id"]), reverse=True)
+    ids = [m["id"] for m in models]
+    if after_id is not None and before_id is not None:
+        raise BadRequest("Only one of after_id and before_id may be given.", param="after_id")
+    if after_id is not None:
+        start = ids.index(after_id) + 1 if after_id in ids else len(ids)
+        page, more = models[start : start + limit], start + limit < len(models)
+    elif before_id is not None:
+        end = ids.index(before_id) if before_id in ids else 0
+        page, more = models[max(0, end - limit) : end], end - limit > 0
+    else:
+        page, more = models[:limit], limit < len(models)
+    first, last = (page[0]["id"], page[-1]["id"]) if page else (None, None)
+    return _encoder.encode({"data": page, "has_more": more, "first_id": first, "last_id": last})
+
+
+async def list_models(gateway: Gateway, request: Request[Any, Any, Any]) -> Response[bytes]:
+    """`GET /v1/models` asked by an Anthropic client (it sends `anthropic-version`): Anthropic's page shape and
+    errors, over the same models an OpenAI client is shown."""
+    try:
+        authenticate(gateway, request.headers)
+        query = request.query_params
+        page = model_page(await gateway.list_models(), _limit(query.get("limit")), query.get("after_id"),
+                          query.get("before_id"))  # fmt: skip
+    except RouterError as exc:
+        return ERRORS[RouterError](request, exc)
+    return Response(page, media_type=JSON)
+
+
+async def describe_model(gateway: Gateway, request: Request[Any, Any, Any], model_id: str) -> Response[bytes]:
+    """`GET /v1/models/{id}` asked by an Anthropic client: the model as Anthropic's `ModelInfo`."""
+    try:
+        authenticate(gateway, request.headers)
+        item = _object_decoder.decode(await gateway.describe_model(model_id))
+    except RouterError as exc:
+        return ERRORS[RouterError](request, exc)
+    return Response(_encoder.encode(_model_info(item | {"id": item.get("id", model_id)})), media_type=JSON)
 
 
 def make_handlers(gateway: Gateway) -> list[Any]:

@@ -366,3 +366,28 @@ def test_anthropic_upstreams_receive_anthropic_beta_by_default() -> None:
         settings = Settings(upstreams=[claude, gpt], auth=auth, keys=[ProxyKey(sha256="a" * 64, tenant="t")])
         assert settings.forward_headers(claude, "t") == ["anthropic-beta"]  # no workspace header: billing stays ours
         assert "anthropic-beta" not in settings.forward_headers(gpt, "t")
+
+
+def test_models_list_and_retrieve_in_anthropic_shape(
+    router: str, claude: Claude, oai: Callable[..., openai.OpenAI]
+) -> None:
+    client = claude(router)
+    listed = list(client.models.list(limit=2))  # the SDK follows `has_more` / `last_id` through every page
+    page = client.models.list(limit=2)
+    assert len(page.data) == 2 and page.has_more and page.last_id == page.data[-1].id
+    ids = [m.id for m in listed]
+    assert len(ids) == len(set(ids)) > 2 and "claude-sonnet-4" in ids
+    assert all(m.type == "model" and m.display_name for m in listed)
+    stamps = [m.created_at for m in listed]
+    assert stamps == sorted(stamps, reverse=True)  # newest first, as Anthropic lists them
+    # The same models an OpenAI client is shown, in each API's own shape.
+    assert set(ids) == {m.id for m in oai(router, api_key=KEY_A).models.list()}
+    before = client.models.list(limit=1, before_id=ids[1])
+    assert [m.id for m in before.data] == [ids[0]]
+    info = client.models.retrieve(MODEL)
+    assert (info.id, info.type) == (MODEL, "model")
+    with pytest.raises(anthropic.NotFoundError):
+        client.models.retrieve("claude-nonexistent-1")
+    with pytest.raises(anthropic.AuthenticationError) as refused:
+        claude(router, api_key="sk-wrong").models.list()
+    assert refused.value.body["type"] == "error"  # type: ignore[index]
