@@ -12,7 +12,7 @@ from litestar import Request, Response, get, post
 from litestar.params import FromPath, FromQuery
 from litestar.response import Stream
 
-from router import admission, messages_api
+from router import admission, messages_api, reports
 from router.auth import authenticate, authorize_metrics
 from router.delivery import fetch_deferred
 from router.error_handlers import JSON
@@ -26,7 +26,7 @@ async def list_models(gateway: Gateway, request: Request[Any, Any, Any]) -> Resp
     if messages_api.ANTHROPIC_VERSION in request.headers:
         return await messages_api.list_models(gateway, request)
     authenticate(gateway, request.headers)
-    return Response(await gateway.list_models(), media_type=JSON)
+    return Response(await reports.list_models(gateway), media_type=JSON)
 
 
 async def describe_model(gateway: Gateway, request: Request[Any, Any, Any], model_id: str) -> Response[bytes]:
@@ -34,7 +34,7 @@ async def describe_model(gateway: Gateway, request: Request[Any, Any, Any], mode
     if messages_api.ANTHROPIC_VERSION in request.headers:
         return await messages_api.describe_model(gateway, request, model_id)
     authenticate(gateway, request.headers)
-    return Response(await gateway.describe_model(model_id), media_type=JSON)
+    return Response(await reports.describe_model(gateway, model_id), media_type=JSON)
 
 
 def make_handlers(gateway: Gateway) -> list[Any]:
@@ -82,7 +82,7 @@ def make_handlers(gateway: Gateway) -> list[Any]:
     @get(["/v1/usage"])
     async def usage(request: Request[Any, Any, Any], day: FromQuery[str | None] = None) -> Response[bytes]:
         tenant = authenticate(gateway, request.headers)
-        return Response(await gateway.usage_report(tenant, day), media_type=JSON)
+        return Response(await reports.usage(gateway, tenant, day), media_type=JSON)
 
     @get("/healthz")
     async def healthz() -> Response[bytes]:
@@ -90,7 +90,7 @@ def make_handlers(gateway: Gateway) -> list[Any]:
 
     @get("/readyz")
     async def readyz() -> Response[bytes]:
-        checks = await gateway.readiness()
+        checks = await reports.readiness(gateway)
         ok = all(checks.values())
         body = msgspec.json.encode({"status": "ok" if ok else "unavailable", "checks": checks})
         return Response(body, status_code=200 if ok else 503, media_type=JSON)
@@ -98,7 +98,7 @@ def make_handlers(gateway: Gateway) -> list[Any]:
     @get("/metrics")
     async def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
         authorize_metrics(gateway, request.headers)
-        body, content_type = await gateway.metrics_text()
+        body, content_type = await gateway.exposition.text()
         return Response(body, media_type=content_type)
 
     return [

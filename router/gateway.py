@@ -1,29 +1,26 @@
-"""The gateway: every service the handlers use, built from the settings; its lifespan owns Redis, the upstream pools
-and the loops."""
+"""The gateway: the container of every part the handlers and services use, built from the settings, and its
+lifespan, which owns Redis, the upstream pools and the loops. What the routes answer lives in the services
+(`admission`, `delivery`, `relay`, `reports`, `exposition`), not here; the gateway keeps only the real-time
+totals it batches into Redis (`record_realtime`, `day_totals`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote
 
-import msgspec
-import prometheus_client
 from litestar import Litestar
-from prometheus_client import multiprocess
 
-from router import metrics, redis_client
+from router import redis_client
 from router.accounting import Accounting, Lane, Priced
 from router.accumulator import Accumulator, TotalsKey
 from router.batcher import Batcher
 from router.catalog import ModelCatalog
-from router.errors import BadRequest, ConfigError, RouterError, UpstreamError
+from router.errors import ConfigError
+from router.exposition import Exposition
 from router.guard import Guard
 from router.holding import Holds, max_held, raise_fd_limit
 from router.lanes import DeferredLane, Upstreams
@@ -38,7 +35,6 @@ from router.providers.base import Provider
 from router.providers.openai import OpenAIProvider
 from router.providers.openai_native import OpenAINative
 from router.routing import Catalog, Planner
-from router.schema import encoder
 from router.settings import Settings
 from router.tenants import Tenants
 from router.waiters import Waiters
@@ -48,8 +44,6 @@ log = logging.getLogger("router")
 _throttle = Throttle(log)
 TOTALS_FLUSH_S = 1.0  # real-time totals reach Redis in one pipeline per second, not one round trip per call
 PRUNE_S = 10.0  # idle queues leave the set the loops walk within this many seconds
-_models_decoder = msgspec.json.Decoder(dict[str, Any])
-_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 class Gateway:
@@ -104,12 +98,10 @@ class Gateway:
         self.ledger = Ledger(self.message_batches, providers, self.accounting, self.record_realtime, b)
         self.holds = Holds(self.deferred, settings, max_held(settings, raise_fd_limit()))
         self.loops = loops
-        self.metrics_dir = metrics_dir
-        """Set in a worker of `serve --workers`: metrics are read from every worker's files there."""
+        self.exposition = Exposition(acc, self.planner, self.tenants, metrics_dir)
         self._tasks: list[asyncio.Task[None]] = []
         self._totals: dict[TotalsKey, dict[str, float]] = {}
         self._flushing: list[dict[TotalsKey, dict[str, float]]] = []
-        self._depth_labels: set[str] = set()
         self._stop = asyncio.Event()
 
     @contextlib.asynccontextmanager
@@ -206,101 +198,8 @@ class Gateway:
                 await asyncio.wait_for(self._stop.wait(), timeout=TOTALS_FLUSH_S)
             await self.flush_totals()
 
-    async def list_models(self) -> bytes:
-        """Models of every upstream, filtered by the patterns that route to it."""
-        data: list[Any] = []
-        errors: list[RouterError] = []
-        for cfg in self.upstreams.configs:
-            provider = self.upstreams.providers[cfg.name]
-            try:
-                answer = await provider.get("/models")
-            except RouterError as exc:
-                errors.append(exc)
-                continue
-            if answer.status != 200:
-                continue
-            try:
-                items = _models_decoder.decode(answer.body).get("data", [])
-            except (msgspec.DecodeError, RecursionError):
-                log.warning("upstream %s answered /models with something that is not a model list", cfg.name)
-                continue
-            for item in items if isinstance(items, list) else []:
-                model_id = item.get("id") if isinstance(item, dict) else None
-                if isinstance(model_id, str) and self.upstreams.for_model_or_none(model_id) is provider:
-                    data.append(item)
-        if not data and errors:
-            raise errors[0]
-        return msgspec.json.encode({"object": "list", "data": data})
-
-    async def describe_model(self, model_id: str) -> bytes:
-        """One model as its upstream describes it (`GET /v1/models/{id}`); the upstream's error passes through."""
-        provider = self.upstreams.for_model(model_id)
-        upstream = await provider.get(f"/models/{quote(model_id, safe='')}")
-        if upstream.status >= 400:
-            raise UpstreamError(upstream.status, upstream.body)
-        return upstream.body
-
     async def day_totals(self, tenant: str, day: str) -> dict[str, float]:
         """A tenant's totals of one UTC day as `lane:name` fields: real-time calls (this process's flushed first),
         deferred calls and native batches (their lanes never overlap)."""
         await self.flush_totals()
         return await self._acc.totals(tenant, day) | await self.native.store.totals(tenant, day)
-
-    async def usage_report(self, tenant: str, day: str | None) -> bytes:
-        """`GET /v1/usage`: the tenant's totals for one UTC day, per lane (from Redis, so they outlive restarts), and
-        today what it may still use."""
-        day = day or time.strftime("%Y-%m-%d", time.gmtime())
-        if not _DAY.match(day):
-            raise BadRequest("`day` must be a UTC date like 2026-11-27.", param="day", code="invalid_value")
-        lanes: dict[str, dict[str, float]] = {}
-        for field, value in (await self.day_totals(tenant, day)).items():
-            lane, _, name = field.partition(":")
-            lanes.setdefault(lane, {})[name] = value
-        report: dict[str, Any] = {"object": "router.usage", "tenant": tenant, "day": day, "lanes": lanes}
-        if day == time.strftime("%Y-%m-%d", time.gmtime()):
-            report["limits"] = await self.tenants.headroom(tenant)  # what the tenant may still use, now
-        return encoder.encode(report)
-
-    async def readiness(self) -> dict[str, bool]:
-        """Redis and each upstream: reachable or not."""
-        checks: dict[str, bool] = {}
-        try:
-            checks["redis"] = bool(await self.redis.ping())
-        except Exception:
-            checks["redis"] = False
-        for name, provider in self.upstreams.providers.items():
-            checks[f"upstream:{name}"] = await provider.ping()
-        return checks
-
-    async def metrics_text(self) -> tuple[bytes, str]:
-        """The Prometheus exposition of this process; shared state (queues, batches) read from Redis now."""
-        try:
-            depth, inflight = await self._acc.counts()
-            models = await self._acc.turnarounds()
-        except Exception as exc:
-            _throttle.warning(kind_of("metrics", exc), "could not read queue depth from Redis for /metrics: %s", exc)
-        else:
-            for queue, count in depth.items():
-                metrics.queue_depth.labels(queue).set(count)
-            for gone in self._depth_labels - depth.keys():  # pruned queues: no series left behind
-                if self.metrics_dir:  # other workers' files keep the label: the most recent value must say 0
-                    metrics.queue_depth.labels(gone).set(0)
-                else:
-                    metrics.queue_depth.remove(gone)
-            self._depth_labels = set(depth)
-            metrics.batches_inflight.set(inflight)
-            now = time.time()
-            for queue, observations in models.items():
-                summary = self.planner.model.summary(observations, now)
-                metrics.turnaround_estimate.labels(queue, "0.5").set(summary.median_s)
-                metrics.turnaround_estimate.labels(queue, "admit").set(summary.admit_s)
-                metrics.turnaround_evidence.labels(queue).set(summary.weight)
-        try:
-            await self.tenants.publish_metrics()
-        except Exception:
-            log.warning("could not read tenant headroom from Redis for /metrics")
-        registry = metrics.REGISTRY
-        if self.metrics_dir:
-            registry = prometheus_client.CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry, path=self.metrics_dir)  # type: ignore[no-untyped-call]
-        return prometheus_client.generate_latest(registry), prometheus_client.CONTENT_TYPE_LATEST

@@ -22,7 +22,7 @@ from litestar.response import Stream
 from litestar.types import ExceptionHandlersMap
 from redis.exceptions import RedisError
 
-from router import admission, error_handlers
+from router import admission, error_handlers, reports
 from router.auth import authenticate
 from router.disconnect import unless_disconnected
 from router.errors import BadRequest, NotFound, RouterError, UpstreamError
@@ -270,7 +270,7 @@ async def list_models(gateway: Gateway, request: Request[Any, Any, Any]) -> Resp
     try:
         authenticate(gateway, request.headers)
         query = request.query_params
-        page = model_page(await gateway.list_models(), _limit(query.get("limit")), query.get("after_id"),
+        page = model_page(await reports.list_models(gateway), _limit(query.get("limit")), query.get("after_id"),
                           query.get("before_id"))  # fmt: skip
     except RouterError as exc:
         return ERRORS[RouterError](request, exc)
@@ -281,7 +281,7 @@ async def describe_model(gateway: Gateway, request: Request[Any, Any, Any], mode
     """`GET /v1/models/{id}` asked by an Anthropic client: the model as Anthropic's `ModelInfo`."""
     try:
         authenticate(gateway, request.headers)
-        item = _object_decoder.decode(await gateway.describe_model(model_id))
+        item = _object_decoder.decode(await reports.describe_model(gateway, model_id))
     except RouterError as exc:
         return ERRORS[RouterError](request, exc)
     return Response(_encoder.encode(_model_info(item | {"id": item.get("id", model_id)})), media_type=JSON)
