@@ -9,7 +9,7 @@ unexport PYTHONDONTWRITEBYTECODE
 # Every test isolates itself (its own Redis key prefix, ports and temporary directory). JOBS=0 runs them in one process.
 JOBS ?= auto
 PYTEST := $(PYTHON) -m pytest -q -n $(JOBS) --dist worksteal -p no:faker
-# Unmarked tests: pure code, Redis, the simulator alone (35-40 s here). The markers are declared in pyproject.toml.
+# Unmarked tests: pure code, Redis, the simulator alone (about 33 s here on 2 cores). The markers are declared in pyproject.toml.
 UNIT := not integration and not e2e and not slow
 
 setup:

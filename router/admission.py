@@ -177,9 +177,9 @@ async def admit(gateway: Gateway, arrival: Arrival, receive: Receive) -> Respons
             headers=headers,
             delivery=delivery_asked(arrival.headers, webhook),
         )
-    if chosen.route.reason == "too_soon":
-        metrics.escalations.labels("admission").inc()
     flex = chosen.route.lane == "flex"
+    if chosen.route.reason == "too_soon":
+        metrics.escalations.labels("admission", "flex" if flex else "standard").inc()
     if flex:
         # No batch for it, but it can wait minutes: the flex tier costs the batch price, synchronously.
         body, view = with_fields(body, service_tier="flex"), msgspec.structs.replace(view, service_tier="flex")

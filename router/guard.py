@@ -127,7 +127,7 @@ class Guard:
         )
         if stored != StoreOutcome.STORED:
             return 0
-        metrics.escalations.labels(reason).inc()
+        metrics.escalations.labels(reason, "flex" if lane == "flex" else "standard").inc()
         outcome = "ok" if status == 200 else "error"
         self.accounting.book(
             priced, lane=lane, upstream=meta.upstream, model=meta.model, tenant=meta.tenant, outcome=outcome

@@ -106,8 +106,10 @@ batch_turnaround = Histogram(
 )
 escalations = Counter(
     "deadline_escalations",
-    "Deferred calls sent to the real-time lane to keep their deadline.",
-    ["reason"],
+    "Deferred calls sent to the real-time lane to keep their deadline, by reason (admission: no batch could make "
+    "it; queued or submitted: by the guard) and by the tier that answered them (flex, at the batch price, or "
+    "standard).",
+    ["reason", "tier"],
     namespace=NS,
     registry=REGISTRY,
 )
@@ -118,8 +120,9 @@ deadline_misses = Counter(
     registry=REGISTRY,
 )
 for _reason in ("admission", "queued", "submitted"):
-    # Series of rare events exist from the start, so increase() sees their first occurrence.
-    escalations.labels(_reason)
+    for _tier in ("flex", "standard"):
+        # Series of rare events exist from the start, so increase() sees their first occurrence.
+        escalations.labels(_reason, _tier)
 
 late_results = Counter(
     "late_batch_results",

@@ -210,7 +210,7 @@ def test_cancelled_batch_calls_still_get_answers(oai: Client, start_router: Rout
 def test_guard_escalates_before_the_deadline(oai: Client, start_router: RouterFactory, sim: Sim) -> None:
     sim.configure(batch_turnaround_s=120)
     with start_router(batch=FAST) as base:
-        series = 'hybrid_router_deadline_escalations_total{reason="submitted"}'
+        series = 'hybrid_router_deadline_escalations_total{reason="submitted",tier="standard"}'
         before = metric(httpx.get(base + "/metrics").text, series)
         started = time.time()
         raw = oai(base).chat.completions.with_raw_response.create(

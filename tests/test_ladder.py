@@ -79,9 +79,13 @@ def test_a_late_batch_is_cut_its_finished_lines_harvested_and_only_the_rest_esca
 
 def test_an_escalation_takes_the_flex_tier_where_offered(start_router: RouterFactory, sim: Sim) -> None:
     sim.configure(batch_turnaround_s=120.0)  # still validating when cut: nothing to harvest
+    tiers = [f'hybrid_router_deadline_escalations_total{{reason="submitted",tier="{t}"}}' for t in ("flex", "standard")]
     with start_router(batch=LADDER, upstreams=[upstream(sim.v1, flex=True)]) as base:
+        before = [metric(base, series) for series in tiers]  # the registry is the process's: count what is added
         flex, standard = asyncio.run(held_calls(base, "gpt-5-mini", 1, "8s"))[0], None
         standard = asyncio.run(held_calls(base, "gpt-4o-mini", 1, "8s"))[0]
+        added = [metric(base, series) - was for series, was in zip(tiers, before, strict=True)]
+    assert added == [1, 1]  # one escalation answered by each tier
     assert (flex.headers["x-router-lane"], flex.headers["x-router-escalated"]) == ("flex", "true")
     assert flex.parse().service_tier == "flex"
     assert float(flex.headers["x-router-savings-usd"]) > 0  # flex costs the batch price

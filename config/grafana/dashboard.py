@@ -353,12 +353,18 @@ def build() -> dashboard.Dashboard:
         board.with_row(dashboard.Row("Deadlines and escalations"))
         .with_panel(
             graph(
-                "Deadline escalations by reason",
+                "Deadline escalations by reason and tier",
                 "short",
-                [(f"sum by (reason) (increase({M}deadline_escalations_total[{WINDOW}]))", "{{reason}}")],
+                [
+                    (
+                        f"sum by (reason, tier) (increase({M}deadline_escalations_total[{WINDOW}]))",
+                        "{{reason}}, {{tier}}",
+                    )
+                ],
                 description="Deferred calls answered in real time to keep their deadline: at admission (no batch "
-                "could make it), or by the guard while queued or submitted. The tier that answered them shows in "
-                "the lanes: escalated (standard tier) or flex.",
+                "could make it), or by the guard while queued or submitted; answered by the flex tier (the batch "
+                "price) or the standard tier (full price). Much standard where the upstream offers flex: raise "
+                "`batch.flex_s`.",
                 width=8,
             )
         )
