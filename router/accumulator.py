@@ -125,9 +125,14 @@ class Accumulator:
             attach_only=attach_only,
         )
 
-    async def reattachable(self, tag: str, digest: str, *, retry: bool, limit: int = 10) -> str | None:
-        """The live, undelivered held call with this digest whose caller is gone, or None."""
-        return await self.admission.reattachable(tag, digest, retry=retry, limit=limit)
+    async def reattachable(
+        self, tag: str, digest: str, *, retry: bool, replica: str = "", settle_s: float = 0.0, limit: int = 10
+    ) -> str | None:
+        """The live, undelivered held call with this digest whose caller is gone, or None (after up to `settle_s`
+        for another replica that holds one to be seen dead)."""
+        return await self.admission.reattachable(
+            tag, digest, retry=retry, replica=replica, settle_s=settle_s, limit=limit
+        )
 
     async def unhold(self, call_id: str, holder: str, *, delivered: bool) -> None:
         """A connection stops holding a call (see `scripts.RELEASE`)."""

@@ -27,7 +27,7 @@ from typing import Any
 
 from router import metrics
 from router.accumulator import CallRecord, Result
-from router.lanes import DeferredLane
+from router.lanes import HEARTBEAT_S, HEARTBEAT_TTL_S, DeferredLane
 from router.replay import cost_comment, error_event, sse_chunks
 from router.schema import error_body
 from router.settings import Settings
@@ -35,8 +35,6 @@ from router.settings import Settings
 log = logging.getLogger("router.holding")
 FD_RESERVE = 128
 """File descriptors kept for everything but held connections: listening sockets, upstream pools, logs."""
-HEARTBEAT_S = 0.5
-HEARTBEAT_TTL_S = 2.0
 
 
 class HeldCut(Exception):

@@ -55,6 +55,11 @@ def _globs(patterns: Sequence[str]) -> re.Pattern[str]:
 
 
 QUEUES_FULL_RETRY_S = 60.0
+HEARTBEAT_S = 0.5
+"""How often a replica that holds connections says it is alive (`holding.Holds.heartbeat`)."""
+HEARTBEAT_TTL_S = 2.0
+"""How long a replica counts as alive after its last heartbeat: a killed one, seen dead after at most this long,
+no longer holds its calls, and an identical request takes them over (`Accumulator.reattachable`)."""
 """`Retry-After` of a call refused for `limits.max_queues`: idle queues are pruned every few seconds, but a queue
 empties only when its batch is answered."""
 
@@ -255,7 +260,8 @@ class DeferredLane:
         tag = queue_tag(upstream, endpoint, meta.model)
         attach_to = None
         if reattach and holder != ASYNC_HOLDER and self.settings.batch.reattach:
-            attach_to = await self.acc.reattachable(tag, digest, retry=retry)
+            replica = holder.partition("/")[0]
+            attach_to = await self.acc.reattachable(tag, digest, retry=retry, replica=replica, settle_s=HEARTBEAT_TTL_S)
         new_id = new_call_id(tag)
         expires_at = deadline + self._timeout(upstream) + RESERVATION_SLACK_S
         refusal = await self.tenants.reserve_deferred(tenant, new_id, expires_at)

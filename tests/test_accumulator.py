@@ -127,6 +127,25 @@ async def test_a_late_batch_result_after_escalation_is_dropped(acc: Accumulator)
     assert result is not None and result.body == b'{"a":1}'
 
 
+async def test_a_request_waits_for_a_killed_replica_to_be_seen_dead_before_it_queues_a_twin(
+    acc: Accumulator,
+) -> None:
+    # A replica killed with its calls held still looks alive until its heartbeat lapses; the application's own
+    # retry (a new request, not marked as one) arrives on the restarted replica within that time.
+    await acc.heartbeat("killed", 0.6)  # its last heartbeat: it lapses in 0.6 s
+    held, _ = await acc.admit(meta(), body(1), digest="d", holder="killed/c1")
+    assert await acc.reattachable(TAG, "d", retry=False, replica="new") is None  # no wait: as before
+    assert await acc.reattachable(TAG, "d", retry=False, replica="new", settle_s=3.0) == held
+    # A replica that stays alive keeps its call: the twin is queued once the wait is over.
+    await acc.heartbeat("live", 30)
+    await acc.admit(meta(), body(2), digest="e", holder="live/c2")
+    assert await acc.reattachable(TAG, "e", retry=False, replica="new", settle_s=0.5) is None
+    # This replica's own connections are not waited for: it releases them itself as they drop.
+    await acc.admit(meta(), body(3), digest="f", holder="live/c3")
+    own = acc.reattachable(TAG, "f", retry=False, replica="live", settle_s=600.0)
+    assert await asyncio.wait_for(own, 60) is None  # answered without the 600 s wait
+
+
 async def test_idempotency_key_maps_a_retry_to_the_admitted_call(acc: Accumulator) -> None:
     first, created = await acc.admit(meta(), body(1), "key-1", digest="d1")
     again, created_again = await acc.admit(meta(), body(1), "key-1", digest="d1")

@@ -3,6 +3,7 @@ queues the loops walk (pruned when idle) with what waits in each."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from router.keys import queue_endpoint, queue_tag
@@ -17,6 +18,9 @@ from router.store.records import (
     queue_name,
     text,
 )
+
+SETTLE_POLL_S = 0.2
+"""How often `reattachable` looks again at a replica that may have died."""
 
 
 class AdmissionStore:
@@ -76,12 +80,20 @@ class AdmissionStore:
             await ctx.redis.sadd(ctx.keys.queues, tag)
         return admitted.call_id, admitted.outcome.value
 
-    async def reattachable(self, tag: str, digest: str, *, retry: bool, limit: int = 10) -> str | None:
+    async def reattachable(
+        self, tag: str, digest: str, *, retry: bool, replica: str = "", settle_s: float = 0.0, limit: int = 10
+    ) -> str | None:
         """The live, undelivered held call with this digest whose caller is gone, or None.
 
         Gone: no connection holds it, or the replica that held it is dead. With `retry` (the client says this is
         a retry of an earlier attempt) the newest such call is taken even if its old connection still looks
         held: the router may not have seen that connection drop yet.
+
+        A replica killed outright looks alive until its heartbeat lapses, and an application's own retry (a new
+        request, not marked as a retry) can come back within that time. So when such a call is held by another
+        replica (not `replica`, which knows its own connections and releases them as they drop), this waits up
+        to `settle_s` (the heartbeat's lifetime) for that replica to be seen dead before it answers None: an
+        identical request that really is another caller's waits that long, once, before it is queued.
         """
         redis, k = self.ctx.redis, self.ctx.keys
         ids = [text(i) for i in await redis.zrevrange(k.digest(tag, digest), 0, limit - 1)]
@@ -96,12 +108,18 @@ class AdmissionStore:
             for cid, row in zip(ids, rows, strict=True)
             if row[2] is not None and text(row[1]) != "1" and text(row[0]) != ASYNC_HOLDER
         ]
+        if retry and candidates:
+            return candidates[0][0]
         replicas = {holder.partition("/")[0] for _, holder in candidates if holder}
-        alive = await self.replicas_alive(replicas)
-        for call_id, holder in candidates:
-            if not holder or holder.partition("/")[0] not in alive:
-                return call_id
-        return candidates[0][0] if retry and candidates else None
+        settled_by = time.monotonic() + settle_s
+        while True:
+            alive = await self.replicas_alive(replicas)
+            for call_id, holder in candidates:
+                if not holder or holder.partition("/")[0] not in alive:
+                    return call_id
+            if not alive - {replica} or time.monotonic() >= settled_by:
+                return None
+            await asyncio.sleep(SETTLE_POLL_S)
 
     async def unhold(self, call_id: str, holder: str, *, delivered: bool) -> None:
         """A connection stops holding a call (see `scripts.RELEASE`)."""
