@@ -230,8 +230,11 @@ def test_invalid_input_files_fail_validation(
     client: openai.OpenAI, http: httpx.Client, lines: list[Any], code: str, line: int, param: str | None
 ) -> None:
     configure(http, **FAST)
-    batch, seen = wait(client, submit(client, lines).id)
-    assert seen == ["validating", "failed"] and batch.failed_at is not None
+    created = submit(client, lines)
+    batch, seen = wait(client, created.id)
+    # Validating, then failed: the first poll of a busy host may come after validation has ended.
+    assert created.status == "validating" and seen[-1] == "failed" and set(seen) <= {"validating", "failed"}
+    assert batch.failed_at is not None
     assert batch.errors is not None and batch.errors.data
     first = batch.errors.data[0]
     assert (first.code, first.line, first.param) == (code, line, param)
