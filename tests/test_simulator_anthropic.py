@@ -305,7 +305,7 @@ def test_message_batch_cancel(client: anthropic.Anthropic, http: httpx.Client) -
     cancelling = client.messages.batches.cancel(created.id)
     assert cancelling.processing_status == "canceling" and cancelling.cancel_initiated_at is not None
     batch, seen = wait_ended(client, created.id)
-    assert seen[-2:] == ["canceling", "ended"]
+    assert seen[-1] == "ended" and seen[0] in ("canceling", "ended")  # the cancel answered `canceling` (above)
     counts = batch.request_counts
     assert 0 < counts.succeeded < 10 and counts.succeeded + counts.canceled == 10
     kinds = [r.result.type for r in client.messages.batches.results(created.id)]

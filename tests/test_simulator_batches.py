@@ -322,7 +322,8 @@ def test_cancel_keeps_finished_lines_and_cancels_the_rest(client: openai.OpenAI,
     assert cancelling.status == "cancelling" and cancelling.cancelling_at is not None
     assert client.batches.cancel(created.id).status == "cancelling"  # idempotent
     batch, seen = wait(client, created.id)
-    assert seen[-2:] == ["cancelling", "cancelled"] and batch.cancelled_at is not None
+    # The cancel answered `cancelling`; a busy host's first poll may come after the cancel has ended.
+    assert seen[-1] == "cancelled" and "completed" not in seen and batch.cancelled_at is not None
     done = file_lines(client, batch.output_file_id)
     cancelled = file_lines(client, batch.error_file_id)
     assert 0 < len(done) < 10 and len(done) + len(cancelled) == 10
