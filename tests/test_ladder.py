@@ -114,7 +114,8 @@ def test_turnaround_metrics_are_exported(start_router: RouterFactory, sim: Sim) 
         admit = metric(base, f'hybrid_router_turnaround_estimate_seconds{{quantile="admit",queue="{queue}"}}')
         evidence = metric(base, f'hybrid_router_turnaround_evidence_batches{{queue="{queue}"}}')
     assert evidence == pytest.approx(1.0, abs=0.01)
-    assert 1.0 <= admit <= 3.0  # four parts prior (1 s), one part the batch seen (0.5 s plus polling)
+    # Four parts prior (1 s), one part the batch seen (0.5 s plus polling, longer on a busy host).
+    assert 1.0 <= admit <= 10.0
 
 
 def test_a_late_message_batch_is_cut_and_its_succeeded_results_harvested(start_router: RouterFactory, sim: Sim) -> None:
