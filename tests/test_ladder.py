@@ -113,7 +113,7 @@ def test_turnaround_metrics_are_exported(start_router: RouterFactory, sim: Sim) 
         queue = "openai/gpt-4o-mini/chat/completions"
         admit = metric(base, f'hybrid_router_turnaround_estimate_seconds{{quantile="admit",queue="{queue}"}}')
         evidence = metric(base, f'hybrid_router_turnaround_evidence_batches{{queue="{queue}"}}')
-    assert evidence == pytest.approx(1.0, abs=0.01)
+    assert 0.99 <= evidence <= 2.01  # one batch, or two when the calls arrived across a flush (a busy host)
     # Four parts prior (1 s), one part the batch seen (0.5 s plus polling, longer on a busy host).
     assert 1.0 <= admit <= 10.0
 
