@@ -7,7 +7,6 @@ from typing import Any
 
 import httpx
 import openai
-import pytest
 
 from tests.helpers.servers import RouterFactory, Sim, upstream
 
