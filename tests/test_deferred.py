@@ -64,6 +64,7 @@ def test_every_endpoint_can_be_deferred(oai: Client, start_router: RouterFactory
     assert resp.parse().output_text
 
 
+@pytest.mark.timeout(180)  # a thousand connections at once: minutes, not seconds, on a host shared with other tests
 async def test_a_thousand_concurrent_calls_land_in_four_batches(start_router: RouterFactory, sim: Sim) -> None:
     n, per_batch = 1000, 250
     batch = FAST | {"max_requests": per_batch, "max_wait_s": 60.0}
