@@ -108,8 +108,6 @@ class AdmissionStore:
             for cid, row in zip(ids, rows, strict=True)
             if row[2] is not None and text(row[1]) != "1" and text(row[0]) != ASYNC_HOLDER
         ]
-        if retry and candidates:
-            return candidates[0][0]
         replicas = {holder.partition("/")[0] for _, holder in candidates if holder}
         settled_by = time.monotonic() + settle_s
         while True:
@@ -117,6 +115,8 @@ class AdmissionStore:
             for call_id, holder in candidates:
                 if not holder or holder.partition("/")[0] not in alive:
                     return call_id
+            if retry and candidates:
+                return candidates[0][0]
             if not alive - {replica} or time.monotonic() >= settled_by:
                 return None
             await asyncio.sleep(SETTLE_POLL_S)
