@@ -132,7 +132,7 @@ class Waiters:
                 await asyncio.sleep(0.5)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
 
     async def _listen(self, pubsub: PubSub, stop: asyncio.Event) -> None:
         heard = pinged = time.monotonic()
