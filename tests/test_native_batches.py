@@ -225,8 +225,9 @@ def test_an_output_deleted_first_is_booked_first(
         with pytest.raises(openai.NotFoundError):
             a.files.content(ended(a, gone.id).output_file_id or "")
     with start_router(batch=FAST, **AUTH) as base, redis.Redis.from_url(redis_url) as plain:
-        wait_for(lambda: plain.hget(f"{key_prefix}:{{n:team-a}}:batch:{gone.id}", "booked"))
-        assert plain.zcard(f"{key_prefix}:{{n:team-a}}:watch") == 0
+        # Booking the batch and leaving the watch list are two steps: wait for the end state of both.
+        key, watch = f"{key_prefix}:{{n:team-a}}:batch:{gone.id}", f"{key_prefix}:{{n:team-a}}:watch"
+        wait_for(lambda: (plain.hget(key, "booked") and plain.zcard(watch) == 0) or None)
         assert native_usage(base, "key-a")["requests"] == 3
 
 
