@@ -33,11 +33,12 @@ UNIT := not integration and not e2e and not slow
 # The project's virtualenv with exactly what uv.lock says (the package editable, its extras, the dev group).
 # Re-run when the lock or the project file changes; never touches the system Python.
 setup: $(VENV)/.synced
-$(VENV)/.synced: pyproject.toml uv.lock
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@test -x $(BIN)/uv || $(PY) -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+$(VENV)/.synced: pyproject.toml uv.lock $(BIN)/uv
 	$(BIN)/uv sync --locked --python $(PY) --quiet
 	@touch $@
+$(BIN)/uv:
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
 
 # openai-node, the client of a few e2e tests, from its lock file; without Node those tests are skipped (one line).
 node:
@@ -85,8 +86,8 @@ bench: setup
 	$(PY) bench/realtime.py
 
 # Update the lock after changing a dependency in pyproject.toml (or to take newer versions: `make lock ARGS=--upgrade`).
-lock: setup
-	$(BIN)/uv lock $(ARGS)
+lock: $(BIN)/uv
+	$(BIN)/uv lock --python $(PY) $(ARGS)
 
 # The newest versions pyproject.toml allows, in a throwaway copy: lint, types and the unit tier. Drift shows up here
 # before it reaches a new user's `make setup`; CI runs it and reports it without failing.
