@@ -117,7 +117,7 @@ def test_the_readme_documents_every_setting_with_the_code_default() -> None:
     wrong = {}
     for name, default in code.items():
         text = rows[name]
-        said = {"true": True, "false": False}.get(text, None) if text in ("true", "false") else _readme_value(text)
+        said = {"true": True, "false": False}[text] if text in ("true", "false") else _readme_value(text)
         if said != default:
             wrong[name] = (text, default)
     assert wrong == {}, "(README, code) defaults that differ"

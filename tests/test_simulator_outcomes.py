@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from router.simulator.outcomes import Outcomes, right_letter
 
 
-def _write(tmp_path: Path, rows: list[dict[str, object]]) -> Path:
+def _write(tmp_path: Path, rows: list[dict[str, Any]]) -> Path:
     path = tmp_path / "outcomes.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return path
