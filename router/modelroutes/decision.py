@@ -15,7 +15,7 @@ import msgspec
 from router.modelroutes.plan import Plan
 from router.modelroutes.route import Route
 
-Reason = Literal["evidence", "no_evidence", "share", "opt_out", "forced"]
+Reason = Literal["evidence", "share", "below_target", "no_evidence", "opt_out", "forced"]
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):
@@ -25,9 +25,9 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     asked: str
     task: str
     reason: Reason
-    """`evidence`: the plan moves the whole task; `share`: the task is split and this call's draw decided;
-    `no_evidence`: the plan leaves the task (or this share of it) with the asked-for model; `opt_out` / `forced`:
-    the caller said so."""
+    """`evidence`: the plan moves the whole task; `share`: the task is split and this call's draw decided (either
+    way); `below_target`: the task's evidence does not meet the target; `no_evidence`: the task has none yet;
+    `opt_out` / `forced`: the caller said so."""
 
     @property
     def moved(self) -> bool:
@@ -63,6 +63,8 @@ def decide(
     if task_plan is None:
         return Decision(model=route.source, asked=route.source, task=task, reason="no_evidence")
     shares = task_plan.shares
+    if not shares:
+        return Decision(model=route.source, asked=route.source, task=task, reason="below_target")
     if len(shares) == 1 and shares[0][1] >= 1.0:
         return Decision(model=shares[0][0], asked=route.source, task=task, reason="evidence")
     draw = uniform(call_key, "route")
@@ -71,7 +73,7 @@ def decide(
         total += share
         if draw < total:
             return Decision(model=model, asked=route.source, task=task, reason="share")
-    return Decision(model=route.source, asked=route.source, task=task, reason="no_evidence")
+    return Decision(model=route.source, asked=route.source, task=task, reason="share")
 
 
 def shadowed(route: Route, call_key: str | bytes) -> bool:

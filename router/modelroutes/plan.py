@@ -52,6 +52,7 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     allocation: str
     target: float
     tasks: dict[str, TaskPlan]
+    """Every task with evidence; one the plan leaves with the asked-for model has no shares."""
     quality: float
     """Expected quality of the route's traffic under the plan (1: everything stays)."""
     quality_lower: float
@@ -140,6 +141,7 @@ def _quality(
 def _per_task(route: Route, estimates: Mapping[str, Mapping[str, Estimate]]) -> dict[str, TaskPlan]:
     tasks = {}
     for task, per_model in estimates.items():
+        tasks[task] = TaskPlan(shares=[], estimates=dict(per_model))
         for model in route.to:  # cheapest first
             e = per_model.get(model)
             if e is not None and e.lower >= route.quality_target:
@@ -192,8 +194,9 @@ def _budget(
             options.append(_Option(model, v * m * (1 - ratio), v * m * se, v * saving))
         if len(options) > 1:
             hulls[task] = _hull(options)
+    stay = {task: TaskPlan(shares=[], estimates=dict(per_model)) for task, per_model in estimates.items()}
     if base <= 0:
-        return {}
+        return stay
     steps = [
         (task, i, hull[i + 1].loss - hull[i].loss, hull[i + 1].saving - hull[i].saving)
         for task, hull in hulls.items()
@@ -230,14 +233,10 @@ def _budget(
         if low > 1e-9:
             mix = moved(task, i, low)
         break
-    return {
-        task: TaskPlan(
-            shares=[(model, share) for model, share in shares.items() if model and share > 1e-12],
-            estimates=dict(estimates[task]),
-        )
-        for task, shares in mix.items()
-        if any(model and share > 1e-12 for model, share in shares.items())
-    }
+    for task, shares in mix.items():
+        moved_shares = [(model, share) for model, share in shares.items() if model and share > 1e-12]
+        stay[task] = TaskPlan(shares=moved_shares, estimates=dict(estimates[task]))
+    return stay
 
 
 def make_plan(
