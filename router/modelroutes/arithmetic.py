@@ -19,7 +19,7 @@ import msgspec
 _NUMBER = r"-?\$?\d[\d,]*(?:\.\d+)?"
 _ANNOTATION_RE = re.compile(r"<<([^<>=]+)=([^<>]+)>>")
 _EQUATION_RE = re.compile(
-    r"(?<![\w.])((?:\(?\s*\$?\d[\d,]*(?:\.\d+)?\s*\)?\s*[-+*/x×÷]\s*)+\(?\s*\$?\d[\d,]*(?:\.\d+)?%?\s*\)?)"
+    r"(?<![\w.])((?:\(?\s*\$?\d[\d,]*(?:\.\d+)?\s*\)?\s*[-+*/x\u00d7\u00f7]\s*)+\(?\s*\$?\d[\d,]*(?:\.\d+)?%?\s*\)?)"
     r"\s*=\s*(" + _NUMBER + r")"
 )
 _NUMBER_RE = re.compile(_NUMBER)
@@ -68,8 +68,11 @@ def _evaluate(node: ast.AST) -> float:
 
 
 def evaluate(expression: str) -> float | None:
-    """The value of an arithmetic expression (x, × and ÷ allowed; `%` as /100), or None if it is not one."""
-    text = expression.replace(",", "").replace("$", "").replace("×", "*").replace("÷", "/")
+    """The value of an arithmetic expression, or None if it is not one.
+
+    Numbers, + - * / and parentheses; `x` and the multiplication and division signs too, and `%` as /100.
+    """
+    text = expression.replace(",", "").replace("$", "").replace("\u00d7", "*").replace("\u00f7", "/")
     text = re.sub(r"(?<=[\d)\s])x(?=[\s\d(])", "*", text)
     text = re.sub(r"(\d+(?:\.\d+)?)%", r"(\1/100)", text)
     if len(text) > 200 or not re.fullmatch(r"[\d.+\-*/()\s]+", text):

@@ -168,10 +168,10 @@ def _hull(options: list[_Option]) -> list[_Option]:
     return hull
 
 
-def _budget(
+def _hulls(
     route: Route, estimates: Mapping[str, Mapping[str, Estimate]], shrunk: Shrunk, price: PriceFn, cascade: bool
-) -> dict[str, TaskPlan]:
-    z = NormalDist().inv_cdf(route.confidence)
+) -> tuple[float, dict[str, list[_Option]]]:
+    """The route's total asked-for score (the quality's denominator) and each eligible task's options."""
     candidates = route.to[:1] if cascade else route.to
     base = 0.0
     hulls: dict[str, list[_Option]] = {}
@@ -194,16 +194,19 @@ def _budget(
             options.append(_Option(model, v * m * (1 - ratio), v * m * se, v * saving))
         if len(options) > 1:
             hulls[task] = _hull(options)
-    stay = {task: TaskPlan(shares=[], estimates=dict(per_model)) for task, per_model in estimates.items()}
-    if base <= 0:
-        return stay
+    return base, hulls
+
+
+def _allocate(route: Route, base: float, hulls: Mapping[str, list[_Option]]) -> dict[str, dict[str, float]]:
+    """Task -> option model ("" for the asked-for one) -> share: the greedy LP optimum under the bound."""
+    z = NormalDist().inv_cdf(route.confidence)
     steps = [
         (task, i, hull[i + 1].loss - hull[i].loss, hull[i + 1].saving - hull[i].saving)
         for task, hull in hulls.items()
         for i in range(len(hull) - 1)
     ]
     steps.sort(key=lambda s: s[2] / s[3])
-    mix: dict[str, dict[str, float]] = {}  # task -> option model ("" for the asked-for model) -> share
+    mix: dict[str, dict[str, float]] = {}
 
     def lower(trial: Mapping[str, Mapping[str, float]]) -> float:
         lost = var = 0.0
@@ -233,7 +236,17 @@ def _budget(
         if low > 1e-9:
             mix = moved(task, i, low)
         break
-    for task, shares in mix.items():
+    return mix
+
+
+def _budget(
+    route: Route, estimates: Mapping[str, Mapping[str, Estimate]], shrunk: Shrunk, price: PriceFn, cascade: bool
+) -> dict[str, TaskPlan]:
+    stay = {task: TaskPlan(shares=[], estimates=dict(per_model)) for task, per_model in estimates.items()}
+    base, hulls = _hulls(route, estimates, shrunk, price, cascade)
+    if base <= 0:
+        return stay
+    for task, shares in _allocate(route, base, hulls).items():
         moved_shares = [(model, share) for model, share in shares.items() if model and share > 1e-12]
         stay[task] = TaskPlan(shares=moved_shares, estimates=dict(estimates[task]))
     return stay
