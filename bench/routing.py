@@ -155,7 +155,8 @@ def random_share(name: str, target: float, seed: int, train: Sequence[Item], tes
 def oracle(target: float, seed: int, test: Sequence[Item]) -> Outcome:
     """Knowing the test outcomes: every call the weak model answers as well moves, then the cheapest losses."""
     best = sum(i.strong for i in test)
-    budget = math.floor((1 - target) * best + 1e-9)
+    gains = sum(i.weak and not i.strong for i in test)  # moving these raises the score, leaving room for losses
+    budget = math.floor(gains + (1 - target) * best + 1e-9)
     losses = sorted((j for j, i in enumerate(test) if i.strong and not i.weak), key=lambda j: -PRICES.strong(test[j]))
     moved = {j for j, i in enumerate(test) if i.weak or not i.strong} | set(losses[:budget])
     strong = [j not in moved for j in range(len(test))]
@@ -313,7 +314,7 @@ def latency(items: Sequence[Item], embedder: Embedder, vectors: Any, calls: int 
         decide(route, plan, task, f"call-{n}")
         named = time.perf_counter_ns()
         feats = features(body)
-        cluster = clusters.nearest(embedder.embed([feats.text]))[0]
+        cluster = clusters.nearest(embedder.embed_one(feats.text))[0]
         decide(route, auto_plan, auto_task(feats, cluster), f"call-{n}")
         done = time.perf_counter_ns()
         timings["parse body (baseline)"].append((parsed - start) / 1000)
