@@ -48,6 +48,8 @@ def bucket(report: CheckReport, checks: CascadeChecks) -> str:
         parts.append(f"p{bisect.bisect_right(checks.logprob_edges, report.logprob)}")
     if checks.length_edges:
         parts.append(f"n{bisect.bisect_right(checks.length_edges, report.length)}")
+    if checks.prompt_length_edges:
+        parts.append(f"q{bisect.bisect_right(checks.prompt_length_edges, report.prompt_length)}")
     return ".".join(parts) or "all"
 
 

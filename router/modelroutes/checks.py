@@ -44,6 +44,8 @@ class CheckReport(msgspec.Struct, frozen=True, kw_only=True):
     `final_answer`): any of them escalates."""
     length: int
     """Characters of the answer's text."""
+    prompt_length: int = 0
+    """Characters of the request's prompt."""
     logprob: float | None
     """The configured low quantile of the answer's token logprobs; None when the upstream returned none."""
     arithmetic: Arithmetic | None
@@ -209,10 +211,12 @@ def check_answer(request: Mapping[str, Any], response: Mapping[str, Any], checks
     final = final_answer(text, checks.final_answer)
     if checks.final_answer is not None and final is None:
         failed.append("final_answer")
-    arithmetic = check_arithmetic(text, features(request).text, final) if checks.arithmetic else None
+    asked = features(request)
+    arithmetic = check_arithmetic(text, asked.text, final) if checks.arithmetic else None
     return CheckReport(
         failed=failed,
         length=len(text),
+        prompt_length=asked.chars,
         logprob=logprob_quantile(response, checks.logprob_quantile),
         arithmetic=arithmetic,
         final=final,

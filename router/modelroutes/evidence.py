@@ -147,7 +147,7 @@ def estimate(stats: Stats | None, prior: Prior, confidence: float) -> Estimate:
     n = stats.effective_calls
     mean_a, mean_b = stats.a / stats.w, stats.b / stats.w
     tokens_in, tokens_out = stats.tokens_in / stats.w, stats.tokens_out / stats.w
-    if mean_a <= 0:
+    if mean_a * mean_a <= 0:  # no asked-for score above 0 (or one so small its square underflows)
         nan = math.nan
         return Estimate(
             calls=n, asked_mean=mean_a, candidate_mean=mean_b, ratio=nan, se=math.inf, df=0, lower=-math.inf

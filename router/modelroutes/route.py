@@ -55,6 +55,8 @@ class CascadeChecks(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     """Bucket edges of that quantile: evidence is kept per bucket, so the plan learns which buckets to trust."""
     length_edges: list[int] = msgspec.field(default_factory=list)
     """Bucket edges of the answer's length in characters (longer worked answers are wrong more often)."""
+    prompt_length_edges: list[int] = msgspec.field(default_factory=list)
+    """Bucket edges of the prompt's length in characters (longer problems are harder)."""
     arithmetic: bool = False
     """Check worked arithmetic in the answer (`<<6*7=42>>` annotations, `a x b = c`) and that its final answer is
     the last result it computed; failures become a bucket of their own."""
