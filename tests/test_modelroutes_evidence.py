@@ -92,7 +92,7 @@ def test_evidence_halves_its_weight_in_a_half_life() -> None:
     later = decayed(stats, 3 * DAY, DAY)
     assert later.w == pytest.approx(1.0)
     assert later.w2 == pytest.approx(8 / 64)
-    assert later.effective_calls == pytest.approx(8)  # uniform decay keeps the effective count
+    assert later.effective_calls == pytest.approx(1.0)  # old evidence is thin evidence
     assert decayed(stats, -5, DAY) is stats  # never moved back in time
     assert factor(DAY, DAY) == pytest.approx(0.5)
 

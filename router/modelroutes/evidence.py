@@ -39,8 +39,12 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def effective_calls(self) -> float:
-        """Kish's effective sample size, (sum w)^2 / sum w^2: the count of equally weighted calls it is worth."""
-        return self.w * self.w / self.w2 if self.w2 > 0 else 0.0
+        """How many calls the evidence is worth: its decayed weight, or Kish's effective sample size
+        (sum w)^2 / sum w^2 when unequal weights make that smaller. Old evidence thus becomes thin evidence: ten
+        agreeing calls ten half-lives ago count as 0.01 of a call, and no longer move a task."""
+        if self.w2 <= 0:
+            return 0.0
+        return min(self.w, self.w * self.w / self.w2)
 
 
 class Estimate(msgspec.Struct, frozen=True, kw_only=True):
