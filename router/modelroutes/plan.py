@@ -286,3 +286,28 @@ def make_plan(
         quality_lower=lower,
         moved_share=moved,
     )
+
+
+def sample_margin(route: Route, plan: Plan, calls: Mapping[str, float]) -> float:
+    """How far the quality observed over `calls` (task -> number of calls) can fall below the plan's expected
+    quality from sampling alone, at the route's confidence.
+
+    The plan's own margin (quality - quality_lower) is the uncertainty of the expected quality; a finite sample of
+    calls adds its own: each moved call's residual (its per-call variance, from the evidence) and, in a split
+    task, which calls the draw moved. A quality measured over those calls is expected within
+    sqrt(plan margin^2 + sample margin^2) of the plan's quality, at the route's confidence.
+    """
+    z = NormalDist().inv_cdf(route.confidence)
+    base = var = 0.0
+    for task, count in calls.items():
+        task_plan = plan.tasks.get(task)
+        usable = [e for e in task_plan.estimates.values() if e.asked_mean > 0] if task_plan else []
+        if task_plan is None or not usable:
+            continue
+        m = max(usable, key=lambda e: e.calls).asked_mean
+        base += count * m
+        for model, share in task_plan.shares:
+            e = task_plan.estimates[model]
+            per_call = e.se * e.se * e.calls * m * m
+            var += count * share * per_call + count * share * (1 - share) * (m * (1 - e.ratio)) ** 2
+    return z * math.sqrt(var) / base if base > 0 else 0.0
