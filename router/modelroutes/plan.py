@@ -92,7 +92,12 @@ def _shrunk(estimates: Mapping[str, Estimate]) -> dict[str, tuple[float, float]]
     shrunk = {}
     for task, e in usable.items():
         keep = between / (between + e.se * e.se)
-        shrunk[task] = (mean + keep * (e.ratio - mean), math.sqrt(keep) * e.se)
+        pulled = mean + keep * (e.ratio - mean)
+        # One-sided: a task that looks better than the others is pulled down (the winner's curse), one that looks
+        # worse keeps its own estimate. Tasks are not exchangeable (the ones that save most, the long prompts,
+        # are often the hardest), so lifting a poor task towards the mean would be optimism the guarantee cannot
+        # afford.
+        shrunk[task] = (pulled, math.sqrt(keep) * e.se) if pulled < e.ratio else (e.ratio, e.se)
     return shrunk
 
 
