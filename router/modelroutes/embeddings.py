@@ -54,8 +54,10 @@ class WordLlamaEmbedder:
     def embed(self, texts: list[str]) -> Matrix:
         import numpy as np
 
-        vectors = np.asarray(self._model.embed(texts, norm=True), dtype=np.float32)
-        return vectors.reshape(len(texts), -1)
+        vectors = np.asarray(self._model.embed(texts, norm=False), dtype=np.float32).reshape(len(texts), -1)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        unit: Matrix = np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)  # empty text: zeros
+        return unit
 
     def embed_one(self, text: str) -> Matrix:
         """The same vector as `embed([text])` (average of the token vectors, unit length), at a third of its cost:
