@@ -477,6 +477,19 @@ def markdown(rows: Sequence[Row], timings: dict[str, dict[str, float]]) -> str:
             f"| {r.data} | {r.method} | {target} | {pm(r.quality)} | {pm(r.cost_reduction)} | {pm(r.strong_share)} "
             f"| {margin} | {within} | {learning} |"
         )
+    curve_targets = (0.90, 0.94, 0.95, 0.96, 0.98)
+    lines += [
+        "",
+        "| data | method | " + " | ".join(f"target {t:.2f}" for t in curve_targets) + " |",
+        "|---|---|" + "---|" * len(curve_targets),
+    ]
+    swept = [r for r in rows if r.target in curve_targets]
+    for data, method in dict.fromkeys((r.data, r.method) for r in swept):
+        cells = []
+        for t in curve_targets:
+            match = [r for r in swept if (r.data, r.method, r.target) == (data, method, t)]
+            cells.append(f"{match[0].quality[0] * 100:.1f} / {match[0].cost_reduction[0] * 100:.1f}" if match else "")
+        lines.append(f"| {data} | {method} | " + " | ".join(cells) + " |")
     base = timings["parse body (baseline)"]
     lines += [
         "",
@@ -489,6 +502,21 @@ def markdown(rows: Sequence[Row], timings: dict[str, dict[str, float]]) -> str:
             f"| {t['p50_us'] / base['p50_us']:.1f} |"
         )
     return "\n".join(lines)
+
+
+COLOURS = {
+    "always strong": "black",
+    "always weak": "grey",
+    "random": "tab:orange",
+    "oracle": "tab:green",
+    "predict, subject, budget": "tab:blue",
+    "predict, subject, per task": "tab:cyan",
+    "predict, embeddings, budget": "tab:purple",
+    "predict, embeddings, per task": "tab:pink",
+    "cascade, checks only": "tab:olive",
+    "cascade, checks + evidence, budget": "tab:red",
+    "cascade, checks + evidence, per task": "tab:brown",
+}
 
 
 def plot(rows: Sequence[Row], path: Path) -> None:
@@ -505,7 +533,7 @@ def plot(rows: Sequence[Row], path: Path) -> None:
             xs = [100 * (1 - r.cost_reduction[0]) for r in points]
             ys = [100 * r.quality[0] for r in points]
             style = "o" if len(points) == 1 else ("--" if method in ("random", "oracle") else "-o")
-            ax.plot(xs, ys, style, label=method, markersize=4)
+            ax.plot(xs, ys, style, label=method, markersize=5 if len(points) == 1 else 3, color=COLOURS.get(method))
         ax.axhline(95, color="grey", linewidth=0.8, linestyle=":")
         ax.set_title(f"{data}: held-out quality against cost (mean of seeds)")
         ax.set_xlabel("cost, % of always gpt-4o")
