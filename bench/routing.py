@@ -486,8 +486,8 @@ def markdown(rows: Sequence[Row], timings: dict[str, dict[str, float]]) -> str:
     swept = [r for r in rows if r.target in curve_targets]
     for data, method in dict.fromkeys((r.data, r.method) for r in swept):
         cells = []
-        for target in curve_targets:
-            match = [r for r in swept if (r.data, r.method, r.target) == (data, method, target)]
+        for level in curve_targets:
+            match = [r for r in swept if (r.data, r.method, r.target) == (data, method, level)]
             cells.append(f"{match[0].quality[0] * 100:.1f} / {match[0].cost_reduction[0] * 100:.1f}" if match else "")
         lines.append(f"| {data} | {method} | " + " | ".join(cells) + " |")
     base = timings["parse body (baseline)"]
