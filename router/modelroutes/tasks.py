@@ -16,7 +16,7 @@ import msgspec
 
 TASK_HEADER = "x-router-task"
 _NAME_RE = re.compile(r"^[A-Za-z0-9._:/@+-]{1,64}$")
-EMBED_CHARS = 1000
+EMBED_CHARS = 500
 """The prompt text embedded for a task-less call: its system text and last user message, cut to this length."""
 
 
