@@ -100,7 +100,6 @@ class EvidenceStore:
     def __init__(self, client: RedisClient, prefix: str = "hr") -> None:
         self.client = client
         self.prefix = prefix
-        self._observe = client.register_script(OBSERVE)
 
     def evidence_key(self, route: Route, task: str) -> str:
         return f"{self.prefix}:mr:{{{route.key}|{task}}}:ev"
@@ -123,7 +122,10 @@ class EvidenceStore:
             count += 1
         if count:
             await self.client.sadd(self.tasks_key(route), task)
-            await self._observe(keys=[self.evidence_key(route, task)], args=args)
+            # EVAL, not a registered script: the router's scripts module holds every registered script and its
+            # wrapper, and OBSERVE moves there when model routes are wired in. Evidence writes are not on the
+            # call path (imports, sampled shadow pairs), and Redis caches the compiled script either way.
+            await self.client.eval(OBSERVE, 1, self.evidence_key(route, task), *args)
         return count
 
     async def tasks(self, route: Route) -> list[str]:
