@@ -399,7 +399,8 @@ def test_the_memory_limit_holds_the_held_connections_and_a_batch(
 def _bytes(quantity: str) -> int:
     match = re.fullmatch(r"(\d+)(Ki|Mi|Gi)", quantity)
     assert match, quantity
-    return int(match.group(1)) * 2 ** {"Ki": 10, "Mi": 20, "Gi": 30}[match.group(2)]
+    unit: int = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}[match.group(2)]
+    return int(match.group(1)) * unit
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
