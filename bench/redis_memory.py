@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -43,8 +44,6 @@ import httpx
 import redis
 import yaml
 
-from router.serving import free_port
-
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "gpt-4o-mini"
 START_TIMEOUT_S = 30.0
@@ -52,6 +51,14 @@ UPSTREAM_KEY_ENV = "BENCH_UPSTREAM_KEY"
 CONCURRENCY = 64
 # `P:{q}:call:<id>` → "call"; `P:replica:<id>` → "replica"; `P:{q}:lease:batch:<bid>` → "lease".
 _KIND = re.compile(r"^[^:]+:(?:\{[^}]*\}:)?([a-z_]+)")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 @dataclass
@@ -279,25 +286,26 @@ def measure(args: argparse.Namespace, prompt_chars: int, sim_port: int, tmp: Pat
 
 def render(runs: list[Run], markdown: bool) -> str:
     phases = ["queued", "held", "in flight", "answered"]
-    lines = [
-        "| prompt chars | request body B | result body B | "
-        + " | ".join(f"{p}: B per call" for p in phases)
-        + " | used_memory per call (queued / answered) |",
-        "|---" * (len(phases) + 4) + "|",
-    ]
+    header = ["prompt chars", "request body B", "result body B", *(f"{p}: B per call" for p in phases),
+              "used_memory per call (queued / answered)"]  # fmt: skip
+    rows = []
     for run in runs:
         per = [f"{run.per_call(p):,.0f}" if p in run.snapshots else "-" for p in phases]
         used = [
             (run.snapshots[p].used_memory - run.base_of(p).used_memory) / run.calls_in(p)
             for p in ("queued", "answered")
         ]
-        lines.append(
-            f"| {run.prompt_chars:,} | {run.body_bytes:,.0f} | {run.result_body_bytes:,.0f} | "
-            + " | ".join(per)
-            + f" | {used[0]:,.0f} / {used[1]:,.0f} |"
-        )
-    lines.append("")
-    lines.append("Bytes per call by kind of key (MEMORY USAGE; kinds under 1 B per call left out):")
+        rows.append([f"{run.prompt_chars:,}", f"{run.body_bytes:,.0f}", f"{run.result_body_bytes:,.0f}", *per,
+                     f"{used[0]:,.0f} / {used[1]:,.0f}"])  # fmt: skip
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+    else:
+        widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+        lines = [
+            "  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)) for row in [header, *rows]
+        ]
+    lines += ["", "Bytes per call by kind of key (MEMORY USAGE; kinds under 1 B per call left out):"]
     for run in runs:
         for phase in phases:
             if phase not in run.snapshots:
@@ -311,8 +319,7 @@ def render(runs: list[Run], markdown: bool) -> str:
                 if (snap.bytes_by_kind[k] - idle.bytes_by_kind.get(k, 0)) / calls >= 1
             ]
             lines.append(f"- {run.prompt_chars:,} chars, {phase}: " + ", ".join(parts))
-    text = "\n".join(lines)
-    return text if markdown else text.replace("|---", "").replace("| ", "").replace(" |", "  ")
+    return "\n".join(lines)
 
 
 def main() -> int:

