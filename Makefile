@@ -1,6 +1,7 @@
 # One command per job; CI (.ci/run) calls `make demo` and `make test` in a fresh clone (`make fresh`).
 # The test tiers are described in CONTRIBUTING.md.
-.PHONY: setup node demo test test-random lint typecheck unit integration e2e coverage bench lock latest fresh
+.PHONY: setup node demo test test-random lint typecheck unit integration e2e coverage bench lock latest fresh \
+	deploy-files
 
 # The Python that creates the project's virtualenv; every command below runs in that virtualenv.
 PYTHON ?= python3
@@ -84,6 +85,18 @@ _alltiers:
 
 bench: setup
 	$(PY) bench/realtime.py
+
+# The Kubernetes manifests (deploy/kubernetes, docs/deploy.md) build their ConfigMaps from copies of the config, the
+# price table, the policies and the Grafana dashboard: kustomize reads no file outside a kustomization's directory.
+# Run this after changing any of them (tests/test_deploy_kubernetes.py fails while a copy differs); a new policy
+# file also needs its line in deploy/kubernetes/base/kustomization.yaml, which the same test names.
+K8S := deploy/kubernetes
+deploy-files:
+	mkdir -p $(K8S)/base/files/policies $(K8S)/components/monitoring
+	cp config/router.yaml config/pricing.yaml $(K8S)/base/files/
+	rm -f $(K8S)/base/files/policies/*.yaml
+	cp policies/*.yaml $(K8S)/base/files/policies/
+	cp config/grafana/dashboards/hybrid-router.json $(K8S)/components/monitoring/
 
 # Update the lock after changing a dependency in pyproject.toml (or to take newer versions: `make lock ARGS=--upgrade`).
 lock: $(BIN)/uv
