@@ -42,8 +42,8 @@ import redis
 import uvloop
 import yaml
 
-from router.embedded import redis_server_binary
-from router.serving import free_port
+from router.ops.embedded import redis_server_binary
+from router.ops.serving import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "gpt-4o-mini"

@@ -4,7 +4,7 @@ Run from the repository root:
 
     python bench/jsondepth.py [--repeat 50] [--markdown]
 
-For each body shape it times `router.jsondepth.too_deep(body, 64)` and `schema.decode_view`'s msgspec decode of
+For each body shape it times `router.core.jsondepth.too_deep(body, 64)` and `schema.decode_view`'s msgspec decode of
 the same bytes (the work the router did per call before the check), taking the median of `--repeat` runs of
 each. No server, no Redis: this is CPU time in one process.
 """
@@ -20,8 +20,8 @@ from collections.abc import Callable
 
 import msgspec
 
-from router.jsondepth import too_deep
-from router.schema import RequestView
+from router.core.jsondepth import too_deep
+from router.core.schema import RequestView
 
 LIMIT = 64
 _view = msgspec.json.Decoder(RequestView)

@@ -25,9 +25,9 @@ from pathlib import Path
 import httpx
 import redis
 
-from router.app import create_app
-from router.serving import serve_in_thread
-from router.settings import load_settings
+from router.core.settings import load_settings
+from router.http.app import create_app
+from router.ops.serving import serve_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
 PIECE = 1024 * 1024

@@ -34,17 +34,17 @@ import httpx
 import msgspec
 from redis.asyncio import Redis
 
-from router.accounting import Accounting
-from router.accumulator import Accumulator, CallMeta
-from router.batcher import Batcher
-from router.keys import queue_tag
-from router.poller import Poller
-from router.pricing import PriceTable, load_pricing
+from router.core.keys import queue_tag
+from router.core.pricing import PriceTable, load_pricing
+from router.core.settings import BatchSettings, OrphanPolicy, Upstream
+from router.deferred.accumulator import Accumulator, CallMeta
+from router.deferred.batcher import Batcher
+from router.deferred.poller import Poller
+from router.ops.serving import serve_in_thread
 from router.providers.anthropic import AnthropicProvider
 from router.providers.base import BatchLine, Found, Lapsed
-from router.serving import serve_in_thread
-from router.settings import BatchSettings, OrphanPolicy, Upstream
 from router.simulator import SimConfig, create_simulator
+from router.telemetry.accounting import Accounting
 
 ENDPOINT = "/chat/completions"
 MODELS = ("claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1")

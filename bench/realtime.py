@@ -50,7 +50,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from router.serving import free_port
+from router.ops.serving import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "gpt-4o-mini"

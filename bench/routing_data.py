@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from router.pricing import Usage, load_pricing
+from router.core.pricing import Usage, load_pricing
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "bench" / "data" / "routellm-evals"

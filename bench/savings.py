@@ -52,10 +52,10 @@ from typing import Any
 import httpx
 import redis
 
-from router.app import create_app
-from router.pricing import PriceTable, Usage, load_pricing, usage_from_body
-from router.serving import serve_in_thread
-from router.settings import load_settings
+from router.core.pricing import PriceTable, Usage, load_pricing, usage_from_body
+from router.core.settings import load_settings
+from router.http.app import create_app
+from router.ops.serving import serve_in_thread
 from router.simulator import SimConfig, create_simulator
 from router.simulator.config import Turnaround
 

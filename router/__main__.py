@@ -1,5 +1,5 @@
 """`python -m router` is the `hybrid-router` command."""
 
-from router.cli import main
+from router.ops.cli import main
 
 raise SystemExit(main())

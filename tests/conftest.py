@@ -16,8 +16,8 @@ import openai
 import pytest
 import redis
 
-from router.app import create_app
-from router.serving import serve_in_thread
+from router.http.app import create_app
+from router.ops.serving import serve_in_thread
 from router.simulator import SimConfig, create_simulator
 from tests.helpers.servers import RouterFactory, Sim, router_settings
 
@@ -93,7 +93,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if _reachable(url):
         yield url
         return
-    from router.embedded import embedded_redis
+    from router.ops.embedded import embedded_redis
 
     with embedded_redis(tmp_path_factory.mktemp("redis")) as embedded:
         yield embedded
@@ -102,7 +102,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def bundled_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The bundled redis-server (Redis 6.2): the oldest server the router supports."""
-    from router.embedded import embedded_redis
+    from router.ops.embedded import embedded_redis
 
     with embedded_redis(tmp_path_factory.mktemp("bundled")) as url:
         yield url

@@ -10,15 +10,15 @@ import msgspec
 import pytest
 from redis.asyncio import Redis
 
-from router.accounting import Accounting
-from router.accumulator import Accumulator, CallMeta
-from router.batcher import Batcher
-from router.keys import PROVIDER_BATCHES_KEEP_S, queue_tag
-from router.poller import Poller
-from router.pricing import load_pricing
+from router.core.keys import PROVIDER_BATCHES_KEEP_S, queue_tag
+from router.core.pricing import load_pricing
+from router.core.settings import BatchSettings, Upstream
+from router.deferred.accumulator import Accumulator, CallMeta
+from router.deferred.batcher import Batcher
+from router.deferred.poller import Poller
 from router.providers.base import BatchLine
 from router.providers.openai import OpenAIProvider
-from router.settings import BatchSettings, Upstream
+from router.telemetry.accounting import Accounting
 from tests.helpers.servers import ROOT, Sim
 from tests.helpers.waiting import wait_until_async
 
@@ -252,7 +252,7 @@ async def test_provider_batch_ids_are_recorded_for_crash_recovery(acc: Accumulat
 def test_every_lua_script_compiles(redis_url: str) -> None:
     import redis as sync_redis
 
-    from router import scripts
+    from router.deferred.store import scripts
 
     with sync_redis.Redis.from_url(redis_url) as client:
         for name in dir(scripts):
@@ -294,9 +294,11 @@ async def test_a_slow_upload_keeps_its_lease_and_is_not_submitted_twice(acc: Acc
 async def test_a_large_claim_is_taken_in_chunks_within_the_limits(
     acc: Accumulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import router.store.batches
+    import router.deferred.store.batches
 
-    monkeypatch.setattr(router.store.batches, "CLAIM_CHUNK", 7)  # as if 50,000 calls were claimed 2,000 at a time
+    monkeypatch.setattr(
+        router.deferred.store.batches, "CLAIM_CHUNK", 7
+    )  # as if 50,000 calls were claimed 2,000 at a time
     ids = await admit_many(acc, 40)
     by_count = await acc.claim(TAG, max_requests=20, max_bytes=10**9, owner="o", lease_s=30)
     line = len(body(20)) + 128  # the second claim takes calls 20.. (two-digit bodies)

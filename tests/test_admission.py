@@ -7,8 +7,10 @@ from collections.abc import AsyncIterator, Mapping
 
 import pytest
 
-from router import redis_client
-from router.admission import (
+from router.core.errors import BadRequest, InvalidDeadline
+from router.core.settings import load_settings
+from router.deferred.store import client as redis_client
+from router.http.admission import (
     Arrival,
     delivery_asked,
     is_retry,
@@ -19,11 +21,9 @@ from router.admission import (
     routing_view,
     webhook_url,
 )
-from router.app import make_providers
-from router.delivery import Delivery
-from router.errors import BadRequest, InvalidDeadline
-from router.gateway import Gateway
-from router.settings import load_settings
+from router.http.app import make_providers
+from router.http.delivery import Delivery
+from router.http.gateway import Gateway
 from tests.helpers.servers import NO_POLICIES, ROOT
 
 NOW = 1_800_000_000.0

@@ -10,16 +10,17 @@ import msgspec
 import pytest
 from redis.asyncio import Redis
 
-from router.accounting import Accounting
-from router.accumulator import Accumulator, CallMeta
-from router.batcher import Batcher
-from router.keys import queue_tag
-from router.poller import Poller
-from router.pricing import load_pricing
+from router.core.keys import queue_tag
+from router.core.pricing import load_pricing
+from router.core.settings import BatchSettings, OrphanPolicy, Upstream
+from router.deferred.accumulator import Accumulator, CallMeta
+from router.deferred.batcher import Batcher
+from router.deferred.poller import Poller
 from router.providers import anthropic as adapter
-from router.providers.anthropic import SKEW_S, AnthropicProvider, Candidate, Verdict, judge
+from router.providers.anthropic import AnthropicProvider
+from router.providers.anthropic_orphans import SKEW_S, Candidate, Verdict, judge
 from router.providers.base import BatchLine, Found, Lapsed, Ledger, Rival
-from router.settings import BatchSettings, OrphanPolicy, Upstream
+from router.telemetry.accounting import Accounting
 from tests.helpers.servers import ROOT, Sim
 from tests.helpers.waiting import wait_until, wait_until_async
 

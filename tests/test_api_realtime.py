@@ -174,7 +174,7 @@ def test_proxy_keys_map_to_tenants(oai: Client, start_router: RouterFactory) -> 
 
 
 def test_upstream_down_is_502(oai: Client, start_router: RouterFactory) -> None:
-    from router.serving import free_port
+    from router.ops.serving import free_port
 
     dead = [upstream(f"http://127.0.0.1:{free_port()}/v1", max_retries=1)]
     with start_router(upstreams=dead) as base, pytest.raises(openai.APIStatusError) as info:
@@ -236,7 +236,7 @@ def test_health_ready_metrics(oai: Client, router_url: str) -> None:
 
 
 def test_readyz_reports_a_dead_upstream(start_router: RouterFactory) -> None:
-    from router.serving import free_port
+    from router.ops.serving import free_port
 
     dead = [upstream(f"http://127.0.0.1:{free_port()}/v1")]
     with start_router(upstreams=dead) as base:

@@ -30,7 +30,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from router.serving import serve_in_thread
+from router.ops.serving import serve_in_thread
 from router.simulator import SimConfig, create_simulator
 from tests.helpers.metrics import metric
 from tests.helpers.processes import redis_process, router_process

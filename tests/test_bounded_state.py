@@ -15,11 +15,11 @@ import redis
 from openai.types.chat import ChatCompletionMessageParam
 from redis.asyncio import Redis
 
-from router.accumulator import Accumulator
-from router.app import create_app
-from router.catalog import model_ids
-from router.gateway import Gateway
-from router.serving import serve_in_thread
+from router.deferred.accumulator import Accumulator
+from router.deferred.catalog import model_ids
+from router.http.app import create_app
+from router.http.gateway import Gateway
+from router.ops.serving import serve_in_thread
 from tests.helpers.servers import Sim, router_settings, upstream
 from tests.helpers.waiting import wait_until
 

@@ -11,9 +11,9 @@ import httpx
 import openai
 import pytest
 
-from router.embedded import INSTALL_HINT, embedded_redis, redis_server_binary
-from router.errors import ConfigError
-from router.serving import free_port
+from router.core.errors import ConfigError
+from router.ops.embedded import INSTALL_HINT, embedded_redis, redis_server_binary
+from router.ops.serving import free_port
 from tests.helpers.processes import clean_env, run_cli
 from tests.helpers.waiting import wait_until
 

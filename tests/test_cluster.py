@@ -22,14 +22,14 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import SSLConnection
 
-from router.accumulator import Accumulator, CallMeta
-from router.app import create_app
-from router.errors import ConfigError
-from router.keys import queue_tag
-from router.redis_client import close, connect
-from router.serving import free_port, serve_in_thread
-from router.turnaround import TurnaroundModel
-from router.waiters import Waiters
+from router.core.errors import ConfigError
+from router.core.keys import queue_tag
+from router.core.turnaround import TurnaroundModel
+from router.deferred.accumulator import Accumulator, CallMeta
+from router.deferred.store.client import close, connect
+from router.deferred.waiters import Waiters
+from router.http.app import create_app
+from router.ops.serving import free_port, serve_in_thread
 from tests.helpers.servers import FAST, Sim, router_settings
 from tests.helpers.waiting import wait_until, wait_until_async
 

@@ -16,7 +16,7 @@ from grafana_foundation_sdk.cog.plugins import register_default_plugins
 from grafana_foundation_sdk.models.dashboard import Dashboard, Panel, RowPanel
 from grafana_foundation_sdk.models.prometheus import Dataquery
 
-from router.metrics import REGISTRY
+from router.telemetry.metrics import REGISTRY
 from tests.helpers.promql import (
     DASHBOARD_JSON,
     DASHBOARD_SOURCE,
@@ -166,7 +166,7 @@ def test_every_metric_the_router_exports_has_a_panel(board: dict[str, Any]) -> N
     assert families["hybrid_router_requests"] == "counter" and families["hybrid_router_queue_depth"] == "gauge"
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
     missing = {name for name, kind in families.items() if not {name + s for s in suffixes[kind]} & used}
-    assert not missing, f"metrics of router/metrics.py without a panel: {sorted(missing)}"
+    assert not missing, f"metrics of router/telemetry/metrics.py without a panel: {sorted(missing)}"
 
 
 def test_every_metric_the_dashboard_reads_is_exported_by_the_router(board: dict[str, Any]) -> None:
@@ -175,7 +175,9 @@ def test_every_metric_the_dashboard_reads_is_exported_by_the_router(board: dict[
     for expr in expressions(board):
         names = router_metrics(expr)
         assert names, f"no router metric in {expr!r}"
-        assert names <= exported, f"{sorted(names - exported)} in {expr!r} are not exported by router/metrics.py"
+        assert names <= exported, (
+            f"{sorted(names - exported)} in {expr!r} are not exported by router/telemetry/metrics.py"
+        )
         assert selected_metrics(expr) == names, f"{expr!r} reads metrics that are not the router's"
 
 

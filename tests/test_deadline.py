@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.deadline import ACCEPTED_FORMS, format_deadline, parse_deadline, parse_duration
-from router.errors import InvalidDeadline
+from router.core.deadline import ACCEPTED_FORMS, format_deadline, parse_deadline, parse_duration
+from router.core.errors import InvalidDeadline
 
 NOW = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC).timestamp()
 WEEK = 7 * 86400.0

@@ -7,8 +7,8 @@ import io
 import pytest
 from rich.console import Console
 
-from router.demo import WORKLOAD, Group, run_demo
-from router.settings import load_settings
+from router.core.settings import load_settings
+from router.ops.demo import WORKLOAD, Group, run_demo
 
 pytestmark = pytest.mark.integration
 

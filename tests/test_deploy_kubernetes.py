@@ -78,12 +78,12 @@ class Router:
 
 def router_code() -> Router:
     """The one place these tests import the router's settings, loaders, app and command line from."""
-    from router.app import create_app
-    from router.cli import build_parser
-    from router.policy import load_policies
-    from router.pricing import load_pricing
-    from router.serving import free_port
-    from router.settings import Settings, load_settings
+    from router.core.policy import load_policies
+    from router.core.pricing import load_pricing
+    from router.core.settings import Settings, load_settings
+    from router.http.app import create_app
+    from router.ops.cli import build_parser
+    from router.ops.serving import free_port
 
     return Router(Settings, load_settings, load_policies, load_pricing, create_app, build_parser, free_port)
 

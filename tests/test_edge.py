@@ -11,9 +11,9 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from router.edge import check_headers, head_bound
-from router.errors import HeadersTooLarge
-from router.settings import Limits
+from router.core.errors import HeadersTooLarge
+from router.core.settings import Limits
+from router.http.edge import check_headers, head_bound
 from tests.helpers.servers import RouterFactory
 
 KEY = "sk-team-a"

@@ -20,9 +20,9 @@ import openai
 import pytest
 import redis
 
-from router.embedded import embedded_redis, redis_server_binary
-from router.errors import ConfigError
-from router.serving import free_port
+from router.core.errors import ConfigError
+from router.ops.embedded import embedded_redis, redis_server_binary
+from router.ops.serving import free_port
 from tests.helpers.servers import Sim
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from router import errors
-from router.error_handlers import error_response
+from router.core import errors
+from router.http.error_handlers import error_response
 
 
 def _all_subclasses(cls: type[errors.RouterError]) -> list[type[errors.RouterError]]:

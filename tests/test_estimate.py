@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from router import estimate as estimate_module
-from router.errors import ConfigError
-from router.estimate import LogLine, add_parser, estimate, what_if
-from router.policy import load_policies
-from router.pricing import load_pricing
-from router.settings import BatchSettings, Settings, Upstream
+from router.core.errors import ConfigError
+from router.core.policy import load_policies
+from router.core.pricing import load_pricing
+from router.core.settings import BatchSettings, Settings, Upstream
+from router.ops import estimate as estimate_module
+from router.ops.estimate import LogLine, add_parser, estimate, what_if
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data" / "estimate"

@@ -82,8 +82,8 @@ def fuzz_router(sim_server: Any, redis_url: str) -> Iterator[str]:
     """One router for the whole module (hypothesis runs many examples against it)."""
     import secrets
 
-    from router.app import create_app
-    from router.serving import serve_in_thread
+    from router.http.app import create_app
+    from router.ops.serving import serve_in_thread
     from tests.helpers.servers import router_settings
 
     prefix = "hrfuzz-" + secrets.token_hex(4)
@@ -104,8 +104,8 @@ def keyed_router(sim_server: Any, redis_url: str) -> Iterator[str]:
     """A router with `auth: keys` and small header limits, served with the server's bound those limits imply."""
     import secrets
 
-    from router.app import create_app
-    from router.serving import serve_in_thread
+    from router.http.app import create_app
+    from router.ops.serving import serve_in_thread
     from tests.helpers.servers import router_settings
 
     prefix = "hrfuzz-" + secrets.token_hex(4)

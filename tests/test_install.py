@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from router.cli import main
-from router.settings import packaged
+from router.core.settings import packaged
+from router.ops.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTER = ("config/router.yaml", "config/pricing.yaml", "policies/00-examples.yaml")
@@ -69,9 +69,9 @@ def test_init_refuses_to_overwrite_unless_forced(
 
 
 def test_the_demo_says_what_to_install_without_the_openai_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
-    from router.demo import run_demo
-    from router.errors import ConfigError
-    from router.settings import Settings
+    from router.core.errors import ConfigError
+    from router.core.settings import Settings
+    from router.ops.demo import run_demo
 
     monkeypatch.setitem(sys.modules, "openai", None)
     with pytest.raises(ConfigError, match=r"pip install 'hybrid-router\[demo\]'"):
@@ -113,7 +113,7 @@ def empty_dir(tmp_path: Path) -> Path:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_the_wheel_ships_its_defaults(venv: Path, tmp_path: Path) -> None:
-    code = "import router, router.settings as s; print(router.__file__); print(s.packaged('config/pricing.yaml'))"
+    code = "import router, router.core.settings as s; print(router.__file__); print(s.packaged('config/pricing.yaml'))"
     module, pricing = run(venv / "bin" / "python", "-c", code, cwd=empty_dir(tmp_path)).stdout.split()
     assert Path(module).is_relative_to(venv)
     assert Path(pricing).is_relative_to(Path(module).parent / "defaults")

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.jsondepth import too_deep
+from router.core.jsondepth import too_deep
 
 
 def depth(value: Any) -> int:

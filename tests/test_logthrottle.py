@@ -10,10 +10,11 @@ import httpx
 import pytest
 import redis.exceptions
 
-from router import error_handlers, gateway, loops, waiters
-from router.app import create_app
-from router.logthrottle import INTERVAL_S, Throttle, is_outage, kind_of
-from router.serving import free_port, serve_in_thread
+from router.deferred import loops, waiters
+from router.http import error_handlers, gateway
+from router.http.app import create_app
+from router.ops.serving import free_port, serve_in_thread
+from router.telemetry.logs import INTERVAL_S, Throttle, is_outage, kind_of
 from tests.helpers.servers import Sim, router_settings
 from tests.helpers.waiting import wait_until
 

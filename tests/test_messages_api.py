@@ -15,8 +15,8 @@ import openai
 import pytest
 from anthropic.types import Message
 
-from router.keys import queue_tag
-from router.settings import ProxyKey, Settings, Upstream
+from router.core.keys import queue_tag
+from router.core.settings import ProxyKey, Settings, Upstream
 from tests.helpers.servers import RouterFactory, Sim, upstream
 from tests.helpers.waiting import wait_until
 

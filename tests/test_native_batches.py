@@ -16,15 +16,16 @@ import openai
 import pytest
 import redis
 
-from router import metrics, native_batches
-from router.accounting import Accounting
-from router.accumulator import Accumulator
-from router.native_batches import NativeStore, NativeUpstream, NativeWatcher
-from router.pricing import load_pricing, usage_from_body
+from router.core.pricing import load_pricing, usage_from_body
+from router.core.settings import BatchSettings, Upstream
+from router.deferred.accumulator import Accumulator
+from router.deferred.store.client import close, connect
+from router.passthrough import native_batches
+from router.passthrough.native_batches import NativeStore, NativeUpstream, NativeWatcher
 from router.providers.openai import OpenAIProvider
 from router.providers.openai_native import OpenAINative
-from router.redis_client import close, connect
-from router.settings import BatchSettings, Upstream
+from router.telemetry import metrics
+from router.telemetry.accounting import Accounting
 from tests.helpers.openapi import validate
 from tests.helpers.servers import ROOT, RouterFactory, Sim
 from tests.helpers.waiting import wait_until, wait_until_async

@@ -14,10 +14,10 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from router.app import create_app
-from router.cli import is_loopback
-from router.errors import ConfigError
-from router.serving import serve_in_thread
+from router.core.errors import ConfigError
+from router.http.app import create_app
+from router.ops.cli import is_loopback
+from router.ops.serving import serve_in_thread
 from router.simulator import SimConfig, create_simulator
 from tests.helpers.processes import clean_env, run_cli
 from tests.helpers.servers import RouterFactory, Sim, router_settings

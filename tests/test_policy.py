@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.errors import ConfigError
-from router.policy import Decision, Facts, Policies, PolicyStore, decide, load_policies
+from router.core.errors import ConfigError
+from router.core.policy import Decision, Facts, Policies, PolicyStore, decide, load_policies
 
 DATA = Path(__file__).parent / "data"
 SHIPPED = Path(__file__).parent.parent / "policies"

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.errors import ConfigError
-from router.pricing import Cost, PriceTable, Usage, load_pricing, usage_from_body
+from router.core.errors import ConfigError
+from router.core.pricing import Cost, PriceTable, Usage, load_pricing, usage_from_body
 
 SHIPPED = Path(__file__).parent.parent / "config" / "pricing.yaml"
 TABLE = load_pricing(SHIPPED)

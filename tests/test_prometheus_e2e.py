@@ -21,7 +21,7 @@ import pytest
 import yaml
 from openai.types.chat import ChatCompletionMessageParam
 
-from router.serving import free_port
+from router.ops.serving import free_port
 from tests.helpers.metrics import series
 from tests.helpers.promql import expressions, instantiate, load_dashboard
 from tests.helpers.servers import FAST, ROOT, RouterFactory, Sim

@@ -16,14 +16,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from router.errors import BadRequest
+from router.core.errors import BadRequest
+from router.core.settings import Upstream
+from router.ops.serving import serve_in_thread
 from router.providers import anthropic as adapter
 from router.providers import anthropic_translate as tr
 from router.providers.anthropic import AnthropicProvider
 from router.providers.anthropic_stream import StreamTranslator
 from router.providers.base import BatchLine, BatchStatus, LineResult
-from router.serving import serve_in_thread
-from router.settings import Upstream
 from router.simulator import SimConfig, create_simulator
 from tests.helpers.waiting import wait_until_async
 

@@ -18,10 +18,10 @@ from collections.abc import Iterator
 import msgspec
 import pytest
 
+from router.core.settings import Upstream
 from router.providers.anthropic import AnthropicProvider
 from router.providers.base import OFF_LOOP_BYTES, BatchLine, BatchStatus, Provider
 from router.providers.openai import OpenAIProvider
-from router.settings import Upstream
 from tests.helpers.processes import simulator_process
 from tests.helpers.servers import Sim
 from tests.helpers.waiting import wait_until_async

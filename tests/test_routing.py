@@ -6,8 +6,7 @@ import math
 
 import pytest
 
-from router.policy import Decision
-from router.routing import (
+from router.core.lanes import (
     NO_OUTLOOK,
     Capabilities,
     Catalog,
@@ -21,7 +20,8 @@ from router.routing import (
     flush_due,
     route,
 )
-from router.settings import BatchSettings, Upstream
+from router.core.policy import Decision
+from router.core.settings import BatchSettings, Upstream
 
 NOW = 1_000_000.0
 TIMING = Timing(margin_s=10.0, flex_s=5.0, cancel_lead_s=3.0, flush_wait_s=1.0)

@@ -14,9 +14,9 @@ import httpx
 import pytest
 
 from bench.savings import Result, Scenario, run
-from router.estimate import Admission, LogLine
-from router.policy import load_policies
-from router.pricing import load_pricing
+from router.core.policy import load_policies
+from router.core.pricing import load_pricing
+from router.ops.estimate import Admission, LogLine
 from tests.helpers.servers import ROOT, RouterFactory, Sim, router_settings, upstream
 
 TURNAROUND = "lognormal:median=5,p95=30,max=300"

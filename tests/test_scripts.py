@@ -1,7 +1,7 @@
-"""The Lua scripts agree with their Python side: every state literal is a member of `router.states`, and each
-script's typed wrapper in `router/scripts.py` names exactly the KEYS and ARGV its Lua reads, in the Lua's order and
-by the Lua's own names (read from the source, so a new argument on one side only fails here rather than as a wrong
-field in Redis); every key one call passes lies in one Redis Cluster slot."""
+"""The Lua scripts agree with their Python side: every state literal is a member of `router.core.states`, and
+each script's typed wrapper in `router/deferred/store/scripts.py` names exactly the KEYS and ARGV its Lua reads, in
+the Lua's order and by the Lua's own names (read from the source, so a new argument on one side only fails here
+rather than as a wrong field in Redis); every key one call passes lies in one Redis Cluster slot."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from redis.crc import key_slot
 
-from router import scripts
-from router.keys import Keys
-from router.states import AdmitOutcome, BatchState, CallState
+from router.core.keys import Keys
+from router.core.states import AdmitOutcome, BatchState, CallState
+from router.deferred.store import scripts
 
 ROOT = Path(__file__).resolve().parent.parent / "router"
 SCRIPTS = {name: text for name, text in vars(scripts).items() if name.isupper() and isinstance(text, str)}

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from router.errors import ConfigError
-from router.policy import load_policies
-from router.pricing import load_pricing
-from router.settings import load_settings, packaged
+from router.core.errors import ConfigError
+from router.core.policy import load_policies
+from router.core.pricing import load_pricing
+from router.core.settings import load_settings, packaged
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,7 +15,7 @@ import msgspec
 import pytest
 import yaml
 
-from router.settings import Settings, Upstream
+from router.core.settings import Settings, Upstream
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "config" / "router.yaml"

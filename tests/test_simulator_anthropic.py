@@ -13,7 +13,7 @@ import openai
 import pytest
 from anthropic.types.messages import MessageBatch
 
-from router.serving import serve_in_thread
+from router.ops.serving import serve_in_thread
 from router.simulator import SimConfig, create_simulator
 from tests.helpers.waiting import wait_until
 

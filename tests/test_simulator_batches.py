@@ -11,7 +11,7 @@ import openai
 import pytest
 from openai.types import Batch
 
-from router.serving import serve_in_thread
+from router.ops.serving import serve_in_thread
 from router.simulator import SimConfig, create_simulator
 from tests.helpers.openapi import validate
 from tests.helpers.waiting import wait_until

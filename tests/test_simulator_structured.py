@@ -23,7 +23,7 @@ from openai.lib._pydantic import to_strict_json_schema
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 from pydantic import BaseModel, Field
 
-from router.serving import serve_in_thread
+from router.ops.serving import serve_in_thread
 from router.simulator import SimConfig, create_simulator
 from router.simulator.jsonschema_instances import SchemaError, instance
 from tests.helpers.openapi import validate

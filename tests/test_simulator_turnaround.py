@@ -16,8 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from litestar import Litestar
 
-from router.cli import build_parser
-from router.serving import serve_in_thread
+from router.ops.cli import build_parser
+from router.ops.serving import serve_in_thread
 from router.simulator import SimConfig, create_simulator
 from router.simulator.config import WINDOW_S, Turnaround
 from router.simulator.schedule import Schedule, drawn_turnaround

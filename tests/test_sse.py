@@ -16,9 +16,9 @@ from anthropic.types import Message, RawMessageStreamEvent
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.pricing import Usage
-from router.replay import error_answer, error_event, sse_chunks
-from router.sse import tap_usage
+from router.core.pricing import Usage
+from router.deferred.replay import error_answer, error_event, sse_chunks
+from router.http.sse import tap_usage
 
 EVENTS = [
     b'data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"hi"}}],'

@@ -12,8 +12,8 @@ import openai
 import pytest
 import redis
 
-from router import scripts
-from router.tenants import until_midnight, utc_day
+from router.deferred.store import scripts
+from router.deferred.tenants import until_midnight, utc_day
 from tests.helpers.servers import RouterFactory, Sim
 from tests.helpers.waiting import wait_until
 

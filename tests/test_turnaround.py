@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.turnaround import Observation, TurnaroundModel, size_slope, weighted_quantile
+from router.core.turnaround import Observation, TurnaroundModel, size_slope, weighted_quantile
 
 NOW = 1_000_000.0
 HOUR = 3600.0

@@ -14,10 +14,10 @@ import msgspec
 import pytest
 from redis.asyncio import Redis
 
-from router import waiters as waiters_module
-from router.accumulator import Accumulator, CallMeta, Result
-from router.lanes import ResultWatch
-from router.waiters import Waiters
+from router.deferred import waiters as waiters_module
+from router.deferred.accumulator import Accumulator, CallMeta, Result
+from router.deferred.lane import ResultWatch
+from router.deferred.waiters import Waiters
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -12,9 +12,9 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from router.errors import BadRequest
-from router.serving import serve_in_thread
-from router.webhooks import check_url
+from router.core.errors import BadRequest
+from router.deferred.webhooks import check_url
+from router.ops.serving import serve_in_thread
 from tests.helpers.metrics import metric
 from tests.helpers.servers import FAST, RouterFactory
 from tests.helpers.waiting import wait_until

@@ -13,7 +13,7 @@ import openai
 import pytest
 import redis
 
-from router.workers import parse_workers
+from router.ops.workers import parse_workers
 from tests.helpers.processes import RouterProcess, router_process
 from tests.helpers.servers import NO_POLICIES, ROOT, Sim, upstream
 from tests.helpers.waiting import wait_until

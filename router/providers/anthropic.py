@@ -7,14 +7,26 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from datetime import datetime
 from typing import Any, TypeVar
 
 import httpx
 import msgspec
 
-from router.errors import BadRequest, UpstreamError, UpstreamUnavailable
+from router.core.errors import BadRequest, UpstreamError, UpstreamUnavailable
+from router.core.schema import error_body
+from router.core.settings import Upstream
 from router.providers import anthropic_translate as tr
+from router.providers.anthropic_orphans import (
+    LIST_LIMIT,
+    MAX_LIST_PAGES,
+    SKEW_S,
+    Candidate,
+    ListedBatch,
+    custom_id_decoder,
+    judge,
+    page_decoder,
+    size,
+)
 from router.providers.anthropic_stream import StreamTranslator
 from router.providers.base import (
     ANTHROPIC_ENDPOINTS,
@@ -25,15 +37,12 @@ from router.providers.base import (
     Found,
     Lapsed,
     LineResult,
-    Rival,
     UpstreamResponse,
     off_loop,
 )
 from router.providers.transport import make_client, read_all, retry_after, send_retrying, translate_error
-from router.schema import error_body
-from router.settings import OrphanPolicy, Upstream
 
-log = logging.getLogger("router.providers.anthropic")
+log = logging.getLogger(__name__)
 API_VERSION = "2023-06-01"
 RETRY = RETRY_STATUSES | {529}  # 529: Anthropic is overloaded
 FRESH_S = 60.0
@@ -46,12 +55,6 @@ Call ids start with a hex queue tag, so no translated line's id starts with it."
 PASS_HEADERS = ("content-type", "request-id", "retry-after", "x-should-retry")
 """Upstream headers handed to callers of Anthropic's own API."""
 
-SKEW_S = 10.0
-"""Crash recovery's slack on times: how far Anthropic's clock (`created_at`) and ours may differ, and how late the
-create call of a builder that was losing its lease may still land."""
-LIST_LIMIT = 1000  # the largest page Anthropic serves
-MAX_LIST_PAGES = 100
-
 _STATES: dict[str, BatchState] = {"in_progress": "running", "canceling": "running", "ended": "ended"}
 _NO_RESULT = frozenset({"canceled", "expired"})
 
@@ -60,72 +63,6 @@ class _MessageBatch(msgspec.Struct):
     id: str
     processing_status: str
     results_url: str | None = None
-
-
-class _Counts(msgspec.Struct):
-    processing: int = 0
-    succeeded: int = 0
-    errored: int = 0
-    canceled: int = 0
-    expired: int = 0
-
-
-class _ListedBatch(msgspec.Struct):
-    id: str
-    processing_status: str
-    created_at: datetime
-    request_counts: _Counts
-
-
-class _BatchPage(msgspec.Struct):
-    data: list[_ListedBatch]
-    has_more: bool = False
-    last_id: str | None = None
-
-
-class _CustomId(msgspec.Struct):
-    custom_id: str
-
-
-class Candidate(msgspec.Struct, frozen=True, kw_only=True):
-    """An unrecorded Message Batch, still running, whose size and age fit a batch whose builder crashed."""
-
-    id: str
-    created_at: float
-    requests: int
-    canceling: bool = False
-
-
-class Verdict(msgspec.Struct, frozen=True, kw_only=True):
-    """What recovery does with the candidates: adopt one, or cancel some (then submit again), or wait for more."""
-
-    adopt: str | None = None
-    cancel: tuple[str, ...] = ()
-    wait: bool = False
-
-
-def claimable(candidate: Candidate, rival: Rival) -> bool:
-    """Whether another batch being built could have created `candidate` (its claim came first, it is big enough)."""
-    return candidate.requests <= rival.requests and candidate.created_at >= rival.claimed_at - SKEW_S
-
-
-def judge(policy: OrphanPolicy, running: Sequence[Candidate], rivals: Sequence[Rival], complete: bool) -> Verdict:
-    """Decide on the running candidates of one lapsed batch (those already ended were told apart by their results).
-
-    Count and time alone adopt only the one candidate no other batch being built could have created, and only when
-    the listing covered the whole window. Otherwise `adopt` waits (the candidates end within 24 h and their results
-    name their calls); the cancel policies cancel every candidate no live builder may be about to record, and
-    submit again (lines that ran before the cancel are paid twice).
-    """
-    if not running:
-        return Verdict()
-    contested = [c for c in running if any(claimable(c, r) for r in rivals)]
-    if policy != "cancel" and complete and len(running) == 1 and not contested:
-        return Verdict(adopt=running[0].id)
-    if policy == "adopt":
-        return Verdict(wait=True)
-    spared = {c.id for c in running if any(claimable(c, r) for r in rivals if r.live)}
-    return Verdict(cancel=tuple(c.id for c in running if c.id not in spared and not c.canceling))
 
 
 def _absent() -> msgspec.Raw:
@@ -145,23 +82,6 @@ class _ResultLine(msgspec.Struct):
     result: _Result
 
 
-class _Model(msgspec.Struct):
-    id: str
-    created_at: datetime | None = None
-    created: int | None = None  # OpenAI-shaped servers (the simulator) answer `created`
-
-
-class _ModelList(msgspec.Struct):
-    data: list[_Model]
-
-
-class _OutModel(msgspec.Struct, kw_only=True):
-    id: str
-    object: str = "model"
-    created: int
-    owned_by: str = "anthropic"
-
-
 T = TypeVar("T")
 _JSON = {"content-type": "application/json"}
 _PIECE_BYTES = 1 << 20
@@ -169,20 +89,6 @@ _encoder = msgspec.json.Encoder()
 _batch_decoder = msgspec.json.Decoder(_MessageBatch)
 _result_decoder = msgspec.json.Decoder(_ResultLine)
 _envelope_decoder = msgspec.json.Decoder(tr.ErrorEnvelope)
-_model_decoder = msgspec.json.Decoder(_Model)
-_models_decoder = msgspec.json.Decoder(_ModelList)
-_page_decoder = msgspec.json.Decoder(_BatchPage)
-_custom_id_decoder = msgspec.json.Decoder(_CustomId)
-
-
-def _size(batch: _ListedBatch) -> int:
-    counts = batch.request_counts
-    return counts.processing + counts.succeeded + counts.errored + counts.canceled + counts.expired
-
-
-def _out_model(model: _Model) -> _OutModel:
-    created = int(model.created_at.timestamp()) if model.created_at else model.created or 0
-    return _OutModel(id=model.id, created=created)
 
 
 class AnthropicProvider:
@@ -339,10 +245,10 @@ class AnthropicProvider:
             status, body = tr.error_answer(response.status_code, response.content)
             return UpstreamResponse(status=status, headers=headers, body=body)
         if path == "/models":
-            page = self._decode(_models_decoder, response.content)
-            body = _encoder.encode({"object": "list", "data": [_out_model(m) for m in page.data]})
+            page = self._decode(tr.models_decoder, response.content)
+            body = _encoder.encode({"object": "list", "data": [tr.openai_model(m) for m in page.data]})
         elif path.startswith("/models/"):
-            body = _encoder.encode(_out_model(self._decode(_model_decoder, response.content)))
+            body = _encoder.encode(tr.openai_model(self._decode(tr.model_decoder, response.content)))
         else:
             body = response.content
         return UpstreamResponse(status=200, headers=headers, body=body)
@@ -423,7 +329,7 @@ class AnthropicProvider:
         listed, complete = await self._listed_since(low)
         if not complete:
             log.warning("batch %s: too many Message Batches since its claim, only the newest searched", lapsed.batch_id)
-        fitting = [b for b in listed if b.created_at.timestamp() <= high and sent <= _size(b) <= sent + gone]
+        fitting = [b for b in listed if b.created_at.timestamp() <= high and sent <= size(b) <= sent + gone]
         ledger = await lapsed.ledger([b.id for b in fitting])
         running: list[Candidate] = []
         for batch in fitting:
@@ -431,7 +337,7 @@ class AnthropicProvider:
                 continue
             if batch.processing_status != "ended":
                 created, canceling = batch.created_at.timestamp(), batch.processing_status == "canceling"
-                running.append(Candidate(id=batch.id, created_at=created, requests=_size(batch), canceling=canceling))
+                running.append(Candidate(id=batch.id, created_at=created, requests=size(batch), canceling=canceling))
             elif await self._first_custom_id(batch.id) in lapsed.custom_ids:
                 log.info("batch %s: adopting Message Batch %s (its results name our calls)", lapsed.batch_id, batch.id)
                 return Found(provider_id=batch.id)
@@ -448,12 +354,12 @@ class AnthropicProvider:
                 return Found(wait=True)
         return Found(provider_id=verdict.adopt, wait=verdict.wait)
 
-    async def _listed_since(self, since: float) -> tuple[list[_ListedBatch], bool]:
+    async def _listed_since(self, since: float) -> tuple[list[ListedBatch], bool]:
         """The Message Batches created since `since` (newest first, `after_id` pages); False if there were too many."""
-        found: list[_ListedBatch] = []
+        found: list[ListedBatch] = []
         params = {"limit": str(LIST_LIMIT)}
         for _ in range(MAX_LIST_PAGES):
-            page = self._decode(_page_decoder, await self._json("GET", f"{self.v1}/messages/batches", params=params))
+            page = self._decode(page_decoder, await self._json("GET", f"{self.v1}/messages/batches", params=params))
             for batch in page.data:
                 if batch.created_at.timestamp() < since:
                     return found, True
@@ -471,7 +377,7 @@ class AnthropicProvider:
                     raise UpstreamError(*tr.error_answer(response.status_code, await response.aread()))
                 async for text in response.aiter_lines():
                     if text.strip():
-                        return self._decode(_custom_id_decoder, text).custom_id.removeprefix(NATIVE_LINE)
+                        return self._decode(custom_id_decoder, text).custom_id.removeprefix(NATIVE_LINE)
         except httpx.HTTPError as exc:
             raise self._translate(exc) from exc
         return None

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
 
-from router.errors import BadRequest
-from router.schema import error_body
+from router.core.errors import BadRequest
+from router.core.schema import error_body
 
 DEFAULT_MAX_TOKENS = 4096
 """Anthropic requires `max_tokens`; OpenAI callers may omit it."""
@@ -456,3 +457,39 @@ def error_answer(status: int, body: bytes) -> tuple[int, bytes]:
     except (msgspec.DecodeError, RecursionError):
         return openai_status(status), body
     return openai_status(status), translate_error(error)[1]
+
+
+# --- model lists -----------------------------------------------------------------------------------
+
+
+class Model(msgspec.Struct):
+    """One of Anthropic's `ModelInfo`s, as far as the router reads it."""
+
+    id: str
+    created_at: datetime | None = None
+    created: int | None = None  # OpenAI-shaped servers (the simulator) answer `created`
+
+
+class ModelList(msgspec.Struct):
+    """A page of `GET /v1/models`."""
+
+    data: list[Model]
+
+
+class OpenAIModel(msgspec.Struct, kw_only=True):
+    """The same model in OpenAI's shape."""
+
+    id: str
+    object: str = "model"
+    created: int
+    owned_by: str = "anthropic"
+
+
+model_decoder = msgspec.json.Decoder(Model)
+models_decoder = msgspec.json.Decoder(ModelList)
+
+
+def openai_model(model: Model) -> OpenAIModel:
+    """An Anthropic model as OpenAI lists one."""
+    created = int(model.created_at.timestamp()) if model.created_at else model.created or 0
+    return OpenAIModel(id=model.id, created=created)

@@ -9,7 +9,9 @@ from typing import IO, Any, TypeVar
 import httpx
 import msgspec
 
-from router.errors import BadRequest, UpstreamError, UpstreamUnavailable
+from router.core.errors import BadRequest, UpstreamError, UpstreamUnavailable
+from router.core.schema import error_body
+from router.core.settings import Upstream
 from router.providers.base import (
     ANTHROPIC_ENDPOINTS,
     BatchLine,
@@ -21,8 +23,6 @@ from router.providers.base import (
     off_loop,
 )
 from router.providers.transport import make_client, read_all, retry_after, send_retrying, translate_error
-from router.schema import error_body
-from router.settings import Upstream
 
 PASS_HEADERS = ("content-type", "x-request-id", "openai-processing-ms", "openai-version", "retry-after")
 METADATA_KEY = "hybrid_router_batch"

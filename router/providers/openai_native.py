@@ -6,7 +6,7 @@ from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mappin
 
 import httpx
 
-from router.errors import UpstreamError
+from router.core.errors import UpstreamError
 from router.providers.base import UpstreamResponse
 from router.providers.openai import OpenAIProvider, pass_headers
 from router.providers.transport import read_all, translate_error

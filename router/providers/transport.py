@@ -9,9 +9,9 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from router.errors import UpstreamTimeout, UpstreamUnavailable
+from router.core.errors import UpstreamTimeout, UpstreamUnavailable
+from router.core.settings import Upstream
 from router.providers.base import RETRY_STATUSES, backoff, retry_after_s
-from router.settings import Upstream
 
 MAX_RETRY_AFTER_S = 20.0
 

@@ -21,7 +21,7 @@ import httpx
 import redis
 import yaml
 
-from router.serving import free_port
+from router.ops.serving import free_port
 from tests.helpers.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,7 +130,7 @@ class RedisProcess:
     def __init__(self, directory: Path) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            from router.embedded import redis_server_binary
+            from router.ops.embedded import redis_server_binary
 
             binary = redis_server_binary()
         self.binary = binary

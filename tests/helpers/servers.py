@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from router.settings import Settings, load_settings
+from router.core.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 NO_POLICIES = ROOT / "tests" / "data" / "policies_none"

@@ -1,0 +1,199 @@
+"""The lane decision, in one place: where a call goes, when a queue flushes, when a late batch is cut, and which
+tier answers an escalation. Pure (no I/O): `serve` (`admission.admit`), `estimate`, the batcher, the poller and the
+guard all decide with these functions.
+
+A deferred call's time is split, from its deadline backwards (`Timing`):
+- `margin_s`: the standard tier's answer. A call still without a result is escalated at `deadline - lead`.
+- `flex_s` (queues whose upstream and model offer flex): a flex attempt before that; `lead = margin_s + flex_s`.
+- `cancel_lead_s`: cancelling a late batch and reading what it finished (the harvest) before its calls escalate;
+  `reserve = lead + cancel_lead_s` is when a batch must be back.
+- the turnaround quantile of the queue (`router.core.turnaround`), and the batcher's pass (`flush_wait_s`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import msgspec
+
+from router.core.policy import Decision
+from router.core.settings import BatchSettings, Upstream
+from router.core.turnaround import TurnaroundModel
+
+ENDPOINTS = ("/chat/completions", "/completions", "/embeddings", "/responses", "/messages")
+"""What a batch can carry (OpenAI's Batch API endpoints, less the ones the router does not proxy; Anthropic's
+Messages, which share the chat queue of their model)."""
+REPLAYABLE = frozenset({"/chat/completions", "/completions", "/responses", "/messages"})
+"""Endpoints whose finished result can be replayed as SSE, so a deferred `stream: true` call can wait for a batch."""
+FLEX_ENDPOINTS = frozenset({"/chat/completions", "/responses"})
+"""Endpoints that take `service_tier: "flex"`."""
+
+RouteLane = Literal["batch", "flex", "realtime"]
+Reason = Literal["policy", "no_batch", "endpoint", "stream", "fits", "probe", "too_soon"]
+Tier = Literal["flex", "standard"]
+
+
+class Capabilities(msgspec.Struct, frozen=True):
+    """What an upstream offers one kind of call: a batch, and the flex tier at the batch price."""
+
+    batch: bool
+    flex: bool
+
+
+class Catalog:
+    """Capabilities per (upstream, endpoint, model), from the upstreams' settings and the price table."""
+
+    def __init__(self, upstreams: Sequence[Upstream], flex_priced: Callable[[str], bool]) -> None:
+        self.upstreams = {u.name: u for u in upstreams}
+        self._patterns = [(re.compile("|".join(fnmatch.translate(p) for p in u.models)), u) for u in upstreams]
+        self.flex_priced = flex_priced
+
+    def upstream_for(self, model: str) -> Upstream | None:
+        """The first upstream whose model patterns match (the order `lanes.Upstreams` routes in)."""
+        return next((u for pattern, u in self._patterns if pattern.match(model)), None)
+
+    def of(self, upstream: str, endpoint: str, model: str, *, stream: bool = False) -> Capabilities:
+        """What `upstream` offers a call to `endpoint` with `model` (a stream can wait only where it replays)."""
+        cfg = self.upstreams.get(upstream)
+        if cfg is None:
+            return Capabilities(batch=False, flex=False)
+        batch = cfg.batch and endpoint in ENDPOINTS and (not stream or endpoint in REPLAYABLE)
+        flex = cfg.flex and endpoint in FLEX_ENDPOINTS and self.flex_priced(model)
+        return Capabilities(batch=batch, flex=flex)
+
+
+class Timing(msgspec.Struct, frozen=True, kw_only=True):
+    """The deadline budget of a deferred call (see the module docstring)."""
+
+    margin_s: float
+    flex_s: float
+    cancel_lead_s: float
+    flush_wait_s: float
+
+    @classmethod
+    def of(cls, s: BatchSettings) -> Timing:
+        """The timing the settings give; an unset `cancel_lead_s` is half the margin."""
+        cancel = s.cancel_lead_s if s.cancel_lead_s is not None else s.margin_s / 2
+        return cls(margin_s=s.margin_s, flex_s=s.flex_s, cancel_lead_s=cancel, flush_wait_s=flush_wait(s))
+
+    def lead(self, caps: Capabilities) -> float:
+        """How long before its deadline a call without a result is escalated."""
+        return self.margin_s + (self.flex_s if caps.flex else 0.0)
+
+    def reserve(self, caps: Capabilities) -> float:
+        """How long before a call's deadline its batch must be back; a batch still running then is cut."""
+        return self.lead(caps) + self.cancel_lead_s
+
+
+def flush_wait(s: BatchSettings) -> float:
+    """The batcher's pass interval: the longest a due queue waits to be flushed."""
+    return max(0.05, min(1.0, s.max_wait_s / 4))
+
+
+class Outlook(msgspec.Struct, frozen=True, kw_only=True):
+    """What a queue's turnaround model says now: the admission quantile, and whether a probe may go."""
+
+    quantile_s: float
+    may_probe: bool = False
+
+
+NO_OUTLOOK = Outlook(quantile_s=math.inf)
+"""The outlook where none is needed (a call no batch can take)."""
+
+
+class Route(msgspec.Struct, frozen=True, kw_only=True):
+    """Where one call goes, why, and its deadline when it was deferred."""
+
+    lane: RouteLane
+    reason: Reason
+    deadline: float | None = None
+    rule: str | None = None
+
+
+def fits(deadline: float, now: float, caps: Capabilities, quantile_s: float, timing: Timing) -> bool:
+    """Whether a batch flushed now can be expected back (at the admission quantile) before the call's reserve."""
+    return deadline - now >= quantile_s + timing.flush_wait_s + timing.reserve(caps)
+
+
+def route(
+    decision: Decision,
+    *,
+    endpoint: str,
+    stream: bool,
+    caps: Capabilities,
+    outlook: Outlook,
+    timing: Timing,
+    now: float,
+) -> Route:
+    """The lane of one call, from the policy's decision, what the upstream offers and the queue's outlook.
+
+    A deferred call goes to a batch when one can be back before its reserve (`fits`), or as a probe when its
+    queue has too little evidence and nothing in flight (a learning queue is never shut out by its prior: the
+    escalation ladder still keeps the deadline). Otherwise it takes the flex tier where offered, else real time.
+    """
+    rule = decision.rule
+    if decision.lane != "deferred" or decision.deadline is None:
+        return Route(lane="realtime", reason="policy", rule=rule)
+    deadline = decision.deadline
+    if caps.batch:
+        if fits(deadline, now, caps, outlook.quantile_s, timing):
+            return Route(lane="batch", reason="fits", deadline=deadline, rule=rule)
+        if outlook.may_probe and deadline - now > timing.flush_wait_s + timing.reserve(caps):
+            return Route(lane="batch", reason="probe", deadline=deadline, rule=rule)
+        reason: Reason = "too_soon"
+    elif endpoint not in ENDPOINTS:
+        reason = "endpoint"
+    else:
+        reason = "stream" if stream and endpoint not in REPLAYABLE else "no_batch"
+    lane: RouteLane = "flex" if caps.flex else "realtime"
+    return Route(lane=lane, reason=reason, deadline=deadline, rule=rule)
+
+
+def flush_due(earliest_deadline: float, now: float, caps: Capabilities, quantile_s: float, timing: Timing) -> bool:
+    """Whether a queue must flush now so that its earliest call still gets its quantile of turnaround.
+
+    Waiting later packs more calls into the batch (fewer batches); waiting one more pass here would leave the
+    earliest call less than the quantile before its reserve.
+    """
+    return earliest_deadline - timing.reserve(caps) - quantile_s <= now + timing.flush_wait_s
+
+
+def cut_cutoff(now: float, caps: Capabilities, timing: Timing) -> float:
+    """A running batch holding a call whose deadline is before this is cut (cancelled and harvested)."""
+    return now + timing.reserve(caps)
+
+
+def escalation_cutoff(now: float, caps: Capabilities, timing: Timing) -> float:
+    """A call without a result whose deadline is before this is escalated."""
+    return now + timing.lead(caps)
+
+
+def escalation_tier(deadline: float, now: float, caps: Capabilities, timing: Timing) -> tuple[Tier, float]:
+    """The first rung of the ladder for an escalation now, and how long it may take.
+
+    Flex (the batch price, synchronous) where offered and at least half of `flex_s` is left before the margin,
+    with the time up to the margin; otherwise the standard tier, with whatever is left.
+    """
+    room = deadline - now - timing.margin_s
+    if caps.flex and timing.flex_s > 0 and room >= timing.flex_s / 2:
+        return "flex", room
+    return "standard", max(0.0, deadline - now)
+
+
+class Planner:
+    """The routing inputs that come from settings, built once: capabilities, timing and the turnaround model."""
+
+    def __init__(self, batch: BatchSettings, catalog: Catalog | None = None) -> None:
+        self.catalog = catalog if catalog is not None else Catalog([], lambda _: False)
+        self.timing = Timing.of(batch)
+        self.model = TurnaroundModel(
+            batch.turnaround_prior_s,
+            quantile=batch.admit_quantile,
+            min_observations=batch.turnaround_min_observations,
+            half_life_s=batch.turnaround_half_life_s,
+        )
+        self.probe = batch.probe

@@ -1,0 +1,190 @@
+"""The poller: polls in-flight batches with backoff, ingests their results, and gives unanswered calls another way.
+
+A batch the guard cut is cancelled here (under the batch's lease, so once) and polled closely until the provider
+ends it; its finished lines are then ingested like any batch's (the harvest), and the rest re-queued or escalated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+import secrets
+import time
+from collections.abc import Mapping
+
+from router.core.errors import RouterError
+from router.core.lanes import Planner, fits
+from router.core.settings import BatchSettings
+from router.core.states import BatchState, CallState, StoreOutcome
+from router.deferred.accumulator import Accumulator, BatchRecord, LeaseLost, while_leased
+from router.deferred.loops import pace
+from router.providers.base import BatchStatus, LineResult, Provider
+from router.telemetry import metrics
+from router.telemetry.accounting import Accounting, Priced
+
+log = logging.getLogger(__name__)
+MAX_POLL_INTERVAL_S = 600.0
+MAX_REQUEUES = 1
+INGEST_CHUNK = 256  # result lines whose calls are read from Redis in one round trip
+CUT_POLL_S = 0.5  # a cut batch is polled this often (at most poll_interval_s) until the provider ends it
+CANCELLING = frozenset({"cancelling", "canceling"})
+CENSORED = frozenset({"cancelling", "canceling", "cancelled", "canceled", "expired"})
+
+
+class Poller:
+    """Watches submitted batches until they end, then stores every call's result exactly once."""
+
+    def __init__(
+        self,
+        acc: Accumulator,
+        providers: Mapping[str, Provider],
+        settings: BatchSettings,
+        accounting: Accounting,
+        planner: Planner | None = None,
+    ) -> None:
+        self.acc = acc
+        self.providers = providers
+        self.settings = settings
+        self.accounting = accounting
+        self.planner = planner if planner is not None else Planner(settings)
+        self.owner = "poller-" + secrets.token_hex(6)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Pace `run_once` until `stop`."""
+        await pace(stop, max(0.05, min(1.0, self.settings.poll_interval_s / 2)), self.run_once, "poller")
+
+    def next_poll(self, polls: int) -> float:
+        """Backoff with jitter: the configured interval, growing by half per poll, capped."""
+        base = min(MAX_POLL_INTERVAL_S, self.settings.poll_interval_s * 1.5 ** min(polls, 20))
+        return time.time() + base * (0.8 + 0.4 * random.random())
+
+    async def run_once(self) -> int:
+        """Poll every due batch once; returns how many batches were ingested (tests call this)."""
+        ingested = 0
+        for tag in await self.acc.queue_tags():
+            stats = await self.acc.stats(tag)
+            if stats is None:
+                continue
+            for record in await self.acc.due_batches(tag, time.time()):
+                if record.state != BatchState.SUBMITTED:
+                    continue
+                lease = self.acc.keys.batch_lease(tag, record.id)
+                if not await self.acc.lease(lease, self.owner, self.settings.lease_s):
+                    continue
+                renew = functools.partial(self.acc.renew, lease, self.owner, self.settings.lease_s)
+                try:
+                    ingested += await while_leased(
+                        self.check(record, stats.upstream, stats.model), renew, self.settings.lease_s
+                    )
+                except LeaseLost:
+                    log.warning("lost the lease of batch %s while checking it; another replica carries on", record.id)
+                except Exception as exc:
+                    log.warning("polling batch %s failed, will retry: %s", record.id, exc)
+                    await self.acc.reschedule(tag, record.id, self.next_poll(record.polls))
+                finally:
+                    await self.acc.release(lease, self.owner)
+        return ingested
+
+    async def check(self, record: BatchRecord, upstream: str, model: str) -> int:
+        """Poll one batch; ingest it if it ended."""
+        provider = self.providers[upstream]
+        status = await provider.poll(record.provider_id)
+        if status.state == "running":
+            if record.cut_at is None:
+                await self.acc.reschedule(record.tag, record.id, self.next_poll(record.polls))
+                return 0
+            if status.provider_status not in CANCELLING:
+                await self.cancel(record, provider)
+            soon = time.time() + min(CUT_POLL_S, self.settings.poll_interval_s)
+            await self.acc.reschedule(record.tag, record.id, soon)
+            return 0
+        await self.ingest(record, provider, status, model)
+        return 1
+
+    async def cancel(self, record: BatchRecord, provider: Provider) -> None:
+        """Cancel a cut batch at the provider (again, until it says it is cancelling)."""
+        try:
+            await provider.cancel(record.provider_id)
+        except RouterError as exc:
+            # It may have just finished (then the next poll ingests it), or the upstream is away: poll again soon.
+            log.info("cancelling cut batch %s (%s) failed, will look again: %s", record.id, record.provider_id, exc)
+
+    async def ingest(self, record: BatchRecord, provider: Provider, status: BatchStatus, model: str) -> None:
+        """Store each line's result, then re-queue or escalate the calls that got none."""
+        answered: set[str] = set()
+        if status.state == "ended":
+            chunk: list[LineResult] = []
+            async for line in provider.results(status):
+                if line.status != 0:
+                    chunk.append(line)
+                if len(chunk) >= INGEST_CHUNK:
+                    answered |= await self.store(record, provider.name, model, chunk)
+                    chunk = []
+            answered |= await self.store(record, provider.name, model, chunk)
+        else:
+            log.warning("batch %s ended %s: %s", record.id, status.provider_status, status.message or "")
+        unanswered = [c for c in await self.acc.batch_calls(record.tag, record.id) if c not in answered]
+        if unanswered:
+            quantile = self.planner.model.quantile(await self.acc.observations(record.tag), time.time())
+            for call_id in unanswered:
+                await self.retry(call_id, record.id, quantile)
+        # A batch cancelled or expired says only that it took longer than its age then (censored); Anthropic ends
+        # a cancelled batch as `ended` too, so a cut one counts as cancelled unless the provider says completed.
+        censored = status.provider_status in CENSORED or (
+            record.cut_at is not None and status.provider_status != "completed"
+        )
+        ended = record.cut_at if censored and record.cut_at is not None else time.time()
+        turnaround = ended - record.submitted_at if record.submitted_at else None
+        await self.acc.finish_batch(
+            record.tag, record.id, status.provider_status, turnaround, record.n, censored=censored
+        )
+        metrics.batches_finished.labels(provider.name, status.provider_status).inc()
+        if turnaround is not None and not censored:
+            metrics.batch_turnaround.labels(provider.name).observe(turnaround)
+
+    async def store(self, record: BatchRecord, upstream: str, model: str, lines: list[LineResult]) -> set[str]:
+        """Store a chunk of lines' results (their calls read in one round trip); the ids that had a call."""
+        answered: set[str] = set()
+        calls = await self.acc.get_calls([line.custom_id for line in lines]) if lines else []
+        for line, call in zip(lines, calls, strict=True):
+            if call is None:
+                continue
+            priced = self.accounting.price(model, "batch", line.body) if line.billed else Priced(None, None)
+            stored = await self.acc.store_result(
+                line.custom_id,
+                call.meta,
+                from_batch=record.id,
+                status=line.status,
+                body=line.body,
+                lane="batch",
+                cost=priced.as_tuple(),
+            )
+            answered.add(line.custom_id)
+            if stored == StoreOutcome.STORED:
+                if record.cut_at is not None:
+                    metrics.harvested.labels(upstream).inc()
+                outcome = "ok" if line.status == 200 else "error"
+                self.accounting.book(
+                    priced, lane="batch", upstream=upstream, model=model, tenant=call.meta.tenant, outcome=outcome
+                )
+                if time.time() > call.meta.deadline:
+                    metrics.deadline_misses.inc()
+            elif stored == StoreOutcome.LATE and line.billed:
+                metrics.late_results.inc()
+                metrics.paid_twice.labels(upstream).inc()
+        return answered
+
+    async def retry(self, call_id: str, bid: str, quantile: float) -> None:
+        """A call its batch did not answer: back to its queue if another batch fits its deadline at the queue's
+        turnaround `quantile` (`routing.fits`), else to the guard now."""
+        call = await self.acc.get_call(call_id)
+        if call is None or call.state != CallState.SUBMITTED or call.batch != bid:
+            return
+        meta, now = call.meta, time.time()
+        caps = self.planner.catalog.of(meta.upstream, meta.endpoint, meta.model)
+        if call.attempts < MAX_REQUEUES and fits(meta.deadline, now, caps, quantile, self.planner.timing):
+            await self.acc.requeue(call_id, bid)
+        else:
+            await self.acc.expedite(call_id)

@@ -1,0 +1,205 @@
+"""Calls in: admission and re-attachment, the connections that hold calls, replicas' heartbeats, and the set of
+queues the loops walk (pruned when idle) with what waits in each."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from router.core.keys import queue_endpoint, queue_tag
+from router.deferred.store.context import StoreContext
+from router.deferred.store.records import (
+    ASYNC_HOLDER,
+    Admission,
+    CallMeta,
+    QueueStats,
+    meta_encoder,
+    new_call_id,
+    queue_name,
+    text,
+)
+
+SETTLE_POLL_S = 0.2
+"""How often `reattachable` looks again at a replica that may have died."""
+
+
+class AdmissionStore:
+    """Admits calls to their queues, and keeps the set of queues and the replicas' heartbeats."""
+
+    def __init__(self, ctx: StoreContext) -> None:
+        self.ctx = ctx
+
+    async def admit(
+        self,
+        meta: CallMeta,
+        body: bytes,
+        idempotency_key: str | None = None,
+        *,
+        digest: str = "",
+        holder: str = "",
+        attach_to: str | None = None,
+        call_id: str | None = None,
+        attach_only: bool = False,
+    ) -> tuple[str, Admission]:
+        """Queue a call, or attach to the live call this request repeats; (call id, outcome).
+
+        `digest` identifies identical requests (tenant, endpoint, body); `holder` names the connection that waits
+        for the answer (empty for none, `async` for a 202 call); `attach_to` is an identical call whose caller is
+        gone (found by `reattachable`), which this request takes over if it still can. `call_id` is the id a new
+        call gets (made here if not given); with `attach_only` the request may attach but not queue a new call.
+        """
+        ctx = self.ctx
+        tag = queue_tag(meta.upstream, meta.endpoint, meta.model)
+        call_id = call_id or new_call_id(tag)
+        ttl = int(max(0.0, meta.deadline - time.time()) + ctx.result_ttl)
+        # The set of queues first: a call is never in a queue the batcher cannot find (and a full set refuses it).
+        if not await ctx.scripts.enrol(tag=tag, cap=ctx.max_queues):
+            return "", "full"
+        admitted = await ctx.scripts.admit(
+            tag=tag,
+            call_id=call_id,
+            tenant=meta.tenant,
+            idempotency_key=idempotency_key,
+            digest=digest,
+            meta=meta_encoder.encode(meta),
+            body=body,
+            deadline=meta.deadline,
+            received_at=meta.received_at,
+            ttl=ttl,
+            idempotency_ttl=ctx.idempotency_ttl,
+            upstream=meta.upstream,
+            endpoint=queue_endpoint(meta.endpoint),
+            model=meta.model,
+            webhook=meta.webhook,
+            holder=holder,
+            attach_to=attach_to,
+            attach_only=attach_only,
+        )
+        if admitted.created:
+            # The queue was pruned (or is new) since the tag was entered above: enter it again (see scripts.PRUNE).
+            await ctx.redis.sadd(ctx.keys.queues, tag)
+        return admitted.call_id, admitted.outcome.value
+
+    async def reattachable(
+        self, tag: str, digest: str, *, retry: bool, replica: str = "", settle_s: float = 0.0, limit: int = 10
+    ) -> str | None:
+        """The live, undelivered held call with this digest whose caller is gone, or None.
+
+        Gone: no connection holds it, or the replica that held it is dead. With `retry` (the client says this is
+        a retry of an earlier attempt) the newest such call is taken even if its old connection still looks
+        held: the router may not have seen that connection drop yet.
+
+        A replica killed outright looks alive until its heartbeat lapses, and an application's own retry (a new
+        request, not marked as a retry) can come back within that time. So when such a call is held by another
+        replica (not `replica`, which knows its own connections and releases them as they drop), this waits up
+        to `settle_s` (the heartbeat's lifetime) for that replica to be seen dead before it answers None: an
+        identical request that really is another caller's waits that long, once, before it is queued.
+        """
+        redis, k = self.ctx.redis, self.ctx.keys
+        ids = [text(i) for i in await redis.zrevrange(k.digest(tag, digest), 0, limit - 1)]
+        if not ids:
+            return None
+        async with redis.pipeline(transaction=False) as pipe:
+            for call_id in ids:
+                pipe.hmget(k.call(call_id), ["holder", "delivered", "digest"])
+            rows = await pipe.execute()
+        candidates = [
+            (cid, text(row[0]))
+            for cid, row in zip(ids, rows, strict=True)
+            if row[2] is not None and text(row[1]) != "1" and text(row[0]) != ASYNC_HOLDER
+        ]
+        replicas = {holder.partition("/")[0] for _, holder in candidates if holder}
+        settled_by = time.monotonic() + settle_s
+        while True:
+            alive = await self.replicas_alive(replicas)
+            for call_id, holder in candidates:
+                if not holder or holder.partition("/")[0] not in alive:
+                    return call_id
+            if retry and candidates:
+                return candidates[0][0]
+            if not alive - {replica} or time.monotonic() >= settled_by:
+                return None
+            await asyncio.sleep(SETTLE_POLL_S)
+
+    async def unhold(self, call_id: str, holder: str, *, delivered: bool) -> None:
+        """A connection stops holding a call (see `scripts.RELEASE`)."""
+        await self.ctx.scripts.release(call_id=call_id, holder=holder, delivered=delivered)
+
+    async def heartbeat(self, replica_id: str, ttl_s: float) -> None:
+        """Say this replica is alive for `ttl_s` more seconds."""
+        await self.ctx.redis.set(self.ctx.keys.replica(replica_id), "1", px=int(ttl_s * 1000))
+
+    async def retire(self, replica_id: str) -> None:
+        """This replica is stopping: the calls it held are orphaned from now on."""
+        await self.ctx.redis.delete(self.ctx.keys.replica(replica_id))
+
+    async def replicas_alive(self, replica_ids: set[str]) -> set[str]:
+        """The replicas among `replica_ids` whose heartbeat has not lapsed."""
+        ordered = sorted(replica_ids)
+        if not ordered:
+            return set()
+        async with self.ctx.redis.pipeline(transaction=False) as pipe:
+            for replica_id in ordered:
+                pipe.exists(self.ctx.keys.replica(replica_id))
+            found = await pipe.execute()
+        return {rid for rid, there in zip(ordered, found, strict=True) if there}
+
+    # --- the set of queues ---------------------------------------------------------------------------
+
+    async def queue_tags(self) -> list[str]:
+        """The queues that have work (and idle ones not pruned yet)."""
+        return sorted(text(t) for t in await self.ctx.redis.smembers(self.ctx.keys.queues))
+
+    async def prune(self, tag: str) -> bool:
+        """Take an idle queue out of the set the loops walk; True when it was idle (see `scripts.PRUNE`)."""
+        redis, k = self.ctx.redis, self.ctx.keys
+        if not await self.ctx.scripts.prune(tag=tag):
+            return False
+        await redis.srem(k.queues, tag)
+        if await redis.exists(k.queue(tag)):  # an admission re-created it meanwhile: keep the queue
+            await redis.sadd(k.queues, tag)
+            return False
+        return True
+
+    async def prune_idle(self) -> int:
+        """Prune every idle queue; returns how many were pruned."""
+        return sum([await self.prune(tag) for tag in await self.queue_tags()])
+
+    async def stats(self, tag: str) -> QueueStats | None:
+        """Count, bytes, oldest arrival and earliest deadline of what waits in one queue."""
+        k = self.ctx.keys
+        async with self.ctx.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(k.queue(tag))
+            pipe.zcard(k.pending(tag))
+            pipe.get(k.bytes(tag))
+            pipe.zrange(k.arrivals(tag), 0, 0, withscores=True)
+            pipe.zrange(k.pending(tag), 0, 0, withscores=True)
+            info, count, size, oldest, earliest = await pipe.execute()
+        if not info:
+            return None
+        return QueueStats(
+            tag=tag,
+            upstream=text(info[b"upstream"]),
+            endpoint=text(info[b"endpoint"]),
+            model=text(info[b"model"]),
+            count=int(count),
+            bytes=int(size or 0),
+            oldest_arrival=oldest[0][1] if oldest else None,
+            earliest_deadline=earliest[0][1] if earliest else None,
+        )
+
+    async def counts(self) -> tuple[dict[str, int], int]:
+        """Queued calls per queue (`upstream/model/endpoint`) and batches in flight, over all queues."""
+        depth: dict[str, int] = {}
+        inflight = 0
+        k = self.ctx.keys
+        for tag in await self.queue_tags():
+            async with self.ctx.redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(k.queue(tag))
+                pipe.zcard(k.pending(tag))
+                pipe.zcard(k.batches(tag))
+                info, count, batches = await pipe.execute()
+            if info:
+                depth[queue_name(info)] = int(count)
+            inflight += int(batches)
+        return depth, inflight

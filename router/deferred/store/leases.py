@@ -1,0 +1,71 @@
+"""Short exclusive leases (SET NX PX) that make one replica do a piece of work, and `while_leased`, which keeps one
+renewed while the work runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from router.deferred.store.context import StoreContext
+from router.deferred.store.records import text
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Leases:
+    """Take, renew and give back leases under any key."""
+
+    def __init__(self, ctx: StoreContext) -> None:
+        self.ctx = ctx
+
+    async def lease(self, key: str, owner: str, seconds: float) -> bool:
+        """Take a short exclusive lease (SET NX PX); it lapses by itself if the owner dies."""
+        return bool(await self.ctx.redis.set(key, owner, nx=True, px=int(seconds * 1000)))
+
+    async def renew(self, key: str, owner: str, seconds: float) -> bool:
+        """Extend a lease we still hold."""
+        return await self.ctx.scripts.renew_lease(key=key, owner=owner, ms=int(seconds * 1000))
+
+    async def release(self, key: str, owner: str) -> None:
+        """Give a lease back early, if it is still ours."""
+        if text(await self.ctx.redis.get(key)) == owner:
+            await self.ctx.redis.delete(key)
+
+
+class LeaseLost(Exception):
+    """The lease guarding some work lapsed or was taken over: the work was stopped so it is not done twice."""
+
+
+async def while_leased(work: Awaitable[T], renew: Callable[[], Awaitable[bool]], lease_s: float) -> T:
+    """Await `work`, renewing its lease every third of `lease_s`; stop it cleanly when the lease is lost.
+
+    A renewal that fails because Redis is briefly away is retried; only when the lease is known to be someone
+    else's (the renewal says so) or has surely lapsed (no renewal for a whole lease) is `work` cancelled and
+    `LeaseLost` raised. A renewal error never replaces the result of work that succeeded.
+    """
+    task = asyncio.ensure_future(work)
+    renewed_at = time.monotonic()
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=lease_s / 3)
+            if done:
+                return task.result()
+            try:
+                held = await renew()
+            except Exception as exc:  # Redis away: keep working while the lease may still hold
+                log.warning("renewing a lease failed, will retry: %s", exc)
+                held = time.monotonic() - renewed_at < lease_s
+            else:
+                renewed_at = time.monotonic() if held else renewed_at
+            if not held and not task.done():
+                raise LeaseLost()
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

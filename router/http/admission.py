@@ -1,0 +1,198 @@
+"""Admission: one call of the OpenAI routes (or Anthropic's `/v1/messages`) from its arrival to its lane.
+
+`admit` reads the routing fields and the headers that steer a call (`X-Deadline`, `Prefer`, `X-Webhook-URL`,
+`Idempotency-Key`, `X-Stainless-Retry-Count`, `X-Router-Reattach`), asks the policies and `routing.route` for the
+lane, then hands the call to deferred delivery (`delivery.py`) or the real-time relay (`relay.py`). It takes
+plain facts (an `Arrival`: tenant, endpoint, body, headers), not a request; the request's ASGI `receive` only
+passes through, for the disconnect racing.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import msgspec
+from litestar import Response
+from litestar.response import Stream
+from litestar.types import Receive
+
+from router.core.deadline import parse_deadline
+from router.core.errors import BadRequest
+from router.core.lanes import NO_OUTLOOK, Route, route
+from router.core.policy import Decision, Facts, decide
+from router.core.schema import RequestView, decode_view, with_fields
+from router.http.delivery import Delivery, respond_deferred
+from router.http.relay import respond_realtime
+from router.providers.base import Provider
+from router.telemetry import metrics
+
+if TYPE_CHECKING:
+    from router.http.gateway import Gateway
+
+
+class Arrival(msgspec.Struct, frozen=True, kw_only=True):
+    """A call as it reached the router, authenticated and read (header names lower-case)."""
+
+    tenant: str
+    endpoint: str
+    """The route without `/v1`: `/chat/completions`, `/completions`, `/embeddings`, `/responses`, `/messages`."""
+    body: bytes
+    headers: Mapping[str, str] = msgspec.field(default_factory=dict)
+    started: float = msgspec.field(default_factory=time.perf_counter)
+    """`time.perf_counter()` when the call arrived: the router's own overhead is measured from here."""
+
+
+class Plan(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a call goes: its upstream, what the policies decided, and the lane `routing.route` chose."""
+
+    provider: Provider
+    decision: Decision
+    route: Route
+
+
+def new_request_id() -> str:
+    """An unguessable id for a real-time call."""
+    return "req_" + secrets.token_urlsafe(16)
+
+
+def read_deadline(headers: Mapping[str, str], now: float, max_seconds: float) -> tuple[float | None, bool]:
+    """`X-Deadline` as (absolute deadline, urgent); (None, False) when absent."""
+    raw = headers.get("x-deadline")
+    if raw is None:
+        return None, False
+    deadline = parse_deadline(raw, now=now, max_seconds=max_seconds)
+    return deadline, deadline is None
+
+
+def prefers_async(headers: Mapping[str, str]) -> bool:
+    """`Prefer: respond-async` (RFC 7240)."""
+    prefer = headers.get("prefer", "")
+    return any(token.strip().lower() == "respond-async" for token in prefer.split(","))
+
+
+def is_retry(headers: Mapping[str, str]) -> bool:
+    """Whether the client says this request retries an earlier attempt (the OpenAI and Anthropic SDKs send
+    `X-Stainless-Retry-Count`, 0 on the first attempt)."""
+    count = headers.get("x-stainless-retry-count", "0").strip()
+    return count.isdigit() and int(count) > 0
+
+
+def reattach_allowed(headers: Mapping[str, str]) -> bool:
+    """Whether a held request may take over an identical call whose caller is gone (`X-Router-Reattach`)."""
+    return headers.get("x-router-reattach", "").lower() not in ("never", "off", "false", "0")
+
+
+def webhook_url(gateway: Gateway, headers: Mapping[str, str]) -> str | None:
+    """`X-Webhook-URL`, checked: only with `Prefer: respond-async`, only to an allowed http(s) host."""
+    url = headers.get("x-webhook-url")
+    if url is None:
+        return None
+    if not prefers_async(headers):
+        raise BadRequest(
+            "`X-Webhook-URL` needs `Prefer: respond-async`; a held call gets its answer on the open connection.",
+            param="X-Webhook-URL",
+            code="webhook_requires_respond_async",
+        )
+    return gateway.webhooks.check(url)
+
+
+def delivery_asked(headers: Mapping[str, str], webhook: str | None) -> Delivery:
+    """How the caller wants a deferred answer, from its headers (`webhook` already checked)."""
+    return Delivery(
+        held=not prefers_async(headers),
+        webhook=webhook,
+        idempotency_key=headers.get("idempotency-key"),
+        retry=is_retry(headers),
+        reattach=reattach_allowed(headers),
+    )
+
+
+def routing_view(gateway: Gateway, body: bytes) -> RequestView:
+    """The routing fields of a body (a 400 without `model`)."""
+    view = decode_view(body, gateway.settings.limits.max_json_depth)
+    if not view.model:
+        raise BadRequest("you must provide a model parameter", param="model", code="missing_required_parameter")
+    return view
+
+
+async def plan(gateway: Gateway, arrival: Arrival, view: RequestView, now: float) -> Plan:
+    """The upstream and lane for a call: `X-Deadline` and the policies decide, `routing.route` places it (reading
+    the queue's turnaround outlook from Redis only when a batch is possible)."""
+    assert view.model
+    provider = gateway.upstreams.for_model(view.model)
+    header_deadline, urgent = read_deadline(arrival.headers, now, gateway.settings.limits.max_deadline_s)
+    facts = Facts(
+        path="/v1" + arrival.endpoint,
+        model=view.model,
+        tenant=arrival.tenant,
+        headers=arrival.headers,
+        metadata={k: str(v) for k, v in view.metadata.items()} if view.metadata else {},
+        user=view.user,
+    )
+    decision = decide(gateway.policies.current, facts, header_deadline, urgent, now)
+    lane = gateway.deferred
+    stream = bool(view.stream)
+    caps = lane.capabilities(provider.name, arrival.endpoint, view.model, stream=stream)
+    outlook = NO_OUTLOOK
+    if decision.lane == "deferred" and caps.batch:
+        outlook = await lane.outlook(provider.name, arrival.endpoint, view.model, now)
+    chosen = route(
+        decision,
+        endpoint=arrival.endpoint,
+        stream=stream,
+        caps=caps,
+        outlook=outlook,
+        timing=lane.planner.timing,
+        now=now,
+    )
+    return Plan(provider=provider, decision=decision, route=chosen)
+
+
+async def admit(gateway: Gateway, arrival: Arrival, receive: Receive) -> Response[bytes] | Stream:
+    """Decode the routing fields, decide the lane, and answer: deferred delivery, or the real-time relay."""
+    webhook = webhook_url(gateway, arrival.headers)
+    body = arrival.body
+    view = routing_view(gateway, body)
+    chosen = await plan(gateway, arrival, view, time.time())
+    provider, decision = chosen.provider, chosen.decision
+    headers = {"x-router-request-id": new_request_id(), "x-router-lane": "realtime"}
+    if decision.rule:
+        headers["x-router-rule"] = decision.rule
+    if chosen.route.lane == "batch":
+        assert decision.deadline is not None
+        provider.check(arrival.endpoint, body)  # what real time would refuse is refused now, not at flush time
+        return await respond_deferred(
+            gateway,
+            receive,
+            endpoint=arrival.endpoint,
+            body=body,
+            view=view,
+            upstream=provider.name,
+            tenant=arrival.tenant,
+            deadline=decision.deadline,
+            rule=decision.rule,
+            headers=headers,
+            delivery=delivery_asked(arrival.headers, webhook),
+        )
+    flex = chosen.route.lane == "flex"
+    if chosen.route.reason == "too_soon":
+        metrics.escalations.labels("admission", "flex" if flex else "standard").inc()
+    if flex:
+        # No batch for it, but it can wait minutes: the flex tier costs the batch price, synchronously.
+        body, view = with_fields(body, service_tier="flex"), msgspec.structs.replace(view, service_tier="flex")
+    return await respond_realtime(
+        gateway,
+        receive,
+        provider,
+        endpoint=arrival.endpoint,
+        body=body,
+        view=view,
+        tenant=arrival.tenant,
+        client_headers=arrival.headers,
+        headers=headers,
+        started=arrival.started,
+        flex_fallback=flex,
+    )

@@ -1,0 +1,93 @@
+"""Wiring: `create_app(settings)` builds the gateway (`gateway.py`), mounts the handlers and the error handlers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from litestar import Litestar
+from litestar.exceptions import HTTPException
+from redis.exceptions import RedisError
+from standardwebhooks import Webhook
+
+from router.core.errors import ConfigError, RouterError
+from router.core.settings import Settings
+from router.deferred.holding import quiet_held_cuts
+from router.http import api, batch_api, edge, error_handlers
+from router.http.gateway import Gateway
+from router.providers.anthropic import AnthropicProvider
+from router.providers.base import Provider
+from router.providers.openai import OpenAIProvider
+
+log = logging.getLogger(__name__)
+
+
+def make_providers(settings: Settings, environ: Mapping[str, str]) -> dict[str, Provider]:
+    """One adapter per configured upstream, with its key read from the environment."""
+    providers: dict[str, Provider] = {}
+    for upstream in settings.upstreams:
+        key = environ.get(upstream.api_key_env) if upstream.api_key_env else None
+        adapter = AnthropicProvider if upstream.kind == "anthropic" else OpenAIProvider
+        providers[upstream.name] = adapter(upstream, key or None)
+    return providers
+
+
+def webhook_secret(settings: Settings, environ: Mapping[str, str]) -> str | None:
+    """The webhook signing secret from the environment, checked now so a bad one fails at start, not per call."""
+    name = settings.webhooks.secret_env
+    secret = environ.get(name) if name else None
+    if not secret:
+        if name and settings.webhooks.allowed_hosts:
+            log.warning("webhooks are disabled: the environment variable %s is not set", name)
+        return None
+    try:
+        Webhook(secret)
+    except Exception as exc:  # binascii.Error, or the package's own for an empty key; never echo the value
+        raise ConfigError("<environment>", name, "not a webhook secret (expected whsec_ followed by base64)") from exc
+    return secret
+
+
+def metrics_token(settings: Settings, environ: Mapping[str, str]) -> str | None:
+    """The bearer token `/metrics` requires, if `metrics_token_env` names one; a name without a value fails start."""
+    name = settings.metrics_token_env
+    if name is None:
+        return None
+    token = environ.get(name, "").strip()
+    if not token:
+        raise ConfigError("<environment>", name, "metrics_token_env names this variable, but it is not set")
+    return token
+
+
+def create_app(
+    settings: Settings, environ: Mapping[str, str] | None = None, *, loops: bool = True, metrics_dir: str | None = None
+) -> Litestar:
+    """The router as an ASGI app; `loops=False` leaves the batcher, poller, guard, webhooks and the native-batch
+    watcher to the caller (tests); `metrics_dir` is the multiprocess metrics directory of a `serve --workers`
+    worker."""
+    environ = environ or {}
+    quiet_held_cuts()
+    gateway = Gateway(
+        settings,
+        make_providers(settings, environ),
+        loops=loops,
+        webhook_secret=webhook_secret(settings, environ),
+        metrics_token=metrics_token(settings, environ),
+        metrics_dir=metrics_dir,
+    )
+    app = Litestar(
+        route_handlers=[*api.make_handlers(gateway), *batch_api.make_handlers(gateway)],
+        exception_handlers={
+            RouterError: error_handlers.router_error_handler,
+            error_handlers.ClientDisconnected: error_handlers.disconnected_handler,
+            RedisError: error_handlers.redis_error_handler,
+            HTTPException: error_handlers.http_error_handler,
+            Exception: error_handlers.internal_error_handler,
+        },
+        lifespan=[gateway.lifespan],
+        middleware=[edge.header_guard(settings.limits)],
+        request_max_body_size=settings.limits.max_body_bytes,
+        openapi_config=None,
+        logging_config=None,
+    )
+    app.state.gateway = gateway
+    return app

@@ -1,0 +1,41 @@
+"""Who is calling: the caller's key from its headers, the tenant it names, and the `/metrics` token.
+
+Every function takes the request's headers (a mapping with lower-case names; a Litestar request's headers are
+case-insensitive), so none of them needs a request.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from router.core.errors import AuthenticationFailed
+
+if TYPE_CHECKING:
+    from router.http.gateway import Gateway
+
+
+def bearer(headers: Mapping[str, str]) -> str | None:
+    """The key from `Authorization: Bearer ...` (or `api-key`, as Azure clients send it, or `x-api-key`, as the
+    `anthropic` SDKs do)."""
+    value = headers.get("authorization")
+    if value:
+        scheme, _, key = value.partition(" ")
+        return key.strip() if scheme.lower() == "bearer" else None
+    return headers.get("api-key") or headers.get("x-api-key")
+
+
+def authenticate(gateway: Gateway, headers: Mapping[str, str]) -> str:
+    """The caller's tenant, or a 401."""
+    tenant = gateway.settings.tenant_for_key(bearer(headers), gateway.key_index)
+    if tenant is None:
+        raise AuthenticationFailed()
+    return tenant
+
+
+def authorize_metrics(gateway: Gateway, headers: Mapping[str, str]) -> None:
+    """A 401 unless `/metrics` is open or the caller sent its bearer token."""
+    expected = gateway.metrics_token
+    if expected is not None and not hmac.compare_digest((bearer(headers) or "").encode(), expected.encode()):
+        raise AuthenticationFailed("`/metrics` needs the bearer token named by `metrics_token_env`.")

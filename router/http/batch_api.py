@@ -1,0 +1,385 @@
+"""The native Batch API through the router: `/v1/files` and `/v1/batches` passed to an OpenAI upstream with the
+router's key. Each tenant sees only its own files and batches; anything else is a 404, as if it did not exist."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgspec
+from litestar import Request, Response, delete, get, post
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+from litestar.params import FromPath
+from litestar.response import Stream
+from redis.exceptions import RedisError
+
+from router.core.errors import BadRequest, NotFound, RouterError, UpstreamError, UpstreamUnavailable
+from router.core.schema import decode_view, encoder
+from router.http.auth import authenticate
+from router.http.error_handlers import JSON, ClientDisconnected
+from router.passthrough.native_batches import (
+    TERMINAL,
+    BatchView,
+    Kind,
+    NativeUpstream,
+    Owned,
+    batch_decoder,
+    file_decoder,
+    record_outputs,
+)
+from router.providers.base import UpstreamResponse
+from router.providers.openai import METADATA_KEY
+
+if TYPE_CHECKING:
+    from router.http.gateway import Gateway
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+REFRESH_CONCURRENCY = 8  # running batches of one list page re-read from the upstream at once
+FILE_LIMIT, BATCH_LIMIT = (10_000, 10_000), (20, 100)  # (default, maximum) page sizes, as OpenAI's
+
+
+class FileList(msgspec.Struct, kw_only=True):
+    """`ListFilesResponse`."""
+
+    object: str = "list"
+    data: list[msgspec.Raw]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class BatchList(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """`ListBatchesResponse`; `first_id` / `last_id` are left out of an empty page."""
+
+    object: str  # no default: omit_defaults would leave it out
+    data: list[msgspec.Raw]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool
+
+
+class _CreateView(msgspec.Struct):
+    """What the router reads of a `POST /v1/batches` body (forwarded as sent)."""
+
+    input_file_id: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+_create_decoder = msgspec.json.Decoder(_CreateView)
+
+
+def file_not_found(file_id: str, param: str = "id") -> NotFound:
+    """The 404 for a file the tenant does not own, worded as OpenAI words a missing one."""
+    return NotFound(f"No such File object: {file_id}", param=param)
+
+
+def batch_not_found(batch_id: str) -> NotFound:
+    """The 404 for a batch the tenant does not own, worded as OpenAI words a missing one."""
+    return NotFound(f"No batch found with id '{batch_id}'.", param="batch_id")
+
+
+def _decode(decoder: msgspec.json.Decoder[T], raw: bytes, upstream: str) -> T:
+    try:
+        return decoder.decode(raw)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise UpstreamUnavailable(f"The upstream '{upstream}' sent an answer that could not be read: {exc}") from exc
+
+
+def _passed(answer: UpstreamResponse) -> dict[str, str]:
+    return {name: value for name, value in answer.headers if name == "x-request-id"}
+
+
+def _answer(answer: UpstreamResponse) -> Response[bytes]:
+    """The upstream's answer as it came, an error status raised as `UpstreamError` (passed through)."""
+    if answer.status >= 400:
+        raise UpstreamError(answer.status, answer.body, headers=_passed(answer))
+    return Response(answer.body, status_code=answer.status, media_type=JSON, headers=_passed(answer))
+
+
+async def _owned(gateway: Gateway, tenant: str, kind: Kind, object_id: str) -> tuple[Owned, NativeUpstream]:
+    """The tenant's file or batch and its upstream, or the 404 OpenAI gives for one that does not exist."""
+    native = gateway.native
+    owned = await native.store.get(tenant, kind, object_id) if _ID.match(object_id) else None
+    upstream = native.upstreams.get(owned.upstream) if owned is not None else None
+    if owned is None or upstream is None:
+        raise file_not_found(object_id) if kind == "file" else batch_not_found(object_id)
+    return owned, upstream
+
+
+def _limit(raw: str | None, bounds: tuple[int, int]) -> int:
+    default, maximum = bounds
+    try:
+        limit = default if raw is None else int(raw)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= maximum:
+        raise BadRequest(f"Invalid 'limit': must be between 1 and {maximum}.", param="limit", code="invalid_value")
+    return limit
+
+
+class _Upload:
+    """The caller's body as it arrives, counted against the limit. A body that breaks off or grows past the limit
+    raises inside the upstream request, which aborts it (a body merely cut short would leave the upstream waiting
+    for the bytes its `Content-Length` promised)."""
+
+    def __init__(self, request: Request[Any, Any, Any], limit: int) -> None:
+        self.request = request
+        self.limit = limit
+        self.too_large = False
+        self.broken = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        total = 0
+        try:
+            async for chunk in self.request.stream():
+                total += len(chunk)
+                if total > self.limit:
+                    self.too_large = True
+                    raise RequestEntityTooLarge()
+                if chunk:
+                    yield chunk
+        except RequestEntityTooLarge:
+            raise
+        except Exception:
+            self.broken = True  # the caller went away mid-upload
+            raise
+
+
+async def upload_file(gateway: Gateway, request: Request[Any, Any, Any]) -> Response[bytes]:
+    """`POST /v1/files`: the multipart body streamed to the upstream; the file is the caller's tenant's."""
+    tenant = authenticate(gateway, request.headers)
+    native = gateway.native
+    upstream = native.upstreams.get(native.default) if native.default else None
+    if upstream is None:
+        raise NotFound("The native Batch API needs an upstream of kind `openai` with `batch: true`.",
+                       code="unknown_url")  # fmt: skip
+    limit = gateway.settings.limits.max_file_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestEntityTooLarge()
+    headers = gateway.upstreams.passed_headers(upstream.name, request.headers, tenant)
+    headers["content-type"] = request.headers.get("content-type", "application/octet-stream")
+    if declared is not None:
+        headers["content-length"] = declared
+    body = _Upload(request, limit)
+    try:
+        answer = await upstream.upload(body, headers)
+    except Exception:
+        if body.too_large:
+            raise RequestEntityTooLarge() from None
+        if body.broken:
+            raise ClientDisconnected() from None
+        raise
+    if answer.status >= 400:
+        return _answer(answer)
+    view = _decode(file_decoder, answer.body, upstream.name)
+    try:
+        await native.store.record_file(tenant, upstream.name, answer.body, view)
+    except RedisError:
+        # Unrecorded, the file would be nobody's: take it back rather than leave it unreachable upstream.
+        with contextlib.suppress(RouterError):
+            await upstream.call("DELETE", f"/files/{view.id}")
+        raise
+    return _answer(answer)
+
+
+async def list_files(gateway: Gateway, request: Request[Any, Any, Any]) -> Response[bytes]:
+    """`GET /v1/files`: the tenant's files, newest first unless `order=asc`, paged with `after` and `limit`."""
+    tenant = authenticate(gateway, request.headers)
+    query = request.query_params
+    limit = _limit(query.get("limit"), FILE_LIMIT)
+    order = query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise BadRequest("Invalid 'order': must be 'asc' or 'desc'.", param="order", code="invalid_value")
+    purpose = query.get("purpose")
+    page, more = await gateway.native.store.page(
+        tenant, "file", after=query.get("after"), limit=limit, ascending=order == "asc",
+        keep=lambda owned: purpose is None or owned.purpose == purpose,
+    )  # fmt: skip
+    first, last = (page[0].id, page[-1].id) if page else (None, None)
+    body = FileList(data=[msgspec.Raw(o.object) for o in page], first_id=first, last_id=last, has_more=more)
+    return Response(encoder.encode(body), media_type=JSON)
+
+
+async def retrieve_file(gateway: Gateway, request: Request[Any, Any, Any], file_id: str) -> Response[bytes]:
+    """`GET /v1/files/{id}`."""
+    tenant = authenticate(gateway, request.headers)
+    _, upstream = await _owned(gateway, tenant, "file", file_id)
+    answer = await upstream.call("GET", f"/files/{file_id}")
+    if answer.status == 200:
+        await gateway.native.store.update(tenant, "file", file_id, object=answer.body)
+    return _answer(answer)
+
+
+async def file_content(gateway: Gateway, request: Request[Any, Any, Any], file_id: str) -> Stream:
+    """`GET /v1/files/{id}/content`, streamed from the upstream as it comes."""
+    tenant = authenticate(gateway, request.headers)
+    _, upstream = await _owned(gateway, tenant, "file", file_id)
+    answer = await upstream.download(f"/files/{file_id}/content")
+    if answer.stream is None:
+        raise UpstreamError(answer.status, answer.body, headers=_passed(answer))
+    headers = dict(answer.headers)
+    media_type = headers.pop("content-type", "application/octet-stream")
+    return Stream(answer.stream, status_code=200, headers=headers, media_type=media_type)
+
+
+async def delete_file(gateway: Gateway, request: Request[Any, Any, Any], file_id: str) -> Response[bytes]:
+    """`DELETE /v1/files/{id}`: deleted upstream, then forgotten."""
+    tenant = authenticate(gateway, request.headers)
+    owned, upstream = await _owned(gateway, tenant, "file", file_id)
+    if owned.batch:  # a batch's output or errors: its usage is read from this file, so book it first
+        await gateway.native.watcher.settle(tenant, owned.batch)
+    answer = await upstream.call("DELETE", f"/files/{file_id}")
+    if answer.status == 200:
+        await gateway.native.store.forget(tenant, "file", file_id)
+    return _answer(answer)
+
+
+async def create_batch(gateway: Gateway, request: Request[Any, Any, Any]) -> Response[bytes]:
+    """`POST /v1/batches` on the upstream that holds the input file; the batch is recorded and watched."""
+    tenant = authenticate(gateway, request.headers)
+    body = await request.body()
+    decode_view(body, gateway.settings.limits.max_json_depth)  # the depth and JSON checks every body gets
+    try:
+        view = _create_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"Invalid request body: {exc}") from exc
+    if not view.input_file_id:
+        raise BadRequest("Missing required parameter: 'input_file_id'.", param="input_file_id",
+                         code="missing_required_parameter")  # fmt: skip
+    if view.metadata and METADATA_KEY in view.metadata:
+        raise BadRequest(f"The metadata key '{METADATA_KEY}' is reserved by the router.", param="metadata",
+                         code="invalid_value")  # fmt: skip
+    try:
+        _, upstream = await _owned(gateway, tenant, "file", view.input_file_id)
+    except NotFound:
+        raise file_not_found(view.input_file_id, param="input_file_id") from None
+    headers = gateway.upstreams.passed_headers(upstream.name, request.headers, tenant)
+    answer = await upstream.call("POST", "/batches", body=body, headers=headers)
+    if answer.status >= 400:
+        return _answer(answer)
+    batch = _decode(batch_decoder, answer.body, upstream.name)
+    first_poll = time.time() + gateway.settings.batch.poll_interval_s
+    try:
+        await gateway.native.store.record_batch(tenant, upstream.name, answer.body, batch, first_poll)
+    except RedisError:
+        # Unrecorded, its usage would never be booked: cancel it rather than let it run unaccounted.
+        with contextlib.suppress(RouterError):
+            await upstream.call("POST", f"/batches/{batch.id}/cancel")
+        raise
+    return _answer(answer)
+
+
+async def observe(gateway: Gateway, tenant: str, owned: Owned, upstream: NativeUpstream, raw: bytes) -> None:
+    """A fresh `Batch` object seen by a handler: keep it; once it ended, give its files to the tenant and have the
+    watcher book it now rather than at its next poll."""
+    store = gateway.native.store
+    view: BatchView = _decode(batch_decoder, raw, upstream.name)
+    await store.update(tenant, "batch", owned.id, object=raw)
+    if view.status in TERMINAL and not owned.booked:
+        if not owned.outputs:
+            try:
+                await record_outputs(store, upstream, tenant, view)
+            except RouterError as exc:  # the caller still gets its batch; the watcher records the files later
+                log.warning("could not record the files of native batch %s yet: %s", owned.id, exc.message)
+        await store.schedule(tenant, owned.id, time.time())
+
+
+async def retrieve_batch(gateway: Gateway, request: Request[Any, Any, Any], batch_id: str) -> Response[bytes]:
+    """`GET /v1/batches/{id}`."""
+    tenant = authenticate(gateway, request.headers)
+    owned, upstream = await _owned(gateway, tenant, "batch", batch_id)
+    answer = await upstream.call("GET", f"/batches/{batch_id}")
+    if answer.status == 200:
+        await observe(gateway, tenant, owned, upstream, answer.body)
+    return _answer(answer)
+
+
+async def cancel_batch(gateway: Gateway, request: Request[Any, Any, Any], batch_id: str) -> Response[bytes]:
+    """`POST /v1/batches/{id}/cancel`; the watcher books what ran before the cancel took effect."""
+    tenant = authenticate(gateway, request.headers)
+    owned, upstream = await _owned(gateway, tenant, "batch", batch_id)
+    headers = gateway.upstreams.passed_headers(upstream.name, request.headers, tenant)
+    answer = await upstream.call("POST", f"/batches/{batch_id}/cancel", headers=headers)
+    if answer.status == 200:
+        await observe(gateway, tenant, owned, upstream, answer.body)
+    return _answer(answer)
+
+
+async def list_batches(gateway: Gateway, request: Request[Any, Any, Any]) -> Response[bytes]:
+    """`GET /v1/batches`: the tenant's batches, newest first; those still running are read fresh."""
+    tenant = authenticate(gateway, request.headers)
+    query = request.query_params
+    limit = _limit(query.get("limit"), BATCH_LIMIT)
+    page, more = await gateway.native.store.page(
+        tenant, "batch", after=query.get("after"), limit=limit, ascending=False, keep=lambda _: True
+    )
+    gate = asyncio.Semaphore(REFRESH_CONCURRENCY)
+
+    async def fresh(owned: Owned) -> bytes:
+        upstream = gateway.native.upstreams.get(owned.upstream)
+        if upstream is None or _decode(batch_decoder, owned.object, owned.upstream).status in TERMINAL:
+            return owned.object  # an ended batch no longer changes
+        async with gate:
+            answer = await upstream.call("GET", f"/batches/{owned.id}")
+        if answer.status != 200:
+            return owned.object
+        await observe(gateway, tenant, owned, upstream, answer.body)
+        return answer.body
+
+    data = await asyncio.gather(*(fresh(owned) for owned in page))
+    first, last = (page[0].id, page[-1].id) if page else (None, None)
+    body = BatchList(object="list", data=[msgspec.Raw(raw) for raw in data], first_id=first, last_id=last,
+                     has_more=more)  # fmt: skip
+    return Response(encoder.encode(body), media_type=JSON)
+
+
+def make_handlers(gateway: Gateway) -> list[Any]:
+    """The Files and Batches route handlers, closed over the gateway they serve."""
+
+    # No framework body limit here: `_Upload` enforces `limits.max_file_bytes` on the stream itself.
+    @post(["/v1/files", "/files"], status_code=200, request_max_body_size=None)
+    async def files_upload(request: Request[Any, Any, Any]) -> Response[bytes]:
+        return await upload_file(gateway, request)
+
+    @get(["/v1/files", "/files"])
+    async def files_list(request: Request[Any, Any, Any]) -> Response[bytes]:
+        return await list_files(gateway, request)
+
+    @get(["/v1/files/{file_id:str}", "/files/{file_id:str}"])
+    async def files_retrieve(request: Request[Any, Any, Any], file_id: FromPath[str]) -> Response[bytes]:
+        return await retrieve_file(gateway, request, file_id)
+
+    @get(["/v1/files/{file_id:str}/content", "/files/{file_id:str}/content"])
+    async def files_content(request: Request[Any, Any, Any], file_id: FromPath[str]) -> Stream:
+        return await file_content(gateway, request, file_id)
+
+    @delete(["/v1/files/{file_id:str}", "/files/{file_id:str}"], status_code=200)
+    async def files_delete(request: Request[Any, Any, Any], file_id: FromPath[str]) -> Response[bytes]:
+        return await delete_file(gateway, request, file_id)
+
+    @post(["/v1/batches", "/batches"], status_code=200)
+    async def batches_create(request: Request[Any, Any, Any]) -> Response[bytes]:
+        return await create_batch(gateway, request)
+
+    @get(["/v1/batches", "/batches"])
+    async def batches_list(request: Request[Any, Any, Any]) -> Response[bytes]:
+        return await list_batches(gateway, request)
+
+    @get(["/v1/batches/{batch_id:str}", "/batches/{batch_id:str}"])
+    async def batches_retrieve(request: Request[Any, Any, Any], batch_id: FromPath[str]) -> Response[bytes]:
+        return await retrieve_batch(gateway, request, batch_id)
+
+    @post(["/v1/batches/{batch_id:str}/cancel", "/batches/{batch_id:str}/cancel"], status_code=200)
+    async def batches_cancel(request: Request[Any, Any, Any], batch_id: FromPath[str]) -> Response[bytes]:
+        return await cancel_batch(gateway, request, batch_id)
+
+    return [files_upload, files_list, files_retrieve, files_content, files_delete,
+            batches_create, batches_list, batches_retrieve, batches_cancel]  # fmt: skip

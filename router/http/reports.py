@@ -1,0 +1,87 @@
+"""What the router reports about itself, one function per route: the models list (`GET /v1/models`), one model,
+a tenant's day (`GET /v1/usage`) and readiness (`GET /readyz`). `/metrics` is `exposition.Exposition`."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import msgspec
+
+from router.core.errors import BadRequest, RouterError, UpstreamError
+from router.core.schema import encoder
+
+if TYPE_CHECKING:
+    from router.http.gateway import Gateway
+
+log = logging.getLogger(__name__)
+_models_decoder = msgspec.json.Decoder(dict[str, Any])
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+async def list_models(gateway: Gateway) -> bytes:
+    """Models of every upstream (OpenAI's shape), filtered by the patterns that route to it."""
+    upstreams = gateway.upstreams
+    data: list[Any] = []
+    errors: list[RouterError] = []
+    for cfg in upstreams.configs:
+        provider = upstreams.providers[cfg.name]
+        try:
+            answer = await provider.get("/models")
+        except RouterError as exc:
+            errors.append(exc)
+            continue
+        if answer.status != 200:
+            continue
+        try:
+            items = _models_decoder.decode(answer.body).get("data", [])
+        except (msgspec.DecodeError, RecursionError):
+            log.warning("upstream %s answered /models with something that is not a model list", cfg.name)
+            continue
+        for item in items if isinstance(items, list) else []:
+            model_id = item.get("id") if isinstance(item, dict) else None
+            if isinstance(model_id, str) and upstreams.for_model_or_none(model_id) is provider:
+                data.append(item)
+    if not data and errors:
+        raise errors[0]
+    return msgspec.json.encode({"object": "list", "data": data})
+
+
+async def describe_model(gateway: Gateway, model_id: str) -> bytes:
+    """One model as its upstream describes it (`GET /v1/models/{id}`); the upstream's error passes through."""
+    provider = gateway.upstreams.for_model(model_id)
+    upstream = await provider.get(f"/models/{quote(model_id, safe='')}")
+    if upstream.status >= 400:
+        raise UpstreamError(upstream.status, upstream.body)
+    return upstream.body
+
+
+async def usage(gateway: Gateway, tenant: str, day: str | None) -> bytes:
+    """`GET /v1/usage`: the tenant's totals for one UTC day, per lane (from Redis, so they outlive restarts), and
+    today what it may still use."""
+    day = day or time.strftime("%Y-%m-%d", time.gmtime())
+    if not _DAY.match(day):
+        raise BadRequest("`day` must be a UTC date like 2026-11-27.", param="day", code="invalid_value")
+    lanes: dict[str, dict[str, float]] = {}
+    for field, value in (await gateway.day_totals(tenant, day)).items():
+        lane, _, name = field.partition(":")
+        lanes.setdefault(lane, {})[name] = value
+    report: dict[str, Any] = {"object": "router.usage", "tenant": tenant, "day": day, "lanes": lanes}
+    if day == time.strftime("%Y-%m-%d", time.gmtime()):
+        report["limits"] = await gateway.tenants.headroom(tenant)  # what the tenant may still use, now
+    return encoder.encode(report)
+
+
+async def readiness(gateway: Gateway) -> dict[str, bool]:
+    """Redis and each upstream: reachable or not."""
+    checks: dict[str, bool] = {}
+    try:
+        checks["redis"] = bool(await gateway.redis.ping())
+    except Exception:
+        checks["redis"] = False
+    for name, provider in gateway.upstreams.providers.items():
+        checks[f"upstream:{name}"] = await provider.ping()
+    return checks

@@ -1,0 +1,63 @@
+"""Price a finished call from its usage and book it in the metrics, once."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from router.core.pricing import Cost, PriceTable, Usage, usage_from_body
+from router.telemetry import metrics
+
+Lane = Literal["realtime", "batch", "escalated", "flex", "native"]
+"""`native`: a line of a batch a tenant sent through the native Batch API (`/v1/batches`), at the batch rate."""
+_PRICE_LANE: dict[str, Literal["realtime", "batch", "flex"]] = {
+    "realtime": "realtime",
+    "escalated": "realtime",
+    "batch": "batch",
+    "flex": "flex",
+    "native": "batch",
+}
+
+
+class Priced(msgspec.Struct, frozen=True):
+    """A call's usage and cost (None where the usage or the model's price is unknown)."""
+
+    usage: Usage | None
+    cost: Cost | None
+
+    def as_tuple(self) -> tuple[float, float, float] | None:
+        """(actual, baseline, savings) for storage."""
+        c = self.cost
+        return (c.actual_usd, c.baseline_usd, c.savings_usd) if c else None
+
+
+class Accounting:
+    """Turns response bodies into costs and costs into metrics."""
+
+    def __init__(self, prices: PriceTable) -> None:
+        self.prices = prices
+
+    def price(self, model: str, lane: Lane, body: bytes, usage: Usage | None = None) -> Priced:
+        """Usage from the body (unless given) priced at the lane's rate and at the real-time rate."""
+        usage = usage or usage_from_body(body)
+        if usage is None:
+            return Priced(None, None)
+        return Priced(usage, self.prices.cost(model, usage, _PRICE_LANE[lane]))
+
+    def book(self, priced: Priced, *, lane: Lane, upstream: str, model: str, tenant: str, outcome: str) -> None:
+        """Count one finished call in the Prometheus metrics; call once per call."""
+        metrics.requests.labels(lane, upstream, model, tenant, outcome).inc()
+        usage = priced.usage
+        if usage is None:
+            return
+        metrics.tokens.labels(lane, model, "input").inc(usage.input_tokens - usage.cached_tokens)
+        metrics.tokens.labels(lane, model, "cached_input").inc(usage.cached_tokens)
+        metrics.tokens.labels(lane, model, "output").inc(usage.output_tokens)
+        cost = priced.cost
+        if cost is None:
+            metrics.unpriced.labels(lane, model).inc()
+            return
+        metrics.cost.labels(lane, model, tenant).inc(cost.actual_usd)
+        metrics.baseline_cost.labels(lane, model, tenant).inc(cost.baseline_usd)
+        metrics.savings.labels(lane, model, tenant).inc(cost.savings_usd)
