@@ -156,6 +156,16 @@ def _turnaround(spec: str) -> str:
     return spec
 
 
+def _outcomes_file(value: str) -> str:
+    from router.simulator.outcomes import Outcomes
+
+    try:
+        Outcomes.load(Path(value))
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Run the built-in upstream simulator."""
     import uvicorn
@@ -169,6 +179,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         stream_chunk_delay_ms=args.stream_chunk_delay_ms,
         seed=args.seed,
         api_key=args.api_key,
+        outcomes=args.outcomes,
     )
     print(f"simulator listening on http://{args.host}:{args.port}/v1", file=sys.stderr)
     uvicorn.run(create_simulator(config), host=args.host, port=args.port, log_level="warning", access_log=False)
@@ -290,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=0, help="seeds drawn durations, error injection and output order")
     sim.add_argument("--stream-chunk-delay-ms", type=float, default=0.0, help="pause between streamed chunks")
     sim.add_argument("--api-key", help="the only key the simulator accepts (default: any key, or none)")
+    sim.add_argument(
+        "--outcomes",
+        type=_outcomes_file,
+        metavar="FILE",
+        help="recorded outcomes (JSONL, the `routes learn` format): answer a known prompt the way its model did",
+    )
     sim.set_defaults(func=cmd_simulate)
 
     demo = sub.add_parser("demo", help="run a mixed workload through the router on the embedded default")

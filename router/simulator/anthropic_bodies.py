@@ -10,6 +10,7 @@ import msgspec
 from router.simulator import catalog, structured, text
 from router.simulator.errors import AnthropicError, describe_decode_error
 from router.simulator.ids import new_id
+from router.simulator.outcomes import Outcomes
 
 _ENCODE = msgspec.json.Encoder()
 
@@ -242,11 +243,13 @@ def _reply(req: MessagesRequest, convo: text.Conversation) -> str:
         raise AnthropicError(400, "invalid_request_error", f"output_config.format.schema: {exc}") from exc
 
 
-def message(req: MessagesRequest, service_tier: str = "standard") -> Message:
+def message(req: MessagesRequest, service_tier: str = "standard", outcomes: Outcomes | None = None) -> Message:
     """The deterministic answer: tool calls when the tools and `tool_choice` call for them, else text (JSON under
     `output_config.format`), cut at `max_tokens` or at the first stop sequence it contains."""
     check(req)
     convo = conversation(req)
+    if outcomes is not None:
+        convo.recorded = outcomes.reply(req.model, convo.last_user)
     calls = _tools_to_call(req, convo)
     if calls:
         content, stop_reason, stop_sequence = _tool_content(req, convo, calls)

@@ -18,6 +18,7 @@ from router.simulator.batch_input import BatchError, CreateBatch, Parsed, check_
 from router.simulator.config import SimConfig
 from router.simulator.errors import OpenAIError, OpenAIErrorBody, OpenAIErrorEnvelope
 from router.simulator.ids import new_id
+from router.simulator.outcomes import Outcomes
 from router.simulator.schedule import Schedule
 from router.simulator.store import FileStore, Stats
 from router.simulator.text import PrefixCache
@@ -131,15 +132,15 @@ _UNFINISHED = {
 }
 
 
-def answer(endpoint: str, raw: bytes, cache: PrefixCache) -> Answer:
+def answer(endpoint: str, raw: bytes, cache: PrefixCache, outcomes: Outcomes | None = None) -> Answer:
     """Exactly what the real-time `endpoint` answers for the body `raw` (raising the same errors)."""
     if endpoint == "/v1/chat/completions":
-        return bodies.chat_completion(bodies.decode_chat(raw), cache)
+        return bodies.chat_completion(bodies.decode_chat(raw), cache, outcomes)
     if endpoint == "/v1/embeddings":
         return bodies.embeddings(bodies.decode_embedding(raw), cache)
     if endpoint == "/v1/completions":
         return bodies.completion(bodies.decode_completion(raw), cache)
-    return bodies.response(bodies.decode_responses(raw), cache)
+    return bodies.response(bodies.decode_responses(raw), cache, outcomes)
 
 
 class BatchJob:
@@ -149,8 +150,18 @@ class BatchJob:
     expired batch bills its finished lines, as OpenAI does).
     """
 
-    def __init__(self, req: CreateBatch, parsed: Parsed, config: SimConfig, seq: int, now: float, stats: Stats) -> None:
+    def __init__(
+        self,
+        req: CreateBatch,
+        parsed: Parsed,
+        config: SimConfig,
+        seq: int,
+        now: float,
+        stats: Stats,
+        outcomes: Outcomes | None = None,
+    ) -> None:
         self.id = new_id("batch_")
+        self.outcomes = outcomes
         self.stats = stats
         self.endpoint = req.endpoint
         self.input_file_id = req.input_file_id
@@ -231,7 +242,7 @@ class BatchJob:
             status_code, body = 500, _LINE_FAILURE
         else:
             try:
-                body = answer(self.endpoint, raw, cache)
+                body = answer(self.endpoint, raw, cache, self.outcomes)
             except OpenAIError as exc:
                 status_code, body = exc.status, exc.body
             else:
@@ -319,10 +330,12 @@ class BatchJob:
         )
 
 
-def create(req: CreateBatch, files: FileStore, stats: Stats, config: SimConfig, seq: int) -> BatchJob:
+def create(
+    req: CreateBatch, files: FileStore, stats: Stats, config: SimConfig, seq: int, outcomes: Outcomes | None = None
+) -> BatchJob:
     """Check and parse a create request into a new job, counting its submission."""
     content = check_create(req, files)
     parsed = parse_input(content, req.endpoint)
     stats.batches_created += 1
     stats.submitted(parsed.custom_ids)
-    return BatchJob(req, parsed, config, seq, time.time(), stats)
+    return BatchJob(req, parsed, config, seq, time.time(), stats, outcomes)

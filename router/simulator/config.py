@@ -101,6 +101,9 @@ class SimConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Seeds error injection, line failures, output order and drawn batch durations."""
     api_key: str | None = None
     """If set, the only key accepted (Bearer token or `x-api-key`); otherwise any key, or none at all."""
+    outcomes: str | None = None
+    """A JSONL file of recorded outcomes (the `routes learn` format, `simulator.outcomes`): a known prompt is answered
+    the way the asked model did there, so models of different skill can be played end to end."""
 
     def __post_init__(self) -> None:
         if self.batch_turnaround is not None:

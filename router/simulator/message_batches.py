@@ -15,6 +15,7 @@ from router.simulator import anthropic_bodies as bodies
 from router.simulator.config import SimConfig
 from router.simulator.errors import AnthropicError
 from router.simulator.ids import new_id
+from router.simulator.outcomes import Outcomes
 from router.simulator.schedule import Schedule
 from router.simulator.store import Stats
 
@@ -109,8 +110,17 @@ class MessageBatchJob:
     but the counts and the results file only show once the batch has ended, as the real API does.
     """
 
-    def __init__(self, req: CreateMessageBatch, config: SimConfig, seq: int, now: float, stats: Stats) -> None:
+    def __init__(
+        self,
+        req: CreateMessageBatch,
+        config: SimConfig,
+        seq: int,
+        now: float,
+        stats: Stats,
+        outcomes: Outcomes | None = None,
+    ) -> None:
         self.id = new_id("msgbatch_")
+        self.outcomes = outcomes
         self.stats = stats
         self.schedule = Schedule.of(config, now, seq)
         rng = random.Random(f"{config.seed}:{seq}")
@@ -189,7 +199,7 @@ class MessageBatchJob:
                 return _errored(AnthropicError(400, "invalid_request_error", "stream: not supported in batches"))
             if req.speed is not None:
                 return _errored(AnthropicError(400, "invalid_request_error", "speed: not supported in batches"))
-            return {"type": "succeeded", "message": bodies.message(req, service_tier="batch")}
+            return {"type": "succeeded", "message": bodies.message(req, service_tier="batch", outcomes=self.outcomes)}
         except AnthropicError as exc:
             return _errored(exc)
 
@@ -242,10 +252,10 @@ def _errored(exc: AnthropicError) -> dict[str, Any]:
     return {"type": "errored", "error": exc.body}
 
 
-def create(raw: bytes, stats: Stats, config: SimConfig, seq: int) -> MessageBatchJob:
+def create(raw: bytes, stats: Stats, config: SimConfig, seq: int, outcomes: Outcomes | None = None) -> MessageBatchJob:
     """Validate a create body into a new job, counting its submission."""
     req = decode_create(raw)
     stats.message_batches_created += 1
     stats.message_batch_requests_submitted += len(req.requests)
     stats.submitted(item.custom_id for item in req.requests)
-    return MessageBatchJob(req, config, seq, time.time(), stats)
+    return MessageBatchJob(req, config, seq, time.time(), stats, outcomes)

@@ -79,7 +79,7 @@ def routes(state: SimState) -> list[HTTPRouteHandler]:
     async def chat_completions(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
         req = bodies.decode_chat(await body_of(request, "/v1/chat/completions"))
         check_flex(req.service_tier)
-        answer = bodies.chat_completion(req, state.cache)
+        answer = bodies.chat_completion(req, state.cache, state.outcomes)
         if req.stream:
             return stream(streams.chat_events(answer, _include_usage(req.stream_options)))
         return json_response(answer, headers={"x-request-id": request_id()})
@@ -101,7 +101,7 @@ def routes(state: SimState) -> list[HTTPRouteHandler]:
     async def responses(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
         req = bodies.decode_responses(await body_of(request, "/v1/responses"))
         check_flex(req.service_tier)
-        answer = bodies.response(req, state.cache)
+        answer = bodies.response(req, state.cache, state.outcomes)
         if req.stream:
             return stream(streams.response_events(answer))
         return json_response(answer, headers={"x-request-id": request_id()})

@@ -197,7 +197,7 @@ def batch_routes(state: SimState) -> list[HTTPRouteHandler]:
         except (msgspec.DecodeError, RecursionError) as exc:
             message, param, code = describe_decode_error(exc)
             raise OpenAIError(400, message, param=param, code=code) from exc
-        job = batches.create(req, state.files, state.stats, state.config, state.next_batch_seq())
+        job = batches.create(req, state.files, state.stats, state.config, state.next_batch_seq(), state.outcomes)
         state.batches[job.id] = job
         return view(job, time.time())
 

@@ -40,6 +40,7 @@ from router.simulator.openai_types import (
     TextConfig,
     Tokens,
 )
+from router.simulator.outcomes import Outcomes
 
 SERVICE_TIERS = frozenset({"auto", "default", "flex", "scale", "priority", "fast"})
 MAX_EMBEDDING_INPUTS = 2048
@@ -129,7 +130,7 @@ def chat_conversation(req: ChatRequest) -> text.Conversation:
     return text.Conversation(turns)
 
 
-def chat_completion(req: ChatRequest, cache: text.PrefixCache) -> ChatCompletion:
+def chat_completion(req: ChatRequest, cache: text.PrefixCache, outcomes: Outcomes | None = None) -> ChatCompletion:
     """The `chat.completion` for a request: deterministic text, tool calls or schema-valid JSON, `max_tokens`, `n`
     and `logprobs` honoured, real-looking usage."""
     check_model(req.model)
@@ -140,6 +141,8 @@ def chat_completion(req: ChatRequest, cache: text.PrefixCache) -> ChatCompletion
     tools.check_format(req)
     tools.check_strict(req)
     convo = chat_conversation(req)
+    if outcomes is not None:
+        convo.recorded = outcomes.reply(req.model, convo.last_user)
     prompt_tokens = convo.chat_prompt_tokens()
     cached = cache.hit(req.model, convo.text, prompt_tokens)
     limit = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
@@ -321,11 +324,13 @@ def _response_text(req: ResponsesRequest, convo: text.Conversation) -> str:
     raise OpenAIError(400, f"Invalid schema for response_format '{name}': {problem}", param="text.format.schema")
 
 
-def response(req: ResponsesRequest, cache: text.PrefixCache) -> ResponseObject:
+def response(req: ResponsesRequest, cache: text.PrefixCache, outcomes: Outcomes | None = None) -> ResponseObject:
     """A completed (or `incomplete` when cut by `max_output_tokens`) Responses API object with one message."""
     check_model(req.model)
     tier = _service_tier(req.service_tier)
     convo = responses_conversation(req)
+    if outcomes is not None:
+        convo.recorded = outcomes.reply(req.model, convo.last_user)
     input_tokens = convo.chat_prompt_tokens()
     cached = cache.hit(req.model, convo.text, input_tokens)
     reply, cut = text.clip_to_tokens(_response_text(req, convo), req.max_output_tokens)

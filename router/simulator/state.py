@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import random
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from router.simulator.config import SimConfig
+from router.simulator.outcomes import Outcomes
 from router.simulator.store import FileStore, Stats
 from router.simulator.text import PrefixCache
 
@@ -22,6 +24,7 @@ class SimState:
 
     def __init__(self, config: SimConfig) -> None:
         self.config = config
+        self.outcomes = Outcomes.load(Path(config.outcomes)) if config.outcomes else None
         self.reset()
 
     def reset(self) -> None:
@@ -37,6 +40,8 @@ class SimState:
 
     def set_config(self, config: SimConfig) -> None:
         """Replace the live config; error injection restarts from the (possibly new) seed."""
+        if config.outcomes != self.config.outcomes:
+            self.outcomes = Outcomes.load(Path(config.outcomes)) if config.outcomes else None
         self.config = config
         self._rng = random.Random(config.seed)
         self._injected = 0

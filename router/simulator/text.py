@@ -56,13 +56,15 @@ class Conversation:
     (top-level `system`) get the same answer.
     """
 
-    __slots__ = ("digest", "last_user", "text", "turns")
+    __slots__ = ("digest", "last_user", "recorded", "text", "turns")
 
     def __init__(self, turns: Iterable[tuple[str, str]]) -> None:
         self.turns = [("system" if role == "developer" else role, content) for role, content in turns]
         self.text = "".join(f"{role}\x1f{content}\x1e" for role, content in self.turns)
         self.last_user = next((content for role, content in reversed(self.turns) if role == "user"), "")
         self.digest = hashlib.blake2b(self.text.encode(), digest_size=16).digest()
+        self.recorded: str | None = None
+        """What the asked-for model answered this prompt in recorded outcomes (`simulate --outcomes`), if known."""
 
     def chat_prompt_tokens(self) -> int:
         """Prompt tokens the way chat formats count them: text plus per-message framing."""
@@ -70,7 +72,10 @@ class Conversation:
         return framing + sum(count_tokens(content) for _, content in self.turns)
 
     def reply(self, variant: int = 0) -> str:
-        """A deterministic reply: a fingerprint of the last user turn, then words picked by a hash of the turns."""
+        """A deterministic reply: a fingerprint of the last user turn, then words picked by a hash of the turns (or
+        the recorded answer, when the outcomes know this prompt and model)."""
+        if self.recorded is not None and variant == 0:
+            return self.recorded
         h = hashlib.blake2b(self.digest + variant.to_bytes(4, "little"), digest_size=32).digest()
         count = 8 + h[0] % 24
         words = " ".join(map(_WORD_BY_BYTE.__getitem__, h[1 : 1 + count]))
