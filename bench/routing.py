@@ -49,13 +49,13 @@ import msgspec
 import numpy as np
 from routing_data import STRONG, WEAK, Item, Prices, load_gsm8k, load_mmlu
 
+from router.core.model_routes import CascadeChecks, Route, parse_route
 from router.modelroutes.cascade import decide_cascade, evidence_key
 from router.modelroutes.checks import CheckReport, check_answer
 from router.modelroutes.decision import decide, uniform
 from router.modelroutes.embeddings import ClusterIndex, Embedder, default_k, fit_clusters, load_embedder
 from router.modelroutes.evidence import Stats, observe
 from router.modelroutes.plan import Plan, make_plan, sample_margin
-from router.modelroutes.route import CascadeChecks, Route, parse_route
 from router.modelroutes.tasks import auto_task, features, resolve_task
 
 NOW = 1_700_000_000.0

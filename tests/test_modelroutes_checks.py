@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from router.core.model_routes import CascadeChecks, parse_route
 from router.modelroutes.arithmetic import check_arithmetic, evaluate, matches
 from router.modelroutes.cascade import bucket, decide_cascade, evidence_key
 from router.modelroutes.checks import (
@@ -22,7 +23,6 @@ from router.modelroutes.checks import (
 )
 from router.modelroutes.evidence import observe
 from router.modelroutes.plan import make_plan
-from router.modelroutes.route import CascadeChecks, parse_route
 
 GSM8K = r"####\s*\$?(-?[\d,]+)\s*$"
 CHECKS = CascadeChecks()

@@ -14,10 +14,10 @@ import pytest
 import redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
+from router.core.model_routes import parse_route
 from router.modelroutes.decision import decide
 from router.modelroutes.evidence import observe
 from router.modelroutes.learn import learn
-from router.modelroutes.route import parse_route
 from router.modelroutes.store import EvidenceStore, Observation
 from tests.helpers.waiting import wait_until
 

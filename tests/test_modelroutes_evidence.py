@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from router.core.model_routes import Prior
 from router.modelroutes.evidence import Stats, decayed, estimate, factor, merge, observe, score
-from router.modelroutes.route import Prior
 from router.modelroutes.tdist import t_cdf, t_quantile
 
 DAY = 86_400.0

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from router.core.model_routes import Route, parse_route
 from router.modelroutes.decision import decide, shadowed, uniform
 from router.modelroutes.evidence import Stats, observe
 from router.modelroutes.plan import Plan, make_plan
-from router.modelroutes.route import Route, parse_route
 
 NOW = 1_000_000.0
 PRICES = {"gpt-4o": 2.5, "gpt-4o-mini": 0.15, "gpt-4.1-nano": 0.10, "o3": 2.0}

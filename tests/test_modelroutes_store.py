@@ -9,11 +9,11 @@ import pytest
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
+from router.core.model_routes import parse_route
 from router.modelroutes.decision import decide
 from router.modelroutes.embeddings import ClusterIndex, load_embedder
 from router.modelroutes.evidence import observe
 from router.modelroutes.learn import learn, observations, parse_lines
-from router.modelroutes.route import parse_route
 from router.modelroutes.store import EvidenceStore, Observation
 
 NOW = 1_700_000_000.0

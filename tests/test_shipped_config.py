@@ -22,7 +22,7 @@ CONFIG = REPO / "config" / "router.yaml"
 README = REPO / "README.md"
 
 # Collections of entries (their fields are documented by their own rows), not single settings.
-ENTRY_LISTS = ("upstreams", "keys", "tenants")
+ENTRY_LISTS = ("upstreams", "keys", "tenants", "routes")
 # The README's words for a default the code spells as a value.
 WORDS: dict[str, Any] = {"unset": None, "auto": None, "bundled": None, "margin ÷ 2": None}
 UNITS = {"KiB": 1024, "MiB": 1024**2, "MB": 1024**2, "days": 86400, "day": 86400, "h": 3600, "s": 1}

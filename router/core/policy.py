@@ -13,6 +13,7 @@ import msgspec
 
 from router.core.deadline import parse_duration
 from router.core.errors import ConfigError, InvalidDeadline
+from router.core.model_routes import Mode
 from router.core.settings import convert, read_yaml
 
 BATCH_FALLBACK_S = 24 * 3600.0  # a `batch` rule with no deadline anywhere gets the providers' batch window
@@ -36,6 +37,15 @@ class Match(_Strict, frozen=True):
     user: Patterns | None = None
 
 
+class RouteOverride(_Strict, frozen=True):
+    """A rule's change to the model route of the calls it matches (unset fields keep the route's own)."""
+
+    mode: Mode | None = None
+    quality_target: Annotated[float, msgspec.Meta(gt=0, le=1)] | None = None
+    to: Annotated[list[str], msgspec.Meta(min_length=1)] | None = None
+    shadow_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+
+
 class Rule(_Strict, frozen=True):
     """One named rule as written in a policy file."""
 
@@ -45,6 +55,11 @@ class Rule(_Strict, frozen=True):
     default_deadline: Seconds | None = None
     max_deadline: Seconds | None = None
     forbid_deferral: bool = False
+    task: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:/-]{1,64}$")] | None = None
+    """The task of the calls this rule matches, for model routes' evidence (before `X-Router-Task`)."""
+    route: Literal["off"] | RouteOverride | None = None
+    """`off`: the calls this rule matches keep the model they ask for; a mapping changes their route's mode,
+    target, candidates or shadow rate."""
 
 
 class _RuleFile(_Strict, frozen=True):
@@ -63,11 +78,14 @@ class Facts(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Decision(msgspec.Struct, frozen=True):
-    """The lane a call takes, its absolute deadline when deferred, and the rule that decided."""
+    """The lane a call takes, its absolute deadline when deferred, and the rule that decided (with the task and the
+    model-route change that rule names, if any)."""
 
     lane: Literal["realtime", "deferred"]
     deadline: float | None
     rule: str | None
+    task: str | None = None
+    route: Literal["off"] | RouteOverride | None = None
 
 
 class _Glob(msgspec.Struct, frozen=True):
@@ -219,6 +237,13 @@ def decide(
 ) -> Decision:
     """The lane for one call: the first matching rule, the caller's X-Deadline and the rule's bounds combined."""
     rule = next((r for r in policies.compiled if r.matches(facts)), None)
+    decision = _lane(rule, header_deadline, header_urgent, now)
+    if rule is not None and (rule.rule.task is not None or rule.rule.route is not None):
+        return msgspec.structs.replace(decision, task=rule.rule.task, route=rule.rule.route)
+    return decision
+
+
+def _lane(rule: _Compiled | None, header_deadline: float | None, header_urgent: bool, now: float) -> Decision:
     name = rule.rule.name if rule else None
     if header_urgent:
         return _realtime(name)

@@ -59,11 +59,16 @@ class Usage(msgspec.Struct, frozen=True):
 
 
 class Cost(msgspec.Struct, frozen=True):
-    """What a call would have cost in real time, what it cost, and the difference, in USD (unrounded)."""
+    """What a call would have cost in real time, what it cost, and the difference, in USD (unrounded).
+
+    The baseline is the model the caller asked for at the real-time rate. `route_usd` is the part of the savings a
+    cheaper model answering brought (the asked-for model's real-time price of the same tokens, less the answering
+    model's); the rest is the price tier's (batch or flex)."""
 
     baseline_usd: float
     actual_usd: float
     savings_usd: float
+    route_usd: float = 0.0
 
 
 def _resolve(spec: float | Rates | None, realtime: Rates) -> Rates | None:
@@ -121,8 +126,9 @@ class PriceTable:
         price = self.lookup(model)
         return None if price is None else getattr(self._rates[price.name], lane)
 
-    def cost(self, model: str, usage: Usage, lane: Lane) -> Cost | None:
-        """Baseline (all real time) and actual cost of one call, or None when it cannot be priced."""
+    def cost(self, model: str, usage: Usage, lane: Lane, asked: str | None = None) -> Cost | None:
+        """Baseline (the asked-for model, all real time) and actual cost of one call answered by `model`, or None
+        when either model cannot be priced."""
         price = self.lookup(model)
         if price is None:
             return None
@@ -130,8 +136,16 @@ class PriceTable:
         paid: Rates | None = getattr(rates, lane)
         if paid is None:
             return None
-        baseline, actual = _price(rates.realtime, usage), _price(paid, usage)
-        return Cost(baseline_usd=baseline, actual_usd=actual, savings_usd=baseline - actual)
+        realtime, actual = _price(rates.realtime, usage), _price(paid, usage)
+        baseline = realtime
+        if asked is not None and asked != model:
+            asked_price = self.lookup(asked)
+            if asked_price is None:
+                return None
+            baseline = _price(self._rates[asked_price.name].realtime, usage)
+        return Cost(
+            baseline_usd=baseline, actual_usd=actual, savings_usd=baseline - actual, route_usd=baseline - realtime
+        )
 
 
 _INDEX_RE = re.compile(r"^models\[(\d+)\]")

@@ -17,6 +17,7 @@ import msgspec
 import yaml
 
 from router.core.errors import ConfigError
+from router.core.model_routes import Route, parse_route
 
 ENV_PREFIX = "HYBRID_ROUTER_"
 DEFAULT_CONFIG = Path("config/router.yaml")
@@ -199,6 +200,13 @@ class Settings(_Strict, kw_only=True):
     webhooks: WebhookSettings = msgspec.field(default_factory=WebhookSettings)
     metrics_token_env: str | None = None
     """The env var holding the bearer token `/metrics` requires; unset: `/metrics` is open."""
+    routes: list[Route] = msgspec.field(default_factory=list)
+    """Model routes: calls for one model that cheaper ones may answer where the evidence meets a quality target
+    (docs/routing.md). None by default: every call is answered by the model it asks for."""
+
+    def model_route(self, model: str) -> Route | None:
+        """The route declared for calls asking for `model`, if any."""
+        return next((route for route in self.routes if route.source == model), None)
 
     def forward_headers(self, upstream: Upstream, tenant: str | None = None) -> list[str]:
         """The header globs a tenant's calls pass on to `upstream`: the tenant's, the upstream's, or the default."""
@@ -323,6 +331,18 @@ def starter_files(directory: Path) -> list[tuple[Path, Path]]:
     return pairs + [(path, directory / DEFAULT_POLICIES / path.name) for path in policies]
 
 
+def _check_routes(routes: list[Route], file: str) -> None:
+    """Each route is sound (no model sent to itself, none listed twice) and each asked-for model has one route."""
+    sources = [route.source for route in routes]
+    for index, route in enumerate(routes):
+        try:
+            parse_route(msgspec.to_builtins(route))
+        except msgspec.ValidationError as exc:
+            raise ConfigError(file, f"routes[{index}]", str(exc)) from exc
+        if sources.count(route.source) > 1:
+            raise ConfigError(file, f"routes[{index}].from", f"{route.source!r} has more than one route")
+
+
 def load_settings(
     path: Path | None,
     environ: Mapping[str, str],
@@ -353,6 +373,7 @@ def load_settings(
         raise ConfigError(file, "upstreams", "expected at least one upstream")
     if len(set(names)) != len(names):
         raise ConfigError(file, "upstreams", f"upstream names must be unique, got {names}")
+    _check_routes(settings.routes, file)
     if settings.auth == "keys" and not settings.keys:
         raise ConfigError(file, "keys", "auth is 'keys' but no keys are configured")
     per_tenant: dict[str, list[str]] = {}

@@ -20,10 +20,10 @@ from typing import Literal
 
 import msgspec
 
+from router.core.model_routes import CascadeChecks, Route
 from router.modelroutes.checks import CheckReport
 from router.modelroutes.decision import uniform
 from router.modelroutes.plan import Plan
-from router.modelroutes.route import CascadeChecks, Route
 
 Verdict = Literal["keep", "escalate"]
 

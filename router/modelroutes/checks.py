@@ -23,8 +23,8 @@ from typing import Any
 import jsonschema
 import msgspec
 
+from router.core.model_routes import CascadeChecks
 from router.modelroutes.arithmetic import Arithmetic, check_arithmetic
-from router.modelroutes.route import CascadeChecks
 from router.modelroutes.tasks import features
 
 _REFUSAL_RE = re.compile(

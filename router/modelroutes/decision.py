@@ -12,8 +12,8 @@ from typing import Literal
 
 import msgspec
 
+from router.core.model_routes import Route
 from router.modelroutes.plan import Plan
-from router.modelroutes.route import Route
 
 Reason = Literal["evidence", "share", "below_target", "no_evidence", "opt_out", "forced"]
 

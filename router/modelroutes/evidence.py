@@ -19,7 +19,7 @@ import math
 
 import msgspec
 
-from router.modelroutes.route import Prior
+from router.core.model_routes import Prior
 from router.modelroutes.tdist import t_quantile
 
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import msgspec
 
+from router.core.model_routes import Route
 from router.modelroutes.embeddings import ClusterIndex, Clusters, Embedder, default_k, fit_clusters
 from router.modelroutes.evidence import score
-from router.modelroutes.route import Route
 from router.modelroutes.store import EvidenceStore, Observation
 from router.modelroutes.tasks import auto_task, features, prompt_of, valid_task
 

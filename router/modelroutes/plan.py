@@ -28,8 +28,8 @@ from statistics import NormalDist
 
 import msgspec
 
+from router.core.model_routes import Route
 from router.modelroutes.evidence import Estimate, Stats, decayed, estimate
-from router.modelroutes.route import Route
 
 PriceFn = Callable[[str, float, float], float | None]
 """USD of one call of `model` with that many input and output tokens; None when the model has no price."""

@@ -21,10 +21,10 @@ import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
+from router.core.model_routes import Route
 from router.modelroutes.embeddings import Clusters
 from router.modelroutes.evidence import Stats, score
 from router.modelroutes.plan import Plan, PriceFn, make_plan
-from router.modelroutes.route import Route
 
 RedisClient = Redis | RedisCluster
 _FIELDS = ("w", "w2", "a", "b", "aa", "bb", "ab", "ti", "to")

@@ -38,12 +38,15 @@ class Accounting:
     def __init__(self, prices: PriceTable) -> None:
         self.prices = prices
 
-    def price(self, model: str, lane: Lane, body: bytes, usage: Usage | None = None) -> Priced:
-        """Usage from the body (unless given) priced at the lane's rate and at the real-time rate."""
+    def price(
+        self, model: str, lane: Lane, body: bytes, usage: Usage | None = None, *, asked: str | None = None
+    ) -> Priced:
+        """Usage from the body (unless given) priced at the lane's rate, and at the real-time rate of the model the
+        caller asked for (`asked`, when a model route had another model answer)."""
         usage = usage or usage_from_body(body)
         if usage is None:
             return Priced(None, None)
-        return Priced(usage, self.prices.cost(model, usage, _PRICE_LANE[lane]))
+        return Priced(usage, self.prices.cost(model, usage, _PRICE_LANE[lane], asked))
 
     def book(self, priced: Priced, *, lane: Lane, upstream: str, model: str, tenant: str, outcome: str) -> None:
         """Count one finished call in the Prometheus metrics; call once per call."""
@@ -61,3 +64,20 @@ class Accounting:
         metrics.cost.labels(lane, model, tenant).inc(cost.actual_usd)
         metrics.baseline_cost.labels(lane, model, tenant).inc(cost.baseline_usd)
         metrics.savings.labels(lane, model, tenant).inc(cost.savings_usd)
+        for lever, usd in levers(lane, cost).items():
+            metrics.lever_savings.labels(lever, tenant).inc(usd)
+
+
+LEVERS = ("batch", "flex", "route", "prompt_cache", "answer_cache")
+"""Where savings come from; each call's savings split over them adds up to its `savings_usd` exactly."""
+
+
+def levers(lane: Lane, cost: Cost) -> dict[str, float]:
+    """A call's savings by lever: the model route's part, and its price tier's (batch, flex) part."""
+    out: dict[str, float] = {}
+    if cost.route_usd:
+        out["route"] = cost.route_usd
+    tier = cost.savings_usd - cost.route_usd
+    if tier and _PRICE_LANE[lane] != "realtime":
+        out[_PRICE_LANE[lane]] = tier
+    return out

@@ -261,3 +261,55 @@ tenant_refused = Counter(
     namespace=NS,
     registry=REGISTRY,
 )
+lever_savings = Counter(
+    "lever_savings_usd",
+    "Savings of finished calls by lever: batch, flex, route (a cheaper model answered), prompt_cache, answer_cache "
+    "(USD; a lever can be negative, e.g. a cascade's wasted cheap call).",
+    ["lever", "tenant"],
+    namespace=NS,
+    registry=REGISTRY,
+)
+route_decisions = Counter(
+    "route_decisions",
+    "Calls of a model route, by the model that answered and why (evidence, share, below_target, no_evidence, "
+    "opt_out, forced, cascade_kept, cascade_escalated).",
+    ["route", "model", "reason"],
+    namespace=NS,
+    registry=REGISTRY,
+)
+route_learning_cost = Counter(
+    "route_learning_cost_usd",
+    "What learning a model route cost: shadow calls to the cheaper model and judge calls (USD).",
+    ["route", "kind"],
+    namespace=NS,
+    registry=REGISTRY,
+)
+route_cascade_seconds = Histogram(
+    "route_cascade_seconds",
+    "Time a cascade added to a call: the cheaper model's call and checks when the answer was escalated.",
+    ["route"],
+    buckets=LATENCY_BUCKETS,
+    namespace=NS,
+    registry=REGISTRY,
+)
+route_evidence = Gauge(
+    "route_evidence_calls",
+    "Decayed calls of evidence per model route and task (the largest tasks of each route).",
+    ["route", "task"],
+    namespace=NS,
+    registry=REGISTRY,
+)
+route_quality = Gauge(
+    "route_quality_lower_bound",
+    "Lower confidence bound of a task's quality ratio (candidate's mean score over the asked-for model's).",
+    ["route", "task", "model"],
+    namespace=NS,
+    registry=REGISTRY,
+)
+route_moved_share = Gauge(
+    "route_moved_share",
+    "Share of a model route's evidence-weighted calls its current plan moves to a cheaper model.",
+    ["route"],
+    namespace=NS,
+    registry=REGISTRY,
+)

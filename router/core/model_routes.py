@@ -1,4 +1,4 @@
-"""A model route: calls for one model that cheaper ones may answer, at a quality target, in one mode.
+"""A model route: calls for one model that cheaper ones may answer, at a quality target, in one mode (pure).
 
 `config/router.yaml` declares `routes: [{from: gpt-4o, to: [gpt-4o-mini], mode: predict, quality_target: 0.95}]`;
 a policy rule may override a route per rule. The decoding of the file is the settings' job: this module only
@@ -81,6 +81,9 @@ class Route(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     prior: Prior = Prior()
     shadow_rate: Share = 0.05
     """In `shadow` mode, the share of calls also sent to the cheaper model to learn."""
+    judge: ModelName | None = None
+    """A model that judges whether a cheaper model's free-text answer is as good as the asked-for model's (shadow
+    pairs, escalated cascades). None: only exact or JSON equality of the two answers is judged."""
     cascade: CascadeChecks = CascadeChecks()
 
     @property
