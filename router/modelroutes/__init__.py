@@ -1,10 +1,11 @@
 """Model routes: answer a call for one model with a cheaper one where the evidence says quality holds.
 
 The pure core (no Redis, no HTTP), over the declared shape the settings decode (`core.model_routes`): `evidence`
-(decayed paired scores and their lower bound), `plan` (per route: which share of each task moves), `decision` (per call: which model answers), `tasks`
-(a call's task and prompt features), `checks` and `arithmetic` (checks on a cheap answer), `cascade` (keep or
-escalate it), `embeddings` (the optional `embeddings` extra: clusters for task-less calls). With Redis: `store`
-(shared evidence) and `learn` (the `routes learn` import). docs/routing.md describes the method and its results.
+(decayed paired scores and their lower bound), `plan` (per route: which share of each task moves), `decision` (per
+call: which model answers), `tasks` (a call's task and prompt features), `checks` and `arithmetic` (checks on a
+cheap answer), `cascade` (keep or escalate it), `embeddings` (the optional `embeddings` extra: clusters for
+task-less calls). With Redis: `store` (shared evidence) and `learn` (the `routes learn` import).
+docs/routing.md describes the method and its results.
 """
 
 from router.core.model_routes import CascadeChecks, Prior, Route, parse_route
