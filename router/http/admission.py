@@ -23,8 +23,10 @@ from router.core.deadline import parse_deadline
 from router.core.errors import BadRequest
 from router.core.lanes import NO_OUTLOOK, Route, route
 from router.core.policy import Decision, Facts, decide
-from router.core.schema import RequestView, decode_view, with_fields
+from router.core.schema import RequestView, decode_body, decode_view, encoder, with_fields
+from router.http.cascade import respond_cascade
 from router.http.delivery import Delivery, respond_deferred
+from router.http.model_router import Routed, force_of
 from router.http.relay import respond_realtime
 from router.providers.base import Provider
 from router.telemetry import metrics
@@ -46,11 +48,15 @@ class Arrival(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Plan(msgspec.Struct, frozen=True, kw_only=True):
-    """Where a call goes: its upstream, what the policies decided, and the lane `routing.route` chose."""
+    """Where a call goes: its upstream, what the policies decided, the model that answers it (its body and view
+    name that model), and the lane `routing.route` chose."""
 
     provider: Provider
     decision: Decision
     route: Route
+    body: bytes
+    view: RequestView
+    routed: Routed | None = None
 
 
 def new_request_id() -> str:
@@ -133,12 +139,17 @@ async def plan(gateway: Gateway, arrival: Arrival, view: RequestView, now: float
         user=view.user,
     )
     decision = decide(gateway.policies.current, facts, header_deadline, urgent, now)
+    body, routed = arrival.body, None
+    if gateway.model_router.active:
+        body, view, routed = model_route(gateway, arrival, view, decision)
+        provider = gateway.upstreams.for_model(view.model or "")
+    model = view.model or ""
     lane = gateway.deferred
     stream = bool(view.stream)
-    caps = lane.capabilities(provider.name, arrival.endpoint, view.model, stream=stream)
+    caps = lane.capabilities(provider.name, arrival.endpoint, model, stream=stream)
     outlook = NO_OUTLOOK
     if decision.lane == "deferred" and caps.batch:
-        outlook = await lane.outlook(provider.name, arrival.endpoint, view.model, now)
+        outlook = await lane.outlook(provider.name, arrival.endpoint, model, now)
     chosen = route(
         decision,
         endpoint=arrival.endpoint,
@@ -148,7 +159,33 @@ async def plan(gateway: Gateway, arrival: Arrival, view: RequestView, now: float
         timing=lane.planner.timing,
         now=now,
     )
-    return Plan(provider=provider, decision=decision, route=chosen)
+    return Plan(provider=provider, decision=decision, route=chosen, body=body, view=view, routed=routed)
+
+
+CASCADE_ENDPOINTS = frozenset({"/chat/completions"})
+"""Where a cascade can check an answer before the caller sees it (non-streamed)."""
+
+
+def model_route(
+    gateway: Gateway, arrival: Arrival, view: RequestView, decision: Decision
+) -> tuple[bytes, RequestView, Routed | None]:
+    """The body and view of the model that answers (a cheaper one where the model route's evidence allows it)."""
+    router = gateway.model_router
+    route = router.route_for(view.model or "", decision)
+    if route is None:
+        return arrival.body, view, None
+    obj = decode_body(arrival.body)
+    force = force_of(arrival.headers)
+    task = router.task_of(route, decision, arrival.headers, obj, arrival.tenant)
+    key = arrival.headers.get("idempotency-key") or arrival.body
+    cascade = (
+        decision.lane == "realtime" and not view.stream and arrival.endpoint in CASCADE_ENDPOINTS and force is None
+    )
+    routed = router.choose(route, task, key, force, cascade=cascade)
+    if not routed.moved:
+        return arrival.body, view, routed
+    obj["model"] = routed.model
+    return encoder.encode(obj), msgspec.structs.replace(view, model=routed.model), routed
 
 
 async def admit(gateway: Gateway, arrival: Arrival, receive: Receive) -> Response[bytes] | Stream:
@@ -157,10 +194,19 @@ async def admit(gateway: Gateway, arrival: Arrival, receive: Receive) -> Respons
     body = arrival.body
     view = routing_view(gateway, body)
     chosen = await plan(gateway, arrival, view, time.time())
-    provider, decision = chosen.provider, chosen.decision
+    provider, decision, body, view, routed = chosen.provider, chosen.decision, chosen.body, chosen.view, chosen.routed
     headers = {"x-router-request-id": new_request_id(), "x-router-lane": "realtime"}
     if decision.rule:
         headers["x-router-rule"] = decision.rule
+    if routed is not None:
+        headers.update({"x-router-model": routed.model, "x-router-task": routed.task, "x-router-route": routed.reason})
+        if routed.reason == "cascade":
+            key = arrival.headers.get("idempotency-key") or headers["x-router-request-id"]
+            return await respond_cascade(gateway, receive, provider, endpoint=arrival.endpoint, body=body,
+                                         asked_body=arrival.body, tenant=arrival.tenant,
+                                         client_headers=arrival.headers, headers=headers, routed=routed,
+                                         call_key=key)  # fmt: skip
+        metrics.route_decisions.labels(routed.route.key, routed.model, routed.reason).inc()
     if chosen.route.lane == "batch":
         assert decision.deadline is not None
         provider.check(arrival.endpoint, body)  # what real time would refuse is refused now, not at flush time
@@ -195,4 +241,6 @@ async def admit(gateway: Gateway, arrival: Arrival, receive: Receive) -> Respons
         headers=headers,
         started=arrival.started,
         flex_fallback=flex,
+        routed=routed,
+        asked_body=arrival.body,
     )

@@ -16,6 +16,7 @@ from router.http import admission, messages_api, reports
 from router.http.auth import authenticate, authorize_metrics
 from router.http.delivery import fetch_deferred
 from router.http.error_handlers import JSON
+from router.http.model_router import decode_feedback
 
 if TYPE_CHECKING:
     from router.http.gateway import Gateway
@@ -35,6 +36,18 @@ async def describe_model(gateway: Gateway, request: Request[Any, Any, Any], mode
         return await messages_api.describe_model(gateway, request, model_id)
     authenticate(gateway, request.headers)
     return Response(await reports.describe_model(gateway, model_id), media_type=JSON)
+
+
+def model_route_handlers(gateway: Gateway) -> list[Any]:
+    """`POST /v1/feedback`: a caller's score of a routed call's answer, booked as model-route evidence."""
+
+    @post(["/v1/feedback"], status_code=200)
+    async def feedback(request: Request[Any, Any, Any]) -> Response[bytes]:
+        tenant = authenticate(gateway, request.headers)
+        scored = decode_feedback(await request.body())
+        return Response(msgspec.json.encode(await gateway.model_router.feedback(tenant, scored)), media_type=JSON)
+
+    return [feedback]
 
 
 def make_handlers(gateway: Gateway) -> list[Any]:
@@ -113,5 +126,6 @@ def make_handlers(gateway: Gateway) -> list[Any]:
         readyz,
         metrics_endpoint,
         usage,
+        *model_route_handlers(gateway),
         *messages_api.make_handlers(gateway),
     ]

@@ -32,12 +32,14 @@ from router.deferred.tenants import Tenants
 from router.deferred.waiters import Waiters
 from router.deferred.webhooks import WebhookSender
 from router.http.exposition import Exposition
+from router.http.model_router import ModelRouter
+from router.modelroutes.store import EvidenceStore
 from router.passthrough.message_batches import Ledger, Owners
 from router.passthrough.native_batches import NativeBatches
 from router.providers.base import Provider
 from router.providers.openai import OpenAIProvider
 from router.providers.openai_native import OpenAINative
-from router.telemetry.accounting import Accounting, Lane, Priced
+from router.telemetry.accounting import Accounting, Lane, Priced, levers
 from router.telemetry.logs import Throttle, kind_of
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,12 @@ class Gateway:
         self.accounting = Accounting(load_pricing(Path(settings.pricing_file)))
         # Connects lazily, on the serving loop; the lifespan closes it. One server or a cluster, by the URL.
         self.redis = redis_client.connect(settings.redis_url, max_connections=settings.redis_max_connections)
+        self.model_router = ModelRouter(
+            settings.routes,
+            EvidenceStore(self.redis, settings.key_prefix),
+            self.accounting.prices,
+            tenant_tasks=settings.auth == "keys",
+        )
         b = settings.batch
         acc = Accumulator(
             self.redis,
@@ -115,6 +123,7 @@ class Gateway:
             asyncio.create_task(self.waiters.run(self._stop), name="waiters"),
             asyncio.create_task(self._flush_totals_loop(), name="totals"),
             asyncio.create_task(self.catalog.run(self._stop), name="catalog"),
+            asyncio.create_task(self.model_router.run(self._stop), name="model-routes"),
         ]
         if self.loops:
             self._tasks += [
@@ -167,6 +176,8 @@ class Gateway:
         if priced.cost is not None:
             for name, value in zip(("cost_usd", "baseline_usd", "savings_usd"), priced.as_tuple() or (), strict=True):
                 fields[f"{lane}:{name}"] = fields.get(f"{lane}:{name}", 0.0) + value
+            for lever, usd in levers(lane, priced.cost).items():
+                fields[f"lever:{lever}"] = fields.get(f"lever:{lever}", 0.0) + usd
 
     def unflushed_cost(self, tenant: str, day: str) -> float:
         """What this process's real-time calls of a tenant's day cost that Redis may not show yet."""

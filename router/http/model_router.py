@@ -97,6 +97,17 @@ class Feedback(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Scores per model, when both models of a pair were seen (a shadowed or cascaded call)."""
 
 
+_FEEDBACK = msgspec.json.Decoder(Feedback)
+
+
+def decode_feedback(body: bytes) -> Feedback:
+    """A `POST /v1/feedback` body, or a 400 naming what is wrong."""
+    try:
+        return _FEEDBACK.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise BadRequest(f"Invalid feedback: {exc}", code="invalid_feedback") from exc
+
+
 def _score(value: float | bool) -> float:
     return 1.0 if value is True else 0.0 if value is False else float(value)
 
@@ -172,8 +183,14 @@ class ModelRouter:
             return auto_task(feats, int(index.nearest(embedder.embed_one(feats.text))[0]))  # about 0.2 ms
         return auto_task(feats)
 
-    def choose(self, route: Route, task: str, call_key: str | bytes, force: Force | None) -> Routed:
-        """The model that answers one call of `task`, from the route's current plan."""
+    def choose(
+        self, route: Route, task: str, call_key: str | bytes, force: Force | None, *, cascade: bool = False
+    ) -> Routed:
+        """The model that answers one call of `task`, from the route's current plan. A cascade route asks its
+        cheapest candidate first where the call can be cascaded (`cascade`), else keeps the asked-for model."""
+        if route.mode == "cascade" and force is None:
+            model, reason = (route.to[0], "cascade") if cascade else (route.source, "cascade_ineligible")
+            return Routed(route=route, task=task, asked=route.source, model=model, reason=reason)
         plan = self._plans.get(msgspec.json.encode(route))
         if route.mode == "shadow" and force is None:
             force = "asked"  # shadow only learns; `force` still lets a caller try the route

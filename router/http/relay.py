@@ -20,9 +20,11 @@ from router.core.pricing import Usage
 from router.core.schema import RequestView, decode_body, encoder, with_fields
 from router.deferred.lane import forward_realtime
 from router.deferred.replay import cost_comment
+from router.http.cascade import shadow
 from router.http.delivery import set_cost_headers
 from router.http.disconnect import unless_disconnected
 from router.http.error_handlers import JSON, ClientDisconnected
+from router.http.model_router import Routed
 from router.http.sse import tap_usage
 from router.providers.base import Provider
 from router.telemetry import metrics
@@ -48,6 +50,8 @@ async def respond_realtime(
     headers: dict[str, str],
     started: float,
     flex_fallback: bool = False,
+    routed: Routed | None = None,
+    asked_body: bytes | None = None,
 ) -> Response[bytes] | Stream:
     """Forward now; stream SSE through unbuffered; pass upstream errors through; price what comes back.
 
@@ -55,7 +59,10 @@ async def respond_realtime(
     the answer's, begun by admission; `started` is when the call arrived (`time.perf_counter()`).
     `flex_fallback`: the router chose the flex tier, so a flex 429 may be retried on the standard tier (a
     caller who asked for flex itself gets the 429, as from the upstream).
+    `routed`: the call's model route (a cheaper model may answer: the asked-for one is the baseline); `asked_body`:
+    the body as the caller sent it, for a shadow twin.
     """
+    asked = routed.asked if routed is not None else None
     await gateway.tenants.admit_realtime(tenant)  # its budget and `rpm`, before the upstream sees the call
     model = view.model or ""
     stream = bool(view.stream)
@@ -95,12 +102,12 @@ async def respond_realtime(
         headers["cache-control"] = "no-cache"
 
         def book(usage: Usage | None, completed: bool) -> None:
-            priced = gateway.accounting.price(model, lane, b"", usage) if usage else Priced(None, None)
+            priced = gateway.accounting.price(model, lane, b"", usage, asked=asked) if usage else Priced(None, None)
             gateway.record_realtime(priced, lane=lane, upstream=provider.name, model=model, tenant=tenant,
                                     outcome="ok" if completed else "cancelled")  # fmt: skip
 
         def comment(usage: Usage) -> bytes:
-            priced = gateway.accounting.price(model, lane, b"", usage)
+            priced = gateway.accounting.price(model, lane, b"", usage, asked=asked)
             return cost_comment(priced.cost.actual_usd, priced.cost.savings_usd) if priced.cost else b""
 
         relay = tap_usage(upstream.stream, strip_usage_chunk=strip_usage, on_done=book, comment=comment)
@@ -108,10 +115,17 @@ async def respond_realtime(
     if upstream.status >= 400:
         count("error")
         raise UpstreamError(upstream.status, upstream.body, headers=headers)
-    priced = gateway.accounting.price(model, lane, upstream.body)
+    priced = gateway.accounting.price(model, lane, upstream.body, asked=asked)
     gateway.record_realtime(priced, lane=lane, upstream=provider.name, model=model, tenant=tenant, outcome="ok")
     if priced.cost is not None:
         set_cost_headers(headers, priced.cost.actual_usd, priced.cost.savings_usd)
+    if routed is not None:
+        router = gateway.model_router
+        router.spawn(router.note(headers["x-router-request-id"], routed, tenant, priced.usage))
+        if router.should_shadow(routed, headers["x-router-request-id"]) and upstream.status == 200:
+            twin = shadow(gateway, routed, endpoint=endpoint, body=asked_body or body, answer=upstream.body,
+                          client_headers=client_headers, tenant=tenant)  # fmt: skip
+            router.spawn(twin)
     return Response(upstream.body, status_code=upstream.status, headers=headers, media_type=JSON)
 
 
