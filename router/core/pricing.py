@@ -126,6 +126,11 @@ class PriceTable:
         price = self.lookup(model)
         return None if price is None else getattr(self._rates[price.name], lane)
 
+    def realtime_usd(self, model: str, tokens_in: float, tokens_out: float) -> float | None:
+        """What a call of `model` with these token counts costs in real time (None: unpriced)."""
+        cost = self.cost(model, Usage(int(tokens_in), 0, int(tokens_out)), "realtime")
+        return None if cost is None else cost.actual_usd
+
     def cost(self, model: str, usage: Usage, lane: Lane, asked: str | None = None) -> Cost | None:
         """Baseline (the asked-for model, all real time) and actual cost of one call answered by `model`, or None
         when either model cannot be priced."""

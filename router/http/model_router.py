@@ -149,11 +149,6 @@ class ModelRouter:
         """Whether any route is declared."""
         return bool(self.routes)
 
-    def price(self, model: str, tokens_in: float, tokens_out: float) -> float | None:
-        """Real-time USD of a call of `model` with these token counts (the plans' `PriceFn`)."""
-        cost = self.prices.cost(model, Usage(int(tokens_in), 0, int(tokens_out)), "realtime")
-        return None if cost is None else cost.actual_usd
-
     def route_for(self, model: str, decision: PolicyDecision) -> Route | None:
         """The route of a call asking for `model`, as its policy rule changes it (`off`: none)."""
         route = self.routes.get(model)
@@ -222,7 +217,7 @@ class ModelRouter:
         now = time.time() if now is None else now
         for key, route in list(self._variants.items()):
             evidence = await self.store.evidence(route)
-            plan = make_plan(route, evidence, now=now, price=self.price, cascade=route.mode == "cascade")
+            plan = make_plan(route, evidence, now=now, price=self.prices.realtime_usd, cascade=route.mode == "cascade")
             self._plans[key] = plan
             metrics.route_moved_share.labels(route.key).set(plan.moved_share)
             clusters = await self.store.clusters(route)

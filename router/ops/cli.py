@@ -313,9 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", help=f"config file (default: {DEFAULT_CONFIG} if present)")
     demo.set_defaults(func=cmd_demo)
 
-    from router.ops import estimate
+    from router.ops import estimate, routes_cmd
 
     estimate.add_parser(sub)
+    routes_cmd.add_parser(sub, f"config file (default: {DEFAULT_CONFIG} if present)")
 
     check = sub.add_parser("check-config", help="validate config, policies and pricing")
     check.add_argument("--config", help=f"config file (default: {DEFAULT_CONFIG} if present)")
