@@ -149,14 +149,17 @@ async def judge_and_observe(
     *,
     candidate: str | None = None,
 ) -> None:
-    """Score the candidate's answer against the asked-for model's (equality, else the route's judge model) and book
-    the pair under `task`; an unjudgeable pair is dropped."""
+    """Score the candidate's answer against the asked-for model's and book the pair under `task`: equal answers
+    score 1; free texts that differ go to the route's judge model, or score 0 without one (a conservative reading:
+    the lower bound then never credits the cheaper model with more than its agreement rate)."""
     asked = decode_body(asked_answer)
     score: float | None = None
     agreed = same_answer(request, asked, candidate_answer)
     if agreed is not None:
         score = 1.0 if agreed else 0.0
-    elif routed.route.judge is not None:
+    elif routed.route.judge is None:
+        score = 0.0
+    else:
         judge = routed.route.judge
         provider = gateway.upstreams.for_model(judge)
         passed = gateway.upstreams.passed_headers(provider.name, client_headers, tenant)

@@ -39,7 +39,7 @@ from router.passthrough.native_batches import NativeBatches
 from router.providers.base import Provider
 from router.providers.openai import OpenAIProvider
 from router.providers.openai_native import OpenAINative
-from router.telemetry.accounting import Accounting, Lane, Priced, levers
+from router.telemetry.accounting import Accounting, Lane, Priced
 from router.telemetry.logs import Throttle, kind_of
 
 log = logging.getLogger(__name__)
@@ -176,8 +176,8 @@ class Gateway:
         if priced.cost is not None:
             for name, value in zip(("cost_usd", "baseline_usd", "savings_usd"), priced.as_tuple() or (), strict=True):
                 fields[f"{lane}:{name}"] = fields.get(f"{lane}:{name}", 0.0) + value
-            for lever, usd in levers(lane, priced.cost).items():
-                fields[f"lever:{lever}"] = fields.get(f"lever:{lever}", 0.0) + usd
+            if priced.cost.route_usd:
+                fields[f"{lane}:route_usd"] = fields.get(f"{lane}:route_usd", 0.0) + priced.cost.route_usd
 
     def unflushed_cost(self, tenant: str, day: str) -> float:
         """What this process's real-time calls of a tenant's day cost that Redis may not show yet."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -13,6 +14,7 @@ import msgspec
 
 from router.core.errors import BadRequest, RouterError, UpstreamError
 from router.core.schema import encoder
+from router.telemetry.accounting import LEVERS
 
 if TYPE_CHECKING:
     from router.http.gateway import Gateway
@@ -69,10 +71,31 @@ async def usage(gateway: Gateway, tenant: str, day: str | None) -> bytes:
     for field, value in (await gateway.day_totals(tenant, day)).items():
         lane, _, name = field.partition(":")
         lanes.setdefault(lane, {})[name] = value
-    report: dict[str, Any] = {"object": "router.usage", "tenant": tenant, "day": day, "lanes": lanes}
+    report: dict[str, Any] = {
+        "object": "router.usage",
+        "tenant": tenant,
+        "day": day,
+        "lanes": lanes,
+        "savings_by_lever": savings_by_lever(lanes),
+    }
     if day == time.strftime("%Y-%m-%d", time.gmtime()):
         report["limits"] = await gateway.tenants.headroom(tenant)  # what the tenant may still use, now
     return encoder.encode(report)
+
+
+def savings_by_lever(lanes: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """A day's savings split by lever, from its lanes: the model route's part of each lane, and the rest to the
+    lane's price tier (batch and native: `batch`; `flex`); the levers add up to the lanes' savings exactly."""
+    out = dict.fromkeys(LEVERS, 0.0)
+    for lane, fields in lanes.items():
+        route = fields.get("route_usd", 0.0)
+        out["route"] += route
+        tier = fields.get("savings_usd", 0.0) - route
+        if lane in ("batch", "native"):
+            out["batch"] += tier
+        elif lane == "flex":
+            out["flex"] += tier
+    return out
 
 
 async def readiness(gateway: Gateway) -> dict[str, bool]:

@@ -63,9 +63,14 @@ class Accounting:
             return
         metrics.cost.labels(lane, model, tenant).inc(cost.actual_usd)
         metrics.baseline_cost.labels(lane, model, tenant).inc(cost.baseline_usd)
-        metrics.savings.labels(lane, model, tenant).inc(cost.savings_usd)
+        # Counters only grow: a call that saved a negative amount (a cascade's thrown-away cheap call) is counted
+        # as lost; net savings are savings minus losses, in every report.
+        if cost.savings_usd >= 0:
+            metrics.savings.labels(lane, model, tenant).inc(cost.savings_usd)
+        else:
+            metrics.losses.labels(lane, model, tenant).inc(-cost.savings_usd)
         for lever, usd in levers(lane, cost).items():
-            metrics.lever_savings.labels(lever, tenant).inc(usd)
+            (metrics.lever_savings if usd >= 0 else metrics.lever_losses).labels(lever, tenant).inc(abs(usd))
 
 
 LEVERS = ("batch", "flex", "route", "prompt_cache", "answer_cache")

@@ -264,8 +264,23 @@ tenant_refused = Counter(
 lever_savings = Counter(
     "lever_savings_usd",
     "Savings of finished calls by lever: batch, flex, route (a cheaper model answered), prompt_cache, answer_cache "
-    "(USD; a lever can be negative, e.g. a cascade's wasted cheap call).",
+    "(USD; net savings of a lever are this minus lever_losses_usd).",
     ["lever", "tenant"],
+    namespace=NS,
+    registry=REGISTRY,
+)
+lever_losses = Counter(
+    "lever_losses_usd",
+    "What a lever cost instead of saving (USD): a cascade's cheap answer thrown away is lost on the route lever.",
+    ["lever", "tenant"],
+    namespace=NS,
+    registry=REGISTRY,
+)
+losses = Counter(
+    "losses_usd",
+    "Calls that cost more than their baseline (USD): a cascade's thrown-away cheap call, whose baseline is 0. Net "
+    "savings are savings_usd minus this.",
+    ["lane", "model", "tenant"],
     namespace=NS,
     registry=REGISTRY,
 )
