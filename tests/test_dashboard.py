@@ -128,6 +128,15 @@ def test_the_required_views_are_there(board: dict[str, Any]) -> None:
         "hybrid_router_tenant_refused_total",
         "hybrid_router_deferred_unknown_model_total",
         "hybrid_router_deferred_queues_refused_total",
+        "hybrid_router_lever_savings_usd_total",
+        "hybrid_router_lever_losses_usd_total",
+        "hybrid_router_losses_usd_total",
+        "hybrid_router_route_decisions_total",
+        "hybrid_router_route_learning_cost_usd_total",
+        "hybrid_router_route_cascade_seconds_bucket",
+        "hybrid_router_route_evidence_calls",
+        "hybrid_router_route_quality_lower_bound",
+        "hybrid_router_route_moved_share",
     }
     assert required <= used, required - used
     headlines = {p["title"]: p["targets"][0]["expr"] for p in panels(board) if p["type"] == "stat"}
@@ -156,8 +165,34 @@ REPLICATED_GAUGES = (
     "hybrid_router_turnaround_evidence_batches",
     "hybrid_router_tenant_limit",
     "hybrid_router_tenant_headroom",
+    "hybrid_router_route_evidence_calls",
+    "hybrid_router_route_quality_lower_bound",
+    "hybrid_router_route_moved_share",
 )
 _AGGREGATED_BY_MAX_OR_MIN = re.compile(r"\b(?:max|min)(?:\s+by\s*\([^)]*\))?\s*\(\s*$")
+
+
+def test_savings_are_net_of_losses_and_split_by_lever(board: dict[str, Any]) -> None:
+    by_title = {p["title"]: p for p in panels(board) if p["type"] != "row"}
+    # Counters only grow: a cascade's thrown-away cheap call is counted as a loss, so every savings view subtracts it.
+    for title in ("Savings", "Savings %", "Savings by lane (USD/h)", "Savings % of the real-time baseline"):
+        [expr] = [t["expr"] for t in by_title[title]["targets"]]
+        assert {"hybrid_router_savings_usd_total", "hybrid_router_losses_usd_total"} <= router_metrics(expr), title
+    levers = by_title["Net savings by lever (USD/h)"]
+    [expr] = [t["expr"] for t in levers["targets"]]
+    assert "sum by (lever)" in expr
+    assert router_metrics(expr) == {"hybrid_router_lever_savings_usd_total", "hybrid_router_lever_losses_usd_total"}
+    assert levers["fieldConfig"]["defaults"]["custom"]["stacking"]["mode"] == "normal"
+    routes = by_title["Route decisions by reason and model (per second)"]
+    assert "sum by (route, model, reason)" in routes["targets"][0]["expr"]
+    cascade = [t["expr"] for t in by_title["Cascade added latency"]["targets"]]
+    assert [e.split(",")[0] for e in cascade] == [f"histogram_quantile({q}" for q in ("0.5", "0.95", "0.99")]
+
+
+def test_a_lever_with_only_losses_or_only_savings_keeps_its_series(source: ModuleType) -> None:
+    # `a - b` in PromQL drops a label set missing on either side: net() fills the missing side with 0.
+    expr: str = source.net("S", "L")
+    assert expr == "(S or L * 0) - (L or S * 0)"
 
 
 def test_every_metric_the_router_exports_has_a_panel(board: dict[str, Any]) -> None:

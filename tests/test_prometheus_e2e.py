@@ -159,6 +159,29 @@ def realtime_calls(client: openai.OpenAI, i: int) -> list[Headers]:
     return [chat.headers, stream.headers, embedding.headers, unpriced.headers]
 
 
+# Model routes, one per mode, each on its own asked-for model: a forced predict call moves to the cheaper model (the
+# route lever saves), the cascade's cheap answers never end in `#### <number>` (escalated: its cheap call is a loss),
+# and every shadow call also asks the cheaper model (the price of learning, and evidence for the plans).
+ROUTES = [
+    {"from": "gpt-4o", "to": ["gpt-4o-mini"], "mode": "predict"},
+    {"from": "gpt-4.1", "to": ["gpt-4.1-mini"], "mode": "cascade", "cascade": {"final_answer": r"####\s*(-?\d+)\s*$"}},
+    {"from": "gpt-5", "to": ["gpt-5-mini"], "mode": "shadow", "shadow_rate": 1.0},
+]
+
+
+def routed_calls(client: openai.OpenAI, i: int) -> list[Headers]:
+    """One call per model route: predict forced to the cheaper model, cascaded and escalated, shadowed."""
+    forced = client.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=prompt(i), extra_headers={"X-Router-Route": "force"}
+    )
+    assert (forced.headers["x-router-model"], forced.headers["x-router-route"]) == ("gpt-4o-mini", "forced")
+    escalated = client.chat.completions.with_raw_response.create(model="gpt-4.1", messages=prompt(i))
+    assert escalated.headers["x-router-route"] == "cascade_escalated"
+    shadowed = client.chat.completions.with_raw_response.create(model="gpt-5", messages=prompt(i))
+    assert (shadowed.headers["x-router-model"], shadowed.headers["x-router-route"]) == ("gpt-5", "shadow")
+    return [forced.headers, escalated.headers, shadowed.headers]
+
+
 def deferred_calls(base: str, key: str, first: int, n: int) -> list[Headers]:
     """`n` chat calls and one embedding with a 2 h deadline, held until their batches answer; their headers."""
 
@@ -257,6 +280,11 @@ def over_its_limit(base: str, key: str) -> None:
     assert statuses == [200, 429]
 
 
+def _exported(base: str, name: str) -> bool:
+    """Whether the router's own /metrics has a series of `name` yet."""
+    return bool(series(httpx.get(base + "/metrics", headers=SCRAPE).text, name))
+
+
 def _counter(base: str, name: str, label: str = "") -> float:
     """The sum of a metric's series on the router's own /metrics whose labels contain `label`."""
     return sum(series(httpx.get(base + "/metrics", headers=SCRAPE).text, name, label).values())
@@ -274,7 +302,7 @@ def test_every_dashboard_query_returns_data(
     ]
     tenants = {capped: {"rpm": 1, "max_deferred": 5, "daily_budget_usd": 50.0}}
     protected = {"metrics_token_env": "METRICS_TOKEN", "environ": {"METRICS_TOKEN": METRICS_TOKEN}}
-    with start_router(batch=ROUTER_BATCH, auth="keys", keys=keys, tenants=tenants, **protected) as base:
+    with start_router(batch=ROUTER_BATCH, auth="keys", keys=keys, tenants=tenants, routes=ROUTES, **protected) as base:
         assert httpx.get(base + "/metrics").status_code == 401  # Prometheus gets in with the token only
         server = prometheus(base)
         server.wait_for_scrapes(1)
@@ -285,10 +313,13 @@ def test_every_dashboard_query_returns_data(
             # Two rounds with a scrape between: a series born at its first increment shows a rate from its second.
             for round_ in range(2):
                 realtime += realtime_calls(client, round_)
+                realtime += routed_calls(client, round_)
                 deferred += deferred_calls(base, key, first=10 * round_, n=3)
                 server.wait_for_scrapes(1)
         deferred += escalated_and_late(base, key, sim)
         still_waiting(base, key, sim)
+        # The shadow pairs are evidence: the plans, remade every few seconds, export it per route and task.
+        wait_until(lambda: _exported(base, "hybrid_router_route_quality_lower_bound"), 15, "the route evidence")
         server.wait_for_scrapes(2)  # the last counter changes are in Prometheus
 
         empty = []
@@ -300,16 +331,26 @@ def test_every_dashboard_query_returns_data(
                 empty.append(f"{expr} (only NaN/Inf)")
         assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
 
-        savings = server.query(f'sum(hybrid_router_savings_usd_total{{tenant="{tenant}"}})')
-        in_prometheus = float(savings[0]["value"][1])
+        def total(name: str) -> float:
+            found = server.query(f'sum({name}{{tenant="{tenant}"}})')
+            return float(found[0]["value"][1]) if found else 0.0
+
+        saved, lost = total("hybrid_router_savings_usd_total"), total("hybrid_router_losses_usd_total")
+        by_lever = total("hybrid_router_lever_savings_usd_total") - total("hybrid_router_lever_losses_usd_total")
+        route_lever = server.query(
+            f'sum by (lever) (hybrid_router_lever_savings_usd_total{{tenant="{tenant}",lever="route"}})'
+        )
         scraped = httpx.get(base + "/metrics", headers=SCRAPE).text
         on_router = sum(series(scraped, "hybrid_router_savings_usd_total", tenant).values())
-    assert in_prometheus > 0
-    assert in_prometheus == pytest.approx(on_router, rel=1e-9)
+    assert saved > 0 and lost > 0  # the escalated cascades' cheap calls were lost
+    assert float(route_lever[0]["value"][1]) > 0  # the forced calls saved on the route lever
+    assert saved == pytest.approx(on_router, rel=1e-9)
+    assert by_lever == pytest.approx(saved - lost, rel=1e-9)  # the levers add up to the net savings
     assert all(SAVINGS_HEADER in h for h in deferred)
     stated = [float(h[SAVINGS_HEADER]) for h in realtime + deferred if SAVINGS_HEADER in h]  # real time: 0 or absent
-    # Each header is rounded to 8 decimals; the counter adds the unrounded values.
-    assert in_prometheus == pytest.approx(sum(stated), rel=1e-9, abs=len(stated) * 0.5 * 10**-HEADER_DECIMALS)
+    # Each header is rounded to 8 decimals; the counters add the unrounded values. A header states a call's net
+    # savings (an escalated cascade's is negative: it paid for two calls).
+    assert saved - lost == pytest.approx(sum(stated), rel=1e-9, abs=len(stated) * 0.5 * 10**-HEADER_DECIMALS)
 
 
 def test_committed_prometheus_config_is_valid() -> None:

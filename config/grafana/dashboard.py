@@ -104,15 +104,32 @@ def quantiles(histogram: str, qs: tuple[float, ...] = (0.5, 0.95, 0.99), by: str
     ]
 
 
+def net(saved: str, lost: str) -> str:
+    """`saved - lost` per label set, where either side may have no series yet for a label set (a counter is born at
+    its first increment): a side that is missing counts as 0 instead of dropping the label set."""
+    return f"({saved} or {lost} * 0) - ({lost} or {saved} * 0)"
+
+
+def rate_by(labels: str, counter: str) -> str:
+    """A counter's rate over all replicas, one series per value of `labels` (none: a single series)."""
+    return f"sum by ({labels}) (rate({counter}[{WINDOW}]))" if labels else f"sum(rate({counter}[{WINDOW}]))"
+
+
 def build() -> dashboard.Dashboard:
     """The whole dashboard."""
     savings, baseline, cost = f"{M}savings_usd_total", f"{M}baseline_cost_usd_total", f"{M}cost_usd_total"
+    losses = f"{M}losses_usd_total"
+    lever_saved, lever_lost = f"{M}lever_savings_usd_total", f"{M}lever_losses_usd_total"
+    decisions = f"{M}route_decisions_total"
+    escalated = f'{decisions}{{reason="cascade_escalated"}}'
+    cascaded = f'{decisions}{{reason=~"cascade_kept|cascade_escalated"}}'
+    net_range = net(f"sum(increase({savings}[$__range]))", f"sum(increase({losses}[$__range]))")
     board = (
         dashboard.Dashboard("hybrid-router")
         .uid(UID)
         .description(
-            "Savings, lanes, cost, the deferred lane, batch turnaround, deadlines and escalations, held "
-            "connections, tenants' limits, and real-time latency."
+            "Savings (by lane and by lever), lanes, cost, model routes, the deferred lane, batch turnaround, "
+            "deadlines and escalations, held connections, tenants' limits, and real-time latency."
         )
         .tags(["hybrid-router"])
         .readonly()
@@ -128,8 +145,9 @@ def build() -> dashboard.Dashboard:
             headline(
                 "Savings",
                 "currencyUSD",
-                f"sum(increase({savings}[$__range]))",
-                "Real-time price minus what was paid, for the calls finished in the selected range.",
+                net_range,
+                "Real-time price of the asked-for model minus what was paid, for the calls finished in the selected "
+                "range, net of losses (a cascade's thrown-away cheap calls).",
                 width=4,
             )
         )
@@ -137,8 +155,8 @@ def build() -> dashboard.Dashboard:
             headline(
                 "Savings %",
                 "percentunit",
-                f"sum(increase({savings}[$__range])) / sum(increase({baseline}[$__range]))",
-                "Savings as a share of the real-time baseline, over the selected range.",
+                f"({net_range}) / sum(increase({baseline}[$__range]))",
+                "Net savings as a share of the real-time baseline, over the selected range.",
                 width=4,
             )
         )
@@ -185,16 +203,61 @@ def build() -> dashboard.Dashboard:
             graph(
                 "Savings by lane (USD/h)",
                 "currencyUSD",
-                [(f"sum by (lane) (rate({savings}[{WINDOW}])) * 3600", "{{lane}}")],
-                description="Baseline minus actual cost, as an hourly rate.",
+                [(f"({net(rate_by('lane', savings), rate_by('lane', losses))}) * 3600", "{{lane}}")],
+                description="Baseline minus actual cost, net of losses, as an hourly rate.",
             )
         )
         .with_panel(
             graph(
                 "Savings % of the real-time baseline",
                 "percentunit",
-                [(f"sum(rate({savings}[{WINDOW}])) / sum(rate({baseline}[{WINDOW}]))", "savings")],
-                description="Batch is 50% cheaper: this reaches 50% when every call waits.",
+                [
+                    (
+                        f"({net(rate_by('', savings), rate_by('', losses))}) / {rate_by('', baseline)}",
+                        "savings",
+                    )
+                ],
+                description="Net savings over the baseline. Batch is 50% cheaper: the batch lever alone reaches 50% "
+                "when every call waits; a model route adds what the cheaper model saves on the urgent calls.",
+            )
+        )
+    )
+    board = (
+        board.with_row(dashboard.Row("Savings by lever"))
+        .with_panel(
+            graph(
+                "Net savings by lever (USD/h)",
+                "currencyUSD",
+                [(f"({net(rate_by('lever', lever_saved), rate_by('lever', lever_lost))}) * 3600", "{{lever}}")],
+                description="Where the savings come from: batch (the batch discount), flex (the flex tier), route (a "
+                "cheaper model answered a call asked of a dearer one, at the real-time price). Each lever's savings "
+                "minus its losses, stacked: the stack is the net savings of every lane. A cascade's thrown-away cheap "
+                "call is a loss on the route lever.",
+                width=8,
+            ).stacking(common.StackingConfig().mode(StackingMode.NORMAL))
+        )
+        .with_panel(
+            graph(
+                "Saved and lost by lever (USD/h)",
+                "currencyUSD",
+                [
+                    (f"{rate_by('lever', lever_saved)} * 3600", "saved {{lever}}"),
+                    (f"-{rate_by('lever', lever_lost)} * 3600", "lost {{lever}}"),
+                ],
+                description="The two halves of each lever's net savings: lost is drawn below zero. A route whose "
+                "losses rival its savings escalates too many cascaded calls: raise its evidence or use predict.",
+                width=8,
+            )
+        )
+        .with_panel(
+            graph(
+                "Losses by lane and model (USD/h)",
+                "currencyUSD",
+                [(f"{rate_by('lane, model', losses)} * 3600", "{{lane}} {{model}}")],
+                description="Calls that cost more than their baseline: a cascade's cheap answer thrown away when the "
+                "asked-for model had to answer (its baseline is 0, its whole price is lost). Net savings are savings "
+                "minus these.",
+                width=8,
             )
         )
     )
@@ -238,6 +301,88 @@ def build() -> dashboard.Dashboard:
                 "Cost by tenant (USD/h)",
                 "currencyUSD",
                 [(f"sum by (tenant) (rate({cost}[{WINDOW}])) * 3600", "{{tenant}}")],
+            )
+        )
+    )
+    board = (
+        board.with_row(dashboard.Row("Model routes"))
+        .with_panel(
+            graph(
+                "Route decisions by reason and model (per second)",
+                "reqps",
+                [(f"{rate_by('route, model, reason', decisions)}", "{{route}}: {{reason}} -> {{model}}")],
+                description="Calls of each model route (asked-for>candidates), by the model that answered and why: "
+                "evidence (the plan moves the task), share (a split task's draw), below_target, no_evidence, opt_out "
+                "(X-Router-Route: off), forced (X-Router-Route: force), shadow (answered as asked, shadow mode), "
+                "cascade_ineligible (streamed, deferred or not a chat call), cascade_kept, cascade_escalated; shadowed "
+                "counts the cheaper twins a shadow route sent to learn.",
+                width=8,
+            )
+        )
+        .with_panel(
+            graph(
+                "Moved share by route",
+                "percentunit",
+                [(f"max by (route) ({M}route_moved_share)", "{{route}}")],
+                description="Share of each route's evidence-weighted calls its current plan sends to a cheaper model "
+                "(plans are remade from the evidence every 5 s). A Redis value: max over replicas.",
+                width=8,
+            )
+            .min(0)
+            .max(1)
+        )
+        .with_panel(
+            graph(
+                "Cascade escalation rate",
+                "percentunit",
+                [(f"{rate_by('route', escalated)} / {rate_by('route', cascaded)}", "{{route}}")],
+                description="Share of cascaded calls whose cheap answer failed its checks (or its check bucket's "
+                "evidence) and was escalated to the asked-for model: each one paid for two calls and waited for both.",
+                width=8,
+            )
+            .min(0)
+            .max(1)
+        )
+        .with_panel(
+            graph(
+                "Learning cost (USD/h)",
+                "currencyUSD",
+                [(f"{rate_by('route, kind', f'{M}route_learning_cost_usd_total')} * 3600", "{{route}} {{kind}}")],
+                description="What learning costs: shadow calls to the cheaper model, and judge calls on free-text "
+                "pairs that differ. Not in the savings: it is the price of the evidence.",
+                width=8,
+            )
+        )
+        .with_panel(
+            graph(
+                "Cascade added latency",
+                "s",
+                quantiles(f"{M}route_cascade_seconds", by="route"),
+                description="Time a cascade added to an escalated call before the asked-for model was asked: the "
+                "cheaper model's call and its checks. Kept calls add nothing (a faster model answered).",
+                width=8,
+            )
+        )
+        .with_panel(
+            graph(
+                "Evidence per task (calls)",
+                "short",
+                [(f"max by (route, task) ({M}route_evidence_calls)", "{{route}} {{task}}")],
+                description="Decayed calls of evidence behind each task's estimate (the 50 tasks with the most per "
+                "route), from routes learn, shadow pairs and feedback. Evidence halves every half_life_s (14 days by "
+                "default). A Redis value: max over replicas.",
+                width=8,
+            )
+        )
+        .with_panel(
+            graph(
+                "Quality lower bound per task",
+                "percentunit",
+                [(f"max by (route, task, model) ({M}route_quality_lower_bound)", "{{route}} {{task}} {{model}}")],
+                description="Lower confidence bound of each task's quality ratio (the candidate's mean score over the "
+                "asked-for model's). A task moves (per_task allocation) when this meets the route's quality_target "
+                "(0.95 by default). A Redis value: max over replicas.",
+                width=24,
             )
         )
     )
