@@ -8,10 +8,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from rich.console import Console
 
 from router.core.errors import ConfigError
+from router.core.model_routes import parse_route
 from router.core.policy import load_policies
 from router.core.pricing import load_pricing
 from router.core.settings import BatchSettings, Settings, Upstream
@@ -349,3 +351,219 @@ def test_the_documented_sample_runs_clean_against_the_shipped_config(capsys: pyt
     assert (result["calls"], result["malformed_lines"], result["period_days"]) == (30, 0, 2)
     assert result["deferred_calls"] > 0
     assert [m["model"] for m in result["unpriced_models"]] == ["llama-3.1-70b"]
+
+
+# --- model routes: both halves of the bill, savings by lever ------------------------------------------------------
+
+ROUTE = parse_route({"from": "test-model", "to": ["test-cheap"]})  # predict
+CASCADE = msgspec.structs.replace(ROUTE, mode="cascade")
+SHADOW = msgspec.structs.replace(ROUTE, mode="shadow")
+# One line: 1M input tokens. test-model: $1.00 real time, $0.50 batch; test-cheap: $0.10 and $0.05. One day -> x30.
+
+
+def levers(result: Any) -> dict[str, float]:
+    return {lever.lever: lever.savings_usd_month for lever in result.levers}
+
+
+def applies_to(result: Any) -> dict[str, float]:
+    return {lever.lever: lever.applies_to_usd_month for lever in result.levers}
+
+
+def routed(*fields: dict[str, Any], route: Any = ROUTE, share: float | None = 0.4, policies: Any = POLICIES) -> Any:
+    result = estimate([line(**f) for f in fields], policies, PRICES, SETTINGS, routes=[route], moved_share=share)
+    assert result.malformed_lines == 0, result.problems
+    # Every lever's savings add up to the savings, as they do in the router's headers, /v1/usage and /metrics.
+    assert sum(levers(result).values()) == pytest.approx(result.savings_usd_month, abs=1e-9)
+    return result
+
+
+@pytest.mark.parametrize(
+    ("fields", "route", "cost", "by_lever", "moved"),
+    [
+        # real time: 0.4 x $0.10 + 0.6 x $1.00 = $0.64 a day; the route saves 0.4 x $0.90
+        ({}, ROUTE, 19.2, {"route": 10.8, "batch": 0.0}, 0.4),
+        # deferred: 0.4 x $0.05 + 0.6 x $0.50 = $0.32; route 0.4 x $0.90 = $0.36; batch 0.6 x $0.50 + 0.4 x $0.05
+        ({"headers": {"x-workload": "eval"}}, ROUTE, 9.6, {"route": 10.8, "batch": 9.6}, 0.4),
+        # X-Router-Route: force moves the call whatever the share; off keeps it
+        ({"headers": {"X-Router-Route": "force"}}, ROUTE, 3.0, {"route": 27.0, "batch": 0.0}, 1.0),
+        ({"headers": {"x-router-route": "off"}}, ROUTE, 30.0, {"route": 0.0, "batch": 0.0}, 0.0),
+        # cascade: every call pays the cheap one ($0.10), 0.6 of them the asked-for one too: $0.70 a day;
+        # the route lever: 0.4 x $0.90 kept, less 0.6 x $0.10 thrown away = $0.30
+        ({}, CASCADE, 21.0, {"route": 9.0, "batch": 0.0}, 0.4),
+        # a cascade covers real-time chat calls only: a deferred call and an embedding keep their model
+        ({"headers": {"x-workload": "eval"}}, CASCADE, 15.0, {"route": 0.0, "batch": 15.0}, 0.0),
+        ({"endpoint": "/v1/embeddings"}, CASCADE, 30.0, {"route": 0.0, "batch": 0.0}, 0.0),
+        # shadow moves nothing
+        ({}, SHADOW, 30.0, {"route": 0.0, "batch": 0.0}, 0.0),
+    ],
+)
+def test_a_route_moves_its_share_and_books_each_lever_as_the_router_does(
+    fields: dict[str, Any], route: Any, cost: float, by_lever: dict[str, float], moved: float
+) -> None:
+    result = routed(fields, route=route)
+    assert result.cost_now_usd_month == pytest.approx(30)
+    assert result.cost_batch_usd_month == pytest.approx(cost)
+    assert result.savings_usd_month == pytest.approx(30 - cost)
+    assert {k: levers(result)[k] for k in by_lever} == pytest.approx(by_lever)
+    assert levers(result)["flex"] == 0
+    [projected] = result.routes
+    covered = 0 if "off" in str(fields) else 1  # a call that opts out is not the route's
+    assert (projected.route, projected.mode, projected.calls) == ("test-model>test-cheap", route.mode, covered)
+    assert projected.moved_calls == pytest.approx(moved)
+    assert projected.savings_usd_month == pytest.approx(by_lever["route"])
+    assert projected.cost_now_usd_month == pytest.approx(30 * covered)  # the route covers the call, moved or not
+
+
+def test_the_levers_act_on_their_part_of_the_bill() -> None:
+    # Two calls a day: one deferred, one real time; 0.4 of each moves. Batch acts on the deferred call's real-time
+    # price ($30 a month), the route on both ($60): the deferred call's batch savings are booked on the model that
+    # answered it, as the router books them.
+    result = routed({"headers": {"x-workload": "eval"}}, {})
+    assert applies_to(result) == pytest.approx({"batch": 30.0, "flex": 0.0, "route": 60.0})
+    assert levers(result) == pytest.approx({"batch": 9.6, "flex": 0.0, "route": 21.6})
+    by_lever = {lever.lever: lever for lever in result.levers}
+    assert by_lever["route"].savings_pct == pytest.approx(36)
+    assert by_lever["route"].bill_pct == pytest.approx(36)
+    assert by_lever["batch"].savings_pct == pytest.approx(32)
+
+
+def test_shadow_calls_are_the_price_of_learning_not_savings() -> None:
+    shadow = parse_route({"from": "test-model", "to": ["test-cheap"], "mode": "shadow", "shadow_rate": 0.05})
+    result = routed({}, {"headers": {"x-workload": "eval"}}, route=shadow)
+    assert result.savings_usd_month == pytest.approx(15)  # the batch lever alone
+    # 0.05 x $0.10 a day for the real-time call; the batched one is not shadowed
+    assert result.learning_usd_month == pytest.approx(0.15)
+    assert result.routes[0].learning_usd_month == pytest.approx(0.15)
+
+
+def test_default_moved_share_is_the_measured_one() -> None:
+    assert estimate_module.DEFAULT_MOVED_SHARE == {"predict": 0.39, "cascade": 0.41, "shadow": 0.0}
+    result = routed({}, share=None)
+    assert result.routes[0].moved_share == 0.39
+    assert levers(result)["route"] == pytest.approx(0.39 * 0.9 * 30)
+
+
+def test_policy_rules_turn_a_route_off_or_change_its_mode(tmp_path: Path) -> None:
+    (tmp_path / "10-routes.yaml").write_text(
+        "rules:\n"
+        # Quoted: YAML reads a bare `off` as false.
+        '  - name: legal\n    match: {headers: {x-team: legal}}\n    route: "off"\n'
+        "  - name: math\n    match: {headers: {x-team: math}}\n    route: {mode: cascade}\n"
+    )
+    policies = load_policies(tmp_path)
+    assert routed({"headers": {"x-team": "legal"}}, policies=policies).cost_batch_usd_month == pytest.approx(30)
+    assert routed({"headers": {"x-team": "math"}}, policies=policies).cost_batch_usd_month == pytest.approx(21)
+    assert routed({"headers": {"x-team": "sales"}}, policies=policies).cost_batch_usd_month == pytest.approx(19.2)
+
+
+def test_routes_cover_their_exact_model_and_come_from_the_config_too() -> None:
+    other = line(model="test-cheap", input_tokens=10 * M)  # $1.00 a day, no route of its own
+    configured = Settings(routes=[ROUTE])
+    result = estimate([line(), other], POLICIES, PRICES, configured, moved_share=0.4)
+    assert result.cost_batch_usd_month == pytest.approx(19.2 + 30)
+    assert [r.route for r in result.routes] == ["test-model>test-cheap"]
+    assert estimate([line()], POLICIES, PRICES, configured, routes=[]).routes == []  # routes given: the config's not
+
+
+def test_a_bad_x_router_route_is_a_malformed_line() -> None:
+    result = estimate([line(headers={"x-router-route": "maybe"})], POLICIES, PRICES, SETTINGS, routes=[ROUTE])
+    assert result.malformed_lines == 1
+    assert "X-Router-Route" in result.problems[0].problem
+
+
+def both_halves_log(path: Path) -> None:
+    """The $10k use case as a log: 100 calls over 0.45 days cost $150 in real time ($10,000 a month); 20 gpt-4o-mini
+    calls a policy defers cost $60 of it (40%), 80 urgent gpt-4o calls the other $90 (60%, $1.125 each: 112,500
+    output tokens at $10/1M)."""
+    span = 0.45 * 86400
+    with path.open("w") as file:
+        for i in range(100):
+            record: dict[str, Any] = {"timestamp": T0 + i * span / 99, "model": "gpt-4o", "input_tokens": 0}
+            if i < 20:  # 20M input tokens at $0.15/1M = $3.00 each, deferred by a header rule
+                record |= {"model": "gpt-4o-mini", "input_tokens": 20 * M, "output_tokens": 0}
+                record["headers"] = {"x-workload": "eval"}
+            else:
+                record["output_tokens"] = 112_500
+            file.write(json.dumps(record) + "\n")
+
+
+@pytest.mark.parametrize(
+    ("share", "route_usd", "total_usd", "printed"),
+    [
+        # gpt-4o-mini costs 6% of gpt-4o: moving half the urgent $6,000 saves 0.5 x 0.94 x $6,000 = $2,820
+        ("0.5", 2_820.0, 4_820.0, ("$2,820.00", "47.0%", "$4,820.00 (48.2%)")),
+        # the default, 39% (MMLU, docs/routing.md): 0.39 x 0.94 x $6,000 = $2,199.60
+        (None, 2_199.6, 4_199.6, ("$2,199.60", "36.7%", "$4,199.60 (42.0%)")),
+    ],
+)
+def test_both_halves_of_the_bill(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], share: str | None, route_usd: float, total_usd: float,
+    printed: tuple[str, ...],
+) -> None:  # fmt: skip
+    log = DATA / "both_halves.jsonl"  # docs/estimate.md runs it
+    both_halves_log(tmp_path / "both.jsonl")
+    assert log.read_text() == (tmp_path / "both.jsonl").read_text()
+    flags: tuple[str, ...] = (
+        "--pricing",
+        str(SHIPPED_PRICES),
+        "--policies",
+        str(DATA / "policies"),
+        "--route",
+        "gpt-4o=gpt-4o-mini",
+    )
+    flags += ("--moved-share", share) if share else ()
+    args = cli(str(log), *flags, "--json")
+    assert args.func(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["cost_now_usd_month"] == pytest.approx(10_000)
+    by_lever = {lever["lever"]: lever for lever in result["levers"]}
+    assert by_lever["batch"]["savings_usd_month"] == pytest.approx(2_000)  # 40% of the bill at half price
+    assert by_lever["batch"]["applies_to_usd_month"] == pytest.approx(4_000)
+    assert by_lever["route"]["savings_usd_month"] == pytest.approx(route_usd)
+    assert by_lever["route"]["applies_to_usd_month"] == pytest.approx(6_000)  # the urgent 60%
+    assert result["savings_usd_month"] == pytest.approx(total_usd)
+    [route] = result["routes"]
+    assert (route["route"], route["calls"], route["moved_calls"]) == (
+        "gpt-4o>gpt-4o-mini",
+        80,
+        pytest.approx(80 * 0.5 if share else 80 * 0.39),
+    )
+    args = cli(str(log), *flags)
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "$2,000.00" in out and "Savings by lever" in out and "Cost with the router" in out
+    for text in printed:
+        assert text in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        (
+            ("--what-if-share", "0.4", "--monthly-spend", "100", "--route", "test-model=test-cheap"),
+            "need a request log",
+        ),
+        (("--what-if-share", "0.4", "--monthly-spend", "100", "--moved-share", "0.5"), "need a request log"),
+        ((str(DATA / "small.jsonl"), "--route", "test-model=nothing-priced"), "nothing-priced has no price"),
+    ],
+)
+def test_route_usage_errors_exit_2(argv: tuple[str, ...], error: str, capsys: pytest.CaptureFixture[str]) -> None:
+    args = with_test_config(*argv)
+    assert args.func(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert error in captured.err
+
+
+@pytest.mark.parametrize("value", ["gpt-4o", "gpt-4o=gpt-4o", "gpt-4o=", "=gpt-4o-mini"])
+def test_bad_route_flags_exit_2(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli("--route", value)
+    assert exc.value.code == 2
+    assert "--route" in capsys.readouterr().err
+
+
+def test_moved_share_must_be_a_fraction(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli("--moved-share", "1.5")
+    assert "expected a number" in capsys.readouterr().err
