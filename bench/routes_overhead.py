@@ -20,7 +20,9 @@ the prompt's features and, with the extra, its embedding decide), the same bodie
 and the router with one, alternating call by call (the order flips every call) so drift on a shared machine hits
 both alike. It reports p50/p90/p99 latency (to the end of the body, from the load generator), the difference and
 ratio of each quantile with a 95% bootstrap interval for the p99 difference, the CPU time per call of each router
-process (from /proc), and the mean of each router's own `hybrid_router_proxy_overhead_seconds`.
+process (from /proc), and each router's own `hybrid_router_proxy_overhead_seconds` (the time it adds besides the
+upstream call, measured inside it, so free of the load generator's noise): its mean, and the upper bound of the
+histogram bucket holding its p99 (buckets 0.5, 1, 2.5, 5 ms ...).
 
 Cascade: with the simulator answering after `--cascade-latency-ms` (each value in turn), it times a call the
 cascade escalates (the cheap answer fails the route's `final_answer` check, so the asked-for model answers too), a
@@ -120,6 +122,7 @@ class Sample:
     first_error: str = ""
     cpu_s: float = 0.0
     overhead: tuple[float, float] = (0.0, 0.0)  # the router's proxy-overhead histogram: (sum s, count) in the window
+    overhead_p99: float = math.nan  # the upper bound of the bucket holding its p99
 
     @property
     def calls(self) -> int:
@@ -206,15 +209,33 @@ async def call(
 
 async def histogram(session: aiohttp.ClientSession, target: Target, metric: str) -> tuple[float, float]:
     """(sum, count) of a histogram on a router's /metrics, over all its label sets."""
+    found = await buckets(session, target, metric)
+    return found.get(-1.0, 0.0), found.get(math.inf, 0.0)
+
+
+async def buckets(session: aiohttp.ClientSession, target: Target, metric: str) -> dict[float, float]:
+    """A histogram's cumulative bucket counts by upper bound (`le`), over all its label sets; its sum under -1."""
     async with session.get(f"{target.base_url}/metrics") as answer:
         text = await answer.text()
-    total = {"sum": 0.0, "count": 0.0}
+    found: dict[float, float] = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            suffix = s.name.removeprefix(metric + "_")
-            if s.name.startswith(metric) and suffix in total:
-                total[suffix] += s.value
-    return total["sum"], total["count"]
+            if s.name == metric + "_bucket":
+                le = float(s.labels["le"])
+                found[le] = found.get(le, 0.0) + s.value
+            elif s.name == metric + "_sum":
+                found[-1.0] = found.get(-1.0, 0.0) + s.value
+    return found
+
+
+def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """The upper bound of the bucket holding quantile `q` of the observations between two reads (inf: the last)."""
+    bounds = sorted(le for le in after if le >= 0)
+    count = after.get(math.inf, 0.0) - before.get(math.inf, 0.0)
+    for le in bounds:
+        if after[le] - before.get(le, 0.0) >= q * count:
+            return le
+    return math.inf
 
 
 async def alternate(
@@ -249,13 +270,14 @@ async def measure_kind(
 ) -> dict[str, Sample]:
     await alternate(session, targets, bodies, headers, args.warmup, args.concurrency, None)
     samples = {t.name: Sample() for t in targets}
-    before = {t.name: (cpu_seconds(t.pid), await histogram(session, t, OVERHEAD)) for t in targets}
+    before = {t.name: (cpu_seconds(t.pid), await buckets(session, t, OVERHEAD)) for t in targets}
     await alternate(session, targets, bodies, headers, args.calls, args.concurrency, samples)
     for t in targets:
-        cpu, (s0, c0) = before[t.name]
-        s1, c1 = await histogram(session, t, OVERHEAD)
+        cpu, old = before[t.name]
+        new = await buckets(session, t, OVERHEAD)
         samples[t.name].cpu_s = cpu_seconds(t.pid) - cpu
-        samples[t.name].overhead = (s1 - s0, c1 - c0)
+        samples[t.name].overhead = (new.get(-1.0, 0.0) - old.get(-1.0, 0.0), new[math.inf] - old.get(math.inf, 0.0))
+        samples[t.name].overhead_p99 = bucket_quantile(old, new, 0.99)
     return samples
 
 
@@ -320,7 +342,7 @@ def p99_interval(a: list[float], b: list[float], rng: random.Random) -> tuple[fl
     return diffs[int(0.025 * BOOTSTRAP)], diffs[int(0.975 * BOOTSTRAP) - 1]
 
 
-def predict_rows(samples: dict[str, Sample], rng: random.Random) -> tuple[list[list[str]], dict[str, float]]:
+def predict_rows(samples: dict[str, Sample], rng: random.Random) -> tuple[list[list[str]], dict[str, Any]]:
     """A row per router and one for the difference; the numbers the summary needs."""
     base, routed = samples["no route"], samples["predict route"]
     rows = []
@@ -335,6 +357,7 @@ def predict_rows(samples: dict[str, Sample], rng: random.Random) -> tuple[list[l
                 *map(ms, q),
                 ms(s.cpu_s / s.calls if s.calls else math.nan),
                 ms(mean_overhead),
+                f"{s.overhead_p99 * 1e3:g}",
                 reasons,
             ]
         )
@@ -347,15 +370,25 @@ def predict_rows(samples: dict[str, Sample], rng: random.Random) -> tuple[list[l
     rows.append([
         "added by the route", "", f"{d[0.5] * 1e3:+.3f} (x{ratio[0.5]:.3f})", f"{d[0.9] * 1e3:+.3f}",
         f"{d[0.99] * 1e3:+.3f} (x{ratio[0.99]:.3f}; 95% {low * 1e3:+.3f}..{high * 1e3:+.3f})",
-        f"{(cpu_b - cpu_a) * 1e3:+.3f} (x{cpu_b / cpu_a:.3f})", f"{(over_b - over_a) * 1e3:+.3f}", "",
+        f"{(cpu_b - cpu_a) * 1e3:+.3f} (x{cpu_b / cpu_a:.3f})", f"{(over_b - over_a) * 1e3:+.3f}", "", "",
     ])  # fmt: skip
-    summary = {"p50_ms": d[0.5] * 1e3, "p99_ms": d[0.99] * 1e3, "p99_low_ms": low * 1e3, "p99_high_ms": high * 1e3,
-               "p50_ratio": ratio[0.5], "p99_ratio": ratio[0.99], "cpu_ms": (cpu_b - cpu_a) * 1e3,
-               "cpu_ratio": cpu_b / cpu_a, "overhead_mean_ms": (over_b - over_a) * 1e3}  # fmt: skip
+    summary: dict[str, Any] = {
+        "p50_ms": d[0.5] * 1e3,
+        "p99_ms": d[0.99] * 1e3,
+        "p99_low_ms": low * 1e3,
+        "p99_high_ms": high * 1e3,
+        "p50_ratio": ratio[0.5],
+        "p99_ratio": ratio[0.99],
+        "cpu_ms": (cpu_b - cpu_a) * 1e3,
+        "cpu_ratio": cpu_b / cpu_a,
+        "overhead_mean_ms": (over_b - over_a) * 1e3,
+        "overhead_p99_bucket_ms": {"no route": base.overhead_p99 * 1e3, "predict route": routed.overhead_p99 * 1e3},
+    }
     return rows, summary
 
 
-PREDICT_COLUMNS = ["router", "calls", "p50 ms", "p90 ms", "p99 ms", "CPU ms/call", "overhead mean ms", "route reasons"]
+PREDICT_COLUMNS = ["router", "calls", "p50 ms", "p90 ms", "p99 ms", "CPU ms/call", "overhead mean ms",
+                   "overhead p99 <= ms", "route reasons"]  # fmt: skip
 CASCADE_COLUMNS = ["simulator latency", "call", "calls", "p50 ms", "p99 ms", "+p50 ms vs direct", "+p99 ms vs direct",
                    "x p50", "route_cascade_seconds mean ms"]  # fmt: skip
 
@@ -504,7 +537,7 @@ def report(
     console.print(header)
     tasks = pairs.get("gpt-4o>gpt-4o-mini", {})
     console.print(f"evidence imported: {sum(tasks.values())} pairs over {len(tasks)} tasks", style="dim")
-    summaries: dict[str, dict[str, float]] = {}
+    summaries: dict[str, dict[str, Any]] = {}
     md = [header, ""]
     for kind, samples in result["predict"].items():
         rows, summaries[kind] = predict_rows(samples, rng)
