@@ -35,6 +35,11 @@ def direct_answer(sim: Sim, messages: list[ChatCompletionMessageParam], model: s
     return answer.choices[0].message.content or ""
 
 
+def batches_in_flight(base: str) -> float:
+    """Batches submitted and not yet finished, from the router's Redis (a gauge set at each scrape)."""
+    return metric(httpx.get(base + "/metrics").text, "hybrid_router_batches_inflight")
+
+
 def test_held_call_gets_a_batch_answer(oai: Client, start_router: RouterFactory, sim: Sim) -> None:
     with start_router(batch=FAST) as base:
         raw = oai(base).chat.completions.with_raw_response.create(
@@ -257,7 +262,6 @@ def test_a_fresh_queue_probes_once_and_learns_instead_of_refusing_forever(
 ) -> None:
     sim.configure(batch_turnaround_s=3.0)  # the probe is out for seconds: the second call is sent well within them
     tight = FAST | {"turnaround_prior_s": 600, "turnaround_min_observations": 1}
-    evidence = 'hybrid_router_turnaround_evidence_batches{queue="openai/gpt-4o-mini/chat/completions"}'
     with start_router(batch=tight) as base:
 
         def send(i: int) -> httpx.Response:
@@ -268,8 +272,9 @@ def test_a_fresh_queue_probes_once_and_learns_instead_of_refusing_forever(
         probe = send(1)  # the prior (600 s) says no; an empty queue with no evidence sends it anyway
         during = send(2)  # one probe at a time: this one is refused while the probe is out
         assert httpx.get(f"{base}/v1/deferred/{probe.json()['id']}?wait=20", timeout=30).status_code == 200
-        # The batch's turnaround is recorded once its results are stored (the probe's answer came first).
-        wait_until(lambda: metric(httpx.get(base + "/metrics").text, evidence) > 0, 10, "the probe's turnaround")
+        # The batch's turnaround is recorded as it leaves the batches in flight, after its results are stored (and
+        # the probe answered): wait for that. (A gauge read from this router's Redis at each scrape, so its own.)
+        wait_until(lambda: batches_in_flight(base) == 0, 10, "the probe's batch to be finished and its turnaround")
         learned = send(3)  # one batch of about 3 s observed: 30 s is plenty now
     assert (probe.status_code, probe.headers["x-router-lane"]) == (202, "batch")
     assert (during.status_code, during.headers["x-router-lane"]) == (200, "realtime")
