@@ -103,8 +103,9 @@ def test_opting_out_of_reattach(oai: Client, start_router: RouterFactory, sim: S
 def test_a_late_error_cuts_the_held_answer_and_the_retry_gets_its_status(
     oai: Client, start_router: RouterFactory, sim: Sim
 ) -> None:
-    # Every batch line fails with a 500, after the router committed 200 (keep-alive 0.3 s, batch 1.5 s).
-    sim.configure(batch_turnaround_s=1.5, batch_line_failure_rate=1.0)
+    # Every batch line fails with a 500, after the router committed 200 (keep-alive 0.3 s, batch 3 s: seconds
+    # between the two, so the 200 comes first on a busy host too).
+    sim.configure(batch_turnaround_s=3.0, batch_line_failure_rate=1.0)
     cuts = 'hybrid_router_held_cut_total{reason="error"}'
     with start_router(batch=HELD | {"keepalive_s": 0.3}) as base:
         before = metric(httpx.get(base + "/metrics").text, cuts)  # the registry is the process's: count what is added
@@ -120,7 +121,7 @@ def test_a_late_error_cuts_the_held_answer_and_the_retry_gets_its_status(
 
 
 def test_a_client_without_retries_gets_an_error_not_a_broken_completion(start_router: RouterFactory, sim: Sim) -> None:
-    sim.configure(batch_turnaround_s=1.0, batch_line_failure_rate=1.0)
+    sim.configure(batch_turnaround_s=3.0, batch_line_failure_rate=1.0)  # fails seconds after the 200 is committed
     with start_router(batch=HELD | {"keepalive_s": 0.3}) as base:
         client = openai.OpenAI(base_url=base + "/v1", api_key="dev", max_retries=0)
         with pytest.raises(openai.APIConnectionError):
