@@ -8,6 +8,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -393,13 +394,17 @@ async def test_waiters_wake_on_a_result_published_through_any_node(
 
 
 def test_a_held_call_is_answered_from_a_batch_on_a_cluster(
-    oai: Callable[..., openai.OpenAI], sim: Sim, cluster: list[int]
+    oai: Callable[..., openai.OpenAI], sim: Sim, cluster: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     prefix = "hrtest-" + secrets.token_hex(4)
     # `start_router` is bound to the test Redis; this router gets the cluster's URL.
     settings = router_settings(sim, cluster_url(cluster), prefix, batch=FAST)
     messages: Any = [{"role": "user", "content": "Summarise document number 1."}]
-    with serve_in_thread(create_app(settings, {"SIM_KEY": "sk-sim"})) as base:
+    app = create_app(settings, {"SIM_KEY": "sk-sim"})
+    # The queue is idle once the call is answered: the router's own pruner (every PRUNE_S, 10 s) would drop it
+    # from the set read below if a busy host made this test last that long. Its next pass is an hour away.
+    monkeypatch.setattr(sys.modules[type(app.state.gateway).__module__], "PRUNE_S", 3600.0)
+    with serve_in_thread(app) as base:
         raw = oai(base).chat.completions.with_raw_response.create(
             model="gpt-4o-mini", messages=messages, extra_headers={"X-Deadline": "2h"}
         )

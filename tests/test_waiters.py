@@ -92,7 +92,7 @@ async def test_a_held_waiter_reads_its_result_once_and_again_only_when_it_is_pub
         # As a held connection does: one watch, and a wait per keep-alive interval until the answer comes.
         with waiters.watching(call_id) as watch:
             result_watch = ResultWatch(acc, watch)
-            for _ in range(100):
+            for _ in range(600):  # up to 30 s: a bound for a busy host, not a wait (it ends with the answer)
                 result = await result_watch.result(0.05)
                 if result is not None:
                     return result
