@@ -15,8 +15,8 @@ import redis
 from openai.types.chat import ChatCompletionMessageParam
 from redis.asyncio import Redis
 
-from router.deferred.accumulator import Accumulator
 from router.deferred.catalog import model_ids
+from router.deferred.store import Store
 from router.http.app import create_app
 from router.http.gateway import Gateway
 from router.ops.serving import serve_in_thread
@@ -48,10 +48,10 @@ def router(sim: Sim, redis_url: str, key_prefix: str) -> Iterator[Started]:
 
 
 @pytest.fixture
-async def acc(redis_url: str, key_prefix: str) -> AsyncIterator[Accumulator]:
+async def store(redis_url: str, key_prefix: str) -> AsyncIterator[Store]:
     """The test's own view of the router's Redis state."""
     client = Redis.from_url(redis_url)
-    yield Accumulator(client, key_prefix, result_ttl_s=600, idempotency_ttl_s=600)
+    yield Store(client, key_prefix, result_ttl_s=600, idempotency_ttl_s=600)
     await client.aclose()
 
 
@@ -93,7 +93,7 @@ async def test_junk_model_names_leave_no_redis_state(router: Started, redis_url:
 
 @pytest.mark.integration  # starts a router in front of the simulator
 async def test_known_models_are_deferred_and_their_idle_queues_pruned(
-    router: Started, acc: Accumulator, oai: Callable[..., openai.OpenAI]
+    router: Started, store: Store, oai: Callable[..., openai.OpenAI]
 ) -> None:
     with router(batch=FAST) as (base, gateway):
         client = oai(base)
@@ -119,12 +119,12 @@ async def test_known_models_are_deferred_and_their_idle_queues_pruned(
             assert 'queue="openai/o3-mini/chat/completions"' in (await http.get("/metrics")).text
         pruned = 0
         for _ in range(100):  # the batch is finished just after its last result is stored
-            pruned += await acc.prune_idle()
-            if not await acc.queue_tags():
+            pruned += await store.queues.prune_idle()
+            if not await store.queues.queue_tags():
                 break
             await asyncio.sleep(0.05)
         assert pruned == 2
-        assert await acc.queue_tags() == []
+        assert await store.queues.queue_tags() == []
         async with httpx.AsyncClient(base_url=base) as http:
             exported = (await http.get("/metrics")).text  # the registry is the process's: earlier tests' series too
         for queue in ("openai/gpt-4o-mini/chat/completions", "openai/o3-mini/chat/completions"):
@@ -135,7 +135,7 @@ async def test_known_models_are_deferred_and_their_idle_queues_pruned(
             extra_headers=LATER,
         )
         assert again.headers["x-router-lane"] == "batch"
-        assert gateway.deferred.acc.max_queues == 1000
+        assert gateway.store.max_queues == 1000
 
 
 @pytest.mark.integration  # starts a router in front of the simulator

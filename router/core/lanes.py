@@ -16,13 +16,15 @@ import fnmatch
 import math
 import re
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
-from router.core.policy import Decision
-from router.core.settings import BatchSettings, Upstream
 from router.core.turnaround import TurnaroundModel
+
+if TYPE_CHECKING:
+    from router.core.policy import Decision
+    from router.core.settings import BatchSettings, Upstream
 
 ENDPOINTS = ("/chat/completions", "/completions", "/embeddings", "/responses", "/messages")
 """What a batch can carry (OpenAI's Batch API endpoints, less the ones the router does not proxy; Anthropic's

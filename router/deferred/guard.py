@@ -15,17 +15,24 @@ import functools
 import logging
 import time
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from router.core.errors import RouterError, UpstreamError, UpstreamTimeout
 from router.core.lanes import Capabilities, Planner, cut_cutoff, escalation_cutoff, escalation_tier
 from router.core.schema import error_body, with_fields
-from router.core.settings import BatchSettings
 from router.core.states import CallState, StoreOutcome
-from router.deferred.accumulator import Accumulator, CallMeta, LeaseLost, while_leased
 from router.deferred.loops import pace
+from router.deferred.store.leases import LeaseLost, while_leased
 from router.providers.base import RETRY_STATUSES, Provider, backoff, retry_after_s
 from router.telemetry import metrics
 from router.telemetry.accounting import Accounting, Lane
+
+if TYPE_CHECKING:
+    from router.core.settings import BatchSettings
+    from router.deferred.store.batches import BatchStore
+    from router.deferred.store.queues import Queues
+    from router.deferred.store.records import CallMeta
+    from router.deferred.store.results import ResultStore
 
 log = logging.getLogger(__name__)
 CONCURRENCY = 64
@@ -37,13 +44,17 @@ class Guard:
 
     def __init__(
         self,
-        acc: Accumulator,
+        queues: Queues,
+        batches: BatchStore,
+        results: ResultStore,
         providers: Mapping[str, Provider],
         settings: BatchSettings,
         accounting: Accounting,
         planner: Planner | None = None,
     ) -> None:
-        self.acc = acc
+        self.queues = queues
+        self.batches = batches
+        self.results = results
         self.providers = providers
         self.settings = settings
         self.accounting = accounting
@@ -56,7 +67,7 @@ class Guard:
         """A queue's upstream and capabilities (fixed for a tag, so remembered)."""
         known = self._queues.get(tag)
         if known is None:
-            stats = await self.acc.stats(tag)
+            stats = await self.queues.stats(tag)
             if stats is None:
                 return None
             caps = self.planner.catalog.of(stats.upstream, stats.endpoint, stats.model)
@@ -69,16 +80,16 @@ class Guard:
         now = time.time()
         timing = self.planner.timing
         started: list[asyncio.Task[int]] = []
-        for tag in await self.acc.queue_tags():
+        for tag in await self.queues.queue_tags():
             queue = await self._queue(tag)
             if queue is None:
                 continue
             upstream, caps = queue
-            for bid in await self.acc.batches_holding(tag, cut_cutoff(now, caps, timing)):
-                if await self.acc.cut(tag, bid):
+            for bid in await self.batches.batches_holding(tag, cut_cutoff(now, caps, timing)):
+                if await self.batches.cut(tag, bid):
                     log.info("batch %s is late for a call in it: cut (cancelled and harvested)", bid)
                     metrics.batches_cut.labels(upstream).inc()
-            for call_id in await self.acc.escalation_due(tag, escalation_cutoff(now, caps, timing), now):
+            for call_id in await self.results.escalation_due(tag, escalation_cutoff(now, caps, timing), now):
                 if call_id in self._running:  # already being answered by this process
                     continue
                 task = asyncio.create_task(self.escalate(call_id), name=f"escalate-{call_id}")
@@ -105,24 +116,24 @@ class Guard:
         # A slot first, then the lease: a lease taken while queued for a slot could lapse before the work starts,
         # and a second replica would then answer the same call.
         async with self._slots:
-            call = await self.acc.get_call(call_id)
+            call = await self.results.get_call(call_id)
             if call is None:
-                await self.acc.forget(call_id)
+                await self.results.forget(call_id)
                 return 0
             reason = "queued" if call.state == CallState.QUEUED else "submitted"
             lease = self.settings.lease_s
-            body = await self.acc.escalate(call_id, lease)
+            body = await self.results.escalate(call_id, lease)
             if body is None:
                 return 0
             meta = call.meta
-            renew = functools.partial(self.acc.renew_escalation, call_id, lease)
+            renew = functools.partial(self.results.renew_escalation, call_id, lease)
             try:
                 lane, status, content = await while_leased(self._ladder(meta, body), renew, lease)
             except LeaseLost:
                 log.warning("lost the escalation lease of %s; whoever holds it now answers the call", call_id)
                 return 0
         priced = self.accounting.price(meta.model, lane, content if status == 200 else b"")
-        stored = await self.acc.store_result(
+        stored = await self.results.store_result(
             call_id, meta, from_batch="", status=status, body=content, lane=lane, cost=priced.as_tuple()
         )
         if stored != StoreOutcome.STORED:

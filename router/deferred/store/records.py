@@ -1,19 +1,27 @@
-"""What the store reads and writes, as structs, and the small codecs every part shares (no Redis here)."""
+"""What the store reads and writes, as structs, the small codecs every part shares, and a call as its caller sees it
+(`deferred_object`); no Redis here."""
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
+from router.core.deadline import format_deadline
+from router.core.schema import DeferredCall
+from router.core.states import CallState
+
 ASYNC_HOLDER = "async"
 """The holder of a call answered `202` (its caller polls or gets a webhook): never re-attached by digest."""
-Admission = Literal["new", "attached", "reused", "full", "over_limit"]
-"""`full`: the call would open a queue past `max_queues`; `over_limit`: `attach_only` and nothing to attach to.
-Neither stored anything."""
 TotalsKey = tuple[str, str]  # tenant, UTC day
+_DEFERRED_STATUS: dict[str, str] = {
+    CallState.QUEUED: "queued",
+    CallState.SUBMITTED: "submitted",
+    CallState.ESCALATED: "escalated",
+}
+"""The `deferred.call` status of a call that has no result yet, by its state."""
 
 
 class CallMeta(msgspec.Struct, frozen=True, kw_only=True):
@@ -110,3 +118,31 @@ def number(value: object) -> float | None:
 def queue_name(info: Mapping[Any, object]) -> str:
     """A queue's name in metrics and `/v1/usage`-like views: `upstream/model/endpoint`, from its descriptor."""
     return f"{text(info[b'upstream'])}/{text(info[b'model'])}{text(info[b'endpoint'])}"
+
+
+def lane_name(lane: str) -> str:
+    """The lane a caller is shown for a stored result (an escalated call was answered in real time, or by flex)."""
+    return "realtime" if lane == "escalated" else lane
+
+
+def escalated(lane: str) -> bool:
+    """Whether a stored result came from an escalation (a deferred call answered by flex was escalated too)."""
+    return lane in ("escalated", "flex")
+
+
+def deferred_object(call: CallRecord, result: Result | None) -> DeferredCall:
+    """The `deferred.call` object for a call and, if it ended, its result."""
+    if result is not None:
+        status = "completed" if result.status < 400 else "failed"
+    else:
+        status = _DEFERRED_STATUS.get(call.state, "queued")
+    return DeferredCall(
+        id=call.id,
+        status=status,  # type: ignore[arg-type]
+        lane=lane_name(result.lane) if result else "batch",
+        deadline=format_deadline(call.meta.deadline),
+        created=int(call.meta.received_at),
+        cost_usd=result.cost_usd if result else None,
+        savings_usd=result.savings_usd if result else None,
+        webhook=call.meta.webhook is not None,
+    )

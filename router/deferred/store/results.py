@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from router.core.keys import TOTALS_TTL_S, tag_of
 from router.core.states import StoreOutcome
-from router.deferred.store.context import StoreContext
 from router.deferred.store.records import CallMeta, CallRecord, Result, meta_decoder, number, text
-from router.deferred.store.totals import TotalsStore
+
+if TYPE_CHECKING:
+    from router.deferred.store.context import StoreContext
+    from router.deferred.store.totals import TotalsStore
 
 
 class ResultStore:

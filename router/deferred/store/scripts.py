@@ -18,6 +18,7 @@ from redis.typing import EncodableT
 from router.core.keys import Keys, tag_of
 from router.core.states import AdmitOutcome, StoreOutcome
 from router.deferred.store.client import RedisClient
+from router.deferred.store.records import text
 
 
 class Script:
@@ -56,10 +57,6 @@ class Script:
 
 def _flag(value: bool) -> str:
     return "1" if value else "0"
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else "" if value is None else str(value)
 
 
 def _pairs(fields: Mapping[str, str | bytes]) -> list[EncodableT]:
@@ -200,7 +197,7 @@ class Admit(Script):
             attach=attach_to or "",
             attach_only=_flag(attach_only),
         )
-        return Admitted(AdmitOutcome(_text(outcome)), _text(admitted), bool(created and int(created[0])))
+        return Admitted(AdmitOutcome(text(outcome)), text(admitted), bool(created and int(created[0])))
 
 
 # Enter a queue's tag in the set of queues the loops walk, unless the set is full; returns 1 when the tag is in it.
@@ -365,7 +362,7 @@ class Claim(Script):
             call_prefix=k.call_prefix(tag),
             first_chunk=_flag(first_chunk),
         )
-        return Claimed(int(used), [_text(i) for i in ids])
+        return Claimed(int(used), [text(i) for i in ids])
 
 
 # Record the provider's batch id, but only if the batch is still ours and still building; the id also goes into
