@@ -11,6 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from router.core.keys import PROVIDER_BATCHES_KEEP_S, queue_tag
+from router.core.lanes import Origin
 from router.core.pricing import load_pricing
 from router.core.settings import BatchSettings, Upstream
 from router.deferred.batcher import Batcher
@@ -100,7 +101,7 @@ async def test_a_result_is_stored_and_billed_once(store: Store) -> None:
     bid = claim[0]
     call = await store.results.get_call(call_id)
     assert call is not None and call.state == "submitted"
-    args = {"from_batch": bid, "status": 200, "body": b"{}", "lane": "batch", "cost": (1.0, 2.0, 1.0)}
+    args = {"from_batch": bid, "status": 200, "body": b"{}", "origin": Origin.BATCH, "cost": (1.0, 2.0, 1.0)}
     assert await store.results.store_result(call_id, call.meta, **args) == 1  # type: ignore[arg-type]
     assert await store.results.store_result(call_id, call.meta, **args) == 2  # type: ignore[arg-type]  # re-ingest: not again
     day = time.strftime("%Y-%m-%d", time.gmtime())
@@ -119,10 +120,10 @@ async def test_a_late_batch_result_after_escalation_is_dropped(store: Store) -> 
     call = await store.results.get_call(call_id)
     assert call is not None
     realtime = await store.results.store_result(
-        call_id, call.meta, from_batch="", status=200, body=b'{"a":1}', lane="escalated", cost=None
+        call_id, call.meta, from_batch="", status=200, body=b'{"a":1}', origin=Origin.ESCALATED, cost=None
     )
     late = await store.results.store_result(
-        call_id, call.meta, from_batch=claim[0], status=200, body=b'{"b":2}', lane="batch", cost=None
+        call_id, call.meta, from_batch=claim[0], status=200, body=b'{"b":2}', origin=Origin.BATCH, cost=None
     )
     assert (realtime, late) == (1, 0)
     result = await store.results.get_result(call_id)
@@ -233,7 +234,7 @@ async def _recover_and_drain(store: Store, provider: OpenAIProvider, ids: list[s
 
     await wait_until_async(answered, 15, "every call's result", every=0.1)
     results = [await store.results.get_result(cid) for cid in ids]
-    assert all(r is not None and r.status == 200 and r.lane == "batch" for r in results)
+    assert all(r is not None and r.status == 200 and r.origin == "batch" for r in results)
     return submitted
 
 
@@ -329,7 +330,7 @@ async def test_an_idle_queue_is_pruned_and_returns_with_its_next_call(store: Sto
     call = await store.results.get_call(call_id)
     assert call is not None
     stored = await store.results.store_result(
-        call_id, call.meta, from_batch=claim[0], status=200, body=b"{}", lane="batch", cost=(1.0, 2.0, 1.0)
+        call_id, call.meta, from_batch=claim[0], status=200, body=b"{}", origin=Origin.BATCH, cost=(1.0, 2.0, 1.0)
     )
     assert stored == 1
     await store.batches.finish_batch(TAG, claim[0], "completed", 1.0)

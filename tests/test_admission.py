@@ -122,7 +122,7 @@ async def test_plan_picks_the_lane(
 ) -> None:
     arrival = _arrival(body, endpoint, **headers)
     chosen = await gateway.admission.plan(arrival, gateway.admission.routing_view(body), NOW)
-    assert (chosen.route.lane, chosen.route.reason, chosen.provider.name) == (lane, reason, "openai")
+    assert (chosen.choice.lane, chosen.choice.reason, chosen.provider.name) == (lane, reason, "openai")
 
 
 async def test_plan_refuses_what_admission_refuses(gateway: Gateway) -> None:

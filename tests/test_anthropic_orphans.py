@@ -164,7 +164,7 @@ async def settle(store: Store, provider: AnthropicProvider, ids: list[str], seco
 
     await wait_until_async(answered, seconds, "every call's batch result")
     results = [await store.results.get_result(cid) for cid in ids]
-    assert all(r is not None and r.status == 200 and r.lane == "batch" for r in results)
+    assert all(r is not None and r.status == 200 and r.origin == "batch" for r in results)
     return submitted
 
 

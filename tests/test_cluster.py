@@ -24,6 +24,7 @@ from redis.asyncio.connection import SSLConnection
 
 from router.core.errors import ConfigError
 from router.core.keys import queue_tag
+from router.core.lanes import Origin
 from router.core.turnaround import TurnaroundModel
 from router.deferred.store import Store
 from router.deferred.store.client import close, connect
@@ -230,7 +231,7 @@ async def test_a_result_is_stored_once_with_its_totals(store: Store) -> None:
     assert call is not None and call.state == "submitted"
     stored = [
         await store.results.store_result(
-            call_id, call.meta, from_batch=claim[0], status=200, body=b"{}", lane="batch", cost=(1.0, 2.0, 1.0)
+            call_id, call.meta, from_batch=claim[0], status=200, body=b"{}", origin=Origin.BATCH, cost=(1.0, 2.0, 1.0)
         )
         for _ in range(2)
     ]
@@ -238,7 +239,7 @@ async def test_a_result_is_stored_once_with_its_totals(store: Store) -> None:
     totals = await store.totals.totals("t", time.strftime("%Y-%m-%d", time.gmtime()))
     assert totals["batch:requests"] == 1 and totals["batch:savings_usd"] == 1.0
     result = await store.results.get_result(call_id)
-    assert result is not None and result.status == 200 and result.lane == "batch"
+    assert result is not None and result.status == 200 and result.origin == "batch"
 
 
 async def test_an_escalated_call_drops_its_late_batch_result(store: Store) -> None:
@@ -251,10 +252,10 @@ async def test_an_escalated_call_drops_its_late_batch_result(store: Store) -> No
     call = await store.results.get_call(call_id)
     assert call is not None
     realtime = await store.results.store_result(
-        call_id, call.meta, from_batch="", status=200, body=b"rt", lane="escalated", cost=None
+        call_id, call.meta, from_batch="", status=200, body=b"rt", origin=Origin.ESCALATED, cost=None
     )
     late = await store.results.store_result(
-        call_id, call.meta, from_batch=claim[0], status=200, body=b"b", lane="batch", cost=None
+        call_id, call.meta, from_batch=claim[0], status=200, body=b"b", origin=Origin.BATCH, cost=None
     )
     assert (realtime, late) == (1, 0)
     result = await store.results.get_result(call_id)
@@ -331,7 +332,7 @@ async def test_counts_and_totals_span_queues_on_every_node(client: RedisCluster,
         assert claim is not None
         [call_id] = claim[1]
         stored = await store.results.store_result(
-            call_id, meta(model), from_batch=claim[0], status=200, body=b"{}", lane="batch", cost=(1.0, 2.0, 1.0)
+            call_id, meta(model), from_batch=claim[0], status=200, body=b"{}", origin=Origin.BATCH, cost=(1.0, 2.0, 1.0)
         )
         assert stored == 1
     # Real-time totals of three tenants in one pipeline (their keys span slots), then this tenant's again.
@@ -388,7 +389,7 @@ async def test_waiters_wake_on_a_result_published_through_any_node(
         assert claim is not None
         with waiters.watching(call_id) as watch:
             stored = await store.results.store_result(
-                call_id, meta(), from_batch=claim[0], status=200, body=b"{}", lane="batch", cost=None
+                call_id, meta(), from_batch=claim[0], status=200, body=b"{}", origin=Origin.BATCH, cost=None
             )
             assert stored == 1
             assert await watch.woken(5)

@@ -14,6 +14,7 @@ import msgspec
 import pytest
 from redis.asyncio import Redis
 
+from router.core.lanes import Origin
 from router.deferred import waiters as waiters_module
 from router.deferred.store import Store
 from router.deferred.store.records import CallMeta, Result
@@ -84,7 +85,9 @@ async def admitted(store: Store, n: int) -> list[tuple[str, CallMeta, str]]:
 async def answer(store: Store, call: tuple[str, CallMeta, str]) -> None:
     call_id, meta, bid = call
     assert (
-        await store.results.store_result(call_id, meta, from_batch=bid, status=200, body=b"{}", lane="batch", cost=None)
+        await store.results.store_result(
+            call_id, meta, from_batch=bid, status=200, body=b"{}", origin=Origin.BATCH, cost=None
+        )
         == 1
     )
 

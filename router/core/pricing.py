@@ -11,7 +11,8 @@ import msgspec
 from router.core.errors import ConfigError
 from router.core.settings import convert, read_yaml
 
-Lane = Literal["realtime", "batch", "flex"]
+PriceTier = Literal["realtime", "batch", "flex"]
+"""How a call is billed: the standard (real-time) rates, the batch rates, or the flex tier's."""
 UsdPerMTok = Annotated[float, msgspec.Meta(ge=0)]
 Multiplier = Annotated[float, msgspec.Meta(gt=0, le=1)]
 Tokens = Annotated[int, msgspec.Meta(ge=0)]
@@ -25,7 +26,7 @@ class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=T
 
 
 class Rates(_Strict, frozen=True):
-    """USD per 1M tokens in one lane; cached input omitted means cached tokens cost the input rate."""
+    """USD per 1M tokens in one price tier; cached input omitted means cached tokens cost the input rate."""
 
     input: UsdPerMTok
     output: UsdPerMTok  # required, even when 0 (embeddings): a forgotten output price must not read as free
@@ -67,7 +68,7 @@ class Cost(msgspec.Struct, frozen=True):
 
 
 def _resolve(spec: float | Rates | None, realtime: Rates) -> Rates | None:
-    """A lane's rates with `cached_input` always set: a multiplier scales every real-time rate."""
+    """A price tier's rates with `cached_input` always set: a multiplier scales every real-time rate."""
     if spec is None:
         return None
     if isinstance(spec, Rates):
@@ -78,16 +79,16 @@ def _resolve(spec: float | Rates | None, realtime: Rates) -> Rates | None:
     return Rates(input=realtime.input * spec, output=realtime.output * spec, cached_input=cached * spec)
 
 
-class _LaneRates(msgspec.Struct, frozen=True):
+class _TierRates(msgspec.Struct, frozen=True):
     realtime: Rates
     batch: Rates | None
     flex: Rates | None
 
 
-def _lane_rates(price: ModelPrice) -> _LaneRates:
+def _tier_rates(price: ModelPrice) -> _TierRates:
     cached = price.input if price.cached_input is None else price.cached_input
     realtime = Rates(input=price.input, output=price.output, cached_input=cached)
-    return _LaneRates(realtime, _resolve(price.batch, realtime), _resolve(price.flex, realtime))
+    return _TierRates(realtime, _resolve(price.batch, realtime), _resolve(price.flex, realtime))
 
 
 def _price(rates: Rates, usage: Usage) -> float:
@@ -103,7 +104,7 @@ class PriceTable:
     def __init__(self, models: list[ModelPrice] | tuple[ModelPrice, ...]) -> None:
         self.models = tuple(models)
         self._index = {name: price for price in self.models for name in (price.name, *price.aliases)}
-        self._rates = {price.name: _lane_rates(price) for price in self.models}
+        self._rates = {price.name: _tier_rates(price) for price in self.models}
 
     def lookup(self, model: str) -> ModelPrice | None:
         """The price entry for `model`, trying its undated name when the exact one is not listed."""
@@ -116,18 +117,18 @@ class PriceTable:
         """Whether `model` has a price."""
         return self.lookup(model) is not None
 
-    def rates(self, model: str, lane: Lane) -> Rates | None:
-        """Resolved rates for `model` in `lane`, or None when the model or its lane has no price."""
+    def rates(self, model: str, tier: PriceTier) -> Rates | None:
+        """Resolved rates for `model` in `tier`, or None when the model or that tier has no price."""
         price = self.lookup(model)
-        return None if price is None else getattr(self._rates[price.name], lane)
+        return None if price is None else getattr(self._rates[price.name], tier)
 
-    def cost(self, model: str, usage: Usage, lane: Lane) -> Cost | None:
+    def cost(self, model: str, usage: Usage, tier: PriceTier) -> Cost | None:
         """Baseline (all real time) and actual cost of one call, or None when it cannot be priced."""
         price = self.lookup(model)
         if price is None:
             return None
         rates = self._rates[price.name]
-        paid: Rates | None = getattr(rates, lane)
+        paid: Rates | None = getattr(rates, tier)
         if paid is None:
             return None
         baseline, actual = _price(rates.realtime, usage), _price(paid, usage)

@@ -18,14 +18,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from router.core.errors import RouterError, UpstreamError, UpstreamTimeout
-from router.core.lanes import Capabilities, Planner, cut_cutoff, escalation_cutoff, escalation_tier
+from router.core.lanes import Capabilities, Origin, Planner, cut_cutoff, escalation_cutoff, escalation_rung
 from router.core.schema import error_body, with_fields
 from router.core.states import CallState, StoreOutcome
 from router.deferred.loops import pace
 from router.deferred.store.leases import LeaseLost, while_leased
 from router.providers.base import RETRY_STATUSES, Provider, backoff, retry_after_s
 from router.telemetry import metrics
-from router.telemetry.accounting import Accounting, Lane
+from router.telemetry.accounting import Accounting
 
 if TYPE_CHECKING:
     from router.core.settings import BatchSettings
@@ -128,32 +128,32 @@ class Guard:
             meta = call.meta
             renew = functools.partial(self.results.renew_escalation, call_id, lease)
             try:
-                lane, status, content = await while_leased(self._ladder(meta, body), renew, lease)
+                origin, status, content = await while_leased(self._ladder(meta, body), renew, lease)
             except LeaseLost:
                 log.warning("lost the escalation lease of %s; whoever holds it now answers the call", call_id)
                 return 0
-        priced = self.accounting.price(meta.model, lane, content if status == 200 else b"")
+        priced = self.accounting.price(meta.model, origin, content if status == 200 else b"")
         stored = await self.results.store_result(
-            call_id, meta, from_batch="", status=status, body=content, lane=lane, cost=priced.as_tuple()
+            call_id, meta, from_batch="", status=status, body=content, origin=origin, cost=priced.as_tuple()
         )
         if stored != StoreOutcome.STORED:
             return 0
-        metrics.escalations.labels(reason, "flex" if lane == "flex" else "standard").inc()
+        metrics.escalations.labels(reason, "flex" if origin == Origin.FLEX else "standard").inc()
         outcome = "ok" if status == 200 else "error"
         self.accounting.book(
-            priced, lane=lane, upstream=meta.upstream, model=meta.model, tenant=meta.tenant, outcome=outcome
+            priced, origin=origin, upstream=meta.upstream, model=meta.model, tenant=meta.tenant, outcome=outcome
         )
         if time.time() > meta.deadline:
             metrics.deadline_misses.inc()
         return 1
 
-    async def _ladder(self, meta: CallMeta, body: bytes) -> tuple[Lane, int, bytes]:
-        """The escalation's answer as (lane, status, body): flex first where `routing.escalation_tier` says so,
+    async def _ladder(self, meta: CallMeta, body: bytes) -> tuple[Origin, int, bytes]:
+        """The escalation's answer as (origin, status, body): flex first where `lanes.escalation_rung` says so,
         then the standard tier when flex is short of capacity (429), fails (5xx) or takes too long."""
         caps = self.planner.catalog.of(meta.upstream, meta.endpoint, meta.model)
-        tier, seconds = escalation_tier(meta.deadline, time.time(), caps, self.planner.timing)
+        rung, seconds = escalation_rung(meta.deadline, time.time(), caps, self.planner.timing)
         provider = self.providers.get(meta.upstream)
-        if tier == "flex" and provider is not None:
+        if rung == "flex" and provider is not None:
             flex = provider.forward(meta.endpoint, with_fields(body, service_tier="flex"), stream=False)
             try:
                 answer = await asyncio.wait_for(flex, timeout=seconds)
@@ -162,10 +162,10 @@ class Guard:
                 log.info("flex escalation of a %s call failed (%s); the standard tier answers it", meta.model, exc)
             else:
                 if answer.status not in RETRY_STATUSES and answer.status != OVERLOADED:
-                    return "flex", answer.status, answer.body
+                    return Origin.FLEX, answer.status, answer.body
                 log.info("flex answered %d; the standard tier answers the call", answer.status)
         status, content = await self._answer(meta.upstream, meta.endpoint, body, meta.deadline)
-        return "escalated", status, content
+        return Origin.ESCALATED, status, content
 
     async def _answer(self, upstream: str, endpoint: str, body: bytes, deadline: float) -> tuple[int, bytes]:
         """The real-time answer as (status, body), retrying transient failures while the deadline allows.

@@ -15,7 +15,7 @@ from router.core.errors import TooManyRequests
 from router.core.keys import REPLICA_TTL_S, RESERVATION_SLACK_S, queue_tag
 from router.core.lanes import Outlook
 from router.core.schema import decode_body
-from router.core.states import AdmitOutcome
+from router.core.states import EnqueueOutcome
 from router.deferred.store.intake import QueuesFull
 from router.deferred.store.records import ASYNC_HOLDER, CallMeta, new_call_id
 from router.telemetry import metrics
@@ -111,7 +111,7 @@ class DeferredLane:
         holder: str = "",
         retry: bool = False,
         reattach: bool = True,
-    ) -> tuple[str, AdmitOutcome]:
+    ) -> tuple[str, EnqueueOutcome]:
         """Queue the call, or attach to the live call it repeats (see `Intake.enqueue`); (call id, outcome).
 
         With `reattach`, a held request identical to a call whose caller is gone takes that call over; `retry`
@@ -165,12 +165,12 @@ class DeferredLane:
                 with contextlib.suppress(Exception):
                     await self.tenants.release_deferred(tenant, new_id)
             raise
-        if refusal is None and outcome != AdmitOutcome.NEW:
+        if refusal is None and outcome != EnqueueOutcome.NEW:
             await self.tenants.release_deferred(tenant, new_id)  # the reservation made no new call
-        if refusal is not None and outcome == AdmitOutcome.OVER_LIMIT:
+        if refusal is not None and outcome == EnqueueOutcome.OVER_LIMIT:
             raise self.tenants.refuse(tenant, refusal)
-        if outcome == AdmitOutcome.NEW:
+        if outcome == EnqueueOutcome.NEW:
             metrics.admitted.labels(upstream, meta.model, tenant).inc()
-        elif outcome == AdmitOutcome.ATTACHED:
+        elif outcome == EnqueueOutcome.ATTACHED:
             metrics.reattached.inc()
         return call_id, outcome

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from router.core.errors import RouterError
-from router.core.lanes import Planner, fits
+from router.core.lanes import Origin, Planner, fits
 from router.core.states import BatchState, CallState, StoreOutcome
 from router.deferred.loops import pace
 from router.deferred.store.leases import LeaseLost, while_leased
@@ -165,14 +165,14 @@ class Poller:
         for line, call in zip(lines, calls, strict=True):
             if call is None:
                 continue
-            priced = self.accounting.price(model, "batch", line.body) if line.billed else Priced(None, None)
+            priced = self.accounting.price(model, Origin.BATCH, line.body) if line.billed else Priced(None, None)
             stored = await self.results.store_result(
                 line.custom_id,
                 call.meta,
                 from_batch=record.id,
                 status=line.status,
                 body=line.body,
-                lane="batch",
+                origin=Origin.BATCH,
                 cost=priced.as_tuple(),
             )
             answered.add(line.custom_id)
@@ -181,7 +181,12 @@ class Poller:
                     metrics.harvested.labels(upstream).inc()
                 outcome = "ok" if line.status == 200 else "error"
                 self.accounting.book(
-                    priced, lane="batch", upstream=upstream, model=model, tenant=call.meta.tenant, outcome=outcome
+                    priced,
+                    origin=Origin.BATCH,
+                    upstream=upstream,
+                    model=model,
+                    tenant=call.meta.tenant,
+                    outcome=outcome,
                 )
                 if time.time() > call.meta.deadline:
                     metrics.deadline_misses.inc()

@@ -85,7 +85,7 @@ class Tenants:
 
     # --- checks --------------------------------------------------------------------------------------
 
-    async def admit_realtime(self, tenant: str) -> None:
+    async def take_realtime(self, tenant: str) -> None:
         """Take one real-time call from the tenant's `rpm`, or raise the 429 that refuses it (budget first)."""
         limits = self.limits(tenant)
         if limits is None:

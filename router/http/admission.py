@@ -1,7 +1,7 @@
 """Admission: one call of the OpenAI routes (or Anthropic's `/v1/messages`) from its arrival to its lane.
 
 `Admission.admit` reads the routing fields and the headers that steer a call (`X-Deadline`, `Prefer`, `X-Webhook-URL`,
-`Idempotency-Key`, `X-Stainless-Retry-Count`, `X-Router-Reattach`), asks the policies and `routing.route` for the
+`Idempotency-Key`, `X-Stainless-Retry-Count`, `X-Router-Reattach`), asks the policies and `lanes.choose_lane` for the
 lane, then hands the call to deferred delivery (`delivery.py`) or the real-time relay (`relay.py`). It takes
 plain facts (an `Arrival`: tenant, endpoint, body, headers), not a request; the request's ASGI `receive` only
 passes through, for the disconnect racing.
@@ -18,7 +18,7 @@ import msgspec
 
 from router.core.deadline import parse_deadline
 from router.core.errors import BadRequest
-from router.core.lanes import NO_OUTLOOK, Route, route
+from router.core.lanes import NO_OUTLOOK, Lane, LaneChoice, choose_lane
 from router.core.policy import Decision, Facts, decide
 from router.core.schema import RequestView, decode_view, with_fields
 from router.http.delivery import Asked
@@ -53,11 +53,11 @@ class Arrival(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Plan(msgspec.Struct, frozen=True, kw_only=True):
-    """Where a call goes: its upstream, what the policies decided, and the lane `routing.route` chose."""
+    """Where a call goes: its upstream, what the policies decided, and the lane `lanes.choose_lane` chose."""
 
     provider: Provider
     decision: Decision
-    route: Route
+    choice: LaneChoice
 
 
 def new_request_id() -> str:
@@ -147,8 +147,8 @@ class Admission:
         return view
 
     async def plan(self, arrival: Arrival, view: RequestView, now: float) -> Plan:
-        """The upstream and lane for a call: `X-Deadline` and the policies decide, `routing.route` places it (reading
-        the queue's turnaround outlook from Redis only when a batch is possible)."""
+        """The upstream and lane for a call: `X-Deadline` and the policies decide, `lanes.choose_lane` places it
+        (reading the queue's turnaround outlook from Redis only when a batch is possible)."""
         assert view.model
         provider = self.upstreams.for_model(view.model)
         header_deadline, urgent = read_deadline(arrival.headers, now, self.settings.limits.max_deadline_s)
@@ -165,9 +165,9 @@ class Admission:
         stream = bool(view.stream)
         caps = lane.capabilities(provider.name, arrival.endpoint, view.model, stream=stream)
         outlook = NO_OUTLOOK
-        if decision.lane == "deferred" and caps.batch:
+        if decision.mode == "deferred" and caps.batch:
             outlook = await lane.outlook(provider.name, arrival.endpoint, view.model, now)
-        chosen = route(
+        chosen = choose_lane(
             decision,
             endpoint=arrival.endpoint,
             stream=stream,
@@ -176,7 +176,7 @@ class Admission:
             timing=lane.planner.timing,
             now=now,
         )
-        return Plan(provider=provider, decision=decision, route=chosen)
+        return Plan(provider=provider, decision=decision, choice=chosen)
 
     async def admit(self, arrival: Arrival, receive: Receive) -> Response[bytes] | Stream:
         """Decode the routing fields, decide the lane, and answer: deferred delivery, or the real-time relay."""
@@ -188,7 +188,7 @@ class Admission:
         headers = {"x-router-request-id": new_request_id(), "x-router-lane": "realtime"}
         if decision.rule:
             headers["x-router-rule"] = decision.rule
-        if chosen.route.lane == "batch":
+        if chosen.choice.lane == Lane.BATCH:
             assert decision.deadline is not None
             provider.check(arrival.endpoint, body)  # what real time would refuse is refused now, not at flush time
             return await self.delivery.respond(
@@ -203,8 +203,8 @@ class Admission:
                 headers=headers,
                 asked=delivery_asked(arrival.headers, webhook),
             )
-        flex = chosen.route.lane == "flex"
-        if chosen.route.reason == "too_soon":
+        flex = chosen.choice.lane == Lane.FLEX
+        if chosen.choice.reason == "too_soon":
             metrics.escalations.labels("admission", "flex" if flex else "standard").inc()
         if flex:
             # No batch for it, but it can wait minutes: the flex tier costs the batch price, synchronously.

@@ -29,9 +29,9 @@ from router.core.errors import (
     UpstreamTimeout,
 )
 from router.core.schema import encoder
-from router.core.states import AdmitOutcome
+from router.core.states import EnqueueOutcome
 from router.deferred.replay import cost_comment, error_answer, set_cost_headers, sse_chunks
-from router.deferred.store.records import ASYNC_HOLDER, deferred_object, escalated, lane_name
+from router.deferred.store.records import ASYNC_HOLDER, deferred_object, escalated
 from router.http.disconnect import unless_disconnected
 from router.http.error_handlers import JSON
 from router.telemetry import metrics
@@ -70,8 +70,8 @@ def result_response(
     call: CallRecord, result: Result, headers: dict[str, str], *, replay: bool
 ) -> Response[bytes] | Stream:
     """A finished deferred call as the caller's endpoint would have answered it."""
-    headers["x-router-lane"] = lane_name(result.lane)
-    if escalated(result.lane):
+    headers["x-router-lane"] = result.origin.lane.value
+    if escalated(result.origin):
         headers["x-router-escalated"] = "true"
     if result.cost_usd is not None:
         set_cost_headers(headers, result.cost_usd, result.savings_usd or 0.0)
@@ -156,7 +156,7 @@ class Delivery:
                 retry=asked.retry,
                 reattach=asked.reattach,
             )
-            if outcome == AdmitOutcome.REUSED:
+            if outcome == EnqueueOutcome.REUSED:
                 raise IdempotencyKeyReused(call_id)
             kept = held
         finally:
@@ -164,7 +164,7 @@ class Delivery:
                 holds.give_back()
         headers["x-router-request-id"] = call_id
         headers["x-router-lane"] = "batch"
-        if outcome == AdmitOutcome.ATTACHED:
+        if outcome == EnqueueOutcome.ATTACHED:
             headers["x-router-reattached"] = "true"
         if not held:
             return await self._respond_async(call_id, headers)

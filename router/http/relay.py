@@ -15,6 +15,7 @@ from litestar import Response
 from litestar.response import Stream
 
 from router.core.errors import RouterError, UpstreamError, UpstreamTimeout
+from router.core.lanes import Origin
 from router.core.schema import decode_body, encoder, with_fields
 from router.deferred.replay import cost_comment, set_cost_headers
 from router.http.disconnect import ClientDisconnected, unless_disconnected
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from router.deferred.tenants import Tenants
     from router.providers.base import Provider, UpstreamResponse
     from router.providers.upstreams import Upstreams
-    from router.telemetry.accounting import Accounting, Lane
+    from router.telemetry.accounting import Accounting
 
 USAGE_OPTION_ENDPOINTS = frozenset({"/chat/completions", "/completions"})
 """Endpoints whose streams report usage only when asked (`stream_options.include_usage`)."""
@@ -84,7 +85,7 @@ class Relay:
         `flex_fallback`: the router chose the flex tier, so a flex 429 may be retried on the standard tier (a
         caller who asked for flex itself gets the 429, as from the upstream).
         """
-        await self.tenants.admit_realtime(tenant)  # its budget and `rpm`, before the upstream sees the call
+        await self.tenants.take_realtime(tenant)  # its budget and `rpm`, before the upstream sees the call
         model = view.model or ""
         stream = bool(view.stream)
         strip_usage = False
@@ -95,10 +96,10 @@ class Relay:
         ):
             body, strip_usage = with_usage_requested(body), True  # priced from the usage chunk, hidden again below
         passed = self.upstreams.passed_headers(provider.name, client_headers, tenant)
-        lane: Lane = "flex" if view.service_tier == "flex" else "realtime"
+        origin = Origin.FLEX if view.service_tier == "flex" else Origin.REALTIME
 
         def count(outcome: str) -> None:
-            self.realtime.record(Priced(None, None), lane=lane, upstream=provider.name, model=model, tenant=tenant,
+            self.realtime.record(Priced(None, None), origin=origin, upstream=provider.name, model=model, tenant=tenant,
                                  outcome=outcome)  # fmt: skip
 
         try:
@@ -107,7 +108,7 @@ class Relay:
             )
             if flex_fallback and upstream.status == 429:
                 # Flex capacity is short ("resource unavailable", not billed): the standard tier keeps the promise.
-                body, lane = with_fields(body, service_tier=None), "realtime"
+                body, origin = with_fields(body, service_tier=None), Origin.REALTIME
                 forward = forward_realtime(provider, endpoint, body, stream=stream, headers=passed)
                 upstream = await unless_disconnected(receive, forward)
         except ClientDisconnected:
@@ -117,18 +118,18 @@ class Relay:
             count("timeout" if isinstance(exc, UpstreamTimeout) else "unavailable")
             raise
         headers.update(upstream.headers)
-        headers["x-router-lane"] = lane
+        headers["x-router-lane"] = origin.lane.value
         metrics.proxy_overhead.observe(max(0.0, time.perf_counter() - started - upstream.elapsed))
         if upstream.stream is not None:
             headers["cache-control"] = "no-cache"
 
             def book(usage: Usage | None, completed: bool) -> None:
-                priced = self.accounting.price(model, lane, b"", usage) if usage else Priced(None, None)
-                self.realtime.record(priced, lane=lane, upstream=provider.name, model=model, tenant=tenant,
+                priced = self.accounting.price(model, origin, b"", usage) if usage else Priced(None, None)
+                self.realtime.record(priced, origin=origin, upstream=provider.name, model=model, tenant=tenant,
                                      outcome="ok" if completed else "cancelled")  # fmt: skip
 
             def comment(usage: Usage) -> bytes:
-                priced = self.accounting.price(model, lane, b"", usage)
+                priced = self.accounting.price(model, origin, b"", usage)
                 return cost_comment(priced.cost.actual_usd, priced.cost.savings_usd) if priced.cost else b""
 
             relay = tap_usage(upstream.stream, strip_usage_chunk=strip_usage, on_done=book, comment=comment)
@@ -136,8 +137,8 @@ class Relay:
         if upstream.status >= 400:
             count("error")
             raise UpstreamError(upstream.status, upstream.body, headers=headers)
-        priced = self.accounting.price(model, lane, upstream.body)
-        self.realtime.record(priced, lane=lane, upstream=provider.name, model=model, tenant=tenant, outcome="ok")
+        priced = self.accounting.price(model, origin, upstream.body)
+        self.realtime.record(priced, origin=origin, upstream=provider.name, model=model, tenant=tenant, outcome="ok")
         if priced.cost is not None:
             set_cost_headers(headers, priced.cost.actual_usd, priced.cost.savings_usd)
         return Response(upstream.body, status_code=upstream.status, headers=headers, media_type=JSON)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import msgspec
 
 from router.core.keys import MESSAGE_BATCH_TTL_S
+from router.core.lanes import Origin
 from router.core.pricing import usage_from_body
 from router.deferred.loops import pace
 from router.deferred.store.records import text
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from router.deferred.store.client import RedisClient
     from router.deferred.store.leases import Leases
     from router.providers.base import UpstreamResponse
-    from router.telemetry.accounting import Accounting, Lane
+    from router.telemetry.accounting import Accounting
 
 log = logging.getLogger(__name__)
 BATCH_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -175,7 +176,7 @@ class MessagesUpstream(Protocol):
 class Book(Protocol):
     """Books one finished call in the metrics and its tenant's totals (`RealtimeTotals.record`)."""
 
-    def __call__(self, priced: Priced, *, lane: Lane, upstream: str, model: str, tenant: str, outcome: str) -> None:
+    def __call__(self, priced: Priced, *, origin: Origin, upstream: str, model: str, tenant: str, outcome: str) -> None:
         """Count the call once."""
         ...
 
@@ -245,7 +246,9 @@ class MessageBatchWatcher:
             await self.owners.close(batch_id)
             return 0
         for model, priced, outcome in lines:
-            self.book(priced, lane="batch", upstream=owner.upstream, model=model, tenant=owner.tenant, outcome=outcome)
+            self.book(
+                priced, origin=Origin.BATCH, upstream=owner.upstream, model=model, tenant=owner.tenant, outcome=outcome
+            )
         await self.owners.close(batch_id)
         return 1
 
@@ -267,7 +270,7 @@ class MessageBatchWatcher:
             message = result.message or _Message()
             usage = usage_from_body({"usage": message.usage}) if message.usage else None
             if result.type == "succeeded":
-                out.append((message.model, self.accounting.price(message.model, "batch", b"", usage), "ok"))
+                out.append((message.model, self.accounting.price(message.model, Origin.BATCH, b"", usage), "ok"))
             else:
                 out.append((message.model or "other", Priced(None, None), "error"))
         return out

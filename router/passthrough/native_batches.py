@@ -17,6 +17,7 @@ import msgspec
 
 from router.core.errors import UpstreamError
 from router.core.keys import NATIVE_BATCH_TTL_S, NATIVE_FILE_TTL_S, TOTALS_TTL_S, Keys
+from router.core.lanes import Origin
 from router.deferred.loops import pace
 from router.deferred.store.leases import LeaseLost, while_leased
 from router.deferred.store.records import text
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from router.deferred.store.client import RedisClient
     from router.deferred.store.leases import Leases
     from router.providers.base import UpstreamResponse
-    from router.telemetry.accounting import Accounting, Lane
+    from router.telemetry.accounting import Accounting
 
 log = logging.getLogger(__name__)
 Kind = Literal["file", "batch"]
@@ -36,7 +37,6 @@ TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 MAX_POLL_INTERVAL_S = 600.0
 BOOK_CHUNK = 256  # result lines booked per script run
 PAGE_WINDOW = 200  # list entries read per round trip while filtering a page
-LANE: Lane = "native"
 
 
 class NativeUpstream(Protocol):
@@ -245,7 +245,7 @@ class NativeStore:
             tenant=tenant,
             batch_id=batch_id,
             day=day,
-            lane=LANE,
+            origin=Origin.NATIVE,
             ttl=NATIVE_BATCH_TTL_S,
             totals_ttl=TOTALS_TTL_S,
             lines=[(custom_id, priced.as_tuple()) for custom_id, priced in lines],
@@ -415,7 +415,7 @@ class NativeWatcher:
         label = price.name if price is not None else "other"  # keep label values bounded
         if line.response.status_code != 200:
             return line.custom_id, Priced(None, None), label, "error"
-        return line.custom_id, self.accounting.price(model, LANE, bytes(line.response.body)), label, "ok"
+        return line.custom_id, self.accounting.price(model, Origin.NATIVE, bytes(line.response.body)), label, "ok"
 
     async def _book_chunk(
         self, tenant: str, upstream: str, batch_id: str, day: str, chunk: list[tuple[str, Priced, str, str]]
@@ -425,4 +425,6 @@ class NativeWatcher:
         new = await self.store.book(tenant, batch_id, day, [(custom_id, priced) for custom_id, priced, _, _ in chunk])
         for position in new:
             _, priced, label, outcome = chunk[position]
-            self.accounting.book(priced, lane=LANE, upstream=upstream, model=label, tenant=tenant, outcome=outcome)
+            self.accounting.book(
+                priced, origin=Origin.NATIVE, upstream=upstream, model=label, tenant=tenant, outcome=outcome
+            )

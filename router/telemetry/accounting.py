@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import msgspec
 
+from router.core.lanes import Origin
 from router.core.pricing import Cost, PriceTable, Usage, usage_from_body
 from router.telemetry import metrics
 
-Lane = Literal["realtime", "batch", "escalated", "flex", "native"]
-"""`native`: a line of a batch a tenant sent through the native Batch API (`/v1/batches`), at the batch rate."""
-_PRICE_LANE: dict[str, Literal["realtime", "batch", "flex"]] = {
-    "realtime": "realtime",
-    "escalated": "realtime",
-    "batch": "batch",
-    "flex": "flex",
-    "native": "batch",
+if TYPE_CHECKING:
+    from router.core.pricing import PriceTier
+
+_PRICE_TIER: dict[Origin, PriceTier] = {
+    Origin.REALTIME: "realtime",
+    Origin.ESCALATED: "realtime",
+    Origin.BATCH: "batch",
+    Origin.FLEX: "flex",
+    Origin.NATIVE: "batch",
 }
+"""The price tier an answer of each origin is billed at."""
 
 
 class Priced(msgspec.Struct, frozen=True):
@@ -38,15 +41,16 @@ class Accounting:
     def __init__(self, prices: PriceTable) -> None:
         self.prices = prices
 
-    def price(self, model: str, lane: Lane, body: bytes, usage: Usage | None = None) -> Priced:
-        """Usage from the body (unless given) priced at the lane's rate and at the real-time rate."""
+    def price(self, model: str, origin: Origin, body: bytes, usage: Usage | None = None) -> Priced:
+        """Usage from the body (unless given) priced at its origin's price tier and at the real-time rate."""
         usage = usage or usage_from_body(body)
         if usage is None:
             return Priced(None, None)
-        return Priced(usage, self.prices.cost(model, usage, _PRICE_LANE[lane]))
+        return Priced(usage, self.prices.cost(model, usage, _PRICE_TIER[origin]))
 
-    def book(self, priced: Priced, *, lane: Lane, upstream: str, model: str, tenant: str, outcome: str) -> None:
-        """Count one finished call in the Prometheus metrics; call once per call."""
+    def book(self, priced: Priced, *, origin: Origin, upstream: str, model: str, tenant: str, outcome: str) -> None:
+        """Count one finished call in the Prometheus metrics (its origin is their `lane` label); once per call."""
+        lane = origin.value
         metrics.requests.labels(lane, upstream, model, tenant, outcome).inc()
         usage = priced.usage
         if usage is None:

@@ -163,7 +163,7 @@ class BatchStore:
             BatchRecord(
                 tag=tag,
                 id=bid,
-                state=text(row.get(b"state")),
+                state=BatchState(text(row.get(b"state"))),
                 provider_id=text(row.get(b"provider_id")),
                 owner=text(row.get(b"owner")),
                 created_at=number(row.get(b"created_at")) or 0.0,

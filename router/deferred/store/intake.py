@@ -8,7 +8,7 @@ import time
 from typing import TYPE_CHECKING
 
 from router.core.keys import queue_endpoint, queue_tag
-from router.core.states import AdmitOutcome
+from router.core.states import EnqueueOutcome
 from router.deferred.store.records import ASYNC_HOLDER, CallMeta, meta_encoder, new_call_id, text
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ class Intake:
         attach_to: str | None = None,
         call_id: str | None = None,
         attach_only: bool = False,
-    ) -> tuple[str, AdmitOutcome]:
+    ) -> tuple[str, EnqueueOutcome]:
         """Queue a call, or attach to the live call this request repeats; (call id, outcome). Raises `QueuesFull`
         when the call would open a queue past the cap.
 
@@ -59,7 +59,7 @@ class Intake:
         # The set of queues first: a call is never in a queue the batcher cannot find (and a full set refuses it).
         if not await ctx.scripts.enrol(tag=tag, cap=ctx.max_queues):
             raise QueuesFull(ctx.max_queues)
-        admitted = await ctx.scripts.admit(
+        enqueued = await ctx.scripts.enqueue(
             tag=tag,
             call_id=call_id,
             tenant=meta.tenant,
@@ -79,10 +79,10 @@ class Intake:
             attach_to=attach_to,
             attach_only=attach_only,
         )
-        if admitted.created:
+        if enqueued.created:
             # The queue was pruned (or is new) since the tag was entered above: enter it again (see scripts.PRUNE).
             await ctx.redis.sadd(ctx.keys.queues, tag)
-        return admitted.call_id, admitted.outcome
+        return enqueued.call_id, enqueued.outcome
 
     async def reattachable(
         self, tag: str, digest: str, *, retry: bool, replica: str = "", settle_s: float = 0.0, limit: int = 10

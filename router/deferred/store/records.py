@@ -10,13 +10,14 @@ from typing import Any
 import msgspec
 
 from router.core.deadline import format_deadline
+from router.core.lanes import Lane, Origin
 from router.core.schema import DeferredCall
-from router.core.states import CallState
+from router.core.states import BatchState, CallState
 
 ASYNC_HOLDER = "async"
 """The holder of a call answered `202` (its caller polls or gets a webhook): never re-attached by digest."""
 TotalsKey = tuple[str, str]  # tenant, UTC day
-_DEFERRED_STATUS: dict[str, str] = {
+_DEFERRED_STATUS: dict[CallState, str] = {
     CallState.QUEUED: "queued",
     CallState.SUBMITTED: "submitted",
     CallState.ESCALATED: "escalated",
@@ -44,10 +45,10 @@ class CallRecord(msgspec.Struct, frozen=True, kw_only=True):
 
     id: str
     meta: CallMeta
-    state: str
-    """A `CallState` value."""
+    state: CallState
     batch: str
-    lane: str
+    origin: Origin | None
+    """Where its result came from, once it has one."""
     attempts: int
 
 
@@ -56,7 +57,7 @@ class Result(msgspec.Struct, frozen=True, kw_only=True):
 
     status: int
     body: bytes
-    lane: str
+    origin: Origin
     cost_usd: float | None
     baseline_usd: float | None
     savings_usd: float | None
@@ -81,8 +82,7 @@ class BatchRecord(msgspec.Struct, frozen=True, kw_only=True):
 
     tag: str
     id: str
-    state: str
-    """A `BatchState` value."""
+    state: BatchState
     provider_id: str
     owner: str
     created_at: float
@@ -120,14 +120,9 @@ def queue_name(info: Mapping[Any, object]) -> str:
     return f"{text(info[b'upstream'])}/{text(info[b'model'])}{text(info[b'endpoint'])}"
 
 
-def lane_name(lane: str) -> str:
-    """The lane a caller is shown for a stored result (an escalated call was answered in real time, or by flex)."""
-    return "realtime" if lane == "escalated" else lane
-
-
-def escalated(lane: str) -> bool:
+def escalated(origin: Origin) -> bool:
     """Whether a stored result came from an escalation (a deferred call answered by flex was escalated too)."""
-    return lane in ("escalated", "flex")
+    return origin in (Origin.ESCALATED, Origin.FLEX)
 
 
 def deferred_object(call: CallRecord, result: Result | None) -> DeferredCall:
@@ -139,7 +134,7 @@ def deferred_object(call: CallRecord, result: Result | None) -> DeferredCall:
     return DeferredCall(
         id=call.id,
         status=status,  # type: ignore[arg-type]
-        lane=lane_name(result.lane) if result else "batch",
+        lane=result.origin.lane if result else Lane.BATCH,
         deadline=format_deadline(call.meta.deadline),
         created=int(call.meta.received_at),
         cost_usd=result.cost_usd if result else None,

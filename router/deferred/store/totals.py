@@ -15,8 +15,9 @@ from router.deferred.store.records import TotalsKey, text
 from router.telemetry.logs import Throttle, kind_of
 
 if TYPE_CHECKING:
+    from router.core.lanes import Origin
     from router.deferred.store.context import StoreContext
-    from router.telemetry.accounting import Accounting, Lane, Priced
+    from router.telemetry.accounting import Accounting, Priced
 
 log = logging.getLogger(__name__)
 _throttle = Throttle(log)
@@ -88,12 +89,13 @@ class RealtimeTotals:
         self._flushing: list[dict[TotalsKey, dict[str, float]]] = []
         self._flushed_at: dict[str, float] = {}  # tenant -> monotonic time of the last write that included it
 
-    def record(self, priced: Priced, *, lane: Lane, upstream: str, model: str, tenant: str, outcome: str) -> None:
+    def record(self, priced: Priced, *, origin: Origin, upstream: str, model: str, tenant: str, outcome: str) -> None:
         """Book a finished real-time call in the metrics now, and in memory for the next write to Redis."""
         if outcome != "ok" and not self.accounting.prices.known(model):
             model = "other"  # a failed call's model is whatever the caller typed: keep label values bounded
-        self.accounting.book(priced, lane=lane, upstream=upstream, model=model, tenant=tenant, outcome=outcome)
+        self.accounting.book(priced, origin=origin, upstream=upstream, model=model, tenant=tenant, outcome=outcome)
         fields = self._totals.setdefault((tenant, time.strftime("%Y-%m-%d", time.gmtime())), {})
+        lane = origin.value  # the totals' fields are named by origin: `/v1/usage` shows them as its lanes
         fields[f"{lane}:requests"] = fields.get(f"{lane}:requests", 0.0) + 1
         if priced.cost is not None:
             for name, value in zip(("cost_usd", "baseline_usd", "savings_usd"), priced.as_tuple() or (), strict=True):
