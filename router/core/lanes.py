@@ -94,7 +94,7 @@ class Catalog:
         self.flex_priced = flex_priced
 
     def upstream_for(self, model: str) -> Upstream | None:
-        """The first upstream whose model patterns match (the order `lanes.Upstreams` routes in)."""
+        """The first upstream whose model patterns match (the order `providers.upstreams.Upstreams` routes in)."""
         return next((u for pattern, u in self._patterns if pattern.match(model)), None)
 
     def of(self, upstream: str, endpoint: str, model: str, *, stream: bool = False) -> Capabilities:

@@ -1,6 +1,6 @@
 """The batcher: packs each queue's calls into provider batch jobs when a limit, max_wait or a deadline says so.
 
-When a queue flushes is `routing.flush_due`: as late as its earliest call allows (fewest batches), but never so late
+When a queue flushes is `lanes.flush_due`: as late as its earliest call allows (fewest batches), but never so late
 that this call has less than its turnaround quantile left before its reserve.
 """
 

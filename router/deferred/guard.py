@@ -1,6 +1,6 @@
 """The deadline guard: cuts batches that would make a call late, and answers calls that run out of time.
 
-Per queue and pass (`routing` has the times):
+Per queue and pass (`core/lanes.py` has the times):
 - a running batch that holds a call whose reserve has come is cut: the poller cancels it and harvests what it
   finished, so only the calls it did not finish are escalated, and none of them is billed twice;
 - a call still without a result at `deadline - lead` is escalated up the ladder: the flex tier (batch price) where

@@ -197,7 +197,7 @@ class Poller:
 
     async def retry(self, call_id: str, bid: str, quantile: float) -> None:
         """A call its batch did not answer: back to its queue if another batch fits its deadline at the queue's
-        turnaround `quantile` (`routing.fits`), else to the guard now."""
+        turnaround `quantile` (`lanes.fits`), else to the guard now."""
         call = await self.results.get_call(call_id)
         if call is None or call.state != CallState.SUBMITTED or call.batch != bid:
             return

@@ -1,4 +1,4 @@
-"""Deferred delivery: a call admitted to the batch lane is stored (or re-attached to), then answered in one of
+"""Deferred delivery: a call deferred to the batch lane is enqueued (or re-attached to), then answered in one of
 three ways: the connection held until its result (`router.deferred.holding` keeps it alive); `202` with a call id to
 poll; and with `X-Webhook-URL`, that `202` and a signed event when it ends (`router.deferred.webhooks` sends it). A
 stored call is fetched with `GET /v1/deferred/{id}` (`fetch_deferred`).
@@ -121,7 +121,7 @@ class Delivery:
         headers: dict[str, str],
         asked: Asked,
     ) -> Response[bytes] | Stream:
-        """Admit a call to the batch lane (or re-attach a retry to it), then answer 202 (async) or hold the
+        """Enqueue a call in the batch lane (or re-attach a retry to it), then answer 202 (async) or hold the
         connection until its result (`router.deferred.holding`)."""
         holds = self.holds
         held = asked.held

@@ -1,7 +1,7 @@
 """Anthropic's own API through the router: `/v1/messages` in both lanes, token counting, and Message Batches
 passed through per tenant; every error on these routes in Anthropic's shape, which the `anthropic` SDKs read.
 
-A `/v1/messages` call is admitted like any other (`admission.admit`: `X-Deadline`, policies, lanes); its body is
+A `/v1/messages` call is admitted like any other (`Admission.admit`: `X-Deadline`, policies, lanes); its body is
 sent to an Anthropic upstream untranslated, in real time or as a request of the Message Batch its model's chat
 completions go into (`keys.queue_endpoint`), and its answer comes back as Anthropic wrote it.
 """

@@ -240,7 +240,7 @@ class Enrol(Script):
 
 # Forget an idle queue: when nothing waits, flies, escalates or awaits a webhook in it, drop its descriptor and
 # byte count and return 1; the caller then removes the tag from `P:queues` (another slot, so not in this step) and
-# looks at the descriptor once more (`Accumulator.prune`). Calls, results and idempotency keys keep their own TTLs;
+# looks at the descriptor once more (`Queues.prune`). Calls, results and idempotency keys keep their own TTLs;
 # the turnaround samples stay (known models only, so bounded).
 # Race closed: an admission racing the prune never leaves a call in a queue the loops cannot find. Only ENQUEUE puts
 # work into an idle queue, and it re-creates the descriptor and says so; its caller then adds the tag again after
