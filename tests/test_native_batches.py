@@ -18,7 +18,7 @@ import redis
 
 from router.core.pricing import load_pricing, usage_from_body
 from router.core.settings import BatchSettings, Upstream
-from router.deferred.accumulator import Accumulator
+from router.deferred.store import Store
 from router.deferred.store.client import close, connect
 from router.passthrough import native_batches
 from router.passthrough.native_batches import NativeStore, NativeUpstream, NativeWatcher
@@ -271,14 +271,14 @@ async def test_a_crash_mid_booking_books_each_line_once(
     client = connect(redis_url, max_connections=8)
     provider = OpenAIProvider(Upstream(name="openai", base_url=sim.v1), "sk-sim")
     real = OpenAINative(provider)
-    acc = Accumulator(client, key_prefix, result_ttl_s=60, idempotency_ttl_s=60)
+    leases = Store(client, key_prefix, result_ttl_s=60, idempotency_ttl_s=60).leases
     store = NativeStore(client, key_prefix)
     accounting = Accounting(PRICES)
     labels = {"lane": "native", "model": "gpt-4o-mini", "tenant": "team-a", "upstream": "openai", "outcome": "ok"}
     before = sample("requests_total", **labels)
 
     def watcher(upstream: NativeUpstream) -> NativeWatcher:
-        return NativeWatcher(store, acc, {"openai": upstream}, BatchSettings(poll_interval_s=0.01), accounting)
+        return NativeWatcher(store, leases, {"openai": upstream}, BatchSettings(poll_interval_s=0.01), accounting)
 
     try:
         assert await store.due("team-a", time.time()) == [batch.id]  # retrieve saw it end: due now

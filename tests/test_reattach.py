@@ -13,7 +13,7 @@ import openai
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from router.deferred.accumulator import LeaseLost, while_leased
+from router.deferred.store.leases import LeaseLost, while_leased
 from tests.helpers.metrics import metric
 from tests.helpers.servers import RouterFactory, Sim
 from tests.helpers.waiting import wait_until

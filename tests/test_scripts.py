@@ -14,7 +14,7 @@ import pytest
 from redis.crc import key_slot
 
 from router.core.keys import Keys
-from router.core.states import AdmitOutcome, BatchState, CallState
+from router.core.states import BatchState, CallState, EnqueueOutcome
 from router.deferred.store import scripts
 
 ROOT = Path(__file__).resolve().parent.parent / "router"
@@ -140,15 +140,15 @@ def test_the_arity_reader_counts() -> None:
 
 
 def test_the_locals_reader_names() -> None:
-    admit = _lua_locals(scripts.ADMIT)
-    assert admit["KEYS", 7] == "digests"  # continued on the next line
-    assert admit["ARGV", 17] == "attach_only"  # `ARGV[17] == '1'`
+    enqueue = _lua_locals(scripts.ENQUEUE)
+    assert enqueue["KEYS", 7] == "digests"  # continued on the next line
+    assert enqueue["ARGV", 17] == "attach_only"  # `ARGV[17] == '1'`
     assert _lua_locals(scripts.CLAIM)["ARGV", 1] == "max_n"  # `tonumber(ARGV[1])`
 
 
-def test_admit_answers_the_outcomes_of_the_enum() -> None:
-    returned = set(re.findall(r"return \{'(\w+)'", scripts.ADMIT))
-    assert returned == {o.value for o in AdmitOutcome}
+def test_enqueue_answers_the_outcomes_of_the_enum() -> None:
+    returned = set(re.findall(r"return \{'(\w+)'", scripts.ENQUEUE))
+    assert returned == {o.value for o in EnqueueOutcome}
 
 
 def test_only_the_wrappers_register_scripts() -> None:

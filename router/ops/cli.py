@@ -170,7 +170,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     """Run the built-in upstream simulator."""
     import uvicorn
 
-    from router.simulator import SimConfig, create_simulator
+    from router.simulator.app import create_simulator
+    from router.simulator.config import SimConfig
 
     config = SimConfig(
         latency_ms=args.latency_ms,

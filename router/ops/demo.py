@@ -20,7 +20,8 @@ from router.core.errors import ConfigError
 from router.core.settings import Settings
 from router.http.app import create_app
 from router.ops.serving import serve_in_thread
-from router.simulator import SimConfig, create_simulator
+from router.simulator.app import create_simulator
+from router.simulator.config import SimConfig
 
 DEMO_KEY_ENV, DEMO_KEY = (
     "HYBRID_ROUTER_DEMO_UPSTREAM_KEY",

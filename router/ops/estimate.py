@@ -21,7 +21,7 @@ from rich.table import Table
 
 from router.core.deadline import ACCEPTED_FORMS, format_deadline, parse_deadline
 from router.core.errors import InvalidDeadline
-from router.core.lanes import Capabilities, Catalog, Outlook, Planner, Route, route
+from router.core.lanes import Capabilities, Catalog, LaneChoice, Outlook, Planner, choose_lane
 from router.core.policy import Facts, Policies, decide, load_policies
 from router.core.pricing import PriceTable, Usage, load_pricing
 from router.core.settings import DEFAULT_CONFIG, Settings, load_settings
@@ -124,8 +124,8 @@ class _Tally(msgspec.Struct):
     priced: bool = True
 
 
-class Admission:
-    """The router's lane for a logged call: `routing.route`, as `serve` decides it, with each queue's turnaround
+class LaneChooser:
+    """The router's lane for a logged call: `lanes.choose_lane`, as `serve` decides it, with each queue's turnaround
     model at its prior (a log has no batch history) and no probes."""
 
     def __init__(self, policies: Policies, settings: Settings, prices: PriceTable) -> None:
@@ -135,7 +135,7 @@ class Admission:
         self.planner = Planner(settings.batch, catalog)
         self.outlook = Outlook(quantile_s=self.planner.model.quantile([], 0.0))
 
-    def route(self, line: LogLine, at: float) -> Route:
+    def choose_lane(self, line: LogLine, at: float) -> LaneChoice:
         """Where the router would send this call; InvalidDeadline where it would have answered 400."""
         headers = {name.lower(): value for name, value in (line.headers or {}).items()}
         raw = line.deadline if line.deadline is not None else headers.get("x-deadline")
@@ -152,8 +152,8 @@ class Admission:
             if upstream is not None
             else Capabilities(batch=False, flex=False)
         )
-        timing = self.planner.timing
-        return route(decision, endpoint=endpoint, stream=False, caps=caps, outlook=self.outlook, timing=timing, now=at)
+        timing, outlook = self.planner.timing, self.outlook
+        return choose_lane(decision, endpoint=endpoint, stream=False, caps=caps, outlook=outlook, timing=timing, now=at)
 
 
 def _path(endpoint: str) -> str:
@@ -202,7 +202,7 @@ def estimate(
     period_days: float | None = None,
 ) -> Estimate:
     """Replay each logged call through admission, price it now and in its lane, and scale the totals to 30 days."""
-    admission = Admission(policies, settings, prices)
+    chooser = LaneChooser(policies, settings, prices)
     tallies: dict[str, _Tally] = {}
     problems: list[Problem] = []
     malformed = 0
@@ -215,7 +215,7 @@ def estimate(
             at = _timestamp(line.timestamp)
             if line.cached_tokens > line.input_tokens:
                 raise ValueError("cached_tokens exceeds input_tokens (cached tokens are part of the input)")
-            lane = admission.route(line, at).lane
+            lane = chooser.choose_lane(line, at).lane
         except (msgspec.DecodeError, ValueError, InvalidDeadline, RecursionError) as exc:
             malformed += 1
             if len(problems) < MAX_PROBLEMS:
@@ -233,7 +233,7 @@ def estimate(
         if now is None:
             tally.priced = False  # never guessed: counted, and left out of every dollar figure
             continue
-        paid = prices.cost(line.model, usage, lane) if lane != "realtime" else now
+        paid = prices.cost(line.model, usage, lane.price_tier) if lane != "realtime" else now
         tally.now_usd += now.baseline_usd
         tally.batch_usd += (paid or now).actual_usd
     calls = sum(t.calls for t in tallies.values())
