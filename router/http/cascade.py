@@ -21,8 +21,8 @@ from router.core.schema import decode_body, encoder
 from router.deferred.replay import set_cost_headers
 from router.http.disconnect import unless_disconnected
 from router.http.error_handlers import JSON
+from router.http.forward import forward_realtime
 from router.http.model_router import ModelRouter, Routed, judge_body, judge_verdict, same_answer
-from router.http.relay import forward_realtime
 from router.telemetry import metrics
 from router.telemetry.accounting import Priced
 
@@ -131,6 +131,26 @@ class Cascade:
             router.spawn(self.judge(routed, key, request, strong.body, response, client_headers, tenant))
         router.spawn(router.note(headers["x-router-request-id"], routed, tenant, priced.usage))
         return Response(strong.body, status_code=strong.status, headers=headers, media_type=JSON)
+
+    def learn(
+        self,
+        routed: Routed,
+        endpoint: str,
+        body: bytes,
+        answer: bytes,
+        client_headers: Mapping[str, str],
+        tenant: str,
+        headers: Mapping[str, str],
+        priced: Priced,
+    ) -> None:
+        """After a routed real-time call: note it for feedback, and in shadow mode ask its cheaper twin (both in the
+        background, so the caller never waits for them)."""
+        router, call_id = self.router, headers["x-router-request-id"]
+        router.spawn(router.note(call_id, routed, tenant, priced.usage))
+        if router.should_shadow(routed, call_id):
+            twin = self.shadow(routed, endpoint=endpoint, body=body, answer=answer, client_headers=client_headers,
+                               tenant=tenant)  # fmt: skip
+            router.spawn(twin)
 
     async def shadow(
         self, routed: Routed, *, endpoint: str, body: bytes, answer: bytes, client_headers: Mapping[str, str],

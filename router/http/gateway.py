@@ -127,7 +127,7 @@ class Gateway:
             tenant_tasks=settings.auth == "keys",
         )
         self.cascade = Cascade(self.upstreams, self.tenants, self.accounting, self.realtime, self.model_router)
-        self.relay = Relay(self.upstreams, self.tenants, self.accounting, self.realtime, self.cascade)
+        self.relay = Relay(self.upstreams, self.tenants, self.accounting, self.realtime, self.cascade.learn)
         self.delivery = Delivery(self.deferred, store.results, waiter, self.holds, self.upstreams, settings)
         self.admission = Admission(
             settings, self.policies, self.upstreams, self.deferred, self.webhooks.check, self.relay, self.delivery,

@@ -28,7 +28,7 @@ from router.core.schema import as_anthropic_error, decode_view, nested_too_deep
 from router.http import error_handlers
 from router.http.admission import Arrival
 from router.http.disconnect import unless_disconnected
-from router.http.relay import forward_realtime
+from router.http.forward import forward_realtime
 from router.passthrough.message_batches import Owner
 from router.providers.anthropic import AnthropicProvider
 from router.providers.base import UpstreamResponse

@@ -8,7 +8,7 @@ request's ASGI `receive`.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from litestar import Response
@@ -20,6 +20,7 @@ from router.core.schema import decode_body, encoder, with_fields
 from router.deferred.replay import cost_comment, set_cost_headers
 from router.http.disconnect import ClientDisconnected, unless_disconnected
 from router.http.error_handlers import JSON
+from router.http.forward import forward_realtime
 from router.http.sse import tap_usage
 from router.telemetry import metrics
 from router.telemetry.accounting import Priced
@@ -31,28 +32,15 @@ if TYPE_CHECKING:
     from router.core.schema import RequestView
     from router.deferred.store.totals import RealtimeTotals
     from router.deferred.tenants import Tenants
-    from router.http.cascade import Cascade
     from router.http.model_router import Routed
-    from router.providers.base import Provider, UpstreamResponse
+
+    Learn = Callable[[Routed, str, bytes, bytes, Mapping[str, str], str, Mapping[str, str], Priced], None]
+    from router.providers.base import Provider
     from router.providers.upstreams import Upstreams
     from router.telemetry.accounting import Accounting
 
 USAGE_OPTION_ENDPOINTS = frozenset({"/chat/completions", "/completions"})
 """Endpoints whose streams report usage only when asked (`stream_options.include_usage`)."""
-
-
-async def forward_realtime(
-    provider: Provider, endpoint: str, body: bytes, *, stream: bool, headers: Mapping[str, str] | None = None
-) -> UpstreamResponse:
-    """Send one call upstream now, timing the upstream's part of it."""
-    started = time.perf_counter()
-    try:
-        response = await provider.forward(endpoint, body, stream=stream, headers=headers)
-    finally:
-        elapsed = time.perf_counter() - started
-        metrics.upstream_latency.labels(provider.name).observe(elapsed)
-    response.elapsed = elapsed
-    return response
 
 
 class Relay:
@@ -64,14 +52,15 @@ class Relay:
         tenants: Tenants,
         accounting: Accounting,
         realtime: RealtimeTotals,
-        cascade: Cascade | None = None,
+        learn: Learn | None = None,
     ) -> None:
         self.upstreams = upstreams
         self.tenants = tenants
         self.accounting = accounting
         self.realtime = realtime
-        self.cascade = cascade
-        """Model routes' learning: notes for feedback, shadow twins (None: no model routes)."""
+        self.learn = learn
+        """What a routed call teaches its model route once answered (`Cascade.learn`: a note for feedback, a shadow
+        twin); None: no model routes."""
 
     async def respond(
         self,
@@ -155,29 +144,9 @@ class Relay:
         self.realtime.record(priced, origin=origin, upstream=provider.name, model=model, tenant=tenant, outcome="ok")
         if priced.cost is not None:
             set_cost_headers(headers, priced.cost.actual_usd, priced.cost.savings_usd)
-        if routed is not None and self.cascade is not None:
+        if routed is not None and self.learn is not None:
             self.learn(routed, endpoint, asked_body or body, upstream.body, client_headers, tenant, headers, priced)
         return Response(upstream.body, status_code=upstream.status, headers=headers, media_type=JSON)
-
-    def learn(
-        self,
-        routed: Routed,
-        endpoint: str,
-        body: bytes,
-        answer: bytes,
-        client_headers: Mapping[str, str],
-        tenant: str,
-        headers: Mapping[str, str],
-        priced: Priced,
-    ) -> None:
-        """After a routed call: note it for feedback, and in shadow mode ask its cheaper twin (in the background)."""
-        assert self.cascade is not None
-        router, call_id = self.cascade.router, headers["x-router-request-id"]
-        router.spawn(router.note(call_id, routed, tenant, priced.usage))
-        if router.should_shadow(routed, call_id):
-            twin = self.cascade.shadow(routed, endpoint=endpoint, body=body, answer=answer,
-                                       client_headers=client_headers, tenant=tenant)  # fmt: skip
-            router.spawn(twin)
 
 
 def with_usage_requested(body: bytes) -> bytes:
