@@ -132,9 +132,16 @@ class Guard:
             except LeaseLost:
                 log.warning("lost the escalation lease of %s; whoever holds it now answers the call", call_id)
                 return 0
-        priced = self.accounting.price(meta.model, origin, content if status == 200 else b"")
+        priced = self.accounting.price(meta.model, origin, content if status == 200 else b"", asked=meta.asked_model)
         stored = await self.results.store_result(
-            call_id, meta, from_batch="", status=status, body=content, origin=origin, cost=priced.as_tuple()
+            call_id,
+            meta,
+            from_batch="",
+            status=status,
+            body=content,
+            origin=origin,
+            cost=priced.as_tuple(),
+            route_usd=priced.cost.route_usd if priced.cost else 0.0,
         )
         if stored != StoreOutcome.STORED:
             return 0

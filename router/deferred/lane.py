@@ -111,6 +111,7 @@ class DeferredLane:
         holder: str = "",
         retry: bool = False,
         reattach: bool = True,
+        asked_model: str | None = None,
     ) -> tuple[str, EnqueueOutcome]:
         """Queue the call, or attach to the live call it repeats (see `Intake.enqueue`); (call id, outcome).
 
@@ -129,6 +130,7 @@ class DeferredLane:
             include_usage=bool(view.stream_options and view.stream_options.include_usage),
             rule=rule,
             webhook=webhook,
+            asked_model=asked_model,
         )
         digest = call_digest(tenant, endpoint, body)
         tag = queue_tag(upstream, endpoint, meta.model)

@@ -165,7 +165,12 @@ class Poller:
         for line, call in zip(lines, calls, strict=True):
             if call is None:
                 continue
-            priced = self.accounting.price(model, Origin.BATCH, line.body) if line.billed else Priced(None, None)
+            asked = call.meta.asked_model
+            priced = (
+                self.accounting.price(model, Origin.BATCH, line.body, asked=asked)
+                if line.billed
+                else Priced(None, None)
+            )
             stored = await self.results.store_result(
                 line.custom_id,
                 call.meta,
@@ -174,6 +179,7 @@ class Poller:
                 body=line.body,
                 origin=Origin.BATCH,
                 cost=priced.as_tuple(),
+                route_usd=priced.cost.route_usd if priced.cost else 0.0,
             )
             answered.add(line.custom_id)
             if stored == StoreOutcome.STORED:

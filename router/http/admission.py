@@ -98,14 +98,16 @@ def reattach_allowed(headers: Mapping[str, str]) -> bool:
     return headers.get("x-router-reattach", "").lower() not in ("never", "off", "false", "0")
 
 
-def delivery_asked(headers: Mapping[str, str], webhook: str | None) -> Asked:
-    """How the caller wants a deferred answer, from its headers (`webhook` already checked)."""
+def delivery_asked(headers: Mapping[str, str], webhook: str | None, routed: Routed | None = None) -> Asked:
+    """How the caller wants a deferred answer, from its headers (`webhook` already checked); a routed call keeps
+    the model it asked for, its cost baseline."""
     return Asked(
         held=not prefers_async(headers),
         webhook=webhook,
         idempotency_key=headers.get("idempotency-key"),
         retry=is_retry(headers),
         reattach=reattach_allowed(headers),
+        asked_model=routed.asked if routed is not None and routed.moved else None,
     )
 
 
@@ -257,7 +259,7 @@ class Admission:
                 deadline=decision.deadline,
                 rule=decision.rule,
                 headers=headers,
-                asked=delivery_asked(arrival.headers, webhook),
+                asked=delivery_asked(arrival.headers, webhook, routed),
             )
         flex = chosen.choice.lane == Lane.FLEX
         if chosen.choice.reason == "too_soon":

@@ -64,6 +64,8 @@ class Asked(msgspec.Struct, frozen=True, kw_only=True):
     """The client says this request retries an earlier attempt (`X-Stainless-Retry-Count` > 0)."""
     reattach: bool = True
     """A held request identical to a call whose caller is gone may take that call over (`X-Router-Reattach`)."""
+    asked_model: str | None = None
+    """The model the caller asked for, when a model route has a cheaper one answer (the call's cost baseline)."""
 
 
 def result_response(
@@ -155,6 +157,7 @@ class Delivery:
                 holder=holder,
                 retry=asked.retry,
                 reattach=asked.reattach,
+                asked_model=asked.asked_model,
             )
             if outcome == EnqueueOutcome.REUSED:
                 raise IdempotencyKeyReused(call_id)

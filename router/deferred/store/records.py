@@ -38,6 +38,8 @@ class CallMeta(msgspec.Struct, frozen=True, kw_only=True):
     include_usage: bool = False
     rule: str | None = None
     webhook: str | None = None
+    asked_model: str | None = None
+    """The model the caller asked for, when a model route has `model` (a cheaper one) answer: the cost baseline."""
 
 
 class CallRecord(msgspec.Struct, frozen=True, kw_only=True):

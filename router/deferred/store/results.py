@@ -72,6 +72,7 @@ class ResultStore:
         body: bytes,
         origin: Origin,
         cost: tuple[float, float, float] | None,
+        route_usd: float = 0.0,
     ) -> StoreOutcome:
         """Store a final result once, or say why not (`StoreOutcome`); wakes waiters when stored."""
         k = self.ctx.keys
@@ -88,6 +89,7 @@ class ResultStore:
             origin=origin,
             ttl=self.ctx.result_ttl,
             cost=cost,
+            route_usd=route_usd,
             now=now,
             totals_ttl=TOTALS_TTL_S,
         )

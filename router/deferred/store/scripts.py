@@ -540,7 +540,7 @@ class TakeOver(Script):
 STORE_RESULT = _lua("""
 local call, result, inflight, escalating, totals, webhooks = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local id, from_batch, status, body, origin, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local cost, baseline, savings, now, tenant_ttl = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+local cost, baseline, savings, now, tenant_ttl, route = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]
 local state = redis.call('HGET', call, 'state')
 if not state then return ${STORE_UNKNOWN} end
 if state == '${CALL_DONE}' then
@@ -569,6 +569,7 @@ if cost ~= '' then
   redis.call('HINCRBYFLOAT', totals, origin .. ':cost_usd', cost)
   redis.call('HINCRBYFLOAT', totals, origin .. ':baseline_usd', baseline)
   redis.call('HINCRBYFLOAT', totals, origin .. ':savings_usd', savings)
+  if route ~= '' then redis.call('HINCRBYFLOAT', totals, origin .. ':route_usd', route) end
 end
 redis.call('EXPIRE', totals, tenant_ttl)
 if redis.call('HEXISTS', call, 'webhook') == 1 then redis.call('ZADD', webhooks, now, id) end
@@ -581,7 +582,10 @@ class StoreResult(Script):
 
     LUA = STORE_RESULT
     KEYS = ("call", "result", "inflight", "escalating", "totals", "webhooks")
-    ARGV = ("id", "from_batch", "status", "body", "origin", "ttl", "cost", "baseline", "savings", "now", "tenant_ttl")
+    ARGV = (
+        "id", "from_batch", "status", "body", "origin", "ttl", "cost", "baseline", "savings", "now", "tenant_ttl",
+        "route",
+    )  # fmt: skip
 
     async def __call__(
         self,
@@ -597,6 +601,7 @@ class StoreResult(Script):
         cost: tuple[float, float, float] | None,
         now: float,
         totals_ttl: int,
+        route_usd: float = 0.0,
     ) -> StoreOutcome:
         k = self.keys
         tag = tag_of(call_id)
@@ -619,6 +624,7 @@ class StoreResult(Script):
             savings=savings,
             now=repr(now),
             tenant_ttl=totals_ttl,
+            route=repr(route_usd) if route_usd else "",
         )
         return StoreOutcome(int(raw))
 
