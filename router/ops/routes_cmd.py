@@ -90,7 +90,7 @@ async def _learn(settings: Settings, path: Path) -> Any:
                 embedder=load_embedder(),
             )
     finally:
-        await redis.aclose()
+        await redis_client.close(redis)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -132,4 +132,4 @@ async def _plans(settings: Settings) -> list[Any]:
             for route in settings.routes
         ]
     finally:
-        await redis.aclose()
+        await redis_client.close(redis)
