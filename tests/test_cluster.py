@@ -1,4 +1,4 @@
-"""The accumulator, the result wake-up and a deferred call on a real 3-master Redis Cluster (the machine's Redis)."""
+"""The Redis store, the result wake-up and a deferred call on a real 3-master Redis Cluster (the machine's Redis)."""
 
 from __future__ import annotations
 
@@ -384,7 +384,7 @@ async def test_waiters_wake_on_a_result_published_through_any_node(
                 async with Redis(port=port) as node:
                     await node.publish(waiters.channel, call_id)
                 assert await watch.woken(5)
-        # And the accumulator's own publish, after storing a result.
+        # And the store's own publish, after storing a result.
         call_id, _ = await store.intake.enqueue(meta(), body(0))
         claim = await store.batches.claim(TAG, max_requests=1, max_bytes=10**9, owner="o", lease_s=30)
         assert claim is not None

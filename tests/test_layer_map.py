@@ -1,6 +1,7 @@
 """The map agrees with the ground: the package table of docs/architecture.md says what each package may import, the
 import-linter contracts in pyproject.toml say the same, and the code imports no more; every module is named in the
-docs, and every contract in CONTRIBUTING.md. The import graph has no cycle and at most ten floors."""
+docs, and every contract in CONTRIBUTING.md. The import graph has no cycle and at most ten floors; `router/` has at
+most twelve entries and no module runs past 500 lines but the table of Lua scripts."""
 
 from __future__ import annotations
 
@@ -76,6 +77,23 @@ def test_the_table_says_what_the_contracts_allow() -> None:
 
 
 MAX_FLOORS = 10
+MAX_ENTRIES = 12
+"""Directly under `router/`: `__init__.py`, `__main__.py`, `py.typed` and the packages (`modelroutes/` is coming)."""
+MAX_LINES = 500
+DECLARATIVE = {"deferred/store/scripts.py"}
+"""Tables allowed to run longer: every Lua script with its typed wrapper, kept together."""
+
+
+def test_router_has_at_most_twelve_entries() -> None:
+    entries = sorted(p.name for p in PACKAGE.iterdir() if p.name != "__pycache__")
+    assert len(entries) <= MAX_ENTRIES, entries
+
+
+def test_no_module_is_over_500_lines() -> None:
+    lengths = {p.relative_to(PACKAGE).as_posix(): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    assert {name: n for name, n in lengths.items() if n > MAX_LINES and name not in DECLARATIVE} == {}
+
+
 """The longest chain of module imports (`python -m router` → ... → a leaf), counted in modules."""
 
 

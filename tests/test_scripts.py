@@ -73,7 +73,7 @@ def test_every_state_literal_is_a_member(name: str) -> None:
 def test_the_enums_hold_what_the_scripts_use() -> None:
     lua = _lua_states()
     assert lua["call"] == {s.value for s in CallState}
-    # `ingested` is written by Python alone (`Accumulator.ingested`), after the scripts are done with a batch.
+    # `ingested` is written by Python alone (`BatchStore.finish_batch`), after the scripts are done with a batch.
     assert lua["batch"] == {s.value for s in BatchState} - {BatchState.INGESTED}
 
 

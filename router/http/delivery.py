@@ -1,7 +1,7 @@
 """Deferred delivery: a call deferred to the batch lane is enqueued (or re-attached to), then answered in one of
 three ways: the connection held until its result (`router.deferred.holding` keeps it alive); `202` with a call id to
 poll; and with `X-Webhook-URL`, that `202` and a signed event when it ends (`router.deferred.webhooks` sends it). A
-stored call is fetched with `GET /v1/deferred/{id}` (`fetch_deferred`).
+stored call is fetched with `GET /v1/deferred/{id}` (`Delivery.fetch`).
 
 Nothing here reads a request: `admission` reads what the caller asked for into an `Asked`, and the disconnect
 racing gets the request's ASGI `receive`.

@@ -24,8 +24,7 @@ from router.deferred.holding import Holds, max_held, raise_fd_limit
 from router.deferred.lane import DeferredLane
 from router.deferred.loops import pace
 from router.deferred.poller import Poller
-from router.deferred.store import Store
-from router.deferred.store import client as redis_client
+from router.deferred.store import Store, client
 from router.deferred.store.totals import RealtimeTotals
 from router.deferred.tenants import Tenants
 from router.deferred.waiters import ResultWaiter, Waiters
@@ -77,7 +76,7 @@ class Gateway:
         self.policies = PolicyStore(Path(settings.policies_dir))
         self.accounting = Accounting(load_pricing(Path(settings.pricing_file)))
         # Connects lazily, on the serving loop; the lifespan closes it. One server or a cluster, by the URL.
-        self.redis = redis_client.connect(settings.redis_url, max_connections=settings.redis_max_connections)
+        self.redis = client.connect(settings.redis_url, max_connections=settings.redis_max_connections)
         b = settings.batch
         store = self.store = Store(
             self.redis,
@@ -177,7 +176,7 @@ class Gateway:
             await self.holds.settle(within_s=0.5)
             await self.upstreams.aclose()
             await self.webhooks.aclose()
-            await redis_client.close(self.redis)
+            await client.close(self.redis)
 
     async def _watch_policies(self) -> None:
         while not self._stop.is_set():

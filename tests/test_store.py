@@ -1,4 +1,4 @@
-"""The accumulator's invariants against a real Redis, and crash recovery against the simulator's Batch API."""
+"""The Redis store's invariants against a real Redis, and crash recovery against the simulator's Batch API."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ TAG = queue_tag("openai", ENDPOINT, MODEL)
 
 @pytest.fixture(params=["local", "bundled-6.2"])
 async def store(request: pytest.FixtureRequest, redis_url: str, key_prefix: str) -> AsyncIterator[Store]:
-    """The accumulator on the test Redis (7.x here) and on the bundled Redis 6.2."""
+    """The store on the test Redis (7.x here) and on the bundled Redis 6.2."""
     url = redis_url if request.param == "local" else request.getfixturevalue("bundled_redis_url")
     redis = Redis.from_url(url)
     yield Store(redis, key_prefix, result_ttl_s=600, idempotency_ttl_s=600)
