@@ -31,6 +31,7 @@ from tests.helpers.servers import RouterFactory, Sim
 pytestmark = pytest.mark.integration
 
 STRONG, WEAK = "gpt-4o", "gpt-4o-mini"
+ROUTE_LEVER = 'hybrid_router_lever_savings_usd_total{lever="route",tenant="default"}'
 ROUTE = {"from": STRONG, "to": [WEAK], "mode": "predict", "quality_target": 0.95}
 
 
@@ -115,8 +116,9 @@ def test_predict_trained_with_routes_learn_moves_only_the_tasks_whose_evidence_m
 
     with start_router(routes=[ROUTE]) as base:
         c = client(base)
-        before = metric(_metrics(base), 'hybrid_router_lever_savings_usd_total{lever="route",tenant="default"}')
         wait_for(lambda: ask(c, "easy question 0?", **{"X-Router-Task": "easy"}).headers["x-router-model"] == WEAK)
+        before = metric(_metrics(base), ROUTE_LEVER)
+        usage_before = httpx.get(base + "/v1/usage").json()["savings_by_lever"]["route"]
         saved = 0.0
         for i in range(8):
             easy = ask(c, f"easy question {i}?", **{"X-Router-Task": "easy"})
@@ -138,11 +140,10 @@ def test_predict_trained_with_routes_learn_moves_only_the_tasks_whose_evidence_m
         opted_out = ask(c, "easy question 2?", **{"X-Router-Task": "easy", "X-Router-Route": "off"})
         assert opted_out.headers["x-router-model"] == STRONG and opted_out.parse().model == STRONG
         saved += float(by_metadata.headers["x-router-savings-usd"])
-        # The probe calls of wait_for also saved: count the route lever's total against headers read once more.
-        after = metric(_metrics(base), 'hybrid_router_lever_savings_usd_total{lever="route",tenant="default"}')
-        assert after - before >= saved * (1 - 1e-9)
-        usage = httpx.get(base + "/v1/usage").json()
-        assert usage["savings_by_lever"]["route"] >= saved * (1 - 1e-9)
+        # The route lever's savings add up exactly across the headers, /metrics and /v1/usage.
+        assert metric(_metrics(base), ROUTE_LEVER) - before == pytest.approx(saved, rel=1e-9, abs=1e-11)
+        usage = httpx.get(base + "/v1/usage").json()["savings_by_lever"]["route"]
+        assert usage - usage_before == pytest.approx(saved, rel=1e-9, abs=1e-11)
 
 
 def test_a_cascade_keeps_a_cheap_answer_that_passes_its_checks_and_escalates_one_that_fails(
