@@ -20,7 +20,7 @@ unexport PYTHONDONTWRITEBYTECODE
 # Tests run in parallel, one worker per core (pytest-xdist); worksteal evens out the few long e2e tests.
 # Every test isolates itself (its own Redis key prefix, ports and temporary directory). JOBS=0 runs them in one process.
 JOBS ?= auto
-# ORDER=random shuffles the tests (pytest-randomly; the seed is printed, `-p randomly -p "randomly_seed=N"` repeats it).
+# ORDER=random shuffles the tests (pytest-randomly; the seed is printed, `-p randomly --randomly-seed=N` repeats it).
 ORDER ?= file
 ifeq ($(ORDER),random)
 ORDER_FLAGS := -p randomly

@@ -37,9 +37,10 @@ from redis.asyncio import Redis
 from router.core.keys import queue_tag
 from router.core.pricing import PriceTable, load_pricing
 from router.core.settings import BatchSettings, OrphanPolicy, Upstream
-from router.deferred.accumulator import Accumulator, CallMeta
 from router.deferred.batcher import Batcher
 from router.deferred.poller import Poller
+from router.deferred.store import Store
+from router.deferred.store.records import CallMeta
 from router.ops.serving import serve_in_thread
 from router.providers.anthropic import AnthropicProvider
 from router.providers.base import BatchLine, Found, Lapsed
@@ -85,9 +86,7 @@ def body(model: str, i: int) -> bytes:
     return msgspec.json.encode({"model": model, "messages": [{"role": "user", "content": f"call {i}"}]})
 
 
-async def crash(
-    acc: Accumulator, provider: AnthropicProvider, sizes: Sequence[int], created: Sequence[bool]
-) -> list[str]:
+async def crash(store: Store, provider: AnthropicProvider, sizes: Sequence[int], created: Sequence[bool]) -> list[str]:
     """Every queue claims at once, then each builder dies after the create (or before, where `created` is False)."""
     ids: list[str] = []
     now = time.time()
@@ -95,16 +94,18 @@ async def crash(
         meta = CallMeta(
             tenant="t", upstream="anthropic", endpoint=ENDPOINT, model=model, deadline=now + 3600, received_at=now
         )
-        ids += [(await acc.admit(meta, body(model, i)))[0] for i in range(n)]
+        ids += [(await store.intake.enqueue(meta, body(model, i)))[0] for i in range(n)]
     claims = []
     for model in MODELS[: len(sizes)]:
         tag = queue_tag("anthropic", ENDPOINT, model)
-        claims.append(await acc.claim(tag, max_requests=1000, max_bytes=10**9, owner="dead", lease_s=LEASE_S))
+        claims.append(await store.batches.claim(tag, max_requests=1000, max_bytes=10**9, owner="dead", lease_s=LEASE_S))
     for model, claim, made in zip(MODELS, claims, created, strict=False):
         assert claim is not None
         if made:
             bid, claimed = claim
-            lines = [BatchLine(custom_id=cid, body=b, endpoint=ep) for cid, b, ep in await acc.bodies(claimed)]
+            lines = [
+                BatchLine(custom_id=cid, body=b, endpoint=ep) for cid, b, ep in await store.batches.bodies(claimed)
+            ]
             await provider.submit_batch(bid, ENDPOINT, model, lines)
     return ids
 
@@ -134,18 +135,20 @@ async def one_round(
     (await http.post("/_sim/config", json=knobs)).raise_for_status()
     sim = str(http.base_url).rstrip("/")
     prefix = "bench-" + secrets.token_hex(4)
-    acc = Accumulator(redis, prefix, result_ttl_s=600, idempotency_ttl_s=600)
+    store = Store(redis, prefix, result_ttl_s=600, idempotency_ttl_s=600)
     upstream = Upstream(name="anthropic", kind="anthropic", base_url=sim, orphan_policy=POLICIES[policy])
     provider = (NoLookup if policy == "none" else AnthropicProvider)(upstream, "sk-bench")
-    batcher = Batcher(acc, {"anthropic": provider}, SETTINGS)
-    poller = Poller(acc, {"anthropic": provider}, SETTINGS, Accounting(pricing))
+    batcher = Batcher(store.queues, store.batches, store.results, store.leases, {"anthropic": provider}, SETTINGS)
+    poller = Poller(
+        store.queues, store.batches, store.results, store.leases, {"anthropic": provider}, SETTINGS, Accounting(pricing)
+    )
     try:
         started = time.monotonic()
-        ids = await crash(acc, provider, *scenario)
+        ids = await crash(store, provider, *scenario)
         while time.monotonic() - started < ROUND_LIMIT_S:
             await batcher.run_once()
             await poller.run_once()
-            if all([await acc.get_result(cid) is not None for cid in ids]):
+            if all([await store.results.get_result(cid) is not None for cid in ids]):
                 tally.seconds.append(time.monotonic() - started)
                 break
             await asyncio.sleep(0.05)

@@ -27,6 +27,15 @@ TIERS = ("integration", "e2e", "slow")
 ROUTER_FIXTURES = frozenset({"start_router", "router_url"})
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Hypothesis checks properties, not speed: no per-example deadline (200 ms by default) and no health check on
+    how fast examples are drawn, both of which a busy host fails at random (a `Flaky` on the rerun that was fast)."""
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("hybrid-router", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile("hybrid-router")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Put a test that starts a router through the fixtures, and carries no tier marker, in the integration tier."""
     for item in items:

@@ -14,15 +14,12 @@ from router.http.admission import (
     Arrival,
     delivery_asked,
     is_retry,
-    plan,
     prefers_async,
     read_deadline,
     reattach_allowed,
-    routing_view,
-    webhook_url,
 )
 from router.http.app import make_providers
-from router.http.delivery import Delivery
+from router.http.delivery import Asked
 from router.http.gateway import Gateway
 from tests.helpers.servers import NO_POLICIES, ROOT
 
@@ -76,10 +73,10 @@ def test_reattach_allowed(value: str | None, allowed: bool) -> None:
 def test_delivery_asked_reads_every_header() -> None:
     headers = {"prefer": "respond-async", "idempotency-key": "k1", "x-stainless-retry-count": "1",
                "x-router-reattach": "never"}  # fmt: skip
-    assert delivery_asked(headers, "https://hooks.example/x") == Delivery(
+    assert delivery_asked(headers, "https://hooks.example/x") == Asked(
         held=False, webhook="https://hooks.example/x", idempotency_key="k1", retry=True, reattach=False
     )
-    assert delivery_asked({}, None) == Delivery()
+    assert delivery_asked({}, None) == Asked()
 
 
 @pytest.fixture
@@ -124,14 +121,16 @@ async def test_plan_picks_the_lane(
     gateway: Gateway, body: bytes, endpoint: str, headers: dict[str, str], lane: str, reason: str
 ) -> None:
     arrival = _arrival(body, endpoint, **headers)
-    chosen = await plan(gateway, arrival, routing_view(gateway, body), NOW)
-    assert (chosen.route.lane, chosen.route.reason, chosen.provider.name) == (lane, reason, "openai")
+    chosen = await gateway.admission.plan(arrival, gateway.admission.routing_view(body), NOW)
+    assert (chosen.choice.lane, chosen.choice.reason, chosen.provider.name) == (lane, reason, "openai")
 
 
 async def test_plan_refuses_what_admission_refuses(gateway: Gateway) -> None:
     with pytest.raises(BadRequest, match="model parameter"):
-        routing_view(gateway, b'{"messages":[]}')
+        gateway.admission.routing_view(b'{"messages":[]}')
     with pytest.raises(InvalidDeadline):
-        await plan(gateway, _arrival(CHAT, **{"x-deadline": "soon"}), routing_view(gateway, CHAT), NOW)
+        await gateway.admission.plan(
+            _arrival(CHAT, **{"x-deadline": "soon"}), gateway.admission.routing_view(CHAT), NOW
+        )
     with pytest.raises(BadRequest, match="respond-async"):
-        webhook_url(gateway, {"x-webhook-url": "https://hooks.example/x"})
+        gateway.admission.webhook_url({"x-webhook-url": "https://hooks.example/x"})

@@ -13,9 +13,10 @@ from redis.asyncio import Redis
 from router.core.keys import queue_tag
 from router.core.pricing import load_pricing
 from router.core.settings import BatchSettings, OrphanPolicy, Upstream
-from router.deferred.accumulator import Accumulator, CallMeta
 from router.deferred.batcher import Batcher
 from router.deferred.poller import Poller
+from router.deferred.store import Store
+from router.deferred.store.records import CallMeta
 from router.providers import anthropic as adapter
 from router.providers.anthropic import AnthropicProvider
 from router.providers.anthropic_orphans import SKEW_S, Candidate, Verdict, judge
@@ -94,9 +95,9 @@ def test_judge(
 
 
 @pytest.fixture
-async def acc(redis_url: str, key_prefix: str) -> AsyncIterator[Accumulator]:
+async def store(redis_url: str, key_prefix: str) -> AsyncIterator[Store]:
     redis = Redis.from_url(redis_url)
-    yield Accumulator(redis, key_prefix, result_ttl_s=600, idempotency_ttl_s=600)
+    yield Store(redis, key_prefix, result_ttl_s=600, idempotency_ttl_s=600)
     await redis.aclose()
 
 
@@ -108,64 +109,70 @@ def body(model: str, i: int) -> bytes:
     return msgspec.json.encode({"model": model, "messages": [{"role": "user", "content": f"call {i}"}]})
 
 
-async def admit(acc: Accumulator, model: str, n: int) -> list[str]:
+async def admit(store: Store, model: str, n: int) -> list[str]:
     now = time.time()
     meta = CallMeta(
         tenant="t", upstream="anthropic", endpoint=ENDPOINT, model=model, deadline=now + 3600, received_at=now
     )
-    return [(await acc.admit(meta, body(model, i)))[0] for i in range(n)]
+    return [(await store.intake.enqueue(meta, body(model, i)))[0] for i in range(n)]
 
 
-async def claim(acc: Accumulator, model: str, owner: str, lease_s: float = LEASE) -> tuple[str, list[str]]:
-    claimed = await acc.claim(
+async def claim(store: Store, model: str, owner: str, lease_s: float = LEASE) -> tuple[str, list[str]]:
+    claimed = await store.batches.claim(
         queue_tag("anthropic", ENDPOINT, model), max_requests=1000, max_bytes=10**9, owner=owner, lease_s=lease_s
     )
     assert claimed is not None
     return claimed
 
 
-async def create(acc: Accumulator, provider: AnthropicProvider, model: str, bid: str, ids: list[str]) -> str:
+async def create(store: Store, provider: AnthropicProvider, model: str, bid: str, ids: list[str]) -> str:
     """What the dying builder got done: the provider created the batch (its id is never recorded)."""
-    lines = [BatchLine(custom_id=cid, body=b, endpoint=ep) for cid, b, ep in await acc.bodies(ids)]
+    lines = [BatchLine(custom_id=cid, body=b, endpoint=ep) for cid, b, ep in await store.batches.bodies(ids)]
     return await provider.submit_batch(bid, ENDPOINT, model, lines)
 
 
-async def crash(
-    acc: Accumulator, provider: AnthropicProvider, sizes: Sequence[int], created: Sequence[bool]
-) -> list[str]:
+async def crash(store: Store, provider: AnthropicProvider, sizes: Sequence[int], created: Sequence[bool]) -> list[str]:
     """One queue per size claims its calls at once, then each builder dies, after creating its batch or before."""
-    ids = [await admit(acc, model, n) for model, n in zip(MODELS, sizes, strict=False)]
-    claims = [await claim(acc, model, "dead-replica") for model in MODELS[: len(sizes)]]
+    ids = [await admit(store, model, n) for model, n in zip(MODELS, sizes, strict=False)]
+    claims = [await claim(store, model, "dead-replica") for model in MODELS[: len(sizes)]]
     for model, (bid, claimed), made in zip(MODELS, claims, created, strict=False):
         if made:
-            await create(acc, provider, model, bid, claimed)
+            await create(store, provider, model, bid, claimed)
     return [cid for group in ids for cid in group]
 
 
-async def settle(acc: Accumulator, provider: AnthropicProvider, ids: list[str], seconds: float = 30.0) -> int:
+async def settle(store: Store, provider: AnthropicProvider, ids: list[str], seconds: float = 30.0) -> int:
     """Run the batcher and the poller until every call has its batch result (bounded); the batches submitted."""
     providers = {"anthropic": provider}
-    batcher = Batcher(acc, providers, SETTINGS)
-    poller = Poller(acc, providers, SETTINGS, Accounting(load_pricing(ROOT / "config" / "pricing.yaml")))
+    batcher = Batcher(store.queues, store.batches, store.results, store.leases, providers, SETTINGS)
+    poller = Poller(
+        store.queues,
+        store.batches,
+        store.results,
+        store.leases,
+        providers,
+        SETTINGS,
+        Accounting(load_pricing(ROOT / "config" / "pricing.yaml")),
+    )
     submitted = 0
 
     async def answered() -> bool:
         nonlocal submitted
         submitted += await batcher.run_once()
         await poller.run_once()
-        return all([await acc.get_result(cid) is not None for cid in ids])
+        return all([await store.results.get_result(cid) is not None for cid in ids])
 
     await wait_until_async(answered, seconds, "every call's batch result")
-    results = [await acc.get_result(cid) for cid in ids]
-    assert all(r is not None and r.status == 200 and r.lane == "batch" for r in results)
+    results = [await store.results.get_result(cid) for cid in ids]
+    assert all(r is not None and r.status == 200 and r.origin == "batch" for r in results)
     return submitted
 
 
-async def leases_run_out(acc: Accumulator, owner: str = "dead-replica") -> None:
+async def leases_run_out(store: Store, owner: str = "dead-replica") -> None:
     """Wait until the leases `owner` holds on batches it was building have run out, as Redis records them."""
 
     async def run_out() -> bool:
-        return all(until < time.time() for _, record, until in await acc.building() if record.owner == owner)
+        return all(until < time.time() for _, record, until in await store.batches.building() if record.owner == owner)
 
     await wait_until_async(run_out, 10, f"the leases of {owner} to run out", every=0.02)
 
@@ -184,10 +191,10 @@ async def provider(sim: Sim, request: pytest.FixtureRequest) -> AsyncIterator[An
 
 @pytest.mark.integration
 @pytest.mark.parametrize("provider", POLICIES, indirect=True)
-async def test_a_crash_before_the_create_submits_once(acc: Accumulator, provider: AnthropicProvider, sim: Sim) -> None:
-    ids = await crash(acc, provider, [5], created=[False])
-    await leases_run_out(acc)
-    assert await settle(acc, provider, ids) == 1
+async def test_a_crash_before_the_create_submits_once(store: Store, provider: AnthropicProvider, sim: Sim) -> None:
+    ids = await crash(store, provider, [5], created=[False])
+    await leases_run_out(store)
+    assert await settle(store, provider, ids) == 1
     stats = sim.stats()
     assert stats["message_batches_created"] == 1 and stats["max_submissions_per_custom_id"] == 1
     assert stats["batches_cancelled"] == 0
@@ -195,11 +202,11 @@ async def test_a_crash_before_the_create_submits_once(acc: Accumulator, provider
 
 @pytest.mark.integration
 @pytest.mark.parametrize("provider", ["adopt", "adopt_or_cancel"], indirect=True)
-async def test_the_one_orphan_that_fits_is_adopted(acc: Accumulator, provider: AnthropicProvider, sim: Sim) -> None:
+async def test_the_one_orphan_that_fits_is_adopted(store: Store, provider: AnthropicProvider, sim: Sim) -> None:
     sim.configure(batch_turnaround_s=3.0)  # still running when recovery looks
-    ids = await crash(acc, provider, [5], created=[True])
-    await leases_run_out(acc)
-    assert await settle(acc, provider, ids) == 0
+    ids = await crash(store, provider, [5], created=[True])
+    await leases_run_out(store)
+    assert await settle(store, provider, ids) == 0
     stats = sim.stats()
     assert stats["message_batches_created"] == 1 and stats["max_submissions_per_custom_id"] == 1
     assert stats["batches_cancelled"] == 0 and paid_twice(sim) == 0
@@ -209,12 +216,12 @@ async def test_the_one_orphan_that_fits_is_adopted(acc: Accumulator, provider: A
 @pytest.mark.integration
 @pytest.mark.parametrize("provider", ["cancel"], indirect=True)
 async def test_cancel_cancels_the_running_orphan_and_submits_again(
-    acc: Accumulator, provider: AnthropicProvider, sim: Sim
+    store: Store, provider: AnthropicProvider, sim: Sim
 ) -> None:
     sim.configure(batch_turnaround_s=3.0, batch_cancel_delay_s=0.1)
-    ids = await crash(acc, provider, [5], created=[True])
-    await leases_run_out(acc)
-    assert await settle(acc, provider, ids) == 1
+    ids = await crash(store, provider, [5], created=[True])
+    await leases_run_out(store)
+    assert await settle(store, provider, ids) == 1
     stats = sim.stats()
     assert stats["message_batches_created"] == 2 and stats["batches_cancelled"] == 1
     # Only the lines the orphan ran before the cancel are paid twice.
@@ -224,30 +231,30 @@ async def test_cancel_cancels_the_running_orphan_and_submits_again(
 @pytest.mark.integration
 @pytest.mark.parametrize("provider", POLICIES, indirect=True)
 async def test_an_orphan_that_already_ended_is_proven_by_its_results(
-    acc: Accumulator, provider: AnthropicProvider, sim: Sim
+    store: Store, provider: AnthropicProvider, sim: Sim
 ) -> None:
     sim.configure(batch_turnaround_s=0.05)
-    ids = await crash(acc, provider, [5, 5], created=[True, True])  # alike in size and time: only results tell
-    await leases_run_out(acc)
+    ids = await crash(store, provider, [5, 5], created=[True, True])  # alike in size and time: only results tell
+    await leases_run_out(store)
     with anthropic.Anthropic(base_url=sim.base, api_key="k", max_retries=0) as client:
         ended = lambda: all(b.processing_status == "ended" for b in client.messages.batches.list())  # noqa: E731
         wait_until(ended, 10, "both orphans to end")
-    assert await settle(acc, provider, ids) == 0
+    assert await settle(store, provider, ids) == 0
     stats = sim.stats()
     assert stats["message_batches_created"] == 2 and stats["batches_cancelled"] == 0 and paid_twice(sim) == 0
 
 
 @pytest.mark.integration
 async def test_concurrent_equal_crashes_wait_for_proof_and_pay_once(
-    acc: Accumulator, provider: AnthropicProvider, sim: Sim
+    store: Store, provider: AnthropicProvider, sim: Sim
 ) -> None:
     sim.configure(batch_turnaround_s=3.0)
-    ids = await crash(acc, provider, [4, 4, 4], created=[True, True, False])
-    await leases_run_out(acc)
-    batcher = Batcher(acc, {"anthropic": provider}, SETTINGS)
+    ids = await crash(store, provider, [4, 4, 4], created=[True, True, False])
+    await leases_run_out(store)
+    batcher = Batcher(store.queues, store.batches, store.results, store.leases, {"anthropic": provider}, SETTINGS)
     assert await batcher.run_once() == 0  # three alike, two orphans: nobody can tell yet, nothing is submitted
     assert sim.stats()["message_batches_created"] == 2
-    assert await settle(acc, provider, ids) == 1  # the queue that crashed before its create submits, once ended
+    assert await settle(store, provider, ids) == 1  # the queue that crashed before its create submits, once ended
     stats = sim.stats()
     assert stats["message_batches_created"] == 3 and stats["max_submissions_per_custom_id"] == 1
     assert stats["batches_cancelled"] == 0 and paid_twice(sim) == 0
@@ -256,12 +263,12 @@ async def test_concurrent_equal_crashes_wait_for_proof_and_pay_once(
 @pytest.mark.integration
 @pytest.mark.parametrize("provider", ["cancel", "adopt_or_cancel"], indirect=True)
 async def test_concurrent_equal_crashes_cancel_what_cannot_be_told_apart(
-    acc: Accumulator, provider: AnthropicProvider, sim: Sim
+    store: Store, provider: AnthropicProvider, sim: Sim
 ) -> None:
     sim.configure(batch_turnaround_s=3.0, batch_cancel_delay_s=0.1)
-    ids = await crash(acc, provider, [4, 4, 4], created=[True, True, True])
-    await leases_run_out(acc)
-    await settle(acc, provider, ids)
+    ids = await crash(store, provider, [4, 4, 4], created=[True, True, True])
+    await leases_run_out(store)
+    await settle(store, provider, ids)
     stats = sim.stats()
     assert stats["batches_cancelled"] == 3 and stats["max_submissions_per_custom_id"] == 2
     assert paid_twice(sim) < 12  # lines that ran before their cancel, no more
@@ -269,20 +276,20 @@ async def test_concurrent_equal_crashes_cancel_what_cannot_be_told_apart(
 
 @pytest.mark.integration
 async def test_a_batch_a_live_builder_has_not_recorded_yet_is_left_to_it(
-    acc: Accumulator, provider: AnthropicProvider, sim: Sim
+    store: Store, provider: AnthropicProvider, sim: Sim
 ) -> None:
     sim.configure(batch_turnaround_s=3.0)
-    crashed = await admit(acc, MODELS[0], 3)
-    await claim(acc, MODELS[0], "dead-replica")  # dies before creating anything
-    live_ids = await admit(acc, MODELS[1], 3)
-    bid, claimed = await claim(acc, MODELS[1], "live-replica", lease_s=30)
-    theirs = await create(acc, provider, MODELS[1], bid, claimed)  # created, about to be recorded
-    await leases_run_out(acc)
-    batcher = Batcher(acc, {"anthropic": provider}, SETTINGS)
+    crashed = await admit(store, MODELS[0], 3)
+    await claim(store, MODELS[0], "dead-replica")  # dies before creating anything
+    live_ids = await admit(store, MODELS[1], 3)
+    bid, claimed = await claim(store, MODELS[1], "live-replica", lease_s=30)
+    theirs = await create(store, provider, MODELS[1], bid, claimed)  # created, about to be recorded
+    await leases_run_out(store)
+    batcher = Batcher(store.queues, store.batches, store.results, store.leases, {"anthropic": provider}, SETTINGS)
     assert await batcher.run_once() == 0  # it fits, but it may be the live builder's: wait
     tag = queue_tag("anthropic", ENDPOINT, MODELS[1])
-    assert await acc.mark_submitted(tag, bid, "live-replica", theirs, time.time())
-    assert await settle(acc, provider, crashed + live_ids) == 1
+    assert await store.batches.mark_submitted(tag, bid, "live-replica", theirs, time.time())
+    assert await settle(store, provider, crashed + live_ids) == 1
     stats = sim.stats()
     assert stats["message_batches_created"] == 2 and stats["max_submissions_per_custom_id"] == 1
     assert stats["batches_cancelled"] == 0
@@ -290,36 +297,46 @@ async def test_a_batch_a_live_builder_has_not_recorded_yet_is_left_to_it(
 
 @pytest.mark.integration
 async def test_recorded_and_other_sized_batches_are_not_taken(
-    acc: Accumulator, provider: AnthropicProvider, sim: Sim
+    store: Store, provider: AnthropicProvider, sim: Sim
 ) -> None:
     sim.configure(batch_turnaround_s=3.0)
-    ids = await crash(acc, provider, [4], created=[False])
-    other = await admit(acc, MODELS[1], 4)  # a batch of the same size, submitted and recorded as usual
-    assert await Batcher(acc, {"anthropic": provider}, SETTINGS).run_once(force=True) == 1
+    ids = await crash(store, provider, [4], created=[False])
+    other = await admit(store, MODELS[1], 4)  # a batch of the same size, submitted and recorded as usual
+    assert (
+        await Batcher(
+            store.queues, store.batches, store.results, store.leases, {"anthropic": provider}, SETTINGS
+        ).run_once(force=True)
+        == 1
+    )
     with anthropic.Anthropic(base_url=sim.base, api_key="k", max_retries=0) as client:  # other software's batch
         request = {"custom_id": "theirs", "params": {"model": MODELS[0], "max_tokens": 10, "messages": []}}
         client.messages.batches.create(requests=[request] * 1)  # type: ignore[list-item]
-    await leases_run_out(acc)
-    assert await settle(acc, provider, ids + other) == 1
+    await leases_run_out(store)
+    assert await settle(store, provider, ids + other) == 1
     stats = sim.stats()
     assert stats["message_batches_created"] == 3 and stats["max_submissions_per_custom_id"] == 1
 
 
 @pytest.mark.integration
 async def test_a_builder_whose_batch_was_adopted_records_it_without_cancelling(
-    acc: Accumulator, provider: AnthropicProvider, sim: Sim
+    store: Store, provider: AnthropicProvider, sim: Sim
 ) -> None:
     sim.configure(batch_turnaround_s=3.0)
-    await admit(acc, MODELS[0], 3)
-    bid, claimed = await claim(acc, MODELS[0], "stalled-replica")
-    created = await create(acc, provider, MODELS[0], bid, claimed)
-    await leases_run_out(acc, "stalled-replica")
-    assert await Batcher(acc, {"anthropic": provider}, SETTINGS).run_once() == 0  # adopted
+    await admit(store, MODELS[0], 3)
+    bid, claimed = await claim(store, MODELS[0], "stalled-replica")
+    created = await create(store, provider, MODELS[0], bid, claimed)
+    await leases_run_out(store, "stalled-replica")
+    assert (
+        await Batcher(
+            store.queues, store.batches, store.results, store.leases, {"anthropic": provider}, SETTINGS
+        ).run_once()
+        == 0
+    )  # adopted
     tag = queue_tag("anthropic", ENDPOINT, MODELS[0])
     # The stalled builder wakes up and records the batch it created: already recorded, so it is not an orphan.
-    assert await acc.mark_submitted(tag, bid, "stalled-replica", created, time.time())
-    assert not await acc.mark_submitted(tag, bid, "stalled-replica", "msgbatch_other", time.time())
-    assert await acc.recorded([created, "msgbatch_other"]) == {created}
+    assert await store.batches.mark_submitted(tag, bid, "stalled-replica", created, time.time())
+    assert not await store.batches.mark_submitted(tag, bid, "stalled-replica", "msgbatch_other", time.time())
+    assert await store.batches.recorded([created, "msgbatch_other"]) == {created}
 
 
 # --- the listing, against the simulator -------------------------------------------------------------------------

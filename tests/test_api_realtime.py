@@ -58,7 +58,8 @@ def test_stream_first_chunk_arrives_before_upstream_finishes(oai: Client, router
         assert sim.stats()["open_streams"] >= 1
         rest = list(stream)
     assert rest and rest[-1].choices[0].finish_reason == "stop"
-    assert sim.stats()["open_streams"] == 0
+    # The simulator closes its side after it sent the last chunk: wait for that, not just for the chunk.
+    wait_until(lambda: sim.stats()["open_streams"] == 0, 10, "the upstream stream to close")
 
 
 async def test_async_client_every_endpoint(router_url: str) -> None:

@@ -1,4 +1,4 @@
-"""The accumulator, the result wake-up and a deferred call on a real 3-master Redis Cluster (the machine's Redis)."""
+"""The Redis store, the result wake-up and a deferred call on a real 3-master Redis Cluster (the machine's Redis)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -24,9 +25,11 @@ from redis.asyncio.connection import SSLConnection
 
 from router.core.errors import ConfigError
 from router.core.keys import queue_tag
+from router.core.lanes import Origin
 from router.core.turnaround import TurnaroundModel
-from router.deferred.accumulator import Accumulator, CallMeta
+from router.deferred.store import Store
 from router.deferred.store.client import close, connect
+from router.deferred.store.records import CallMeta
 from router.deferred.waiters import Waiters
 from router.http.app import create_app
 from router.ops.serving import free_port, serve_in_thread
@@ -137,9 +140,9 @@ async def client(cluster: list[int]) -> AsyncIterator[RedisCluster]:
 
 
 @pytest.fixture
-def acc(client: RedisCluster) -> Accumulator:
-    """An accumulator on the cluster under a prefix of its own (the cluster is thrown away with the module)."""
-    return Accumulator(client, "hrtest-" + secrets.token_hex(4), result_ttl_s=600, idempotency_ttl_s=600)
+def store(client: RedisCluster) -> Store:
+    """The store on the cluster under a prefix of its own (the cluster is thrown away with the module)."""
+    return Store(client, "hrtest-" + secrets.token_hex(4), result_ttl_s=600, idempotency_ttl_s=600)
 
 
 def meta(model: str = "gpt-4o-mini", *, tenant: str = "t") -> CallMeta:
@@ -162,12 +165,12 @@ def node_of(client: RedisCluster, key: str) -> str:
     return node.name
 
 
-def models_on_every_node(client: RedisCluster, acc: Accumulator) -> dict[str, str]:
+def models_on_every_node(client: RedisCluster, store: Store) -> dict[str, str]:
     """One model per master whose queue's keys live on that master: node name → model."""
     found: dict[str, str] = {}
     for i in range(200):
         model = f"model-{i}"
-        found.setdefault(node_of(client, acc.keys.pending(queue_tag("openai", ENDPOINT, model))), model)
+        found.setdefault(node_of(client, store.keys.pending(queue_tag("openai", ENDPOINT, model))), model)
     assert len(found) == 3, "three queues should land on three different masters"
     return found
 
@@ -191,153 +194,157 @@ async def test_the_url_picks_a_cluster_or_one_server(cluster: list[int]) -> None
         connect("redis+cluster://127.0.0.1:x", max_connections=4)
 
 
-async def test_admit_with_and_without_an_idempotency_key(client: RedisCluster, acc: Accumulator) -> None:
-    first, created = await acc.admit(meta(), body(1), "key-1", digest="d1")
-    again, created_again = await acc.admit(meta(), body(1), "key-1", digest="d1")
-    other_tenant, _ = await acc.admit(meta(tenant="u"), body(1), "key-1", digest="d1u")
-    plain, plain_created = await acc.admit(meta(), body(2), digest="d2", holder="gone/c")
+async def test_admit_with_and_without_an_idempotency_key(client: RedisCluster, store: Store) -> None:
+    first, created = await store.intake.enqueue(meta(), body(1), "key-1", digest="d1")
+    again, created_again = await store.intake.enqueue(meta(), body(1), "key-1", digest="d1")
+    other_tenant, _ = await store.intake.enqueue(meta(tenant="u"), body(1), "key-1", digest="d1u")
+    plain, plain_created = await store.intake.enqueue(meta(), body(2), digest="d2", holder="gone/c")
     assert (created, created_again, plain_created) == ("new", "attached", "new") and again == first
-    assert await acc.reattachable(TAG, "d2", retry=False) == plain  # the digest index is in the queue's slot
+    assert await store.intake.reattachable(TAG, "d2", retry=False) == plain  # the digest index is in the queue's slot
     assert len({first, other_tenant, plain}) == 3
-    stats = await acc.stats(TAG)
+    stats = await store.queues.stats(TAG)
     assert stats is not None and stats.count == 3 and stats.bytes == 2 * len(body(1)) + len(body(2))
     # Every key of the queue and its calls is in one slot; the idempotency map and the queue set are elsewhere.
-    k = acc.keys
+    k = store.keys
     assert len({client.keyslot(key) for key in (k.call(first), k.pending(TAG), k.bytes(TAG), k.queue(TAG))}) == 1
-    call = await acc.get_call(first)
+    call = await store.results.get_call(first)
     assert call is not None and call.state == "queued"
 
 
-async def test_a_burst_waits_for_connections_and_concurrent_claims_never_share_a_call(acc: Accumulator) -> None:
+async def test_a_burst_waits_for_connections_and_concurrent_claims_never_share_a_call(store: Store) -> None:
     # 300 admissions at once over 8 connections: redis-py's cluster client alone would fail with "too many".
-    ids = [cid for cid, _ in await asyncio.gather(*(acc.admit(meta(), body(i)) for i in range(300)))]
+    ids = [cid for cid, _ in await asyncio.gather(*(store.intake.enqueue(meta(), body(i)) for i in range(300)))]
     claims = await asyncio.gather(
-        *(acc.claim(TAG, max_requests=70, max_bytes=10**9, owner=f"o{i}", lease_s=30) for i in range(6))
+        *(store.batches.claim(TAG, max_requests=70, max_bytes=10**9, owner=f"o{i}", lease_s=30) for i in range(6))
     )
     taken = [cid for claim in claims if claim for cid in claim[1]]
     assert len(taken) == len(set(taken)) == 300
     assert set(taken) == set(ids)
-    stats = await acc.stats(TAG)
+    stats = await store.queues.stats(TAG)
     assert stats is not None and stats.count == 0 and stats.bytes == 0
 
 
-async def test_a_result_is_stored_once_with_its_totals(acc: Accumulator) -> None:
-    call_id, _ = await acc.admit(meta(), body(0))
-    claim = await acc.claim(TAG, max_requests=10, max_bytes=10**9, owner="o", lease_s=30)
+async def test_a_result_is_stored_once_with_its_totals(store: Store) -> None:
+    call_id, _ = await store.intake.enqueue(meta(), body(0))
+    claim = await store.batches.claim(TAG, max_requests=10, max_bytes=10**9, owner="o", lease_s=30)
     assert claim is not None
-    call = await acc.get_call(call_id)
+    call = await store.results.get_call(call_id)
     assert call is not None and call.state == "submitted"
     stored = [
-        await acc.store_result(
-            call_id, call.meta, from_batch=claim[0], status=200, body=b"{}", lane="batch", cost=(1.0, 2.0, 1.0)
+        await store.results.store_result(
+            call_id, call.meta, from_batch=claim[0], status=200, body=b"{}", origin=Origin.BATCH, cost=(1.0, 2.0, 1.0)
         )
         for _ in range(2)
     ]
     assert stored == [1, 2]  # the second is a re-ingest of the same batch line: not stored, not billed
-    totals = await acc.totals("t", time.strftime("%Y-%m-%d", time.gmtime()))
+    totals = await store.totals.totals("t", time.strftime("%Y-%m-%d", time.gmtime()))
     assert totals["batch:requests"] == 1 and totals["batch:savings_usd"] == 1.0
-    result = await acc.get_result(call_id)
-    assert result is not None and result.status == 200 and result.lane == "batch"
+    result = await store.results.get_result(call_id)
+    assert result is not None and result.status == 200 and result.origin == "batch"
 
 
-async def test_an_escalated_call_drops_its_late_batch_result(acc: Accumulator) -> None:
-    call_id, _ = await acc.admit(meta(), body(0))
-    claim = await acc.claim(TAG, max_requests=10, max_bytes=10**9, owner="o", lease_s=30)
+async def test_an_escalated_call_drops_its_late_batch_result(store: Store) -> None:
+    call_id, _ = await store.intake.enqueue(meta(), body(0))
+    claim = await store.batches.claim(TAG, max_requests=10, max_bytes=10**9, owner="o", lease_s=30)
     assert claim is not None
-    assert await acc.escalation_due(TAG, cutoff=time.time() + 7200, now=time.time()) == [call_id]
-    assert await acc.escalate(call_id, lease_s=30) == body(0)
-    assert await acc.escalate(call_id, lease_s=30) is None
-    call = await acc.get_call(call_id)
+    assert await store.results.escalation_due(TAG, cutoff=time.time() + 7200, now=time.time()) == [call_id]
+    assert await store.results.escalate(call_id, lease_s=30) == body(0)
+    assert await store.results.escalate(call_id, lease_s=30) is None
+    call = await store.results.get_call(call_id)
     assert call is not None
-    realtime = await acc.store_result(
-        call_id, call.meta, from_batch="", status=200, body=b"rt", lane="escalated", cost=None
+    realtime = await store.results.store_result(
+        call_id, call.meta, from_batch="", status=200, body=b"rt", origin=Origin.ESCALATED, cost=None
     )
-    late = await acc.store_result(
-        call_id, call.meta, from_batch=claim[0], status=200, body=b"b", lane="batch", cost=None
+    late = await store.results.store_result(
+        call_id, call.meta, from_batch=claim[0], status=200, body=b"b", origin=Origin.BATCH, cost=None
     )
     assert (realtime, late) == (1, 0)
-    result = await acc.get_result(call_id)
+    result = await store.results.get_result(call_id)
     assert result is not None and result.body == b"rt"
 
 
-async def test_a_batch_lives_in_its_queue_slot_from_claim_to_requeue(acc: Accumulator) -> None:
-    ids = [(await acc.admit(meta(), body(i)))[0] for i in range(3)]
-    claim = await acc.claim(TAG, max_requests=10, max_bytes=10**9, owner="dead", lease_s=0.05)
+async def test_a_batch_lives_in_its_queue_slot_from_claim_to_requeue(store: Store) -> None:
+    ids = [(await store.intake.enqueue(meta(), body(i)))[0] for i in range(3)]
+    claim = await store.batches.claim(TAG, max_requests=10, max_bytes=10**9, owner="dead", lease_s=0.05)
     assert claim is not None
     bid, claimed = claim
-    assert sorted(claimed) == sorted(ids) and await acc.batch_calls(TAG, bid) == claimed
-    assert [b for _, b, _ in await acc.bodies(claimed)] == [body(ids.index(c)) for c in claimed]
-    await wait_until_async(lambda: acc.take_over(TAG, bid, "me", lease_s=30), 5, "the dead owner's lease to lapse")
-    assert not await acc.mark_submitted(TAG, bid, "dead", "prov-1", next_poll=0)
-    assert await acc.mark_submitted(TAG, bid, "me", "prov-1", next_poll=0)
-    [due] = await acc.due_batches(TAG, time.time())
+    assert sorted(claimed) == sorted(ids) and await store.batches.batch_calls(TAG, bid) == claimed
+    assert [b for _, b, _ in await store.batches.bodies(claimed)] == [body(ids.index(c)) for c in claimed]
+    await wait_until_async(
+        lambda: store.batches.take_over(TAG, bid, "me", lease_s=30), 5, "the dead owner's lease to lapse"
+    )
+    assert not await store.batches.mark_submitted(TAG, bid, "dead", "prov-1", next_poll=0)
+    assert await store.batches.mark_submitted(TAG, bid, "me", "prov-1", next_poll=0)
+    [due] = await store.batches.due_batches(TAG, time.time())
     assert (due.id, due.state, due.provider_id, due.n) == (bid, "submitted", "prov-1", 3)
-    await acc.reschedule(TAG, bid, time.time() + 3600)
-    assert await acc.due_batches(TAG, time.time()) == []
-    assert await acc.count_submit_attempt(TAG, bid) == 1
-    assert await acc.requeue(ids[0], bid)
-    assert not await acc.requeue(ids[0], bid)
-    await acc.expedite(ids[1])
-    assert await acc.escalation_due(TAG, cutoff=1.0, now=time.time()) == [ids[1]]
-    await acc.finish_batch(TAG, bid, "expired", turnaround=12.0)
-    stats = await acc.stats(TAG)
+    await store.batches.reschedule(TAG, bid, time.time() + 3600)
+    assert await store.batches.due_batches(TAG, time.time()) == []
+    assert await store.batches.count_submit_attempt(TAG, bid) == 1
+    assert await store.results.requeue(ids[0], bid)
+    assert not await store.results.requeue(ids[0], bid)
+    await store.results.expedite(ids[1])
+    assert await store.results.escalation_due(TAG, cutoff=1.0, now=time.time()) == [ids[1]]
+    await store.batches.finish_batch(TAG, bid, "expired", turnaround=12.0)
+    stats = await store.queues.stats(TAG)
     assert stats is not None and stats.count == 1 and stats.bytes == len(body(0))
-    assert await acc.counts() == ({f"openai/gpt-4o-mini{ENDPOINT}": 1}, 0)
+    assert await store.queues.counts() == ({f"openai/gpt-4o-mini{ENDPOINT}": 1}, 0)
 
 
 async def test_crash_recovery_reads_recorded_and_building_batches_on_every_node(
-    client: RedisCluster, acc: Accumulator
+    client: RedisCluster, store: Store
 ) -> None:
-    models = list(models_on_every_node(client, acc).values())
+    models = list(models_on_every_node(client, store).values())
     tags = [queue_tag("openai", ENDPOINT, model) for model in models]
     bids = []
     for i, (model, tag) in enumerate(zip(models, tags, strict=True)):
-        await acc.admit(meta(model), body(i))  # one queue per master, each with a batch
-        claim = await acc.claim(tag, max_requests=10, max_bytes=10**9, owner="o", lease_s=30)
+        await store.intake.enqueue(meta(model), body(i))  # one queue per master, each with a batch
+        claim = await store.batches.claim(tag, max_requests=10, max_bytes=10**9, owner="o", lease_s=30)
         assert claim is not None
         bids.append(claim[0])
     for i in (0, 1):  # recorded in the queue's own slot, with the batch, in one script
-        assert await acc.mark_submitted(tags[i], bids[i], "o", f"msgbatch_{i}", next_poll=time.time() + 60)
-        assert client.keyslot(acc.keys.provider_batches(tags[i])) == client.keyslot(acc.keys.batch(tags[i], bids[i]))
-    assert await acc.recorded(["msgbatch_0", "msgbatch_1", "msgbatch_2"]) == {"msgbatch_0", "msgbatch_1"}
-    [(upstream, record, lease_until)] = await acc.building()
+        assert await store.batches.mark_submitted(tags[i], bids[i], "o", f"msgbatch_{i}", next_poll=time.time() + 60)
+        assert client.keyslot(store.keys.provider_batches(tags[i])) == client.keyslot(
+            store.keys.batch(tags[i], bids[i])
+        )
+    assert await store.batches.recorded(["msgbatch_0", "msgbatch_1", "msgbatch_2"]) == {"msgbatch_0", "msgbatch_1"}
+    [(upstream, record, lease_until)] = await store.batches.building()
     assert (upstream, record.id, record.n) == ("openai", bids[2], 1) and lease_until > time.time()
 
 
-async def test_turnaround_observations(acc: Accumulator) -> None:
+async def test_turnaround_observations(store: Store) -> None:
     model = TurnaroundModel(3600.0)
-    assert model.quantile(await acc.observations(TAG), time.time()) == 3600.0
+    assert model.quantile(await store.batches.observations(TAG), time.time()) == 3600.0
     for seconds in (10.0, 20.0, 30.0, 40.0, 50.0):
-        await acc.admit(meta(), body(0))
-        claim = await acc.claim(TAG, max_requests=1, max_bytes=10**9, owner="o", lease_s=30)
+        await store.intake.enqueue(meta(), body(0))
+        claim = await store.batches.claim(TAG, max_requests=1, max_bytes=10**9, owner="o", lease_s=30)
         assert claim is not None
-        await acc.finish_batch(TAG, claim[0], "completed", turnaround=seconds)
-    assert model.quantile(await acc.observations(TAG), time.time()) == 50.0
+        await store.batches.finish_batch(TAG, claim[0], "completed", turnaround=seconds)
+    assert model.quantile(await store.batches.observations(TAG), time.time()) == 50.0
 
 
-async def test_counts_and_totals_span_queues_on_every_node(client: RedisCluster, acc: Accumulator) -> None:
-    models = models_on_every_node(client, acc)
+async def test_counts_and_totals_span_queues_on_every_node(client: RedisCluster, store: Store) -> None:
+    models = models_on_every_node(client, store)
     day = time.strftime("%Y-%m-%d", time.gmtime())
     for i, model in enumerate(models.values()):
         for j in range(i + 1):
-            await acc.admit(meta(model), body(j))
+            await store.intake.enqueue(meta(model), body(j))
         tag = queue_tag("openai", ENDPOINT, model)
-        claim = await acc.claim(tag, max_requests=1, max_bytes=10**9, owner="o", lease_s=30)
+        claim = await store.batches.claim(tag, max_requests=1, max_bytes=10**9, owner="o", lease_s=30)
         assert claim is not None
         [call_id] = claim[1]
-        stored = await acc.store_result(
-            call_id, meta(model), from_batch=claim[0], status=200, body=b"{}", lane="batch", cost=(1.0, 2.0, 1.0)
+        stored = await store.results.store_result(
+            call_id, meta(model), from_batch=claim[0], status=200, body=b"{}", origin=Origin.BATCH, cost=(1.0, 2.0, 1.0)
         )
         assert stored == 1
     # Real-time totals of three tenants in one pipeline (their keys span slots), then this tenant's again.
     realtime = {"realtime:requests": 2.0, "realtime:cost_usd": 0.5}
-    await acc.add_totals({("t", day): realtime, ("u", day): realtime, ("v", day): realtime})
-    await acc.add_totals({("t", day): realtime})
-    await acc.add_totals({("t", day): realtime})
-    depth, inflight = await acc.counts()
+    await store.totals.add_totals({("t", day): realtime, ("u", day): realtime, ("v", day): realtime})
+    await store.totals.add_totals({("t", day): realtime})
+    await store.totals.add_totals({("t", day): realtime})
+    depth, inflight = await store.queues.counts()
     assert depth == {f"openai/{m}{ENDPOINT}": i for i, m in enumerate(models.values())}
     assert inflight == 3
-    totals = await acc.totals("t", day)
+    totals = await store.totals.totals("t", day)
     assert totals == {
         "batch:requests": 3.0,
         "batch:cost_usd": 3.0,
@@ -359,9 +366,9 @@ async def _subscribers(ports: list[int], channel: str) -> dict[int, int]:
 
 
 async def test_waiters_wake_on_a_result_published_through_any_node(
-    client: RedisCluster, acc: Accumulator, cluster: list[int]
+    client: RedisCluster, store: Store, cluster: list[int]
 ) -> None:
-    waiters = Waiters(client, acc.keys.done_channel, acc.results_stored)
+    waiters = Waiters(client, store.keys.done_channel, store.results.results_stored)
     stop = asyncio.Event()
 
     async def subscribed() -> bool:
@@ -377,13 +384,13 @@ async def test_waiters_wake_on_a_result_published_through_any_node(
                 async with Redis(port=port) as node:
                     await node.publish(waiters.channel, call_id)
                 assert await watch.woken(5)
-        # And the accumulator's own publish, after storing a result.
-        call_id, _ = await acc.admit(meta(), body(0))
-        claim = await acc.claim(TAG, max_requests=1, max_bytes=10**9, owner="o", lease_s=30)
+        # And the store's own publish, after storing a result.
+        call_id, _ = await store.intake.enqueue(meta(), body(0))
+        claim = await store.batches.claim(TAG, max_requests=1, max_bytes=10**9, owner="o", lease_s=30)
         assert claim is not None
         with waiters.watching(call_id) as watch:
-            stored = await acc.store_result(
-                call_id, meta(), from_batch=claim[0], status=200, body=b"{}", lane="batch", cost=None
+            stored = await store.results.store_result(
+                call_id, meta(), from_batch=claim[0], status=200, body=b"{}", origin=Origin.BATCH, cost=None
             )
             assert stored == 1
             assert await watch.woken(5)
@@ -393,13 +400,17 @@ async def test_waiters_wake_on_a_result_published_through_any_node(
 
 
 def test_a_held_call_is_answered_from_a_batch_on_a_cluster(
-    oai: Callable[..., openai.OpenAI], sim: Sim, cluster: list[int]
+    oai: Callable[..., openai.OpenAI], sim: Sim, cluster: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     prefix = "hrtest-" + secrets.token_hex(4)
     # `start_router` is bound to the test Redis; this router gets the cluster's URL.
     settings = router_settings(sim, cluster_url(cluster), prefix, batch=FAST)
     messages: Any = [{"role": "user", "content": "Summarise document number 1."}]
-    with serve_in_thread(create_app(settings, {"SIM_KEY": "sk-sim"})) as base:
+    app = create_app(settings, {"SIM_KEY": "sk-sim"})
+    # The queue is idle once the call is answered: the router's own pruner (every PRUNE_S, 10 s) would drop it
+    # from the set read below if a busy host made this test last that long. Its next pass is an hour away.
+    monkeypatch.setattr(sys.modules[type(app.state.gateway).__module__], "PRUNE_S", 3600.0)
+    with serve_in_thread(app) as base:
         raw = oai(base).chat.completions.with_raw_response.create(
             model="gpt-4o-mini", messages=messages, extra_headers={"X-Deadline": "2h"}
         )

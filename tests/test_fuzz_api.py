@@ -17,6 +17,9 @@ from hypothesis import strategies as st
 pytestmark = pytest.mark.integration
 
 ENDPOINTS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"]
+# A module-scoped router serves every example; how fast examples are drawn is no property (the profile in
+# conftest.py suppresses too_slow too, but a test's own list replaces the profile's).
+SUPPRESSED = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.floats(allow_nan=False), st.text(max_size=20)
 )
@@ -131,7 +134,7 @@ def check(response: httpx.Response) -> None:
         assert isinstance(error["message"], str) and error["message"]
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=120, deadline=None, suppress_health_check=SUPPRESSED)
 @given(endpoint=st.sampled_from(ENDPOINTS), body=bodies, deadline=deadlines, idem=st.none() | header_text)
 def test_json_bodies_never_500(
     fuzz_router: str, endpoint: str, body: dict[str, Any], deadline: str | None, idem: str | None
@@ -144,20 +147,20 @@ def test_json_bodies_never_500(
     check(httpx.post(fuzz_router + endpoint, content=json.dumps(body).encode(), headers=headers, timeout=30))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=SUPPRESSED)
 @given(endpoint=st.sampled_from(ENDPOINTS), raw=raw_bodies)
 def test_raw_bytes_never_500(fuzz_router: str, endpoint: str, raw: bytes) -> None:
     check(httpx.post(fuzz_router + endpoint, content=raw, timeout=30))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=SUPPRESSED)
 @given(path=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789/_-.%", max_size=30), wait=st.text(max_size=6))
 def test_any_path_or_query_never_500(fuzz_router: str, path: str, wait: str) -> None:
     check(httpx.get(f"{fuzz_router}/v1/deferred/{path}", params={"wait": wait}, timeout=30))
     check(httpx.get(f"{fuzz_router}/{path}", timeout=30))
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=80, deadline=None, suppress_health_check=SUPPRESSED)
 @given(
     target=st.sampled_from(["POST /v1/chat/completions", "POST /v1/embeddings", "GET /v1/models", "GET /metrics"]),
     headers=header_lists,

@@ -9,6 +9,7 @@ import httpx
 import openai
 
 from tests.helpers.servers import RouterFactory, Sim, upstream
+from tests.helpers.waiting import wait_until
 
 # Flushed at once (max_wait 0.2 s); cut 1 s before the margin; flex tried for up to 2 s before it.
 LADDER = {"max_wait_s": 0.2, "poll_interval_s": 0.2, "turnaround_prior_s": 1.0, "margin_s": 1.0, "lease_s": 5.0,
@@ -43,7 +44,11 @@ def lanes_of(base: str, raws: list[Any]) -> list[tuple[str, str | None]]:
 
 
 def metric(base: str, series: str) -> float:
-    for line in httpx.get(base + "/metrics").text.splitlines():
+    return metric_in(httpx.get(base + "/metrics").text, series)
+
+
+def metric_in(text: str, series: str) -> float:
+    for line in text.splitlines():
         if line.startswith(series + " "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
@@ -61,10 +66,12 @@ def test_a_late_batch_is_cut_its_finished_lines_harvested_and_only_the_rest_esca
         # The metrics live in this process's registry, shared with earlier tests: count what this test adds.
         harvested_before, cut_before = metric(base, harvested_series), metric(base, cut_series)
         raws = asyncio.run(held_calls(base, "gpt-4o-mini", n, "12s"))
+        lanes = lanes_of(base, raws)
+        from_batch = lanes.count(("batch", None))
+        # A harvested line is counted after its result is stored, which is what answers its caller: wait for it.
+        wait_until(lambda: metric(base, harvested_series) - harvested_before >= from_batch, 10, "the harvest counted")
         harvested = metric(base, harvested_series) - harvested_before
         cut = metric(base, cut_series) - cut_before
-        lanes = lanes_of(base, raws)
-    from_batch = lanes.count(("batch", None))
     assert 0 < from_batch < n, lanes
     assert lanes.count(("realtime", "true")) == n - from_batch  # gpt-4o-mini has no flex price: standard tier
     # One batch, or two when the calls arrived across a flush (a loaded machine): each is cut, none runs on.
@@ -83,8 +90,14 @@ def test_an_escalation_takes_the_flex_tier_where_offered(start_router: RouterFac
         before = [metric(base, series) for series in tiers]  # the registry is the process's: count what is added
         flex, standard = asyncio.run(held_calls(base, "gpt-5-mini", 1, "8s"))[0], None
         standard = asyncio.run(held_calls(base, "gpt-4o-mini", 1, "8s"))[0]
-        added = [metric(base, series) - was for series, was in zip(tiers, before, strict=True)]
-    assert added == [1, 1]  # one escalation answered by each tier
+
+        def added() -> list[float]:
+            return [metric(base, series) - was for series, was in zip(tiers, before, strict=True)]
+
+        # The guard counts an escalation after it stored the answer that woke the caller: wait for the counts.
+        wait_until(lambda: min(added()) >= 1, 10, "both escalations counted")
+        escalations = added()
+    assert escalations == [1, 1]  # one escalation answered by each tier
     assert (flex.headers["x-router-lane"], flex.headers["x-router-escalated"]) == ("flex", "true")
     assert flex.parse().service_tier == "flex"
     assert float(flex.headers["x-router-savings-usd"]) > 0  # flex costs the batch price
@@ -110,8 +123,16 @@ def test_turnaround_metrics_are_exported(start_router: RouterFactory, sim: Sim) 
     with start_router(batch=LADDER) as base:
         asyncio.run(held_calls(base, "gpt-4o-mini", 2, "1h"))
         queue = "openai/gpt-4o-mini/chat/completions"
-        admit = metric(base, f'hybrid_router_turnaround_estimate_seconds{{quantile="admit",queue="{queue}"}}')
-        evidence = metric(base, f'hybrid_router_turnaround_evidence_batches{{queue="{queue}"}}')
+
+        def finished() -> str | None:
+            text = httpx.get(base + "/metrics").text
+            return text if metric_in(text, "hybrid_router_batches_inflight") == 0 else None
+
+        # A batch's turnaround is recorded as it leaves the batches in flight, after its results are stored (which
+        # answered the calls): wait for that, then read the gauges of the same scrape (set from this router's Redis).
+        scrape = wait_until(finished, 10, "the batches to be finished")
+        admit = metric_in(scrape, f'hybrid_router_turnaround_estimate_seconds{{quantile="admit",queue="{queue}"}}')
+        evidence = metric_in(scrape, f'hybrid_router_turnaround_evidence_batches{{queue="{queue}"}}')
     assert 0.99 <= evidence <= 2.01  # one batch, or two when the calls arrived across a flush (a busy host)
     # Four parts prior (1 s), one part the batch seen (0.5 s plus polling, longer on a busy host).
     assert 1.0 <= admit <= 10.0

@@ -1,6 +1,7 @@
 """The map agrees with the ground: the package table of docs/architecture.md says what each package may import, the
 import-linter contracts in pyproject.toml say the same, and the code imports no more; every module is named in the
-docs, and every contract in CONTRIBUTING.md."""
+docs, and every contract in CONTRIBUTING.md. The import graph has no cycle and at most ten floors; `router/` has at
+most twelve entries and no module runs past 500 lines but the table of Lua scripts."""
 
 from __future__ import annotations
 
@@ -75,8 +76,66 @@ def test_the_table_says_what_the_contracts_allow() -> None:
     assert _documented() == _allowed()
 
 
+MAX_FLOORS = 10
+MAX_ENTRIES = 12
+"""Directly under `router/`: `__init__.py`, `__main__.py`, `py.typed` and the packages (`modelroutes/` is coming)."""
+MAX_LINES = 500
+DECLARATIVE = {"deferred/store/scripts.py"}
+"""Tables allowed to run longer: every Lua script with its typed wrapper, kept together."""
+
+
+def test_router_has_at_most_twelve_entries() -> None:
+    entries = sorted(p.name for p in PACKAGE.iterdir() if p.name != "__pycache__")
+    assert len(entries) <= MAX_ENTRIES, entries
+
+
+def test_no_module_is_over_500_lines() -> None:
+    lengths = {p.relative_to(PACKAGE).as_posix(): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    assert {name: n for name, n in lengths.items() if n > MAX_LINES and name not in DECLARATIVE} == {}
+
+
+"""The longest chain of module imports (`python -m router` → ... → a leaf), counted in modules."""
+
+
+def _imports(graph: grimp.ImportGraph) -> dict[str, set[str]]:
+    modules = {m for m in graph.modules if m.split(".")[0] == "router"}
+    return {m: {t for t in graph.find_modules_directly_imported_by(m) if t in modules} for m in modules}
+
+
+def test_no_import_cycle() -> None:
+    """Not even through imports made only for type checking."""
+    imports = _imports(grimp.build_graph("router", cache_dir=None))
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        assert module not in path, " -> ".join((*path[path.index(module) :], module))
+        if module not in done:
+            for target in sorted(imports[module]):
+                visit(target, (*path, module))
+            done.add(module)
+
+    for module in sorted(imports):
+        visit(module, ())
+
+
+def test_at_most_ten_import_floors() -> None:
+    """Floors of the imports a module makes when it runs (an import made only for type checking is no floor: it
+    never runs, and it may point anywhere the layers allow)."""
+    imports = _imports(grimp.build_graph("router", exclude_type_checking_imports=True, cache_dir=None))
+    chains: dict[str, list[str]] = {}
+
+    def chain(module: str) -> list[str]:
+        if module not in chains:
+            below = [chain(target) for target in sorted(imports[module])]
+            chains[module] = [module, *max(below, key=len, default=[])]
+        return chains[module]
+
+    longest = max((chain(m) for m in sorted(imports)), key=len)
+    assert len(longest) <= MAX_FLOORS, " -> ".join(longest)
+
+
 def test_each_package_imports_only_what_it_may() -> None:
-    graph = grimp.build_graph("router")
+    graph = grimp.build_graph("router", cache_dir=None)
     imported: dict[str, set[str]] = {}
     for module in graph.modules:
         parts = module.split(".")

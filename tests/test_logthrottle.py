@@ -11,7 +11,8 @@ import pytest
 import redis.exceptions
 
 from router.deferred import loops, waiters
-from router.http import error_handlers, gateway
+from router.deferred.store import totals
+from router.http import error_handlers
 from router.http.app import create_app
 from router.ops.serving import free_port, serve_in_thread
 from router.telemetry.logs import INTERVAL_S, Throttle, is_outage, kind_of
@@ -75,7 +76,7 @@ def test_outages_are_told_from_bugs(exc: BaseException, outage: bool) -> None:
 
 def _occurrences() -> collections.Counter[str]:
     seen: collections.Counter[str] = collections.Counter()
-    for module in (loops, error_handlers, waiters, gateway):
+    for module in (loops, error_handlers, waiters, totals):
         seen.update(module._throttle.occurrences())
     return seen
 

@@ -223,11 +223,12 @@ def test_an_errored_batch_line_is_the_callers_anthropic_error(claude: Claude, ro
 def test_held_call_outlives_the_client_timeout_and_retries_reattach(
     claude: Claude, start_router: RouterFactory, sim: Sim
 ) -> None:
-    sim.configure(batch_turnaround_s=3.0)
+    sim.configure(batch_turnaround_s=5.0)
     batch = FAST | {"keepalive_s": 0.3}
     with start_router(upstreams=upstreams(sim), batch=batch, auth="keys", keys=KEYS) as base:
-        # A read timeout well below the batch's turnaround: the keep-alive bytes keep the SDK reading.
-        client = claude(base, timeout=1.0)
+        # A read timeout well below the batch's turnaround: the keep-alive bytes keep the SDK reading. It is ten
+        # keep-alive intervals, so a busy host that delays a byte or two does not fire it.
+        client = claude(base, timeout=3.0)
         message = client.messages.create(model=MODEL, max_tokens=300, messages=HELLO, extra_headers=LATER)
         assert message.content[0].type == "text"
         # A caller that drops the connection and sends the same request again gets the first call's answer.

@@ -4,6 +4,7 @@ feedback each move only what their evidence allows, and every lever's savings ad
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -17,9 +18,11 @@ import httpx
 import openai
 import pytest
 import redis
+import redis.asyncio as aredis
 import yaml
 
 from router.core.model_routes import parse_route
+from router.modelroutes.learn import learn
 from router.modelroutes.store import EvidenceStore, parse_evidence
 from router.simulator.outcomes import LETTERS, right_letter
 from tests.helpers.metrics import metric, series
@@ -28,6 +31,7 @@ from tests.helpers.servers import RouterFactory, Sim
 pytestmark = pytest.mark.integration
 
 STRONG, WEAK = "gpt-4o", "gpt-4o-mini"
+ROUTE_LEVER = 'hybrid_router_lever_savings_usd_total{lever="route",tenant="default"}'
 ROUTE = {"from": STRONG, "to": [WEAK], "mode": "predict", "quality_target": 0.95}
 
 
@@ -112,8 +116,9 @@ def test_predict_trained_with_routes_learn_moves_only_the_tasks_whose_evidence_m
 
     with start_router(routes=[ROUTE]) as base:
         c = client(base)
-        before = metric(_metrics(base), 'hybrid_router_lever_savings_usd_total{lever="route",tenant="default"}')
         wait_for(lambda: ask(c, "easy question 0?", **{"X-Router-Task": "easy"}).headers["x-router-model"] == WEAK)
+        before = metric(_metrics(base), ROUTE_LEVER)
+        usage_before = httpx.get(base + "/v1/usage").json()["savings_by_lever"]["route"]
         saved = 0.0
         for i in range(8):
             easy = ask(c, f"easy question {i}?", **{"X-Router-Task": "easy"})
@@ -135,11 +140,10 @@ def test_predict_trained_with_routes_learn_moves_only_the_tasks_whose_evidence_m
         opted_out = ask(c, "easy question 2?", **{"X-Router-Task": "easy", "X-Router-Route": "off"})
         assert opted_out.headers["x-router-model"] == STRONG and opted_out.parse().model == STRONG
         saved += float(by_metadata.headers["x-router-savings-usd"])
-        # The probe calls of wait_for also saved: count the route lever's total against headers read once more.
-        after = metric(_metrics(base), 'hybrid_router_lever_savings_usd_total{lever="route",tenant="default"}')
-        assert after - before >= saved * (1 - 1e-9)
-        usage = httpx.get(base + "/v1/usage").json()
-        assert usage["savings_by_lever"]["route"] >= saved * (1 - 1e-9)
+        # The route lever's savings add up exactly across the headers, /metrics and /v1/usage.
+        assert metric(_metrics(base), ROUTE_LEVER) - before == pytest.approx(saved, rel=1e-9, abs=1e-11)
+        usage = httpx.get(base + "/v1/usage").json()["savings_by_lever"]["route"]
+        assert usage - usage_before == pytest.approx(saved, rel=1e-9, abs=1e-11)
 
 
 def test_a_cascade_keeps_a_cheap_answer_that_passes_its_checks_and_escalates_one_that_fails(
@@ -217,3 +221,34 @@ def test_feedback_on_routed_calls_becomes_evidence_that_moves_the_task(
         assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "call_id"
         bad = httpx.post(base + "/v1/feedback", json={"call": "x"})
         assert bad.status_code == 400
+
+
+def test_a_routed_call_that_can_wait_saves_on_both_levers(
+    start_router: RouterFactory, sim: Sim, client: Callable[[str], openai.OpenAI], tmp_path: Path, redis_url: str,
+    key_prefix: str,
+) -> None:  # fmt: skip
+    rows = _scored("summaries", 8, lambda i: True)
+    sim.configure(outcomes=str(_jsonl(tmp_path / "outcomes.jsonl", rows)))
+    route = parse_route(ROUTE)
+
+    async def teach() -> None:
+        async with aredis.Redis.from_url(redis_url) as r:
+            await learn(EvidenceStore(r, key_prefix), [route], [json.dumps(row) for row in rows], now=time.time())
+
+    asyncio.run(teach())
+    fast = {"max_wait_s": 0.2, "poll_interval_s": 0.2, "turnaround_prior_s": 1.0, "margin_s": 1.0, "lease_s": 5.0}
+    with start_router(routes=[ROUTE], batch=fast) as base:
+        c = client(base)
+        task = {"X-Router-Task": "summaries"}
+        wait_for(lambda: ask(c, "summaries question 0?", **task).headers["x-router-model"] == WEAK)
+        before = httpx.get(base + "/v1/usage").json()["savings_by_lever"]
+        deferred = ask(c, "summaries question 1?", **task, **{"X-Deadline": "1h"})
+        answer = deferred.parse()
+        assert deferred.headers["x-router-lane"] == "batch" and answer.model == WEAK
+        assert answer.choices[0].message.content == f"ANSWER: {right_letter('summaries question 1?')}"
+        after = wait_for(lambda: (u := httpx.get(base + "/v1/usage").json())["lanes"].get("batch") and u)
+        levers = after["savings_by_lever"]
+        route_part, batch_part = levers["route"] - before["route"], levers["batch"] - before["batch"]
+        assert route_part > 0 and batch_part > 0  # a cheaper model, and at half its price
+        assert route_part + batch_part == pytest.approx(after["lanes"]["batch"]["savings_usd"], rel=1e-9)
+        assert float(deferred.headers["x-router-savings-usd"]) == pytest.approx(route_part + batch_part, rel=1e-6)

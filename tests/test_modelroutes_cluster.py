@@ -18,6 +18,7 @@ from router.core.model_routes import parse_route
 from router.modelroutes.decision import decide
 from router.modelroutes.evidence import observe
 from router.modelroutes.learn import learn
+from router.modelroutes.plan import make_plan
 from router.modelroutes.store import EvidenceStore, Observation
 from tests.helpers.waiting import wait_until
 
@@ -120,6 +121,8 @@ async def test_a_route_learned_on_a_cluster_moves_the_task_that_meets_the_target
               for i in range(6)]  # fmt: skip
     route = parse_route({"from": "gpt-4o", "to": ["gpt-4o-mini"], "mode": "predict", "min_evidence": 1})
     await learn(store, [route], lines, now=NOW)
-    plan = await store.plan(route, now=NOW, price=lambda model, i, o: 1.0 if model == "gpt-4o" else 0.1)
+    plan = make_plan(
+        route, await store.evidence(route), now=NOW, price=lambda model, i, o: 1.0 if model == "gpt-4o" else 0.1
+    )
     assert decide(route, plan, "extract", "call").model == "gpt-4o-mini"
     assert decide(route, plan, "prove", "call").model == "gpt-4o"

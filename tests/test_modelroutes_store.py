@@ -14,6 +14,7 @@ from router.modelroutes.decision import decide
 from router.modelroutes.embeddings import ClusterIndex, load_embedder
 from router.modelroutes.evidence import observe
 from router.modelroutes.learn import learn, observations, parse_lines
+from router.modelroutes.plan import make_plan
 from router.modelroutes.store import EvidenceStore, Observation
 
 NOW = 1_700_000_000.0
@@ -115,7 +116,7 @@ async def test_a_route_learned_from_a_file_moves_only_the_task_whose_evidence_me
     report = await learn(store, [route], lines, now=NOW)
     assert report.pairs == {route.key: {"extract": 8, "reason": 8}}
     assert (report.lines, report.unrouted, report.problems) == (17, 1, [])
-    plan = await store.plan(route, now=NOW, price=price)
+    plan = make_plan(route, await store.evidence(route), now=NOW, price=price)
     assert decide(route, plan, "extract", "call-1").model == "gpt-4o-mini"
     assert decide(route, plan, "reason", "call-1").model == "gpt-4o"
     assert decide(route, plan, "new-task", "call-1").model == "gpt-4o"
@@ -145,7 +146,7 @@ async def test_task_less_lines_learn_under_their_nearest_embedding_cluster(store
     index = ClusterIndex(clusters)
     cooking, law = (index.nearest(embedder.embed_one(f"{text} 7"))[0] for text in topics.values())
     assert cooking != law
-    plan = await store.plan(route, now=NOW, price=price)
+    plan = make_plan(route, await store.evidence(route), now=NOW, price=price)
     assert decide(route, plan, f"auto:text:c{cooking}", "k").model == "gpt-4o-mini"
     assert decide(route, plan, f"auto:text:c{law}", "k").model == "gpt-4o"
     assert sum(report.pairs[route.key].values()) == 300

@@ -212,7 +212,7 @@ def test_decision_table(
 ) -> None:
     write_rules(tmp_path, "rules.yaml", RULES)
     decision = decide(load_policies(tmp_path), facts(tenant=tenant), header, urgent, NOW)
-    assert (decision.lane, decision.deadline) == (lane, deadline)
+    assert (decision.mode, decision.deadline) == (lane, deadline)
     assert decision.rule == (None if tenant == "nobody" else tenant)
 
 
@@ -242,7 +242,7 @@ def test_shipped_rules_never_defer_unmarked_calls(
     path: str, model: str, tenant: str, headers: dict[str, str], metadata: dict[str, str], user: str | None
 ) -> None:
     call = facts(path=path, model=model, tenant=tenant, headers=headers, metadata=metadata, user=user)
-    assert decide(SHIPPED_POLICIES, call, None, False, NOW).lane == "realtime"
+    assert decide(SHIPPED_POLICIES, call, None, False, NOW).mode == "realtime"
 
 
 @pytest.mark.parametrize(

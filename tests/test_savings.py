@@ -16,7 +16,7 @@ import pytest
 from bench.savings import Result, Scenario, run
 from router.core.policy import load_policies
 from router.core.pricing import load_pricing
-from router.ops.estimate import Admission, LogLine
+from router.ops.estimate import LaneChooser, LogLine
 from tests.helpers.servers import ROOT, RouterFactory, Sim, router_settings, upstream
 
 TURNAROUND = "lognormal:median=5,p95=30,max=300"
@@ -111,7 +111,7 @@ def test_estimate_agrees_with_serve_on_the_same_calls(start_router: RouterFactor
             )
     settings = router_settings(sim, redis_url, key_prefix, **tree)
 
-    admission = Admission(load_policies(ROOT / "policies"), settings, load_pricing(PRICES))
-    estimated = [admission.route(line, float(line.timestamp)).lane for line in log]
+    chooser = LaneChooser(load_policies(ROOT / "policies"), settings, load_pricing(PRICES))
+    estimated = [chooser.choose_lane(line, float(line.timestamp)).lane for line in log]
     assert estimated == served
     assert set(served) == {"batch", "flex", "realtime"}

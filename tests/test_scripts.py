@@ -14,7 +14,7 @@ import pytest
 from redis.crc import key_slot
 
 from router.core.keys import Keys
-from router.core.states import AdmitOutcome, BatchState, CallState
+from router.core.states import BatchState, CallState, EnqueueOutcome
 from router.deferred.store import scripts
 
 ROOT = Path(__file__).resolve().parent.parent / "router"
@@ -73,7 +73,7 @@ def test_every_state_literal_is_a_member(name: str) -> None:
 def test_the_enums_hold_what_the_scripts_use() -> None:
     lua = _lua_states()
     assert lua["call"] == {s.value for s in CallState}
-    # `ingested` is written by Python alone (`Accumulator.ingested`), after the scripts are done with a batch.
+    # `ingested` is written by Python alone (`BatchStore.finish_batch`), after the scripts are done with a batch.
     assert lua["batch"] == {s.value for s in BatchState} - {BatchState.INGESTED}
 
 
@@ -134,21 +134,21 @@ def test_a_wrapper_names_what_its_script_reads(name: str) -> None:
 
 def test_the_arity_reader_counts() -> None:
     assert _lua_arity(scripts.STORE_RESULT, "KEYS") == (6, False)
-    assert _lua_arity(scripts.STORE_RESULT, "ARGV") == (11, False)
+    assert _lua_arity(scripts.STORE_RESULT, "ARGV") == (12, False)
     assert _lua_arity(scripts.PRUNE, "KEYS") == (2, True)
     assert _lua_arity(scripts.NATIVE_RECORD, "ARGV") == (4, True)
 
 
 def test_the_locals_reader_names() -> None:
-    admit = _lua_locals(scripts.ADMIT)
-    assert admit["KEYS", 7] == "digests"  # continued on the next line
-    assert admit["ARGV", 17] == "attach_only"  # `ARGV[17] == '1'`
+    enqueue = _lua_locals(scripts.ENQUEUE)
+    assert enqueue["KEYS", 7] == "digests"  # continued on the next line
+    assert enqueue["ARGV", 17] == "attach_only"  # `ARGV[17] == '1'`
     assert _lua_locals(scripts.CLAIM)["ARGV", 1] == "max_n"  # `tonumber(ARGV[1])`
 
 
-def test_admit_answers_the_outcomes_of_the_enum() -> None:
-    returned = set(re.findall(r"return \{'(\w+)'", scripts.ADMIT))
-    assert returned == {o.value for o in AdmitOutcome}
+def test_enqueue_answers_the_outcomes_of_the_enum() -> None:
+    returned = set(re.findall(r"return \{'(\w+)'", scripts.ENQUEUE))
+    assert returned == {o.value for o in EnqueueOutcome}
 
 
 def test_only_the_wrappers_register_scripts() -> None:

@@ -202,6 +202,14 @@ def _time(value: datetime) -> float:
 
 
 def test_message_batch_lifecycle_and_results(client: anthropic.Anthropic, base: str, http: httpx.Client) -> None:
+    # Results only once ended: asked of a batch that runs for minutes, so it surely has not ended yet.
+    configure(http, batch_turnaround_s=600)
+    running = client.messages.batches.create(requests=requests(1, max_tokens=10))
+    early = http.get(f"/v1/messages/batches/{running.id}/results")
+    assert early.status_code == 400 and early.json()["error"]["type"] == "invalid_request_error"
+    with pytest.raises(anthropic.AnthropicError, match="results_url"):
+        client.messages.batches.results(running.id)
+    configure(http, batch_turnaround_s=0.3)
     created = client.messages.batches.create(requests=requests(6))
     assert created.id.startswith("msgbatch_") and created.type == "message_batch"
     assert created.processing_status == "in_progress" and created.results_url is None
@@ -210,10 +218,6 @@ def test_message_batch_lifecycle_and_results(client: anthropic.Anthropic, base: 
     assert created.expires_at - created.created_at == timedelta(hours=24)
     raw = http.get(f"/v1/messages/batches/{created.id}").json()
     assert raw["created_at"].endswith("Z") and datetime.fromisoformat(raw["created_at"]).tzinfo is not None
-    early = http.get(f"/v1/messages/batches/{created.id}/results")  # results only once ended
-    assert early.status_code == 400 and early.json()["error"]["type"] == "invalid_request_error"
-    with pytest.raises(anthropic.AnthropicError, match="results_url"):
-        client.messages.batches.results(created.id)
     batch, seen = wait_ended(client, created.id)
     assert seen[-1] == "ended" and batch.ended_at is not None
     assert _time(batch.ended_at) >= _time(batch.created_at)
@@ -229,7 +233,7 @@ def test_message_batch_lifecycle_and_results(client: anthropic.Anthropic, base: 
         if result.custom_id == "req-0":
             assert result.result.message.content == direct.content
     stats = http.get("/_sim/stats").json()
-    assert stats["message_batches_created"] == 1 and stats["message_batch_requests_submitted"] == 6
+    assert stats["message_batches_created"] == 2 and stats["message_batch_requests_submitted"] == 1 + 6
 
 
 def test_message_batch_list_and_delete(client: anthropic.Anthropic, http: httpx.Client) -> None:
@@ -298,9 +302,10 @@ def test_message_batch_list_pages_both_ways_as_documented(client: anthropic.Anth
 
 
 def test_message_batch_cancel(client: anthropic.Anthropic, http: httpx.Client) -> None:
-    configure(http, batch_turnaround_s=1.0, batch_cancel_delay_s=0.2)
+    configure(http, batch_turnaround_s=3.0, batch_cancel_delay_s=0.2)
     created = client.messages.batches.create(requests=requests(10))
-    # Cancel once some requests ran (ten run over about a second; the counts show only at the end, the bill at once).
+    # Cancel once some requests ran (ten run over about two seconds, leaving seconds to cancel the rest; the counts
+    # show only at the end, the bill at once).
     wait_until(lambda: http.get("/_sim/stats").json()["message_batch_requests_billed"], what="a request to run")
     cancelling = client.messages.batches.cancel(created.id)
     assert cancelling.processing_status == "canceling" and cancelling.cancel_initiated_at is not None

@@ -134,7 +134,8 @@ def test_chat_batch_full_lifecycle(client: openai.OpenAI, http: httpx.Client) ->
     assert created.expires_at == created.created_at + 86400 and created.model == "gpt-4o-mini"
     batch, seen = wait(client, created.id)
     assert batch.status == "completed"
-    assert [s for s in LIFECYCLE if s in seen] == seen and {"in_progress", "completed"} <= set(seen)
+    # Seen in the documented order; a busy host's polls may miss a brief state, but its timestamp says it was there.
+    assert [s for s in LIFECYCLE if s in seen] == seen and seen[-1] == "completed"
     assert batch.in_progress_at is not None and batch.finalizing_at is not None and batch.completed_at is not None
     assert batch.created_at <= batch.in_progress_at <= batch.finalizing_at <= batch.completed_at
     assert batch.request_counts is not None
@@ -311,10 +312,10 @@ def test_expired_batch_keeps_partial_output(client: openai.OpenAI, http: httpx.C
 
 
 def test_cancel_keeps_finished_lines_and_cancels_the_rest(client: openai.OpenAI, http: httpx.Client) -> None:
-    configure(http, batch_turnaround_s=1.0, batch_cancel_delay_s=0.2)
+    configure(http, batch_turnaround_s=3.0, batch_cancel_delay_s=0.2)
     lines = [chat_line(i) for i in range(10)]
     created = submit(client, lines)
-    # Cancel once some lines are done (ten lines finish over about a second), so some are left to cancel.
+    # Cancel once some lines are done (ten lines finish from 0.3 s to 2.4 s), so seconds are left to cancel the rest.
     wait_until(lambda: lines_done(client, created.id), what="the first line to finish")
     raw = client.batches.with_raw_response.cancel(created.id)
     validate("Batch", raw.http_response.json())

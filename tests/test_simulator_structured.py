@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 from router.ops.serving import serve_in_thread
 from router.simulator import SimConfig, create_simulator
 from router.simulator.jsonschema_instances import SchemaError, instance
+from router.simulator.text import WORDS
 from tests.helpers.openapi import validate
 from tests.helpers.servers import FAST, RouterFactory, Sim, with_anthropic
 from tests.helpers.waiting import wait_until
@@ -141,10 +142,10 @@ def check(schema: Any, value: Any) -> None:
 
 @pytest.mark.parametrize("schema", SCHEMAS, ids=range(len(SCHEMAS)))
 def test_generated_instances_validate(schema: Any) -> None:
-    values = [instance(schema, f"seed {n}".encode()) for n in range(40)]
+    values = [instance(schema, f"seed {n}".encode(), WORDS) for n in range(40)]
     for value in values:
         check(schema, value)
-    assert instance(schema, b"seed 0") == values[0]  # deterministic
+    assert instance(schema, b"seed 0", WORDS) == values[0]  # deterministic
     if schema in SCHEMAS[:3]:
         assert len({json.dumps(v, sort_keys=True) for v in values}) > 30  # and varied by the seed
     if schema is SCHEMAS[0]:
@@ -155,7 +156,7 @@ def test_generated_instances_validate(schema: Any) -> None:
 @given(seed=st.binary(max_size=16))
 def test_instances_of_a_strict_pydantic_schema_parse_back(seed: bytes) -> None:
     schema = to_strict_json_schema(Person)
-    value = instance(schema, seed)
+    value = instance(schema, seed, WORDS)
     check(schema, value)
     assert Person.model_validate(value).pet.kind in ("cat", "dog")
 
@@ -174,7 +175,7 @@ def test_instances_of_a_strict_pydantic_schema_parse_back(seed: bytes) -> None:
 )
 def test_schemas_without_instances_are_refused(schema: Any) -> None:
     with pytest.raises(SchemaError):
-        instance(schema, b"seed")
+        instance(schema, b"seed", WORDS)
 
 
 # --- OpenAI chat completions -----------------------------------------------------------------------------

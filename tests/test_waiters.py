@@ -14,16 +14,18 @@ import msgspec
 import pytest
 from redis.asyncio import Redis
 
+from router.core.lanes import Origin
 from router.deferred import waiters as waiters_module
-from router.deferred.accumulator import Accumulator, CallMeta, Result
-from router.deferred.lane import ResultWatch
-from router.deferred.waiters import Waiters
+from router.deferred.store import Store
+from router.deferred.store.records import CallMeta, Result
+from router.deferred.store.results import ResultStore
+from router.deferred.waiters import ResultWatch, Waiters
 
 pytestmark = pytest.mark.timeout(60)
 
 
-class CountingAccumulator(Accumulator):
-    """The real accumulator, counting the result reads and existence checks waiters make."""
+class CountingResults(ResultStore):
+    """The real result store, counting the result reads and existence checks waiters make."""
 
     reads = 0
     checked = 0
@@ -38,13 +40,18 @@ class CountingAccumulator(Accumulator):
 
 
 @pytest.fixture
-async def acc(bundled_redis_url: str, key_prefix: str) -> AsyncIterator[CountingAccumulator]:
+async def store(bundled_redis_url: str, key_prefix: str) -> AsyncIterator[Store]:
     client = Redis.from_url(bundled_redis_url)
-    yield CountingAccumulator(client, key_prefix, result_ttl_s=600, idempotency_ttl_s=600)
+    yield Store(client, key_prefix, result_ttl_s=600, idempotency_ttl_s=600)
     keys = [k async for k in client.scan_iter(match=f"{key_prefix}:*")]
     if keys:
         await client.delete(*keys)
     await client.aclose()
+
+
+@pytest.fixture
+def counting(store: Store) -> CountingResults:
+    return CountingResults(store.results.ctx, store.totals)
 
 
 async def started(waiters: Waiters, stop: asyncio.Event, starts: int = 1) -> asyncio.Task[None]:
@@ -60,7 +67,7 @@ async def until(condition: object, what: str, within: float = 20.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def admitted(acc: Accumulator, n: int) -> list[tuple[str, CallMeta, str]]:
+async def admitted(store: Store, n: int) -> list[tuple[str, CallMeta, str]]:
     """`n` calls claimed into one batch: (call id, meta, batch id)."""
     now = time.time()
     meta = CallMeta(tenant="t", upstream="openai", endpoint="/chat/completions", model="gpt-4o-mini",
@@ -68,31 +75,37 @@ async def admitted(acc: Accumulator, n: int) -> list[tuple[str, CallMeta, str]]:
     ids = []
     for i in range(n):
         body = msgspec.json.encode({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"q{i}"}]})
-        ids.append((await acc.admit(meta, body))[0])
+        ids.append((await store.intake.enqueue(meta, body))[0])
     tag = ids[0][:10]
-    claim = await acc.claim(tag, max_requests=n, max_bytes=10**9, owner="o", lease_s=60)
+    claim = await store.batches.claim(tag, max_requests=n, max_bytes=10**9, owner="o", lease_s=60)
     assert claim is not None
     return [(call_id, meta, claim[0]) for call_id in ids]
 
 
-async def store(acc: Accumulator, call: tuple[str, CallMeta, str]) -> None:
+async def answer(store: Store, call: tuple[str, CallMeta, str]) -> None:
     call_id, meta, bid = call
-    assert await acc.store_result(call_id, meta, from_batch=bid, status=200, body=b"{}", lane="batch", cost=None) == 1
+    assert (
+        await store.results.store_result(
+            call_id, meta, from_batch=bid, status=200, body=b"{}", origin=Origin.BATCH, cost=None
+        )
+        == 1
+    )
 
 
 async def test_a_held_waiter_reads_its_result_once_and_again_only_when_it_is_published(
-    acc: CountingAccumulator,
+    store: Store,
+    counting: CountingResults,
 ) -> None:
-    waiters = Waiters(acc.redis, acc.keys.done_channel, acc.results_stored)
+    waiters = Waiters(store.redis, store.keys.done_channel, counting.results_stored)
     stop = asyncio.Event()
     task = await started(waiters, stop)
-    calls = await admitted(acc, 50)
+    calls = await admitted(store, 50)
 
     async def hold(call_id: str) -> Result | None:
         # As a held connection does: one watch, and a wait per keep-alive interval until the answer comes.
         with waiters.watching(call_id) as watch:
-            result_watch = ResultWatch(acc, watch)
-            for _ in range(100):
+            result_watch = ResultWatch(counting, watch)
+            for _ in range(600):  # up to 30 s: a bound for a busy host, not a wait (it ends with the answer)
                 result = await result_watch.result(0.05)
                 if result is not None:
                     return result
@@ -100,27 +113,28 @@ async def test_a_held_waiter_reads_its_result_once_and_again_only_when_it_is_pub
 
     try:
         holding = [asyncio.create_task(hold(call_id)) for call_id, _, _ in calls]
-        await until(lambda: len(waiters) == 50 and acc.reads == 50, "every waiter's first read")
+        await until(lambda: len(waiters) == 50 and counting.reads == 50, "every waiter's first read")
         await asyncio.sleep(0.5)  # ten keep-alive intervals each: no read in between
-        assert acc.reads == 50
+        assert counting.reads == 50
         for call in calls:
-            await store(acc, call)
+            await answer(store, call)
         results = await asyncio.gather(*holding)
     finally:
         stop.set()
         await task
     assert all(result is not None and result.status == 200 for result in results)
-    assert acc.reads == 100  # one read when each result was published
-    assert acc.checked == 0  # the subscription never had a gap
+    assert counting.reads == 100  # one read when each result was published
+    assert counting.checked == 0  # the subscription never had a gap
 
 
 async def test_a_result_published_while_nobody_listened_is_found_when_the_subscription_starts(
-    acc: CountingAccumulator,
+    store: Store,
+    counting: CountingResults,
 ) -> None:
-    waiters = Waiters(acc.redis, acc.keys.done_channel, acc.results_stored)
-    [call, other] = await admitted(acc, 2)
+    waiters = Waiters(store.redis, store.keys.done_channel, counting.results_stored)
+    [call, other] = await admitted(store, 2)
     with waiters.watching(call[0]) as watch, waiters.watching(other[0]) as other_watch:
-        await store(acc, call)  # published: no subscription yet
+        await answer(store, call)  # published: no subscription yet
         assert not await watch.woken(0.1)
         stop = asyncio.Event()
         task = await started(waiters, stop)
@@ -130,21 +144,21 @@ async def test_a_result_published_while_nobody_listened_is_found_when_the_subscr
         finally:
             stop.set()
             await task
-    assert acc.checked == 2
+    assert counting.checked == 2
 
 
 async def test_a_killed_subscription_reconnects_and_rechecks_every_waiter(
-    acc: CountingAccumulator, bundled_redis_url: str
+    store: Store, counting: CountingResults, bundled_redis_url: str
 ) -> None:
-    waiters = Waiters(acc.redis, acc.keys.done_channel, acc.results_stored)
+    waiters = Waiters(store.redis, store.keys.done_channel, counting.results_stored)
     stop = asyncio.Event()
     task = await started(waiters, stop)
-    [call] = await admitted(acc, 1)
+    [call] = await admitted(store, 1)
     try:
         with waiters.watching(call[0]) as watch:
             async with Redis.from_url(bundled_redis_url) as admin:
                 await admin.client_kill_filter(_type="pubsub")
-            await store(acc, call)
+            await answer(store, call)
             assert await watch.woken(10)  # by its message if resubscribed already, else by the re-check
             await until(lambda: waiters.starts == 2, "the subscription to start again")
     finally:
@@ -153,11 +167,11 @@ async def test_a_killed_subscription_reconnects_and_rechecks_every_waiter(
 
 
 async def test_a_subscription_that_stops_answering_is_restarted(
-    acc: CountingAccumulator, bundled_redis_url: str, monkeypatch: pytest.MonkeyPatch
+    store: Store, counting: CountingResults, bundled_redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(waiters_module, "PING_S", 0.2)
     monkeypatch.setattr(waiters_module, "SILENCE_S", 1.0)
-    waiters = Waiters(acc.redis, acc.keys.done_channel, acc.results_stored)
+    waiters = Waiters(store.redis, store.keys.done_channel, counting.results_stored)
     stop = asyncio.Event()
     task = await started(waiters, stop)
     try:

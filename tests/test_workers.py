@@ -91,19 +91,25 @@ def test_two_workers_serve_one_port_coordinate_through_redis_and_share_metrics(
     with router_process(tmp_path, config, {"SIM_KEY": "sk"}, args=("--workers", "2")) as router:
         workers = workers_of(router)
         assert len(workers) == 2
-        wait_until(lambda: replicas(redis_url, key_prefix) == 2, 10, "both workers' heartbeats")
+        wait_until(lambda: replicas(redis_url, key_prefix) == 2, 60, "both workers' heartbeats")
         answers = asyncio.run(traffic(router.base, 0, 20))
         assert {(a.http_response.status_code, a.headers["x-router-lane"]) for a in answers} == {
             (200, "realtime"),
             (200, "batch"),
         }
+
+        def counted(lane: str) -> float:
+            return metric_sum(router.base, "hybrid_router_requests_total", lane=lane)
+
+        # A batch line is counted after its result is stored, which is what answers its caller: wait for the count.
+        wait_until(lambda: counted("realtime") >= 20 and counted("batch") >= 20, 10, "every call counted")
         # Every worker's counters in one scrape, whichever worker answers it.
         for _ in range(4):
             assert metric_sum(router.base, "hybrid_router_requests_total", lane="realtime") == 20
             assert metric_sum(router.base, "hybrid_router_requests_total", lane="batch") == 20
 
         os.kill(workers[0], signal.SIGKILL)  # a worker dies: another takes its place
-        wait_until(lambda: len(workers_of(router)) == 2 and workers[0] not in workers_of(router), 20, "a new worker")
+        wait_until(lambda: len(workers_of(router)) == 2 and workers[0] not in workers_of(router), 60, "a new worker")
         more = asyncio.run(traffic(router.base, 20, 10))
         assert {a.http_response.status_code for a in more} == {200}
 

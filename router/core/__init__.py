@@ -1,5 +1,3 @@
-"""The pure core: settings, errors, deadlines, policies, prices, the lane decision, turnaround, states, keys,
-wire views.
-
-Imports nothing else of the router, and no web framework, HTTP client or Redis client.
+"""Pure: settings, errors, deadlines, policies, prices, lanes and the lane decision, turnaround, states, keys.
+May import nothing else of the router, nor a web framework, an HTTP client or a Redis client.
 """

@@ -88,6 +88,13 @@ NATIVE_FILE_TTL_S = 400 * 24 * 3600
 NATIVE_BATCH_TTL_S = 31 * 24 * 3600
 """Ownership of a native batch and its output files: the 24 h window, then 30 days of output retention."""
 MESSAGE_BATCH_TTL_S = 30 * 24 * 3600
+REPLICA_TTL_S = 2.0
+"""How long a replica counts as alive after its last heartbeat (`P:replica:<id>`): a killed one, seen dead after at
+most this long, no longer holds its calls, and an identical request takes them over (`Intake.reattachable`)."""
+HEARTBEAT_S = 0.5
+"""How often a replica that holds connections says it is alive (`holding.Holds.heartbeat`)."""
+RESERVATION_SLACK_S = 60.0
+"""A reservation lapses this long after its call's deadline plus the upstream's timeout (a crash kept its release)."""
 
 
 QUEUE_ENDPOINTS = {"/messages": "/chat/completions"}

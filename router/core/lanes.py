@@ -1,6 +1,7 @@
-"""The lane decision, in one place: where a call goes, when a queue flushes, when a late batch is cut, and which
-tier answers an escalation. Pure (no I/O): `serve` (`admission.admit`), `estimate`, the batcher, the poller and the
-guard all decide with these functions.
+"""Lanes and origins (the words of the glossary in docs/architecture.md), and the lane decision, in one place: which
+lane a call takes (`choose_lane`), when a queue flushes, when a late batch is cut, and which rung of the ladder answers
+an escalation. Pure (no I/O): `serve` (`Admission.admit`), `estimate`, the batcher, the poller and the guard all decide
+with these functions.
 
 A deferred call's time is split, from its deadline backwards (`Timing`):
 - `margin_s`: the standard tier's answer. A call still without a result is escalated at `deadline - lead`.
@@ -16,13 +17,17 @@ import fnmatch
 import math
 import re
 from collections.abc import Callable, Sequence
-from typing import Literal
+from enum import StrEnum
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
-from router.core.policy import Decision
-from router.core.settings import BatchSettings, Upstream
 from router.core.turnaround import TurnaroundModel
+
+if TYPE_CHECKING:
+    from router.core.policy import Decision
+    from router.core.pricing import PriceTier
+    from router.core.settings import BatchSettings, Upstream
 
 ENDPOINTS = ("/chat/completions", "/completions", "/embeddings", "/responses", "/messages")
 """What a batch can carry (OpenAI's Batch API endpoints, less the ones the router does not proxy; Anthropic's
@@ -32,9 +37,45 @@ REPLAYABLE = frozenset({"/chat/completions", "/completions", "/responses", "/mes
 FLEX_ENDPOINTS = frozenset({"/chat/completions", "/responses"})
 """Endpoints that take `service_tier: "flex"`."""
 
-RouteLane = Literal["batch", "flex", "realtime"]
+
+class Lane(StrEnum):
+    """How a call is served in time: relayed now, on the flex tier (slower, at the batch price), or in a batch."""
+
+    REALTIME = "realtime"
+    FLEX = "flex"
+    BATCH = "batch"
+
+    @property
+    def price_tier(self) -> PriceTier:
+        """The price tier a call served in this lane pays (each lane has its own)."""
+        tiers: dict[Lane, PriceTier] = {Lane.REALTIME: "realtime", Lane.FLEX: "flex", Lane.BATCH: "batch"}
+        return tiers[self]
+
+
+class Origin(StrEnum):
+    """Where a finished call's answer came from, as it is stored and booked (the `lane` label of the metrics and the
+    lanes of `/v1/usage` carry it; the Redis field of a result is `lane` too)."""
+
+    REALTIME = "realtime"
+    """Relayed now, on the standard tier."""
+    FLEX = "flex"
+    """The flex tier: a call sent there at admission, or a deferred call the guard escalated to it."""
+    BATCH = "batch"
+    """A line of one of the router's batches."""
+    ESCALATED = "escalated"
+    """A deferred call the guard answered in real time on the standard tier."""
+    NATIVE = "native"
+    """A line of a batch a tenant ran through the native Batch API (`/v1/batches`)."""
+
+    @property
+    def lane(self) -> Lane:
+        """The lane the answer was served in (what `X-Router-Lane` and `deferred.call.lane` show)."""
+        return {Origin.ESCALATED: Lane.REALTIME, Origin.NATIVE: Lane.BATCH}.get(self) or Lane(self.value)
+
+
 Reason = Literal["policy", "no_batch", "endpoint", "stream", "fits", "probe", "too_soon"]
-Tier = Literal["flex", "standard"]
+Rung = Literal["flex", "standard"]
+"""A rung of the escalation ladder: the flex tier, then the standard tier."""
 
 
 class Capabilities(msgspec.Struct, frozen=True):
@@ -53,7 +94,7 @@ class Catalog:
         self.flex_priced = flex_priced
 
     def upstream_for(self, model: str) -> Upstream | None:
-        """The first upstream whose model patterns match (the order `lanes.Upstreams` routes in)."""
+        """The first upstream whose model patterns match (the order `providers.upstreams.Upstreams` routes in)."""
         return next((u for pattern, u in self._patterns if pattern.match(model)), None)
 
     def of(self, upstream: str, endpoint: str, model: str, *, stream: bool = False) -> Capabilities:
@@ -105,10 +146,10 @@ NO_OUTLOOK = Outlook(quantile_s=math.inf)
 """The outlook where none is needed (a call no batch can take)."""
 
 
-class Route(msgspec.Struct, frozen=True, kw_only=True):
-    """Where one call goes, why, and its deadline when it was deferred."""
+class LaneChoice(msgspec.Struct, frozen=True, kw_only=True):
+    """The lane of one call, why, and its deadline when it was deferred."""
 
-    lane: RouteLane
+    lane: Lane
     reason: Reason
     deadline: float | None = None
     rule: str | None = None
@@ -119,7 +160,7 @@ def fits(deadline: float, now: float, caps: Capabilities, quantile_s: float, tim
     return deadline - now >= quantile_s + timing.flush_wait_s + timing.reserve(caps)
 
 
-def route(
+def choose_lane(
     decision: Decision,
     *,
     endpoint: str,
@@ -128,7 +169,7 @@ def route(
     outlook: Outlook,
     timing: Timing,
     now: float,
-) -> Route:
+) -> LaneChoice:
     """The lane of one call, from the policy's decision, what the upstream offers and the queue's outlook.
 
     A deferred call goes to a batch when one can be back before its reserve (`fits`), or as a probe when its
@@ -136,21 +177,21 @@ def route(
     escalation ladder still keeps the deadline). Otherwise it takes the flex tier where offered, else real time.
     """
     rule = decision.rule
-    if decision.lane != "deferred" or decision.deadline is None:
-        return Route(lane="realtime", reason="policy", rule=rule)
+    if decision.mode != "deferred" or decision.deadline is None:
+        return LaneChoice(lane=Lane.REALTIME, reason="policy", rule=rule)
     deadline = decision.deadline
     if caps.batch:
         if fits(deadline, now, caps, outlook.quantile_s, timing):
-            return Route(lane="batch", reason="fits", deadline=deadline, rule=rule)
+            return LaneChoice(lane=Lane.BATCH, reason="fits", deadline=deadline, rule=rule)
         if outlook.may_probe and deadline - now > timing.flush_wait_s + timing.reserve(caps):
-            return Route(lane="batch", reason="probe", deadline=deadline, rule=rule)
+            return LaneChoice(lane=Lane.BATCH, reason="probe", deadline=deadline, rule=rule)
         reason: Reason = "too_soon"
     elif endpoint not in ENDPOINTS:
         reason = "endpoint"
     else:
         reason = "stream" if stream and endpoint not in REPLAYABLE else "no_batch"
-    lane: RouteLane = "flex" if caps.flex else "realtime"
-    return Route(lane=lane, reason=reason, deadline=deadline, rule=rule)
+    lane = Lane.FLEX if caps.flex else Lane.REALTIME
+    return LaneChoice(lane=lane, reason=reason, deadline=deadline, rule=rule)
 
 
 def flush_due(earliest_deadline: float, now: float, caps: Capabilities, quantile_s: float, timing: Timing) -> bool:
@@ -172,7 +213,7 @@ def escalation_cutoff(now: float, caps: Capabilities, timing: Timing) -> float:
     return now + timing.lead(caps)
 
 
-def escalation_tier(deadline: float, now: float, caps: Capabilities, timing: Timing) -> tuple[Tier, float]:
+def escalation_rung(deadline: float, now: float, caps: Capabilities, timing: Timing) -> tuple[Rung, float]:
     """The first rung of the ladder for an escalation now, and how long it may take.
 
     Flex (the batch price, synchronous) where offered and at least half of `flex_s` is left before the margin,

@@ -1,4 +1,4 @@
-"""Routing rules from `policies/*.yaml`: the first rule that matches a call decides its lane and deadline."""
+"""Policies from `policies/*.yaml`: the first rule that matches a call decides whether it may wait, and until when."""
 
 from __future__ import annotations
 
@@ -78,10 +78,10 @@ class Facts(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Decision(msgspec.Struct, frozen=True):
-    """The lane a call takes, its absolute deadline when deferred, and the rule that decided (with the task and the
-    model-route change that rule names, if any)."""
+    """Whether a call is answered now or may wait (deferred: the lane decision then picks batch, flex or real time),
+    its absolute deadline when deferred, the rule that decided, and the task and model-route change that rule names."""
 
-    lane: Literal["realtime", "deferred"]
+    mode: Literal["realtime", "deferred"]
     deadline: float | None
     rule: str | None
     task: str | None = None
@@ -235,7 +235,7 @@ def _realtime(rule: str | None) -> Decision:
 def decide(
     policies: Policies, facts: Facts, header_deadline: float | None, header_urgent: bool, now: float
 ) -> Decision:
-    """The lane for one call: the first matching rule, the caller's X-Deadline and the rule's bounds combined."""
+    """Now or deferred, for one call: the first matching rule, the caller's X-Deadline and the rule's bounds."""
     rule = next((r for r in policies.compiled if r.matches(facts)), None)
     decision = _lane(rule, header_deadline, header_urgent, now)
     if rule is not None and (rule.rule.task is not None or rule.rule.route is not None):

@@ -11,7 +11,8 @@ import msgspec
 from router.core.errors import ConfigError
 from router.core.settings import convert, read_yaml
 
-Lane = Literal["realtime", "batch", "flex"]
+PriceTier = Literal["realtime", "batch", "flex"]
+"""How a call is billed: the standard (real-time) rates, the batch rates, or the flex tier's."""
 UsdPerMTok = Annotated[float, msgspec.Meta(ge=0)]
 Multiplier = Annotated[float, msgspec.Meta(gt=0, le=1)]
 Tokens = Annotated[int, msgspec.Meta(ge=0)]
@@ -25,7 +26,7 @@ class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=T
 
 
 class Rates(_Strict, frozen=True):
-    """USD per 1M tokens in one lane; cached input omitted means cached tokens cost the input rate."""
+    """USD per 1M tokens in one price tier; cached input omitted means cached tokens cost the input rate."""
 
     input: UsdPerMTok
     output: UsdPerMTok  # required, even when 0 (embeddings): a forgotten output price must not read as free
@@ -72,7 +73,7 @@ class Cost(msgspec.Struct, frozen=True):
 
 
 def _resolve(spec: float | Rates | None, realtime: Rates) -> Rates | None:
-    """A lane's rates with `cached_input` always set: a multiplier scales every real-time rate."""
+    """A price tier's rates with `cached_input` always set: a multiplier scales every real-time rate."""
     if spec is None:
         return None
     if isinstance(spec, Rates):
@@ -83,16 +84,16 @@ def _resolve(spec: float | Rates | None, realtime: Rates) -> Rates | None:
     return Rates(input=realtime.input * spec, output=realtime.output * spec, cached_input=cached * spec)
 
 
-class _LaneRates(msgspec.Struct, frozen=True):
+class _TierRates(msgspec.Struct, frozen=True):
     realtime: Rates
     batch: Rates | None
     flex: Rates | None
 
 
-def _lane_rates(price: ModelPrice) -> _LaneRates:
+def _tier_rates(price: ModelPrice) -> _TierRates:
     cached = price.input if price.cached_input is None else price.cached_input
     realtime = Rates(input=price.input, output=price.output, cached_input=cached)
-    return _LaneRates(realtime, _resolve(price.batch, realtime), _resolve(price.flex, realtime))
+    return _TierRates(realtime, _resolve(price.batch, realtime), _resolve(price.flex, realtime))
 
 
 def _price(rates: Rates, usage: Usage) -> float:
@@ -108,7 +109,7 @@ class PriceTable:
     def __init__(self, models: list[ModelPrice] | tuple[ModelPrice, ...]) -> None:
         self.models = tuple(models)
         self._index = {name: price for price in self.models for name in (price.name, *price.aliases)}
-        self._rates = {price.name: _lane_rates(price) for price in self.models}
+        self._rates = {price.name: _tier_rates(price) for price in self.models}
 
     def lookup(self, model: str) -> ModelPrice | None:
         """The price entry for `model`, trying its undated name when the exact one is not listed."""
@@ -121,24 +122,24 @@ class PriceTable:
         """Whether `model` has a price."""
         return self.lookup(model) is not None
 
-    def rates(self, model: str, lane: Lane) -> Rates | None:
-        """Resolved rates for `model` in `lane`, or None when the model or its lane has no price."""
+    def rates(self, model: str, tier: PriceTier) -> Rates | None:
+        """Resolved rates for `model` in `tier`, or None when the model or that tier has no price."""
         price = self.lookup(model)
-        return None if price is None else getattr(self._rates[price.name], lane)
+        return None if price is None else getattr(self._rates[price.name], tier)
 
     def realtime_usd(self, model: str, tokens_in: float, tokens_out: float) -> float | None:
         """What a call of `model` with these token counts costs in real time (None: unpriced)."""
         cost = self.cost(model, Usage(int(tokens_in), 0, int(tokens_out)), "realtime")
         return None if cost is None else cost.actual_usd
 
-    def cost(self, model: str, usage: Usage, lane: Lane, asked: str | None = None) -> Cost | None:
-        """Baseline (the asked-for model, all real time) and actual cost of one call answered by `model`, or None
-        when either model cannot be priced."""
+    def cost(self, model: str, usage: Usage, tier: PriceTier, asked: str | None = None) -> Cost | None:
+        """Baseline (the asked-for model, all real time) and actual cost of one call answered by `model` at `tier`,
+        or None when either model cannot be priced."""
         price = self.lookup(model)
         if price is None:
             return None
         rates = self._rates[price.name]
-        paid: Rates | None = getattr(rates, lane)
+        paid: Rates | None = getattr(rates, tier)
         if paid is None:
             return None
         realtime, actual = _price(rates.realtime, usage), _price(paid, usage)

@@ -153,6 +153,8 @@ class AnthropicErrorBody(msgspec.Struct, kw_only=True):
     error: AnthropicErrorDetail
 
 
+ANTHROPIC_VERSION = "anthropic-version"
+"""The header every Anthropic SDK sends: on a route both APIs share (`/v1/models`), the answer takes its shape."""
 ANTHROPIC_ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",

@@ -1,7 +1,7 @@
-"""The states a deferred call and a batch of ours go through, and what `ADMIT` and `STORE_RESULT` answer.
+"""The states a deferred call and a batch of ours go through, and what `ENQUEUE` and `STORE_RESULT` answer.
 
-The Lua scripts in `scripts.py` write and compare the same values as string literals;
-`tests/test_scripts.py` checks that every literal they use is a member here, and the reverse.
+The Lua scripts in `deferred/store/scripts.py` take these values from here (`${CALL_QUEUED}` in their source);
+`tests/test_scripts.py` checks that every state they write or compare is a member here, and the reverse.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ class BatchState(StrEnum):
     INGESTED = "ingested"
 
 
-class AdmitOutcome(StrEnum):
-    """What `ADMIT` answers (`Accumulator.admit` adds `full` when the set of queues refused the queue first)."""
+class EnqueueOutcome(StrEnum):
+    """What `ENQUEUE` answers (a full set of queues refuses the call before, with `QueuesFull`)."""
 
     NEW = "new"
     """Queued as a new call."""

@@ -1,6 +1,6 @@
 """The turnaround model of a queue: how long its batches take, as decayed quantiles of the batches it saw.
 
-Pure: the observations come in (`Observation`s read from Redis by the accumulator), estimates go out.
+Pure: the observations come in (`Observation`s read from Redis by `BatchStore`), estimates go out.
 
 - **Decay.** An observation weighs `0.5 ** (age / half_life_s)`: recent batches count more, and a queue that has
   been quiet for a few half-lives is back to its prior.

@@ -1,5 +1,3 @@
-"""The deferred lane: its Redis store and Lua scripts, the loops (batcher, poller, guard, webhooks), waiting and
-holding.
-
-Imports `core`, `telemetry` and `providers`; never the web framework.
+"""The deferred lane: its entry, the Redis store in parts and its Lua scripts, the loops, waiting, holding.
+May import `providers`, `telemetry` and `core`; never a web framework.
 """

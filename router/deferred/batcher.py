@@ -1,6 +1,6 @@
 """The batcher: packs each queue's calls into provider batch jobs when a limit, max_wait or a deadline says so.
 
-When a queue flushes is `routing.flush_due`: as late as its earliest call allows (fewest batches), but never so late
+When a queue flushes is `lanes.flush_due`: as late as its earliest call allows (fewest batches), but never so late
 that this call has less than its turnaround quantile left before its reserve.
 """
 
@@ -12,15 +12,23 @@ import logging
 import secrets
 import time
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from router.core.errors import RouterError
 from router.core.lanes import Planner, flush_due, flush_wait
-from router.core.settings import BatchSettings
 from router.core.states import BatchState
-from router.deferred.accumulator import Accumulator, BatchRecord, LeaseLost, QueueStats, while_leased
 from router.deferred.loops import pace
+from router.deferred.store.leases import LeaseLost, while_leased
 from router.providers.base import BatchLine, Lapsed, Ledger, Provider, Rival
 from router.telemetry import metrics
+
+if TYPE_CHECKING:
+    from router.core.settings import BatchSettings
+    from router.deferred.store.batches import BatchStore
+    from router.deferred.store.leases import Leases
+    from router.deferred.store.queues import Queues
+    from router.deferred.store.records import BatchRecord, QueueStats
+    from router.deferred.store.results import ResultStore
 
 log = logging.getLogger(__name__)
 MAX_SUBMIT_ATTEMPTS = 3
@@ -31,12 +39,18 @@ class Batcher:
 
     def __init__(
         self,
-        acc: Accumulator,
+        queues: Queues,
+        batches: BatchStore,
+        results: ResultStore,
+        leases: Leases,
         providers: Mapping[str, Provider],
         settings: BatchSettings,
         planner: Planner | None = None,
     ) -> None:
-        self.acc = acc
+        self.queues = queues
+        self.batches = batches
+        self.results = results
+        self.leases = leases
         self.providers = providers
         self.settings = settings
         self.planner = planner if planner is not None else Planner(settings)
@@ -62,31 +76,31 @@ class Batcher:
         if stats.earliest_deadline is None:
             return False
         caps = self.planner.catalog.of(stats.upstream, stats.endpoint, stats.model)
-        observations = await self.acc.observations(stats.tag)
+        observations = await self.batches.observations(stats.tag)
         quantile = self.planner.model.quantile(observations, now, lines=stats.count)
         return flush_due(stats.earliest_deadline, now, caps, quantile, self.planner.timing)
 
     async def run_once(self, *, force: bool = False) -> int:
         """One pass over every queue; returns the number of batches submitted (tests call this)."""
         submitted = 0
-        for tag in await self.acc.queue_tags():
-            stats = await self.acc.stats(tag)
+        for tag in await self.queues.queue_tags():
+            stats = await self.queues.stats(tag)
             if stats is not None and ((force and stats.count) or await self.due(stats, time.time())):
                 submitted += await self.flush(stats)
-            for record in await self.acc.due_batches(tag, time.time()):
+            for record in await self.batches.due_batches(tag, time.time()):
                 if record.state == BatchState.BUILDING:
                     submitted += await self.recover(record, stats)
         return submitted
 
     async def flush(self, stats: QueueStats) -> int:
         """Claim and submit batches from one queue until what is left is not worth a batch yet."""
-        lease = self.acc.keys.flush_lease(stats.tag)
-        if not await self.acc.lease(lease, self.owner, self.settings.lease_s):
+        lease = self.leases.keys.flush_lease(stats.tag)
+        if not await self.leases.lease(lease, self.owner, self.settings.lease_s):
             return 0
         submitted = 0
         try:
             while True:
-                claimed = await self.acc.claim(
+                claimed = await self.batches.claim(
                     stats.tag,
                     max_requests=self.settings.max_requests,
                     max_bytes=self.settings.max_bytes,
@@ -98,24 +112,25 @@ class Batcher:
                 bid, ids = claimed
                 if await self.submit(stats, bid, ids):
                     submitted += 1
-                left = await self.acc.stats(stats.tag)
+                left = await self.queues.stats(stats.tag)
                 if left is None or (left.count < self.settings.max_requests and left.bytes < self.settings.max_bytes):
                     break
         finally:
-            await self.acc.release(lease, self.owner)
+            await self.leases.release(lease, self.owner)
         return submitted
 
     async def submit(self, stats: QueueStats, bid: str, ids: list[str]) -> bool:
         """Upload one claimed batch and record the provider's id; on error leave it for recovery."""
         provider = self.providers[stats.upstream]
         lines = [
-            BatchLine(custom_id=cid, body=body, endpoint=endpoint) for cid, body, endpoint in await self.acc.bodies(ids)
+            BatchLine(custom_id=cid, body=body, endpoint=endpoint)
+            for cid, body, endpoint in await self.batches.bodies(ids)
         ]
         if not lines:
-            await self.acc.finish_batch(stats.tag, bid, "empty", None)
+            await self.batches.finish_batch(stats.tag, bid, "empty", None)
             return False
         lease = self.settings.lease_s
-        renew = functools.partial(self.acc.renew_batch, stats.tag, bid, self.owner, lease)
+        renew = functools.partial(self.batches.renew_batch, stats.tag, bid, self.owner, lease)
         try:
             submitting = provider.submit_batch(bid, stats.endpoint, stats.model, lines)
             provider_id = await while_leased(submitting, renew, lease)
@@ -128,7 +143,7 @@ class Batcher:
             log.warning("submitting batch %s to %s failed, will recover: %s", bid, stats.upstream, exc)
             return False
         next_poll = time.time() + self.settings.poll_interval_s
-        if not await self.acc.mark_submitted(stats.tag, bid, self.owner, provider_id, next_poll):
+        if not await self.batches.mark_submitted(stats.tag, bid, self.owner, provider_id, next_poll):
             # Another replica adopted the batch (this one stalled past its lease) and owns its calls now:
             # cancel ours so the provider does not run and bill the same calls twice.
             log.warning("batch %s was taken over while submitting; cancelling the orphan %s", bid, provider_id)
@@ -144,19 +159,21 @@ class Batcher:
     async def recover(self, record: BatchRecord, stats: QueueStats | None) -> int:
         """A `building` batch whose lease lapsed: find it at the provider, or look again later, or submit it again."""
         s = self.settings
-        if stats is None or not await self.acc.take_over(record.tag, record.id, self.owner, s.lease_s):
+        if stats is None or not await self.batches.take_over(record.tag, record.id, self.owner, s.lease_s):
             return 0
         provider = self.providers[stats.upstream]
-        ids = await self.acc.batch_calls(record.tag, record.id)
+        ids = await self.batches.batch_calls(record.tag, record.id)
         lapsed = Lapsed(
             batch_id=record.id,
             claimed_at=record.created_at,
-            lapsed_at=await self.acc.lapsed_at(record.tag, record.id),
+            lapsed_at=await self.batches.lapsed_at(record.tag, record.id),
             custom_ids=frozenset(ids),
-            lines=[BatchLine(custom_id=cid, body=body, endpoint=ep) for cid, body, ep in await self.acc.bodies(ids)],
+            lines=[
+                BatchLine(custom_id=cid, body=body, endpoint=ep) for cid, body, ep in await self.batches.bodies(ids)
+            ],
             ledger=functools.partial(self._ledger, provider.kind, record.id),
         )
-        renew = functools.partial(self.acc.renew_batch, record.tag, record.id, self.owner, s.lease_s)
+        renew = functools.partial(self.batches.renew_batch, record.tag, record.id, self.owner, s.lease_s)
         try:
             found = await while_leased(provider.find_batch(lapsed), renew, s.lease_s)
         except LeaseLost:
@@ -165,17 +182,17 @@ class Batcher:
             log.warning("looking up batch %s failed, will retry: %s", record.id, exc)
             return 0
         if found.wait:  # the provider cannot tell yet which batch is this one's: keep it, look again later
-            await self.acc.renew_batch(record.tag, record.id, self.owner, max(s.lease_s, s.poll_interval_s))
+            await self.batches.renew_batch(record.tag, record.id, self.owner, max(s.lease_s, s.poll_interval_s))
             return 0
         if found.provider_id is not None:
-            await self.acc.mark_submitted(record.tag, record.id, self.owner, found.provider_id, time.time())
+            await self.batches.mark_submitted(record.tag, record.id, self.owner, found.provider_id, time.time())
             return 0
-        attempts = await self.acc.count_submit_attempt(record.tag, record.id)
+        attempts = await self.batches.count_submit_attempt(record.tag, record.id)
         if attempts > MAX_SUBMIT_ATTEMPTS:
             log.error("batch %s could not be submitted %d times; its calls go back to their queue", record.id, attempts)
             for call_id in ids:
-                await self.acc.requeue(call_id, record.id)
-            await self.acc.finish_batch(record.tag, record.id, "unsubmitted", None)
+                await self.results.requeue(call_id, record.id)
+            await self.batches.finish_batch(record.tag, record.id, "unsubmitted", None)
             return 0
         return int(await self.submit(stats, record.id, ids))
 
@@ -184,7 +201,7 @@ class Batcher:
         now = time.time()
         rivals = [
             Rival(claimed_at=other.created_at, requests=other.n, live=until > now)
-            for upstream, other, until in await self.acc.building()
+            for upstream, other, until in await self.batches.building()
             if other.id != bid and (p := self.providers.get(upstream)) is not None and p.kind == kind
         ]
-        return Ledger(recorded=frozenset(await self.acc.recorded(provider_ids)), rivals=rivals)
+        return Ledger(recorded=frozenset(await self.batches.recorded(provider_ids)), rivals=rivals)

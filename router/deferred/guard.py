@@ -1,6 +1,6 @@
 """The deadline guard: cuts batches that would make a call late, and answers calls that run out of time.
 
-Per queue and pass (`routing` has the times):
+Per queue and pass (`core/lanes.py` has the times):
 - a running batch that holds a call whose reserve has come is cut: the poller cancels it and harvests what it
   finished, so only the calls it did not finish are escalated, and none of them is billed twice;
 - a call still without a result at `deadline - lead` is escalated up the ladder: the flex tier (batch price) where
@@ -15,17 +15,24 @@ import functools
 import logging
 import time
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from router.core.errors import RouterError, UpstreamError, UpstreamTimeout
-from router.core.lanes import Capabilities, Planner, cut_cutoff, escalation_cutoff, escalation_tier
+from router.core.lanes import Capabilities, Origin, Planner, cut_cutoff, escalation_cutoff, escalation_rung
 from router.core.schema import error_body, with_fields
-from router.core.settings import BatchSettings
 from router.core.states import CallState, StoreOutcome
-from router.deferred.accumulator import Accumulator, CallMeta, LeaseLost, while_leased
 from router.deferred.loops import pace
+from router.deferred.store.leases import LeaseLost, while_leased
 from router.providers.base import RETRY_STATUSES, Provider, backoff, retry_after_s
 from router.telemetry import metrics
-from router.telemetry.accounting import Accounting, Lane
+from router.telemetry.accounting import Accounting
+
+if TYPE_CHECKING:
+    from router.core.settings import BatchSettings
+    from router.deferred.store.batches import BatchStore
+    from router.deferred.store.queues import Queues
+    from router.deferred.store.records import CallMeta
+    from router.deferred.store.results import ResultStore
 
 log = logging.getLogger(__name__)
 CONCURRENCY = 64
@@ -37,13 +44,17 @@ class Guard:
 
     def __init__(
         self,
-        acc: Accumulator,
+        queues: Queues,
+        batches: BatchStore,
+        results: ResultStore,
         providers: Mapping[str, Provider],
         settings: BatchSettings,
         accounting: Accounting,
         planner: Planner | None = None,
     ) -> None:
-        self.acc = acc
+        self.queues = queues
+        self.batches = batches
+        self.results = results
         self.providers = providers
         self.settings = settings
         self.accounting = accounting
@@ -56,7 +67,7 @@ class Guard:
         """A queue's upstream and capabilities (fixed for a tag, so remembered)."""
         known = self._queues.get(tag)
         if known is None:
-            stats = await self.acc.stats(tag)
+            stats = await self.queues.stats(tag)
             if stats is None:
                 return None
             caps = self.planner.catalog.of(stats.upstream, stats.endpoint, stats.model)
@@ -69,16 +80,16 @@ class Guard:
         now = time.time()
         timing = self.planner.timing
         started: list[asyncio.Task[int]] = []
-        for tag in await self.acc.queue_tags():
+        for tag in await self.queues.queue_tags():
             queue = await self._queue(tag)
             if queue is None:
                 continue
             upstream, caps = queue
-            for bid in await self.acc.batches_holding(tag, cut_cutoff(now, caps, timing)):
-                if await self.acc.cut(tag, bid):
+            for bid in await self.batches.batches_holding(tag, cut_cutoff(now, caps, timing)):
+                if await self.batches.cut(tag, bid):
                     log.info("batch %s is late for a call in it: cut (cancelled and harvested)", bid)
                     metrics.batches_cut.labels(upstream).inc()
-            for call_id in await self.acc.escalation_due(tag, escalation_cutoff(now, caps, timing), now):
+            for call_id in await self.results.escalation_due(tag, escalation_cutoff(now, caps, timing), now):
                 if call_id in self._running:  # already being answered by this process
                     continue
                 task = asyncio.create_task(self.escalate(call_id), name=f"escalate-{call_id}")
@@ -105,44 +116,51 @@ class Guard:
         # A slot first, then the lease: a lease taken while queued for a slot could lapse before the work starts,
         # and a second replica would then answer the same call.
         async with self._slots:
-            call = await self.acc.get_call(call_id)
+            call = await self.results.get_call(call_id)
             if call is None:
-                await self.acc.forget(call_id)
+                await self.results.forget(call_id)
                 return 0
             reason = "queued" if call.state == CallState.QUEUED else "submitted"
             lease = self.settings.lease_s
-            body = await self.acc.escalate(call_id, lease)
+            body = await self.results.escalate(call_id, lease)
             if body is None:
                 return 0
             meta = call.meta
-            renew = functools.partial(self.acc.renew_escalation, call_id, lease)
+            renew = functools.partial(self.results.renew_escalation, call_id, lease)
             try:
-                lane, status, content = await while_leased(self._ladder(meta, body), renew, lease)
+                origin, status, content = await while_leased(self._ladder(meta, body), renew, lease)
             except LeaseLost:
                 log.warning("lost the escalation lease of %s; whoever holds it now answers the call", call_id)
                 return 0
-        priced = self.accounting.price(meta.model, lane, content if status == 200 else b"")
-        stored = await self.acc.store_result(
-            call_id, meta, from_batch="", status=status, body=content, lane=lane, cost=priced.as_tuple()
+        priced = self.accounting.price(meta.model, origin, content if status == 200 else b"", asked=meta.asked_model)
+        stored = await self.results.store_result(
+            call_id,
+            meta,
+            from_batch="",
+            status=status,
+            body=content,
+            origin=origin,
+            cost=priced.as_tuple(),
+            route_usd=priced.cost.route_usd if priced.cost else 0.0,
         )
         if stored != StoreOutcome.STORED:
             return 0
-        metrics.escalations.labels(reason, "flex" if lane == "flex" else "standard").inc()
+        metrics.escalations.labels(reason, "flex" if origin == Origin.FLEX else "standard").inc()
         outcome = "ok" if status == 200 else "error"
         self.accounting.book(
-            priced, lane=lane, upstream=meta.upstream, model=meta.model, tenant=meta.tenant, outcome=outcome
+            priced, origin=origin, upstream=meta.upstream, model=meta.model, tenant=meta.tenant, outcome=outcome
         )
         if time.time() > meta.deadline:
             metrics.deadline_misses.inc()
         return 1
 
-    async def _ladder(self, meta: CallMeta, body: bytes) -> tuple[Lane, int, bytes]:
-        """The escalation's answer as (lane, status, body): flex first where `routing.escalation_tier` says so,
+    async def _ladder(self, meta: CallMeta, body: bytes) -> tuple[Origin, int, bytes]:
+        """The escalation's answer as (origin, status, body): flex first where `lanes.escalation_rung` says so,
         then the standard tier when flex is short of capacity (429), fails (5xx) or takes too long."""
         caps = self.planner.catalog.of(meta.upstream, meta.endpoint, meta.model)
-        tier, seconds = escalation_tier(meta.deadline, time.time(), caps, self.planner.timing)
+        rung, seconds = escalation_rung(meta.deadline, time.time(), caps, self.planner.timing)
         provider = self.providers.get(meta.upstream)
-        if tier == "flex" and provider is not None:
+        if rung == "flex" and provider is not None:
             flex = provider.forward(meta.endpoint, with_fields(body, service_tier="flex"), stream=False)
             try:
                 answer = await asyncio.wait_for(flex, timeout=seconds)
@@ -151,10 +169,10 @@ class Guard:
                 log.info("flex escalation of a %s call failed (%s); the standard tier answers it", meta.model, exc)
             else:
                 if answer.status not in RETRY_STATUSES and answer.status != OVERLOADED:
-                    return "flex", answer.status, answer.body
+                    return Origin.FLEX, answer.status, answer.body
                 log.info("flex answered %d; the standard tier answers the call", answer.status)
         status, content = await self._answer(meta.upstream, meta.endpoint, body, meta.deadline)
-        return "escalated", status, content
+        return Origin.ESCALATED, status, content
 
     async def _answer(self, upstream: str, endpoint: str, body: bytes, deadline: float) -> tuple[int, bytes]:
         """The real-time answer as (status, body), retrying transient failures while the deadline allows.

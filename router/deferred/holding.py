@@ -10,7 +10,7 @@ not cut the wait:
 Once `200` is committed, an answer that is an error cannot change the status. The router then cuts the
 response short instead (no client can take a truncated body for a completion: openai-python raises a
 connection error and retries it; openai-node v4-v6 raises fetch's `TypeError: terminated`, which the
-application retries), and the retry re-attaches to the same call (see `DeferredLane.admit`) and receives the
+application retries), and the retry re-attaches to the same call (see `DeferredLane.enqueue`) and receives the
 error at once, with its real status. The same cut ends held connections at shutdown, so their retries re-attach on
 another replica or after the restart.
 """
@@ -23,14 +23,18 @@ import resource
 import secrets
 import time
 from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from router.core.keys import HEARTBEAT_S, REPLICA_TTL_S
 from router.core.schema import error_body
-from router.core.settings import Settings
-from router.deferred.accumulator import CallRecord, Result
-from router.deferred.lane import HEARTBEAT_S, HEARTBEAT_TTL_S, DeferredLane
 from router.deferred.replay import cost_comment, error_event, sse_chunks
 from router.telemetry import metrics
+
+if TYPE_CHECKING:
+    from router.core.settings import Settings
+    from router.deferred.store.intake import Intake
+    from router.deferred.store.records import CallRecord, Result
+    from router.deferred.waiters import ResultWaiter, Waiters
 
 log = logging.getLogger(__name__)
 FD_RESERVE = 128
@@ -83,8 +87,10 @@ def max_held(settings: Settings, fd_limit: int) -> int:
 class Holds:
     """The connections this process holds open for deferred answers, and its drain at shutdown."""
 
-    def __init__(self, lane: DeferredLane, settings: Settings, cap: int) -> None:
-        self.lane = lane
+    def __init__(self, intake: Intake, waiter: ResultWaiter, waiters: Waiters, settings: Settings, cap: int) -> None:
+        self.intake = intake
+        self.waiter = waiter
+        self.waiters = waiters
         self.settings = settings
         self.cap = cap
         self.replica_id = "r" + secrets.token_hex(6)
@@ -109,7 +115,7 @@ class Holds:
 
     def _drain(self) -> None:
         self.draining.set()
-        self.lane.wake_all()  # held waiters see the drain now, not at their next keep-alive
+        self.waiters.wake_all()  # held waiters see the drain now, not at their next keep-alive
 
     def new_holder(self) -> str:
         """The name a connection holds a call under: this replica and the connection."""
@@ -138,7 +144,7 @@ class Holds:
     async def _release(self, call_id: str, holder: str, delivered: bool) -> None:
         for attempt in range(5):
             try:
-                await self.lane.unhold(call_id, holder, delivered=delivered)
+                await self.intake.unhold(call_id, holder, delivered=delivered)
                 return
             except Exception as exc:  # the holder field is advisory: a failed release only delays re-attaching
                 log.debug("releasing %s failed (attempt %d): %s", call_id, attempt + 1, exc)
@@ -153,7 +159,7 @@ class Holds:
         """Keep this replica's liveness key fresh until `stop`, then remove it (its calls are orphaned now)."""
         while not stop.is_set():
             try:
-                await self.lane.heartbeat(self.replica_id, HEARTBEAT_TTL_S)
+                await self.intake.heartbeat(self.replica_id, REPLICA_TTL_S)
             except Exception as exc:
                 log.debug("heartbeat failed: %s", exc)
             try:
@@ -161,7 +167,7 @@ class Holds:
             except TimeoutError:
                 continue
         try:
-            await self.lane.retire(self.replica_id)
+            await self.intake.retire(self.replica_id)
         except Exception as exc:
             log.debug("could not retire replica %s: %s", self.replica_id, exc)
 
@@ -172,7 +178,7 @@ class Holds:
 
     async def first_wait(self, call_id: str, seconds: float) -> Result | None:
         """The answer if it comes within `seconds` (before any status is committed)."""
-        return await self.lane.wait(call_id, seconds, stop=self.draining)
+        return await self.waiter.wait(call_id, seconds, stop=self.draining)
 
     async def json_body(self, call: CallRecord, holder: str, hold: float) -> AsyncIterator[bytes]:
         """A committed `200`: a space every keep-alive interval, then the answer's JSON, or a cut."""
@@ -180,7 +186,7 @@ class Holds:
         keepalive = self.settings.batch.keepalive_s
         delivered = False
         try:
-            with self.lane.watching(call.id) as watch:  # one watch for the whole hold: Redis is read when woken
+            with self.waiter.watching(call.id) as watch:  # one watch for the whole hold: Redis is read when woken
                 while True:
                     left = until - time.monotonic()
                     if left <= 0:
@@ -205,7 +211,7 @@ class Holds:
         delivered = False
         result = None
         try:
-            with self.lane.watching(call.id) as watch:
+            with self.waiter.watching(call.id) as watch:
                 while result is None and (left := until - time.monotonic()) > 0 and not self.draining.is_set():
                     result = await watch.result(min(left, keepalive), stop=self.draining)
                     if result is None and not self.draining.is_set():

@@ -13,16 +13,24 @@ import random
 import secrets
 import time
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from router.core.errors import RouterError
-from router.core.lanes import Planner, fits
-from router.core.settings import BatchSettings
+from router.core.lanes import Origin, Planner, fits
 from router.core.states import BatchState, CallState, StoreOutcome
-from router.deferred.accumulator import Accumulator, BatchRecord, LeaseLost, while_leased
 from router.deferred.loops import pace
+from router.deferred.store.leases import LeaseLost, while_leased
 from router.providers.base import BatchStatus, LineResult, Provider
 from router.telemetry import metrics
 from router.telemetry.accounting import Accounting, Priced
+
+if TYPE_CHECKING:
+    from router.core.settings import BatchSettings
+    from router.deferred.store.batches import BatchStore
+    from router.deferred.store.leases import Leases
+    from router.deferred.store.queues import Queues
+    from router.deferred.store.records import BatchRecord
+    from router.deferred.store.results import ResultStore
 
 log = logging.getLogger(__name__)
 MAX_POLL_INTERVAL_S = 600.0
@@ -38,13 +46,19 @@ class Poller:
 
     def __init__(
         self,
-        acc: Accumulator,
+        queues: Queues,
+        batches: BatchStore,
+        results: ResultStore,
+        leases: Leases,
         providers: Mapping[str, Provider],
         settings: BatchSettings,
         accounting: Accounting,
         planner: Planner | None = None,
     ) -> None:
-        self.acc = acc
+        self.queues = queues
+        self.batches = batches
+        self.results = results
+        self.leases = leases
         self.providers = providers
         self.settings = settings
         self.accounting = accounting
@@ -63,17 +77,17 @@ class Poller:
     async def run_once(self) -> int:
         """Poll every due batch once; returns how many batches were ingested (tests call this)."""
         ingested = 0
-        for tag in await self.acc.queue_tags():
-            stats = await self.acc.stats(tag)
+        for tag in await self.queues.queue_tags():
+            stats = await self.queues.stats(tag)
             if stats is None:
                 continue
-            for record in await self.acc.due_batches(tag, time.time()):
+            for record in await self.batches.due_batches(tag, time.time()):
                 if record.state != BatchState.SUBMITTED:
                     continue
-                lease = self.acc.keys.batch_lease(tag, record.id)
-                if not await self.acc.lease(lease, self.owner, self.settings.lease_s):
+                lease = self.leases.keys.batch_lease(tag, record.id)
+                if not await self.leases.lease(lease, self.owner, self.settings.lease_s):
                     continue
-                renew = functools.partial(self.acc.renew, lease, self.owner, self.settings.lease_s)
+                renew = functools.partial(self.leases.renew, lease, self.owner, self.settings.lease_s)
                 try:
                     ingested += await while_leased(
                         self.check(record, stats.upstream, stats.model), renew, self.settings.lease_s
@@ -82,9 +96,9 @@ class Poller:
                     log.warning("lost the lease of batch %s while checking it; another replica carries on", record.id)
                 except Exception as exc:
                     log.warning("polling batch %s failed, will retry: %s", record.id, exc)
-                    await self.acc.reschedule(tag, record.id, self.next_poll(record.polls))
+                    await self.batches.reschedule(tag, record.id, self.next_poll(record.polls))
                 finally:
-                    await self.acc.release(lease, self.owner)
+                    await self.leases.release(lease, self.owner)
         return ingested
 
     async def check(self, record: BatchRecord, upstream: str, model: str) -> int:
@@ -93,12 +107,12 @@ class Poller:
         status = await provider.poll(record.provider_id)
         if status.state == "running":
             if record.cut_at is None:
-                await self.acc.reschedule(record.tag, record.id, self.next_poll(record.polls))
+                await self.batches.reschedule(record.tag, record.id, self.next_poll(record.polls))
                 return 0
             if status.provider_status not in CANCELLING:
                 await self.cancel(record, provider)
             soon = time.time() + min(CUT_POLL_S, self.settings.poll_interval_s)
-            await self.acc.reschedule(record.tag, record.id, soon)
+            await self.batches.reschedule(record.tag, record.id, soon)
             return 0
         await self.ingest(record, provider, status, model)
         return 1
@@ -125,9 +139,9 @@ class Poller:
             answered |= await self.store(record, provider.name, model, chunk)
         else:
             log.warning("batch %s ended %s: %s", record.id, status.provider_status, status.message or "")
-        unanswered = [c for c in await self.acc.batch_calls(record.tag, record.id) if c not in answered]
+        unanswered = [c for c in await self.batches.batch_calls(record.tag, record.id) if c not in answered]
         if unanswered:
-            quantile = self.planner.model.quantile(await self.acc.observations(record.tag), time.time())
+            quantile = self.planner.model.quantile(await self.batches.observations(record.tag), time.time())
             for call_id in unanswered:
                 await self.retry(call_id, record.id, quantile)
         # A batch cancelled or expired says only that it took longer than its age then (censored); Anthropic ends
@@ -137,7 +151,7 @@ class Poller:
         )
         ended = record.cut_at if censored and record.cut_at is not None else time.time()
         turnaround = ended - record.submitted_at if record.submitted_at else None
-        await self.acc.finish_batch(
+        await self.batches.finish_batch(
             record.tag, record.id, status.provider_status, turnaround, record.n, censored=censored
         )
         metrics.batches_finished.labels(provider.name, status.provider_status).inc()
@@ -147,19 +161,25 @@ class Poller:
     async def store(self, record: BatchRecord, upstream: str, model: str, lines: list[LineResult]) -> set[str]:
         """Store a chunk of lines' results (their calls read in one round trip); the ids that had a call."""
         answered: set[str] = set()
-        calls = await self.acc.get_calls([line.custom_id for line in lines]) if lines else []
+        calls = await self.results.get_calls([line.custom_id for line in lines]) if lines else []
         for line, call in zip(lines, calls, strict=True):
             if call is None:
                 continue
-            priced = self.accounting.price(model, "batch", line.body) if line.billed else Priced(None, None)
-            stored = await self.acc.store_result(
+            asked = call.meta.asked_model
+            priced = (
+                self.accounting.price(model, Origin.BATCH, line.body, asked=asked)
+                if line.billed
+                else Priced(None, None)
+            )
+            stored = await self.results.store_result(
                 line.custom_id,
                 call.meta,
                 from_batch=record.id,
                 status=line.status,
                 body=line.body,
-                lane="batch",
+                origin=Origin.BATCH,
                 cost=priced.as_tuple(),
+                route_usd=priced.cost.route_usd if priced.cost else 0.0,
             )
             answered.add(line.custom_id)
             if stored == StoreOutcome.STORED:
@@ -167,7 +187,12 @@ class Poller:
                     metrics.harvested.labels(upstream).inc()
                 outcome = "ok" if line.status == 200 else "error"
                 self.accounting.book(
-                    priced, lane="batch", upstream=upstream, model=model, tenant=call.meta.tenant, outcome=outcome
+                    priced,
+                    origin=Origin.BATCH,
+                    upstream=upstream,
+                    model=model,
+                    tenant=call.meta.tenant,
+                    outcome=outcome,
                 )
                 if time.time() > call.meta.deadline:
                     metrics.deadline_misses.inc()
@@ -178,13 +203,13 @@ class Poller:
 
     async def retry(self, call_id: str, bid: str, quantile: float) -> None:
         """A call its batch did not answer: back to its queue if another batch fits its deadline at the queue's
-        turnaround `quantile` (`routing.fits`), else to the guard now."""
-        call = await self.acc.get_call(call_id)
+        turnaround `quantile` (`lanes.fits`), else to the guard now."""
+        call = await self.results.get_call(call_id)
         if call is None or call.state != CallState.SUBMITTED or call.batch != bid:
             return
         meta, now = call.meta, time.time()
         caps = self.planner.catalog.of(meta.upstream, meta.endpoint, meta.model)
         if call.attempts < MAX_REQUEUES and fits(meta.deadline, now, caps, quantile, self.planner.timing):
-            await self.acc.requeue(call_id, bid)
+            await self.results.requeue(call_id, bid)
         else:
-            await self.acc.expedite(call_id)
+            await self.results.expedite(call_id)

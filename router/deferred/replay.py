@@ -1,6 +1,7 @@
 """Replay a finished answer as the SSE events a streaming client expects: ChatCompletion and Completion chunks
 (`data:` lines ending with `[DONE]`), the Responses API's typed events (`response.created` …
-`response.completed`), or Anthropic's Messages events (`message_start` … `message_stop`)."""
+`response.completed`), or Anthropic's Messages events (`message_start` … `message_stop`); and a finished call's cost
+as an SSE comment or as headers."""
 
 from __future__ import annotations
 
@@ -43,6 +44,12 @@ def _event(obj: dict[str, Any]) -> bytes:
 
 def _named(name: str, obj: dict[str, Any]) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + _encoder.encode(obj) + b"\n\n"
+
+
+def set_cost_headers(headers: dict[str, str], cost_usd: float, savings_usd: float) -> None:
+    """`X-Router-Cost-USD` and `X-Router-Savings-USD`, precise enough to add up to the metrics."""
+    headers["x-router-cost-usd"] = f"{cost_usd:.12f}"
+    headers["x-router-savings-usd"] = f"{savings_usd:.12f}"
 
 
 def cost_comment(cost_usd: float | None, savings_usd: float | None) -> bytes:

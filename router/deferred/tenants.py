@@ -13,23 +13,23 @@ import asyncio
 import calendar
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Literal, NamedTuple
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from router.core.errors import QuotaExceeded, RouterError, TenantRateLimited
-from router.core.keys import Keys
-from router.core.settings import Settings, TenantLimits
-from router.deferred.store.client import RedisClient
 from router.deferred.store.scripts import Scripts
 from router.telemetry import metrics
+
+if TYPE_CHECKING:
+    from router.core.keys import Keys
+    from router.core.settings import Settings, TenantLimits
+    from router.deferred.store.client import RedisClient
+    from router.deferred.store.totals import RealtimeTotals, TotalsStore
 
 SPEND_REFRESH_S = 2.0
 """How stale a tenant's spend read from Redis may be before the next check reads it again."""
 DEFERRED_RETRY_S = (1.0, 60.0)
 """Bounds of `Retry-After` for `max_deferred`: a place frees when a batch is answered, so a poll interval is a guess."""
-RESERVATION_SLACK_S = 60.0
-"""A reservation lapses this long after its call's deadline plus the upstream's timeout (a crash kept its release)."""
-
 Limit = Literal["rpm", "max_deferred", "daily_budget_usd"]
 Headroom = dict[str, dict[str, float]]
 
@@ -61,18 +61,13 @@ class Tenants:
     """Checks and takes each tenant's limits; counts refusals and shows headroom."""
 
     def __init__(
-        self,
-        redis: RedisClient,
-        keys: Keys,
-        settings: Settings,
-        totals: Callable[[str, str], Awaitable[Mapping[str, float]]],
-        unflushed: Callable[[str, str], float],
+        self, redis: RedisClient, keys: Keys, settings: Settings, totals: TotalsStore, realtime: RealtimeTotals
     ) -> None:
         self.redis = redis
         self.keys = keys
         self.settings = settings
-        self._totals = totals
-        self._unflushed = unflushed
+        self.totals = totals
+        self.realtime = realtime
         self._scripts = Scripts(redis, keys)
         self._spend: dict[tuple[str, str], tuple[float, float]] = {}  # (tenant, day) -> (spent in Redis, read at)
         self._locks: dict[str, asyncio.Lock] = {}
@@ -90,7 +85,7 @@ class Tenants:
 
     # --- checks --------------------------------------------------------------------------------------
 
-    async def admit_realtime(self, tenant: str) -> None:
+    async def take_realtime(self, tenant: str) -> None:
         """Take one real-time call from the tenant's `rpm`, or raise the 429 that refuses it (budget first)."""
         limits = self.limits(tenant)
         if limits is None:
@@ -169,17 +164,23 @@ class Tenants:
         process's real-time calls not yet written there."""
         day = utc_day(time.time() if now is None else now)
         cached = self._spend.get((tenant, day))
-        if cached is None or time.monotonic() - cached[1] >= SPEND_REFRESH_S:
+        if self._stale(tenant, cached):
             async with self._locks.setdefault(tenant, asyncio.Lock()):  # one read for a burst of calls
                 cached = self._spend.get((tenant, day))
-                if cached is None or time.monotonic() - cached[1] >= SPEND_REFRESH_S:
-                    cached = (spend_of(await self._totals(tenant, day)), time.monotonic())
+                if cached is None or self._stale(tenant, cached):
+                    cached = (spend_of(await self.totals.totals(tenant, day)), time.monotonic())
                     self._spend = {k: v for k, v in self._spend.items() if k[1] == day} | {(tenant, day): cached}
-        return cached[0] + self._unflushed(tenant, day)
+        assert cached is not None
+        return cached[0] + self.realtime.unflushed_cost(tenant, day)
 
-    def forget_spend(self, tenants: set[str]) -> None:
-        """Read these tenants' spend from Redis at their next check (their real-time totals were just written)."""
-        self._spend = {key: value for key, value in self._spend.items() if key[0] not in tenants}
+    def _stale(self, tenant: str, cached: tuple[float, float] | None) -> bool:
+        """Whether a spend read from Redis must be read again: too old, or this process's real-time totals of the
+        tenant were written since (Redis has them now, and they are no longer counted as unflushed)."""
+        return (
+            cached is None
+            or time.monotonic() - cached[1] >= SPEND_REFRESH_S
+            or self.realtime.flushed_at(tenant) >= cached[1]
+        )
 
     # --- headroom ------------------------------------------------------------------------------------
 

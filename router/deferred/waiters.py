@@ -1,4 +1,5 @@
-"""Waiting for deferred results: one pub/sub subscription per process wakes the local waiters of each result.
+"""Waiting for deferred results: one pub/sub subscription per process wakes the local waiters of each result, and
+each waiter reads its result when woken (`ResultWaiter`).
 
 A waiter reads its result once when it starts watching, and again only when woken, so a held call costs Redis
 nothing while it waits and one read when its result is published. A message published while the subscription was
@@ -14,12 +15,19 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
 
-from router.deferred.store.client import RedisClient
+from router.deferred.store.records import text
 from router.telemetry.logs import Throttle, kind_of
+
+if TYPE_CHECKING:
+    from router.deferred.store.client import RedisClient
+    from router.deferred.store.records import Result
+    from router.deferred.store.results import ResultStore
 
 log = logging.getLogger(__name__)
 _throttle = Throttle(log)  # a Redis outage would otherwise log a line per reconnect attempt
@@ -69,7 +77,7 @@ class Waiters:
         self.redis = redis
         self.channel = channel
         self.stored = stored
-        """Which of these call ids have a result stored (`Accumulator.results_stored`)."""
+        """Which of these call ids have a result stored (`ResultStore.results_stored`)."""
         self.starts = 0
         """How many times the subscription started (each start re-checks every waiter once)."""
         self._waiting: dict[str, set[Watch]] = {}
@@ -143,9 +151,66 @@ class Waiters:
                 heard = now
                 if message["type"] == "message":
                     data = message["data"]
-                    self.wake(data.decode() if isinstance(data, bytes) else str(data))
+                    self.wake(text(data))
             if now - heard >= SILENCE_S:
                 raise ConnectionError(f"the subscription heard nothing for {SILENCE_S:.0f} s")
             if now - heard >= PING_S and now - pinged >= PING_S:
                 await pubsub.ping()
                 pinged = now
+
+
+class ResultWatch:
+    """A call's result as one waiter sees it: read when the watch starts, then only when woken (by `Waiters`), so
+    waiting costs Redis nothing between reads."""
+
+    def __init__(self, results: ResultStore, watch: Watch) -> None:
+        self.results = results
+        self.watch = watch
+        self._read = True
+
+    async def result(self, seconds: float, stop: asyncio.Event | None = None) -> Result | None:
+        """The result, waiting up to `seconds` for it, or None (also at once when `stop` is set).
+
+        While Redis is away the read is retried with backoff: a stored call stays stored, so its waiter waits
+        rather than answering an error.
+        """
+        until = time.monotonic() + seconds
+        pause = 0.1
+        while stop is None or not stop.is_set():
+            left = until - time.monotonic()
+            if self._read:
+                try:
+                    result = await self.results.get_result(self.watch.call_id)
+                except (RedisError, OSError) as exc:
+                    log.debug("reading the result of %s failed, will retry: %s", self.watch.call_id, exc)
+                    pause = min(pause * 2, 5.0)
+                    if left <= 0:
+                        return None
+                    await asyncio.sleep(min(pause, left))
+                    continue
+                if result is not None:
+                    return result
+                self._read = False
+            if left <= 0:
+                return None
+            self._read = await self.watch.woken(left)
+        return None
+
+
+class ResultWaiter:
+    """Waiting for deferred calls' results: this process's subscription (`Waiters`) and the reads it wakes."""
+
+    def __init__(self, waiters: Waiters, results: ResultStore) -> None:
+        self.waiters = waiters
+        self.results = results
+
+    @contextlib.contextmanager
+    def watching(self, call_id: str) -> Iterator[ResultWatch]:
+        """Watch one call's result for the duration of the block (`ResultWatch.result` waits for it)."""
+        with self.waiters.watching(call_id) as watch:
+            yield ResultWatch(self.results, watch)
+
+    async def wait(self, call_id: str, seconds: float, stop: asyncio.Event | None = None) -> Result | None:
+        """The call's result, waiting up to `seconds` for it, or until `stop` is set."""
+        with self.watching(call_id) as watch:
+            return await watch.result(seconds, stop)

@@ -10,7 +10,7 @@ import secrets
 import time
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import httpx
 import msgspec
@@ -19,11 +19,16 @@ from standardwebhooks import Webhook
 from router.core.deadline import format_deadline
 from router.core.errors import BadRequest
 from router.core.schema import DeferredCall
-from router.core.settings import WebhookSettings
-from router.deferred.accumulator import Accumulator
-from router.deferred.lane import deferred_object
 from router.deferred.loops import pace
+from router.deferred.store.records import deferred_object
 from router.telemetry import metrics
+
+if TYPE_CHECKING:
+    from router.core.settings import WebhookSettings
+    from router.deferred.store.leases import Leases
+    from router.deferred.store.queues import Queues
+    from router.deferred.store.results import ResultStore
+    from router.deferred.store.webhooks import WebhookSchedule
 
 log = logging.getLogger(__name__)
 HEADER = "X-Webhook-URL"
@@ -81,8 +86,19 @@ def check_url(url: str, allowed_hosts: Sequence[str], allowed_ports: Collection[
 class WebhookSender:
     """Delivers each stored result's event to its call's webhook, retrying with backoff; one replica per event."""
 
-    def __init__(self, acc: Accumulator, settings: WebhookSettings, secret: str | None) -> None:
-        self.acc = acc
+    def __init__(
+        self,
+        queues: Queues,
+        schedule: WebhookSchedule,
+        results: ResultStore,
+        leases: Leases,
+        settings: WebhookSettings,
+        secret: str | None,
+    ) -> None:
+        self.queues = queues
+        self.schedule = schedule
+        self.results = results
+        self.leases = leases
         self.settings = settings
         self.signer = Webhook(secret) if secret else None
         self.owner = "webhooks-" + secrets.token_hex(6)
@@ -122,19 +138,21 @@ class WebhookSender:
     async def run_once(self) -> int:
         """Attempt every due delivery once; returns how many were delivered (tests call this)."""
         now = time.time()
-        due = [call_id for tag in await self.acc.queue_tags() for call_id in await self.acc.webhooks_due(tag, now)]
+        due = [
+            call_id for tag in await self.queues.queue_tags() for call_id in await self.schedule.webhooks_due(tag, now)
+        ]
         outcomes = await asyncio.gather(*(self.deliver(call_id) for call_id in due))
         return outcomes.count("delivered")
 
     async def deliver(self, call_id: str) -> Outcome | None:
         """One attempt for one call's event, if no other replica is making it; None when skipped."""
-        lease = self.acc.keys.webhook_lease(call_id)
+        lease = self.leases.keys.webhook_lease(call_id)
         async with self._slots:
-            if not await self.acc.lease(lease, self.owner, self.settings.timeout_s + LEASE_SLACK_S):
+            if not await self.leases.lease(lease, self.owner, self.settings.timeout_s + LEASE_SLACK_S):
                 return None
             try:
                 # Re-check under the lease: another replica may have finished or rescheduled it since we looked.
-                due_at = await self.acc.webhook_due_at(call_id)
+                due_at = await self.schedule.webhook_due_at(call_id)
                 if due_at is None or due_at > time.time():
                     return None
                 outcome = await self._attempt(call_id)
@@ -142,35 +160,35 @@ class WebhookSender:
                 log.exception("webhook delivery for %s failed; it stays due", call_id)
                 return None
             finally:
-                await self.acc.release(lease, self.owner)
+                await self.leases.release(lease, self.owner)
         metrics.webhook_deliveries.labels(outcome).inc()
         return outcome
 
     async def _attempt(self, call_id: str) -> Outcome:
-        call = await self.acc.get_call(call_id)
-        result = await self.acc.get_result(call_id) if call is not None else None
+        call = await self.results.get_call(call_id)
+        result = await self.results.get_result(call_id) if call is not None else None
         if call is None or result is None or call.meta.webhook is None:
-            await self.acc.end_webhook(call_id)  # expired: there is nothing left to fetch
+            await self.schedule.end_webhook(call_id)  # expired: there is nothing left to fetch
             return "dropped"
         url = call.meta.webhook
         try:
             self.check(url)  # the settings may have changed since the call was admitted
         except BadRequest as exc:
             log.warning("dropping the webhook of %s: %s", call_id, exc.code)
-            await self.acc.end_webhook(call_id)
+            await self.schedule.end_webhook(call_id)
             return "dropped"
         data = deferred_object(call, result)
         body = _encoder.encode(Event(type=f"deferred.call.{data.status}", timestamp=format_deadline(result.finished_at),
                                      data=data))  # fmt: skip
-        attempt = await self.acc.count_webhook_attempt(call_id)
+        attempt = await self.schedule.count_webhook_attempt(call_id)
         if await self._post(url, body, self.sign(f"msg_{call_id}", body, time.time())):
-            await self.acc.end_webhook(call_id)
+            await self.schedule.end_webhook(call_id)
             return "delivered"
         if attempt >= self.settings.max_attempts:
             log.warning("dropping the webhook of %s after %d attempts", call_id, attempt)
-            await self.acc.end_webhook(call_id)
+            await self.schedule.end_webhook(call_id)
             return "dropped"
-        await self.acc.reschedule_webhook(call_id, time.time() + self.backoff(attempt))
+        await self.schedule.reschedule_webhook(call_id, time.time() + self.backoff(attempt))
         return "retried"
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> bool:

@@ -1,4 +1,3 @@
-"""The web side: the app wiring, handlers, auth, the services that answer a call, error mapping, the gateway.
-
-Imports every package below it (`passthrough`, `deferred`, `providers`, `telemetry`, `core`); only `app` wires them.
+"""The web side: the app wiring, the handlers, the services that answer a call, error mapping, the gateway.
+May import `passthrough`, `deferred`, `providers`, `telemetry` and `core`; only `app` wires them.
 """

@@ -1,7 +1,7 @@
 """Admission: one call of the OpenAI routes (or Anthropic's `/v1/messages`) from its arrival to its lane.
 
-`admit` reads the routing fields and the headers that steer a call (`X-Deadline`, `Prefer`, `X-Webhook-URL`,
-`Idempotency-Key`, `X-Stainless-Retry-Count`, `X-Router-Reattach`), asks the policies and `routing.route` for the
+`Admission.admit` reads the routing fields and the headers that steer a call (`X-Deadline`, `Prefer`, `X-Webhook-URL`,
+`Idempotency-Key`, `X-Stainless-Retry-Count`, `X-Router-Reattach`), asks the policies and `lanes.choose_lane` for the
 lane, then hands the call to deferred delivery (`delivery.py`) or the real-time relay (`relay.py`). It takes
 plain facts (an `Arrival`: tenant, endpoint, body, headers), not a request; the request's ASGI `receive` only
 passes through, for the disconnect racing.
@@ -15,24 +15,31 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import msgspec
-from litestar import Response
-from litestar.response import Stream
-from litestar.types import Receive
 
 from router.core.deadline import parse_deadline
 from router.core.errors import BadRequest
-from router.core.lanes import NO_OUTLOOK, Route, route
+from router.core.lanes import NO_OUTLOOK, Lane, LaneChoice, choose_lane
 from router.core.policy import Decision, Facts, decide
 from router.core.schema import RequestView, decode_body, decode_view, encoder, with_fields
-from router.http.cascade import respond_cascade
-from router.http.delivery import Delivery, respond_deferred
+from router.http.delivery import Asked
 from router.http.model_router import Routed, force_of
-from router.http.relay import respond_realtime
 from router.providers.base import Provider
 from router.telemetry import metrics
 
 if TYPE_CHECKING:
-    from router.http.gateway import Gateway
+    from collections.abc import Callable
+
+    from litestar import Response
+    from litestar.response import Stream
+    from litestar.types import Receive
+
+    from router.core.policy import PolicyStore
+    from router.core.settings import Settings
+    from router.deferred.lane import DeferredLane
+    from router.http.cascade import Cascade
+    from router.http.delivery import Delivery
+    from router.http.relay import Relay
+    from router.providers.upstreams import Upstreams
 
 
 class Arrival(msgspec.Struct, frozen=True, kw_only=True):
@@ -49,11 +56,11 @@ class Arrival(msgspec.Struct, frozen=True, kw_only=True):
 
 class Plan(msgspec.Struct, frozen=True, kw_only=True):
     """Where a call goes: its upstream, what the policies decided, the model that answers it (its body and view
-    name that model), and the lane `routing.route` chose."""
+    name that model), and the lane `lanes.choose_lane` chose."""
 
     provider: Provider
     decision: Decision
-    route: Route
+    choice: LaneChoice
     body: bytes
     view: RequestView
     routed: Routed | None = None
@@ -91,156 +98,186 @@ def reattach_allowed(headers: Mapping[str, str]) -> bool:
     return headers.get("x-router-reattach", "").lower() not in ("never", "off", "false", "0")
 
 
-def webhook_url(gateway: Gateway, headers: Mapping[str, str]) -> str | None:
-    """`X-Webhook-URL`, checked: only with `Prefer: respond-async`, only to an allowed http(s) host."""
-    url = headers.get("x-webhook-url")
-    if url is None:
-        return None
-    if not prefers_async(headers):
-        raise BadRequest(
-            "`X-Webhook-URL` needs `Prefer: respond-async`; a held call gets its answer on the open connection.",
-            param="X-Webhook-URL",
-            code="webhook_requires_respond_async",
-        )
-    return gateway.webhooks.check(url)
-
-
-def delivery_asked(headers: Mapping[str, str], webhook: str | None) -> Delivery:
-    """How the caller wants a deferred answer, from its headers (`webhook` already checked)."""
-    return Delivery(
+def delivery_asked(headers: Mapping[str, str], webhook: str | None, routed: Routed | None = None) -> Asked:
+    """How the caller wants a deferred answer, from its headers (`webhook` already checked); a routed call keeps
+    the model it asked for, its cost baseline."""
+    return Asked(
         held=not prefers_async(headers),
         webhook=webhook,
         idempotency_key=headers.get("idempotency-key"),
         retry=is_retry(headers),
         reattach=reattach_allowed(headers),
+        asked_model=routed.asked if routed is not None and routed.moved else None,
     )
-
-
-def routing_view(gateway: Gateway, body: bytes) -> RequestView:
-    """The routing fields of a body (a 400 without `model`)."""
-    view = decode_view(body, gateway.settings.limits.max_json_depth)
-    if not view.model:
-        raise BadRequest("you must provide a model parameter", param="model", code="missing_required_parameter")
-    return view
-
-
-async def plan(gateway: Gateway, arrival: Arrival, view: RequestView, now: float) -> Plan:
-    """The upstream and lane for a call: `X-Deadline` and the policies decide, `routing.route` places it (reading
-    the queue's turnaround outlook from Redis only when a batch is possible)."""
-    assert view.model
-    provider = gateway.upstreams.for_model(view.model)
-    header_deadline, urgent = read_deadline(arrival.headers, now, gateway.settings.limits.max_deadline_s)
-    facts = Facts(
-        path="/v1" + arrival.endpoint,
-        model=view.model,
-        tenant=arrival.tenant,
-        headers=arrival.headers,
-        metadata={k: str(v) for k, v in view.metadata.items()} if view.metadata else {},
-        user=view.user,
-    )
-    decision = decide(gateway.policies.current, facts, header_deadline, urgent, now)
-    body, routed = arrival.body, None
-    if gateway.model_router.active:
-        body, view, routed = model_route(gateway, arrival, view, decision)
-        provider = gateway.upstreams.for_model(view.model or "")
-    model = view.model or ""
-    lane = gateway.deferred
-    stream = bool(view.stream)
-    caps = lane.capabilities(provider.name, arrival.endpoint, model, stream=stream)
-    outlook = NO_OUTLOOK
-    if decision.lane == "deferred" and caps.batch:
-        outlook = await lane.outlook(provider.name, arrival.endpoint, model, now)
-    chosen = route(
-        decision,
-        endpoint=arrival.endpoint,
-        stream=stream,
-        caps=caps,
-        outlook=outlook,
-        timing=lane.planner.timing,
-        now=now,
-    )
-    return Plan(provider=provider, decision=decision, route=chosen, body=body, view=view, routed=routed)
 
 
 CASCADE_ENDPOINTS = frozenset({"/chat/completions"})
 """Where a cascade can check an answer before the caller sees it (non-streamed)."""
 
 
-def model_route(
-    gateway: Gateway, arrival: Arrival, view: RequestView, decision: Decision
-) -> tuple[bytes, RequestView, Routed | None]:
-    """The body and view of the model that answers (a cheaper one where the model route's evidence allows it)."""
-    router = gateway.model_router
-    route = router.route_for(view.model or "", decision)
-    if route is None:
-        return arrival.body, view, None
-    obj = decode_body(arrival.body)
-    force = force_of(arrival.headers)
-    task = router.task_of(route, decision, arrival.headers, obj, arrival.tenant)
-    key = arrival.headers.get("idempotency-key") or arrival.body
-    cascade = (
-        decision.lane == "realtime" and not view.stream and arrival.endpoint in CASCADE_ENDPOINTS and force is None
-    )
-    routed = router.choose(route, task, key, force, cascade=cascade)
-    if not routed.moved:
-        return arrival.body, view, routed
-    obj["model"] = routed.model
-    return encoder.encode(obj), msgspec.structs.replace(view, model=routed.model), routed
+class Admission:
+    """Admits the calls of the OpenAI routes and `/v1/messages`: reads what steers a call, decides its lane, and hands
+    it to deferred delivery or the real-time relay."""
 
+    def __init__(
+        self,
+        settings: Settings,
+        policies: PolicyStore,
+        upstreams: Upstreams,
+        lane: DeferredLane,
+        check_webhook: Callable[[str], str],
+        relay: Relay,
+        delivery: Delivery,
+        cascade: Cascade,
+    ) -> None:
+        self.settings = settings
+        self.policies = policies
+        self.upstreams = upstreams
+        self.lane = lane
+        self.check_webhook = check_webhook
+        """The caller's webhook URL if this router may deliver to it, else a 400 (`WebhookSender.check`)."""
+        self.relay = relay
+        self.delivery = delivery
+        self.cascade = cascade
+        self.model_router = cascade.router
 
-async def admit(gateway: Gateway, arrival: Arrival, receive: Receive) -> Response[bytes] | Stream:
-    """Decode the routing fields, decide the lane, and answer: deferred delivery, or the real-time relay."""
-    webhook = webhook_url(gateway, arrival.headers)
-    body = arrival.body
-    view = routing_view(gateway, body)
-    chosen = await plan(gateway, arrival, view, time.time())
-    provider, decision, body, view, routed = chosen.provider, chosen.decision, chosen.body, chosen.view, chosen.routed
-    headers = {"x-router-request-id": new_request_id(), "x-router-lane": "realtime"}
-    if decision.rule:
-        headers["x-router-rule"] = decision.rule
-    if routed is not None:
-        headers.update({"x-router-model": routed.model, "x-router-task": routed.task, "x-router-route": routed.reason})
-        if routed.reason == "cascade":
-            key = arrival.headers.get("idempotency-key") or headers["x-router-request-id"]
-            return await respond_cascade(gateway, receive, provider, endpoint=arrival.endpoint, body=body,
-                                         asked_body=arrival.body, tenant=arrival.tenant,
-                                         client_headers=arrival.headers, headers=headers, routed=routed,
-                                         call_key=key)  # fmt: skip
-        metrics.route_decisions.labels(routed.route.key, routed.model, routed.reason).inc()
-    if chosen.route.lane == "batch":
-        assert decision.deadline is not None
-        provider.check(arrival.endpoint, body)  # what real time would refuse is refused now, not at flush time
-        return await respond_deferred(
-            gateway,
+    def webhook_url(self, headers: Mapping[str, str]) -> str | None:
+        """`X-Webhook-URL`, checked: only with `Prefer: respond-async`, only to an allowed http(s) host."""
+        url = headers.get("x-webhook-url")
+        if url is None:
+            return None
+        if not prefers_async(headers):
+            raise BadRequest(
+                "`X-Webhook-URL` needs `Prefer: respond-async`; a held call gets its answer on the open connection.",
+                param="X-Webhook-URL",
+                code="webhook_requires_respond_async",
+            )
+        return self.check_webhook(url)
+
+    def routing_view(self, body: bytes) -> RequestView:
+        """The routing fields of a body (a 400 without `model`)."""
+        view = decode_view(body, self.settings.limits.max_json_depth)
+        if not view.model:
+            raise BadRequest("you must provide a model parameter", param="model", code="missing_required_parameter")
+        return view
+
+    async def plan(self, arrival: Arrival, view: RequestView, now: float) -> Plan:
+        """The upstream and lane for a call: `X-Deadline` and the policies decide, `lanes.choose_lane` places it
+        (reading the queue's turnaround outlook from Redis only when a batch is possible)."""
+        assert view.model
+        provider = self.upstreams.for_model(view.model)
+        header_deadline, urgent = read_deadline(arrival.headers, now, self.settings.limits.max_deadline_s)
+        facts = Facts(
+            path="/v1" + arrival.endpoint,
+            model=view.model,
+            tenant=arrival.tenant,
+            headers=arrival.headers,
+            metadata={k: str(v) for k, v in view.metadata.items()} if view.metadata else {},
+            user=view.user,
+        )
+        decision = decide(self.policies.current, facts, header_deadline, urgent, now)
+        body, routed = arrival.body, None
+        if self.model_router.active:
+            body, view, routed = self.model_route(arrival, view, decision)
+            provider = self.upstreams.for_model(view.model or "")
+        model = view.model or ""
+        lane = self.lane
+        stream = bool(view.stream)
+        caps = lane.capabilities(provider.name, arrival.endpoint, model, stream=stream)
+        outlook = NO_OUTLOOK
+        if decision.mode == "deferred" and caps.batch:
+            outlook = await lane.outlook(provider.name, arrival.endpoint, model, now)
+        chosen = choose_lane(
+            decision,
+            endpoint=arrival.endpoint,
+            stream=stream,
+            caps=caps,
+            outlook=outlook,
+            timing=lane.planner.timing,
+            now=now,
+        )
+        return Plan(provider=provider, decision=decision, choice=chosen, body=body, view=view, routed=routed)
+
+    def model_route(
+        self, arrival: Arrival, view: RequestView, decision: Decision
+    ) -> tuple[bytes, RequestView, Routed | None]:
+        """The body and view of the model that answers (a cheaper one where the model route's evidence allows)."""
+        router = self.model_router
+        route = router.route_for(view.model or "", decision)
+        if route is None:
+            return arrival.body, view, None
+        obj = decode_body(arrival.body)
+        force = force_of(arrival.headers)
+        task = router.task_of(route, decision, arrival.headers, obj, arrival.tenant)
+        key = arrival.headers.get("idempotency-key") or arrival.body
+        cascade = (
+            decision.mode == "realtime" and not view.stream and arrival.endpoint in CASCADE_ENDPOINTS and force is None
+        )
+        routed = router.choose(route, task, key, force, cascade=cascade)
+        if not routed.moved:
+            return arrival.body, view, routed
+        obj["model"] = routed.model
+        return encoder.encode(obj), msgspec.structs.replace(view, model=routed.model), routed
+
+    async def admit(self, arrival: Arrival, receive: Receive) -> Response[bytes] | Stream:
+        """Decode the routing fields, decide the lane, and answer: deferred delivery, or the real-time relay."""
+        webhook = self.webhook_url(arrival.headers)
+        body = arrival.body
+        view = self.routing_view(body)
+        chosen = await self.plan(arrival, view, time.time())
+        provider, decision, body, view, routed = (
+            chosen.provider,
+            chosen.decision,
+            chosen.body,
+            chosen.view,
+            chosen.routed,
+        )
+        headers = {"x-router-request-id": new_request_id(), "x-router-lane": "realtime"}
+        if decision.rule:
+            headers["x-router-rule"] = decision.rule
+        if routed is not None:
+            headers.update(
+                {"x-router-model": routed.model, "x-router-task": routed.task, "x-router-route": routed.reason}
+            )
+            if routed.reason == "cascade":
+                key = arrival.headers.get("idempotency-key") or headers["x-router-request-id"]
+                return await self.cascade.respond(
+                    receive, provider, endpoint=arrival.endpoint, body=body, asked_body=arrival.body,
+                    tenant=arrival.tenant, client_headers=arrival.headers, headers=headers, routed=routed, call_key=key,
+                )  # fmt: skip
+            metrics.route_decisions.labels(routed.route.key, routed.model, routed.reason).inc()
+        if chosen.choice.lane == Lane.BATCH:
+            assert decision.deadline is not None
+            provider.check(arrival.endpoint, body)  # what real time would refuse is refused now, not at flush time
+            return await self.delivery.respond(
+                receive,
+                endpoint=arrival.endpoint,
+                body=body,
+                view=view,
+                upstream=provider.name,
+                tenant=arrival.tenant,
+                deadline=decision.deadline,
+                rule=decision.rule,
+                headers=headers,
+                asked=delivery_asked(arrival.headers, webhook, routed),
+            )
+        flex = chosen.choice.lane == Lane.FLEX
+        if chosen.choice.reason == "too_soon":
+            metrics.escalations.labels("admission", "flex" if flex else "standard").inc()
+        if flex:
+            # No batch for it, but it can wait minutes: the flex tier costs the batch price, synchronously.
+            body, view = with_fields(body, service_tier="flex"), msgspec.structs.replace(view, service_tier="flex")
+        return await self.relay.respond(
             receive,
+            provider,
             endpoint=arrival.endpoint,
             body=body,
             view=view,
-            upstream=provider.name,
             tenant=arrival.tenant,
-            deadline=decision.deadline,
-            rule=decision.rule,
+            client_headers=arrival.headers,
             headers=headers,
-            delivery=delivery_asked(arrival.headers, webhook),
+            started=arrival.started,
+            flex_fallback=flex,
+            routed=routed,
+            asked_body=arrival.body,
         )
-    flex = chosen.route.lane == "flex"
-    if chosen.route.reason == "too_soon":
-        metrics.escalations.labels("admission", "flex" if flex else "standard").inc()
-    if flex:
-        # No batch for it, but it can wait minutes: the flex tier costs the batch price, synchronously.
-        body, view = with_fields(body, service_tier="flex"), msgspec.structs.replace(view, service_tier="flex")
-    return await respond_realtime(
-        gateway,
-        receive,
-        provider,
-        endpoint=arrival.endpoint,
-        body=body,
-        view=view,
-        tenant=arrival.tenant,
-        client_headers=arrival.headers,
-        headers=headers,
-        started=arrival.started,
-        flex_fallback=flex,
-        routed=routed,
-        asked_body=arrival.body,
-    )

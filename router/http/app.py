@@ -1,4 +1,5 @@
-"""Wiring: `create_app(settings)` builds the gateway (`gateway.py`), mounts the handlers and the error handlers."""
+"""Wiring: `create_app(settings)` builds the gateway (`gateway.py`), hands each group of handlers the services it
+uses, and mounts them with the error handlers."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from standardwebhooks import Webhook
 from router.core.errors import ConfigError, RouterError
 from router.core.settings import Settings
 from router.deferred.holding import quiet_held_cuts
-from router.http import api, batch_api, edge, error_handlers
+from router.http import api, batch_api, edge, error_handlers, messages_api
+from router.http.disconnect import ClientDisconnected
 from router.http.gateway import Gateway
 from router.providers.anthropic import AnthropicProvider
 from router.providers.base import Provider
@@ -74,11 +76,19 @@ def create_app(
         metrics_token=metrics_token(settings, environ),
         metrics_dir=metrics_dir,
     )
+    g = gateway
+    anthropic = messages_api.MessagesApi(g.auth, g.admission, g.reports, g.upstreams, g.owners, settings)
+    native = batch_api.BatchApi(g.auth, g.upstreams, g.native_store, g.natives, g.native_watcher, settings)
     app = Litestar(
-        route_handlers=[*api.make_handlers(gateway), *batch_api.make_handlers(gateway)],
+        route_handlers=[
+            *api.make_handlers(g.auth, g.admission, g.delivery, g.reports, g.exposition, anthropic),
+            *api.model_route_handlers(g.auth, g.model_router),
+            *messages_api.make_handlers(anthropic),
+            *batch_api.make_handlers(native),
+        ],
         exception_handlers={
             RouterError: error_handlers.router_error_handler,
-            error_handlers.ClientDisconnected: error_handlers.disconnected_handler,
+            ClientDisconnected: error_handlers.disconnected_handler,
             RedisError: error_handlers.redis_error_handler,
             HTTPException: error_handlers.http_error_handler,
             Exception: error_handlers.internal_error_handler,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from router.core.errors import AuthenticationFailed
 
 if TYPE_CHECKING:
-    from router.http.gateway import Gateway
+    from router.core.settings import Settings
 
 
 def bearer(headers: Mapping[str, str]) -> str | None:
@@ -26,16 +26,24 @@ def bearer(headers: Mapping[str, str]) -> str | None:
     return headers.get("api-key") or headers.get("x-api-key")
 
 
-def authenticate(gateway: Gateway, headers: Mapping[str, str]) -> str:
-    """The caller's tenant, or a 401."""
-    tenant = gateway.settings.tenant_for_key(bearer(headers), gateway.key_index)
-    if tenant is None:
-        raise AuthenticationFailed()
-    return tenant
+class Auth:
+    """Who calls: the tenant a caller's key names, and whether it may read `/metrics`."""
 
+    def __init__(self, settings: Settings, metrics_token: str | None) -> None:
+        self.settings = settings
+        self.key_index = settings.key_index()
+        self.metrics_token = metrics_token
+        """The bearer token `/metrics` requires (`metrics_token_env`), or None when it is open."""
 
-def authorize_metrics(gateway: Gateway, headers: Mapping[str, str]) -> None:
-    """A 401 unless `/metrics` is open or the caller sent its bearer token."""
-    expected = gateway.metrics_token
-    if expected is not None and not hmac.compare_digest((bearer(headers) or "").encode(), expected.encode()):
-        raise AuthenticationFailed("`/metrics` needs the bearer token named by `metrics_token_env`.")
+    def authenticate(self, headers: Mapping[str, str]) -> str:
+        """The caller's tenant, or a 401."""
+        tenant = self.settings.tenant_for_key(bearer(headers), self.key_index)
+        if tenant is None:
+            raise AuthenticationFailed()
+        return tenant
+
+    def authorize_metrics(self, headers: Mapping[str, str]) -> None:
+        """A 401 unless `/metrics` is open or the caller sent its bearer token."""
+        expected = self.metrics_token
+        if expected is not None and not hmac.compare_digest((bearer(headers) or "").encode(), expected.encode()):
+            raise AuthenticationFailed("`/metrics` needs the bearer token named by `metrics_token_env`.")

@@ -20,8 +20,8 @@ from redis.exceptions import RedisError
 
 from router.core.errors import BadRequest, NotFound, RouterError, UpstreamError, UpstreamUnavailable
 from router.core.schema import decode_view, encoder
-from router.http.auth import authenticate
-from router.http.error_handlers import JSON, ClientDisconnected
+from router.http.disconnect import ClientDisconnected
+from router.http.error_handlers import JSON
 from router.passthrough.native_batches import (
     TERMINAL,
     BatchView,
@@ -36,7 +36,12 @@ from router.providers.base import UpstreamResponse
 from router.providers.openai import METADATA_KEY
 
 if TYPE_CHECKING:
-    from router.http.gateway import Gateway
+    from collections.abc import Mapping
+
+    from router.core.settings import Settings
+    from router.http.auth import Auth
+    from router.passthrough.native_batches import NativeStore, NativeWatcher
+    from router.providers.upstreams import Upstreams
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -103,14 +108,212 @@ def _answer(answer: UpstreamResponse) -> Response[bytes]:
     return Response(answer.body, status_code=answer.status, media_type=JSON, headers=_passed(answer))
 
 
-async def _owned(gateway: Gateway, tenant: str, kind: Kind, object_id: str) -> tuple[Owned, NativeUpstream]:
-    """The tenant's file or batch and its upstream, or the 404 OpenAI gives for one that does not exist."""
-    native = gateway.native
-    owned = await native.store.get(tenant, kind, object_id) if _ID.match(object_id) else None
-    upstream = native.upstreams.get(owned.upstream) if owned is not None else None
-    if owned is None or upstream is None:
-        raise file_not_found(object_id) if kind == "file" else batch_not_found(object_id)
-    return owned, upstream
+class BatchApi:
+    """The native Batch API's routes, each a method: the tenant's records in Redis, the calls to its upstream."""
+
+    def __init__(
+        self,
+        auth: Auth,
+        upstreams: Upstreams,
+        store: NativeStore,
+        natives: Mapping[str, NativeUpstream],
+        watcher: NativeWatcher,
+        settings: Settings,
+    ) -> None:
+        self.auth = auth
+        self.upstreams = upstreams
+        self.store = store
+        self.natives = dict(natives)
+        """The upstreams the native Batch API reaches; new files go to the first."""
+        self.default = next(iter(self.natives), None)
+        self.watcher = watcher
+        self.settings = settings
+
+    async def _owned(self, tenant: str, kind: Kind, object_id: str) -> tuple[Owned, NativeUpstream]:
+        """The tenant's file or batch and its upstream, or the 404 OpenAI gives for one that does not exist."""
+        owned = await self.store.get(tenant, kind, object_id) if _ID.match(object_id) else None
+        upstream = self.natives.get(owned.upstream) if owned is not None else None
+        if owned is None or upstream is None:
+            raise file_not_found(object_id) if kind == "file" else batch_not_found(object_id)
+        return owned, upstream
+
+    async def upload_file(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+        """`POST /v1/files`: the multipart body streamed to the upstream; the file is the caller's tenant's."""
+        tenant = self.auth.authenticate(request.headers)
+        upstream = self.natives.get(self.default) if self.default else None
+        if upstream is None:
+            raise NotFound("The native Batch API needs an upstream of kind `openai` with `batch: true`.",
+                           code="unknown_url")  # fmt: skip
+        limit = self.settings.limits.max_file_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise RequestEntityTooLarge()
+        headers = self.upstreams.passed_headers(upstream.name, request.headers, tenant)
+        headers["content-type"] = request.headers.get("content-type", "application/octet-stream")
+        if declared is not None:
+            headers["content-length"] = declared
+        body = _Upload(request, limit)
+        try:
+            answer = await upstream.upload(body, headers)
+        except Exception:
+            if body.too_large:
+                raise RequestEntityTooLarge() from None
+            if body.broken:
+                raise ClientDisconnected() from None
+            raise
+        if answer.status >= 400:
+            return _answer(answer)
+        view = _decode(file_decoder, answer.body, upstream.name)
+        try:
+            await self.store.record_file(tenant, upstream.name, answer.body, view)
+        except RedisError:
+            # Unrecorded, the file would be nobody's: take it back rather than leave it unreachable upstream.
+            with contextlib.suppress(RouterError):
+                await upstream.call("DELETE", f"/files/{view.id}")
+            raise
+        return _answer(answer)
+
+    async def list_files(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+        """`GET /v1/files`: the tenant's files, newest first unless `order=asc`, paged with `after` and `limit`."""
+        tenant = self.auth.authenticate(request.headers)
+        query = request.query_params
+        limit = _limit(query.get("limit"), FILE_LIMIT)
+        order = query.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise BadRequest("Invalid 'order': must be 'asc' or 'desc'.", param="order", code="invalid_value")
+        purpose = query.get("purpose")
+        page, more = await self.store.page(
+            tenant, "file", after=query.get("after"), limit=limit, ascending=order == "asc",
+            keep=lambda owned: purpose is None or owned.purpose == purpose,
+        )  # fmt: skip
+        first, last = (page[0].id, page[-1].id) if page else (None, None)
+        body = FileList(data=[msgspec.Raw(o.object) for o in page], first_id=first, last_id=last, has_more=more)
+        return Response(encoder.encode(body), media_type=JSON)
+
+    async def retrieve_file(self, request: Request[Any, Any, Any], file_id: str) -> Response[bytes]:
+        """`GET /v1/files/{id}`."""
+        tenant = self.auth.authenticate(request.headers)
+        _, upstream = await self._owned(tenant, "file", file_id)
+        answer = await upstream.call("GET", f"/files/{file_id}")
+        if answer.status == 200:
+            await self.store.update(tenant, "file", file_id, object=answer.body)
+        return _answer(answer)
+
+    async def file_content(self, request: Request[Any, Any, Any], file_id: str) -> Stream:
+        """`GET /v1/files/{id}/content`, streamed from the upstream as it comes."""
+        tenant = self.auth.authenticate(request.headers)
+        _, upstream = await self._owned(tenant, "file", file_id)
+        answer = await upstream.download(f"/files/{file_id}/content")
+        if answer.stream is None:
+            raise UpstreamError(answer.status, answer.body, headers=_passed(answer))
+        headers = dict(answer.headers)
+        media_type = headers.pop("content-type", "application/octet-stream")
+        return Stream(answer.stream, status_code=200, headers=headers, media_type=media_type)
+
+    async def delete_file(self, request: Request[Any, Any, Any], file_id: str) -> Response[bytes]:
+        """`DELETE /v1/files/{id}`: deleted upstream, then forgotten."""
+        tenant = self.auth.authenticate(request.headers)
+        owned, upstream = await self._owned(tenant, "file", file_id)
+        if owned.batch:  # a batch's output or errors: its usage is read from this file, so book it first
+            await self.watcher.settle(tenant, owned.batch)
+        answer = await upstream.call("DELETE", f"/files/{file_id}")
+        if answer.status == 200:
+            await self.store.forget(tenant, "file", file_id)
+        return _answer(answer)
+
+    async def create_batch(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+        """`POST /v1/batches` on the upstream that holds the input file; the batch is recorded and watched."""
+        tenant = self.auth.authenticate(request.headers)
+        body = await request.body()
+        decode_view(body, self.settings.limits.max_json_depth)  # the depth and JSON checks every body gets
+        try:
+            view = _create_decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            raise BadRequest(f"Invalid request body: {exc}") from exc
+        if not view.input_file_id:
+            raise BadRequest("Missing required parameter: 'input_file_id'.", param="input_file_id",
+                             code="missing_required_parameter")  # fmt: skip
+        if view.metadata and METADATA_KEY in view.metadata:
+            raise BadRequest(f"The metadata key '{METADATA_KEY}' is reserved by the router.", param="metadata",
+                             code="invalid_value")  # fmt: skip
+        try:
+            _, upstream = await self._owned(tenant, "file", view.input_file_id)
+        except NotFound:
+            raise file_not_found(view.input_file_id, param="input_file_id") from None
+        headers = self.upstreams.passed_headers(upstream.name, request.headers, tenant)
+        answer = await upstream.call("POST", "/batches", body=body, headers=headers)
+        if answer.status >= 400:
+            return _answer(answer)
+        batch = _decode(batch_decoder, answer.body, upstream.name)
+        first_poll = time.time() + self.settings.batch.poll_interval_s
+        try:
+            await self.store.record_batch(tenant, upstream.name, answer.body, batch, first_poll)
+        except RedisError:
+            # Unrecorded, its usage would never be booked: cancel it rather than let it run unaccounted.
+            with contextlib.suppress(RouterError):
+                await upstream.call("POST", f"/batches/{batch.id}/cancel")
+            raise
+        return _answer(answer)
+
+    async def observe(self, tenant: str, owned: Owned, upstream: NativeUpstream, raw: bytes) -> None:
+        """A fresh `Batch` object seen by a handler: keep it; once it ended, give its files to the tenant and have the
+        watcher book it now rather than at its next poll."""
+        store = self.store
+        view: BatchView = _decode(batch_decoder, raw, upstream.name)
+        await store.update(tenant, "batch", owned.id, object=raw)
+        if view.status in TERMINAL and not owned.booked:
+            if not owned.outputs:
+                try:
+                    await record_outputs(store, upstream, tenant, view)
+                except RouterError as exc:  # the caller still gets its batch; the watcher records the files later
+                    log.warning("could not record the files of native batch %s yet: %s", owned.id, exc.message)
+            await store.schedule(tenant, owned.id, time.time())
+
+    async def retrieve_batch(self, request: Request[Any, Any, Any], batch_id: str) -> Response[bytes]:
+        """`GET /v1/batches/{id}`."""
+        tenant = self.auth.authenticate(request.headers)
+        owned, upstream = await self._owned(tenant, "batch", batch_id)
+        answer = await upstream.call("GET", f"/batches/{batch_id}")
+        if answer.status == 200:
+            await self.observe(tenant, owned, upstream, answer.body)
+        return _answer(answer)
+
+    async def cancel_batch(self, request: Request[Any, Any, Any], batch_id: str) -> Response[bytes]:
+        """`POST /v1/batches/{id}/cancel`; the watcher books what ran before the cancel took effect."""
+        tenant = self.auth.authenticate(request.headers)
+        owned, upstream = await self._owned(tenant, "batch", batch_id)
+        headers = self.upstreams.passed_headers(upstream.name, request.headers, tenant)
+        answer = await upstream.call("POST", f"/batches/{batch_id}/cancel", headers=headers)
+        if answer.status == 200:
+            await self.observe(tenant, owned, upstream, answer.body)
+        return _answer(answer)
+
+    async def list_batches(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+        """`GET /v1/batches`: the tenant's batches, newest first; those still running are read fresh."""
+        tenant = self.auth.authenticate(request.headers)
+        query = request.query_params
+        limit = _limit(query.get("limit"), BATCH_LIMIT)
+        page, more = await self.store.page(
+            tenant, "batch", after=query.get("after"), limit=limit, ascending=False, keep=lambda _: True
+        )
+        gate = asyncio.Semaphore(REFRESH_CONCURRENCY)
+
+        async def fresh(owned: Owned) -> bytes:
+            upstream = self.natives.get(owned.upstream)
+            if upstream is None or _decode(batch_decoder, owned.object, owned.upstream).status in TERMINAL:
+                return owned.object  # an ended batch no longer changes
+            async with gate:
+                answer = await upstream.call("GET", f"/batches/{owned.id}")
+            if answer.status != 200:
+                return owned.object
+            await self.observe(tenant, owned, upstream, answer.body)
+            return answer.body
+
+        data = await asyncio.gather(*(fresh(owned) for owned in page))
+        first, last = (page[0].id, page[-1].id) if page else (None, None)
+        body = BatchList(object="list", data=[msgspec.Raw(raw) for raw in data], first_id=first, last_id=last,
+                         has_more=more)  # fmt: skip
+        return Response(encoder.encode(body), media_type=JSON)
 
 
 def _limit(raw: str | None, bounds: tuple[int, int]) -> int:
@@ -152,234 +355,45 @@ class _Upload:
             raise
 
 
-async def upload_file(gateway: Gateway, request: Request[Any, Any, Any]) -> Response[bytes]:
-    """`POST /v1/files`: the multipart body streamed to the upstream; the file is the caller's tenant's."""
-    tenant = authenticate(gateway, request.headers)
-    native = gateway.native
-    upstream = native.upstreams.get(native.default) if native.default else None
-    if upstream is None:
-        raise NotFound("The native Batch API needs an upstream of kind `openai` with `batch: true`.",
-                       code="unknown_url")  # fmt: skip
-    limit = gateway.settings.limits.max_file_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestEntityTooLarge()
-    headers = gateway.upstreams.passed_headers(upstream.name, request.headers, tenant)
-    headers["content-type"] = request.headers.get("content-type", "application/octet-stream")
-    if declared is not None:
-        headers["content-length"] = declared
-    body = _Upload(request, limit)
-    try:
-        answer = await upstream.upload(body, headers)
-    except Exception:
-        if body.too_large:
-            raise RequestEntityTooLarge() from None
-        if body.broken:
-            raise ClientDisconnected() from None
-        raise
-    if answer.status >= 400:
-        return _answer(answer)
-    view = _decode(file_decoder, answer.body, upstream.name)
-    try:
-        await native.store.record_file(tenant, upstream.name, answer.body, view)
-    except RedisError:
-        # Unrecorded, the file would be nobody's: take it back rather than leave it unreachable upstream.
-        with contextlib.suppress(RouterError):
-            await upstream.call("DELETE", f"/files/{view.id}")
-        raise
-    return _answer(answer)
-
-
-async def list_files(gateway: Gateway, request: Request[Any, Any, Any]) -> Response[bytes]:
-    """`GET /v1/files`: the tenant's files, newest first unless `order=asc`, paged with `after` and `limit`."""
-    tenant = authenticate(gateway, request.headers)
-    query = request.query_params
-    limit = _limit(query.get("limit"), FILE_LIMIT)
-    order = query.get("order", "desc")
-    if order not in ("asc", "desc"):
-        raise BadRequest("Invalid 'order': must be 'asc' or 'desc'.", param="order", code="invalid_value")
-    purpose = query.get("purpose")
-    page, more = await gateway.native.store.page(
-        tenant, "file", after=query.get("after"), limit=limit, ascending=order == "asc",
-        keep=lambda owned: purpose is None or owned.purpose == purpose,
-    )  # fmt: skip
-    first, last = (page[0].id, page[-1].id) if page else (None, None)
-    body = FileList(data=[msgspec.Raw(o.object) for o in page], first_id=first, last_id=last, has_more=more)
-    return Response(encoder.encode(body), media_type=JSON)
-
-
-async def retrieve_file(gateway: Gateway, request: Request[Any, Any, Any], file_id: str) -> Response[bytes]:
-    """`GET /v1/files/{id}`."""
-    tenant = authenticate(gateway, request.headers)
-    _, upstream = await _owned(gateway, tenant, "file", file_id)
-    answer = await upstream.call("GET", f"/files/{file_id}")
-    if answer.status == 200:
-        await gateway.native.store.update(tenant, "file", file_id, object=answer.body)
-    return _answer(answer)
-
-
-async def file_content(gateway: Gateway, request: Request[Any, Any, Any], file_id: str) -> Stream:
-    """`GET /v1/files/{id}/content`, streamed from the upstream as it comes."""
-    tenant = authenticate(gateway, request.headers)
-    _, upstream = await _owned(gateway, tenant, "file", file_id)
-    answer = await upstream.download(f"/files/{file_id}/content")
-    if answer.stream is None:
-        raise UpstreamError(answer.status, answer.body, headers=_passed(answer))
-    headers = dict(answer.headers)
-    media_type = headers.pop("content-type", "application/octet-stream")
-    return Stream(answer.stream, status_code=200, headers=headers, media_type=media_type)
-
-
-async def delete_file(gateway: Gateway, request: Request[Any, Any, Any], file_id: str) -> Response[bytes]:
-    """`DELETE /v1/files/{id}`: deleted upstream, then forgotten."""
-    tenant = authenticate(gateway, request.headers)
-    owned, upstream = await _owned(gateway, tenant, "file", file_id)
-    if owned.batch:  # a batch's output or errors: its usage is read from this file, so book it first
-        await gateway.native.watcher.settle(tenant, owned.batch)
-    answer = await upstream.call("DELETE", f"/files/{file_id}")
-    if answer.status == 200:
-        await gateway.native.store.forget(tenant, "file", file_id)
-    return _answer(answer)
-
-
-async def create_batch(gateway: Gateway, request: Request[Any, Any, Any]) -> Response[bytes]:
-    """`POST /v1/batches` on the upstream that holds the input file; the batch is recorded and watched."""
-    tenant = authenticate(gateway, request.headers)
-    body = await request.body()
-    decode_view(body, gateway.settings.limits.max_json_depth)  # the depth and JSON checks every body gets
-    try:
-        view = _create_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise BadRequest(f"Invalid request body: {exc}") from exc
-    if not view.input_file_id:
-        raise BadRequest("Missing required parameter: 'input_file_id'.", param="input_file_id",
-                         code="missing_required_parameter")  # fmt: skip
-    if view.metadata and METADATA_KEY in view.metadata:
-        raise BadRequest(f"The metadata key '{METADATA_KEY}' is reserved by the router.", param="metadata",
-                         code="invalid_value")  # fmt: skip
-    try:
-        _, upstream = await _owned(gateway, tenant, "file", view.input_file_id)
-    except NotFound:
-        raise file_not_found(view.input_file_id, param="input_file_id") from None
-    headers = gateway.upstreams.passed_headers(upstream.name, request.headers, tenant)
-    answer = await upstream.call("POST", "/batches", body=body, headers=headers)
-    if answer.status >= 400:
-        return _answer(answer)
-    batch = _decode(batch_decoder, answer.body, upstream.name)
-    first_poll = time.time() + gateway.settings.batch.poll_interval_s
-    try:
-        await gateway.native.store.record_batch(tenant, upstream.name, answer.body, batch, first_poll)
-    except RedisError:
-        # Unrecorded, its usage would never be booked: cancel it rather than let it run unaccounted.
-        with contextlib.suppress(RouterError):
-            await upstream.call("POST", f"/batches/{batch.id}/cancel")
-        raise
-    return _answer(answer)
-
-
-async def observe(gateway: Gateway, tenant: str, owned: Owned, upstream: NativeUpstream, raw: bytes) -> None:
-    """A fresh `Batch` object seen by a handler: keep it; once it ended, give its files to the tenant and have the
-    watcher book it now rather than at its next poll."""
-    store = gateway.native.store
-    view: BatchView = _decode(batch_decoder, raw, upstream.name)
-    await store.update(tenant, "batch", owned.id, object=raw)
-    if view.status in TERMINAL and not owned.booked:
-        if not owned.outputs:
-            try:
-                await record_outputs(store, upstream, tenant, view)
-            except RouterError as exc:  # the caller still gets its batch; the watcher records the files later
-                log.warning("could not record the files of native batch %s yet: %s", owned.id, exc.message)
-        await store.schedule(tenant, owned.id, time.time())
-
-
-async def retrieve_batch(gateway: Gateway, request: Request[Any, Any, Any], batch_id: str) -> Response[bytes]:
-    """`GET /v1/batches/{id}`."""
-    tenant = authenticate(gateway, request.headers)
-    owned, upstream = await _owned(gateway, tenant, "batch", batch_id)
-    answer = await upstream.call("GET", f"/batches/{batch_id}")
-    if answer.status == 200:
-        await observe(gateway, tenant, owned, upstream, answer.body)
-    return _answer(answer)
-
-
-async def cancel_batch(gateway: Gateway, request: Request[Any, Any, Any], batch_id: str) -> Response[bytes]:
-    """`POST /v1/batches/{id}/cancel`; the watcher books what ran before the cancel took effect."""
-    tenant = authenticate(gateway, request.headers)
-    owned, upstream = await _owned(gateway, tenant, "batch", batch_id)
-    headers = gateway.upstreams.passed_headers(upstream.name, request.headers, tenant)
-    answer = await upstream.call("POST", f"/batches/{batch_id}/cancel", headers=headers)
-    if answer.status == 200:
-        await observe(gateway, tenant, owned, upstream, answer.body)
-    return _answer(answer)
-
-
-async def list_batches(gateway: Gateway, request: Request[Any, Any, Any]) -> Response[bytes]:
-    """`GET /v1/batches`: the tenant's batches, newest first; those still running are read fresh."""
-    tenant = authenticate(gateway, request.headers)
-    query = request.query_params
-    limit = _limit(query.get("limit"), BATCH_LIMIT)
-    page, more = await gateway.native.store.page(
-        tenant, "batch", after=query.get("after"), limit=limit, ascending=False, keep=lambda _: True
-    )
-    gate = asyncio.Semaphore(REFRESH_CONCURRENCY)
-
-    async def fresh(owned: Owned) -> bytes:
-        upstream = gateway.native.upstreams.get(owned.upstream)
-        if upstream is None or _decode(batch_decoder, owned.object, owned.upstream).status in TERMINAL:
-            return owned.object  # an ended batch no longer changes
-        async with gate:
-            answer = await upstream.call("GET", f"/batches/{owned.id}")
-        if answer.status != 200:
-            return owned.object
-        await observe(gateway, tenant, owned, upstream, answer.body)
-        return answer.body
-
-    data = await asyncio.gather(*(fresh(owned) for owned in page))
-    first, last = (page[0].id, page[-1].id) if page else (None, None)
-    body = BatchList(object="list", data=[msgspec.Raw(raw) for raw in data], first_id=first, last_id=last,
-                     has_more=more)  # fmt: skip
-    return Response(encoder.encode(body), media_type=JSON)
-
-
-def make_handlers(gateway: Gateway) -> list[Any]:
-    """The Files and Batches route handlers, closed over the gateway they serve."""
+def make_handlers(api: BatchApi) -> list[Any]:
+    """The Files and Batches route handlers, each a few lines over `api`."""
 
     # No framework body limit here: `_Upload` enforces `limits.max_file_bytes` on the stream itself.
     @post(["/v1/files", "/files"], status_code=200, request_max_body_size=None)
     async def files_upload(request: Request[Any, Any, Any]) -> Response[bytes]:
-        return await upload_file(gateway, request)
+        return await api.upload_file(request)
 
     @get(["/v1/files", "/files"])
     async def files_list(request: Request[Any, Any, Any]) -> Response[bytes]:
-        return await list_files(gateway, request)
+        return await api.list_files(request)
 
     @get(["/v1/files/{file_id:str}", "/files/{file_id:str}"])
     async def files_retrieve(request: Request[Any, Any, Any], file_id: FromPath[str]) -> Response[bytes]:
-        return await retrieve_file(gateway, request, file_id)
+        return await api.retrieve_file(request, file_id)
 
     @get(["/v1/files/{file_id:str}/content", "/files/{file_id:str}/content"])
     async def files_content(request: Request[Any, Any, Any], file_id: FromPath[str]) -> Stream:
-        return await file_content(gateway, request, file_id)
+        return await api.file_content(request, file_id)
 
     @delete(["/v1/files/{file_id:str}", "/files/{file_id:str}"], status_code=200)
     async def files_delete(request: Request[Any, Any, Any], file_id: FromPath[str]) -> Response[bytes]:
-        return await delete_file(gateway, request, file_id)
+        return await api.delete_file(request, file_id)
 
     @post(["/v1/batches", "/batches"], status_code=200)
     async def batches_create(request: Request[Any, Any, Any]) -> Response[bytes]:
-        return await create_batch(gateway, request)
+        return await api.create_batch(request)
 
     @get(["/v1/batches", "/batches"])
     async def batches_list(request: Request[Any, Any, Any]) -> Response[bytes]:
-        return await list_batches(gateway, request)
+        return await api.list_batches(request)
 
     @get(["/v1/batches/{batch_id:str}", "/batches/{batch_id:str}"])
     async def batches_retrieve(request: Request[Any, Any, Any], batch_id: FromPath[str]) -> Response[bytes]:
-        return await retrieve_batch(gateway, request, batch_id)
+        return await api.retrieve_batch(request, batch_id)
 
     @post(["/v1/batches/{batch_id:str}/cancel", "/batches/{batch_id:str}/cancel"], status_code=200)
     async def batches_cancel(request: Request[Any, Any, Any], batch_id: FromPath[str]) -> Response[bytes]:
-        return await cancel_batch(gateway, request, batch_id)
+        return await api.cancel_batch(request, batch_id)
 
     return [files_upload, files_list, files_retrieve, files_content, files_delete,
             batches_create, batches_list, batches_retrieve, batches_cancel]  # fmt: skip

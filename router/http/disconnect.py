@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from litestar.types import Receive
-
-from router.http.error_handlers import ClientDisconnected
+if TYPE_CHECKING:
+    from litestar.types import Receive
 
 T = TypeVar("T")
+
+
+class ClientDisconnected(Exception):
+    """The caller went away before its answer was ready (answered 499 by `error_handlers`)."""
 
 
 async def until_disconnect(receive: Receive) -> None:

@@ -12,16 +12,13 @@ from redis.exceptions import RedisError
 
 from router.core.errors import RouterError, ServiceUnavailable, UpstreamError
 from router.core.schema import error_body
+from router.http.disconnect import ClientDisconnected
 from router.telemetry.logs import Throttle, kind_of
 
 log = logging.getLogger(__name__)
 _throttle = Throttle(log)
 
 JSON = "application/json"
-
-
-class ClientDisconnected(Exception):
-    """The caller went away before its answer was ready."""
 
 
 def error_response(exc: RouterError) -> Response[bytes]:

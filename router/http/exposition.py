@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import prometheus_client
 from prometheus_client import multiprocess
 
-from router.core.lanes import Planner
-from router.deferred.accumulator import Accumulator
-from router.deferred.tenants import Tenants
 from router.telemetry import metrics
 from router.telemetry.logs import Throttle, kind_of
+
+if TYPE_CHECKING:
+    from router.core.lanes import Planner
+    from router.deferred.store.batches import BatchStore
+    from router.deferred.store.queues import Queues
+    from router.deferred.tenants import Tenants
 
 log = logging.getLogger(__name__)
 _throttle = Throttle(log)
@@ -23,8 +27,11 @@ _throttle = Throttle(log)
 class Exposition:
     """The Redis-backed gauges, refreshed at each scrape, and the text Prometheus reads."""
 
-    def __init__(self, acc: Accumulator, planner: Planner, tenants: Tenants, metrics_dir: str | None) -> None:
-        self.acc = acc
+    def __init__(
+        self, queues: Queues, batches: BatchStore, planner: Planner, tenants: Tenants, metrics_dir: str | None
+    ) -> None:
+        self.queues = queues
+        self.batches = batches
         self.planner = planner
         self.tenants = tenants
         self.metrics_dir = metrics_dir
@@ -34,8 +41,8 @@ class Exposition:
     async def text(self) -> tuple[bytes, str]:
         """The exposition and its content type."""
         try:
-            depth, inflight = await self.acc.counts()
-            models = await self.acc.turnarounds()
+            depth, inflight = await self.queues.counts()
+            models = await self.batches.turnarounds()
         except Exception as exc:
             _throttle.warning(kind_of("metrics", exc), "could not read queue depth from Redis for /metrics: %s", exc)
         else:

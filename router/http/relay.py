@@ -8,125 +8,145 @@ request's ASGI `receive`.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from litestar import Response
 from litestar.response import Stream
-from litestar.types import Receive
 
 from router.core.errors import RouterError, UpstreamError, UpstreamTimeout
-from router.core.pricing import Usage
-from router.core.schema import RequestView, decode_body, encoder, with_fields
-from router.deferred.lane import forward_realtime
-from router.deferred.replay import cost_comment
-from router.http.cascade import shadow
-from router.http.delivery import set_cost_headers
-from router.http.disconnect import unless_disconnected
-from router.http.error_handlers import JSON, ClientDisconnected
-from router.http.model_router import Routed
+from router.core.lanes import Origin
+from router.core.schema import decode_body, encoder, with_fields
+from router.deferred.replay import cost_comment, set_cost_headers
+from router.http.disconnect import ClientDisconnected, unless_disconnected
+from router.http.error_handlers import JSON
+from router.http.forward import forward_realtime
 from router.http.sse import tap_usage
-from router.providers.base import Provider
 from router.telemetry import metrics
-from router.telemetry.accounting import Lane, Priced
+from router.telemetry.accounting import Priced
 
 if TYPE_CHECKING:
-    from router.http.gateway import Gateway
+    from litestar.types import Receive
+
+    from router.core.pricing import Usage
+    from router.core.schema import RequestView
+    from router.deferred.store.totals import RealtimeTotals
+    from router.deferred.tenants import Tenants
+    from router.http.model_router import Routed
+
+    Learn = Callable[[Routed, str, bytes, bytes, Mapping[str, str], str, Mapping[str, str], Priced], None]
+    from router.providers.base import Provider
+    from router.providers.upstreams import Upstreams
+    from router.telemetry.accounting import Accounting
 
 USAGE_OPTION_ENDPOINTS = frozenset({"/chat/completions", "/completions"})
 """Endpoints whose streams report usage only when asked (`stream_options.include_usage`)."""
 
 
-async def respond_realtime(
-    gateway: Gateway,
-    receive: Receive,
-    provider: Provider,
-    *,
-    endpoint: str,
-    body: bytes,
-    view: RequestView,
-    tenant: str,
-    client_headers: Mapping[str, str],
-    headers: dict[str, str],
-    started: float,
-    flex_fallback: bool = False,
-    routed: Routed | None = None,
-    asked_body: bytes | None = None,
-) -> Response[bytes] | Stream:
-    """Forward now; stream SSE through unbuffered; pass upstream errors through; price what comes back.
+class Relay:
+    """Answers a call in real time: forwarded, its tenant's limits taken first, booked once when it ends."""
 
-    `client_headers` are the caller's (those its upstream is configured to receive are passed on); `headers` are
-    the answer's, begun by admission; `started` is when the call arrived (`time.perf_counter()`).
-    `flex_fallback`: the router chose the flex tier, so a flex 429 may be retried on the standard tier (a
-    caller who asked for flex itself gets the 429, as from the upstream).
-    `routed`: the call's model route (a cheaper model may answer: the asked-for one is the baseline); `asked_body`:
-    the body as the caller sent it, for a shadow twin.
-    """
-    asked = routed.asked if routed is not None else None
-    await gateway.tenants.admit_realtime(tenant)  # its budget and `rpm`, before the upstream sees the call
-    model = view.model or ""
-    stream = bool(view.stream)
-    strip_usage = False
-    if (
-        stream
-        and endpoint in USAGE_OPTION_ENDPOINTS
-        and not (view.stream_options and view.stream_options.include_usage)
-    ):
-        body, strip_usage = with_usage_requested(body), True  # priced from the usage chunk, hidden again below
-    passed = gateway.upstreams.passed_headers(provider.name, client_headers, tenant)
-    lane: Lane = "flex" if view.service_tier == "flex" else "realtime"
+    def __init__(
+        self,
+        upstreams: Upstreams,
+        tenants: Tenants,
+        accounting: Accounting,
+        realtime: RealtimeTotals,
+        learn: Learn | None = None,
+    ) -> None:
+        self.upstreams = upstreams
+        self.tenants = tenants
+        self.accounting = accounting
+        self.realtime = realtime
+        self.learn = learn
+        """What a routed call teaches its model route once answered (`Cascade.learn`: a note for feedback, a shadow
+        twin); None: no model routes."""
 
-    def count(outcome: str) -> None:
-        gateway.record_realtime(Priced(None, None), lane=lane, upstream=provider.name, model=model, tenant=tenant,
-                                outcome=outcome)  # fmt: skip
+    async def respond(
+        self,
+        receive: Receive,
+        provider: Provider,
+        *,
+        endpoint: str,
+        body: bytes,
+        view: RequestView,
+        tenant: str,
+        client_headers: Mapping[str, str],
+        headers: dict[str, str],
+        started: float,
+        flex_fallback: bool = False,
+        routed: Routed | None = None,
+        asked_body: bytes | None = None,
+    ) -> Response[bytes] | Stream:
+        """Forward now; stream SSE through unbuffered; pass upstream errors through; price what comes back.
 
-    try:
-        upstream = await unless_disconnected(
-            receive, forward_realtime(provider, endpoint, body, stream=stream, headers=passed)
-        )
-        if flex_fallback and upstream.status == 429:
-            # Flex capacity is short ("resource unavailable", not billed): the standard tier keeps the promise.
-            body, lane = with_fields(body, service_tier=None), "realtime"
-            forward = forward_realtime(provider, endpoint, body, stream=stream, headers=passed)
-            upstream = await unless_disconnected(receive, forward)
-    except ClientDisconnected:
-        count("cancelled")
-        raise
-    except RouterError as exc:
-        count("timeout" if isinstance(exc, UpstreamTimeout) else "unavailable")
-        raise
-    headers.update(upstream.headers)
-    headers["x-router-lane"] = lane
-    metrics.proxy_overhead.observe(max(0.0, time.perf_counter() - started - upstream.elapsed))
-    if upstream.stream is not None:
-        headers["cache-control"] = "no-cache"
+        `client_headers` are the caller's (those its upstream is configured to receive are passed on); `headers` are
+        the answer's, begun by admission; `started` is when the call arrived (`time.perf_counter()`).
+        `flex_fallback`: the router chose the flex tier, so a flex 429 may be retried on the standard tier (a
+        caller who asked for flex itself gets the 429, as from the upstream).
+        `routed`: the call's model route (a cheaper model may answer: the asked-for one is the baseline);
+        `asked_body`: the body as the caller sent it, for a shadow twin.
+        """
+        asked = routed.asked if routed is not None else None
+        await self.tenants.take_realtime(tenant)  # its budget and `rpm`, before the upstream sees the call
+        model = view.model or ""
+        stream = bool(view.stream)
+        strip_usage = False
+        if (
+            stream
+            and endpoint in USAGE_OPTION_ENDPOINTS
+            and not (view.stream_options and view.stream_options.include_usage)
+        ):
+            body, strip_usage = with_usage_requested(body), True  # priced from the usage chunk, hidden again below
+        passed = self.upstreams.passed_headers(provider.name, client_headers, tenant)
+        origin = Origin.FLEX if view.service_tier == "flex" else Origin.REALTIME
 
-        def book(usage: Usage | None, completed: bool) -> None:
-            priced = gateway.accounting.price(model, lane, b"", usage, asked=asked) if usage else Priced(None, None)
-            gateway.record_realtime(priced, lane=lane, upstream=provider.name, model=model, tenant=tenant,
-                                    outcome="ok" if completed else "cancelled")  # fmt: skip
+        def count(outcome: str) -> None:
+            self.realtime.record(Priced(None, None), origin=origin, upstream=provider.name, model=model, tenant=tenant,
+                                 outcome=outcome)  # fmt: skip
 
-        def comment(usage: Usage) -> bytes:
-            priced = gateway.accounting.price(model, lane, b"", usage, asked=asked)
-            return cost_comment(priced.cost.actual_usd, priced.cost.savings_usd) if priced.cost else b""
+        try:
+            upstream = await unless_disconnected(
+                receive, forward_realtime(provider, endpoint, body, stream=stream, headers=passed)
+            )
+            if flex_fallback and upstream.status == 429:
+                # Flex capacity is short ("resource unavailable", not billed): the standard tier keeps the promise.
+                body, origin = with_fields(body, service_tier=None), Origin.REALTIME
+                forward = forward_realtime(provider, endpoint, body, stream=stream, headers=passed)
+                upstream = await unless_disconnected(receive, forward)
+        except ClientDisconnected:
+            count("cancelled")
+            raise
+        except RouterError as exc:
+            count("timeout" if isinstance(exc, UpstreamTimeout) else "unavailable")
+            raise
+        headers.update(upstream.headers)
+        headers["x-router-lane"] = origin.lane.value
+        metrics.proxy_overhead.observe(max(0.0, time.perf_counter() - started - upstream.elapsed))
+        if upstream.stream is not None:
+            headers["cache-control"] = "no-cache"
 
-        relay = tap_usage(upstream.stream, strip_usage_chunk=strip_usage, on_done=book, comment=comment)
-        return Stream(relay, status_code=upstream.status, headers=headers, media_type="text/event-stream")
-    if upstream.status >= 400:
-        count("error")
-        raise UpstreamError(upstream.status, upstream.body, headers=headers)
-    priced = gateway.accounting.price(model, lane, upstream.body, asked=asked)
-    gateway.record_realtime(priced, lane=lane, upstream=provider.name, model=model, tenant=tenant, outcome="ok")
-    if priced.cost is not None:
-        set_cost_headers(headers, priced.cost.actual_usd, priced.cost.savings_usd)
-    if routed is not None:
-        router = gateway.model_router
-        router.spawn(router.note(headers["x-router-request-id"], routed, tenant, priced.usage))
-        if router.should_shadow(routed, headers["x-router-request-id"]) and upstream.status == 200:
-            twin = shadow(gateway, routed, endpoint=endpoint, body=asked_body or body, answer=upstream.body,
-                          client_headers=client_headers, tenant=tenant)  # fmt: skip
-            router.spawn(twin)
-    return Response(upstream.body, status_code=upstream.status, headers=headers, media_type=JSON)
+            def book(usage: Usage | None, completed: bool) -> None:
+                priced = self.accounting.price(model, origin, b"", usage, asked=asked) if usage else Priced(None, None)
+                self.realtime.record(priced, origin=origin, upstream=provider.name, model=model, tenant=tenant,
+                                     outcome="ok" if completed else "cancelled")  # fmt: skip
+
+            def comment(usage: Usage) -> bytes:
+                priced = self.accounting.price(model, origin, b"", usage, asked=asked)
+                return cost_comment(priced.cost.actual_usd, priced.cost.savings_usd) if priced.cost else b""
+
+            relay = tap_usage(upstream.stream, strip_usage_chunk=strip_usage, on_done=book, comment=comment)
+            return Stream(relay, status_code=upstream.status, headers=headers, media_type="text/event-stream")
+        if upstream.status >= 400:
+            count("error")
+            raise UpstreamError(upstream.status, upstream.body, headers=headers)
+        priced = self.accounting.price(model, origin, upstream.body, asked=asked)
+        self.realtime.record(priced, origin=origin, upstream=provider.name, model=model, tenant=tenant, outcome="ok")
+        if priced.cost is not None:
+            set_cost_headers(headers, priced.cost.actual_usd, priced.cost.savings_usd)
+        if routed is not None and self.learn is not None:
+            self.learn(routed, endpoint, asked_body or body, upstream.body, client_headers, tenant, headers, priced)
+        return Response(upstream.body, status_code=upstream.status, headers=headers, media_type=JSON)
 
 
 def with_usage_requested(body: bytes) -> bytes:

@@ -17,70 +17,15 @@ from router.core.schema import encoder
 from router.telemetry.accounting import LEVERS
 
 if TYPE_CHECKING:
-    from router.http.gateway import Gateway
+    from router.deferred.store.client import RedisClient
+    from router.deferred.store.totals import RealtimeTotals, TotalsStore
+    from router.deferred.tenants import Tenants
+    from router.passthrough.native_batches import NativeStore
+    from router.providers.upstreams import Upstreams
 
 log = logging.getLogger(__name__)
 _models_decoder = msgspec.json.Decoder(dict[str, Any])
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-
-
-async def list_models(gateway: Gateway) -> bytes:
-    """Models of every upstream (OpenAI's shape), filtered by the patterns that route to it."""
-    upstreams = gateway.upstreams
-    data: list[Any] = []
-    errors: list[RouterError] = []
-    for cfg in upstreams.configs:
-        provider = upstreams.providers[cfg.name]
-        try:
-            answer = await provider.get("/models")
-        except RouterError as exc:
-            errors.append(exc)
-            continue
-        if answer.status != 200:
-            continue
-        try:
-            items = _models_decoder.decode(answer.body).get("data", [])
-        except (msgspec.DecodeError, RecursionError):
-            log.warning("upstream %s answered /models with something that is not a model list", cfg.name)
-            continue
-        for item in items if isinstance(items, list) else []:
-            model_id = item.get("id") if isinstance(item, dict) else None
-            if isinstance(model_id, str) and upstreams.for_model_or_none(model_id) is provider:
-                data.append(item)
-    if not data and errors:
-        raise errors[0]
-    return msgspec.json.encode({"object": "list", "data": data})
-
-
-async def describe_model(gateway: Gateway, model_id: str) -> bytes:
-    """One model as its upstream describes it (`GET /v1/models/{id}`); the upstream's error passes through."""
-    provider = gateway.upstreams.for_model(model_id)
-    upstream = await provider.get(f"/models/{quote(model_id, safe='')}")
-    if upstream.status >= 400:
-        raise UpstreamError(upstream.status, upstream.body)
-    return upstream.body
-
-
-async def usage(gateway: Gateway, tenant: str, day: str | None) -> bytes:
-    """`GET /v1/usage`: the tenant's totals for one UTC day, per lane (from Redis, so they outlive restarts), and
-    today what it may still use."""
-    day = day or time.strftime("%Y-%m-%d", time.gmtime())
-    if not _DAY.match(day):
-        raise BadRequest("`day` must be a UTC date like 2026-11-27.", param="day", code="invalid_value")
-    lanes: dict[str, dict[str, float]] = {}
-    for field, value in (await gateway.day_totals(tenant, day)).items():
-        lane, _, name = field.partition(":")
-        lanes.setdefault(lane, {})[name] = value
-    report: dict[str, Any] = {
-        "object": "router.usage",
-        "tenant": tenant,
-        "day": day,
-        "lanes": lanes,
-        "savings_by_lever": savings_by_lever(lanes),
-    }
-    if day == time.strftime("%Y-%m-%d", time.gmtime()):
-        report["limits"] = await gateway.tenants.headroom(tenant)  # what the tenant may still use, now
-    return encoder.encode(report)
 
 
 def savings_by_lever(lanes: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
@@ -98,13 +43,94 @@ def savings_by_lever(lanes: Mapping[str, Mapping[str, float]]) -> dict[str, floa
     return out
 
 
-async def readiness(gateway: Gateway) -> dict[str, bool]:
-    """Redis and each upstream: reachable or not."""
-    checks: dict[str, bool] = {}
-    try:
-        checks["redis"] = bool(await gateway.redis.ping())
-    except Exception:
-        checks["redis"] = False
-    for name, provider in gateway.upstreams.providers.items():
-        checks[f"upstream:{name}"] = await provider.ping()
-    return checks
+class Reports:
+    """The router's reports about itself, from the upstreams, the totals in Redis and the tenants' limits."""
+
+    def __init__(
+        self,
+        upstreams: Upstreams,
+        totals: TotalsStore,
+        realtime: RealtimeTotals,
+        native: NativeStore,
+        tenants: Tenants,
+        redis: RedisClient,
+    ) -> None:
+        self.upstreams = upstreams
+        self.totals = totals
+        self.realtime = realtime
+        self.native = native
+        self.tenants = tenants
+        self.redis = redis
+
+    async def list_models(self) -> bytes:
+        """Models of every upstream (OpenAI's shape), filtered by the patterns that route to it."""
+        upstreams = self.upstreams
+        data: list[Any] = []
+        errors: list[RouterError] = []
+        for cfg in upstreams.configs:
+            provider = upstreams.providers[cfg.name]
+            try:
+                answer = await provider.get("/models")
+            except RouterError as exc:
+                errors.append(exc)
+                continue
+            if answer.status != 200:
+                continue
+            try:
+                items = _models_decoder.decode(answer.body).get("data", [])
+            except (msgspec.DecodeError, RecursionError):
+                log.warning("upstream %s answered /models with something that is not a model list", cfg.name)
+                continue
+            for item in items if isinstance(items, list) else []:
+                model_id = item.get("id") if isinstance(item, dict) else None
+                if isinstance(model_id, str) and upstreams.for_model_or_none(model_id) is provider:
+                    data.append(item)
+        if not data and errors:
+            raise errors[0]
+        return msgspec.json.encode({"object": "list", "data": data})
+
+    async def describe_model(self, model_id: str) -> bytes:
+        """One model as its upstream describes it (`GET /v1/models/{id}`); the upstream's error passes through."""
+        provider = self.upstreams.for_model(model_id)
+        upstream = await provider.get(f"/models/{quote(model_id, safe='')}")
+        if upstream.status >= 400:
+            raise UpstreamError(upstream.status, upstream.body)
+        return upstream.body
+
+    async def usage(self, tenant: str, day: str | None) -> bytes:
+        """`GET /v1/usage`: the tenant's totals for one UTC day, per lane (from Redis, so they outlive restarts), and
+        today what it may still use."""
+        day = day or time.strftime("%Y-%m-%d", time.gmtime())
+        if not _DAY.match(day):
+            raise BadRequest("`day` must be a UTC date like 2026-11-27.", param="day", code="invalid_value")
+        lanes: dict[str, dict[str, float]] = {}
+        for field, value in (await self.day_totals(tenant, day)).items():
+            lane, _, name = field.partition(":")
+            lanes.setdefault(lane, {})[name] = value
+        report: dict[str, Any] = {
+            "object": "router.usage",
+            "tenant": tenant,
+            "day": day,
+            "lanes": lanes,
+            "savings_by_lever": savings_by_lever(lanes),
+        }
+        if day == time.strftime("%Y-%m-%d", time.gmtime()):
+            report["limits"] = await self.tenants.headroom(tenant)  # what the tenant may still use, now
+        return encoder.encode(report)
+
+    async def readiness(self) -> dict[str, bool]:
+        """Redis and each upstream: reachable or not."""
+        checks: dict[str, bool] = {}
+        try:
+            checks["redis"] = bool(await self.redis.ping())
+        except Exception:
+            checks["redis"] = False
+        for name, provider in self.upstreams.providers.items():
+            checks[f"upstream:{name}"] = await provider.ping()
+        return checks
+
+    async def day_totals(self, tenant: str, day: str) -> dict[str, float]:
+        """A tenant's totals of one UTC day as `lane:name` fields: real-time calls (this process's written first),
+        deferred calls and native batches (their lanes never overlap)."""
+        await self.realtime.flush()
+        return await self.totals.totals(tenant, day) | await self.native.totals(tenant, day)

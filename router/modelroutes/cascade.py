@@ -16,14 +16,16 @@ cheap answer, escalate when a check fails); one whose evidence does not meet the
 from __future__ import annotations
 
 import bisect
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
-from router.core.model_routes import CascadeChecks, Route
-from router.modelroutes.checks import CheckReport
 from router.modelroutes.decision import uniform
-from router.modelroutes.plan import Plan
+
+if TYPE_CHECKING:
+    from router.core.model_routes import CascadeChecks, Route
+    from router.modelroutes.checks import CheckReport
+    from router.modelroutes.plan import Plan
 
 Verdict = Literal["keep", "escalate"]
 

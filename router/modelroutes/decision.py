@@ -8,12 +8,13 @@ body), so the same call retried gets the same answer, and any share is met acros
 from __future__ import annotations
 
 import hashlib
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
-from router.core.model_routes import Route
-from router.modelroutes.plan import Plan
+if TYPE_CHECKING:
+    from router.core.model_routes import Route
+    from router.modelroutes.plan import Plan
 
 Reason = Literal["evidence", "share", "below_target", "no_evidence", "opt_out", "forced"]
 

@@ -16,11 +16,14 @@ mixed or few pairs do not. A task with no evidence has no estimate: it stays wit
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import msgspec
 
-from router.core.model_routes import Prior
 from router.modelroutes.tdist import t_quantile
+
+if TYPE_CHECKING:
+    from router.core.model_routes import Prior
 
 
 class Stats(msgspec.Struct, frozen=True, kw_only=True):

@@ -25,11 +25,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from statistics import NormalDist
+from typing import TYPE_CHECKING
 
 import msgspec
 
-from router.core.model_routes import Route
 from router.modelroutes.evidence import Estimate, Stats, decayed, estimate
+
+if TYPE_CHECKING:
+    from router.core.model_routes import Route
 
 PriceFn = Callable[[str, float, float], float | None]
 """USD of one call of `model` with that many input and output tokens; None when the model has no price."""

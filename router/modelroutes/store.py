@@ -24,7 +24,6 @@ from redis.asyncio.cluster import RedisCluster
 from router.core.model_routes import Route
 from router.modelroutes.embeddings import Clusters
 from router.modelroutes.evidence import Stats, score
-from router.modelroutes.plan import Plan, PriceFn, make_plan
 
 RedisClient = Redis | RedisCluster
 _FIELDS = ("w", "w2", "a", "b", "aa", "bb", "ab", "ti", "to")
@@ -162,7 +161,3 @@ class EvidenceStore:
         if raw is None:
             return None
         return msgspec.msgpack.decode(raw.encode() if isinstance(raw, str) else raw, type=Clusters)
-
-    async def plan(self, route: Route, *, now: float, price: PriceFn) -> Plan:
-        """The route's plan from the evidence in Redis now (`cascade` plans for a route in cascade mode)."""
-        return make_plan(route, await self.evidence(route), now=now, price=price, cascade=route.mode == "cascade")

@@ -1,4 +1,3 @@
-"""Running the router: the `hybrid-router` command, `serve --workers`, the bundled Redis, serving, the demo, estimate.
-
-Imports anything; nothing imports it but `router.__main__`.
+"""Running the router: the `hybrid-router` command, `serve --workers`, the bundled Redis, serving, demo, estimate.
+May import every other package; nothing imports it but `router.__main__`.
 """

@@ -170,7 +170,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     """Run the built-in upstream simulator."""
     import uvicorn
 
-    from router.simulator import SimConfig, create_simulator
+    from router.simulator.app import create_simulator
+    from router.simulator.config import SimConfig
 
     config = SimConfig(
         latency_ms=args.latency_ms,
@@ -316,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     from router.ops import estimate, routes_cmd
 
     estimate.add_parser(sub)
-    routes_cmd.add_parser(sub, f"config file (default: {DEFAULT_CONFIG} if present)")
+    routes_cmd.add_parser(sub, f"config file (default: {DEFAULT_CONFIG} if present)", load=load, redis_for=redis_for)
 
     check = sub.add_parser("check-config", help="validate config, policies and pricing")
     check.add_argument("--config", help=f"config file (default: {DEFAULT_CONFIG} if present)")

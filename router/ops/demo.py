@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import importlib.util
 import secrets
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +22,8 @@ from router.core.errors import ConfigError
 from router.core.settings import Settings
 from router.http.app import create_app
 from router.ops.serving import serve_in_thread
-from router.simulator import SimConfig, create_simulator
+from router.simulator.app import create_simulator
+from router.simulator.config import SimConfig
 
 DEMO_KEY_ENV, DEMO_KEY = (
     "HYBRID_ROUTER_DEMO_UPSTREAM_KEY",
@@ -38,10 +41,22 @@ class Group:
     kind: str  # chat | stream | embed | extract (chat.completions.parse into a Pydantic model)
     model: str
     headers: dict[str, str] = field(default_factory=dict)
+    weak_right: float | None = None
+    """For a task of the demo's model route: the share of its prompts the cheaper model answers as well (the
+    simulator plays both models so, and the route's evidence says so)."""
 
+    def prompt(self, i: int) -> str:
+        """The text of call `i` of this group."""
+        return f"{self.label}: item {i}. Write two sentences about it."
+
+
+ROUTE = {"from": "gpt-4o", "to": ["gpt-4o-mini"], "mode": "predict", "quality_target": 0.95}
+"""The demo's model route, used unless the config declares routes of its own (docs/routing.md)."""
 
 WORKLOAD = [
     Group("urgent chat (no deadline)", 30, "chat", "gpt-4o"),
+    Group("urgent support triage (task, routed)", 40, "chat", "gpt-4o", {"X-Router-Task": "triage"}, 1.0),
+    Group("urgent contract review (task, kept)", 20, "chat", "gpt-4o", {"X-Router-Task": "contracts"}, 0.6),
     Group("urgent streams", 10, "stream", "gpt-4o"),
     Group("summaries, X-Deadline: 1h", 150, "chat", "gpt-4o", {"X-Deadline": "1h"}),
     Group("nightly eval run (policy: evals)", 200, "chat", "gpt-4o-mini", {"x-workload": "eval"}),
@@ -56,16 +71,18 @@ class Tally:
     """What came back, per lane."""
 
     calls: dict[str, int] = field(default_factory=dict)
+    routed: int = 0  # calls a cheaper model answered
     cost: dict[str, float] = field(default_factory=dict)
     savings: dict[str, float] = field(default_factory=dict)
     extractions: int = 0
     parsed: int = 0  # extractions that came back as a valid instance of their Pydantic model
 
-    def add(self, headers: httpx.Headers) -> None:
+    def add(self, headers: httpx.Headers, asked: str) -> None:
         lane = headers.get("x-router-lane", "?")
         if headers.get("x-router-escalated") == "true":
             lane = "realtime (escalated)"
         self.calls[lane] = self.calls.get(lane, 0) + 1
+        self.routed += headers.get("x-router-model", asked) != asked
         self.cost[lane] = self.cost.get(lane, 0.0) + float(headers.get("x-router-cost-usd") or 0)
         self.savings[lane] = self.savings.get(lane, 0.0) + float(headers.get("x-router-savings-usd") or 0)
 
@@ -77,7 +94,38 @@ def demo_settings(settings: Settings, sim_url: str) -> Settings:
     tree["key_prefix"] = "hr-demo-" + secrets.token_hex(3)
     tree["auth"], tree["keys"] = "none", []
     tree["batch"] = tree.get("batch", {}) | DEMO_BATCH
+    tree["routes"] = tree.get("routes") or [ROUTE]
     return msgspec.convert(tree, Settings)
+
+
+def outcomes(workload: list[Group]) -> list[dict[str, Any]]:
+    """How the two models of the demo's route do on its routed groups' prompts (the `routes learn` format)."""
+    rows = []
+    for group in workload:
+        if group.weak_right is None:
+            continue
+        task = group.headers["X-Router-Task"]
+        for i in range(group.count):
+            right = (i * 7919 % 100) < group.weak_right * 100  # a fixed share, spread over the items
+            rows.append({"prompt": group.prompt(i), "task": task, "scores": {"gpt-4o": True, "gpt-4o-mini": right}})
+    return rows
+
+
+def teach(settings: Settings, rows: list[dict[str, Any]]) -> None:
+    """Import the evidence before the router starts (its first plan is made at start), as `routes learn` would."""
+    from router.deferred.store import client as redis_client
+    from router.modelroutes.learn import learn
+    from router.modelroutes.store import EvidenceStore
+
+    async def run() -> None:
+        redis = redis_client.connect(settings.redis_url or "", max_connections=2)
+        try:
+            store = EvidenceStore(redis, settings.key_prefix)
+            await learn(store, settings.routes, [msgspec.json.encode(row) for row in rows], now=time.time())
+        finally:
+            await redis_client.close(redis)
+
+    asyncio.run(run())
 
 
 def _invoice_model() -> type[Any]:
@@ -105,7 +153,7 @@ async def _drive(base: str, progress: Progress, sim_url: str, workload: list[Gro
     ):
 
         async def one(group: Group, i: int, task: Any) -> None:
-            text = f"{group.label}: item {i}. Write two sentences about it."
+            text = group.prompt(i)
             messages: Any = [{"role": "user", "content": text}]
             if group.kind == "embed":
                 raw: Any = await client.embeddings.with_raw_response.create(
@@ -130,7 +178,7 @@ async def _drive(base: str, progress: Progress, sim_url: str, workload: list[Gro
                 raw = await client.chat.completions.with_raw_response.create(
                     model=group.model, messages=messages, extra_headers=group.headers
                 )
-            tally.add(raw.headers)
+            tally.add(raw.headers, group.model)
             progress.advance(task)
 
         async def watch(task: Any) -> None:
@@ -165,6 +213,8 @@ class DemoResult:
     batches: int
     batch_lines: int
     elapsed_s: float
+    levers: dict[str, float] = field(default_factory=dict)
+    """Savings by lever, from `GET /v1/usage` (the demo's tenant, today)."""
 
 
 def run_demo(settings: Settings, console: Console | None = None, workload: list[Group] | None = None) -> DemoResult:
@@ -172,9 +222,23 @@ def run_demo(settings: Settings, console: Console | None = None, workload: list[
     if importlib.util.find_spec("openai") is None:  # not a dependency of the router itself
         raise ConfigError("openai", None, "the demo's client is the openai SDK: pip install 'hybrid-router[demo]'")
     console = console or Console()
-    sim_config = SimConfig(latency_ms=120, batch_turnaround_s=3.0, stream_chunk_delay_ms=20, api_key=DEMO_KEY)
+    workload = workload or WORKLOAD
+    rows = outcomes(workload)
+    with tempfile.TemporaryDirectory() as scratch:
+        recorded = Path(scratch) / "outcomes.jsonl"
+        recorded.write_bytes(b"".join(msgspec.json.encode(row) + b"\n" for row in rows))
+        sim_config = SimConfig(latency_ms=120, batch_turnaround_s=3.0, stream_chunk_delay_ms=20, api_key=DEMO_KEY,
+                               outcomes=str(recorded))  # fmt: skip
+        return _run(settings, console, workload, sim_config, rows)
+
+
+def _run(
+    settings: Settings, console: Console, workload: list[Group], sim_config: SimConfig, rows: list[dict[str, Any]]
+) -> DemoResult:
     with serve_in_thread(create_simulator(sim_config)) as sim_url:
         ready = demo_settings(settings, sim_url)
+        if rows:
+            teach(ready, rows)
         with serve_in_thread(create_app(ready, {DEMO_KEY_ENV: DEMO_KEY}), limits=ready.limits) as base:
             console.print(f"[bold]hybrid-router demo[/]: router {base}/v1, simulator {sim_url}/v1")
             console.print(f"Redis: {ready.redis_url}")
@@ -182,9 +246,10 @@ def run_demo(settings: Settings, console: Console | None = None, workload: list[
             columns = (TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
             started = time.monotonic()
             with Progress(*columns, console=console, transient=False) as progress:
-                tally = asyncio.run(_drive(base, progress, sim_url, workload or WORKLOAD))
+                tally = asyncio.run(_drive(base, progress, sim_url, workload))
             elapsed = time.monotonic() - started
             after = httpx.get(base + "/metrics").text
+            levers = httpx.get(base + "/v1/usage").json()["savings_by_lever"]
             stats = httpx.get(sim_url + "/_sim/stats").json()
     result = DemoResult(
         tally=tally,
@@ -193,6 +258,7 @@ def run_demo(settings: Settings, console: Console | None = None, workload: list[
         batches=int(stats.get("batches_created", 0)),
         batch_lines=int(stats.get("batch_lines_submitted", 0)),
         elapsed_s=elapsed,
+        levers={lever: usd for lever, usd in levers.items() if usd},
     )
     _report(console, result)
     return result
@@ -223,3 +289,14 @@ def _report(console: Console, result: DemoResult) -> None:
     summary.add_row("at this mix, a $10,000/month bill saves", f"${10_000 * share / 100:,.0f}/month")
     summary.add_row("wall time (s)", f"{result.elapsed_s:.1f}")
     console.print(summary)
+    if result.levers:
+        by_lever = Table(title="Savings by lever (GET /v1/usage)")
+        for column in ("lever", "saved (USD)", "share of baseline"):
+            by_lever.add_column(column, justify="right" if column != "lever" else "left")
+        for lever, usd in sorted(result.levers.items(), key=lambda item: -item[1]):
+            by_lever.add_row(lever, f"{usd:.6f}", f"{usd / baseline * 100:.1f}%" if baseline else "-")
+        console.print(by_lever)
+        console.print(
+            f"{tally.routed} urgent calls were answered by the cheaper model where its evidence met the 0.95 quality "
+            "target; the rest kept the model they asked for (docs/routing.md)."
+        )

@@ -26,7 +26,7 @@ from rich.table import Table
 
 from router.core.deadline import ACCEPTED_FORMS, format_deadline, parse_deadline
 from router.core.errors import InvalidDeadline
-from router.core.lanes import Capabilities, Catalog, Outlook, Planner, Route, RouteLane, route
+from router.core.lanes import Capabilities, Catalog, Lane, LaneChoice, Outlook, Planner, choose_lane
 from router.core.model_routes import Mode, parse_route
 from router.core.model_routes import Route as ModelRoute
 from router.core.policy import Decision, Facts, Policies, RouteOverride, decide, load_policies
@@ -204,7 +204,7 @@ class Part(msgspec.Struct, frozen=True):
 
     weight: float
     model: str
-    lane: RouteLane
+    lane: Lane
     wasted: str | None = None
 
 
@@ -212,14 +212,14 @@ class Answered(msgspec.Struct, frozen=True):
     """How the router would answer one logged call: the lane it places the asked-for model in, the ways it is
     answered (in expectation), the model route covering it (None: none does), and whether it is shadowed."""
 
-    lane: Route
+    lane: LaneChoice
     parts: list[Part]
     route: ModelRoute | None = None
     shadowed: bool = False
 
 
-class Admission:
-    """The router's lane for a logged call: `routing.route`, as `serve` decides it, with each queue's turnaround
+class LaneChooser:
+    """The router's lane for a logged call: `lanes.choose_lane`, as `serve` decides it, with each queue's turnaround
     model at its prior (a log has no batch history) and no probes."""
 
     def __init__(self, policies: Policies, settings: Settings, prices: PriceTable) -> None:
@@ -229,7 +229,7 @@ class Admission:
         self.planner = Planner(settings.batch, catalog)
         self.outlook = Outlook(quantile_s=self.planner.model.quantile([], 0.0))
 
-    def route(self, line: LogLine, at: float) -> Route:
+    def choose_lane(self, line: LogLine, at: float) -> LaneChoice:
         """Where the router would send this call; InvalidDeadline where it would have answered 400."""
         decision, endpoint = self.decide(line, at)
         return self.place(decision, endpoint, line.model, at)
@@ -245,7 +245,7 @@ class Admission:
         facts = Facts(path=path, model=line.model, tenant=tenant, headers=headers, metadata=metadata, user=line.user)
         return decide(self.policies, facts, header, raw is not None and header is None, at), path.removeprefix("/v1")
 
-    def place(self, decision: Decision, endpoint: str, model: str, at: float) -> Route:
+    def place(self, decision: Decision, endpoint: str, model: str, at: float) -> LaneChoice:
         """The lane of a call answered by `model` (a model route's candidate is placed on its own upstream)."""
         upstream = self.planner.catalog.upstream_for(model)
         caps = (
@@ -253,8 +253,8 @@ class Admission:
             if upstream is not None
             else Capabilities(batch=False, flex=False)
         )
-        timing = self.planner.timing
-        return route(decision, endpoint=endpoint, stream=False, caps=caps, outlook=self.outlook, timing=timing, now=at)
+        timing, outlook = self.planner.timing, self.outlook
+        return choose_lane(decision, endpoint=endpoint, stream=False, caps=caps, outlook=outlook, timing=timing, now=at)
 
 
 def _override(route_: ModelRoute, change: RouteOverride) -> ModelRoute:
@@ -276,7 +276,7 @@ def _force(headers: dict[str, str] | None) -> Literal["asked", "route"] | None:
 
 
 def answer(
-    line: LogLine, at: float, admission: Admission, routes: dict[str, ModelRoute], moved_share: float | None
+    line: LogLine, at: float, chooser: LaneChooser, routes: dict[str, ModelRoute], moved_share: float | None
 ) -> Answered:
     """How the router would answer one call: the policies decide on the model it asks for; where a model route
     covers it, a cheaper model answers `moved_share` of such calls (in expectation; default: the route's mode's
@@ -284,8 +284,8 @@ def answer(
     line is taken as one); its escalated calls pay for the cheap call too. A shadow route moves nothing and shadows
     `shadow_rate` of the calls answered in real time. InvalidDeadline or ValueError where the router answers 400."""
     force = _force(line.headers)
-    decision, endpoint = admission.decide(line, at)
-    asked = admission.place(decision, endpoint, line.model, at)
+    decision, endpoint = chooser.decide(line, at)
+    asked = chooser.place(decision, endpoint, line.model, at)
     as_asked = [Part(1.0, line.model, asked.lane)]
     model_route = routes.get(line.model)
     if model_route is None or decision.route == "off" or force == "asked":
@@ -294,17 +294,17 @@ def answer(
         model_route = _override(model_route, decision.route)
     cheap = model_route.to[0]
     if force == "route":
-        return Answered(asked, [Part(1.0, cheap, admission.place(decision, endpoint, cheap, at).lane)], model_route)
+        return Answered(asked, [Part(1.0, cheap, chooser.place(decision, endpoint, cheap, at).lane)], model_route)
     share = DEFAULT_MOVED_SHARE[model_route.mode] if moved_share is None else moved_share
     if model_route.mode == "shadow":
-        return Answered(asked, as_asked, model_route, shadowed=asked.lane != "batch")
+        return Answered(asked, as_asked, model_route, shadowed=asked.lane != Lane.BATCH)
     if model_route.mode == "cascade":
-        if decision.lane != "realtime" or endpoint not in CASCADE_ENDPOINTS:
+        if decision.mode != "realtime" or endpoint not in CASCADE_ENDPOINTS:
             return Answered(asked, as_asked, model_route)
         # The cheap answer is kept on `share` of the calls; the others pay for it, then for the asked-for model.
-        kept, escalated = Part(share, cheap, "realtime"), Part(1.0 - share, line.model, "realtime", wasted=cheap)
+        kept, escalated = Part(share, cheap, Lane.REALTIME), Part(1.0 - share, line.model, Lane.REALTIME, wasted=cheap)
         return Answered(asked, [kept, escalated], model_route)
-    moved = Part(share, cheap, admission.place(decision, endpoint, cheap, at).lane)
+    moved = Part(share, cheap, chooser.place(decision, endpoint, cheap, at).lane)
     return Answered(asked, [moved, Part(1.0 - share, line.model, asked.lane)], model_route)
 
 
@@ -366,7 +366,7 @@ def estimate(
     """Replay each logged call through admission, price it now and as the router would answer it, and scale the
     totals to 30 days. `routes`: the model routes (default: the settings'); `moved_share`: the share of a route's
     calls a cheaper model answers (default: DEFAULT_MOVED_SHARE of its mode)."""
-    admission = Admission(policies, settings, prices)
+    chooser = LaneChooser(policies, settings, prices)
     by_source = {r.source: r for r in (settings.routes if routes is None else routes)}
     check_routes(by_source.values(), prices)
     route_tallies = {source: _RouteTally(r) for source, r in by_source.items()}
@@ -383,7 +383,7 @@ def estimate(
             at = _timestamp(line.timestamp)
             if line.cached_tokens > line.input_tokens:
                 raise ValueError("cached_tokens exceeds input_tokens (cached tokens are part of the input)")
-            answered = answer(line, at, admission, by_source, moved_share)
+            answered = answer(line, at, chooser, by_source, moved_share)
         except (msgspec.DecodeError, ValueError, InvalidDeadline, RecursionError) as exc:
             malformed += 1
             if len(problems) < MAX_PROBLEMS:
@@ -394,7 +394,7 @@ def estimate(
         tally = tallies.setdefault(line.model, _Tally())
         tokens = line.input_tokens + line.output_tokens
         tally.calls, tally.tokens = tally.calls + 1, tally.tokens + tokens
-        if answered.lane.lane != "realtime":
+        if answered.lane.lane != Lane.REALTIME:
             tally.deferred_calls, tally.deferred_tokens = tally.deferred_calls + 1, tally.deferred_tokens + tokens
         usage = Usage(line.input_tokens, line.cached_tokens, line.output_tokens)
         now = prices.cost(line.model, usage, "realtime")
@@ -420,9 +420,9 @@ def estimate(
     return _with_levers(result, levers, route_tallies, moved_share)
 
 
-def _cost(model: str, usage: Usage, lane: RouteLane, prices: PriceTable, asked: str) -> Cost:
+def _cost(model: str, usage: Usage, lane: Lane, prices: PriceTable, asked: str) -> Cost:
     """What `model` costs in `lane` (its real-time rate where the lane has no price), against `asked`'s baseline."""
-    cost = prices.cost(model, usage, lane, asked) or prices.cost(model, usage, "realtime", asked)
+    cost = prices.cost(model, usage, lane.price_tier, asked) or prices.cost(model, usage, "realtime", asked)
     assert cost is not None  # the asked-for model is priced, and check_routes saw to the candidates
     return cost
 
@@ -435,11 +435,11 @@ def _book(answered: Answered, asked: str, usage: Usage, prices: PriceTable, leve
         cost = _cost(part.model, usage, part.lane, prices, asked)
         paid += part.weight * cost.actual_usd
         levers.saved["route"] += part.weight * cost.route_usd
-        if part.lane != "realtime":
-            levers.saved[part.lane] += part.weight * (cost.savings_usd - cost.route_usd)
-            levers.applies_to[part.lane] += part.weight * cost.baseline_usd
+        if part.lane != Lane.REALTIME:
+            levers.saved[part.lane.price_tier] += part.weight * (cost.savings_usd - cost.route_usd)
+            levers.applies_to[part.lane.price_tier] += part.weight * cost.baseline_usd
         if part.wasted is not None:
-            thrown = _cost(part.wasted, usage, "realtime", prices, part.wasted).actual_usd
+            thrown = _cost(part.wasted, usage, Lane.REALTIME, prices, part.wasted).actual_usd
             paid += part.weight * thrown
             levers.saved["route"] -= part.weight * thrown
     return paid
@@ -449,7 +449,7 @@ def _route_usd(part: Part, asked: str, usage: Usage, prices: PriceTable) -> floa
     """The route lever's savings of one way of answering a call (negative: a cascade's wasted cheap call)."""
     saved = _cost(part.model, usage, part.lane, prices, asked).route_usd
     if part.wasted is not None:
-        saved -= _cost(part.wasted, usage, "realtime", prices, part.wasted).actual_usd
+        saved -= _cost(part.wasted, usage, Lane.REALTIME, prices, part.wasted).actual_usd
     return saved
 
 

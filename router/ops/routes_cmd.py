@@ -22,26 +22,31 @@ from router.core.errors import ConfigError
 from router.core.pricing import load_pricing
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from contextlib import AbstractContextManager
+
     from router.core.settings import Settings
 
+    Load = Callable[[argparse.Namespace], Settings]
+    RedisFor = Callable[[Settings], AbstractContextManager[Settings]]
 
-def add_parser(sub: Any, config_help: str) -> None:
-    """Register `routes learn` and `routes show` under the command's subparsers."""
+
+def add_parser(sub: Any, config_help: str, *, load: Load, redis_for: RedisFor) -> None:
+    """Register `routes learn` and `routes show` under the command's subparsers; `load` reads the settings as every
+    command does, `redis_for` gives them a Redis (the command's own, passed in so this module needs no import of it)."""
     routes = sub.add_parser("routes", help="model routes: import evidence (learn), show the plans (show)")
     verbs = routes.add_subparsers(dest="verb", required=True)
     learn = verbs.add_parser("learn", help="import scored prompts (JSONL) as evidence for the declared routes")
     learn.add_argument("file", help='JSONL: {"prompt": ..., "task": ..., "scores": {"<model>": number or bool}}')
     learn.add_argument("--config", help=config_help)
-    learn.set_defaults(func=cmd_learn)
+    learn.set_defaults(func=cmd_learn, load=load, redis_for=redis_for)
     show = verbs.add_parser("show", help="print each declared route's plan: tasks, evidence, lower bounds")
     show.add_argument("--config", help=config_help)
-    show.set_defaults(func=cmd_show)
+    show.set_defaults(func=cmd_show, load=load, redis_for=redis_for)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    from router.ops.cli import load
-
-    settings = load(args)
+    settings: Settings = args.load(args)
     if not settings.routes:
         raise ConfigError(args.config or "config/router.yaml", "routes", "no model routes are declared")
     return settings
@@ -49,12 +54,10 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def cmd_learn(args: argparse.Namespace) -> int:
     """Import a JSONL file of scored prompts into the routes' evidence."""
-    from router.ops.cli import redis_for
-
     path = Path(args.file)
     if not path.is_file():
         raise ConfigError(args.file, None, "no such file")
-    with redis_for(_settings(args)) as settings:
+    with args.redis_for(_settings(args)) as settings:
         report = asyncio.run(_learn(settings, path))
     console = Console()
     for route, tasks in report.pairs.items():
@@ -87,14 +90,12 @@ async def _learn(settings: Settings, path: Path) -> Any:
                 embedder=load_embedder(),
             )
     finally:
-        await redis.aclose()
+        await redis_client.close(redis)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     """Print every route's current plan."""
-    from router.ops.cli import redis_for
-
-    with redis_for(_settings(args)) as settings:
+    with args.redis_for(_settings(args)) as settings:
         plans = asyncio.run(_plans(settings))
     console = Console()
     for route, plan in plans:
@@ -114,12 +115,21 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 async def _plans(settings: Settings) -> list[Any]:
     from router.deferred.store import client as redis_client
+    from router.modelroutes.plan import make_plan
     from router.modelroutes.store import EvidenceStore
 
     price = load_pricing(Path(settings.pricing_file)).realtime_usd
     redis = redis_client.connect(settings.redis_url or "", max_connections=4)
     try:
         store = EvidenceStore(redis, settings.key_prefix)
-        return [(route, await store.plan(route, now=time.time(), price=price)) for route in settings.routes]
+        return [
+            (
+                route,
+                make_plan(
+                    route, await store.evidence(route), now=time.time(), price=price, cascade=route.mode == "cascade"
+                ),
+            )
+            for route in settings.routes
+        ]
     finally:
-        await redis.aclose()
+        await redis_client.close(redis)

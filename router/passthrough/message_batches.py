@@ -13,18 +13,24 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import msgspec
 
 from router.core.keys import MESSAGE_BATCH_TTL_S
+from router.core.lanes import Origin
 from router.core.pricing import usage_from_body
-from router.core.settings import BatchSettings
-from router.deferred.accumulator import Accumulator
 from router.deferred.loops import pace
-from router.providers.anthropic import AnthropicProvider
-from router.providers.base import Provider
-from router.telemetry.accounting import Accounting, Lane, Priced
+from router.deferred.store.records import text
+from router.telemetry.accounting import Priced
+
+if TYPE_CHECKING:
+    from router.core.keys import Keys
+    from router.core.settings import BatchSettings
+    from router.deferred.store.client import RedisClient
+    from router.deferred.store.leases import Leases
+    from router.providers.base import UpstreamResponse
+    from router.telemetry.accounting import Accounting
 
 log = logging.getLogger(__name__)
 BATCH_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -61,17 +67,13 @@ _status_decoder = msgspec.json.Decoder(_Status)
 _line_decoder = msgspec.json.Decoder(_Line)
 
 
-def _s(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 class Owners:
     """The ownership records of callers' Message Batches in Redis (keys in `router/core/keys.py`)."""
 
-    def __init__(self, acc: Accumulator) -> None:
-        self.redis = acc.redis
-        self.keys = acc.keys
-        self.acc = acc
+    def __init__(self, redis: RedisClient, keys: Keys, leases: Leases) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.leases = leases
 
     async def record(self, batch_id: str, owner: Owner, first_check: float) -> None:
         """Remember a new batch: its owner, its place in the tenant's list, and when to look for its end."""
@@ -96,7 +98,7 @@ class Owners:
         row = await self.redis.hgetall(self.keys.message_batch(batch_id))
         if not row:
             return None
-        found = {_s(name): _s(value) for name, value in row.items()}
+        found = {text(name): text(value) for name, value in row.items()}
         return Owner(tenant=found["tenant"], upstream=found["upstream"], created_at=float(found["created_at"]))
 
     async def page(
@@ -110,14 +112,14 @@ class Owners:
             if rank is None:
                 return [], False
             start = max(0, rank - limit)
-            return [_s(i) for i in await self.redis.zrevrange(index, start, rank - 1)], start > 0
+            return [text(i) for i in await self.redis.zrevrange(index, start, rank - 1)], start > 0
         start = 0
         if after_id is not None:
             rank = cast("int | None", await self.redis.zrevrank(index, after_id))
             if rank is None:
                 return [], False
             start = rank + 1
-        ids = [_s(i) for i in await self.redis.zrevrange(index, start, start + limit)]  # one more: is there more?
+        ids = [text(i) for i in await self.redis.zrevrange(index, start, start + limit)]  # one more: is there more?
         return ids[:limit], len(ids) > limit
 
     async def forget(self, batch_id: str, tenant: str) -> None:
@@ -132,7 +134,7 @@ class Owners:
     async def due(self, now: float, limit: int = 100) -> list[str]:
         """Batches whose end should be looked for now."""
         found = await self.redis.zrangebyscore(self.keys.open_message_batches, "-inf", now, start=0, num=limit)
-        return [_s(i) for i in found]
+        return [text(i) for i in found]
 
     async def check_later(self, batch_id: str, at: float) -> None:
         """Look for the batch's end again at `at` (XX: a batch already closed stays closed)."""
@@ -144,38 +146,55 @@ class Owners:
 
     async def lease(self, batch_id: str, holder: str, seconds: float) -> bool:
         """Take the short lease on checking one batch (a replica that dies lets it lapse)."""
-        return await self.acc.lease(self.keys.message_batch_lease(batch_id), holder, seconds)
+        return await self.leases.lease(self.keys.message_batch_lease(batch_id), holder, seconds)
 
     async def release(self, batch_id: str, holder: str) -> None:
         """Give the lease on checking a batch back, if it is still `holder`'s."""
-        await self.acc.release(self.keys.message_batch_lease(batch_id), holder)
+        await self.leases.release(self.keys.message_batch_lease(batch_id), holder)
 
     async def mark_booked(self, batch_id: str) -> bool:
         """Claim the booking of a batch's usage; False when it was booked already (HSETNX: once, whoever asks)."""
         return bool(await self.redis.hsetnx(self.keys.message_batch(batch_id), "booked", repr(time.time())))
 
 
-class Book(Protocol):
-    """Books one finished call in the metrics and its tenant's totals (`Gateway.record_realtime`)."""
+class MessagesUpstream(Protocol):
+    """What the watcher needs of an upstream of kind `anthropic` (`providers.anthropic.AnthropicProvider`)."""
 
-    def __call__(self, priced: Priced, *, lane: Lane, upstream: str, model: str, tenant: str, outcome: str) -> None:
+    name: str
+
+    async def native(
+        self, method: str, path: str, *, content: bytes | None = None, params: Mapping[str, str] | None = None
+    ) -> UpstreamResponse:
+        """One call to Anthropic's API, passed through."""
+        ...
+
+    async def native_stream(self, path: str) -> UpstreamResponse:
+        """A GET whose answer is relayed as it arrives."""
+        ...
+
+
+class Book(Protocol):
+    """Books one finished call in the metrics and its tenant's totals (`RealtimeTotals.record`)."""
+
+    def __call__(self, priced: Priced, *, origin: Origin, upstream: str, model: str, tenant: str, outcome: str) -> None:
         """Count the call once."""
         ...
 
 
-class Ledger:
-    """Looks for the end of callers' Message Batches, then books their usage once (the fifth loop)."""
+class MessageBatchWatcher:
+    """Looks for the end of callers' Message Batches, then books their usage once (the sixth loop)."""
 
     def __init__(
         self,
         owners: Owners,
-        providers: Mapping[str, Provider],
+        upstreams: Mapping[str, MessagesUpstream],
         accounting: Accounting,
         book: Book,
         settings: BatchSettings,
     ) -> None:
         self.owners = owners
-        self.providers = providers
+        self.upstreams = upstreams
+        """The upstreams of kind `anthropic`, by name: a batch on any other is not one of theirs."""
         self.accounting = accounting
         self.book = book
         self.settings = settings
@@ -208,8 +227,8 @@ class Ledger:
     async def check(self, batch_id: str) -> int:
         """Book one batch if it has ended; 1 when this pass booked it."""
         owner = await self.owners.owner(batch_id)
-        provider = self.providers.get(owner.upstream) if owner is not None else None
-        if owner is None or not isinstance(provider, AnthropicProvider):
+        provider = self.upstreams.get(owner.upstream) if owner is not None else None
+        if owner is None or provider is None:
             await self.owners.close(batch_id)
             return 0
         answer = await provider.native("GET", f"/messages/batches/{batch_id}")
@@ -227,11 +246,13 @@ class Ledger:
             await self.owners.close(batch_id)
             return 0
         for model, priced, outcome in lines:
-            self.book(priced, lane="batch", upstream=owner.upstream, model=model, tenant=owner.tenant, outcome=outcome)
+            self.book(
+                priced, origin=Origin.BATCH, upstream=owner.upstream, model=model, tenant=owner.tenant, outcome=outcome
+            )
         await self.owners.close(batch_id)
         return 1
 
-    async def _priced_lines(self, provider: AnthropicProvider, batch_id: str) -> list[tuple[str, Priced, str]] | None:
+    async def _priced_lines(self, provider: MessagesUpstream, batch_id: str) -> list[tuple[str, Priced, str]] | None:
         """(model, price, outcome) of every request that ran: succeeded ones priced at the batch rate, errored
         ones unpriced (not billed); None when the results could not be read."""
         answer = await provider.native_stream(f"/messages/batches/{batch_id}/results")
@@ -249,7 +270,7 @@ class Ledger:
             message = result.message or _Message()
             usage = usage_from_body({"usage": message.usage}) if message.usage else None
             if result.type == "succeeded":
-                out.append((message.model, self.accounting.price(message.model, "batch", b"", usage), "ok"))
+                out.append((message.model, self.accounting.price(message.model, Origin.BATCH, b"", usage), "ok"))
             else:
                 out.append((message.model or "other", Priced(None, None), "error"))
         return out

@@ -11,19 +11,25 @@ import random
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Mapping
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import msgspec
 
 from router.core.errors import UpstreamError
 from router.core.keys import NATIVE_BATCH_TTL_S, NATIVE_FILE_TTL_S, TOTALS_TTL_S, Keys
-from router.core.settings import BatchSettings
-from router.deferred.accumulator import Accumulator, LeaseLost, while_leased
+from router.core.lanes import Origin
 from router.deferred.loops import pace
-from router.deferred.store.client import RedisClient
+from router.deferred.store.leases import LeaseLost, while_leased
+from router.deferred.store.records import text
 from router.deferred.store.scripts import Scripts
-from router.providers.base import UpstreamResponse
-from router.telemetry.accounting import Accounting, Lane, Priced
+from router.telemetry.accounting import Priced
+
+if TYPE_CHECKING:
+    from router.core.settings import BatchSettings
+    from router.deferred.store.client import RedisClient
+    from router.deferred.store.leases import Leases
+    from router.providers.base import UpstreamResponse
+    from router.telemetry.accounting import Accounting
 
 log = logging.getLogger(__name__)
 Kind = Literal["file", "batch"]
@@ -31,7 +37,6 @@ TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 MAX_POLL_INTERVAL_S = 600.0
 BOOK_CHUNK = 256  # result lines booked per script run
 PAGE_WINDOW = 200  # list entries read per round trip while filtering a page
-LANE: Lane = "native"
 
 
 class NativeUpstream(Protocol):
@@ -131,10 +136,6 @@ _model_decoder = msgspec.json.Decoder(_Model)
 _FIELDS = ["upstream", "object", "purpose", "booked", "outputs", "polls", "batch"]
 
 
-def _s(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else "" if value is None else str(value)
-
-
 class NativeStore:
     """Every Redis operation of the native Batch API, one tenant's keys under one hash tag."""
 
@@ -204,7 +205,7 @@ class NativeStore:
         found: list[Owned] = []
         window = min(max(limit + 1, PAGE_WINDOW), 1000)
         while len(found) <= limit:
-            ids = [_s(i) for i in await self.redis.zrange(index, start, start + window - 1, desc=not ascending)]
+            ids = [text(i) for i in await self.redis.zrange(index, start, start + window - 1, desc=not ascending)]
             async with self.redis.pipeline(transaction=False) as pipe:
                 for object_id in ids:
                     pipe.hmget(k.native_object(tenant, kind, object_id), _FIELDS)
@@ -222,12 +223,12 @@ class NativeStore:
 
     async def tenants(self) -> list[str]:
         """Every tenant that ever created a native batch."""
-        return sorted(_s(t) for t in await self.redis.smembers(self.keys.native_tenants()))
+        return sorted(text(t) for t in await self.redis.smembers(self.keys.native_tenants()))
 
     async def due(self, tenant: str, now: float, limit: int = 100) -> list[str]:
         """The tenant's batches whose next poll is due."""
         due = await self.redis.zrangebyscore(self.keys.native_watch(tenant), "-inf", now, start=0, num=limit)
-        return [_s(b) for b in due]
+        return [text(b) for b in due]
 
     async def schedule(self, tenant: str, batch_id: str, at: float) -> None:
         """Poll a watched batch next at `at` (a batch no longer watched stays so)."""
@@ -244,7 +245,7 @@ class NativeStore:
             tenant=tenant,
             batch_id=batch_id,
             day=day,
-            lane=LANE,
+            origin=Origin.NATIVE,
             ttl=NATIVE_BATCH_TTL_S,
             totals_ttl=TOTALS_TTL_S,
             lines=[(custom_id, priced.as_tuple()) for custom_id, priced in lines],
@@ -262,15 +263,15 @@ class NativeStore:
     async def totals(self, tenant: str, day: str) -> dict[str, float]:
         """The tenant's native batch totals for one UTC day."""
         row = await self.redis.hgetall(self.keys.native_totals(tenant, day))
-        return {_s(field): float(value) for field, value in row.items()}
+        return {text(field): float(value) for field, value in row.items()}
 
 
 def _owned(object_id: str, row: list[bytes | None]) -> Owned | None:
     upstream, raw, purpose, booked, outputs, polls, batch = row
     if upstream is None or raw is None:
         return None
-    return Owned(object_id, _s(upstream), raw, _s(purpose), booked == b"1", outputs == b"1", int(polls or 0),
-                 _s(batch))  # fmt: skip
+    return Owned(object_id, text(upstream), raw, text(purpose), booked == b"1", outputs == b"1", int(polls or 0),
+                 text(batch))  # fmt: skip
 
 
 async def record_outputs(store: NativeStore, upstream: NativeUpstream, tenant: str, view: BatchView) -> None:
@@ -289,13 +290,13 @@ class NativeWatcher:
     def __init__(
         self,
         store: NativeStore,
-        acc: Accumulator,
+        leases: Leases,
         upstreams: Mapping[str, NativeUpstream],
         settings: BatchSettings,
         accounting: Accounting,
     ) -> None:
         self.store = store
-        self.acc = acc  # for its leases
+        self.leases = leases
         self.upstreams = upstreams
         self.settings = settings
         self.accounting = accounting
@@ -316,9 +317,9 @@ class NativeWatcher:
         for tenant in await self.store.tenants():
             for batch_id in await self.store.due(tenant, time.time()):
                 lease = self.store.keys.native_lease(tenant, batch_id)
-                if not await self.acc.lease(lease, self.owner, self.settings.lease_s):
+                if not await self.leases.lease(lease, self.owner, self.settings.lease_s):
                     continue
-                renew = functools.partial(self.acc.renew, lease, self.owner, self.settings.lease_s)
+                renew = functools.partial(self.leases.renew, lease, self.owner, self.settings.lease_s)
                 try:
                     booked += await while_leased(self.check(tenant, batch_id), renew, self.settings.lease_s)
                 except LeaseLost:
@@ -327,7 +328,7 @@ class NativeWatcher:
                     log.warning("checking native batch %s failed, will retry: %s", batch_id, exc)
                     await self.store.schedule(tenant, batch_id, self.next_poll(0))
                 finally:
-                    await self.acc.release(lease, self.owner)
+                    await self.leases.release(lease, self.owner)
         return booked
 
     async def check(self, tenant: str, batch_id: str) -> int:
@@ -388,15 +389,15 @@ class NativeWatcher:
             owned = await self.store.get(tenant, "batch", batch_id)
             if owned is None or owned.booked:
                 return
-            if await self.acc.lease(lease, self.owner, self.settings.lease_s):
-                renew = functools.partial(self.acc.renew, lease, self.owner, self.settings.lease_s)
+            if await self.leases.lease(lease, self.owner, self.settings.lease_s):
+                renew = functools.partial(self.leases.renew, lease, self.owner, self.settings.lease_s)
                 try:
                     await while_leased(self.check(tenant, batch_id), renew, self.settings.lease_s)
                     return
                 except LeaseLost:
                     continue  # another replica has it now: wait for it as for any other
                 finally:
-                    await self.acc.release(lease, self.owner)
+                    await self.leases.release(lease, self.owner)
             await asyncio.sleep(0.1)
 
     def _read(self, raw: bytes, view: BatchView) -> tuple[str, Priced, str, str] | None:
@@ -414,7 +415,7 @@ class NativeWatcher:
         label = price.name if price is not None else "other"  # keep label values bounded
         if line.response.status_code != 200:
             return line.custom_id, Priced(None, None), label, "error"
-        return line.custom_id, self.accounting.price(model, LANE, bytes(line.response.body)), label, "ok"
+        return line.custom_id, self.accounting.price(model, Origin.NATIVE, bytes(line.response.body)), label, "ok"
 
     async def _book_chunk(
         self, tenant: str, upstream: str, batch_id: str, day: str, chunk: list[tuple[str, Priced, str, str]]
@@ -424,22 +425,6 @@ class NativeWatcher:
         new = await self.store.book(tenant, batch_id, day, [(custom_id, priced) for custom_id, priced, _, _ in chunk])
         for position in new:
             _, priced, label, outcome = chunk[position]
-            self.accounting.book(priced, lane=LANE, upstream=upstream, model=label, tenant=tenant, outcome=outcome)
-
-
-class NativeBatches:
-    """The native Batch API's parts: the upstreams it can reach (new files go to the first), the store, the loop."""
-
-    def __init__(
-        self,
-        redis: RedisClient,
-        prefix: str,
-        upstreams: Mapping[str, NativeUpstream],
-        acc: Accumulator,
-        settings: BatchSettings,
-        accounting: Accounting,
-    ) -> None:
-        self.upstreams = dict(upstreams)
-        self.default = next(iter(self.upstreams), None)
-        self.store = NativeStore(redis, prefix)
-        self.watcher = NativeWatcher(self.store, acc, self.upstreams, settings, accounting)
+            self.accounting.book(
+                priced, origin=Origin.NATIVE, upstream=upstream, model=label, tenant=tenant, outcome=outcome
+            )

@@ -1,5 +1,3 @@
-"""The upstreams over httpx, one adapter per kind behind the `base.Provider` seam (OpenAI, its native Batch
-API, Anthropic).
-
-Imports only `core`; never Redis or the web framework.
+"""The upstreams over httpx, one adapter per kind behind `base.Provider`, and which upstream serves a model.
+May import `core` only; never Redis or a web framework.
 """

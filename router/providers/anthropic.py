@@ -32,7 +32,7 @@ from router.providers.base import (
     ANTHROPIC_ENDPOINTS,
     RETRY_STATUSES,
     BatchLine,
-    BatchState,
+    BatchProgress,
     BatchStatus,
     Found,
     Lapsed,
@@ -55,7 +55,7 @@ Call ids start with a hex queue tag, so no translated line's id starts with it."
 PASS_HEADERS = ("content-type", "request-id", "retry-after", "x-should-retry")
 """Upstream headers handed to callers of Anthropic's own API."""
 
-_STATES: dict[str, BatchState] = {"in_progress": "running", "canceling": "running", "ended": "ended"}
+_STATES: dict[str, BatchProgress] = {"in_progress": "running", "canceling": "running", "ended": "ended"}
 _NO_RESULT = frozenset({"canceled", "expired"})
 
 

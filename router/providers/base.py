@@ -9,7 +9,8 @@ from typing import Literal, ParamSpec, Protocol, TypeVar
 
 import msgspec
 
-BatchState = Literal["running", "ended", "failed", "missing"]
+BatchProgress = Literal["running", "ended", "failed", "missing"]
+"""Where a provider batch stands, in the router's words (our own batches' states are `core.states.BatchState`)."""
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 """Upstream answers that mean "not now": the call was not run (nor billed), so sending it again is safe."""
 ANTHROPIC_ENDPOINTS = frozenset({"/messages", "/messages/count_tokens"})
@@ -72,7 +73,7 @@ class BatchLine(msgspec.Struct, kw_only=True):
 class BatchStatus(msgspec.Struct, kw_only=True):
     """Where a provider batch stands, in the router's words."""
 
-    state: BatchState
+    state: BatchProgress
     provider_status: str
     output_ref: str | None = None
     error_ref: str | None = None

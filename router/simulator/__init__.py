@@ -1,6 +1,5 @@
 """The built-in upstream simulator: a faithful fake of the OpenAI and Anthropic APIs, real-time and batch.
-
-A separate app: imports nothing else of the router (the command starts it).
+A separate app: may import nothing else of the router (the command starts it).
 """
 
 from __future__ import annotations

@@ -16,13 +16,11 @@ import math
 import random
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import unquote
 
 import rstr
-
-from router.simulator.text import WORDS
 
 MAX_DEPTH = 6
 """Below this nesting, optional properties are filled and arrays get 1 to 3 items; past it only what is required."""
@@ -37,13 +35,14 @@ class SchemaError(ValueError):
     """A schema no instance can be generated for (a bad `$ref`, a `false` schema, a required recursion)."""
 
 
-def instance(schema: Any, seed: bytes) -> Any:
-    """A JSON value valid against `schema` (JSON Schema 2020-12, local refs), the same for the same seed."""
-    return _Generator(schema, seed).value(schema, 0)
+def instance(schema: Any, seed: bytes, words: Sequence[str]) -> Any:
+    """A JSON value valid against `schema` (JSON Schema 2020-12, local refs), the same for the same seed; its strings
+    are made of `words`."""
+    return _Generator(schema, seed, words).value(schema, 0)
 
 
-def _words(rng: random.Random, count: int) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(count))
+def _words(rng: random.Random, words: Sequence[str], count: int) -> str:
+    return " ".join(rng.choice(words) for _ in range(count))
 
 
 def _date(rng: random.Random) -> str:
@@ -54,23 +53,23 @@ def _time(rng: random.Random) -> str:
     return f"{rng.randrange(24):02d}:{rng.randrange(60):02d}:{rng.randrange(60):02d}Z"
 
 
-_FORMATS: dict[str, Callable[[random.Random], str]] = {
-    "date-time": lambda rng: f"{_date(rng)}T{_time(rng)}",
-    "date": _date,
-    "time": _time,
-    "duration": lambda rng: f"P{rng.randrange(1, 30)}DT{rng.randrange(1, 24)}H",
-    "email": lambda rng: f"{rng.choice(WORDS)}@example.com",
-    "idn-email": lambda rng: f"{rng.choice(WORDS)}@example.com",
-    "hostname": lambda rng: f"{rng.choice(WORDS)}.example.com",
-    "idn-hostname": lambda rng: f"{rng.choice(WORDS)}.example.com",
-    "ipv4": lambda rng: ".".join(str(rng.randrange(1, 255)) for _ in range(4)),
-    "ipv6": lambda rng: ":".join(f"{rng.randrange(1 << 16):x}" for _ in range(8)),
-    "uuid": lambda rng: str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-    "uri": lambda rng: f"https://example.com/{rng.choice(WORDS)}",
-    "iri": lambda rng: f"https://example.com/{rng.choice(WORDS)}",
-    "uri-reference": lambda rng: f"/{rng.choice(WORDS)}",
-    "iri-reference": lambda rng: f"/{rng.choice(WORDS)}",
-    "json-pointer": lambda rng: f"/{rng.choice(WORDS)}",
+_FORMATS: dict[str, Callable[[random.Random, Sequence[str]], str]] = {
+    "date-time": lambda rng, _: f"{_date(rng)}T{_time(rng)}",
+    "date": lambda rng, _: _date(rng),
+    "time": lambda rng, _: _time(rng),
+    "duration": lambda rng, _: f"P{rng.randrange(1, 30)}DT{rng.randrange(1, 24)}H",
+    "email": lambda rng, words: f"{rng.choice(words)}@example.com",
+    "idn-email": lambda rng, words: f"{rng.choice(words)}@example.com",
+    "hostname": lambda rng, words: f"{rng.choice(words)}.example.com",
+    "idn-hostname": lambda rng, words: f"{rng.choice(words)}.example.com",
+    "ipv4": lambda rng, _: ".".join(str(rng.randrange(1, 255)) for _ in range(4)),
+    "ipv6": lambda rng, _: ":".join(f"{rng.randrange(1 << 16):x}" for _ in range(8)),
+    "uuid": lambda rng, _: str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+    "uri": lambda rng, words: f"https://example.com/{rng.choice(words)}",
+    "iri": lambda rng, words: f"https://example.com/{rng.choice(words)}",
+    "uri-reference": lambda rng, words: f"/{rng.choice(words)}",
+    "iri-reference": lambda rng, words: f"/{rng.choice(words)}",
+    "json-pointer": lambda rng, words: f"/{rng.choice(words)}",
 }
 
 _TYPE_HINTS = (
@@ -117,10 +116,11 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 class _Generator:
     """One walk over a schema with one seeded random source."""
 
-    __slots__ = ("nodes", "rng", "root")
+    __slots__ = ("nodes", "rng", "root", "words")
 
-    def __init__(self, root: Any, seed: bytes) -> None:
+    def __init__(self, root: Any, seed: bytes, words: Sequence[str]) -> None:
         self.root = root
+        self.words = words
         self.rng = random.Random(int.from_bytes(hashlib.blake2b(seed, digest_size=16).digest(), "big"))
         self.nodes = 0
 
@@ -132,7 +132,7 @@ class _Generator:
         if isinstance(schema, bool):
             if not schema:
                 raise SchemaError("a `false` schema has no valid value")
-            return _words(self.rng, 2)
+            return _words(self.rng, self.words, 2)
         if not isinstance(schema, dict):
             raise SchemaError("a schema must be an object or a boolean")
         schema = self.resolve(schema)
@@ -258,7 +258,7 @@ class _Generator:
         if high is not None:
             wanted = min(wanted, int(high))
         while len(out) < wanted and extra is not False:
-            key = self.rng.choice(WORDS) + (str(len(out)) if len(out) >= len(WORDS) else "")
+            key = self.rng.choice(self.words) + (str(len(out)) if len(out) >= len(self.words) else "")
             if key not in out:
                 out[key] = self.value(extra if isinstance(extra, dict) else True, depth + 1)
         if high is not None and len(out) > int(high):
@@ -311,11 +311,11 @@ class _Generator:
         if isinstance(pattern, str):
             return self.matching(pattern, low, high)
         if isinstance(fmt, str) and fmt in _FORMATS:
-            text = _FORMATS[fmt](self.rng)
+            text = _FORMATS[fmt](self.rng, self.words)
         else:
-            text = _words(self.rng, 1 + self.rng.randrange(3))
+            text = _words(self.rng, self.words, 1 + self.rng.randrange(3))
         while len(text) < low:
-            text += " " + _words(self.rng, 1)
+            text += " " + _words(self.rng, self.words, 1)
         return text if high is None else text[: int(high)]
 
     def matching(self, pattern: str, low: int, high: Any) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 
 from router.simulator.jsonschema_instances import SchemaError, instance
+from router.simulator.text import WORDS
 
 _ENCODE = msgspec.json.Encoder()
 
@@ -35,7 +36,7 @@ def arguments(schema: dict[str, Any] | None, salt: bytes) -> dict[str, Any]:
     """Tool arguments (always an object) valid against `schema`; raises `SchemaError` for one no object can meet."""
     if not schema:
         return {}
-    value = instance(schema, salt)
+    value = instance(schema, salt, WORDS)
     if not isinstance(value, dict):
         raise SchemaError("the arguments of a tool must be an object")
     return value
@@ -43,7 +44,7 @@ def arguments(schema: dict[str, Any] | None, salt: bytes) -> dict[str, Any]:
 
 def json_text(schema: dict[str, Any] | None, salt: bytes) -> str:
     """Compact JSON text valid against `schema`, as a model writes structured output."""
-    return _ENCODE.encode(instance(schema if schema is not None else {}, salt)).decode()
+    return _ENCODE.encode(instance(schema if schema is not None else {}, salt, WORDS)).decode()
 
 
 def strict_problem(schema: Any) -> str | None:

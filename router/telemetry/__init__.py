@@ -1,4 +1,3 @@
-"""What the router counts and logs: every Prometheus metric, usage priced and booked once, throttled logs.
-
-Imports only `core`.
+"""What the router counts and logs: every Prometheus metric, usage priced and booked by origin, logs.
+May import `core` only.
 """

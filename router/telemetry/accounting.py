@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import msgspec
 
+from router.core.lanes import Origin
 from router.core.pricing import Cost, PriceTable, Usage, usage_from_body
 from router.telemetry import metrics
 
-Lane = Literal["realtime", "batch", "escalated", "flex", "native"]
-"""`native`: a line of a batch a tenant sent through the native Batch API (`/v1/batches`), at the batch rate."""
-_PRICE_LANE: dict[str, Literal["realtime", "batch", "flex"]] = {
-    "realtime": "realtime",
-    "escalated": "realtime",
-    "batch": "batch",
-    "flex": "flex",
-    "native": "batch",
+if TYPE_CHECKING:
+    from router.core.pricing import PriceTier
+
+_PRICE_TIER: dict[Origin, PriceTier] = {
+    Origin.REALTIME: "realtime",
+    Origin.ESCALATED: "realtime",
+    Origin.BATCH: "batch",
+    Origin.FLEX: "flex",
+    Origin.NATIVE: "batch",
 }
+"""The price tier an answer of each origin is billed at."""
 
 
 class Priced(msgspec.Struct, frozen=True):
@@ -39,17 +42,18 @@ class Accounting:
         self.prices = prices
 
     def price(
-        self, model: str, lane: Lane, body: bytes, usage: Usage | None = None, *, asked: str | None = None
+        self, model: str, origin: Origin, body: bytes, usage: Usage | None = None, *, asked: str | None = None
     ) -> Priced:
-        """Usage from the body (unless given) priced at the lane's rate, and at the real-time rate of the model the
-        caller asked for (`asked`, when a model route had another model answer)."""
+        """Usage from the body (unless given) priced at its origin's price tier, and at the real-time rate of the
+        model the caller asked for (`asked`, when a model route had another model answer)."""
         usage = usage or usage_from_body(body)
         if usage is None:
             return Priced(None, None)
-        return Priced(usage, self.prices.cost(model, usage, _PRICE_LANE[lane], asked))
+        return Priced(usage, self.prices.cost(model, usage, _PRICE_TIER[origin], asked))
 
-    def book(self, priced: Priced, *, lane: Lane, upstream: str, model: str, tenant: str, outcome: str) -> None:
-        """Count one finished call in the Prometheus metrics; call once per call."""
+    def book(self, priced: Priced, *, origin: Origin, upstream: str, model: str, tenant: str, outcome: str) -> None:
+        """Count one finished call in the Prometheus metrics (its origin is their `lane` label); once per call."""
+        lane = origin.value
         metrics.requests.labels(lane, upstream, model, tenant, outcome).inc()
         usage = priced.usage
         if usage is None:
@@ -69,7 +73,7 @@ class Accounting:
             metrics.savings.labels(lane, model, tenant).inc(cost.savings_usd)
         else:
             metrics.losses.labels(lane, model, tenant).inc(-cost.savings_usd)
-        for lever, usd in levers(lane, cost).items():
+        for lever, usd in levers(origin, cost).items():
             (metrics.lever_savings if usd >= 0 else metrics.lever_losses).labels(lever, tenant).inc(abs(usd))
 
 
@@ -77,12 +81,12 @@ LEVERS = ("batch", "flex", "route", "prompt_cache", "answer_cache")
 """Where savings come from; each call's savings split over them adds up to its `savings_usd` exactly."""
 
 
-def levers(lane: Lane, cost: Cost) -> dict[str, float]:
+def levers(origin: Origin, cost: Cost) -> dict[str, float]:
     """A call's savings by lever: the model route's part, and its price tier's (batch, flex) part."""
     out: dict[str, float] = {}
     if cost.route_usd:
         out["route"] = cost.route_usd
     tier = cost.savings_usd - cost.route_usd
-    if tier and _PRICE_LANE[lane] != "realtime":
-        out[_PRICE_LANE[lane]] = tier
+    if tier and _PRICE_TIER[origin] != "realtime":
+        out[_PRICE_TIER[origin]] = tier
     return out

@@ -68,8 +68,9 @@ class RouterProcess:
         if self.nofile is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
-    def start(self, timeout: float = 20.0) -> None:
-        """Start (or restart) the router and wait until it answers `/healthz`."""
+    def start(self, timeout: float = 60.0) -> None:
+        """Start (or restart) the router and wait until it answers `/healthz` (a bound, not a wait: a busy host
+        can take tens of seconds to import and start a router, two with `--workers 2`)."""
         self.starts += 1
         with self.log.open("ab") as out:
             out.write(f"--- start {self.starts}\n".encode())
@@ -199,7 +200,7 @@ def simulator_process(tmp: Path) -> Iterator[str]:
             return False
 
     try:
-        wait_until(answers, 20, f"the simulator on port {port}")
+        wait_until(answers, 60, f"the simulator on port {port}")
         yield base
     finally:
         process.kill()

@@ -6,15 +6,18 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from router.core.keys import PROVIDER_BATCHES_KEEP_S, TURNAROUND_SAMPLES, TURNAROUND_TTL_S
 from router.core.states import BatchState, CallState
 from router.core.turnaround import Observation
-from router.deferred.store.admission import AdmissionStore
-from router.deferred.store.context import StoreContext
 from router.deferred.store.records import BatchRecord, meta_decoder, number, queue_name, text
+
+if TYPE_CHECKING:
+    from router.deferred.store.context import StoreContext
+    from router.deferred.store.queues import Queues
 
 LINE_OVERHEAD = 128  # bytes a JSONL line adds around a body: custom_id, method, url
 CLAIM_CHUNK = 2000  # calls moved per CLAIM script run: bounds how long one script holds Redis
@@ -26,7 +29,7 @@ _observation_decoder = msgspec.json.Decoder(Observation)
 class BatchStore:
     """Our batches, from claim to ingestion, and the turnarounds they leave behind."""
 
-    def __init__(self, ctx: StoreContext, queues: AdmissionStore) -> None:
+    def __init__(self, ctx: StoreContext, queues: Queues) -> None:
         self.ctx = ctx
         self.queues = queues
 
@@ -160,7 +163,7 @@ class BatchStore:
             BatchRecord(
                 tag=tag,
                 id=bid,
-                state=text(row.get(b"state")),
+                state=BatchState(text(row.get(b"state"))),
                 provider_id=text(row.get(b"provider_id")),
                 owner=text(row.get(b"owner")),
                 created_at=number(row.get(b"created_at")) or 0.0,

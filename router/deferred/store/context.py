@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
-from router.core.keys import Keys
-from router.deferred.store.client import RedisClient
-from router.deferred.store.scripts import Scripts
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from router.core.keys import Keys
+    from router.deferred.store.client import RedisClient
+    from router.deferred.store.scripts import Scripts
 
 
 class StoreContext:
-    """One deployment's (or one test's) Redis state under one key prefix; the parts read their settings here, so a
-    change (`Accumulator.max_queues = n`) reaches them all."""
+    """One deployment's (or one test's) Redis state under one key prefix: what the parts read their settings from."""
 
     def __init__(
-        self, redis: RedisClient, prefix: str, *, result_ttl_s: float, idempotency_ttl_s: float, max_queues: int
+        self,
+        redis: RedisClient,
+        keys: Keys,
+        scripts: Scripts,
+        *,
+        result_ttl_s: float,
+        idempotency_ttl_s: float,
+        max_queues: int,
     ) -> None:
         self.redis = redis
-        self.keys = Keys(prefix)
-        self.scripts = Scripts(redis, self.keys)
+        self.keys = keys
+        self.scripts = scripts
         self.result_ttl = int(result_ttl_s)
         self.idempotency_ttl = int(idempotency_ttl_s)
         self.max_queues = max_queues

@@ -8,10 +8,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from router.deferred.store.context import StoreContext
 from router.deferred.store.records import text
+
+if TYPE_CHECKING:
+    from router.deferred.store.context import StoreContext
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -22,6 +24,8 @@ class Leases:
 
     def __init__(self, ctx: StoreContext) -> None:
         self.ctx = ctx
+        self.keys = ctx.keys
+        """The key names leases are taken under (`flush_lease`, `batch_lease`, `webhook_lease`, ...)."""
 
     async def lease(self, key: str, owner: str, seconds: float) -> bool:
         """Take a short exclusive lease (SET NX PX); it lapses by itself if the owner dies."""

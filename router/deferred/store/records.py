@@ -1,19 +1,28 @@
-"""What the store reads and writes, as structs, and the small codecs every part shares (no Redis here)."""
+"""What the store reads and writes, as structs, the small codecs every part shares, and a call as its caller sees it
+(`deferred_object`); no Redis here."""
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
+from router.core.deadline import format_deadline
+from router.core.lanes import Lane, Origin
+from router.core.schema import DeferredCall
+from router.core.states import BatchState, CallState
+
 ASYNC_HOLDER = "async"
 """The holder of a call answered `202` (its caller polls or gets a webhook): never re-attached by digest."""
-Admission = Literal["new", "attached", "reused", "full", "over_limit"]
-"""`full`: the call would open a queue past `max_queues`; `over_limit`: `attach_only` and nothing to attach to.
-Neither stored anything."""
 TotalsKey = tuple[str, str]  # tenant, UTC day
+_DEFERRED_STATUS: dict[CallState, str] = {
+    CallState.QUEUED: "queued",
+    CallState.SUBMITTED: "submitted",
+    CallState.ESCALATED: "escalated",
+}
+"""The `deferred.call` status of a call that has no result yet, by its state."""
 
 
 class CallMeta(msgspec.Struct, frozen=True, kw_only=True):
@@ -29,6 +38,8 @@ class CallMeta(msgspec.Struct, frozen=True, kw_only=True):
     include_usage: bool = False
     rule: str | None = None
     webhook: str | None = None
+    asked_model: str | None = None
+    """The model the caller asked for, when a model route has `model` (a cheaper one) answer: the cost baseline."""
 
 
 class CallRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -36,10 +47,10 @@ class CallRecord(msgspec.Struct, frozen=True, kw_only=True):
 
     id: str
     meta: CallMeta
-    state: str
-    """A `CallState` value."""
+    state: CallState
     batch: str
-    lane: str
+    origin: Origin | None
+    """Where its result came from, once it has one."""
     attempts: int
 
 
@@ -48,7 +59,7 @@ class Result(msgspec.Struct, frozen=True, kw_only=True):
 
     status: int
     body: bytes
-    lane: str
+    origin: Origin
     cost_usd: float | None
     baseline_usd: float | None
     savings_usd: float | None
@@ -73,8 +84,7 @@ class BatchRecord(msgspec.Struct, frozen=True, kw_only=True):
 
     tag: str
     id: str
-    state: str
-    """A `BatchState` value."""
+    state: BatchState
     provider_id: str
     owner: str
     created_at: float
@@ -110,3 +120,26 @@ def number(value: object) -> float | None:
 def queue_name(info: Mapping[Any, object]) -> str:
     """A queue's name in metrics and `/v1/usage`-like views: `upstream/model/endpoint`, from its descriptor."""
     return f"{text(info[b'upstream'])}/{text(info[b'model'])}{text(info[b'endpoint'])}"
+
+
+def escalated(origin: Origin) -> bool:
+    """Whether a stored result came from an escalation (a deferred call answered by flex was escalated too)."""
+    return origin in (Origin.ESCALATED, Origin.FLEX)
+
+
+def deferred_object(call: CallRecord, result: Result | None) -> DeferredCall:
+    """The `deferred.call` object for a call and, if it ended, its result."""
+    if result is not None:
+        status = "completed" if result.status < 400 else "failed"
+    else:
+        status = _DEFERRED_STATUS.get(call.state, "queued")
+    return DeferredCall(
+        id=call.id,
+        status=status,  # type: ignore[arg-type]
+        lane=result.origin.lane if result else Lane.BATCH,
+        deadline=format_deadline(call.meta.deadline),
+        created=int(call.meta.received_at),
+        cost_usd=result.cost_usd if result else None,
+        savings_usd=result.savings_usd if result else None,
+        webhook=call.meta.webhook is not None,
+    )

@@ -6,12 +6,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from router.core.keys import TOTALS_TTL_S, tag_of
-from router.core.states import StoreOutcome
-from router.deferred.store.context import StoreContext
+from router.core.lanes import Origin
+from router.core.states import CallState, StoreOutcome
 from router.deferred.store.records import CallMeta, CallRecord, Result, meta_decoder, number, text
-from router.deferred.store.totals import TotalsStore
+
+if TYPE_CHECKING:
+    from router.deferred.store.context import StoreContext
+    from router.deferred.store.totals import TotalsStore
 
 
 class ResultStore:
@@ -51,7 +55,7 @@ class ResultStore:
         return Result(
             status=int(row[b"status"]),
             body=row[b"body"],
-            lane=text(row[b"lane"]),
+            origin=Origin(text(row[b"lane"])),
             cost_usd=number(row.get(b"cost")),
             baseline_usd=number(row.get(b"baseline")),
             savings_usd=number(row.get(b"savings")),
@@ -66,8 +70,9 @@ class ResultStore:
         from_batch: str,
         status: int,
         body: bytes,
-        lane: str,
+        origin: Origin,
         cost: tuple[float, float, float] | None,
+        route_usd: float = 0.0,
     ) -> StoreOutcome:
         """Store a final result once, or say why not (`StoreOutcome`); wakes waiters when stored."""
         k = self.ctx.keys
@@ -81,9 +86,10 @@ class ResultStore:
             from_batch=from_batch,
             status=status,
             body=body,
-            lane=lane,
+            origin=origin,
             ttl=self.ctx.result_ttl,
             cost=cost,
+            route_usd=route_usd,
             now=now,
             totals_ttl=TOTALS_TTL_S,
         )
@@ -140,8 +146,8 @@ def _record(call_id: str, row: list[bytes | None]) -> CallRecord | None:
     return CallRecord(
         id=call_id,
         meta=meta_decoder.decode(row[0]),
-        state=text(row[1]),
+        state=CallState(text(row[1])),
         batch=text(row[2]),
-        lane=text(row[3]),
+        origin=Origin(text(row[3])) if row[3] else None,
         attempts=int(row[4] or 0),
     )

@@ -6,18 +6,35 @@ result out. The wrapper names the script's KEYS and ARGV in the order its Lua re
 names, and derives every key from one queue's tag or one tenant; `tests/test_scripts.py` checks the count and the
 names against the Lua and that one call's keys share a slot. Keys a script builds from a prefix argument (a call's
 hash) carry the same `{q}` hash tag as its declared keys, so every script stays inside one Redis Cluster slot.
+
+The states a script writes or compares, and the outcomes it answers, come from their enums in `router.core.states`
+(`${CALL_QUEUED}` in the source is `CallState.QUEUED`), never from copies.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from string import Template
 from typing import Any, ClassVar, NamedTuple
 
 from redis.typing import EncodableT
 
 from router.core.keys import Keys, tag_of
-from router.core.states import AdmitOutcome, StoreOutcome
+from router.core.states import BatchState, CallState, EnqueueOutcome, StoreOutcome
 from router.deferred.store.client import RedisClient
+from router.deferred.store.records import text
+
+_enum_values = (
+    {f"CALL_{s.name}": s.value for s in CallState}
+    | {f"BATCH_{s.name}": s.value for s in BatchState}
+    | {f"ENQUEUE_{o.name}": o.value for o in EnqueueOutcome}
+    | {f"STORE_{o.name}": str(o.value) for o in StoreOutcome}
+)
+
+
+def _lua(source: str) -> str:
+    """A script's source with its states and outcomes filled in from their enums (`${CALL_DONE}`: `CallState.DONE`)."""
+    return Template(source).substitute(_enum_values)
 
 
 class Script:
@@ -58,15 +75,11 @@ def _flag(value: bool) -> str:
     return "1" if value else "0"
 
 
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else "" if value is None else str(value)
-
-
 def _pairs(fields: Mapping[str, str | bytes]) -> list[EncodableT]:
     return [item for pair in fields.items() for item in pair]
 
 
-# Admit a call to its queue, or attach the request to a live call it repeats; returns {outcome, call id} and,
+# Enqueue a call, or attach the request to a live call it repeats; returns {outcome, call id} and,
 # for a new call, whether it created the queue's descriptor (1: the queue was new or had been pruned, see PRUNE).
 # Outcomes: `new`; `attached` (an Idempotency-Key matched a live call with the same body, or `attach` names
 # an identical call whose caller is gone); `reused` (an Idempotency-Key matched a call with another body:
@@ -75,7 +88,7 @@ def _pairs(fields: Mapping[str, str | bytes]) -> list[EncodableT]:
 # Races closed: two requests with one key (a client retry racing its original) never queue two calls, and a
 # retry never attaches to a call whose answer was already delivered; the key and the digest index live under
 # the queue's tag (a retry is the same request, so the same queue), so each is one step.
-ADMIT = """
+ENQUEUE = _lua("""
 local idem, call, pending, arrivals, bytes, queue, digests = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6],
   KEYS[7]
 local id, meta, body, deadline, received_at, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
@@ -87,20 +100,20 @@ if has_idem == '1' then
   local existing = redis.call('GET', idem)
   if existing and redis.call('EXISTS', call_prefix .. existing) == 1 then
     local known = redis.call('HGET', call_prefix .. existing, 'digest')
-    if known and known ~= digest then return {'reused', existing} end
+    if known and known ~= digest then return {'${ENQUEUE_REUSED}', existing} end
     if holder ~= '' then redis.call('HSET', call_prefix .. existing, 'holder', holder) end
-    return {'attached', existing}
+    return {'${ENQUEUE_ATTACHED}', existing}
   end
 end
 if attach ~= '' then
   local other = call_prefix .. attach
   if redis.call('HGET', other, 'digest') == digest and redis.call('HGET', other, 'delivered') ~= '1' then
     redis.call('HSET', other, 'holder', holder)
-    return {'attached', attach}
+    return {'${ENQUEUE_ATTACHED}', attach}
   end
 end
-if attach_only then return {'over_limit', ''} end
-redis.call('HSET', call, 'meta', meta, 'body', body, 'state', 'queued', 'batch', '', 'deadline', deadline,
+if attach_only then return {'${ENQUEUE_OVER_LIMIT}', ''} end
+redis.call('HSET', call, 'meta', meta, 'body', body, 'state', '${CALL_QUEUED}', 'batch', '', 'deadline', deadline,
   'received_at', received_at, 'attempts', 0, 'digest', digest, 'holder', holder)
 if webhook ~= '' then redis.call('HSET', call, 'webhook', webhook) end
 redis.call('EXPIRE', call, ttl)
@@ -112,23 +125,23 @@ redis.call('HSET', queue, 'upstream', upstream, 'endpoint', endpoint, 'model', m
 if has_idem == '1' then redis.call('SET', idem, id, 'EX', idem_ttl) end
 redis.call('ZADD', digests, received_at, id)
 redis.call('EXPIRE', digests, ttl)
-return {'new', id, created}
-"""
+return {'${ENQUEUE_NEW}', id, created}
+""")
 
 
-class Admitted(NamedTuple):
-    """What ADMIT answers: the outcome, the call admitted or attached to (empty when none), and for a new call
+class Enqueued(NamedTuple):
+    """What ENQUEUE answers: the outcome, the call enqueued or attached to (empty when none), and for a new call
     whether it created the queue's descriptor."""
 
-    outcome: AdmitOutcome
+    outcome: EnqueueOutcome
     call_id: str
     created: bool
 
 
-class Admit(Script):
-    """ADMIT, with its keys derived from the queue's tag and the call id (one slot)."""
+class Enqueue(Script):
+    """ENQUEUE, with its keys derived from the queue's tag and the call id (one slot)."""
 
-    LUA = ADMIT
+    LUA = ENQUEUE
     KEYS = ("idem", "call", "pending", "arrivals", "bytes", "queue", "digests")
     ARGV = (
         "id",
@@ -171,10 +184,10 @@ class Admit(Script):
         holder: str,
         attach_to: str | None,
         attach_only: bool,
-    ) -> Admitted:
+    ) -> Enqueued:
         k = self.keys
         idem = k.idempotency(tag, tenant, idempotency_key) if idempotency_key is not None else k.queue(tag)
-        outcome, admitted, *created = await self._run(
+        outcome, enqueued, *created = await self._run(
             idem=idem,
             call=k.call(call_id),
             pending=k.pending(tag),
@@ -200,7 +213,7 @@ class Admit(Script):
             attach=attach_to or "",
             attach_only=_flag(attach_only),
         )
-        return Admitted(AdmitOutcome(_text(outcome)), _text(admitted), bool(created and int(created[0])))
+        return Enqueued(EnqueueOutcome(text(outcome)), text(enqueued), bool(created and int(created[0])))
 
 
 # Enter a queue's tag in the set of queues the loops walk, unless the set is full; returns 1 when the tag is in it.
@@ -227,9 +240,9 @@ class Enrol(Script):
 
 # Forget an idle queue: when nothing waits, flies, escalates or awaits a webhook in it, drop its descriptor and
 # byte count and return 1; the caller then removes the tag from `P:queues` (another slot, so not in this step) and
-# looks at the descriptor once more (`Accumulator.prune`). Calls, results and idempotency keys keep their own TTLs;
+# looks at the descriptor once more (`Queues.prune`). Calls, results and idempotency keys keep their own TTLs;
 # the turnaround samples stay (known models only, so bounded).
-# Race closed: an admission racing the prune never leaves a call in a queue the loops cannot find. Only ADMIT puts
+# Race closed: an admission racing the prune never leaves a call in a queue the loops cannot find. Only ENQUEUE puts
 # work into an idle queue, and it re-creates the descriptor and says so; its caller then adds the tag again after
 # storing the call, while the pruner, after removing the tag, adds it back when the descriptor exists again. In any
 # order of those four steps, a queue that holds a call ends in the set.
@@ -283,7 +296,7 @@ class Release(Script):
 # is claimed in chunks so no single script blocks Redis for long); returns {bytes used, ids...}.
 # Race closed: two replicas flushing one queue at once never put a call into two batches, because moving a
 # call from `pending` to a batch list is one step.
-CLAIM = """
+CLAIM = _lua("""
 local pending, arrivals, bytes, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local batches, batch, calls = KEYS[5], KEYS[6], KEYS[7]
 local max_n, max_bytes, line_overhead = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -299,7 +312,7 @@ for i = 1, #ids, 2 do
   total = total + size
   redis.call('ZREM', pending, id)
   redis.call('ZREM', arrivals, id)
-  redis.call('HSET', call_prefix .. id, 'state', 'submitted', 'batch', bid)
+  redis.call('HSET', call_prefix .. id, 'state', '${CALL_SUBMITTED}', 'batch', bid)
   redis.call('ZADD', inflight, deadline, id)
   taken[#taken + 1] = id
 end
@@ -309,14 +322,14 @@ for i = 1, #taken, 1000 do
   redis.call('RPUSH', calls, unpack(taken, i, math.min(i + 999, #taken)))
 end
 if first_chunk then
-  redis.call('HSET', batch, 'state', 'building', 'owner', owner, 'created_at', now, 'n', #taken, 'polls', 0)
+  redis.call('HSET', batch, 'state', '${BATCH_BUILDING}', 'owner', owner, 'created_at', now, 'n', #taken, 'polls', 0)
 else
   redis.call('HINCRBY', batch, 'n', #taken)
 end
 redis.call('ZADD', batches, lease_until, bid)
 table.insert(taken, 1, total)
 return taken
-"""
+""")
 
 
 class Claimed(NamedTuple):
@@ -365,7 +378,7 @@ class Claim(Script):
             call_prefix=k.call_prefix(tag),
             first_chunk=_flag(first_chunk),
         )
-        return Claimed(int(used), [_text(i) for i in ids])
+        return Claimed(int(used), [text(i) for i in ids])
 
 
 # Record the provider's batch id, but only if the batch is still ours and still building; the id also goes into
@@ -373,20 +386,20 @@ class Claim(Script):
 # Races closed: a replica whose lease lapsed (and whose batch another replica recovered) cannot overwrite; a
 # provider id is never recorded without entering that set. A builder whose lease lapsed while recovery adopted the
 # very batch it created gets 1 (recorded already), so it does not cancel the adopted batch as an orphan.
-MARK_SUBMITTED = """
+MARK_SUBMITTED = _lua("""
 local batch, batches, recorded = KEYS[1], KEYS[2], KEYS[3]
 local bid, owner, provider_id, now, next_poll, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 if redis.call('HGET', batch, 'provider_id') == provider_id then return 1 end
-if redis.call('HGET', batch, 'state') ~= 'building' or redis.call('HGET', batch, 'owner') ~= owner then
+if redis.call('HGET', batch, 'state') ~= '${BATCH_BUILDING}' or redis.call('HGET', batch, 'owner') ~= owner then
   return 0
 end
-redis.call('HSET', batch, 'state', 'submitted', 'provider_id', provider_id, 'submitted_at', now)
+redis.call('HSET', batch, 'state', '${BATCH_SUBMITTED}', 'provider_id', provider_id, 'submitted_at', now)
 redis.call('ZADD', batches, next_poll, bid)
 redis.call('ZADD', recorded, now, provider_id)
 redis.call('ZREMRANGEBYSCORE', recorded, '-inf', tonumber(now) - tonumber(keep))
 redis.call('EXPIRE', recorded, keep)
 return 1
-"""
+""")
 
 
 class MarkSubmitted(Script):
@@ -417,13 +430,15 @@ class MarkSubmitted(Script):
 # Keep a lease while the work it guards is still running (an upload or a real-time call can outlast it).
 # Race closed: without renewal a slow owner loses its batch or escalation to a second replica that then
 # does the same work again; the owner check makes a renewal by a replica that already lost it a no-op.
-RENEW_BATCH = """
+RENEW_BATCH = _lua("""
 local batch, batches = KEYS[1], KEYS[2]
 local bid, owner, expiry = ARGV[1], ARGV[2], ARGV[3]
-if redis.call('HGET', batch, 'state') ~= 'building' or redis.call('HGET', batch, 'owner') ~= owner then return 0 end
+if redis.call('HGET', batch, 'state') ~= '${BATCH_BUILDING}' or redis.call('HGET', batch, 'owner') ~= owner then
+  return 0
+end
 redis.call('ZADD', batches, 'XX', expiry, bid)
 return 1
-"""
+""")
 
 
 class RenewBatch(Script):
@@ -458,13 +473,13 @@ class RenewLease(Script):
         return bool(await self._run(lease=key, owner=owner, ms=ms))
 
 
-RENEW_ESCALATION = """
+RENEW_ESCALATION = _lua("""
 local call, escalating = KEYS[1], KEYS[2]
 local id, expiry = ARGV[1], ARGV[2]
-if redis.call('HGET', call, 'state') ~= 'escalated' then return 0 end
+if redis.call('HGET', call, 'state') ~= '${CALL_ESCALATED}' then return 0 end
 redis.call('ZADD', escalating, 'XX', expiry, id)
 return 1
-"""
+""")
 
 
 class RenewEscalation(Script):
@@ -483,16 +498,16 @@ class RenewEscalation(Script):
 
 
 # Take over a `building` batch whose lease lapsed (its builder crashed between claim and record).
-TAKE_OVER = """
+TAKE_OVER = _lua("""
 local batch, batches = KEYS[1], KEYS[2]
 local bid, owner, now, lease_until = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-if redis.call('HGET', batch, 'state') ~= 'building' then return 0 end
+if redis.call('HGET', batch, 'state') ~= '${BATCH_BUILDING}' then return 0 end
 local score = redis.call('ZSCORE', batches, bid)
 if not score or tonumber(score) > now then return 0 end
 redis.call('HSET', batch, 'owner', owner)
 redis.call('ZADD', batches, lease_until, bid)
 return 1
-"""
+""")
 
 
 class TakeOver(Script):
@@ -522,43 +537,44 @@ class TakeOver(Script):
 # Race closed: a batch result and a real-time escalation of the same call can both finish; only the first
 # to arrive stores and is billed in the totals, the other is counted as waste. Scheduling the webhook in the
 # same step means a crash can neither lose the event of a stored result nor send one for a result not stored.
-STORE_RESULT = """
+STORE_RESULT = _lua("""
 local call, result, inflight, escalating, totals, webhooks = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local id, from_batch, status, body, lane, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local cost, baseline, savings, now, tenant_ttl = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+local id, from_batch, status, body, origin, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local cost, baseline, savings, now, tenant_ttl, route = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]
 local state = redis.call('HGET', call, 'state')
-if not state then return -1 end
-if state == 'done' then
+if not state then return ${STORE_UNKNOWN} end
+if state == '${CALL_DONE}' then
   -- 2: this very result was stored before (the batch is being ingested again after a crash), not a late one.
   local same_batch = from_batch ~= '' and redis.call('HGET', call, 'batch') == from_batch
-  if same_batch and redis.call('HGET', call, 'lane') == lane then
-    return 2
+  if same_batch and redis.call('HGET', call, 'lane') == origin then
+    return ${STORE_REPEATED}
   end
-  return 0
+  return ${STORE_LATE}
 end
 if from_batch ~= '' then
-  if state ~= 'submitted' or redis.call('HGET', call, 'batch') ~= from_batch then return 0 end
-elseif state ~= 'escalated' then
-  return 0
+  if state ~= '${CALL_SUBMITTED}' or redis.call('HGET', call, 'batch') ~= from_batch then return ${STORE_LATE} end
+elseif state ~= '${CALL_ESCALATED}' then
+  return ${STORE_LATE}
 end
-redis.call('HSET', result, 'status', status, 'body', body, 'lane', lane, 'cost', cost, 'baseline', baseline,
+redis.call('HSET', result, 'status', status, 'body', body, 'lane', origin, 'cost', cost, 'baseline', baseline,
   'savings', savings, 'finished_at', now)
 redis.call('EXPIRE', result, ttl)
-redis.call('HSET', call, 'state', 'done', 'lane', lane, 'finished_at', now)
+redis.call('HSET', call, 'state', '${CALL_DONE}', 'lane', origin, 'finished_at', now)
 redis.call('HDEL', call, 'body')
 redis.call('EXPIRE', call, ttl)
 redis.call('ZREM', inflight, id)
 redis.call('ZREM', escalating, id)
-redis.call('HINCRBY', totals, lane .. ':requests', 1)
+redis.call('HINCRBY', totals, origin .. ':requests', 1)
 if cost ~= '' then
-  redis.call('HINCRBYFLOAT', totals, lane .. ':cost_usd', cost)
-  redis.call('HINCRBYFLOAT', totals, lane .. ':baseline_usd', baseline)
-  redis.call('HINCRBYFLOAT', totals, lane .. ':savings_usd', savings)
+  redis.call('HINCRBYFLOAT', totals, origin .. ':cost_usd', cost)
+  redis.call('HINCRBYFLOAT', totals, origin .. ':baseline_usd', baseline)
+  redis.call('HINCRBYFLOAT', totals, origin .. ':savings_usd', savings)
+  if route ~= '' then redis.call('HINCRBYFLOAT', totals, origin .. ':route_usd', route) end
 end
 redis.call('EXPIRE', totals, tenant_ttl)
 if redis.call('HEXISTS', call, 'webhook') == 1 then redis.call('ZADD', webhooks, now, id) end
-return 1
-"""
+return ${STORE_STORED}
+""")
 
 
 class StoreResult(Script):
@@ -566,7 +582,10 @@ class StoreResult(Script):
 
     LUA = STORE_RESULT
     KEYS = ("call", "result", "inflight", "escalating", "totals", "webhooks")
-    ARGV = ("id", "from_batch", "status", "body", "lane", "ttl", "cost", "baseline", "savings", "now", "tenant_ttl")
+    ARGV = (
+        "id", "from_batch", "status", "body", "origin", "ttl", "cost", "baseline", "savings", "now", "tenant_ttl",
+        "route",
+    )  # fmt: skip
 
     async def __call__(
         self,
@@ -577,11 +596,12 @@ class StoreResult(Script):
         from_batch: str,
         status: int,
         body: bytes,
-        lane: str,
+        origin: str,
         ttl: int,
         cost: tuple[float, float, float] | None,
         now: float,
         totals_ttl: int,
+        route_usd: float = 0.0,
     ) -> StoreOutcome:
         k = self.keys
         tag = tag_of(call_id)
@@ -597,31 +617,34 @@ class StoreResult(Script):
             from_batch=from_batch,
             status=status,
             body=body,
-            lane=lane,
+            origin=origin,
             ttl=ttl,
             cost=actual,
             baseline=baseline,
             savings=savings,
             now=repr(now),
             tenant_ttl=totals_ttl,
+            route=repr(route_usd) if route_usd else "",
         )
         return StoreOutcome(int(raw))
 
 
 # Put a submitted call back on its queue after its batch gave it no result (expired, cancelled, failed).
-REQUEUE = """
+REQUEUE = _lua("""
 local call, pending, arrivals, bytes, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local id, bid = ARGV[1], ARGV[2]
-if redis.call('HGET', call, 'state') ~= 'submitted' or redis.call('HGET', call, 'batch') ~= bid then return 0 end
+if redis.call('HGET', call, 'state') ~= '${CALL_SUBMITTED}' or redis.call('HGET', call, 'batch') ~= bid then
+  return 0
+end
 local deadline = redis.call('HGET', call, 'deadline')
-redis.call('HSET', call, 'state', 'queued', 'batch', '')
+redis.call('HSET', call, 'state', '${CALL_QUEUED}', 'batch', '')
 redis.call('HINCRBY', call, 'attempts', 1)
 redis.call('ZREM', inflight, id)
 redis.call('ZADD', pending, deadline, id)
 redis.call('ZADD', arrivals, redis.call('HGET', call, 'received_at'), id)
 redis.call('INCRBY', bytes, redis.call('HSTRLEN', call, 'body'))
 return 1
-"""
+""")
 
 
 class Requeue(Script):
@@ -650,26 +673,26 @@ class Requeue(Script):
 # A queued call leaves its queue; a submitted one stays in its batch (a late result is dropped); an
 # escalation whose lease lapsed (its replica crashed) is taken over.
 # Race closed: the guard on two replicas never sends the same call to real time twice while a lease holds.
-ESCALATE = """
+ESCALATE = _lua("""
 local call, pending, arrivals, bytes, inflight, escalating = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local id, now, lease_until = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local state = redis.call('HGET', call, 'state')
-if state == 'queued' then
+if state == '${CALL_QUEUED}' then
   redis.call('ZREM', pending, id)
   redis.call('ZREM', arrivals, id)
   redis.call('DECRBY', bytes, redis.call('HSTRLEN', call, 'body'))
-elseif state == 'submitted' then
+elseif state == '${CALL_SUBMITTED}' then
   redis.call('ZREM', inflight, id)
-elseif state == 'escalated' then
+elseif state == '${CALL_ESCALATED}' then
   local score = redis.call('ZSCORE', escalating, id)
   if score and tonumber(score) > now then return false end
 else
   return false
 end
-redis.call('HSET', call, 'state', 'escalated')
+redis.call('HSET', call, 'state', '${CALL_ESCALATED}')
 redis.call('ZADD', escalating, lease_until, id)
 return redis.call('HGET', call, 'body')
-"""
+""")
 
 
 class Escalate(Script):
@@ -783,17 +806,17 @@ class NativeUpdate(Script):
 # never count a line twice, and a batch whose booking finished books nothing more.
 NATIVE_BOOK = """
 local booked, totals, batch = KEYS[1], KEYS[2], KEYS[3]
-local lane, ttl, totals_ttl = ARGV[1], ARGV[2], ARGV[3]
+local origin, ttl, totals_ttl = ARGV[1], ARGV[2], ARGV[3]
 if redis.call('EXISTS', batch) == 0 or redis.call('HGET', batch, 'booked') == '1' then return {} end
 local new = {}
 for i = 4, #ARGV, 4 do
   if redis.call('SADD', booked, ARGV[i]) == 1 then
     new[#new + 1] = (i - 4) / 4 + 1
-    redis.call('HINCRBY', totals, lane .. ':requests', 1)
+    redis.call('HINCRBY', totals, origin .. ':requests', 1)
     if ARGV[i + 1] ~= '' then
-      redis.call('HINCRBYFLOAT', totals, lane .. ':cost_usd', ARGV[i + 1])
-      redis.call('HINCRBYFLOAT', totals, lane .. ':baseline_usd', ARGV[i + 2])
-      redis.call('HINCRBYFLOAT', totals, lane .. ':savings_usd', ARGV[i + 3])
+      redis.call('HINCRBYFLOAT', totals, origin .. ':cost_usd', ARGV[i + 1])
+      redis.call('HINCRBYFLOAT', totals, origin .. ':baseline_usd', ARGV[i + 2])
+      redis.call('HINCRBYFLOAT', totals, origin .. ':savings_usd', ARGV[i + 3])
     end
   end
 end
@@ -809,7 +832,7 @@ class NativeBook(Script):
 
     LUA = NATIVE_BOOK
     KEYS = ("booked", "totals", "batch")
-    ARGV = ("lane", "ttl", "totals_ttl")
+    ARGV = ("origin", "ttl", "totals_ttl")
     MORE_ARGV = True  # four per line: custom_id, cost, baseline, savings
 
     async def __call__(
@@ -818,7 +841,7 @@ class NativeBook(Script):
         tenant: str,
         batch_id: str,
         day: str,
-        lane: str,
+        origin: str,
         ttl: int,
         totals_ttl: int,
         lines: Sequence[tuple[str, tuple[float, float, float] | None]],
@@ -833,7 +856,7 @@ class NativeBook(Script):
             booked=k.native_booked(tenant, batch_id),
             totals=k.native_totals(tenant, day),
             batch=k.native_object(tenant, "batch", batch_id),
-            lane=lane,
+            origin=origin,
             ttl=ttl,
             totals_ttl=totals_ttl,
         )
@@ -911,14 +934,16 @@ class ReserveDeferred(Script):
 # harvests the lines it finished; returns 1 when this call cut it.
 # Race closed: two guards cutting one batch do it once, and a cut never puts a batch that was ingested meanwhile
 # back on the poll schedule (ZADD XX).
-CUT = """
+CUT = _lua("""
 local batch, batches = KEYS[1], KEYS[2]
 local bid, now = ARGV[1], ARGV[2]
-if redis.call('HGET', batch, 'state') ~= 'submitted' or redis.call('HEXISTS', batch, 'cut_at') == 1 then return 0 end
+if redis.call('HGET', batch, 'state') ~= '${BATCH_SUBMITTED}' or redis.call('HEXISTS', batch, 'cut_at') == 1 then
+  return 0
+end
 redis.call('HSET', batch, 'cut_at', now)
 redis.call('ZADD', batches, 'XX', now, bid)
 return 1
-"""
+""")
 
 
 class Cut(Script):
@@ -937,7 +962,7 @@ class Scripts:
     """Every script, registered on one client, its keys under one prefix; each attribute is a typed wrapper."""
 
     def __init__(self, redis: RedisClient, keys: Keys) -> None:
-        self.admit = Admit(redis, keys)
+        self.enqueue = Enqueue(redis, keys)
         self.enrol = Enrol(redis, keys)
         self.prune = Prune(redis, keys)
         self.release = Release(redis, keys)

@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from router.core.keys import tag_of
-from router.deferred.store.context import StoreContext
 from router.deferred.store.records import text
+
+if TYPE_CHECKING:
+    from router.deferred.store.context import StoreContext
 
 
 class WebhookSchedule:

@@ -10,15 +10,16 @@ from router.core.lanes import (
     NO_OUTLOOK,
     Capabilities,
     Catalog,
+    Lane,
+    LaneChoice,
     Outlook,
-    Route,
     Timing,
+    choose_lane,
     cut_cutoff,
     escalation_cutoff,
-    escalation_tier,
+    escalation_rung,
     fits,
     flush_due,
-    route,
 )
 from router.core.policy import Decision
 from router.core.settings import BatchSettings, Upstream
@@ -60,18 +61,18 @@ def deferred(seconds: float, rule: str | None = "r") -> Decision:
 def test_route(
     decision: Decision, endpoint: str, stream: bool, caps: Capabilities, outlook: Outlook, lane: str, reason: str
 ) -> None:
-    chosen = route(decision, endpoint=endpoint, stream=stream, caps=caps, outlook=outlook, timing=TIMING, now=NOW)
+    chosen = choose_lane(decision, endpoint=endpoint, stream=stream, caps=caps, outlook=outlook, timing=TIMING, now=NOW)
     assert (chosen.lane, chosen.reason) == (lane, reason)
     assert chosen.rule == decision.rule
-    assert chosen.deadline == (decision.deadline if decision.lane == "deferred" else None)
+    assert chosen.deadline == (decision.deadline if decision.mode == "deferred" else None)
 
 
 def test_a_batch_route_carries_the_deadline() -> None:
-    chosen = route(
+    chosen = choose_lane(
         deferred(100), endpoint="/embeddings", stream=False, caps=BATCH, outlook=Outlook(quantile_s=5), timing=TIMING,
         now=NOW,
     )  # fmt: skip
-    assert chosen == Route(lane="batch", reason="fits", deadline=NOW + 100, rule="r")
+    assert chosen == LaneChoice(lane=Lane.BATCH, reason="fits", deadline=NOW + 100, rule="r")
 
 
 @pytest.mark.parametrize(
@@ -101,7 +102,7 @@ def test_flush_leaves_the_earliest_call_its_quantile(earliest_in: float, caps: C
     ],
 )
 def test_escalation_tier(deadline_in: float, caps: Capabilities, tier: str, seconds: float) -> None:
-    chosen, room = escalation_tier(NOW + deadline_in, NOW, caps, TIMING)
+    chosen, room = escalation_rung(NOW + deadline_in, NOW, caps, TIMING)
     assert chosen == tier
     assert room == pytest.approx(seconds)
 

@@ -1,35 +1,38 @@
-"""Calls in: admission and re-attachment, the connections that hold calls, replicas' heartbeats, and the set of
-queues the loops walk (pruned when idle) with what waits in each."""
+"""Calls in: a deferred call enqueued (or attached to the live call it repeats), the connections that hold calls,
+and replicas' heartbeats, which tell a held call from an orphan."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from typing import TYPE_CHECKING
 
 from router.core.keys import queue_endpoint, queue_tag
-from router.deferred.store.context import StoreContext
-from router.deferred.store.records import (
-    ASYNC_HOLDER,
-    Admission,
-    CallMeta,
-    QueueStats,
-    meta_encoder,
-    new_call_id,
-    queue_name,
-    text,
-)
+from router.core.states import EnqueueOutcome
+from router.deferred.store.records import ASYNC_HOLDER, CallMeta, meta_encoder, new_call_id, text
+
+if TYPE_CHECKING:
+    from router.deferred.store.context import StoreContext
 
 SETTLE_POLL_S = 0.2
 """How often `reattachable` looks again at a replica that may have died."""
 
 
-class AdmissionStore:
-    """Admits calls to their queues, and keeps the set of queues and the replicas' heartbeats."""
+class QueuesFull(Exception):
+    """The call would open a queue past `limits.max_queues`; nothing was stored."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__(f"the set of queues is full ({cap})")
+        self.cap = cap
+
+
+class Intake:
+    """Enqueues deferred calls, and keeps who holds each and which replicas are alive."""
 
     def __init__(self, ctx: StoreContext) -> None:
         self.ctx = ctx
 
-    async def admit(
+    async def enqueue(
         self,
         meta: CallMeta,
         body: bytes,
@@ -40,8 +43,9 @@ class AdmissionStore:
         attach_to: str | None = None,
         call_id: str | None = None,
         attach_only: bool = False,
-    ) -> tuple[str, Admission]:
-        """Queue a call, or attach to the live call this request repeats; (call id, outcome).
+    ) -> tuple[str, EnqueueOutcome]:
+        """Queue a call, or attach to the live call this request repeats; (call id, outcome). Raises `QueuesFull`
+        when the call would open a queue past the cap.
 
         `digest` identifies identical requests (tenant, endpoint, body); `holder` names the connection that waits
         for the answer (empty for none, `async` for a 202 call); `attach_to` is an identical call whose caller is
@@ -54,8 +58,8 @@ class AdmissionStore:
         ttl = int(max(0.0, meta.deadline - time.time()) + ctx.result_ttl)
         # The set of queues first: a call is never in a queue the batcher cannot find (and a full set refuses it).
         if not await ctx.scripts.enrol(tag=tag, cap=ctx.max_queues):
-            return "", "full"
-        admitted = await ctx.scripts.admit(
+            raise QueuesFull(ctx.max_queues)
+        enqueued = await ctx.scripts.enqueue(
             tag=tag,
             call_id=call_id,
             tenant=meta.tenant,
@@ -75,10 +79,10 @@ class AdmissionStore:
             attach_to=attach_to,
             attach_only=attach_only,
         )
-        if admitted.created:
+        if enqueued.created:
             # The queue was pruned (or is new) since the tag was entered above: enter it again (see scripts.PRUNE).
             await ctx.redis.sadd(ctx.keys.queues, tag)
-        return admitted.call_id, admitted.outcome.value
+        return enqueued.call_id, enqueued.outcome
 
     async def reattachable(
         self, tag: str, digest: str, *, retry: bool, replica: str = "", settle_s: float = 0.0, limit: int = 10
@@ -111,7 +115,7 @@ class AdmissionStore:
         replicas = {holder.partition("/")[0] for _, holder in candidates if holder}
         settled_by = time.monotonic() + settle_s
         while True:
-            alive = await self.replicas_alive(replicas)
+            alive = await self._alive(replicas)
             for call_id, holder in candidates:
                 if not holder or holder.partition("/")[0] not in alive:
                     return call_id
@@ -133,7 +137,7 @@ class AdmissionStore:
         """This replica is stopping: the calls it held are orphaned from now on."""
         await self.ctx.redis.delete(self.ctx.keys.replica(replica_id))
 
-    async def replicas_alive(self, replica_ids: set[str]) -> set[str]:
+    async def _alive(self, replica_ids: set[str]) -> set[str]:
         """The replicas among `replica_ids` whose heartbeat has not lapsed."""
         ordered = sorted(replica_ids)
         if not ordered:
@@ -143,63 +147,3 @@ class AdmissionStore:
                 pipe.exists(self.ctx.keys.replica(replica_id))
             found = await pipe.execute()
         return {rid for rid, there in zip(ordered, found, strict=True) if there}
-
-    # --- the set of queues ---------------------------------------------------------------------------
-
-    async def queue_tags(self) -> list[str]:
-        """The queues that have work (and idle ones not pruned yet)."""
-        return sorted(text(t) for t in await self.ctx.redis.smembers(self.ctx.keys.queues))
-
-    async def prune(self, tag: str) -> bool:
-        """Take an idle queue out of the set the loops walk; True when it was idle (see `scripts.PRUNE`)."""
-        redis, k = self.ctx.redis, self.ctx.keys
-        if not await self.ctx.scripts.prune(tag=tag):
-            return False
-        await redis.srem(k.queues, tag)
-        if await redis.exists(k.queue(tag)):  # an admission re-created it meanwhile: keep the queue
-            await redis.sadd(k.queues, tag)
-            return False
-        return True
-
-    async def prune_idle(self) -> int:
-        """Prune every idle queue; returns how many were pruned."""
-        return sum([await self.prune(tag) for tag in await self.queue_tags()])
-
-    async def stats(self, tag: str) -> QueueStats | None:
-        """Count, bytes, oldest arrival and earliest deadline of what waits in one queue."""
-        k = self.ctx.keys
-        async with self.ctx.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(k.queue(tag))
-            pipe.zcard(k.pending(tag))
-            pipe.get(k.bytes(tag))
-            pipe.zrange(k.arrivals(tag), 0, 0, withscores=True)
-            pipe.zrange(k.pending(tag), 0, 0, withscores=True)
-            info, count, size, oldest, earliest = await pipe.execute()
-        if not info:
-            return None
-        return QueueStats(
-            tag=tag,
-            upstream=text(info[b"upstream"]),
-            endpoint=text(info[b"endpoint"]),
-            model=text(info[b"model"]),
-            count=int(count),
-            bytes=int(size or 0),
-            oldest_arrival=oldest[0][1] if oldest else None,
-            earliest_deadline=earliest[0][1] if earliest else None,
-        )
-
-    async def counts(self) -> tuple[dict[str, int], int]:
-        """Queued calls per queue (`upstream/model/endpoint`) and batches in flight, over all queues."""
-        depth: dict[str, int] = {}
-        inflight = 0
-        k = self.ctx.keys
-        for tag in await self.queue_tags():
-            async with self.ctx.redis.pipeline(transaction=False) as pipe:
-                pipe.hgetall(k.queue(tag))
-                pipe.zcard(k.pending(tag))
-                pipe.zcard(k.batches(tag))
-                info, count, batches = await pipe.execute()
-            if info:
-                depth[queue_name(info)] = int(count)
-            inflight += int(batches)
-        return depth, inflight
