@@ -29,7 +29,9 @@ ENDPOINT, MODEL = "/chat/completions", "gpt-4o-mini"
 TAG = queue_tag("openai", ENDPOINT, MODEL)
 
 
-@pytest.fixture(params=["local", "bundled-6.2"])
+# The same cases on the bundled Redis 6.2 (the oldest the router supports) run in the integration tier: `make unit`
+# stays fast, `make test` runs both.
+@pytest.fixture(params=["local", pytest.param("bundled-6.2", marks=pytest.mark.integration)])
 async def store(request: pytest.FixtureRequest, redis_url: str, key_prefix: str) -> AsyncIterator[Store]:
     """The store on the test Redis (7.x here) and on the bundled Redis 6.2."""
     url = redis_url if request.param == "local" else request.getfixturevalue("bundled_redis_url")
