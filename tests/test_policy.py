@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from router.core.errors import ConfigError
-from router.core.policy import Decision, Facts, Policies, PolicyStore, decide, load_policies
+from router.core.policy import Decision, Facts, Policies, PolicyStore, RouteOverride, decide, load_policies
 
 DATA = Path(__file__).parent / "data"
 SHIPPED = Path(__file__).parent.parent / "policies"
@@ -318,3 +318,22 @@ def test_store_starts_from_missing_directory(tmp_path: Path) -> None:
 def test_store_constructor_raises_on_broken_rules() -> None:
     with pytest.raises(ConfigError):
         PolicyStore(DATA / "policies_broken")
+
+
+@pytest.mark.parametrize(
+    ("body", "task", "route"),
+    [
+        ("    task: support-triage\n", "support-triage", None),
+        ("    route: off\n", None, False),  # YAML reads a bare `off` as false: the same as 'off'
+        ("    route: 'off'\n", None, "off"),
+        ("    route: {mode: shadow, quality_target: 0.9}\n", None, RouteOverride(mode="shadow", quality_target=0.9)),
+    ],
+)
+def test_a_rule_names_the_task_and_the_model_route_of_its_calls(
+    tmp_path: Path, body: str, task: str | None, route: object
+) -> None:
+    policies = one_rule(tmp_path, "    match: {tenant: team-a}\n" + body)
+    decision = decide(policies, Facts(path="/v1/chat/completions", model="gpt-4o", tenant="team-a"), None, False, 0)
+    assert (decision.rule, decision.task, decision.route) == ("r", task, route)
+    other = decide(policies, Facts(path="/v1/chat/completions", model="gpt-4o", tenant="team-b"), None, False, 0)
+    assert (other.task, other.route) == (None, None)

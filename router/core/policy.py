@@ -57,9 +57,9 @@ class Rule(_Strict, frozen=True):
     forbid_deferral: bool = False
     task: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:/-]{1,64}$")] | None = None
     """The task of the calls this rule matches, for model routes' evidence (before `X-Router-Task`)."""
-    route: Literal["off"] | RouteOverride | None = None
-    """`off`: the calls this rule matches keep the model they ask for; a mapping changes their route's mode,
-    target, candidates or shadow rate."""
+    route: Literal["off", False] | RouteOverride | None = None
+    """`off` (YAML also reads a bare `off` as false): the calls this rule matches keep the model they ask for; a
+    mapping changes their route's mode, target, candidates or shadow rate."""
 
 
 class _RuleFile(_Strict, frozen=True):
@@ -85,7 +85,7 @@ class Decision(msgspec.Struct, frozen=True):
     deadline: float | None
     rule: str | None
     task: str | None = None
-    route: Literal["off"] | RouteOverride | None = None
+    route: Literal["off", False] | RouteOverride | None = None
 
 
 class _Glob(msgspec.Struct, frozen=True):

@@ -35,19 +35,20 @@ from router.modelroutes.decision import decide, shadowed
 from router.modelroutes.embeddings import ClusterIndex, Embedder, load_embedder
 from router.modelroutes.plan import Plan, TaskPlan, make_plan
 from router.modelroutes.store import EvidenceStore, Observation
-from router.modelroutes.tasks import auto_task, features, valid_task
+from router.modelroutes.tasks import auto_task, features, metadata_task, resolve_task
 from router.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
 REFRESH_S = 5.0
 """How often each route's plan is remade from the evidence in Redis."""
-NOTE_TTL_S = 7 * 86_400
-"""How long a routed call can receive feedback."""
+NOTE_TTL_S = 86_400
+"""How long a routed call can receive feedback (a note is about 200 bytes of Redis per routed call)."""
 MAX_EXPORTED_TASKS = 50
 """Tasks per route exported as metrics (the ones with the most evidence): labels stay bounded."""
 
 Force = Literal["asked", "route"]
+
 
 # Feedback for one model of a task waits in a pool until a score for the other model of the same route and task
 # arrives; the two then form a pair. Random pairing of independent scores estimates the same ratio of means.
@@ -143,6 +144,8 @@ class ModelRouter:
         self._embedder: Embedder | None = None
         self._embedder_loaded = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._exported: dict[str, set[tuple[str, ...]]] = {}
+        """The label sets of the route gauges set at the last refresh, per route, so stale ones are removed."""
 
     @property
     def active(self) -> bool:
@@ -152,7 +155,7 @@ class ModelRouter:
     def route_for(self, model: str, decision: PolicyDecision) -> Route | None:
         """The route of a call asking for `model`, as its policy rule changes it (`off`: none)."""
         route = self.routes.get(model)
-        if route is None or decision.route == "off":
+        if route is None or decision.route in ("off", False):
             return None
         if isinstance(decision.route, RouteOverride):
             route = _override(route, decision.route)
@@ -163,18 +166,17 @@ class ModelRouter:
         self, route: Route, decision: PolicyDecision, headers: Mapping[str, str], body: Mapping[str, Any], tenant: str
     ) -> str:
         """The call's task (see the module docstring for the order)."""
-        metadata = body.get("metadata")
-        for name in (
-            decision.task,
-            headers.get("x-router-task"),
-            metadata.get("task") if isinstance(metadata, Mapping) and isinstance(metadata.get("task"), str) else None,
-            f"tenant:{tenant}" if self.tenant_tasks else None,
-        ):
-            if (task := valid_task(name)) is not None:
-                return task
+        named = resolve_task(
+            rule=decision.task,
+            header=headers.get("x-router-task"),
+            metadata=metadata_task(body),
+            tenant=tenant if self.tenant_tasks else None,
+        )
+        if named is not None:
+            return named
         feats = features(body)
         index = self._clusters.get(route.key)
-        if index is not None and feats.shape == "text" and (embedder := self._get_embedder()) is not None:
+        if index is not None and feats.shape == "text" and (embedder := self._embedder) is not None:
             return auto_task(feats, int(index.nearest(embedder.embed_one(feats.text))[0]))  # about 0.2 ms
         return auto_task(feats)
 
@@ -206,12 +208,6 @@ class ModelRouter:
         """The evidence key of a cheaper answer in a cascade (its task and check bucket)."""
         return evidence_key(routed.task, check_answer(request, response, routed.route.cascade), routed.route.cascade)
 
-    def _get_embedder(self) -> Embedder | None:
-        if not self._embedder_loaded:
-            self._embedder_loaded = True
-            self._embedder = load_embedder()
-        return self._embedder
-
     async def refresh(self, now: float | None = None) -> None:
         """Remake every route's plan from the evidence in Redis, and export what the evidence says."""
         now = time.time() if now is None else now
@@ -222,16 +218,25 @@ class ModelRouter:
             metrics.route_moved_share.labels(route.key).set(plan.moved_share)
             clusters = await self.store.clusters(route)
             if clusters is not None:
+                if not self._embedder_loaded:  # loaded once, off the event loop, before any call needs it
+                    self._embedder_loaded = True
+                    self._embedder = await asyncio.to_thread(load_embedder)
                 self._clusters[route.key] = ClusterIndex(clusters)
 
             def calls(item: tuple[str, TaskPlan]) -> float:
                 return max((e.calls for e in item[1].estimates.values()), default=0.0)
 
+            for labels in self._exported.pop(route.key, set()):  # tasks no longer exported leave no stale series
+                with contextlib.suppress(KeyError):
+                    (metrics.route_evidence if len(labels) == 2 else metrics.route_quality).remove(*labels)
+            shown = self._exported.setdefault(route.key, set())
             for task, task_plan in sorted(plan.tasks.items(), key=calls, reverse=True)[:MAX_EXPORTED_TASKS]:
+                shown.add((route.key, task))
                 metrics.route_evidence.labels(route.key, task).set(calls((task, task_plan)))
                 for model, estimate in task_plan.estimates.items():
                     if math.isfinite(estimate.lower):
                         metrics.route_quality.labels(route.key, task, model).set(estimate.lower)
+                        shown.add((route.key, task, model))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Refresh the plans every `REFRESH_S` until `stop` is set."""

@@ -67,7 +67,9 @@ class WordLlamaEmbedder:
         ids = self._tokenizer.encode(text, add_special_tokens=False).ids
         if not ids:
             return np.zeros((1, self.dim), dtype=np.float32)
-        vector: Matrix = self._table[np.clip(ids, 0, self._table.shape[0] - 1)].mean(axis=0, dtype=np.float32)
+        index = np.asarray(ids, dtype=np.int64)
+        np.clip(index, 0, self._table.shape[0] - 1, out=index)
+        vector: Matrix = self._table[index].mean(axis=0, dtype=np.float32)
         norm = float(np.linalg.norm(vector))
         return (vector / norm if norm > 0 else vector).reshape(1, -1)
 

@@ -313,6 +313,7 @@ route_evidence = Gauge(
     ["route", "task"],
     namespace=NS,
     registry=REGISTRY,
+    multiprocess_mode="mostrecent",
 )
 route_quality = Gauge(
     "route_quality_lower_bound",
@@ -320,6 +321,7 @@ route_quality = Gauge(
     ["route", "task", "model"],
     namespace=NS,
     registry=REGISTRY,
+    multiprocess_mode="mostrecent",
 )
 route_moved_share = Gauge(
     "route_moved_share",
@@ -327,4 +329,5 @@ route_moved_share = Gauge(
     ["route"],
     namespace=NS,
     registry=REGISTRY,
+    multiprocess_mode="mostrecent",
 )
