@@ -19,12 +19,13 @@ from router.core.lanes import Origin
 from router.core.pricing import Cost
 from router.deferred.replay import NO_PRICE, router_note, with_note
 from tests.helpers.metrics import metric
-from tests.helpers.servers import RouterFactory, Sim, with_anthropic
+from tests.helpers.servers import RouterFactory, Sim, upstream, with_anthropic
 from tests.helpers.waiting import wait_until
 
 HELD = {"max_wait_s": 0.2, "poll_interval_s": 0.2, "turnaround_prior_s": 0.5, "margin_s": 1.0, "lease_s": 5.0}
 LATER = {"X-Deadline": "2h"}
 MESSAGES: Any = [{"role": "user", "content": "Classify ticket 17 by urgency."}]
+UNPRICED = 'hybrid_router_unpriced_calls_total{{lane="{lane}",model="sim-local-model"}}'
 
 
 class Tenant(msgspec.Struct, frozen=True):
@@ -181,3 +182,27 @@ def test_an_unpriced_note_says_why_and_has_null_costs() -> None:
     note = msgspec.json.decode(router_note(origin=Origin.REALTIME, call_id="c", model="m", cost=None))
     assert note["unpriced"] == NO_PRICE
     assert note["cost_usd"] is None and note["savings_usd"] is None and note["savings_by_lever"] is None
+
+
+def test_a_model_priced_nowhere_is_served_and_deferred_but_unpriced(
+    start_router: RouterFactory, sim: Sim, tenant: Tenant
+) -> None:
+    local = upstream(sim.v1, name="local", models=["sim-local-model"])
+    settings: dict[str, Any] = {"batch": HELD, "auth": "keys", "keys": tenant.keys()}
+    with (
+        start_router(upstreams=[local, upstream(sim.v1)], **settings) as base,
+        openai.OpenAI(base_url=base + "/v1", api_key=tenant.key, max_retries=0) as client,
+    ):
+        before = metric(httpx.get(base + "/metrics").text, UNPRICED.format(lane="realtime"))
+        now = client.chat.completions.with_raw_response.create(model="sim-local-model", messages=MESSAGES)
+        later = client.chat.completions.create(model="sim-local-model", messages=MESSAGES, extra_headers=LATER)
+        assert "x-router-cost-usd" not in now.headers
+        for answer, lane in ((now.parse(), "realtime"), (later, "batch")):
+            assert answer.choices[0].message.content and answer.model_extra is not None
+            note = answer.model_extra["router"]
+            assert note["lane"] == lane and note["unpriced"] == NO_PRICE
+            assert note["cost_usd"] is None and note["savings_usd"] is None
+        text = httpx.get(base + "/metrics").text
+        assert metric(text, UNPRICED.format(lane="realtime")) == before + 1
+        assert metric(text, UNPRICED.format(lane="batch")) >= 1
+    assert sim.stats()["batch_lines_submitted"] == 1

@@ -55,7 +55,7 @@ class ModelCatalog:
     def known(self, upstream: str, model: str) -> bool:
         """Whether `model` may be deferred on `upstream` (which the upstream's patterns already chose)."""
         return (
-            self.prices.known(model)
+            self.prices.listed(model)
             or model in self._explicit.get(upstream, ())
             or model in self._listed.get(upstream, ())
         )
