@@ -54,7 +54,7 @@ def assert_cost(cost: Cost | None, baseline: float, actual: float) -> None:
         ("o3", 10.00, 5.00, 5.00),
         ("o4-mini", 5.50, 2.75, 2.75),
         ("claude-sonnet-4", 18.00, 9.00, None),
-        ("claude-sonnet-4-5", 18.00, 9.00, None),
+        ("claude-sonnet-4-5", 28.50, 14.25, None),  # 1M input is over 200k: its long-context rates, $6 and $22.50
         ("claude-sonnet-4-6", 18.00, 9.00, None),
         ("claude-opus-4-1", 90.00, 45.00, None),
         ("claude-opus-4-5", 30.00, 15.00, None),
@@ -474,3 +474,26 @@ def test_the_settings_unpriced_models_are_named_once() -> None:
     ]
     assert unpriced_models(Settings(upstreams=upstreams), TABLE) == ["sim-x", "sim-y"]
     assert "'sim-x' has no price" in unpriced_warning("sim-x")
+
+
+@pytest.mark.parametrize("input_tokens", [150_000, 250_000])
+def test_long_context_prices_match_genai_prices(input_tokens: int) -> None:
+    """claude-sonnet-4-5 pays higher rates on all of a call's tokens once its input is over 200k tokens."""
+    usage = Usage(input_tokens=input_tokens, cached_tokens=20_000, output_tokens=4_000, cache_write_tokens=10_000)
+    theirs = calc_price(
+        GenaiUsage(input_tokens=input_tokens, cache_read_tokens=20_000, cache_write_tokens=10_000, output_tokens=4_000),
+        "claude-sonnet-4-5",
+        provider_id="anthropic",
+    )
+    for table in (TABLE, PriceTable([], genai_prices)):
+        cost = table.cost("claude-sonnet-4-5", usage, "realtime")
+        assert cost is not None
+        assert cost.actual_usd == pytest.approx(float(theirs.total_price), rel=1e-12)
+        batch = table.cost("claude-sonnet-4-5", usage, "batch")
+        assert batch is not None and batch.actual_usd == pytest.approx(cost.actual_usd / 2, rel=1e-12)
+
+
+def test_a_long_context_price_in_the_price_file(tmp_path: Path) -> None:
+    table = load_pricing(write(tmp_path, f"{BASE}, long_context: {{above: 100, input: 3}}"))
+    assert_cost(table.cost("m", Usage(100, 0, 100), "realtime"), 0.0002, 0.0002)  # at the threshold: base rates
+    assert_cost(table.cost("m", Usage(101, 0, 100), "batch"), 0.000403, 0.0002015)  # over it: input at $3

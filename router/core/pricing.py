@@ -46,6 +46,18 @@ class Rates(_Strict, frozen=True):
     cache_write_1h: UsdPerMTok | None = None
 
 
+class LongContext(_Strict, frozen=True):
+    """Real-time rates a call pays on all its tokens once its input (cache reads and writes included) is over
+    `above` tokens (Anthropic's and Google's long-context prices); a rate left out stays the model's own."""
+
+    above: Tokens
+    input: UsdPerMTok | None = None
+    output: UsdPerMTok | None = None
+    cached_input: UsdPerMTok | None = None
+    cache_write: UsdPerMTok | None = None
+    cache_write_1h: UsdPerMTok | None = None
+
+
 class ModelPrice(_Strict, frozen=True):
     """One model's real-time prices and how its batch and flex prices derive from them. In the price file, a price
     left out comes from genai-prices (an entry may list only `batch`, `flex` or `aliases`); a model genai-prices does
@@ -64,6 +76,7 @@ class ModelPrice(_Strict, frozen=True):
     batch: Multiplier | Rates = 0.5
     flex: Multiplier | Rates | None = None  # None: the model has no flex tier
     aliases: list[str] = msgspec.field(default_factory=list)
+    long_context: LongContext | None = None
 
 
 class _PricingFile(_Strict, frozen=True):
@@ -119,6 +132,13 @@ class _TierRates(msgspec.Struct, frozen=True):
     realtime: Rates
     batch: Rates | None
     flex: Rates | None
+    long: _TierRates | None = None
+    """The rates of a call whose input is over `long_above` tokens."""
+    long_above: int = 0
+
+    def for_usage(self, usage: Usage) -> _TierRates:
+        """The rates this call pays: the long-context ones when its input is over their threshold."""
+        return self.long if self.long is not None and usage.input_tokens > self.long_above else self
 
 
 def _tier_rates(price: ModelPrice) -> _TierRates | None:
@@ -133,7 +153,18 @@ def _tier_rates(price: ModelPrice) -> _TierRates | None:
     cached = price.input if price.cached_input is None else price.cached_input
     realtime = Rates(input=price.input, output=price.output, cached_input=cached, cache_write=write,
                      cache_write_1h=write_1h)  # fmt: skip
-    return _TierRates(realtime, _resolve(price.batch, realtime), _resolve(price.flex, realtime))
+    rates = _TierRates(realtime, _resolve(price.batch, realtime), _resolve(price.flex, realtime))
+    long = price.long_context
+    if long is None:
+        return rates
+    fields = ("input", "output", "cached_input", "cache_write", "cache_write_1h")
+    longer = msgspec.structs.replace(
+        price,
+        long_context=None,
+        **{f: getattr(long, f) for f in fields if getattr(long, f) is not None},
+    )
+    over = _tier_rates(longer)
+    return msgspec.structs.replace(rates, long=over, long_above=long.above) if over else rates
 
 
 def _price(rates: Rates, usage: Usage) -> float:
@@ -156,12 +187,26 @@ _CATALOG_PROVIDERS: tuple[Provider, ...] = ("openai", "anthropic")
 
 
 def _usd(value: object) -> float | None:
-    """A genai-prices price as USD per 1M tokens: a plain price, or the base of tiered prices (long-context tiers
-    are not applied)."""
+    """A genai-prices price as USD per 1M tokens: a plain price, or the base of tiered prices."""
     if value is None:
         return None
     base = getattr(value, "base", value)
     return float(base)  # type: ignore[arg-type]
+
+
+def _long_context(prices: object) -> LongContext | None:
+    """genai-prices' first price tier (a long-context price) over every rate that has one, or None."""
+    keys = {"input": "input_mtok", "output": "output_mtok", "cached_input": "cache_read_mtok",
+            "cache_write": "cache_write_mtok", "cache_write_1h": "cache_write_1h_mtok"}  # fmt: skip
+    above: int | None = None
+    rates: dict[str, float] = {}
+    for field, key in keys.items():
+        tiers = getattr(getattr(prices, key, None), "tiers", None)
+        if tiers:
+            above = tiers[0].start if above is None else above
+            if tiers[0].start == above:
+                rates[field] = float(tiers[0].price)
+    return None if above is None else LongContext(above=above, **rates)
 
 
 def genai_prices(model: str, provider: Provider | None) -> ModelPrice | None:
@@ -192,6 +237,7 @@ def genai_prices(model: str, provider: Provider | None) -> ModelPrice | None:
             cached_input=_usd(prices.cache_read_mtok),
             cache_write=_usd(prices.cache_write_mtok),
             cache_write_1h=_usd(getattr(prices, "cache_write_1h_mtok", None)),
+            long_context=_long_context(prices),
         )
     return None
 
@@ -201,9 +247,10 @@ def _merged(entry: ModelPrice, found: ModelPrice | None) -> ModelPrice:
     if found is None:
         return entry
     fields = ("input", "output", "cached_input", "cache_write", "cache_write_1h")
-    return msgspec.structs.replace(
-        entry, **{f: getattr(found, f) for f in fields if getattr(entry, f) is None and getattr(found, f) is not None}
-    )
+    taken: dict[str, Any] = {f: getattr(found, f) for f in fields if getattr(entry, f) is None}
+    if entry.long_context is None and entry.input is None and entry.output is None:
+        taken["long_context"] = found.long_context  # long-context rates only over the catalog's own base rates
+    return msgspec.structs.replace(entry, **{f: v for f, v in taken.items() if v is not None})
 
 
 class PriceTable:
@@ -262,7 +309,8 @@ class PriceTable:
         return snapshot is not None and (snapshot.group(1) in self._index or snapshot.group(1) == entry[0].name)
 
     def rates(self, model: str, tier: PriceTier) -> Rates | None:
-        """Resolved rates for `model` in `tier`, or None when the model or that tier has no price."""
+        """Resolved rates for `model` in `tier` (below any long-context threshold), or None when the model or that
+        tier has no price."""
         entry = self._entry(model)
         return None if entry is None else getattr(entry[1], tier)
 
@@ -277,7 +325,7 @@ class PriceTable:
         entry = self._entry(model)
         if entry is None:
             return None
-        rates = entry[1]
+        rates = entry[1].for_usage(usage)
         paid: Rates | None = getattr(rates, tier)
         if paid is None:
             return None
@@ -287,7 +335,7 @@ class PriceTable:
             asked_entry = self._entry(asked)
             if asked_entry is None:
                 return None
-            baseline = _price(asked_entry[1].realtime, usage)
+            baseline = _price(asked_entry[1].for_usage(usage).realtime, usage)
         return Cost(
             baseline_usd=baseline, actual_usd=actual, savings_usd=baseline - actual, route_usd=baseline - realtime
         )
