@@ -28,6 +28,19 @@ def test_check_config_accepts_the_shipped_files() -> None:
     assert "config OK" in done.stdout
 
 
+def test_check_config_warns_once_per_unpriced_model(tmp_path: Path) -> None:
+    config = tmp_path / "router.yaml"
+    config.write_text(
+        "upstreams:\n"
+        "  - {name: local, kind: openai, base_url: 'http://127.0.0.1:9/v1',"
+        " models: [my-local-model, my-local-model, 'llama-*', gpt-3.5-turbo-instruct]}\n"
+    )
+    done = run_cli("check-config", "--config", str(config), env=clean_env())
+    assert done.returncode == 0, done.stderr  # a warning, not an error: the model is still served
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "'my-local-model' has no price" in warnings[0]  # once; wildcards and priced skipped
+
+
 def test_check_config_names_file_and_field(tmp_path: Path) -> None:
     bad = tmp_path / "router.yaml"
     bad.write_text("batch:\n  max_wait_s: soon\n")

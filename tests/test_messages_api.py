@@ -87,7 +87,7 @@ def direct(sim: Sim, **params: Any) -> Message:
 def essence(message: Message) -> dict[str, Any]:
     """What must be equal between two answers to one prompt: all but the ids the provider draws per call and the
     service tier (`batch` for Message Batch results)."""
-    out = message.model_dump(exclude={"id"})
+    out = message.model_dump(exclude={"id", "router"})  # the router's own note on the answer is not the upstream's
     for block in out["content"]:
         block.pop("id", None)
     out["usage"] = {"input_tokens": message.usage.input_tokens, "output_tokens": message.usage.output_tokens}

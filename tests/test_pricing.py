@@ -7,11 +7,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from genai_prices import Usage as GenaiUsage
+from genai_prices import calc_price
 from hypothesis import given
 from hypothesis import strategies as st
 
 from router.core.errors import ConfigError
-from router.core.pricing import Cost, PriceTable, Usage, load_pricing, usage_from_body
+from router.core.pricing import (
+    CATALOG_CACHE,
+    Cost,
+    ModelPrice,
+    PriceTable,
+    Usage,
+    genai_prices,
+    load_pricing,
+    unpriced_models,
+    unpriced_warning,
+    usage_from_body,
+)
 
 SHIPPED = Path(__file__).parent.parent / "config" / "pricing.yaml"
 TABLE = load_pricing(SHIPPED)
@@ -41,7 +54,7 @@ def assert_cost(cost: Cost | None, baseline: float, actual: float) -> None:
         ("o3", 10.00, 5.00, 5.00),
         ("o4-mini", 5.50, 2.75, 2.75),
         ("claude-sonnet-4", 18.00, 9.00, None),
-        ("claude-sonnet-4-5", 18.00, 9.00, None),
+        ("claude-sonnet-4-5", 28.50, 14.25, None),  # 1M input is over 200k: its long-context rates, $6 and $22.50
         ("claude-sonnet-4-6", 18.00, 9.00, None),
         ("claude-opus-4-1", 90.00, 45.00, None),
         ("claude-opus-4-5", 30.00, 15.00, None),
@@ -177,13 +190,10 @@ def test_mini_is_not_gpt_4o() -> None:
 @pytest.mark.parametrize(
     "model",
     [
-        "gpt-4o-audio-preview",
         "gpt-4o-2024",
-        "gpt-4",
-        "gpt-5-pro",
-        "claude-opus-4",
+        "gpt-99",
         "claude-sonnet-4-7",
-        "GPT-4O",
+        "my-local-model",
         "",
         "x",
     ],
@@ -249,7 +259,18 @@ ANTHROPIC_NO_CACHE = {"type": "message", "usage": {"input_tokens": 20, "output_t
         ({"usage": {"prompt_tokens": 10, "completion_tokens": 2, "prompt_tokens_details": None}}, Usage(10, 0, 2)),
         (EMBEDDINGS, Usage(8, 0, 0)),
         (RESPONSES, Usage(500, 128, 40)),
-        (ANTHROPIC, Usage(2120, 2000, 50)),
+        (ANTHROPIC, Usage(2120, 2000, 50, cache_write_tokens=100)),
+        (
+            {
+                "usage": {
+                    "input_tokens": 4,
+                    "cache_creation_input_tokens": 30,
+                    "output_tokens": 1,
+                    "cache_creation": {"ephemeral_5m_input_tokens": 10, "ephemeral_1h_input_tokens": 20},
+                }
+            },
+            Usage(34, 0, 1, cache_write_tokens=10, cache_write_1h_tokens=20),
+        ),
         (ANTHROPIC_NO_CACHE, Usage(20, 0, 50)),
         ({"usage": {"input_tokens": 5, "cache_read_input_tokens": None, "output_tokens": 1}}, Usage(5, 0, 1)),
     ],
@@ -354,3 +375,125 @@ def test_explicit_rates_and_multipliers(tmp_path: Path) -> None:
     assert_cost(table.cost("e", Usage(2 * M, M, M), "flex"), 12.4, 12.0)
     # x lists no real-time cached price: the baseline charges cached tokens at the input rate (4), batch at 0.1.
     assert_cost(table.cost("x", Usage(M, M // 2, 0), "batch"), 4.0, 0.55)
+
+
+# --- genai-prices as the source ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "provider"),
+    [("gpt-4o", "openai"), ("gpt-3.5-turbo-instruct", "openai"), ("claude-sonnet-4", "anthropic")],
+)
+def test_prices_match_genai_prices_own_calc(model: str, provider: str) -> None:
+    """With no price file entry, a model genai-prices knows costs what the package's own calc says."""
+    table = PriceTable([], genai_prices)
+    usage = Usage(input_tokens=12_000, cached_tokens=2_000, output_tokens=3_000)
+    cost = table.cost(model, usage, "realtime")
+    theirs = calc_price(
+        GenaiUsage(input_tokens=12_000, cache_read_tokens=2_000, output_tokens=3_000), model, provider_id=provider
+    )
+    assert cost is not None
+    assert cost.actual_usd == pytest.approx(float(theirs.total_price), rel=1e-12)
+    batch = table.cost(model, usage, "batch")  # the providers' 50% batch discount, from the default multiplier
+    assert batch is not None and batch.actual_usd == pytest.approx(cost.actual_usd / 2, rel=1e-12)
+
+
+def test_gpt_3_5_turbo_instruct_is_priced_with_no_hand_edit() -> None:
+    assert TABLE.lookup("gpt-3.5-turbo-instruct") is not None
+    assert_cost(TABLE.cost("gpt-3.5-turbo-instruct", ONE_MILLION_EACH, "batch"), 3.50, 1.75)  # $1.50 in, $2 out
+
+
+def test_an_override_in_the_price_file_wins(tmp_path: Path) -> None:
+    table = load_pricing(write(tmp_path, "name: gpt-4o, provider: openai, input: 1, output: 2, flex: 0.5"))
+    assert_cost(table.cost("gpt-4o", ONE_MILLION_EACH, "flex"), 3.0, 1.5)
+    # Left out of the entry, the cache read price is genai-prices' own ($1.25 for gpt-4o).
+    rates = table.rates("gpt-4o", "realtime")
+    assert rates is not None and rates.cached_input == pytest.approx(1.25)
+
+
+def test_an_entry_may_list_only_what_genai_prices_lacks(tmp_path: Path) -> None:
+    table = load_pricing(write(tmp_path, "name: gpt-3.5-turbo-instruct, provider: openai, flex: 0.5, aliases: [i]"))
+    assert_cost(table.cost("i", ONE_MILLION_EACH, "flex"), 3.50, 1.75)
+
+
+def test_an_unknown_model_is_unpriced_not_free() -> None:
+    for model in ("my-local-model", "gpt-99"):
+        assert not TABLE.known(model)
+        assert TABLE.cost(model, ONE_MILLION_EACH, "realtime") is None
+        assert TABLE.realtime_usd(model, 1000, 1000) is None
+        assert TABLE.cost("gpt-4o", ONE_MILLION_EACH, "realtime", asked=model) is None  # nor as a baseline
+
+
+def test_anthropic_cache_writes_cost_their_real_rate() -> None:
+    # claude-sonnet-4: 100k fresh * 3 + 200k 5-minute writes * 3.75 + 300k 1-hour writes * 6 + 400k reads * 0.30
+    # = 0.30 + 0.75 + 1.80 + 0.12 = 2.97; no output. Batch halves every rate, writes included.
+    usage = Usage(M, 400_000, 0, cache_write_tokens=200_000, cache_write_1h_tokens=300_000)
+    assert_cost(TABLE.cost("claude-sonnet-4", usage, "batch"), 2.97, 1.485)
+    # A price file entry that lists no write price: 1.25x (5 minutes) and 2x (1 hour) its input rate.
+    table = PriceTable([ModelPrice(name="c", provider="anthropic", input=2.0, output=4.0)])
+    # 500k 5-minute writes * 2.50 + 500k 1-hour writes * 4 = 1.25 + 2.00.
+    writes = Usage(M, 0, 0, cache_write_tokens=M // 2, cache_write_1h_tokens=M // 2)
+    assert_cost(table.cost("c", writes, "realtime"), 3.25, 3.25)
+    body = {"usage": {"input_tokens": 0, "cache_creation_input_tokens": M, "output_tokens": 0}}
+    parsed = usage_from_body(body)
+    assert parsed is not None
+    assert_cost(TABLE.cost("claude-sonnet-4", parsed, "realtime"), 3.75, 3.75)
+
+
+def test_catalog_look_ups_are_kept_and_bounded() -> None:
+    asked: list[str] = []
+
+    def catalog(model: str, provider: str | None) -> ModelPrice | None:
+        asked.append(model)
+        return ModelPrice(name=model, provider="openai", input=1.0, output=1.0) if model == "known" else None
+
+    table = PriceTable([], catalog)
+    for _ in range(3):
+        assert table.known("known") and not table.known("unknown")
+    assert asked == ["known", "unknown"]
+    for index in range(CATALOG_CACHE + 10):
+        table.known(f"m{index}")
+    assert table.cache_size() <= CATALOG_CACHE
+
+
+def test_only_exact_names_are_listed_for_the_deferred_lane() -> None:
+    """genai-prices matches some families by prefix: such a name is priced, but the deferred lane (which keeps
+    queues per model) takes only the finitely many exact names."""
+    assert TABLE.known("claude-sonnet-4-5-x1y2z3") and not TABLE.listed("claude-sonnet-4-5-x1y2z3")
+    for model in ("gpt-3.5-turbo-instruct", "gpt-4o", "gpt-4o-2024-08-06", "claude-sonnet-4-20250514", "o1-pro"):
+        assert TABLE.listed(model), model
+    assert not TABLE.listed("sim-local-model")
+
+
+def test_the_settings_unpriced_models_are_named_once() -> None:
+    from router.core.settings import Settings, Upstream
+
+    upstreams = [
+        Upstream(name="a", base_url="http://127.0.0.1:9/v1", models=["sim-x", "gpt-4o", "llama-*", "sim-x"]),
+        Upstream(name="b", base_url="http://127.0.0.1:9/v1", models=["sim-y"]),
+    ]
+    assert unpriced_models(Settings(upstreams=upstreams), TABLE) == ["sim-x", "sim-y"]
+    assert "'sim-x' has no price" in unpriced_warning("sim-x")
+
+
+@pytest.mark.parametrize("input_tokens", [150_000, 250_000])
+def test_long_context_prices_match_genai_prices(input_tokens: int) -> None:
+    """claude-sonnet-4-5 pays higher rates on all of a call's tokens once its input is over 200k tokens."""
+    usage = Usage(input_tokens=input_tokens, cached_tokens=20_000, output_tokens=4_000, cache_write_tokens=10_000)
+    theirs = calc_price(
+        GenaiUsage(input_tokens=input_tokens, cache_read_tokens=20_000, cache_write_tokens=10_000, output_tokens=4_000),
+        "claude-sonnet-4-5",
+        provider_id="anthropic",
+    )
+    for table in (TABLE, PriceTable([], genai_prices)):
+        cost = table.cost("claude-sonnet-4-5", usage, "realtime")
+        assert cost is not None
+        assert cost.actual_usd == pytest.approx(float(theirs.total_price), rel=1e-12)
+        batch = table.cost("claude-sonnet-4-5", usage, "batch")
+        assert batch is not None and batch.actual_usd == pytest.approx(cost.actual_usd / 2, rel=1e-12)
+
+
+def test_a_long_context_price_in_the_price_file(tmp_path: Path) -> None:
+    table = load_pricing(write(tmp_path, f"{BASE}, long_context: {{above: 100, input: 3}}"))
+    assert_cost(table.cost("m", Usage(100, 0, 100), "realtime"), 0.0002, 0.0002)  # at the threshold: base rates
+    assert_cost(table.cost("m", Usage(101, 0, 100), "batch"), 0.000403, 0.0002015)  # over it: input at $3

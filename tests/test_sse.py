@@ -131,8 +131,8 @@ def test_anthropic_usage_comes_from_message_start_and_message_delta() -> None:
     stream = b"".join(sse_chunks("/messages", json.dumps(MESSAGE).encode(), include_usage=False))
     for cuts in ([], [7, 300, 301, 900], list(range(0, len(stream), 97))):
         out, seen = asyncio.run(_relay(_split(stream, cuts), True))
-        # Input counts the cache reads and writes, as for translated calls; cache reads are its cached part.
-        assert seen == [Usage(input_tokens=18, cached_tokens=4, output_tokens=80)]
+        # Input counts the cache reads and writes, as for translated calls; reads and writes are parts of it.
+        assert seen == [Usage(input_tokens=18, cached_tokens=4, output_tokens=80, cache_write_tokens=2)]
         assert out == stream
     partial = (
         b'event: message_start\ndata: {"type":"message_start","message":{"id":"m","usage":{"input_tokens":9,'

@@ -73,6 +73,21 @@ class Origin(StrEnum):
         return {Origin.ESCALATED: Lane.REALTIME, Origin.NATIVE: Lane.BATCH}.get(self) or Lane(self.value)
 
 
+LEVERS = ("batch", "flex", "route", "prompt_cache", "answer_cache")
+"""Where savings come from; each call's savings split over them adds up to its `savings_usd` exactly."""
+
+
+def lever_split(origin: Origin, savings_usd: float, route_usd: float) -> dict[str, float]:
+    """A call's savings by lever: the model route's part, and its price tier's (batch, flex) part."""
+    out: dict[str, float] = {}
+    if route_usd:
+        out["route"] = route_usd
+    tier = savings_usd - route_usd
+    if tier and origin.lane.price_tier != "realtime":
+        out[origin.lane.price_tier] = tier
+    return out
+
+
 Reason = Literal["policy", "no_batch", "endpoint", "stream", "fits", "probe", "too_soon"]
 Rung = Literal["flex", "standard"]
 """A rung of the escalation ladder: the flex tier, then the standard tier."""

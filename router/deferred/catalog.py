@@ -1,4 +1,5 @@
-"""The models the deferred lane may queue: priced, listed by their upstream's `/models`, or named explicitly.
+"""The models the deferred lane may queue: priced under an exact name (`PriceTable.listed`), listed by their
+upstream's `/models`, or named explicitly.
 
 A model name comes from the caller, and each one the deferred lane accepts becomes a queue in Redis that every
 loop walks. So only a known model is deferred; any other call goes to the real-time lane, where a name the
@@ -55,7 +56,7 @@ class ModelCatalog:
     def known(self, upstream: str, model: str) -> bool:
         """Whether `model` may be deferred on `upstream` (which the upstream's patterns already chose)."""
         return (
-            self.prices.known(model)
+            self.prices.listed(model)
             or model in self._explicit.get(upstream, ())
             or model in self._listed.get(upstream, ())
         )

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from router.core.keys import HEARTBEAT_S, REPLICA_TTL_S
 from router.core.schema import error_body
-from router.deferred.replay import cost_comment, error_event, sse_chunks
+from router.deferred.replay import cost_comment, error_event, result_note, sse_chunks, with_note
 from router.telemetry import metrics
 
 if TYPE_CHECKING:
@@ -195,7 +195,7 @@ class Holds:
                     if result is not None:
                         if result.status >= 400:
                             self._cut(call.id, "error")
-                        yield result.body
+                        yield with_note(result.body, result_note(call.id, call.meta.model, result))
                         delivered = True
                         return
                     if self.draining.is_set():

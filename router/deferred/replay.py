@@ -1,16 +1,21 @@
 """Replay a finished answer as the SSE events a streaming client expects: ChatCompletion and Completion chunks
 (`data:` lines ending with `[DONE]`), the Responses API's typed events (`response.created` …
 `response.completed`), or Anthropic's Messages events (`message_start` … `message_stop`); and a finished call's cost
-as an SSE comment or as headers."""
+as an SSE comment, as headers, or as the `"router"` object of its JSON body (`router_note`, `with_note`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
+from router.core.lanes import LEVERS, Origin, lever_split
 from router.core.schema import anthropic_error_body, as_anthropic_error, error_body
+
+if TYPE_CHECKING:
+    from router.deferred.store.records import Result
+    from router.telemetry.accounting import Priced
 
 _decoder = msgspec.json.Decoder(dict[str, Any])
 _encoder = msgspec.json.Encoder()
@@ -57,6 +62,100 @@ def cost_comment(cost_usd: float | None, savings_usd: float | None) -> bytes:
     if cost_usd is None:
         return b""
     return f": x-router-cost-usd={cost_usd:.12f} x-router-savings-usd={savings_usd or 0.0:.12f}\n\n".encode()
+
+
+NO_USAGE = "no_usage"
+"""Why an answer has no cost: its body reports no usage."""
+NO_PRICE = "no_price"
+"""Why an answer has no cost: its model (or its model at this price tier) has no price."""
+
+
+class Figures(Protocol):
+    """What a note says of a call's cost: a `Cost`, or a stored result's figures."""
+
+    @property
+    def actual_usd(self) -> float: ...
+    @property
+    def baseline_usd(self) -> float: ...
+    @property
+    def savings_usd(self) -> float: ...
+    @property
+    def route_usd(self) -> float: ...
+
+
+def router_note(*, origin: Origin, call_id: str, model: str, cost: Figures | None, unpriced: str = NO_PRICE) -> bytes:
+    """The `"router"` object an answer body carries: its lane, cost, savings (by lever) and call id, the same
+    figures as the headers and the metrics. Unpriced: the cost fields are null and `unpriced` says why."""
+    note: dict[str, Any] = {"lane": origin.lane.value, "call_id": call_id, "model": model}
+    if cost is None:
+        note |= {"cost_usd": None, "baseline_usd": None, "savings_usd": None, "savings_by_lever": None}
+        note["unpriced"] = unpriced
+    else:
+        by_lever = dict.fromkeys(LEVERS, 0.0) | lever_split(origin, cost.savings_usd, cost.route_usd)
+        note |= {"cost_usd": cost.actual_usd, "baseline_usd": cost.baseline_usd, "savings_usd": cost.savings_usd,
+                 "savings_by_lever": by_lever}  # fmt: skip
+    if origin is Origin.ESCALATED:
+        note["escalated"] = True
+    return _encoder.encode(note)
+
+
+def priced_note(*, origin: Origin, call_id: str, model: str, priced: Priced) -> bytes:
+    """`router_note` for a call just priced."""
+    reason = NO_USAGE if priced.usage is None else NO_PRICE
+    return router_note(origin=origin, call_id=call_id, model=model, cost=priced.cost, unpriced=reason)
+
+
+class _StoredCost(msgspec.Struct, frozen=True):
+    """A stored result's `Figures`."""
+
+    actual_usd: float
+    baseline_usd: float
+    savings_usd: float
+    route_usd: float
+
+
+class _Usage(msgspec.Struct):
+    usage: dict[str, Any] | None = None
+
+
+_usage_decoder = msgspec.json.Decoder(_Usage)
+
+
+def _reports_usage(body: bytes) -> bool:
+    try:
+        return bool(_usage_decoder.decode(body).usage)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return False
+
+
+def result_note(call_id: str, model: str, result: Result) -> bytes:
+    """`router_note` for a stored result of a deferred call."""
+    if result.cost_usd is not None:
+        cost = _StoredCost(result.cost_usd, result.baseline_usd or 0.0, result.savings_usd or 0.0, result.route_usd)
+        return router_note(origin=result.origin, call_id=call_id, model=model, cost=cost)
+    reason = NO_PRICE if _reports_usage(result.body) else NO_USAGE
+    return router_note(origin=result.origin, call_id=call_id, model=model, cost=None, unpriced=reason)
+
+
+_WHITESPACE = b" \t\r\n"
+
+
+def with_note(body: bytes, note: bytes) -> bytes:
+    """`body` (a JSON object) with `"router": note` as its last member, spliced in without decoding the body: a
+    large answer is not re-encoded. A body that is not an object is returned as it is."""
+    end = len(body)
+    while end and body[end - 1] in _WHITESPACE:
+        end -= 1
+    start = 0
+    while start < end and body[start] in _WHITESPACE:
+        start += 1
+    if end - start < 2 or body[start] != 0x7B or body[end - 1] != 0x7D:  # { ... }
+        return body
+    first = start + 1
+    while first < end - 1 and body[first] in _WHITESPACE:
+        first += 1
+    comma = b"" if first == end - 1 else b","
+    return body[: end - 1] + comma + b'"router":' + note + body[end - 1 :]
 
 
 def _pieces(text: str) -> list[str]:

@@ -18,7 +18,7 @@ from router.core.errors import UpstreamError
 from router.core.lanes import Origin
 from router.core.pricing import Cost
 from router.core.schema import decode_body, encoder
-from router.deferred.replay import set_cost_headers
+from router.deferred.replay import priced_note, set_cost_headers, with_note
 from router.http.disconnect import unless_disconnected
 from router.http.error_handlers import JSON
 from router.http.forward import forward_realtime
@@ -102,7 +102,9 @@ class Cascade:
             if priced.cost is not None:
                 set_cost_headers(headers, priced.cost.actual_usd, priced.cost.savings_usd)
             router.spawn(router.note(headers["x-router-request-id"], routed, tenant, priced.usage))
-            return Response(cheap.body, status_code=200, headers=headers, media_type=JSON)
+            note = priced_note(origin=Origin.REALTIME, call_id=headers["x-router-request-id"], model=routed.model,
+                               priced=priced)  # fmt: skip
+            return Response(with_note(cheap.body, note), status_code=200, headers=headers, media_type=JSON)
         # Escalate: the cheap call was paid for nothing, and the asked-for model answers.
         cheap_priced = None
         if response is not None:
@@ -123,14 +125,21 @@ class Cascade:
         priced = self.accounting.price(routed.asked, Origin.REALTIME, strong.body)
         self._book(priced, asked_provider.name, routed.asked, tenant)
         if priced.cost is not None:
+            # The answer's cost includes the cheap call thrown away, lost on the `route` lever.
             lost = cheap_priced.cost.actual_usd if cheap_priced and cheap_priced.cost else 0.0
-            set_cost_headers(headers, priced.cost.actual_usd + lost, priced.cost.savings_usd - lost)
+            cost = priced.cost
+            total = Cost(baseline_usd=cost.baseline_usd, actual_usd=cost.actual_usd + lost,
+                         savings_usd=cost.savings_usd - lost, route_usd=cost.route_usd - lost)  # fmt: skip
+            priced = Priced(priced.usage, total)
+            set_cost_headers(headers, total.actual_usd, total.savings_usd)
         if response is not None and verdict is not None and verdict.reason not in _HARD_FAILURES:
             # Both answers exist: judged, they teach the plan whether this check bucket can be trusted next time.
             key = router.cascade_key(routed, request, response)
             router.spawn(self.judge(routed, key, request, strong.body, response, client_headers, tenant))
         router.spawn(router.note(headers["x-router-request-id"], routed, tenant, priced.usage))
-        return Response(strong.body, status_code=strong.status, headers=headers, media_type=JSON)
+        note = priced_note(origin=Origin.REALTIME, call_id=headers["x-router-request-id"], model=routed.asked,
+                           priced=priced)  # fmt: skip
+        return Response(with_note(strong.body, note), status_code=strong.status, headers=headers, media_type=JSON)
 
     def learn(
         self,

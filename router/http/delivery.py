@@ -30,7 +30,7 @@ from router.core.errors import (
 )
 from router.core.schema import encoder
 from router.core.states import EnqueueOutcome
-from router.deferred.replay import cost_comment, error_answer, set_cost_headers, sse_chunks
+from router.deferred.replay import cost_comment, error_answer, result_note, set_cost_headers, sse_chunks, with_note
 from router.deferred.store.records import ASYNC_HOLDER, deferred_object, escalated
 from router.http.disconnect import unless_disconnected
 from router.http.error_handlers import JSON
@@ -86,7 +86,10 @@ def result_response(
         cost = cost_comment(result.cost_usd, result.savings_usd)
         chunks = sse_chunks(call.meta.endpoint, result.body, include_usage=call.meta.include_usage, cost=cost)
         return Stream(chunks, status_code=200, headers=headers, media_type="text/event-stream")
-    body = error_answer(call.meta.endpoint, result.status, result.body) if result.status >= 400 else result.body
+    if result.status >= 400:
+        body = error_answer(call.meta.endpoint, result.status, result.body)
+    else:
+        body = with_note(result.body, result_note(call.id, call.meta.model, result))
     return Response(body, status_code=result.status, headers=headers, media_type=JSON)
 
 

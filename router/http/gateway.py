@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from router.core.errors import ConfigError
 from router.core.lanes import Catalog, Planner
 from router.core.policy import PolicyStore
-from router.core.pricing import load_pricing
+from router.core.pricing import load_pricing, unpriced_models, unpriced_warning
 from router.deferred.batcher import Batcher
 from router.deferred.catalog import ModelCatalog
 from router.deferred.guard import Guard
@@ -75,6 +75,8 @@ class Gateway:
         self.upstreams = Upstreams(settings.upstreams, providers, settings)
         self.policies = PolicyStore(Path(settings.policies_dir))
         self.accounting = Accounting(load_pricing(Path(settings.pricing_file)))
+        for model in unpriced_models(settings, self.accounting.prices):
+            log.warning(unpriced_warning(model))
         # Connects lazily, on the serving loop; the lifespan closes it. One server or a cluster, by the URL.
         self.redis = client.connect(settings.redis_url, max_connections=settings.redis_max_connections)
         b = settings.batch

@@ -17,7 +17,7 @@ from litestar.response import Stream
 from router.core.errors import RouterError, UpstreamError, UpstreamTimeout
 from router.core.lanes import Origin
 from router.core.schema import decode_body, encoder, with_fields
-from router.deferred.replay import cost_comment, set_cost_headers
+from router.deferred.replay import cost_comment, priced_note, set_cost_headers, with_note
 from router.http.disconnect import ClientDisconnected, unless_disconnected
 from router.http.error_handlers import JSON
 from router.http.forward import forward_realtime
@@ -146,7 +146,8 @@ class Relay:
             set_cost_headers(headers, priced.cost.actual_usd, priced.cost.savings_usd)
         if routed is not None and self.learn is not None:
             self.learn(routed, endpoint, asked_body or body, upstream.body, client_headers, tenant, headers, priced)
-        return Response(upstream.body, status_code=upstream.status, headers=headers, media_type=JSON)
+        note = priced_note(origin=origin, call_id=headers.get("x-router-request-id", ""), model=model, priced=priced)
+        return Response(with_note(upstream.body, note), status_code=upstream.status, headers=headers, media_type=JSON)
 
 
 def with_usage_requested(body: bytes) -> bytes:

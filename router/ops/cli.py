@@ -206,7 +206,7 @@ def _source(path: str, default: str) -> str:
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate config, policies and pricing; print what is wrong, where, and which files were read."""
     from router.core.policy import load_policies
-    from router.core.pricing import load_pricing
+    from router.core.pricing import PriceTable, load_pricing, unpriced_models, unpriced_warning
 
     problems: list[str] = []
     settings: Settings | None = None
@@ -220,10 +220,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             rules = len(load_policies(Path(settings.policies_dir)).rules)
         except ConfigError as exc:
             problems.append(str(exc))
+        prices: PriceTable | None = None
         try:
-            load_pricing(Path(settings.pricing_file))
+            prices = load_pricing(Path(settings.pricing_file))
         except ConfigError as exc:
             problems.append(str(exc))
+        for model in unpriced_models(settings, prices) if prices else ():
+            print(f"warning: {unpriced_warning(model)}", file=sys.stderr)
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     if problems:

@@ -350,11 +350,13 @@ class _Details(msgspec.Struct):
     cached_tokens: int
 
 
-class OutUsage(msgspec.Struct):
+class OutUsage(msgspec.Struct, omit_defaults=True):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: _Details
+    cache_creation_input_tokens: int = 0
+    """Anthropic's cache writes (part of `prompt_tokens`), kept so they are priced at their own rate; omitted at 0."""
 
 
 class _Completion(msgspec.Struct, kw_only=True):
@@ -382,7 +384,7 @@ def out_usage(u: Usage) -> OutUsage:
     read = u.cache_read_input_tokens or 0
     prompt = (u.input_tokens or 0) + read + (u.cache_creation_input_tokens or 0)
     done = u.output_tokens or 0
-    return OutUsage(prompt, done, prompt + done, _Details(read))
+    return OutUsage(prompt, done, prompt + done, _Details(read), u.cache_creation_input_tokens or 0)
 
 
 def chat_completion(message: Message, created: int) -> bytes:

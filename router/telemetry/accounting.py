@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from router.core.lanes import Origin
+from router.core.lanes import LEVERS, Origin, lever_split
 from router.core.pricing import Cost, PriceTable, Usage, usage_from_body
 from router.telemetry import metrics
 
@@ -21,6 +21,7 @@ _PRICE_TIER: dict[Origin, PriceTier] = {
     Origin.NATIVE: "batch",
 }
 """The price tier an answer of each origin is billed at."""
+__all__ = ["LEVERS", "Accounting", "Priced", "levers"]
 
 
 class Priced(msgspec.Struct, frozen=True):
@@ -77,16 +78,6 @@ class Accounting:
             (metrics.lever_savings if usd >= 0 else metrics.lever_losses).labels(lever, tenant).inc(abs(usd))
 
 
-LEVERS = ("batch", "flex", "route", "prompt_cache", "answer_cache")
-"""Where savings come from; each call's savings split over them adds up to its `savings_usd` exactly."""
-
-
 def levers(origin: Origin, cost: Cost) -> dict[str, float]:
     """A call's savings by lever: the model route's part, and its price tier's (batch, flex) part."""
-    out: dict[str, float] = {}
-    if cost.route_usd:
-        out["route"] = cost.route_usd
-    tier = cost.savings_usd - cost.route_usd
-    if tier and _PRICE_TIER[origin] != "realtime":
-        out[_PRICE_TIER[origin]] = tier
-    return out
+    return lever_split(origin, cost.savings_usd, cost.route_usd)

@@ -64,6 +64,8 @@ class Result(msgspec.Struct, frozen=True, kw_only=True):
     baseline_usd: float | None
     savings_usd: float | None
     finished_at: float
+    route_usd: float = 0.0
+    """The model route's part of the savings (the rest is the price tier's)."""
 
 
 class QueueStats(msgspec.Struct, frozen=True, kw_only=True):

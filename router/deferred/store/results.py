@@ -60,6 +60,7 @@ class ResultStore:
             baseline_usd=number(row.get(b"baseline")),
             savings_usd=number(row.get(b"savings")),
             finished_at=float(row[b"finished_at"]),
+            route_usd=number(row.get(b"route")) or 0.0,
         )
 
     async def store_result(

@@ -557,7 +557,7 @@ elseif state ~= '${CALL_ESCALATED}' then
   return ${STORE_LATE}
 end
 redis.call('HSET', result, 'status', status, 'body', body, 'lane', origin, 'cost', cost, 'baseline', baseline,
-  'savings', savings, 'finished_at', now)
+  'savings', savings, 'route', route, 'finished_at', now)
 redis.call('EXPIRE', result, ttl)
 redis.call('HSET', call, 'state', '${CALL_DONE}', 'lane', origin, 'finished_at', now)
 redis.call('HDEL', call, 'body')

@@ -94,7 +94,7 @@ class RealtimeTotals:
 
     def record(self, priced: Priced, *, origin: Origin, upstream: str, model: str, tenant: str, outcome: str) -> None:
         """Book a finished real-time call in the metrics now, and in memory for the next write to Redis."""
-        if outcome != "ok" and not self.accounting.prices.known(model):
+        if outcome != "ok" and not self.accounting.prices.listed(model):
             model = "other"  # a failed call's model is whatever the caller typed: keep label values bounded
         self.accounting.book(priced, origin=origin, upstream=upstream, model=model, tenant=tenant, outcome=outcome)
         fields = self._totals.setdefault((tenant, time.strftime("%Y-%m-%d", time.gmtime())), {})
