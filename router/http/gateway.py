@@ -75,6 +75,7 @@ class Gateway:
         self.upstreams = Upstreams(settings.upstreams, providers, settings)
         self.policies = PolicyStore(Path(settings.policies_dir))
         self.accounting = Accounting(load_pricing(Path(settings.pricing_file)))
+        self.accounting.prices.lookup("gpt-4o")  # loads genai-prices' data (about 0.5 s) now, not on the first call
         for model in unpriced_models(settings, self.accounting.prices):
             log.warning(unpriced_warning(model))
         # Connects lazily, on the serving loop; the lifespan closes it. One server or a cluster, by the URL.
