@@ -102,12 +102,12 @@ deploy-files:
 lock: $(BIN)/uv
 	$(BIN)/uv lock --python $(PY) $(ARGS)
 
-# The newest versions pyproject.toml allows, in a throwaway copy: lint, types and the unit tier. Drift shows up here
+# The newest versions pyproject.toml allows, in a throwaway clone of HEAD: lint, types and the unit tier. Drift shows up here
 # before it reaches a new user's `make setup`; CI runs it and reports it without failing.
 latest:
 	@set -e; dir=$$(mktemp -d); trap 'rm -rf "$$dir"' EXIT; \
-	git ls-files -z | xargs -0 cp --parents -t "$$dir"; \
-	cd "$$dir" && $(MAKE) --no-print-directory lock ARGS=--upgrade >/dev/null && \
+	git clone -q "$(CURDIR)" "$$dir/repo"; \
+	cd "$$dir/repo" && $(MAKE) --no-print-directory lock ARGS=--upgrade >/dev/null && \
 	$(MAKE) --no-print-directory setup lint typecheck unit
 
 # The README's two commands as a new user runs them: a clone of the committed HEAD in a temporary directory, a new
