@@ -111,12 +111,12 @@ latest:
 	$(MAKE) --no-print-directory setup lint typecheck unit
 
 # The README's two commands as a new user runs them: a clone of the committed HEAD in a temporary directory, a new
-# virtualenv, an empty HOME and no package caches. `make fresh PYTHON=python3.13 TARGETS="demo unit"` varies it.
-TARGETS ?= demo test
+# virtualenv, an empty HOME and no package caches. `make fresh PYTHON=python3.13 RUN="make demo && make unit"` varies it.
+RUN ?= make demo && make test
 fresh:
 	@set -e; dir=$$(mktemp -d); trap 'rm -rf "$$dir"' EXIT; \
 	git clone -q "$(CURDIR)" "$$dir/repo"; mkdir -p "$$dir/home"; \
 	echo "fresh: $$(git rev-parse --short HEAD) in $$dir/repo, HOME=$$dir/home, Python $$($(PYTHON) -c 'import sys; print(sys.version.split()[0])')"; \
 	cd "$$dir/repo" && env -u PIP_FIND_LINKS -u VIRTUAL_ENV HOME="$$dir/home" XDG_CACHE_HOME="$$dir/home/.cache" \
 	  UV_CACHE_DIR="$$dir/home/.cache/uv" PIP_NO_CACHE_DIR=1 npm_config_cache="$$dir/home/.npm" \
-	  $(MAKE) --no-print-directory PYTHON="$$(command -v $(PYTHON))" $(TARGETS)
+	  PYTHON="$$(command -v $(PYTHON))" MAKEFLAGS= MAKELEVEL= sh -c 'set -e; $(RUN)'
