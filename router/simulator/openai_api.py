@@ -13,6 +13,7 @@ from litestar.response import Stream
 from router.simulator import catalog, streams
 from router.simulator import openai_bodies as bodies
 from router.simulator import openai_types as wire
+from router.simulator import responses as responses_api
 from router.simulator.errors import OpenAIError
 from router.simulator.state import SimState
 from router.simulator.web import SSE, admit, json_response, openai_injected, request_id
@@ -99,9 +100,9 @@ def routes(state: SimState) -> list[HTTPRouteHandler]:
 
     @post("/v1/responses", status_code=200)
     async def responses(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
-        req = bodies.decode_responses(await body_of(request, "/v1/responses"))
+        req = responses_api.decode(await body_of(request, "/v1/responses"))
         check_flex(req.service_tier)
-        answer = bodies.response(req, state.cache, state.outcomes)
+        answer = responses_api.response(req, state.cache, state.outcomes)
         if req.stream:
             return stream(streams.response_events(answer))
         return json_response(answer, headers={"x-request-id": request_id()})

@@ -27,17 +27,9 @@ from router.simulator.openai_types import (
     EmbeddingList,
     EmbeddingRequest,
     EmbeddingUsage,
-    IncompleteDetails,
-    InputTokensDetails,
-    OutputMessage,
-    OutputText,
-    OutputTokensDetails,
     PromptTokensDetails,
     ResponseObject,
-    ResponsesRequest,
-    ResponseUsage,
     TextChoice,
-    TextConfig,
     Tokens,
 )
 from router.simulator.outcomes import Outcomes
@@ -58,14 +50,13 @@ def system_fingerprint(model: str) -> str:
 _CHAT = msgspec.json.Decoder(ChatRequest)
 _COMPLETION = msgspec.json.Decoder(CompletionRequest)
 _EMBEDDING = msgspec.json.Decoder(EmbeddingRequest)
-_RESPONSES = msgspec.json.Decoder(ResponsesRequest)
 _ENCODE = msgspec.json.Encoder()
 
 
 T = TypeVar("T")
 
 
-def _decode(decoder: msgspec.json.Decoder[T], raw: bytes) -> T:
+def decode_with(decoder: msgspec.json.Decoder[T], raw: bytes) -> T:
     try:
         return decoder.decode(raw)
     except (msgspec.DecodeError, RecursionError) as exc:
@@ -75,22 +66,17 @@ def _decode(decoder: msgspec.json.Decoder[T], raw: bytes) -> T:
 
 def decode_chat(raw: bytes) -> ChatRequest:
     """The chat request in `raw`, or a 400 in OpenAI's shape."""
-    return _decode(_CHAT, raw)
+    return decode_with(_CHAT, raw)
 
 
 def decode_completion(raw: bytes) -> CompletionRequest:
     """The legacy completion request in `raw`, or a 400."""
-    return _decode(_COMPLETION, raw)
+    return decode_with(_COMPLETION, raw)
 
 
 def decode_embedding(raw: bytes) -> EmbeddingRequest:
     """The embedding request in `raw`, or a 400."""
-    return _decode(_EMBEDDING, raw)
-
-
-def decode_responses(raw: bytes) -> ResponsesRequest:
-    """The Responses request in `raw`, or a 400."""
-    return _decode(_RESPONSES, raw)
+    return decode_with(_EMBEDDING, raw)
 
 
 def check_model(model: str) -> None:
@@ -103,7 +89,7 @@ def check_model(model: str) -> None:
         )
 
 
-def _service_tier(requested: str | None) -> str:
+def service_tier(requested: str | None) -> str:
     if requested is None or requested == "auto":
         return "default"
     if requested not in SERVICE_TIERS:
@@ -135,7 +121,7 @@ def chat_completion(req: ChatRequest, cache: text.PrefixCache, outcomes: Outcome
     and `logprobs` honoured, real-looking usage."""
     check_model(req.model)
     _check_n(req.n)
-    tier = _service_tier(req.service_tier)
+    tier = service_tier(req.service_tier)
     top = tools.top_logprobs(req)
     mode, functions = tools.tool_choice(req)
     tools.check_format(req)
@@ -280,95 +266,6 @@ def embeddings(req: EmbeddingRequest, cache: text.PrefixCache) -> EmbeddingList:
         value: list[float] | str = text.embedding_base64(vector) if req.encoding_format == "base64" else vector.tolist()
         data.append(EmbeddingItem(index=index, embedding=value))
     return EmbeddingList(data=data, model=req.model, usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens))
-
-
-def responses_conversation(req: ResponsesRequest) -> text.Conversation:
-    """The turns of a Responses request: `instructions`, then `input` (a string or a list of items)."""
-    turns: list[tuple[str, str]] = []
-    if req.instructions:
-        turns.append(("system", req.instructions))
-    if isinstance(req.input, str):
-        turns.append(("user", req.input))
-    elif req.input is not None:
-        for item in req.input:
-            if not isinstance(item, dict):
-                raise OpenAIError(400, "Invalid 'input': items must be objects.", param="input", code="invalid_type")
-            role = item.get("role")
-            if isinstance(role, str):
-                turns.append((role, tools.part_text(item.get("content"))))
-            else:  # tool calls, tool outputs, reasoning items: their JSON is the text
-                turns.append(("tool", _ENCODE.encode(item).decode()))
-    if not turns:
-        raise OpenAIError(400, "Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
-    return text.Conversation(turns)
-
-
-def _response_text(req: ResponsesRequest, convo: text.Conversation) -> str:
-    """The output text: the reply, or JSON when `text.format` asks for it (valid against its schema)."""
-    fmt = req.text.format if req.text is not None else {}
-    kind = fmt.get("type", "text")
-    if kind == "json_object":
-        return _ENCODE.encode({"answer": convo.reply()}).decode()
-    if kind != "json_schema":
-        return convo.reply()
-    schema, name = fmt.get("schema"), fmt.get("name")
-    if not isinstance(schema, dict):
-        problem: str | None = "'schema' must be an object."
-    else:
-        problem = structured.strict_problem(schema) if fmt.get("strict") else None
-        if problem is None:
-            try:
-                return structured.json_text(schema, structured.seed(convo.digest, "text.format"))
-            except structured.SchemaError as exc:
-                problem = f"{exc}."
-    raise OpenAIError(400, f"Invalid schema for response_format '{name}': {problem}", param="text.format.schema")
-
-
-def response(req: ResponsesRequest, cache: text.PrefixCache, outcomes: Outcomes | None = None) -> ResponseObject:
-    """A completed (or `incomplete` when cut by `max_output_tokens`) Responses API object with one message."""
-    check_model(req.model)
-    tier = _service_tier(req.service_tier)
-    convo = responses_conversation(req)
-    if outcomes is not None:
-        convo.recorded = outcomes.reply(req.model, convo.last_user)
-    input_tokens = convo.chat_prompt_tokens()
-    cached = cache.hit(req.model, convo.text, input_tokens)
-    reply, cut = text.clip_to_tokens(_response_text(req, convo), req.max_output_tokens)
-    output_tokens = text.count_tokens(reply)
-    now = int(time.time())
-    status = "incomplete" if cut else "completed"
-    return ResponseObject(
-        id=new_id("resp_"),
-        object="response",
-        created_at=now,
-        status=status,
-        completed_at=None if cut else now,
-        error=None,
-        incomplete_details=IncompleteDetails("max_output_tokens") if cut else None,
-        instructions=req.instructions,
-        max_output_tokens=req.max_output_tokens,
-        model=req.model,
-        output=[OutputMessage(id=new_id("msg_"), status=status, content=[OutputText(text=reply)])],
-        parallel_tool_calls=req.parallel_tool_calls is not False,
-        previous_response_id=req.previous_response_id,
-        reasoning=None,
-        service_tier=tier,
-        store=req.store is not False,
-        temperature=1.0 if req.temperature is None else req.temperature,
-        text=req.text or TextConfig(),
-        tool_choice="auto",
-        tools=[],
-        top_p=1.0 if req.top_p is None else req.top_p,
-        truncation="disabled",
-        metadata=req.metadata or {},
-        usage=ResponseUsage(
-            input_tokens=input_tokens,
-            input_tokens_details=InputTokensDetails(cached_tokens=cached),
-            output_tokens=output_tokens,
-            output_tokens_details=OutputTokensDetails(),
-            total_tokens=input_tokens + output_tokens,
-        ),
-    )
 
 
 def tokens_of(body: ChatCompletion | Completion | EmbeddingList | ResponseObject) -> Tokens:
