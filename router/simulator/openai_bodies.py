@@ -5,14 +5,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import time
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 
 from router.simulator import catalog, logprobs, structured, text
 from router.simulator import openai_tools as tools
-from router.simulator.errors import OpenAIError, describe_decode_error
+from router.simulator.errors import OpenAIError
 from router.simulator.ids import new_id
+from router.simulator.openai_checks import check_model, decode_with, service_tier
 from router.simulator.openai_types import (
     AssistantMessage,
     ChatChoice,
@@ -34,7 +35,6 @@ from router.simulator.openai_types import (
 )
 from router.simulator.outcomes import Outcomes
 
-SERVICE_TIERS = frozenset({"auto", "default", "flex", "scale", "priority", "fast"})
 MAX_EMBEDDING_INPUTS = 2048
 MAX_CHOICES = 128
 
@@ -53,17 +53,6 @@ _EMBEDDING = msgspec.json.Decoder(EmbeddingRequest)
 _ENCODE = msgspec.json.Encoder()
 
 
-T = TypeVar("T")
-
-
-def decode_with(decoder: msgspec.json.Decoder[T], raw: bytes) -> T:
-    try:
-        return decoder.decode(raw)
-    except (msgspec.DecodeError, RecursionError) as exc:
-        message, param, code = describe_decode_error(exc)
-        raise OpenAIError(400, message, param=param, code=code) from exc
-
-
 def decode_chat(raw: bytes) -> ChatRequest:
     """The chat request in `raw`, or a 400 in OpenAI's shape."""
     return decode_with(_CHAT, raw)
@@ -77,26 +66,6 @@ def decode_completion(raw: bytes) -> CompletionRequest:
 def decode_embedding(raw: bytes) -> EmbeddingRequest:
     """The embedding request in `raw`, or a 400."""
     return decode_with(_EMBEDDING, raw)
-
-
-def check_model(model: str) -> None:
-    """Raise OpenAI's 404 `model_not_found` for a model the catalogue does not know."""
-    if not catalog.openai_model_exists(model):
-        raise OpenAIError(
-            404,
-            f"The model `{model}` does not exist or you do not have access to it.",
-            code="model_not_found",
-        )
-
-
-def service_tier(requested: str | None) -> str:
-    if requested is None or requested == "auto":
-        return "default"
-    if requested not in SERVICE_TIERS:
-        raise OpenAIError(
-            400, f"Invalid value for 'service_tier': {requested!r}.", param="service_tier", code="invalid_value"
-        )
-    return requested
 
 
 def _check_n(n: int) -> None:

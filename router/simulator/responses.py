@@ -17,7 +17,7 @@ from router.simulator import openai_tools as tools
 from router.simulator import structured, text
 from router.simulator.errors import OpenAIError
 from router.simulator.ids import new_id
-from router.simulator.openai_bodies import check_model, decode_with, service_tier
+from router.simulator.openai_checks import check_model, decode_with, service_tier
 from router.simulator.openai_types import (
     FunctionCallItem,
     IncompleteDetails,
