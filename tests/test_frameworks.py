@@ -3,7 +3,9 @@ OpenAI (tools, JSON, JSON schema, Markdown JSON, Responses tools) and openai-age
 
 Each client is the SDK at its default settings (timeouts, retries); the deferred lane is asked for with the
 `X-Deadline` header the client sends on every call. What a caller gets from a batch must be what it gets in real
-time: the same parsed object, and an agent's tool loop that ends in an answer.
+time: the same parsed object, and an agent's tool loop that ends in an answer. Both frameworks are imported by
+the tests that use them, not when the file is collected (openai-agents alone takes seconds to import, which
+every test worker would pay in every tier).
 """
 
 from __future__ import annotations
@@ -12,11 +14,8 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
-import instructor
 import openai
 import pytest
-from agents import Agent, OpenAIResponsesModel, RunConfig, Runner, function_tool
-from agents.items import MessageOutputItem, ToolCallItem, ToolCallOutputItem
 from pydantic import BaseModel, Field
 
 from tests.helpers.servers import FAST, RouterFactory, Sim
@@ -46,17 +45,11 @@ def lanes_used(sim: Sim, path: str) -> tuple[int, int]:
     return stats["realtime_calls"].get(path, 0), stats["batch_lines_submitted"]
 
 
-MODES = [
-    instructor.Mode.TOOLS,
-    instructor.Mode.JSON,
-    instructor.Mode.JSON_SCHEMA,
-    instructor.Mode.MD_JSON,
-    instructor.Mode.RESPONSES_TOOLS,
-]
+@pytest.mark.parametrize("mode_name", ["TOOLS", "JSON", "JSON_SCHEMA", "MD_JSON", "RESPONSES_TOOLS"])
+def test_instructor_extracts_the_same_object_in_both_lanes(mode_name: str, router: str, sim: Sim) -> None:
+    import instructor
 
-
-@pytest.mark.parametrize("mode", MODES, ids=[m.value for m in MODES])
-def test_instructor_extracts_the_same_object_in_both_lanes(mode: instructor.Mode, router: str, sim: Sim) -> None:
+    mode = instructor.Mode[mode_name]
     path = "/v1/responses" if mode is instructor.Mode.RESPONSES_TOOLS else "/v1/chat/completions"
     messages: list[Any] = [{"role": "user", "content": "ACME Ltd billed 3 widgets for $12.50 in total."}]
     got = []
@@ -70,22 +63,23 @@ def test_instructor_extracts_the_same_object_in_both_lanes(mode: instructor.Mode
     assert lanes_used(sim, path) == (1, 1)
 
 
-@function_tool
+ORDERS_LOOKED_UP: list[str] = []
+
+
 def lookup_order(order_id: str) -> str:
     """The status of an order."""
     ORDERS_LOOKED_UP.append(order_id)
     return f"Order {order_id} shipped yesterday."
 
 
-ORDERS_LOOKED_UP: list[str] = []
-
-
 async def run_agent(base_url: str, headers: dict[str, str], *, streamed: bool) -> list[Any]:
+    from agents import Agent, OpenAIResponsesModel, RunConfig, Runner, function_tool
+
     async with openai.AsyncOpenAI(base_url=base_url, api_key="dev", default_headers=headers) as client:
         agent = Agent(
             name="support",
             instructions="Answer questions about orders; use lookup_order.",
-            tools=[lookup_order],
+            tools=[function_tool(lookup_order)],
             model=OpenAIResponsesModel(model="gpt-4o-mini", openai_client=client),
         )
         config = RunConfig(tracing_disabled=True)
@@ -101,6 +95,8 @@ async def run_agent(base_url: str, headers: dict[str, str], *, streamed: bool) -
 @pytest.mark.parametrize("streamed", [False, True], ids=["run", "run_streamed"])
 @pytest.mark.parametrize("headers", [{}, LATER], ids=["realtime", "deferred"])
 def test_an_agent_calls_its_tool_and_answers(headers: dict[str, str], streamed: bool, router: str, sim: Sim) -> None:
+    from agents.items import MessageOutputItem, ToolCallItem, ToolCallOutputItem
+
     ORDERS_LOOKED_UP.clear()
     items = asyncio.run(run_agent(router, headers, streamed=streamed))
     assert [type(item) for item in items] == [ToolCallItem, ToolCallOutputItem, MessageOutputItem]
