@@ -14,7 +14,7 @@ from standardwebhooks import Webhook
 from router.core.errors import ConfigError, RouterError
 from router.core.settings import Settings
 from router.deferred.holding import quiet_held_cuts
-from router.http import api, batch_api, edge, error_handlers, messages_api
+from router.http import api, batch_api, edge, error_handlers, messages_api, ui
 from router.http.disconnect import ClientDisconnected
 from router.http.gateway import Gateway
 from router.providers.anthropic import AnthropicProvider
@@ -85,7 +85,9 @@ def create_app(
             *api.model_route_handlers(g.auth, g.model_router),
             *messages_api.make_handlers(anthropic),
             *batch_api.make_handlers(native),
+            *ui.make_handlers(g.auth, g.status),
         ],
+        template_config=ui.template_config(),
         exception_handlers={
             RouterError: error_handlers.router_error_handler,
             ClientDisconnected: error_handlers.disconnected_handler,

@@ -37,6 +37,7 @@ from router.http.exposition import Exposition
 from router.http.model_router import ModelRouter
 from router.http.relay import Relay
 from router.http.reports import Reports
+from router.http.status import Status
 from router.modelroutes.store import EvidenceStore
 from router.passthrough.message_batches import MessageBatchWatcher, Owners
 from router.passthrough.native_batches import NativeStore, NativeWatcher
@@ -136,6 +137,9 @@ class Gateway:
             self.cascade,
         )  # fmt: skip
         self.reports = Reports(self.upstreams, store.totals, self.realtime, self.native_store, self.tenants, self.redis)
+        self.status = Status(
+            settings, store.queues, store.batches, self.planner, self.tenants, self.reports, self.holds
+        )
         self.loops = loops
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()

@@ -151,8 +151,17 @@ class BatchStore:
 
     async def due_batches(self, tag: str, now: float, limit: int = 100) -> list[BatchRecord]:
         """Batches whose next action (poll, or recovery of a lapsed build) is due."""
+        bids = await self.ctx.redis.zrangebyscore(self.ctx.keys.batches(tag), "-inf", now, start=0, num=limit)
+        return await self._records(tag, [text(b) for b in bids])
+
+    async def in_flight(self, tag: str, limit: int = 1000) -> list[BatchRecord]:
+        """A queue's batches not ingested yet (being built, or at the provider), oldest first (the status page)."""
+        bids = [text(b) for b in await self.ctx.redis.zrange(self.ctx.keys.batches(tag), 0, limit - 1)]
+        return sorted(await self._records(tag, bids), key=lambda record: record.created_at)
+
+    async def _records(self, tag: str, bids: list[str]) -> list[BatchRecord]:
+        """The records of these batches of one queue (a batch gone meanwhile is left out)."""
         redis, k = self.ctx.redis, self.ctx.keys
-        bids = [text(b) for b in await redis.zrangebyscore(k.batches(tag), "-inf", now, start=0, num=limit)]
         if not bids:
             return []
         async with redis.pipeline(transaction=False) as pipe:
