@@ -123,6 +123,11 @@ class Reports:
             lanes.setdefault(lane, {})[name] = value
         return lanes
 
+    async def day_savings(self, tenant: str, day: str) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+        """A tenant's day by lane and its savings by lever, as `/v1/usage` reports them (the status page)."""
+        lanes = await self.day_lanes(tenant, day)
+        return lanes, savings_by_lever(lanes)
+
     async def readiness(self) -> dict[str, bool]:
         """Redis and each upstream: reachable or not."""
         checks: dict[str, bool] = {}

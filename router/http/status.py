@@ -11,8 +11,6 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from router.core.lanes import next_flush
-from router.deferred.tenants import utc_day
-from router.http.reports import savings_by_lever
 
 if TYPE_CHECKING:
     from router.core.lanes import Planner
@@ -152,7 +150,7 @@ class Status:
                 )
                 for record in records
             ]
-        day = utc_day(now)
+        day = time.strftime("%Y-%m-%d", time.gmtime(now))
         tenant_rows = [await self._tenant(tenant, day) for tenant in self.tenant_names()]
         return Snapshot(
             now=now,
@@ -169,12 +167,12 @@ class Status:
         )
 
     async def _tenant(self, tenant: str, day: str) -> TenantRow:
-        lanes = await self.reports.day_lanes(tenant, day)
+        lanes, by_lever = await self.reports.day_savings(tenant, day)
         return TenantRow(
             tenant=tenant,
             cost_usd=sum(fields.get("cost_usd", 0.0) for fields in lanes.values()),
             baseline_usd=sum(fields.get("baseline_usd", 0.0) for fields in lanes.values()),
             savings_usd=sum(fields.get("savings_usd", 0.0) for fields in lanes.values()),
-            by_lever=savings_by_lever(lanes),
+            by_lever=by_lever,
             headroom=await self.tenants.headroom(tenant),
         )
