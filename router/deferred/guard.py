@@ -26,6 +26,7 @@ from router.deferred.store.leases import LeaseLost, while_leased
 from router.providers.base import RETRY_STATUSES, Provider, backoff, retry_after_s
 from router.telemetry import metrics
 from router.telemetry.accounting import Accounting
+from router.telemetry.tracing import OFF, Tracing, cost_attributes
 
 if TYPE_CHECKING:
     from router.core.settings import BatchSettings
@@ -51,7 +52,9 @@ class Guard:
         settings: BatchSettings,
         accounting: Accounting,
         planner: Planner | None = None,
+        tracing: Tracing = OFF,
     ) -> None:
+        self.tracing = tracing
         self.queues = queues
         self.batches = batches
         self.results = results
@@ -127,8 +130,12 @@ class Guard:
                 return 0
             meta = call.meta
             renew = functools.partial(self.results.renew_escalation, call_id, lease)
+            tracing = self.tracing if meta.trace else OFF
+            attributes = {"router.call_id": call_id, "router.reason": reason, "router.batch_id": call.batch or None}
             try:
-                origin, status, content = await while_leased(self._ladder(meta, body), renew, lease)
+                with tracing.span("router.deferred.escalate", meta.trace, attributes) as span:
+                    origin, status, content = await while_leased(self._ladder(meta, body), renew, lease)
+                    span.set({"router.lane": origin.lane.value, "http.response.status_code": status})
             except LeaseLost:
                 log.warning("lost the escalation lease of %s; whoever holds it now answers the call", call_id)
                 return 0
@@ -152,6 +159,8 @@ class Guard:
         )
         if time.time() > meta.deadline:
             metrics.deadline_misses.inc()
+        answered = cost_attributes(origin, status, priced) | {"router.call_id": call_id, "router.tenant": meta.tenant}
+        tracing.record("router.deferred.wait", meta.trace, meta.received_at, answered, [span.traceparent])
         return 1
 
     async def _ladder(self, meta: CallMeta, body: bytes) -> tuple[Origin, int, bytes]:

@@ -20,6 +20,7 @@ from router.http.gateway import Gateway
 from router.providers.anthropic import AnthropicProvider
 from router.providers.base import Provider
 from router.providers.openai import OpenAIProvider
+from router.telemetry import tracing
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ def create_app(
         webhook_secret=webhook_secret(settings, environ),
         metrics_token=metrics_token(settings, environ),
         metrics_dir=metrics_dir,
+        tracing=tracing.from_environ(environ),
     )
     g = gateway
     anthropic = messages_api.MessagesApi(g.auth, g.admission, g.reports, g.upstreams, g.owners, settings)

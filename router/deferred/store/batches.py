@@ -73,6 +73,18 @@ class BatchStore:
             if body is not None and meta is not None
         ]
 
+    async def set_trace(self, tag: str, bid: str, traceparent: str) -> None:
+        """Keep a batch's submit span with the batch, for its polls and ingest on any replica (tracing on only)."""
+        await self.ctx.redis.hset(self.ctx.keys.batch(tag, bid), "trace", traceparent)
+
+    async def call_traces(self, call_ids: Sequence[str]) -> list[str]:
+        """The admission spans (`traceparent`s) of these calls, where they have one (tracing on only)."""
+        async with self.ctx.redis.pipeline(transaction=False) as pipe:
+            for call_id in call_ids:
+                pipe.hget(self.ctx.keys.call(call_id), "meta")
+            metas = await pipe.execute()
+        return [trace for meta in metas if meta is not None and (trace := meta_decoder.decode(meta).trace)]
+
     async def mark_submitted(self, tag: str, bid: str, owner: str, provider_id: str, next_poll: float) -> bool:
         """Record the provider's id for a batch we still own."""
         return await self.ctx.scripts.mark_submitted(
@@ -180,6 +192,7 @@ class BatchStore:
                 polls=int(row.get(b"polls") or 0),
                 n=int(row.get(b"n") or 0),
                 cut_at=number(row.get(b"cut_at")),
+                trace=text(row.get(b"trace")),
             )
             for bid, row in zip(bids, rows, strict=True)
             if row
