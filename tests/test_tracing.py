@@ -18,7 +18,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from router.telemetry import tracing
-from tests.helpers.servers import FAST, RouterFactory
+from tests.helpers.servers import FAST, RouterFactory, Sim
 from tests.helpers.waiting import wait_until
 
 
@@ -179,3 +179,32 @@ def test_a_deferred_calls_trace_links_the_call_to_its_batch_spans(
     # And the link that answers "where did the wait go": from the call's wait span to the batch's spans.
     assert (submit["trace_id"], submit["span_id"]) in wait["links"]
     assert (ingest["trace_id"], ingest["span_id"]) in wait["links"]
+
+
+def test_an_escalated_calls_trace_shows_the_batch_that_was_too_slow_and_the_escalation(
+    start_router: RouterFactory, receiver: tuple[str, Spans], sim: Sim, oai: Callable[..., openai.OpenAI]
+) -> None:
+    endpoint, spans = receiver
+    trace_id, parent_id, header = traceparent()
+    sim.configure(batch_turnaround_s=120.0)  # the batch cannot be back in time: cut, then escalated
+    ladder = FAST | {"cancel_lead_s": 1.0, "probe": False}
+    with start_router(environ=otel_environ(endpoint), batch=ladder) as base:
+        answer = oai(base).chat.completions.with_raw_response.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "soon"}],
+            extra_headers={"traceparent": header, "X-Deadline": "8s"},
+        )
+        (wait,) = wait_until(lambda: spans.named("router.deferred.wait"), 20, "the escalated call's wait span")
+    assert answer.parse().choices[0].message.content
+    (admit,) = spans.named("router.deferred.admit")
+    (escalate,) = spans.named("router.deferred.escalate")
+    (submit,) = spans.named("router.batch.submit")
+    assert (admit["trace_id"], admit["parent"]) == (trace_id, parent_id)
+    assert (escalate["trace_id"], escalate["parent"]) == (trace_id, admit["span_id"])
+    assert escalate["attributes"]["router.reason"] == "submitted"  # it was in a batch when it escalated
+    assert escalate["attributes"]["router.lane"] == "realtime"
+    assert (submit["trace_id"], submit["span_id"]) in escalate["links"]  # the batch that was too slow
+    assert (wait["trace_id"], wait["parent"]) == (trace_id, admit["span_id"])
+    assert (submit["trace_id"], submit["span_id"]) in wait["links"]
+    assert (escalate["trace_id"], escalate["span_id"]) in wait["links"]
+    assert wait["attributes"]["router.cost_usd"] > 0

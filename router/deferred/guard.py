@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from router.core.errors import RouterError, UpstreamError, UpstreamTimeout
+from router.core.keys import tag_of
 from router.core.lanes import Capabilities, Origin, Planner, cut_cutoff, escalation_cutoff, escalation_rung
 from router.core.schema import error_body, with_fields
 from router.core.states import CallState, StoreOutcome
@@ -132,8 +133,12 @@ class Guard:
             renew = functools.partial(self.results.renew_escalation, call_id, lease)
             tracing = self.tracing if meta.trace else OFF
             attributes = {"router.call_id": call_id, "router.reason": reason, "router.batch_id": call.batch or None}
+            # The batch that did not answer in time, when there was one: the escalation links to its trace.
+            batch_trace = (
+                await self.batches.batch_trace(tag_of(call_id), call.batch) if tracing.enabled and call.batch else ""
+            )
             try:
-                with tracing.span("router.deferred.escalate", meta.trace, attributes) as span:
+                with tracing.span("router.deferred.escalate", meta.trace, attributes, [batch_trace]) as span:
                     origin, status, content = await while_leased(self._ladder(meta, body), renew, lease)
                     span.set({"router.lane": origin.lane.value, "http.response.status_code": status})
             except LeaseLost:
@@ -160,7 +165,7 @@ class Guard:
         if time.time() > meta.deadline:
             metrics.deadline_misses.inc()
         answered = cost_attributes(origin, status, priced) | {"router.call_id": call_id, "router.tenant": meta.tenant}
-        tracing.record("router.deferred.wait", meta.trace, meta.received_at, answered, [span.traceparent])
+        tracing.record("router.deferred.wait", meta.trace, meta.received_at, answered, [batch_trace, span.traceparent])
         return 1
 
     async def _ladder(self, meta: CallMeta, body: bytes) -> tuple[Origin, int, bytes]:

@@ -77,6 +77,10 @@ class BatchStore:
         """Keep a batch's submit span with the batch, for its polls and ingest on any replica (tracing on only)."""
         await self.ctx.redis.hset(self.ctx.keys.batch(tag, bid), "trace", traceparent)
 
+    async def batch_trace(self, tag: str, bid: str) -> str:
+        """A batch's submit span (`traceparent`), "" when it has none (tracing on only)."""
+        return text(await self.ctx.redis.hget(self.ctx.keys.batch(tag, bid), "trace"))
+
     async def call_traces(self, call_ids: Sequence[str]) -> list[str]:
         """The admission spans (`traceparent`s) of these calls, where they have one (tracing on only)."""
         async with self.ctx.redis.pipeline(transaction=False) as pipe:
