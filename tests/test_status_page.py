@@ -208,6 +208,11 @@ def _check_in_chromium(
                 assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
                 if os.environ.get("UPDATE_SCREENSHOTS") == "1":
                     shutil.copyfile(shot, SCREENSHOT)
+                # A refresh the router refuses (here: the cookie is gone) keeps the numbers and says they are stale.
+                assert page.locator("#stale").is_hidden()
+                page.context.clear_cookies()
+                page.wait_for_selector("#stale", state="visible", timeout=30_000)
+                assert _value(page, "body", "held") == 1  # the last numbers stay on the page
             finally:
                 browser.close()
     return thread, errors
