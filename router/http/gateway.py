@@ -138,7 +138,7 @@ class Gateway:
             prices,
             tenant_tasks=settings.auth == "keys",
         )
-        self.cascade = Cascade(self.upstreams, self.tenants, self.accounting, self.realtime, self.model_router)
+        self.cascade = Cascade(self.upstreams, self.tenants, self.accounting, self.realtime, self.model_router, tracing)
         self.relay = Relay(self.upstreams, self.tenants, self.accounting, self.realtime, self.cascade.learn, tracing)
         self.delivery = Delivery(self.deferred, store.results, waiter, self.holds, self.upstreams, settings, tracing)
         self.admission = Admission(
