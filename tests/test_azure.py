@@ -192,3 +192,28 @@ def test_native_batches_on_the_azure_paths(
     stats = sim.stats()
     assert stats["azure_batches_created"] == 1
     assert stats["batch_lines_billed"] == 2
+
+
+def test_bad_input_on_the_azure_paths_gets_openai_shaped_errors(start_router: RouterFactory) -> None:
+    q = {"api-version": VERSION}
+    with start_router() as base, httpx.Client(base_url=base, headers={"api-key": "dev"}) as http:
+        answers = {
+            "not json": http.post("/openai/deployments/gpt-4o-mini/chat/completions", params=q, content=b"{nope"),
+            "empty": http.post("/openai/deployments/gpt-4o-mini/embeddings", params=q, content=b""),
+            "array": http.post("/openai/v1/chat/completions", json=[1, 2]),
+            "no model": http.post("/openai/responses", params=q, json={"input": "x"}),
+            "unknown model": http.post(
+                "/openai/deployments/no-such/chat/completions", params=q, json={"messages": prompt(1)}
+            ),
+            "no version": http.get("/openai/models"),
+            "unknown path": http.post("/openai/deployments/gpt-4o-mini/images/generations", params=q, json={}),
+        }
+    statuses = {name: answer.status_code for name, answer in answers.items()}
+    assert statuses == {
+        "not json": 400, "empty": 400, "array": 400, "no model": 400, "unknown model": 404, "no version": 400,
+        "unknown path": 404,
+    }  # fmt: skip
+    for answer in answers.values():
+        error = answer.json()["error"]
+        assert isinstance(error["message"], str)
+        assert error["type"] == "invalid_request_error"
