@@ -332,11 +332,20 @@ class BatchJob:
 
 
 def create(
-    req: CreateBatch, files: FileStore, stats: Stats, config: SimConfig, seq: int, outcomes: Outcomes | None = None
+    req: CreateBatch,
+    files: FileStore,
+    stats: Stats,
+    config: SimConfig,
+    seq: int,
+    outcomes: Outcomes | None = None,
+    *,
+    azure: bool = False,
 ) -> BatchJob:
-    """Check and parse a create request into a new job, counting its submission."""
+    """Check and parse a create request into a new job, counting its submission (`azure`: created on Azure's
+    surface, whose lines may name their url without `/v1`)."""
     content = check_create(req, files)
-    parsed = parse_input(content, req.endpoint)
+    parsed = parse_input(content, req.endpoint, azure=azure)
     stats.batches_created += 1
+    stats.azure_batches_created += azure
     stats.submitted(parsed.custom_ids)
     return BatchJob(req, parsed, config, seq, time.time(), stats, outcomes)
