@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from router.core.schema import RequestView
     from router.deferred.store.totals import RealtimeTotals
     from router.deferred.tenants import Tenants
+    from router.http.answer_cache import Keep
     from router.http.model_router import Routed
 
     Learn = Callable[[Routed, str, bytes, bytes, Mapping[str, str], str, Mapping[str, str], Priced], None]
@@ -77,6 +78,7 @@ class Relay:
         flex_fallback: bool = False,
         routed: Routed | None = None,
         asked_body: bytes | None = None,
+        keep: Keep | None = None,
     ) -> Response[bytes] | Stream:
         """Forward now; stream SSE through unbuffered; pass upstream errors through; price what comes back.
 
@@ -86,6 +88,7 @@ class Relay:
         caller who asked for flex itself gets the 429, as from the upstream).
         `routed`: the call's model route (a cheaper model may answer: the asked-for one is the baseline);
         `asked_body`: the body as the caller sent it, for a shadow twin.
+        `keep`: keeps a 200 answer (not streamed) in the answer cache for the next identical call.
         """
         asked = routed.asked if routed is not None else None
         await self.tenants.take_realtime(tenant)  # its budget and `rpm`, before the upstream sees the call
@@ -144,6 +147,8 @@ class Relay:
         self.realtime.record(priced, origin=origin, upstream=provider.name, model=model, tenant=tenant, outcome="ok")
         if priced.cost is not None:
             set_cost_headers(headers, priced.cost.actual_usd, priced.cost.savings_usd)
+        if keep is not None and upstream.status == 200:
+            await keep(upstream.body, model)
         if routed is not None and self.learn is not None:
             self.learn(routed, endpoint, asked_body or body, upstream.body, client_headers, tenant, headers, priced)
         note = priced_note(origin=origin, call_id=headers.get("x-router-request-id", ""), model=model, priced=priced)
