@@ -34,6 +34,14 @@ Status = Literal["hit", "miss", "bypass"]
 _canonical = msgspec.json.Encoder(order="sorted")
 
 
+class StoredAnswer(msgspec.Struct, frozen=True, array_like=True):
+    """An answer as the cache keeps it: the upstream's 200 body (without the router's note) and the model that
+    wrote it."""
+
+    body: bytes
+    model: str
+
+
 class Directive(msgspec.Struct, frozen=True):
     """What the caller's headers ask of the cache: whether it may answer the call, and whether it may keep its
     answer."""

@@ -10,20 +10,13 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from router.core.answers import StoredAnswer
 from router.deferred.store.scripts import Scripts
 
 if TYPE_CHECKING:
     from router.core.keys import Keys
     from router.core.settings import AnswerCacheSettings
     from router.deferred.store.client import RedisClient
-
-
-class StoredAnswer(msgspec.Struct, frozen=True, array_like=True):
-    """An answer as the cache keeps it: the upstream's 200 body (without the router's note) and the model that
-    wrote it."""
-
-    body: bytes
-    model: str
 
 
 class Stored(msgspec.Struct, frozen=True):

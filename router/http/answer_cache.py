@@ -20,7 +20,6 @@ from redis.exceptions import RedisError
 from router.core import answers
 from router.core.lanes import Origin
 from router.core.schema import decode_body
-from router.deferred.answers import StoredAnswer
 from router.deferred.replay import cost_comment, priced_note, set_cost_headers, sse_chunks, with_note
 from router.http.error_handlers import JSON
 from router.telemetry import metrics
@@ -48,7 +47,7 @@ class Lookup(msgspec.Struct, frozen=True):
 
     status: answers.Status | None = None
     digest: str | None = None
-    answer: StoredAnswer | None = None
+    answer: answers.StoredAnswer | None = None
 
 
 OFF = Lookup()
@@ -117,7 +116,7 @@ class AnswerCache:
 
         async def keep(body: bytes, model: str) -> None:
             try:
-                stored = await self.store.put(tenant, digest, StoredAnswer(body, model))
+                stored = await self.store.put(tenant, digest, answers.StoredAnswer(body, model))
             except RedisError as exc:
                 _throttle.warning(kind_of("answer-cache", exc), "answer cache store failed: %s", exc)
                 return
