@@ -18,7 +18,8 @@ import openai
 import pytest
 
 from tests.helpers.metrics import metric
-from tests.helpers.servers import RouterFactory, Sim, with_anthropic
+from tests.helpers.servers import FAST, RouterFactory, Sim, with_anthropic
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -205,3 +206,25 @@ def test_a_policy_rule_turns_it_on_and_a_deferred_repeat_is_answered_at_once(
     assert later.headers["x-router-cache"] == "hit" and later.headers["x-router-rule"] == "eval-rerun"
     assert later.parse().choices[0].message.content
     assert billed(sim) == 2 and sim.stats()["batch_lines_submitted"] == 0
+
+
+def test_a_batch_answer_is_kept_for_the_calls_that_repeat_it(start_router: RouterFactory, sim: Sim) -> None:
+    tenant = new_tenant()
+    with (
+        start_router(batch=FAST, **settings_for(tenant, on=1)) as base,
+        openai.OpenAI(base_url=base + "/v1", api_key=tenant.key) as client,
+    ):
+        later = {"X-Deadline": "2h"}
+        first = chat(client, "12", extra_headers=later)  # held until its batch answers
+        assert first.headers["x-router-cache"] == "miss"
+        assert first.parse().model_extra["router"]["lane"] == "batch"
+        # The poller keeps the answer once it stored the result: a moment after the held caller may have had it.
+        stored = f'hybrid_router_answer_cache_total{{event="stored",tenant="{tenant.name}"}}'
+        wait_until(lambda: metric(httpx.get(base + "/metrics").text, stored) == 1, 20)
+        repeat = chat(client, "12")
+        assert repeat.headers["x-router-cache"] == "hit"
+        assert repeat.parse().choices[0].message.content == first.parse().choices[0].message.content
+        assert sim.stats()["batch_lines_billed"] == 1 and billed(sim) == 0
+        # A caller that asked for a call id to fetch later gets one, not an answer from the cache.
+        queued = chat(client, "12", extra_headers=later | {"Prefer": "respond-async"})
+    assert queued.http_response.status_code == 202 and queued.headers["x-router-cache"] == "bypass"

@@ -606,3 +606,19 @@ def test_the_answer_cache_keeps_answers_for_its_ttl_and_its_bound() -> None:
     assert levers(evicted)["answer_cache"] == 0  # one answer per tenant: `other` evicted the first
     kept = estimate(cached_log(ZERO, ZERO, gap_s=10), POLICIES, PRICES, short, period_days=30)
     assert levers(kept)["answer_cache"] == pytest.approx(1)
+
+
+def test_a_batch_answer_is_kept_from_its_deadline_on() -> None:
+    on = Settings(answer_cache=AnswerCacheSettings(enabled=True))
+    eval_call = {"headers": {"x-workload": "eval"}, "body": ZERO}  # the test policies batch it within 24 h
+    log = [
+        line(timestamp=T0, **eval_call),
+        line(timestamp=T0 + 600, body=ZERO),  # before the batch is back: a miss, answered now and kept
+        line(timestamp=T0 + 700, body=ZERO),  # a hit
+    ]
+    result = estimate(log, POLICIES, PRICES, on, period_days=30)
+    assert levers(result)["answer_cache"] == pytest.approx(1)
+    early = [line(timestamp=T0, **eval_call), line(timestamp=T0 + 23 * 3600, body=ZERO)]
+    assert levers(estimate(early, POLICIES, PRICES, on, period_days=30))["answer_cache"] == 0
+    later = [line(timestamp=T0, **eval_call), line(timestamp=T0 + 24.5 * 3600, body=ZERO)]
+    assert levers(estimate(later, POLICIES, PRICES, on, period_days=30))["answer_cache"] == pytest.approx(1)

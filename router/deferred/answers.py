@@ -5,13 +5,17 @@ cluster node, and no tenant ever reads another's answers."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING
 
 import msgspec
+from redis.exceptions import RedisError
 
 from router.core.answers import StoredAnswer
 from router.deferred.store.scripts import Scripts
+from router.telemetry import metrics
+from router.telemetry.logs import Throttle, kind_of
 
 if TYPE_CHECKING:
     from router.core.keys import Keys
@@ -26,6 +30,8 @@ class Stored(msgspec.Struct, frozen=True):
     evicted: int
 
 
+log = logging.getLogger(__name__)
+_throttle = Throttle(log)
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(StoredAnswer)
 
@@ -62,6 +68,17 @@ class AnswerStore:
             max_bytes=s.max_bytes,
         )
         return Stored(kept, evicted)
+
+    async def keep(self, tenant: str, digest: str, body: bytes, model: str) -> None:
+        """`put` a call's 200 answer and count it; a failure is logged (throttled), never the call's."""
+        try:
+            stored = await self.put(tenant, digest, StoredAnswer(body, model))
+        except RedisError as exc:
+            _throttle.warning(kind_of("answer-cache", exc), "answer cache store failed: %s", exc)
+            return
+        metrics.answer_cache.labels("stored" if stored.kept else "too_large", tenant).inc()
+        if stored.evicted:
+            metrics.answer_cache.labels("evicted", tenant).inc(stored.evicted)
 
 
 def _now_ms() -> int:

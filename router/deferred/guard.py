@@ -29,6 +29,7 @@ from router.telemetry.accounting import Accounting
 
 if TYPE_CHECKING:
     from router.core.settings import BatchSettings
+    from router.deferred.answers import AnswerStore
     from router.deferred.store.batches import BatchStore
     from router.deferred.store.queues import Queues
     from router.deferred.store.records import CallMeta
@@ -51,6 +52,7 @@ class Guard:
         settings: BatchSettings,
         accounting: Accounting,
         planner: Planner | None = None,
+        answers: AnswerStore | None = None,
     ) -> None:
         self.queues = queues
         self.batches = batches
@@ -59,6 +61,8 @@ class Guard:
         self.settings = settings
         self.accounting = accounting
         self.planner = planner if planner is not None else Planner(settings)
+        self.answers = answers
+        """Keeps a call's 200 answer in the answer cache when its meta has an `answer_key`."""
         self._slots = asyncio.Semaphore(CONCURRENCY)
         self._running: dict[str, asyncio.Task[int]] = {}
         self._queues: dict[str, tuple[str, Capabilities]] = {}
@@ -152,6 +156,8 @@ class Guard:
         )
         if time.time() > meta.deadline:
             metrics.deadline_misses.inc()
+        if status == 200 and meta.answer_key and self.answers is not None:
+            await self.answers.keep(meta.tenant, meta.answer_key, content, meta.model)
         return 1
 
     async def _ladder(self, meta: CallMeta, body: bytes) -> tuple[Origin, int, bytes]:

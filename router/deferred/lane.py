@@ -112,6 +112,7 @@ class DeferredLane:
         retry: bool = False,
         reattach: bool = True,
         asked_model: str | None = None,
+        answer_key: str | None = None,
     ) -> tuple[str, EnqueueOutcome]:
         """Queue the call, or attach to the live call it repeats (see `Intake.enqueue`); (call id, outcome).
 
@@ -131,6 +132,7 @@ class DeferredLane:
             rule=rule,
             webhook=webhook,
             asked_model=asked_model,
+            answer_key=answer_key,
         )
         digest = call_digest(tenant, endpoint, body)
         tag = queue_tag(upstream, endpoint, meta.model)

@@ -26,6 +26,7 @@ from router.telemetry.accounting import Accounting, Priced
 
 if TYPE_CHECKING:
     from router.core.settings import BatchSettings
+    from router.deferred.answers import AnswerStore
     from router.deferred.store.batches import BatchStore
     from router.deferred.store.leases import Leases
     from router.deferred.store.queues import Queues
@@ -54,6 +55,7 @@ class Poller:
         settings: BatchSettings,
         accounting: Accounting,
         planner: Planner | None = None,
+        answers: AnswerStore | None = None,
     ) -> None:
         self.queues = queues
         self.batches = batches
@@ -63,6 +65,8 @@ class Poller:
         self.settings = settings
         self.accounting = accounting
         self.planner = planner if planner is not None else Planner(settings)
+        self.answers = answers
+        """Keeps a call's 200 answer in the answer cache when its meta has an `answer_key`."""
         self.owner = "poller-" + secrets.token_hex(6)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -196,6 +200,8 @@ class Poller:
                 )
                 if time.time() > call.meta.deadline:
                     metrics.deadline_misses.inc()
+                if line.status == 200 and call.meta.answer_key and self.answers is not None:
+                    await self.answers.keep(call.meta.tenant, call.meta.answer_key, line.body, model)
             elif stored == StoreOutcome.LATE and line.billed:
                 metrics.late_results.inc()
                 metrics.paid_twice.labels(upstream).inc()

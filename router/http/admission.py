@@ -100,9 +100,11 @@ def reattach_allowed(headers: Mapping[str, str]) -> bool:
     return headers.get("x-router-reattach", "").lower() not in ("never", "off", "false", "0")
 
 
-def delivery_asked(headers: Mapping[str, str], webhook: str | None, routed: Routed | None = None) -> Asked:
+def delivery_asked(
+    headers: Mapping[str, str], webhook: str | None, routed: Routed | None = None, answer_key: str | None = None
+) -> Asked:
     """How the caller wants a deferred answer, from its headers (`webhook` already checked); a routed call keeps
-    the model it asked for, its cost baseline."""
+    the model it asked for, its cost baseline; `answer_key`: where the answer cache keeps its answer."""
     return Asked(
         held=not prefers_async(headers),
         webhook=webhook,
@@ -110,6 +112,7 @@ def delivery_asked(headers: Mapping[str, str], webhook: str | None, routed: Rout
         retry=is_retry(headers),
         reattach=reattach_allowed(headers),
         asked_model=routed.asked if routed is not None and routed.moved else None,
+        answer_key=answer_key,
     )
 
 
@@ -274,7 +277,7 @@ class Admission:
                 deadline=decision.deadline,
                 rule=decision.rule,
                 headers=headers,
-                asked=delivery_asked(arrival.headers, webhook, routed),
+                asked=delivery_asked(arrival.headers, webhook, routed, cached.digest),
             )
         flex = chosen.choice.lane == Lane.FLEX
         if chosen.choice.reason == "too_soon":

@@ -115,14 +115,7 @@ class AnswerCache:
             return None
 
         async def keep(body: bytes, model: str) -> None:
-            try:
-                stored = await self.store.put(tenant, digest, answers.StoredAnswer(body, model))
-            except RedisError as exc:
-                _throttle.warning(kind_of("answer-cache", exc), "answer cache store failed: %s", exc)
-                return
-            metrics.answer_cache.labels("stored" if stored.kept else "too_large", tenant).inc()
-            if stored.evicted:
-                metrics.answer_cache.labels("evicted", tenant).inc(stored.evicted)
+            await self.store.keep(tenant, digest, body, model)
 
         return keep
 

@@ -66,6 +66,8 @@ class Asked(msgspec.Struct, frozen=True, kw_only=True):
     """A held request identical to a call whose caller is gone may take that call over (`X-Router-Reattach`)."""
     asked_model: str | None = None
     """The model the caller asked for, when a model route has a cheaper one answer (the call's cost baseline)."""
+    answer_key: str | None = None
+    """Where the answer cache keeps the call's answer (the poller or the guard keeps it); None: not kept."""
 
 
 def result_response(
@@ -161,6 +163,7 @@ class Delivery:
                 retry=asked.retry,
                 reattach=asked.reattach,
                 asked_model=asked.asked_model,
+                answer_key=asked.answer_key,
             )
             if outcome == EnqueueOutcome.REUSED:
                 raise IdempotencyKeyReused(call_id)

@@ -101,12 +101,16 @@ class Gateway:
             store.intake, store.batches, self.tenants, self.upstreams, self.planner, self.catalog.known,
             reattach=b.reattach,
         )  # fmt: skip
+        answer_store = AnswerStore(self.redis, store.keys, settings.answer_cache)
         # The loops, each with the store parts it uses.
         self.batcher = Batcher(store.queues, store.batches, store.results, store.leases, providers, b, self.planner)
         self.poller = Poller(
-            store.queues, store.batches, store.results, store.leases, providers, b, self.accounting, self.planner
+            store.queues, store.batches, store.results, store.leases, providers, b, self.accounting, self.planner,
+            answer_store,
+        )  # fmt: skip
+        self.guard = Guard(
+            store.queues, store.batches, store.results, providers, b, self.accounting, self.planner, answer_store
         )
-        self.guard = Guard(store.queues, store.batches, store.results, providers, b, self.accounting, self.planner)
         self.webhooks = WebhookSender(
             store.queues, store.webhooks, store.results, store.leases, settings.webhooks, webhook_secret
         )
@@ -133,13 +137,7 @@ class Gateway:
         self.cascade = Cascade(self.upstreams, self.tenants, self.accounting, self.realtime, self.model_router)
         self.relay = Relay(self.upstreams, self.tenants, self.accounting, self.realtime, self.cascade.learn)
         self.delivery = Delivery(self.deferred, store.results, waiter, self.holds, self.upstreams, settings)
-        self.answers = AnswerCache(
-            settings,
-            AnswerStore(self.redis, store.keys, settings.answer_cache),
-            self.accounting,
-            self.realtime,
-            self.upstreams,
-        )
+        self.answers = AnswerCache(settings, answer_store, self.accounting, self.realtime, self.upstreams)
         self.admission = Admission(
             settings, self.policies, self.upstreams, self.deferred, self.webhooks.check, self.relay, self.delivery,
             self.cascade, self.answers,

@@ -184,9 +184,10 @@ def _force(headers: dict[str, str] | None) -> Literal["asked", "route"] | None:
 
 
 class Repeats:
-    """The answer cache over a log, per tenant: a deterministic call whose identical twin was answered in real time
-    within `answer_cache.ttl_s` before it, and is still among the tenant's `max_entries` most recently used, is a hit.
-    The byte bound is not played (a log has no answer sizes)."""
+    """The answer cache over a log, per tenant: a deterministic call whose identical twin's answer was kept within
+    `answer_cache.ttl_s` before it, and is still among the tenant's `max_entries` most recently used, is a hit. A
+    twin answered in real time is kept at once, one answered in a batch from its deadline on (the latest the router
+    answers it). The byte bound is not played (a log has no answer sizes)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -203,13 +204,13 @@ class Repeats:
         key = answers.digest(tenant, endpoint, line.model, body)
         kept = self._kept.setdefault(tenant, OrderedDict())
         stored = kept.get(key)
-        if stored is not None and at < stored + self.settings.answer_cache.ttl_s:
+        if stored is not None and stored <= at < stored + self.settings.answer_cache.ttl_s:
             kept.move_to_end(key)
             return "hit", key
         return "miss", key
 
     def keep(self, line: LogLine, key: str, at: float) -> None:
-        """A miss answered in real time: kept, the tenant's least recently used past `max_entries` dropped."""
+        """A miss's answer, kept from `at` on; the tenant's least recently used past `max_entries` dropped."""
         kept = self._kept.setdefault(line.tenant or "default", OrderedDict())
         kept[key] = at
         kept.move_to_end(key)
@@ -230,7 +231,8 @@ def answer(
     repeats: Repeats | None = None,
 ) -> Answered:
     """`answer_as_routed`, after the answer cache (`repeats`) had its say: a hit is answered by it, in real time;
-    a miss answered in real time (not by a cascade) is kept for the calls that repeat it."""
+    a miss's answer (not a cascade's) is kept for the calls that repeat it: at once, or from its deadline on when a
+    batch answers it."""
     decision, endpoint = chooser.decide(line, at)
     looked = repeats.lookup(line, decision, endpoint, at) if repeats is not None else None
     if looked is not None and looked[0] == "hit":
@@ -239,8 +241,9 @@ def answer(
     if looked is None:
         return answered
     cascade = answered.route is not None and any(part.wasted for part in answered.parts)
-    if repeats is not None and answered.lane.lane != Lane.BATCH and not cascade:
-        repeats.keep(line, looked[1], at)
+    if repeats is not None and not cascade:
+        deadline = answered.lane.deadline if answered.lane.lane == Lane.BATCH else None
+        repeats.keep(line, looked[1], at if deadline is None else deadline)
     return msgspec.structs.replace(answered, cache="miss")
 
 

@@ -40,6 +40,9 @@ class CallMeta(msgspec.Struct, frozen=True, kw_only=True):
     webhook: str | None = None
     asked_model: str | None = None
     """The model the caller asked for, when a model route has `model` (a cheaper one) answer: the cost baseline."""
+    answer_key: str | None = None
+    """Where the answer cache keeps this call's 200 answer once it has one (`core.answers.digest`); None: it is not
+    kept (the cache is off for the call, or the caller said `no-store`)."""
 
 
 class CallRecord(msgspec.Struct, frozen=True, kw_only=True):
