@@ -228,3 +228,31 @@ def test_a_batch_answer_is_kept_for_the_calls_that_repeat_it(start_router: Route
         # A caller that asked for a call id to fetch later gets one, not an answer from the cache.
         queued = chat(client, "12", extra_headers=later | {"Prefer": "respond-async"})
     assert queued.http_response.status_code == 202 and queued.headers["x-router-cache"] == "bypass"
+
+
+def test_a_streamed_answer_is_kept_once_its_stream_ended(router: str, sim: Sim, tenants: tuple[Tenant, ...]) -> None:
+    with openai.OpenAI(base_url=router + "/v1", api_key=tenants[0].key) as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=messages("14"), temperature=0, stream=True
+        )
+        assert raw.headers["x-router-cache"] == "miss"
+        chunks = list(raw.parse())
+        streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert all(c.usage is None for c in chunks)  # the usage chunk the caller did not ask for stays hidden
+        again = chat(client, "14")
+    assert again.headers["x-router-cache"] == "hit"
+    answer = again.parse()
+    assert answer.choices[0].message.content == streamed and answer.id == chunks[0].id
+    assert answer.usage is not None and answer.model_extra["router"]["savings_usd"] > 0
+    zero: Any = {"temperature": 0}
+    with anthropic.Anthropic(base_url=router, api_key=tenants[0].key) as claude:
+        with claude.messages.stream(
+            model="claude-sonnet-4-5", max_tokens=200, messages=messages("15"), extra_body=zero
+        ) as stream:
+            text = "".join(stream.text_stream)
+        sent = claude.messages.with_raw_response.create(
+            model="claude-sonnet-4-5", max_tokens=200, messages=messages("15"), extra_body=zero
+        )
+    assert sent.headers["x-router-cache"] == "hit"
+    assert "".join(b.text for b in sent.parse().content if b.type == "text") == text
+    assert billed(sim) == 2

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 import pytest
 from redis.asyncio import Redis
 from redis.crc import key_slot
@@ -18,8 +19,10 @@ from router.core.lanes import Origin, lever_split
 from router.core.policy import Decision
 from router.core.pricing import Cost, load_pricing
 from router.core.settings import AnswerCacheSettings, Settings, TenantLimits
+from router.core.stream_answers import fold
 from router.deferred.answers import AnswerStore
-from router.deferred.replay import router_note
+from router.deferred.replay import router_note, sse_chunks
+from router.http.answer_cache import Keeper
 from router.http.reports import savings_by_lever
 from router.telemetry.accounting import Accounting
 from tests.helpers.servers import ROOT
@@ -158,3 +161,100 @@ async def test_an_answer_past_its_ttl_is_never_served(redis: Redis, key_prefix: 
 
 async def _gone(cache: AnswerStore, digest: str) -> bool:
     return await cache.get("a", digest) is None
+
+
+CHAT_ANSWER: dict[str, Any] = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "gpt-4o-mini",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "x" * 150, "refusal": None},
+            "logprobs": None,
+            "finish_reason": "stop",
+        },
+        {
+            "index": 1,
+            "message": {
+                "role": "assistant",
+                "content": None,
+                "refusal": None,
+                "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
+                ],
+            },
+            "logprobs": None,
+            "finish_reason": "tool_calls",
+        },
+    ],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 40, "total_tokens": 43},
+}
+MESSAGE_ANSWER: dict[str, Any] = {
+    "id": "msg_1",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-sonnet-4-5",
+    "content": [
+        {"type": "text", "text": "y" * 150},
+        {"type": "tool_use", "id": "tu_1", "name": "f", "input": {"a": [1, 2]}},
+    ],
+    "stop_reason": "tool_use",
+    "stop_sequence": None,
+    "usage": {"input_tokens": 3, "output_tokens": 40},
+}
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "answer_body"),
+    [("/chat/completions", CHAT_ANSWER), ("/messages", MESSAGE_ANSWER)],
+    ids=["chat", "messages"],
+)
+def test_a_stream_folds_back_into_its_answer(endpoint: str, answer_body: dict[str, Any]) -> None:
+    body = msgspec.json.encode(answer_body)
+    raw = b"".join(sse_chunks(endpoint, body, include_usage=True, cost=b": x-router-cost-usd=0\n\n"))
+    folded = fold(endpoint, raw)
+    assert folded is not None
+    assert msgspec.json.decode(folded) == answer_body
+    for cut in (raw[: len(raw) // 2], raw[: raw.rfind(b"data:")]):  # cut in the middle, or before its last event
+        assert fold(endpoint, cut) is None  # a stream that did not end whole is not kept
+    error = b'data: {"type": "error", "error": {"type": "overloaded_error", "message": "boom"}}\n\n'
+    assert fold(endpoint, raw + error) is None
+    assert fold("/embeddings", raw) is None
+
+
+@pytest.mark.parametrize("piece", [7, 64, 100_000], ids=["split-events", "small-chunks", "one-chunk"])
+async def test_a_relayed_stream_passes_unchanged_and_is_kept_before_its_closing_event(
+    redis: Redis, key_prefix: str, piece: int
+) -> None:
+    raw = b"".join(sse_chunks("/chat/completions", msgspec.json.encode(CHAT_ANSWER), include_usage=True))
+    chunks = [raw[i : i + piece] for i in range(0, len(raw), piece)]
+    cache = store(redis, key_prefix)
+    keeper = Keeper(cache, "a", "d1", limit=1 << 20)
+
+    async def source() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+
+    relayed = b""
+    async for chunk in keeper.stream(source(), "/chat/completions", "gpt-4o-mini"):
+        if chunk.startswith(b"data: [DONE]"):  # the closing event leaves after the answer is kept
+            assert await cache.get("a", "d1") is not None
+        relayed += chunk
+    assert relayed == raw
+    kept = await cache.get("a", "d1")
+    assert kept is not None and msgspec.json.decode(kept.body) == CHAT_ANSWER
+
+
+async def test_a_stream_cut_short_or_too_long_is_not_kept(redis: Redis, key_prefix: str) -> None:
+    raw = b"".join(sse_chunks("/chat/completions", msgspec.json.encode(CHAT_ANSWER), include_usage=True))
+    cache = store(redis, key_prefix)
+
+    async def source(data: bytes) -> AsyncIterator[bytes]:
+        yield data
+
+    for digest, data, limit in (("short", raw[: len(raw) // 2], 1 << 20), ("long", raw, 10)):
+        out = [c async for c in Keeper(cache, "a", digest, limit=limit).stream(source(data), "/chat/completions", "m")]
+        assert b"".join(out) == data
+        assert await cache.get("a", digest) is None

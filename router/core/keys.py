@@ -70,7 +70,7 @@ carries the tag `{n:<tenant>}`, so booking a batch (its lines, the tenant's tota
 Answer cache (`deferred/answers.py`, `core/answers.py`). Every key of one tenant carries the tag `{a:<tenant>}`, so a
 look-up or a store with its evictions is one step; the tenant is also in each digest, and no key is shared:
 - `P:{a:<t>}:answers` (hash: digest -> a stored answer, msgpack): the tenant's answers.
-- `P:{a:<t>}:answers:used` (zset of digests by last use, ms): least recently used first out, past
+- `P:{a:<t>}:answers:used` (zset of digests by last use, a logical clock): least recently used first out, past
   `answer_cache.max_entries` or `max_bytes`.
 - `P:{a:<t>}:answers:ends` (zset of digests by expiry, ms): an answer past its TTL is never served, and is dropped
   by the look-up that finds it or by the next store.

@@ -8,8 +8,9 @@ The pure rules (which calls, what key, what the caller's headers ask) are `core/
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -20,6 +21,7 @@ from redis.exceptions import RedisError
 from router.core import answers
 from router.core.lanes import Origin
 from router.core.schema import decode_body
+from router.core.stream_answers import fold
 from router.deferred.replay import cost_comment, priced_note, set_cost_headers, sse_chunks, with_note
 from router.http.error_handlers import JSON
 from router.telemetry import metrics
@@ -37,8 +39,62 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _throttle = Throttle(log)
 
-Keep = Callable[[bytes, str], Awaitable[None]]
-"""Keeps a call's 200 answer (its upstream body, and the model that wrote it) for the next identical call."""
+STREAM_COPY_FACTOR = 4
+"""A stream's bytes are copied up to this many times `answer_cache.max_bytes` (its events are larger than the answer
+they fold into); a longer stream is relayed on, not kept."""
+
+
+CLOSING = {"/chat/completions": b"data: [DONE]", "/completions": b"data: [DONE]", "/messages": b"event: message_stop"}
+"""The closing event of each endpoint's stream: the answer is kept just before it is relayed."""
+
+
+class Keeper:
+    """Keeps one call's 200 answer for the next identical call: a body as is, a stream folded back into the body it
+    stands for (`core.stream_answers`) once it ended; a failure to keep is logged, never the call's."""
+
+    def __init__(self, store: AnswerStore, tenant: str, digest: str, limit: int) -> None:
+        self.store, self.tenant, self.digest, self.limit = store, tenant, digest, limit
+
+    async def body(self, body: bytes, model: str) -> None:
+        """Keep an answer body (the upstream's, without the router's note)."""
+        await self.store.keep(self.tenant, self.digest, body, model)
+
+    async def stream(self, source: AsyncIterator[bytes], endpoint: str, model: str) -> AsyncIterator[bytes]:
+        """Relay `source` chunk by chunk, unchanged, keeping a copy; at its closing event (`data: [DONE]`,
+        `event: message_stop`) keep the answer the copy folds into, then relay that event, so a caller that has
+        read its stream to the end finds its answer kept. Only the closing event waits for Redis, never the
+        content; a stream cut short, too long, or that does not fold is not kept."""
+        copied: list[bytes] | None = []
+        size, kept = 0, False
+        closing = CLOSING.get(endpoint)
+        async for chunk in source:
+            if copied is None or kept or closing is None:
+                yield chunk
+                continue
+            size += len(chunk)
+            if size > self.limit * STREAM_COPY_FACTOR:
+                copied = None
+                yield chunk
+                continue
+            copied.append(chunk)
+            at = chunk.find(closing)
+            if at < 0:
+                yield chunk
+                continue
+            if at:
+                yield chunk[:at]
+            kept = await self._keep_folded(endpoint, copied, model)
+            yield chunk[at:]
+        if copied is not None and not kept:  # the closing event came in pieces: keep what the whole stream folds to
+            await self._keep_folded(endpoint, copied, model)
+
+    async def _keep_folded(self, endpoint: str, copied: list[bytes], model: str) -> bool:
+        folded = fold(endpoint, b"".join(copied))
+        if folded is None:
+            return False
+        # Shielded: a caller that leaves now, its answer already sent, does not cut the write short.
+        await asyncio.shield(self.body(folded, model))
+        return True
 
 
 class Lookup(msgspec.Struct, frozen=True):
@@ -107,17 +163,11 @@ class AnswerCache:
         metrics.answer_cache.labels(lookup.status, tenant).inc()
         return lookup
 
-    def keeper(self, lookup: Lookup, tenant: str) -> Keep | None:
-        """What keeps this call's answer (None: it may not be kept). A failure to keep it is logged, never the
-        call's."""
-        digest = lookup.digest
-        if digest is None:
+    def keeper(self, lookup: Lookup, tenant: str) -> Keeper | None:
+        """What keeps this call's answer (None: it may not be kept)."""
+        if lookup.digest is None:
             return None
-
-        async def keep(body: bytes, model: str) -> None:
-            await self.store.keep(tenant, digest, body, model)
-
-        return keep
+        return Keeper(self.store, tenant, lookup.digest, self.settings.answer_cache.max_bytes)
 
     def respond(
         self, lookup: Lookup, *, tenant: str, endpoint: str, view: RequestView, headers: dict[str, str]

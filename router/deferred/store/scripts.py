@@ -958,7 +958,7 @@ class Cut(Script):
         return bool(await self._run(batch=k.batch(tag, bid), batches=k.batches(tag), bid=bid, now=repr(now)))
 
 
-# The answer cache of one tenant (KEYS: its answers, last uses, expiries and byte count; one hash tag).
+# The answer cache of one tenant (KEYS: its answers, their order of last use, expiries and byte count; one hash tag).
 # `drop` removes one answer from all four and returns its size.
 _drop_answer = """
 local function drop(d)
@@ -968,6 +968,11 @@ local function drop(d)
   redis.call('ZREM', ends, d)
   redis.call('DECRBY', size, n)
   return n
+end
+-- Mark an answer used: one past the latest use (a logical clock, so uses within one millisecond keep their order).
+local function touch(d)
+  local last = redis.call('ZREVRANGE', used, 0, 0, 'WITHSCORES')[2]
+  redis.call('ZADD', used, (tonumber(last) or 0) + 1, d)
 end
 """
 
@@ -986,7 +991,7 @@ if tonumber(ends_at) <= now then
   drop(digest)
   return false
 end
-redis.call('ZADD', used, now, digest)
+touch(digest)
 return redis.call('HGET', entries, digest)
 """
 )
@@ -1024,7 +1029,7 @@ if #answer > max_bytes then return {0, 0} end
 for _, d in ipairs(redis.call('ZRANGEBYSCORE', ends, '-inf', now, 'LIMIT', 0, 100)) do drop(d) end
 if redis.call('HEXISTS', entries, digest) == 1 then drop(digest) end
 redis.call('HSET', entries, digest, answer)
-redis.call('ZADD', used, now, digest)
+touch(digest)
 redis.call('ZADD', ends, now + ttl, digest)
 local total = redis.call('INCRBY', size, #answer)
 local count = redis.call('HLEN', entries)
