@@ -256,3 +256,22 @@ def test_a_streamed_answer_is_kept_once_its_stream_ended(router: str, sim: Sim, 
     assert sent.headers["x-router-cache"] == "hit"
     assert "".join(b.text for b in sent.parse().content if b.type == "text") == text
     assert billed(sim) == 2
+
+
+def test_an_escalated_answer_is_kept_too(start_router: RouterFactory, sim: Sim) -> None:
+    tenant = new_tenant()
+    sim.configure(batch_turnaround_s=3600.0)  # the batch never comes back: the guard answers in real time
+    ladder = FAST | {"margin_s": 1.0, "cancel_lead_s": 1.0, "flex_s": 0.0, "probe": False}
+    with (
+        start_router(batch=ladder, **settings_for(tenant, on=1)) as base,
+        openai.OpenAI(base_url=base + "/v1", api_key=tenant.key, timeout=60) as client,
+    ):
+        first = chat(client, "16", extra_headers={"X-Deadline": "8s"})
+        assert first.headers["x-router-cache"] == "miss"
+        assert first.parse().model_extra["router"]["escalated"] is True  # answered by the guard
+        stored = f'hybrid_router_answer_cache_total{{event="stored",tenant="{tenant.name}"}}'
+        wait_until(lambda: metric(httpx.get(base + "/metrics").text, stored) == 1, 20)
+        repeat = chat(client, "16")
+    assert repeat.headers["x-router-cache"] == "hit"
+    assert repeat.parse().choices[0].message.content == first.parse().choices[0].message.content
+    assert billed(sim) == 1 and sim.stats()["batch_lines_billed"] == 0
