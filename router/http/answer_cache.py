@@ -1,6 +1,7 @@
 """The answer cache at admission: a deterministic call whose identical twin was answered lately is answered from
 Redis (as JSON, or replayed as SSE for a streamed call), at no cost, booked as `answer_cache` savings; a call it
-could not answer has its 200 answer kept for the next one (`keeper`, which the relay calls).
+could not answer has its 200 answer kept for the next one: by the relay through a `Keeper` (a body, or a stream copied
+as it passes), or, for a deferred call, by the poller or the guard from its `CallMeta.answer_key`.
 
 The pure rules (which calls, what key, what the caller's headers ask) are `core/answers.py`; the Redis side
 `deferred/answers.py`.
