@@ -23,10 +23,13 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import SSLConnection
 
+from router.core.answers import StoredAnswer
 from router.core.errors import ConfigError
 from router.core.keys import queue_tag
 from router.core.lanes import Origin
+from router.core.settings import AnswerCacheSettings
 from router.core.turnaround import TurnaroundModel
+from router.deferred.answers import AnswerStore
 from router.deferred.store import Store
 from router.deferred.store.client import close, connect
 from router.deferred.store.records import CallMeta
@@ -192,6 +195,18 @@ async def test_the_url_picks_a_cluster_or_one_server(cluster: list[int]) -> None
     await close(single)
     with pytest.raises(ConfigError):
         connect("redis+cluster://127.0.0.1:x", max_connections=4)
+
+
+async def test_the_answer_cache_runs_per_tenant_on_its_own_node(client: RedisCluster, store: Store) -> None:
+    cache = AnswerStore(client, store.keys, AnswerCacheSettings(enabled=True, max_entries=1))
+    tenants = [f"tenant-{i}" for i in range(50)]
+    nodes = {node_of(client, store.keys.answers(t)) for t in tenants}
+    assert len(nodes) > 1  # tenants' caches spread over the masters
+    for tenant in tenants[:6]:
+        assert (await cache.put(tenant, "d", StoredAnswer(tenant.encode(), "m"))).kept
+        assert (await cache.put(tenant, "e", StoredAnswer(b"e", "m"))).evicted == 1  # one answer per tenant
+        assert await cache.get(tenant, "d") is None
+    assert [await cache.get(t, "e") for t in tenants[:6]] == [StoredAnswer(b"e", "m")] * 6
 
 
 async def test_admit_with_and_without_an_idempotency_key(client: RedisCluster, store: Store) -> None:

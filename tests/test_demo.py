@@ -36,6 +36,9 @@ def test_demo_savings_match_the_headers(redis_url: str, key_prefix: str) -> None
     # other kept the model it asked for; the levers add up to what the metrics saved.
     assert result.tally.routed == sum(g.count for g in small if g.weak_right == 1.0) > 0
     assert result.levers["route"] > 0 and result.levers["batch"] > 0
+    # The eval re-run: each call's repeat is answered by the answer cache, on its lever.
+    reruns = sum(g.count for g in small if g.kind == "rerun")
+    assert result.tally.calls["answer cache"] == reruns > 0 and result.levers["answer_cache"] > 0
     assert sum(result.levers.values()) == pytest.approx(result.saved_usd, rel=1e-9)
     text = out.getvalue()
     assert "Calls per lane" in text and "saved (%)" in text and "structured extractions parsed" in text

@@ -16,7 +16,7 @@ from router.core.errors import ConfigError
 from router.core.model_routes import parse_route
 from router.core.policy import load_policies
 from router.core.pricing import load_pricing
-from router.core.settings import BatchSettings, Settings, Upstream
+from router.core.settings import AnswerCacheSettings, BatchSettings, Settings, TenantLimits, Upstream
 from router.ops import estimate as estimate_module
 from router.ops.estimate import LogLine, add_parser, estimate, what_if
 
@@ -419,8 +419,8 @@ def test_the_levers_act_on_their_part_of_the_bill() -> None:
     # price ($30 a month), the route on both ($60): the deferred call's batch savings are booked on the model that
     # answered it, as the router books them.
     result = routed({"headers": {"x-workload": "eval"}}, {})
-    assert applies_to(result) == pytest.approx({"batch": 30.0, "flex": 0.0, "route": 60.0})
-    assert levers(result) == pytest.approx({"batch": 9.6, "flex": 0.0, "route": 21.6})
+    assert applies_to(result) == pytest.approx({"batch": 30.0, "flex": 0.0, "route": 60.0, "answer_cache": 0.0})
+    assert levers(result) == pytest.approx({"batch": 9.6, "flex": 0.0, "route": 21.6, "answer_cache": 0.0})
     by_lever = {lever.lever: lever for lever in result.levers}
     assert by_lever["route"].savings_pct == pytest.approx(36)
     assert by_lever["route"].bill_pct == pytest.approx(36)
@@ -567,3 +567,58 @@ def test_moved_share_must_be_a_fraction(capsys: pytest.CaptureFixture[str]) -> N
     with pytest.raises(SystemExit):
         cli("--moved-share", "1.5")
     assert "expected a number" in capsys.readouterr().err
+
+
+# --- the answer cache: repeats of a deterministic call, where the log carries request bodies ---------------------
+
+
+def cached_log(*bodies: dict[str, Any], gap_s: float = 60.0, **fields: Any) -> list[str]:
+    """One call a minute over one day's log ($1 each in real time), each with the given request body."""
+    return [line(timestamp=T0 + i * gap_s, body=body, **fields) for i, body in enumerate(bodies)]
+
+
+ZERO = {"messages": [{"role": "user", "content": "grade 1"}], "temperature": 0}
+
+
+def test_the_answer_cache_answers_repeats_of_deterministic_calls_where_it_is_on() -> None:
+    on = Settings(tenants={"evals": TenantLimits(answer_cache=True)})
+    sampled = ZERO | {"temperature": 0.7}
+    other = {"messages": [{"role": "user", "content": "grade 2"}], "temperature": 0}
+    log = cached_log(ZERO, ZERO, sampled, sampled, other, ZERO, tenant="evals")
+    result = estimate(log, POLICIES, PRICES, on, period_days=30)
+    # six $1 calls; the 2nd and 6th repeat the 1st: free, on the answer_cache lever; sampled calls are never looked up
+    assert result.cost_now_usd_month == pytest.approx(6) and result.cost_batch_usd_month == pytest.approx(4)
+    assert levers(result)["answer_cache"] == pytest.approx(2) == result.savings_usd_month
+    assert applies_to(result)["answer_cache"] == pytest.approx(4)  # the deterministic calls it looked up
+    assert result.deferred_calls == 0
+    off = estimate(log, POLICIES, PRICES, SETTINGS, period_days=30)  # off by default
+    assert levers(off)["answer_cache"] == 0 and off.savings_usd_month == 0
+    other_tenant = estimate(cached_log(ZERO, ZERO, tenant="support"), POLICIES, PRICES, on, period_days=30)
+    assert levers(other_tenant)["answer_cache"] == 0
+
+
+def test_the_answer_cache_keeps_answers_for_its_ttl_and_its_bound() -> None:
+    short = Settings(answer_cache=AnswerCacheSettings(enabled=True, ttl_s=90, max_entries=1))
+    late = estimate(cached_log(ZERO, ZERO, ZERO, gap_s=100), POLICIES, PRICES, short, period_days=30)
+    assert levers(late)["answer_cache"] == 0  # each repeat came after its twin's TTL
+    other = {"messages": [{"role": "user", "content": "grade 2"}], "temperature": 0}
+    evicted = estimate(cached_log(ZERO, other, ZERO, gap_s=10), POLICIES, PRICES, short, period_days=30)
+    assert levers(evicted)["answer_cache"] == 0  # one answer per tenant: `other` evicted the first
+    kept = estimate(cached_log(ZERO, ZERO, gap_s=10), POLICIES, PRICES, short, period_days=30)
+    assert levers(kept)["answer_cache"] == pytest.approx(1)
+
+
+def test_a_batch_answer_is_kept_from_its_deadline_on() -> None:
+    on = Settings(answer_cache=AnswerCacheSettings(enabled=True))
+    eval_call = {"headers": {"x-workload": "eval"}, "body": ZERO}  # the test policies batch it within 24 h
+    log = [
+        line(timestamp=T0, **eval_call),
+        line(timestamp=T0 + 600, body=ZERO),  # before the batch is back: a miss, answered now and kept
+        line(timestamp=T0 + 700, body=ZERO),  # a hit
+    ]
+    result = estimate(log, POLICIES, PRICES, on, period_days=30)
+    assert levers(result)["answer_cache"] == pytest.approx(1)
+    early = [line(timestamp=T0, **eval_call), line(timestamp=T0 + 23 * 3600, body=ZERO)]
+    assert levers(estimate(early, POLICIES, PRICES, on, period_days=30))["answer_cache"] == 0
+    later = [line(timestamp=T0, **eval_call), line(timestamp=T0 + 24.5 * 3600, body=ZERO)]
+    assert levers(estimate(later, POLICIES, PRICES, on, period_days=30))["answer_cache"] == pytest.approx(1)

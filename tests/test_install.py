@@ -30,7 +30,7 @@ def test_check_config_in_an_empty_directory_names_the_packaged_files(
     out = check_config(capsys)
     assert "built-in defaults (no config/router.yaml" in out
     assert f"pricing:  packaged default {packaged('config/pricing.yaml')}" in out
-    assert f"policies: packaged default {packaged('policies')} (add ./policies to override it), 6 rules" in out
+    assert f"policies: packaged default {packaged('policies')} (add ./policies to override it), 7 rules" in out
 
 
 def test_init_writes_the_packaged_files_and_check_config_reads_them(
@@ -47,7 +47,7 @@ def test_init_writes_the_packaged_files_and_check_config_reads_them(
     out = check_config(capsys)
     assert "config:   config/router.yaml" in out
     assert "pricing:  config/pricing.yaml\n" in out
-    assert "policies: policies, 6 rules" in out
+    assert "policies: policies, 7 rules" in out
 
 
 def test_init_refuses_to_overwrite_unless_forced(
@@ -145,4 +145,4 @@ def test_init_then_check_config_from_an_empty_directory(venv: Path, tmp_path: Pa
     after = run(venv / "bin" / "hybrid-router", "check-config", cwd=here).stdout
     assert "config:   config/router.yaml" in after
     assert "pricing:  config/pricing.yaml\n" in after
-    assert "policies: policies, 6 rules" in after
+    assert "policies: policies, 7 rules" in after

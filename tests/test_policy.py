@@ -259,6 +259,11 @@ def test_shipped_rules_defer_marked_calls(call: Facts, rule: str, deadline: floa
     assert decide(SHIPPED_POLICIES, call, None, False, NOW) == Decision("deferred", deadline, rule)
 
 
+def test_shipped_eval_reruns_use_the_answer_cache_now() -> None:
+    decision = decide(SHIPPED_POLICIES, facts(headers={"x-workload": "eval-rerun"}), None, False, NOW)
+    assert decision == Decision("realtime", None, "eval-reruns", answer_cache=True)
+
+
 def test_shipped_interactive_rule_ignores_header() -> None:
     decision = decide(SHIPPED_POLICIES, facts(headers={"x-workload": "interactive"}), NOW + H, False, NOW)
     assert decision == Decision("realtime", None, "interactive-never-deferred")

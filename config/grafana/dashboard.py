@@ -120,6 +120,8 @@ def build() -> dashboard.Dashboard:
     savings, baseline, cost = f"{M}savings_usd_total", f"{M}baseline_cost_usd_total", f"{M}cost_usd_total"
     losses = f"{M}losses_usd_total"
     lever_saved, lever_lost = f"{M}lever_savings_usd_total", f"{M}lever_losses_usd_total"
+    answers = f"{M}answer_cache_total"
+    hits, looked_up = f'{answers}{{event="hit"}}', f'{answers}{{event=~"hit|miss"}}'
     decisions = f"{M}route_decisions_total"
     escalated = f'{decisions}{{reason="cascade_escalated"}}'
     cascaded = f'{decisions}{{reason=~"cascade_kept|cascade_escalated"}}'
@@ -258,6 +260,30 @@ def build() -> dashboard.Dashboard:
                 "asked-for model had to answer (its baseline is 0, its whole price is lost). Net savings are savings "
                 "minus these.",
                 width=8,
+            )
+        )
+        .with_panel(
+            graph(
+                "Answer cache hit ratio",
+                "percentunit",
+                [
+                    (
+                        f"{rate_by('', hits)} / {rate_by('', looked_up)}",
+                        "hits / (hits + misses)",
+                    )
+                ],
+                description="Deterministic calls the answer cache answered, of those it looked up (bypasses left "
+                "out). Each hit costs nothing and saves its real-time price on the answer_cache lever.",
+            ).min(0)
+        )
+        .with_panel(
+            graph(
+                "Answer cache events (per second)",
+                "ops",
+                [(rate_by("event", answers), "{{event}}")],
+                description="hit, miss, bypass (the caller's Cache-Control: no-cache / no-store or X-Router-Cache: "
+                "off, a sampled call, a Redis error), stored, evicted (least recently used, past a tenant's bounds), "
+                "too_large.",
             )
         )
     )

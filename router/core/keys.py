@@ -67,6 +67,16 @@ carries the tag `{n:<tenant>}`, so booking a batch (its lines, the tenant's tota
 - `P:{n:<t>}:totals:<day>` (hash): the tenant's native batch costs per UTC day, kept 400 days.
 - `P:{n:<t>}:lease:<id>`: one replica polls and books a batch at a time.
 
+Answer cache (`deferred/answers.py`, `core/answers.py`). Every key of one tenant carries the tag `{a:<tenant>}`, so a
+look-up or a store with its evictions is one step; the tenant is also in each digest, and no key is shared:
+- `P:{a:<t>}:answers` (hash: digest -> a stored answer, msgpack): the tenant's answers.
+- `P:{a:<t>}:answers:used` (zset of digests by last use, a logical clock): least recently used first out, past
+  `answer_cache.max_entries` or `max_bytes`.
+- `P:{a:<t>}:answers:ends` (zset of digests by expiry, ms): an answer past its TTL is never served, and is dropped
+  by the look-up that finds it or by the next store.
+- `P:{a:<t>}:answers:bytes` (string): the bytes of the tenant's answers.
+  All four expire `answer_cache.ttl_s` after the tenant's last store (every answer has expired by then).
+
 - Message Batches callers create through `/v1/messages/batches` (`router/passthrough/message_batches.py`), outside the
   queues: `P:mbatch:<id>` (hash: tenant, upstream, created_at, booked) and `P:mbatches:tenant:<tenant>` (zset of the
   tenant's batch ids by creation), kept `MESSAGE_BATCH_TTL_S` (Anthropic keeps results 29 days), deleted with
@@ -246,6 +256,12 @@ class Keys:
 
     def native_lease(self, tenant: str, batch_id: str) -> str:
         return f"{self.n(tenant)}:lease:{batch_id}"
+
+    # --- the answer cache, per tenant ----------------------------------------------------------------
+
+    def answers(self, tenant: str) -> str:
+        """The tenant's answer cache (hash); its other keys add `:used`, `:ends` and `:bytes`."""
+        return f"{self.prefix}:{{a:{tenant}}}:answers"
 
     def message_batch(self, batch_id: str) -> str:
         return f"{self.prefix}:mbatch:{batch_id}"

@@ -66,11 +66,15 @@ class Origin(StrEnum):
     """A deferred call the guard answered in real time on the standard tier."""
     NATIVE = "native"
     """A line of a batch a tenant ran through the native Batch API (`/v1/batches`)."""
+    CACHE = "cache"
+    """The answer cache: an identical deterministic call's stored answer, served now at no cost."""
 
     @property
     def lane(self) -> Lane:
         """The lane the answer was served in (what `X-Router-Lane` and `deferred.call.lane` show)."""
-        return {Origin.ESCALATED: Lane.REALTIME, Origin.NATIVE: Lane.BATCH}.get(self) or Lane(self.value)
+        return {Origin.ESCALATED: Lane.REALTIME, Origin.NATIVE: Lane.BATCH, Origin.CACHE: Lane.REALTIME}.get(
+            self
+        ) or Lane(self.value)
 
 
 LEVERS = ("batch", "flex", "route", "prompt_cache", "answer_cache")
@@ -78,7 +82,10 @@ LEVERS = ("batch", "flex", "route", "prompt_cache", "answer_cache")
 
 
 def lever_split(origin: Origin, savings_usd: float, route_usd: float) -> dict[str, float]:
-    """A call's savings by lever: the model route's part, and its price tier's (batch, flex) part."""
+    """A call's savings by lever: the model route's part, and its price tier's (batch, flex) part; an answer from the
+    answer cache saves all it would have cost on `answer_cache`."""
+    if origin is Origin.CACHE:
+        return {"answer_cache": savings_usd} if savings_usd else {}
     out: dict[str, float] = {}
     if route_usd:
         out["route"] = route_usd

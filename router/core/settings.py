@@ -94,6 +94,9 @@ class TenantLimits(_Strict, kw_only=True):
     daily_budget_usd: PositiveFloat | None = None
     """Spend per UTC day, every lane at the rate paid, as `GET /v1/usage` counts it; checked before each call, so
     calls admitted before the total crossed it still finish (a deferred call is priced when it is answered)."""
+    answer_cache: bool | None = None
+    """Whether this tenant's deterministic calls are answered from the answer cache (unset: `answer_cache.enabled`);
+    a policy rule's `answer_cache` decides before it for the calls the rule matches."""
 
 
 _TENANT_PATTERN = r"^(\*|[A-Za-z0-9_.-]{1,64})$"
@@ -178,6 +181,19 @@ class WebhookSettings(_Strict, kw_only=True):
     """The wait before the first retry; it doubles per attempt (with jitter), capped at an hour."""
 
 
+class AnswerCacheSettings(_Strict, kw_only=True):
+    """The answer cache: identical deterministic calls of one tenant answered from Redis (docs/architecture.md)."""
+
+    enabled: bool = False
+    """Whether calls use it when neither a policy rule nor the tenant's entry says (opt-in)."""
+    ttl_s: PositiveFloat = 3600.0
+    """How long a stored answer may be served."""
+    max_entries: PositiveInt = 10_000
+    """Answers kept per tenant; past it the least recently used go first."""
+    max_bytes: PositiveInt = 64 * 1024 * 1024
+    """Bytes of answers kept per tenant; past it the least recently used go first (a larger answer is not stored)."""
+
+
 class Settings(_Strict, kw_only=True):
     """Everything the router needs to run."""
 
@@ -205,6 +221,7 @@ class Settings(_Strict, kw_only=True):
     not named. Limits belong to the tenant, not to a key, so a tenant with several keys has one allowance."""
     batch: BatchSettings = msgspec.field(default_factory=BatchSettings)
     webhooks: WebhookSettings = msgspec.field(default_factory=WebhookSettings)
+    answer_cache: AnswerCacheSettings = msgspec.field(default_factory=AnswerCacheSettings)
     metrics_token_env: str | None = None
     """The env var holding the bearer token `/metrics` requires; unset: `/metrics` is open."""
     azure_deployments: dict[str, str] = msgspec.field(default_factory=dict)

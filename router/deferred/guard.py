@@ -31,6 +31,7 @@ from router.telemetry.tracing import OFF, Tracing, cost_attributes
 
 if TYPE_CHECKING:
     from router.core.settings import BatchSettings
+    from router.deferred.answers import AnswerStore
     from router.deferred.store.batches import BatchStore
     from router.deferred.store.queues import Queues
     from router.deferred.store.records import CallMeta
@@ -54,6 +55,7 @@ class Guard:
         accounting: Accounting,
         planner: Planner | None = None,
         tracing: Tracing = OFF,
+        answers: AnswerStore | None = None,
     ) -> None:
         self.tracing = tracing
         self.queues = queues
@@ -63,6 +65,8 @@ class Guard:
         self.settings = settings
         self.accounting = accounting
         self.planner = planner if planner is not None else Planner(settings)
+        self.answers = answers
+        """Keeps a call's 200 answer in the answer cache when its meta has an `answer_key`."""
         self._slots = asyncio.Semaphore(CONCURRENCY)
         self._running: dict[str, asyncio.Task[int]] = {}
         self._queues: dict[str, tuple[str, Capabilities]] = {}
@@ -166,6 +170,8 @@ class Guard:
             metrics.deadline_misses.inc()
         answered = cost_attributes(origin, status, priced) | {"router.call_id": call_id, "router.tenant": meta.tenant}
         tracing.record("router.deferred.wait", meta.trace, meta.received_at, answered, [batch_trace, span.traceparent])
+        if status == 200 and meta.answer_key and self.answers is not None:
+            await self.answers.keep(meta.tenant, meta.answer_key, content, meta.model)
         return 1
 
     async def _ladder(self, meta: CallMeta, body: bytes) -> tuple[Origin, int, bytes]:

@@ -113,6 +113,7 @@ class DeferredLane:
         reattach: bool = True,
         asked_model: str | None = None,
         trace: str | None = None,
+        answer_key: str | None = None,
     ) -> tuple[str, EnqueueOutcome]:
         """Queue the call, or attach to the live call it repeats (see `Intake.enqueue`); (call id, outcome).
 
@@ -133,6 +134,7 @@ class DeferredLane:
             webhook=webhook,
             asked_model=asked_model,
             trace=trace or None,
+            answer_key=answer_key,
         )
         digest = call_digest(tenant, endpoint, body)
         tag = queue_tag(upstream, endpoint, meta.model)

@@ -27,6 +27,7 @@ from router.telemetry.tracing import OFF, Attributes, Tracing, cost_attributes
 
 if TYPE_CHECKING:
     from router.core.settings import BatchSettings
+    from router.deferred.answers import AnswerStore
     from router.deferred.store.batches import BatchStore
     from router.deferred.store.leases import Leases
     from router.deferred.store.queues import Queues
@@ -56,6 +57,7 @@ class Poller:
         accounting: Accounting,
         planner: Planner | None = None,
         tracing: Tracing = OFF,
+        answers: AnswerStore | None = None,
     ) -> None:
         self.tracing = tracing
         self.queues = queues
@@ -66,6 +68,8 @@ class Poller:
         self.settings = settings
         self.accounting = accounting
         self.planner = planner if planner is not None else Planner(settings)
+        self.answers = answers
+        """Keeps a call's 200 answer in the answer cache when its meta has an `answer_key`."""
         self.owner = "poller-" + secrets.token_hex(6)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -228,6 +232,8 @@ class Poller:
                            "router.provider_batch_id": record.provider_id, "router.tenant": call.meta.tenant},
                         [record.trace, trace],
                     )  # fmt: skip
+                if line.status == 200 and call.meta.answer_key and self.answers is not None:
+                    await self.answers.keep(call.meta.tenant, call.meta.answer_key, line.body, model)
             elif stored == StoreOutcome.LATE and line.billed:
                 metrics.late_results.inc()
                 metrics.paid_twice.labels(upstream).inc()

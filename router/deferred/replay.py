@@ -96,6 +96,8 @@ def router_note(*, origin: Origin, call_id: str, model: str, cost: Figures | Non
                  "savings_by_lever": by_lever}  # fmt: skip
     if origin is Origin.ESCALATED:
         note["escalated"] = True
+    if origin is Origin.CACHE:
+        note["cache"] = "hit"
     return _encoder.encode(note)
 
 

@@ -2,7 +2,8 @@
 
 `Admission.admit` reads the routing fields and the headers that steer a call (`X-Deadline`, `Prefer`, `X-Webhook-URL`,
 `Idempotency-Key`, `X-Stainless-Retry-Count`, `X-Router-Reattach`), asks the policies and `lanes.choose_lane` for the
-lane, then hands the call to deferred delivery (`delivery.py`) or the real-time relay (`relay.py`). It takes
+lane, then hands the call to deferred delivery (`delivery.py`) or the real-time relay (`relay.py`); a call the answer
+cache answers (`answer_cache.py`) goes to neither. It takes
 plain facts (an `Arrival`: tenant, endpoint, body, headers), not a request; the request's ASGI `receive` only
 passes through, for the disconnect racing.
 """
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from router.core.policy import PolicyStore
     from router.core.settings import Settings
     from router.deferred.lane import DeferredLane
+    from router.http.answer_cache import AnswerCache
     from router.http.cascade import Cascade
     from router.http.delivery import Delivery
     from router.http.relay import Relay
@@ -98,9 +100,11 @@ def reattach_allowed(headers: Mapping[str, str]) -> bool:
     return headers.get("x-router-reattach", "").lower() not in ("never", "off", "false", "0")
 
 
-def delivery_asked(headers: Mapping[str, str], webhook: str | None, routed: Routed | None = None) -> Asked:
+def delivery_asked(
+    headers: Mapping[str, str], webhook: str | None, routed: Routed | None = None, answer_key: str | None = None
+) -> Asked:
     """How the caller wants a deferred answer, from its headers (`webhook` already checked); a routed call keeps
-    the model it asked for, its cost baseline."""
+    the model it asked for, its cost baseline; `answer_key`: where the answer cache keeps its answer."""
     return Asked(
         held=not prefers_async(headers),
         webhook=webhook,
@@ -109,6 +113,7 @@ def delivery_asked(headers: Mapping[str, str], webhook: str | None, routed: Rout
         reattach=reattach_allowed(headers),
         traceparent=headers.get("traceparent"),
         asked_model=routed.asked if routed is not None and routed.moved else None,
+        answer_key=answer_key,
     )
 
 
@@ -130,6 +135,7 @@ class Admission:
         relay: Relay,
         delivery: Delivery,
         cascade: Cascade,
+        answers: AnswerCache,
     ) -> None:
         self.settings = settings
         self.policies = policies
@@ -141,6 +147,7 @@ class Admission:
         self.delivery = delivery
         self.cascade = cascade
         self.model_router = cascade.router
+        self.answers = answers
 
     def webhook_url(self, headers: Mapping[str, str]) -> str | None:
         """`X-Webhook-URL`, checked: only with `Prefer: respond-async`, only to an allowed http(s) host."""
@@ -162,11 +169,8 @@ class Admission:
             raise BadRequest("you must provide a model parameter", param="model", code="missing_required_parameter")
         return view
 
-    async def plan(self, arrival: Arrival, view: RequestView, now: float) -> Plan:
-        """The upstream and lane for a call: `X-Deadline` and the policies decide, `lanes.choose_lane` places it
-        (reading the queue's turnaround outlook from Redis only when a batch is possible)."""
-        assert view.model
-        provider = self.upstreams.for_model(view.model)
+    def decide(self, arrival: Arrival, view: RequestView, now: float) -> Decision:
+        """What `X-Deadline` and the policies decide for a call."""
         header_deadline, urgent = read_deadline(arrival.headers, now, self.settings.limits.max_deadline_s)
         facts = Facts(
             path="/v1" + arrival.endpoint,
@@ -176,7 +180,16 @@ class Admission:
             metadata={k: str(v) for k, v in view.metadata.items()} if view.metadata else {},
             user=view.user,
         )
-        decision = decide(self.policies.current, facts, header_deadline, urgent, now)
+        return decide(self.policies.current, facts, header_deadline, urgent, now)
+
+    async def plan(self, arrival: Arrival, view: RequestView, now: float, decision: Decision | None = None) -> Plan:
+        """The upstream and lane for a call: `X-Deadline` and the policies decide (unless `decision` is given),
+        `lanes.choose_lane` places it (reading the queue's turnaround outlook from Redis only when a batch is
+        possible)."""
+        assert view.model
+        provider = self.upstreams.for_model(view.model)
+        if decision is None:
+            decision = self.decide(arrival, view, now)
         body, routed = arrival.body, None
         if self.model_router.active:
             body, view, routed = self.model_route(arrival, view, decision)
@@ -225,17 +238,22 @@ class Admission:
         webhook = self.webhook_url(arrival.headers)
         body = arrival.body
         view = self.routing_view(body)
-        chosen = await self.plan(arrival, view, time.time())
-        provider, decision, body, view, routed = (
-            chosen.provider,
-            chosen.decision,
-            chosen.body,
-            chosen.view,
-            chosen.routed,
-        )
+        now = time.time()
+        decision = self.decide(arrival, view, now)
         headers = {"x-router-request-id": new_request_id(), "x-router-lane": "realtime"}
         if decision.rule:
             headers["x-router-rule"] = decision.rule
+        cached = await self.answers.lookup(
+            arrival.tenant, arrival.endpoint, body, view, arrival.headers, decision,
+            respond_async=prefers_async(arrival.headers),
+        )  # fmt: skip
+        if cached.status is not None:
+            headers["x-router-cache"] = cached.status
+        if cached.answer is not None:  # an identical deterministic call was answered lately: no upstream, no lane
+            return self.answers.respond(cached, tenant=arrival.tenant, endpoint=arrival.endpoint, view=view,
+                                        headers=headers)  # fmt: skip
+        chosen = await self.plan(arrival, view, now, decision)
+        provider, body, view, routed = chosen.provider, chosen.body, chosen.view, chosen.routed
         if routed is not None:
             headers.update(
                 {"x-router-model": routed.model, "x-router-task": routed.task, "x-router-route": routed.reason}
@@ -260,7 +278,7 @@ class Admission:
                 deadline=decision.deadline,
                 rule=decision.rule,
                 headers=headers,
-                asked=delivery_asked(arrival.headers, webhook, routed),
+                asked=delivery_asked(arrival.headers, webhook, routed, cached.digest),
             )
         flex = chosen.choice.lane == Lane.FLEX
         if chosen.choice.reason == "too_soon":
@@ -281,4 +299,5 @@ class Admission:
             flex_fallback=flex,
             routed=routed,
             asked_body=arrival.body,
+            keep=self.answers.keeper(cached, arrival.tenant),
         )

@@ -69,6 +69,8 @@ class Asked(msgspec.Struct, frozen=True, kw_only=True):
     """The model the caller asked for, when a model route has a cheaper one answer (the call's cost baseline)."""
     traceparent: str | None = None
     """The caller's W3C `traceparent`: the admission span continues its trace (when tracing is on)."""
+    answer_key: str | None = None
+    """Where the answer cache keeps the call's answer (the poller or the guard keeps it); None: not kept."""
 
 
 def result_response(
@@ -174,6 +176,7 @@ class Delivery:
                 reattach=asked.reattach,
                 asked_model=asked.asked_model,
                 trace=span.traceparent,
+                answer_key=asked.answer_key,
             )
             if outcome == EnqueueOutcome.REUSED:
                 raise IdempotencyKeyReused(call_id)

@@ -17,6 +17,7 @@ from router.core.errors import ConfigError
 from router.core.lanes import Catalog, Planner
 from router.core.policy import PolicyStore
 from router.core.pricing import load_pricing, unpriced_models, unpriced_warning
+from router.deferred.answers import AnswerStore
 from router.deferred.batcher import Batcher
 from router.deferred.catalog import ModelCatalog
 from router.deferred.guard import Guard
@@ -30,6 +31,7 @@ from router.deferred.tenants import Tenants
 from router.deferred.waiters import ResultWaiter, Waiters
 from router.deferred.webhooks import WebhookSender
 from router.http.admission import Admission
+from router.http.answer_cache import AnswerCache
 from router.http.auth import Auth
 from router.http.cascade import Cascade
 from router.http.delivery import Delivery
@@ -104,17 +106,19 @@ class Gateway:
             store.intake, store.batches, self.tenants, self.upstreams, self.planner, self.catalog.known,
             reattach=b.reattach,
         )  # fmt: skip
+        answer_store = AnswerStore(self.redis, store.keys, settings.answer_cache)
         # The loops, each with the store parts it uses.
         self.batcher = Batcher(
             store.queues, store.batches, store.results, store.leases, providers, b, self.planner, tracing
         )
         self.poller = Poller(
             store.queues, store.batches, store.results, store.leases, providers, b, self.accounting, self.planner,
-            tracing,
+            tracing, answer_store,
         )  # fmt: skip
         self.guard = Guard(
-            store.queues, store.batches, store.results, providers, b, self.accounting, self.planner, tracing
-        )
+            store.queues, store.batches, store.results, providers, b, self.accounting, self.planner, tracing,
+            answer_store,
+        )  # fmt: skip
         self.webhooks = WebhookSender(
             store.queues, store.webhooks, store.results, store.leases, settings.webhooks, webhook_secret
         )
@@ -141,9 +145,10 @@ class Gateway:
         self.cascade = Cascade(self.upstreams, self.tenants, self.accounting, self.realtime, self.model_router, tracing)
         self.relay = Relay(self.upstreams, self.tenants, self.accounting, self.realtime, self.cascade.learn, tracing)
         self.delivery = Delivery(self.deferred, store.results, waiter, self.holds, self.upstreams, settings, tracing)
+        self.answers = AnswerCache(settings, answer_store, self.accounting, self.realtime, self.upstreams)
         self.admission = Admission(
             settings, self.policies, self.upstreams, self.deferred, self.webhooks.check, self.relay, self.delivery,
-            self.cascade,
+            self.cascade, self.answers,
         )  # fmt: skip
         self.reports = Reports(self.upstreams, store.totals, self.realtime, self.native_store, self.tenants, self.redis)
         self.status = Status(

@@ -8,7 +8,7 @@ request's ASGI `receive`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING
 
 from litestar import Response
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from router.core.schema import RequestView
     from router.deferred.store.totals import RealtimeTotals
     from router.deferred.tenants import Tenants
+    from router.http.answer_cache import Keeper
     from router.http.model_router import Routed
 
     Learn = Callable[[Routed, str, bytes, bytes, Mapping[str, str], str, Mapping[str, str], Priced], None]
@@ -80,6 +81,7 @@ class Relay:
         flex_fallback: bool = False,
         routed: Routed | None = None,
         asked_body: bytes | None = None,
+        keep: Keeper | None = None,
     ) -> Response[bytes] | Stream:
         """Forward now; stream SSE through unbuffered; pass upstream errors through; price what comes back.
 
@@ -89,6 +91,8 @@ class Relay:
         caller who asked for flex itself gets the 429, as from the upstream).
         `routed`: the call's model route (a cheaper model may answer: the asked-for one is the baseline);
         `asked_body`: the body as the caller sent it, for a shadow twin.
+        `keep`: keeps a 200 answer in the answer cache for the next identical call (a stream: a copy of it, folded
+        into its answer once it ended).
         """
         asked = routed.asked if routed is not None else None
         model = view.model or ""
@@ -102,7 +106,7 @@ class Relay:
         try:
             return await self._respond(
                 receive, provider, span, endpoint, body, view, tenant, client_headers, headers, started, flex_fallback,
-                routed, asked, asked_body,
+                routed, asked, asked_body, keep,
             )  # fmt: skip
         except BaseException as exc:
             span.fail(exc)
@@ -124,6 +128,7 @@ class Relay:
         routed: Routed | None,
         asked: str | None,
         asked_body: bytes | None,
+        keep: Keeper | None,
     ) -> Response[bytes] | Stream:
         await self.tenants.take_realtime(tenant)  # its budget and `rpm`, before the upstream sees the call
         model = view.model or ""
@@ -173,7 +178,8 @@ class Relay:
                 priced = self.accounting.price(model, origin, b"", usage, asked=asked)
                 return cost_comment(priced.cost.actual_usd, priced.cost.savings_usd) if priced.cost else b""
 
-            relay = tap_usage(upstream.stream, strip_usage_chunk=strip_usage, on_done=book, comment=comment)
+            source = kept(keep, upstream.status, upstream.stream, endpoint, model)
+            relay = tap_usage(source, strip_usage_chunk=strip_usage, on_done=book, comment=comment)
             return Stream(relay, status_code=upstream.status, headers=headers, media_type="text/event-stream")
         if upstream.status >= 400:
             count("error")
@@ -184,10 +190,19 @@ class Relay:
         self.realtime.record(priced, origin=origin, upstream=provider.name, model=model, tenant=tenant, outcome="ok")
         if priced.cost is not None:
             set_cost_headers(headers, priced.cost.actual_usd, priced.cost.savings_usd)
+        if keep is not None and upstream.status == 200:
+            await keep.body(upstream.body, model)
         if routed is not None and self.learn is not None:
             self.learn(routed, endpoint, asked_body or body, upstream.body, client_headers, tenant, headers, priced)
         note = priced_note(origin=origin, call_id=headers.get("x-router-request-id", ""), model=model, priced=priced)
         return Response(with_note(upstream.body, note), status_code=upstream.status, headers=headers, media_type=JSON)
+
+
+def kept(
+    keep: Keeper | None, status: int, stream: AsyncIterator[bytes], endpoint: str, model: str
+) -> AsyncIterator[bytes]:
+    """The upstream's stream, copied for the answer cache as it passes when its answer may be kept (a 200)."""
+    return keep.stream(stream, endpoint, model) if keep is not None and status == 200 else stream
 
 
 def with_usage_requested(body: bytes) -> bytes:

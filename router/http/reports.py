@@ -30,7 +30,8 @@ _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 def savings_by_lever(lanes: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
     """A day's savings split by lever, from its lanes: the model route's part of each lane, and the rest to the
-    lane's price tier (batch and native: `batch`; `flex`); the levers add up to the lanes' savings exactly."""
+    lane's price tier (batch and native: `batch`; `flex`; the answer cache's lane `cache`: `answer_cache`); the levers
+    add up to the lanes' savings exactly."""
     out = dict.fromkeys(LEVERS, 0.0)
     for lane, fields in lanes.items():
         route = fields.get("route_usd", 0.0)
@@ -40,6 +41,8 @@ def savings_by_lever(lanes: Mapping[str, Mapping[str, float]]) -> dict[str, floa
             out["batch"] += tier
         elif lane == "flex":
             out["flex"] += tier
+        elif lane == "cache":
+            out["answer_cache"] += tier
     return out
 
 

@@ -38,7 +38,9 @@ class Group:
 
     label: str
     count: int
-    kind: str  # chat | stream | embed | extract (chat.completions.parse into a Pydantic model)
+    kind: str
+    """chat | stream | embed | extract (chat.completions.parse into a Pydantic model) | rerun (a call at temperature
+    0, then the same call again, which the answer cache answers where the policy turns it on)"""
     model: str
     headers: dict[str, str] = field(default_factory=dict)
     weak_right: float | None = None
@@ -63,6 +65,7 @@ WORKLOAD = [
     Group("embeddings backfill (policy)", 100, "embed", "text-embedding-3-small", {"x-workload": "backfill"}),
     Group("invoice extraction, parse(), X-Deadline: 1h", 50, "extract", "gpt-4o-mini", {"X-Deadline": "1h"}),
     Group("deadline too close for a batch (8s)", 5, "chat", "gpt-4o", {"X-Deadline": "8s"}),
+    Group("eval re-run, temperature 0 (policy: eval-reruns)", 30, "rerun", "gpt-4o", {"x-workload": "eval-rerun"}),
 ]
 
 
@@ -81,6 +84,8 @@ class Tally:
         lane = headers.get("x-router-lane", "?")
         if headers.get("x-router-escalated") == "true":
             lane = "realtime (escalated)"
+        if headers.get("x-router-cache") == "hit":
+            lane = "answer cache"
         self.calls[lane] = self.calls.get(lane, 0) + 1
         self.routed += headers.get("x-router-model", asked) != asked
         self.cost[lane] = self.cost.get(lane, 0.0) + float(headers.get("x-router-cost-usd") or 0)
@@ -174,6 +179,14 @@ async def _drive(base: str, progress: Progress, sim_url: str, workload: list[Gro
                 ) as raw:
                     async for _ in raw.iter_lines():
                         pass
+            elif group.kind == "rerun":
+                for _ in range(2):  # the suite's first run, then its re-run of the same call
+                    raw = await client.chat.completions.with_raw_response.create(
+                        model=group.model, messages=messages, temperature=0, extra_headers=group.headers
+                    )
+                    tally.add(raw.headers, group.model)
+                progress.advance(task)
+                return
             else:
                 raw = await client.chat.completions.with_raw_response.create(
                     model=group.model, messages=messages, extra_headers=group.headers

@@ -2,7 +2,8 @@
 
 Both halves of the bill: the calls that can wait go to the batch (or flex) lane, and model routes (`--route`, or the
 config's `routes`) answer a share of the asked-for model's calls with a cheaper one. Savings are split by lever
-(batch, flex, route) the way the router books them in its headers, `/v1/usage` and `/metrics`.
+(batch, flex, route, answer_cache: lines that carry their request `body`) the way the router books them in its
+headers, `/v1/usage` and `/metrics`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from router.ops.projection import (
     LaneChooser,
     LeverEstimate,
     LogLine,
+    Repeats,
     RouteEstimate,
     answer,
     check_routes,
@@ -102,7 +104,7 @@ class Estimate(msgspec.Struct, frozen=True, kw_only=True, tag_field="mode", tag=
     malformed_lines: int
     problems: list[Problem]
     levers: list[LeverEstimate] = msgspec.field(default_factory=list)
-    """Savings by lever (batch, flex, route): they add up to `savings_usd_month`."""
+    """Savings by lever (batch, flex, route, answer_cache): they add up to `savings_usd_month`."""
     routes: list[RouteEstimate] = msgspec.field(default_factory=list)
     learning_usd_month: float = 0.0
 
@@ -176,6 +178,7 @@ def estimate(
     by_source = {r.source: r for r in (settings.routes if routes is None else routes)}
     check_routes(by_source.values(), prices)
     bill = Bill(by_source.values(), prices)
+    repeats = Repeats(settings)
     tallies: dict[str, _Tally] = {}
     problems: list[Problem] = []
     malformed = 0
@@ -188,7 +191,7 @@ def estimate(
             at = _timestamp(line.timestamp)
             if line.cached_tokens > line.input_tokens:
                 raise ValueError("cached_tokens exceeds input_tokens (cached tokens are part of the input)")
-            answered = answer(line, at, chooser, by_source, moved_share)
+            answered = answer(line, at, chooser, by_source, moved_share, repeats)
         except (msgspec.DecodeError, ValueError, InvalidDeadline, RecursionError) as exc:
             malformed += 1
             if len(problems) < MAX_PROBLEMS:

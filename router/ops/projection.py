@@ -5,11 +5,14 @@ decision places the model that answers). Where a model route covers it, a cheape
 calls (`answer`, in expectation: a log says nothing of the evidence), in the lane that model gets. `Bill` prices the
 ways a call is answered and books its savings by lever as the router books them (telemetry/accounting.py): a moved
 call's `route` savings are the asked-for model's real-time price less the cheaper model's; its `batch` or `flex`
-savings are the answering model's own discount.
+savings are the answering model's own discount. Where a log line carries its request `body`, `Repeats` plays the
+answer cache: a repeat of a deterministic call answered in real time within the TTL costs nothing and saves its whole
+real-time price on the `answer_cache` lever.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
@@ -19,6 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from router.core import answers
 from router.core.deadline import parse_deadline
 from router.core.lanes import Capabilities, Catalog, Lane, LaneChoice, Outlook, Planner, choose_lane
 from router.core.model_routes import Mode
@@ -30,8 +34,8 @@ from router.core.settings import Settings
 DEFAULT_PATH = "/v1/chat/completions"
 
 Tokens = Annotated[int, msgspec.Meta(ge=0)]
-Lever = Literal["batch", "flex", "route"]
-LEVERS: tuple[Lever, ...] = ("batch", "flex", "route")
+Lever = Literal["batch", "flex", "route", "answer_cache"]
+LEVERS: tuple[Lever, ...] = ("batch", "flex", "route", "answer_cache")
 
 DEFAULT_MOVED_SHARE: dict[Mode, float] = {"predict": 0.39, "cascade": 0.41, "shadow": 0.0}
 """The share of a route's calls a cheaper model answers when `--moved-share` is not given, as measured by
@@ -57,6 +61,8 @@ class LogLine(msgspec.Struct, frozen=True, kw_only=True):
     metadata: dict[str, Any] | None = None  # values are compared as strings, as the router does
     user: str | None = None
     tenant: str | None = None  # the router's tenant without proxy keys: "default"
+    body: dict[str, Any] | None = None
+    """The request body as sent (optional): with it, repeats of a deterministic call are found (`Repeats`)."""
 
 
 class LeverEstimate(msgspec.Struct, frozen=True, kw_only=True):
@@ -65,7 +71,9 @@ class LeverEstimate(msgspec.Struct, frozen=True, kw_only=True):
     lever: Lever
     savings_usd_month: float
     applies_to_usd_month: float
-    """Batch, flex: the real-time price of the calls answered in that lane. Route: of the calls its routes cover."""
+    """Batch, flex: the real-time price of the calls answered in that lane. Route: of the calls its routes cover.
+    Answer cache: of the calls it looks up (deterministic calls of a known body, where a rule or the tenant turns
+    it on)."""
     savings_pct: float
     """Savings as a percentage of `applies_to_usd_month`: what the lever takes off the part of the bill it acts on."""
     bill_pct: float
@@ -114,6 +122,8 @@ class Answered(msgspec.Struct, frozen=True):
     parts: list[Part]
     route: ModelRoute | None = None
     shadowed: bool = False
+    cache: answers.Status | None = None
+    """The answer cache's say (`hit`: answered by it, no parts); None: it did not look the call up."""
 
 
 class LaneChooser:
@@ -173,7 +183,71 @@ def _force(headers: dict[str, str] | None) -> Literal["asked", "route"] | None:
     raise ValueError(f"X-Router-Route {value!r} must be `off`, `on` or `force`")
 
 
+class Repeats:
+    """The answer cache over a log, per tenant: a deterministic call whose identical twin's answer was kept within
+    `answer_cache.ttl_s` before it, and is still among the tenant's `max_entries` most recently used, is a hit. A
+    twin answered in real time is kept at once, one answered in a batch from its deadline on (the latest the router
+    answers it). The byte bound is not played (a log has no answer sizes)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._kept: dict[str, OrderedDict[str, float]] = {}
+
+    def lookup(self, line: LogLine, decision: Decision, endpoint: str, at: float) -> tuple[answers.Status, str] | None:
+        """`hit` or `miss` and the call's key; None where the cache does not look the call up."""
+        tenant = line.tenant or "default"
+        body = line.body
+        if body is None or endpoint not in answers.CACHEABLE or not answers.enabled(self.settings, tenant, decision):
+            return None
+        if not answers.deterministic(endpoint, body) or not answers.directive(_lower(line.headers)).read:
+            return None
+        key = answers.digest(tenant, endpoint, line.model, body)
+        kept = self._kept.setdefault(tenant, OrderedDict())
+        stored = kept.get(key)
+        if stored is not None and stored <= at < stored + self.settings.answer_cache.ttl_s:
+            kept.move_to_end(key)
+            return "hit", key
+        return "miss", key
+
+    def keep(self, line: LogLine, key: str, at: float) -> None:
+        """A miss's answer, kept from `at` on; the tenant's least recently used past `max_entries` dropped."""
+        kept = self._kept.setdefault(line.tenant or "default", OrderedDict())
+        kept[key] = at
+        kept.move_to_end(key)
+        while len(kept) > self.settings.answer_cache.max_entries:
+            kept.popitem(last=False)
+
+
+def _lower(headers: dict[str, str] | None) -> dict[str, str]:
+    return {name.lower(): value for name, value in (headers or {}).items()}
+
+
 def answer(
+    line: LogLine,
+    at: float,
+    chooser: LaneChooser,
+    routes: dict[str, ModelRoute],
+    moved_share: float | None,
+    repeats: Repeats | None = None,
+) -> Answered:
+    """`answer_as_routed`, after the answer cache (`repeats`) had its say: a hit is answered by it, in real time;
+    a miss's answer (not a cascade's) is kept for the calls that repeat it: at once, or from its deadline on when a
+    batch answers it."""
+    decision, endpoint = chooser.decide(line, at)
+    looked = repeats.lookup(line, decision, endpoint, at) if repeats is not None else None
+    if looked is not None and looked[0] == "hit":
+        return Answered(LaneChoice(lane=Lane.REALTIME, reason="policy", rule=decision.rule), [], cache="hit")
+    answered = answer_as_routed(line, at, chooser, routes, moved_share)
+    if looked is None:
+        return answered
+    cascade = answered.route is not None and any(part.wasted for part in answered.parts)
+    if repeats is not None and not cascade:
+        deadline = answered.lane.deadline if answered.lane.lane == Lane.BATCH else None
+        repeats.keep(line, looked[1], at if deadline is None else deadline)
+    return msgspec.structs.replace(answered, cache="miss")
+
+
+def answer_as_routed(
     line: LogLine, at: float, chooser: LaneChooser, routes: dict[str, ModelRoute], moved_share: float | None
 ) -> Answered:
     """How the router would answer one call: the policies decide on the model it asks for; where a model route
@@ -252,6 +326,11 @@ class Bill:
 
     def add(self, answered: Answered, asked: str, usage: Usage, baseline_usd: float) -> float:
         """Book one priced call (`baseline_usd`: the asked-for model's real-time price); what it is expected to cost."""
+        if answered.cache is not None:
+            self.applies_to["answer_cache"] += baseline_usd
+        if answered.cache == "hit":  # the answer cache: nothing paid, its whole real-time price saved
+            self.saved["answer_cache"] += baseline_usd
+            return 0.0
         paid = 0.0
         for part in answered.parts:
             cost = _cost(part.model, usage, part.lane, self.prices, asked)

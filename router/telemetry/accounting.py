@@ -19,8 +19,10 @@ _PRICE_TIER: dict[Origin, PriceTier] = {
     Origin.BATCH: "batch",
     Origin.FLEX: "flex",
     Origin.NATIVE: "batch",
+    Origin.CACHE: "realtime",
 }
-"""The price tier an answer of each origin is billed at."""
+"""The price tier an answer of each origin is billed at (an answer from the answer cache: its baseline's, since it
+costs nothing itself)."""
 __all__ = ["LEVERS", "Accounting", "Priced", "levers"]
 
 
@@ -50,7 +52,11 @@ class Accounting:
         usage = usage or usage_from_body(body)
         if usage is None:
             return Priced(None, None)
-        return Priced(usage, self.prices.cost(model, usage, _PRICE_TIER[origin], asked))
+        cost = self.prices.cost(model, usage, _PRICE_TIER[origin], asked)
+        if origin is Origin.CACHE and cost is not None:
+            # Served from the answer cache: nothing paid, and all of what the answer costs in real time saved.
+            cost = Cost(baseline_usd=cost.baseline_usd, actual_usd=0.0, savings_usd=cost.baseline_usd)
+        return Priced(usage, cost)
 
     def book(self, priced: Priced, *, origin: Origin, upstream: str, model: str, tenant: str, outcome: str) -> None:
         """Count one finished call in the Prometheus metrics (its origin is their `lane` label); once per call."""

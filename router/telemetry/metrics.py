@@ -269,6 +269,14 @@ lever_savings = Counter(
     namespace=NS,
     registry=REGISTRY,
 )
+answer_cache = Counter(
+    "answer_cache",
+    "The answer cache, by event: hit, miss, bypass (the caller's Cache-Control or X-Router-Cache, a call that is "
+    "not deterministic, or a Redis error), stored, evicted (least recently used, past a tenant's bounds), too_large.",
+    ["event", "tenant"],
+    namespace=NS,
+    registry=REGISTRY,
+)
 lever_losses = Counter(
     "lever_losses_usd",
     "What a lever cost instead of saving (USD): a cascade's cheap answer thrown away is lost on the route lever.",

@@ -43,6 +43,9 @@ class CallMeta(msgspec.Struct, frozen=True, kw_only=True):
     trace: str | None = None
     """The admission span's W3C `traceparent`, when tracing is on (`telemetry.tracing`): the batch's and the
     answer's spans refer to it from whichever replica handles them."""
+    answer_key: str | None = None
+    """Where the answer cache keeps this call's 200 answer once it has one (`core.answers.digest`); None: it is not
+    kept (the cache is off for the call, or the caller said `no-store`)."""
 
 
 class CallRecord(msgspec.Struct, frozen=True, kw_only=True):

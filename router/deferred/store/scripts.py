@@ -958,6 +958,113 @@ class Cut(Script):
         return bool(await self._run(batch=k.batch(tag, bid), batches=k.batches(tag), bid=bid, now=repr(now)))
 
 
+# The answer cache of one tenant (KEYS: its answers, their order of last use, expiries and byte count; one hash tag).
+# `drop` removes one answer from all four and returns its size.
+_drop_answer = """
+local function drop(d)
+  local n = redis.call('HSTRLEN', entries, d)
+  redis.call('HDEL', entries, d)
+  redis.call('ZREM', used, d)
+  redis.call('ZREM', ends, d)
+  redis.call('DECRBY', size, n)
+  return n
+end
+-- Mark an answer used: one past the latest use (a logical clock, so uses within one millisecond keep their order).
+local function touch(d)
+  local last = redis.call('ZREVRANGE', used, 0, 0, 'WITHSCORES')[2]
+  redis.call('ZADD', used, (tonumber(last) or 0) + 1, d)
+end
+"""
+
+# Look an answer up: the stored answer, marked as used now, or nil (none, or past its TTL: then dropped).
+# One step: a store evicting the tenant's least recently used answer never evicts one a look-up just marked.
+ANSWER_GET = (
+    """
+local entries, used, ends, size = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local digest, now = ARGV[1], tonumber(ARGV[2])
+"""
+    + _drop_answer
+    + """
+local ends_at = redis.call('ZSCORE', ends, digest)
+if not ends_at then return false end
+if tonumber(ends_at) <= now then
+  drop(digest)
+  return false
+end
+touch(digest)
+return redis.call('HGET', entries, digest)
+"""
+)
+
+
+class AnswerGet(Script):
+    """ANSWER_GET: the stored answer's bytes, or None."""
+
+    LUA = ANSWER_GET
+    KEYS = ("entries", "used", "ends", "size")
+    ARGV = ("digest", "now")
+
+    async def __call__(self, *, tenant: str, digest: str, now_ms: int) -> bytes | None:
+        key = self.keys.answers(tenant)
+        found = await self._run(
+            entries=key, used=f"{key}:used", ends=f"{key}:ends", size=f"{key}:bytes", digest=digest, now=now_ms
+        )
+        return bytes(found) if found is not None else None
+
+
+# Store an answer: drop expired answers (up to 100 a call) and the one it replaces, add it, then evict the least
+# recently used while the tenant is over `max_entries` or `max_bytes`; returns {1, answers evicted}, or {0, 0} when
+# the answer alone is over `max_bytes`. Every key then expires `ttl` after this store.
+# One step per tenant: concurrent stores on any replicas never leave the count or the bytes over their bounds, nor
+# the byte count out of step with the answers.
+ANSWER_PUT = (
+    """
+local entries, used, ends, size = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local digest, answer, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local max_entries, max_bytes = tonumber(ARGV[5]), tonumber(ARGV[6])
+"""
+    + _drop_answer
+    + """
+if #answer > max_bytes then return {0, 0} end
+for _, d in ipairs(redis.call('ZRANGEBYSCORE', ends, '-inf', now, 'LIMIT', 0, 100)) do drop(d) end
+if redis.call('HEXISTS', entries, digest) == 1 then drop(digest) end
+redis.call('HSET', entries, digest, answer)
+touch(digest)
+redis.call('ZADD', ends, now + ttl, digest)
+local total = redis.call('INCRBY', size, #answer)
+local count = redis.call('HLEN', entries)
+local evicted = 0
+while count > max_entries or total > max_bytes do
+  local oldest = redis.call('ZRANGE', used, 0, 0)[1]
+  if not oldest or oldest == digest then break end
+  total = total - drop(oldest)
+  count = count - 1
+  evicted = evicted + 1
+end
+for _, key in ipairs({entries, used, ends, size}) do redis.call('PEXPIRE', key, ttl) end
+return {1, evicted}
+"""
+)
+
+
+class AnswerPut(Script):
+    """ANSWER_PUT: (stored, answers evicted)."""
+
+    LUA = ANSWER_PUT
+    KEYS = ("entries", "used", "ends", "size")
+    ARGV = ("digest", "answer", "now", "ttl", "max_entries", "max_bytes")
+
+    async def __call__(
+        self, *, tenant: str, digest: str, answer: bytes, now_ms: int, ttl_ms: int, max_entries: int, max_bytes: int
+    ) -> tuple[bool, int]:
+        key = self.keys.answers(tenant)
+        stored, evicted = await self._run(
+            entries=key, used=f"{key}:used", ends=f"{key}:ends", size=f"{key}:bytes", digest=digest, answer=answer,
+            now=now_ms, ttl=ttl_ms, max_entries=max_entries, max_bytes=max_bytes,
+        )  # fmt: skip
+        return bool(stored), int(evicted)
+
+
 class Scripts:
     """Every script, registered on one client, its keys under one prefix; each attribute is a typed wrapper."""
 
@@ -981,3 +1088,5 @@ class Scripts:
         self.take_call = TakeCall(redis, keys)
         self.reserve_deferred = ReserveDeferred(redis, keys)
         self.cut = Cut(redis, keys)
+        self.answer_get = AnswerGet(redis, keys)
+        self.answer_put = AnswerPut(redis, keys)
