@@ -134,7 +134,7 @@ def test_a_wrapper_names_what_its_script_reads(name: str) -> None:
 
 def test_the_arity_reader_counts() -> None:
     assert _lua_arity(scripts.STORE_RESULT, "KEYS") == (6, False)
-    assert _lua_arity(scripts.STORE_RESULT, "ARGV") == (12, False)
+    assert _lua_arity(scripts.STORE_RESULT, "ARGV") == (13, False)
     assert _lua_arity(scripts.PRUNE, "KEYS") == (2, True)
     assert _lua_arity(scripts.NATIVE_RECORD, "ARGV") == (4, True)
 

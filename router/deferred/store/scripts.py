@@ -541,6 +541,7 @@ STORE_RESULT = _lua("""
 local call, result, inflight, escalating, totals, webhooks = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local id, from_batch, status, body, origin, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local cost, baseline, savings, now, tenant_ttl, route = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]
+local prompt_cache = ARGV[13]
 local state = redis.call('HGET', call, 'state')
 if not state then return ${STORE_UNKNOWN} end
 if state == '${CALL_DONE}' then
@@ -557,7 +558,7 @@ elseif state ~= '${CALL_ESCALATED}' then
   return ${STORE_LATE}
 end
 redis.call('HSET', result, 'status', status, 'body', body, 'lane', origin, 'cost', cost, 'baseline', baseline,
-  'savings', savings, 'route', route, 'finished_at', now)
+  'savings', savings, 'route', route, 'prompt_cache', prompt_cache, 'finished_at', now)
 redis.call('EXPIRE', result, ttl)
 redis.call('HSET', call, 'state', '${CALL_DONE}', 'lane', origin, 'finished_at', now)
 redis.call('HDEL', call, 'body')
@@ -570,6 +571,7 @@ if cost ~= '' then
   redis.call('HINCRBYFLOAT', totals, origin .. ':baseline_usd', baseline)
   redis.call('HINCRBYFLOAT', totals, origin .. ':savings_usd', savings)
   if route ~= '' then redis.call('HINCRBYFLOAT', totals, origin .. ':route_usd', route) end
+  if prompt_cache ~= '' then redis.call('HINCRBYFLOAT', totals, origin .. ':prompt_cache_usd', prompt_cache) end
 end
 redis.call('EXPIRE', totals, tenant_ttl)
 if redis.call('HEXISTS', call, 'webhook') == 1 then redis.call('ZADD', webhooks, now, id) end
@@ -584,7 +586,7 @@ class StoreResult(Script):
     KEYS = ("call", "result", "inflight", "escalating", "totals", "webhooks")
     ARGV = (
         "id", "from_batch", "status", "body", "origin", "ttl", "cost", "baseline", "savings", "now", "tenant_ttl",
-        "route",
+        "route", "prompt_cache",
     )  # fmt: skip
 
     async def __call__(
@@ -602,6 +604,7 @@ class StoreResult(Script):
         now: float,
         totals_ttl: int,
         route_usd: float = 0.0,
+        prompt_cache_usd: float = 0.0,
     ) -> StoreOutcome:
         k = self.keys
         tag = tag_of(call_id)
@@ -625,6 +628,7 @@ class StoreResult(Script):
             now=repr(now),
             tenant_ttl=totals_ttl,
             route=repr(route_usd) if route_usd else "",
+            prompt_cache=repr(prompt_cache_usd) if prompt_cache_usd else "",
         )
         return StoreOutcome(int(raw))
 
