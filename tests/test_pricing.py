@@ -146,7 +146,9 @@ def test_zero_usage_costs_nothing() -> None:
     output=st.integers(0, 10**7),
     model=st.sampled_from([m.name for m in TABLE.models]),
 )
-def test_costs_are_non_negative_and_realtime_saves_only_by_the_cache(fresh: int, cached: int, output: int, model: str) -> None:
+def test_costs_are_non_negative_and_realtime_saves_only_by_the_cache(
+    fresh: int, cached: int, output: int, model: str
+) -> None:
     usage = Usage(fresh + cached, cached, output)
     realtime = TABLE.cost(model, usage, "realtime")
     batch = TABLE.cost(model, usage, "batch")

@@ -77,7 +77,9 @@ LEVERS = ("batch", "flex", "route", "prompt_cache", "answer_cache")
 """Where savings come from; each call's savings split over them adds up to its `savings_usd` exactly."""
 
 
-def lever_split(origin: Origin, savings_usd: float, route_usd: float, prompt_cache_usd: float = 0.0) -> dict[str, float]:
+def lever_split(
+    origin: Origin, savings_usd: float, route_usd: float, prompt_cache_usd: float = 0.0
+) -> dict[str, float]:
     """A call's savings by lever: the model route's part, the prompt cache's, and its price tier's (batch, flex)."""
     out: dict[str, float] = {}
     if route_usd:

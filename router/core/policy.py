@@ -60,6 +60,8 @@ class Rule(_Strict, frozen=True):
     route: Literal["off", False] | RouteOverride | None = None
     """`off` (YAML also reads a bare `off` as false): the calls this rule matches keep the model they ask for; a
     mapping changes their route's mode, target, candidates or shadow rate."""
+    prompt_cache: bool | None = None
+    """False: the router adds no prompt-cache breakpoints nor `prompt_cache_key` to the calls this rule matches."""
 
 
 class _RuleFile(_Strict, frozen=True):
@@ -86,6 +88,8 @@ class Decision(msgspec.Struct, frozen=True):
     rule: str | None
     task: str | None = None
     route: Literal["off", False] | RouteOverride | None = None
+    prompt_cache: bool | None = None
+    """The rule's `prompt_cache` (None: the global setting decides)."""
 
 
 class _Glob(msgspec.Struct, frozen=True):
@@ -238,8 +242,9 @@ def decide(
     """Now or deferred, for one call: the first matching rule, the caller's X-Deadline and the rule's bounds."""
     rule = next((r for r in policies.compiled if r.matches(facts)), None)
     decision = _lane(rule, header_deadline, header_urgent, now)
-    if rule is not None and (rule.rule.task is not None or rule.rule.route is not None):
-        return msgspec.structs.replace(decision, task=rule.rule.task, route=rule.rule.route)
+    if rule is not None and (rule.rule.task, rule.rule.route, rule.rule.prompt_cache) != (None, None, None):
+        r = rule.rule
+        return msgspec.structs.replace(decision, task=r.task, route=r.route, prompt_cache=r.prompt_cache)
     return decision
 
 

@@ -171,6 +171,16 @@ class WebhookSettings(_Strict, kw_only=True):
     """The wait before the first retry; it doubles per attempt (with jitter), capped at an hour."""
 
 
+class PromptCacheSettings(_Strict, kw_only=True):
+    """Automatic prompt caching (`http/prompt_cache.py`); a policy rule's `prompt_cache: false` turns it off for the
+    calls it matches."""
+
+    enabled: bool = True
+    """Mark Anthropic calls' stable prefixes with `cache_control` once seen again; set OpenAI's `prompt_cache_key`."""
+    ttl_s: PositiveFloat = 300.0
+    """How long a prefix counts as seen (Anthropic's cache lives five minutes, refreshed by every read)."""
+
+
 class Settings(_Strict, kw_only=True):
     """Everything the router needs to run."""
 
@@ -198,6 +208,7 @@ class Settings(_Strict, kw_only=True):
     not named. Limits belong to the tenant, not to a key, so a tenant with several keys has one allowance."""
     batch: BatchSettings = msgspec.field(default_factory=BatchSettings)
     webhooks: WebhookSettings = msgspec.field(default_factory=WebhookSettings)
+    prompt_cache: PromptCacheSettings = msgspec.field(default_factory=PromptCacheSettings)
     metrics_token_env: str | None = None
     """The env var holding the bearer token `/metrics` requires; unset: `/metrics` is open."""
     routes: list[Route] = msgspec.field(default_factory=list)

@@ -112,12 +112,14 @@ class DeferredLane:
         retry: bool = False,
         reattach: bool = True,
         asked_model: str | None = None,
+        identity: bytes | None = None,
     ) -> tuple[str, EnqueueOutcome]:
         """Queue the call, or attach to the live call it repeats (see `Intake.enqueue`); (call id, outcome).
 
         With `reattach`, a held request identical to a call whose caller is gone takes that call over; `retry`
         (the client says this request retries an earlier attempt) also takes over a call whose old connection
-        has not been seen to drop yet.
+        has not been seen to drop yet. Identical means the same tenant, endpoint and `identity` (the body as the
+        caller sent it; `body` when not given).
         """
         meta = CallMeta(
             tenant=tenant,
@@ -132,7 +134,7 @@ class DeferredLane:
             webhook=webhook,
             asked_model=asked_model,
         )
-        digest = call_digest(tenant, endpoint, body)
+        digest = call_digest(tenant, endpoint, body if identity is None else identity)
         tag = queue_tag(upstream, endpoint, meta.model)
         attach_to = None
         if reattach and holder != ASYNC_HOLDER and self.reattach:

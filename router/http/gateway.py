@@ -35,6 +35,7 @@ from router.http.cascade import Cascade
 from router.http.delivery import Delivery
 from router.http.exposition import Exposition
 from router.http.model_router import ModelRouter
+from router.http.prompt_cache import PromptCaching
 from router.http.relay import Relay
 from router.http.reports import Reports
 from router.modelroutes.store import EvidenceStore
@@ -133,7 +134,7 @@ class Gateway:
         self.delivery = Delivery(self.deferred, store.results, waiter, self.holds, self.upstreams, settings)
         self.admission = Admission(
             settings, self.policies, self.upstreams, self.deferred, self.webhooks.check, self.relay, self.delivery,
-            self.cascade,
+            self.cascade, PromptCaching(settings.prompt_cache, self.redis, store.keys),
         )  # fmt: skip
         self.reports = Reports(self.upstreams, store.totals, self.realtime, self.native_store, self.tenants, self.redis)
         self.loops = loops
