@@ -118,6 +118,9 @@ class StatsView(msgspec.Struct, kw_only=True):
     batch_lines_billed: int
     message_batch_requests_billed: int
     batch_lines_billed_by_custom_id: dict[str, int]
+    anthropic_usage: dict[str, int]
+    """Anthropic input tokens billed, real time and Message Batches: `input_tokens` (uncached),
+    `cache_creation_input_tokens` (written), `cache_read_input_tokens` (read)."""
 
 
 class Stats:
@@ -140,6 +143,7 @@ class Stats:
         self.batch_lines_billed = 0
         self.message_batch_requests_billed = 0
         self.billed_by_custom_id: Counter[str] = Counter()
+        self.anthropic_usage: Counter[str] = Counter()
 
     def submitted(self, custom_ids: Iterable[str]) -> None:
         """Count one submission of each custom_id (a line of any batch, OpenAI or Anthropic)."""
@@ -155,6 +159,11 @@ class Stats:
         if anthropic:
             self.message_batch_requests_billed += 1
         self.billed_by_custom_id[custom_id] += 1
+
+    def billed_usage(self, usage: object) -> None:
+        """Add an Anthropic answer's input tokens to what was billed."""
+        for field in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
+            self.anthropic_usage[field] += getattr(usage, field)
 
     def view(self) -> StatsView:
         """A snapshot for the wire."""
@@ -174,4 +183,5 @@ class Stats:
             batch_lines_billed=self.batch_lines_billed,
             message_batch_requests_billed=self.message_batch_requests_billed,
             batch_lines_billed_by_custom_id=dict(self.billed_by_custom_id),
+            anthropic_usage=dict(self.anthropic_usage),
         )
