@@ -119,6 +119,8 @@ class StatsView(msgspec.Struct, kw_only=True):
     message_batch_requests_billed: int
     batch_lines_billed_by_custom_id: dict[str, int]
     anthropic_usage: dict[str, int]
+    prompt_cache_keys: dict[str, int]
+    """Real-time chat calls per `prompt_cache_key` they carried."""
     """Anthropic input tokens billed, real time and Message Batches: `input_tokens` (uncached),
     `cache_creation_input_tokens` (written), `cache_read_input_tokens` (read)."""
 
@@ -144,6 +146,7 @@ class Stats:
         self.message_batch_requests_billed = 0
         self.billed_by_custom_id: Counter[str] = Counter()
         self.anthropic_usage: Counter[str] = Counter()
+        self.prompt_cache_keys: Counter[str] = Counter()
 
     def submitted(self, custom_ids: Iterable[str]) -> None:
         """Count one submission of each custom_id (a line of any batch, OpenAI or Anthropic)."""
@@ -184,4 +187,5 @@ class Stats:
             message_batch_requests_billed=self.message_batch_requests_billed,
             batch_lines_billed_by_custom_id=dict(self.billed_by_custom_id),
             anthropic_usage=dict(self.anthropic_usage),
+            prompt_cache_keys=dict(self.prompt_cache_keys),
         )
