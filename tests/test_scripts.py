@@ -204,7 +204,10 @@ def _value(name: str, annotation: str) -> Any:
         "bytes": b"x",
         "tuple[float, float, float] | None": (1.0, 0.5, 0.5),
         "Mapping[str, str | bytes]": {"field": "value"},
-        "Sequence[tuple[str, tuple[float, float, float] | None]]": [("a", (1.0, 0.5, 0.5)), ("b", None)],
+        "Sequence[tuple[str, tuple[float, float, float] | None, float]]": [
+            ("a", (1.0, 0.5, 0.5), 0.1),
+            ("b", None, 0.0),
+        ],
     }
     return examples[annotation]
 

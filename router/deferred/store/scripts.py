@@ -805,7 +805,7 @@ class NativeUpdate(Script):
 
 # Book a chunk of a native batch's result lines, each line once: a line joins the batch's booked set and adds
 # to the tenant's daily totals in the same step. ARGV after the first three: (custom_id, cost, baseline,
-# savings) per line, costs empty when unpriced. Returns the 1-based positions of the lines booked now.
+# savings, prompt_cache) per line, costs empty when unpriced (the prompt cache's part too when 0). Returns the 1-based positions of the lines booked now.
 # Race closed: a replica that crashed mid-booking (or lost its lease) and the one that books the batch again
 # never count a line twice, and a batch whose booking finished books nothing more.
 NATIVE_BOOK = """
@@ -813,15 +813,16 @@ local booked, totals, batch = KEYS[1], KEYS[2], KEYS[3]
 local origin, ttl, totals_ttl = ARGV[1], ARGV[2], ARGV[3]
 if redis.call('EXISTS', batch) == 0 or redis.call('HGET', batch, 'booked') == '1' then return {} end
 local new = {}
-for i = 4, #ARGV, 4 do
+for i = 4, #ARGV, 5 do
   if redis.call('SADD', booked, ARGV[i]) == 1 then
-    new[#new + 1] = (i - 4) / 4 + 1
+    new[#new + 1] = (i - 4) / 5 + 1
     redis.call('HINCRBY', totals, origin .. ':requests', 1)
     if ARGV[i + 1] ~= '' then
       redis.call('HINCRBYFLOAT', totals, origin .. ':cost_usd', ARGV[i + 1])
       redis.call('HINCRBYFLOAT', totals, origin .. ':baseline_usd', ARGV[i + 2])
       redis.call('HINCRBYFLOAT', totals, origin .. ':savings_usd', ARGV[i + 3])
     end
+    if ARGV[i + 4] ~= '' then redis.call('HINCRBYFLOAT', totals, origin .. ':prompt_cache_usd', ARGV[i + 4]) end
   end
 end
 redis.call('EXPIRE', booked, ttl)
@@ -831,13 +832,13 @@ return new
 
 
 class NativeBook(Script):
-    """NATIVE_BOOK; `lines` are (custom_id, (cost, baseline, savings) or None when unpriced). Returns the positions
-    (from 0) of the lines booked by this call."""
+    """NATIVE_BOOK; `lines` are (custom_id, (cost, baseline, savings) or None when unpriced, the prompt cache's part
+    of the savings). Returns the positions (from 0) of the lines booked by this call."""
 
     LUA = NATIVE_BOOK
     KEYS = ("booked", "totals", "batch")
     ARGV = ("origin", "ttl", "totals_ttl")
-    MORE_ARGV = True  # four per line: custom_id, cost, baseline, savings
+    MORE_ARGV = True  # five per line: custom_id, cost, baseline, savings, prompt_cache
 
     async def __call__(
         self,
@@ -848,12 +849,12 @@ class NativeBook(Script):
         origin: str,
         ttl: int,
         totals_ttl: int,
-        lines: Sequence[tuple[str, tuple[float, float, float] | None]],
+        lines: Sequence[tuple[str, tuple[float, float, float] | None, float]],
     ) -> list[int]:
         k = self.keys
         more: list[EncodableT] = []
-        for custom_id, cost in lines:
-            more += [custom_id, *((repr(c) for c in cost) if cost else ("", "", ""))]
+        for custom_id, cost, cached in lines:
+            more += [custom_id, *((repr(c) for c in cost) if cost else ("", "", "")), repr(cached) if cached else ""]
         new = await self._run(
             (),
             more,
