@@ -805,7 +805,8 @@ class NativeUpdate(Script):
 
 # Book a chunk of a native batch's result lines, each line once: a line joins the batch's booked set and adds
 # to the tenant's daily totals in the same step. ARGV after the first three: (custom_id, cost, baseline,
-# savings, prompt_cache) per line, costs empty when unpriced (the prompt cache's part too when 0). Returns the 1-based positions of the lines booked now.
+# savings, prompt_cache) per line, costs empty when unpriced (the prompt cache's part too when 0). Returns the
+# 1-based positions of the lines booked now.
 # Race closed: a replica that crashed mid-booking (or lost its lease) and the one that books the batch again
 # never count a line twice, and a batch whose booking finished books nothing more.
 NATIVE_BOOK = """
