@@ -293,7 +293,9 @@ class Release(Script):
 
 
 # Claim the earliest-deadline queued calls into a `building` batch, one chunk per call (a 50,000-call batch
-# is claimed in chunks so no single script blocks Redis for long); returns {bytes used, ids...}.
+# is claimed in chunks so no single script blocks Redis for long); returns {bytes used, ids...}. The deadlines
+# choose which calls a chunk takes; the chunk's lines keep the order the calls arrived in, so calls sharing a
+# prompt prefix stay in order (the first one seen is the first line, the ones marked after it follow).
 # Race closed: two replicas flushing one queue at once never put a call into two batches, because moving a
 # call from `pending` to a batch list is one step.
 CLAIM = _lua("""
@@ -303,13 +305,14 @@ local max_n, max_bytes, line_overhead = tonumber(ARGV[1]), tonumber(ARGV[2]), to
 local bid, owner, now, lease_until, call_prefix = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local first_chunk = ARGV[9] == '1'
 local ids = redis.call('ZRANGE', pending, 0, max_n - 1, 'WITHSCORES')
-local taken, total = {}, 0
+local taken, total, arrived = {}, 0, {}
 for i = 1, #ids, 2 do
   local id, deadline = ids[i], ids[i + 1]
   local size = redis.call('HSTRLEN', call_prefix .. id, 'body') + line_overhead
   -- The first call of a batch always fits (a body over the limit still has to go somewhere).
   if (#taken > 0 or not first_chunk) and total + size > max_bytes then break end
   total = total + size
+  arrived[id] = tonumber(redis.call('ZSCORE', arrivals, id)) or 0
   redis.call('ZREM', pending, id)
   redis.call('ZREM', arrivals, id)
   redis.call('HSET', call_prefix .. id, 'state', '${CALL_SUBMITTED}', 'batch', bid)
@@ -317,6 +320,10 @@ for i = 1, #ids, 2 do
   taken[#taken + 1] = id
 end
 if #taken == 0 then return {0} end
+table.sort(taken, function(a, b)
+  if arrived[a] ~= arrived[b] then return arrived[a] < arrived[b] end
+  return a < b
+end)
 redis.call('DECRBY', bytes, total - #taken * line_overhead)
 for i = 1, #taken, 1000 do
   redis.call('RPUSH', calls, unpack(taken, i, math.min(i + 999, #taken)))
