@@ -18,6 +18,7 @@ import pytest
 
 from router.core import prompt_cache
 from router.core.pricing import load_pricing
+from router.providers import anthropic_translate
 from router.simulator import anthropic_bodies
 from router.simulator.text import BreakpointCache
 from tests.helpers.metrics import metric
@@ -319,3 +320,30 @@ def test_the_global_switch_turns_the_lever_off(start_router: RouterFactory, sim:
     assert usage["input_tokens"] > 3 * 2900
     assert usage["cache_creation_input_tokens"] == usage["cache_read_input_tokens"] == 0
     assert sim.stats()["prompt_cache_keys"] == {}
+
+
+def test_the_chat_translation_carries_breakpoints_to_blocks_and_tools() -> None:
+    mark = {"type": "ephemeral"}
+    body = {
+        "model": MODEL,
+        "messages": [
+            {"role": "system", "content": [{"type": "text", "text": "S", "cache_control": mark}]},
+            {"role": "user", "content": [{"type": "text", "text": "U", "cache_control": mark}]},
+        ],
+        "tools": [{"type": "function", "function": {"name": "f"}, "cache_control": mark}],
+    }
+    params = anthropic_translate.to_params(anthropic_translate.parse_chat(msgspec.json.encode(body)))
+    assert params["system"] == [{"type": "text", "text": "S", "cache_control": mark}]
+    assert params["messages"][0]["content"] == [{"type": "text", "text": "U", "cache_control": mark}]
+    assert params["tools"][0]["cache_control"] == mark
+    unmarked = {"model": MODEL, "messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]}
+    plain = anthropic_translate.to_params(anthropic_translate.parse_chat(msgspec.json.encode(unmarked)))
+    assert plain["system"] == "S" and plain["messages"][0]["content"] == "U"
+
+
+def test_the_responses_api_gets_a_key_for_long_instructions() -> None:
+    long = {"model": "gpt-4o-mini", "instructions": SYSTEM, "input": "Hi"}
+    key = prompt_cache.openai_cache_key(long, "/responses", "t")
+    assert key is not None and key == prompt_cache.openai_cache_key(long | {"input": "Other"}, "/responses", "t")
+    assert prompt_cache.openai_cache_key(long | {"instructions": "Be terse."}, "/responses", "t") is None
+    assert prompt_cache.openai_cache_key({"model": "m", "input": "x"}, "/embeddings", "t") is None
