@@ -17,7 +17,11 @@ import openai
 import pytest
 
 from router.core import prompt_cache
+from router.core.keys import Keys
 from router.core.pricing import load_pricing
+from router.core.settings import PromptCacheSettings
+from router.deferred.store import client
+from router.http.prompt_cache import PromptCaching
 from router.providers import anthropic_translate
 from router.simulator import anthropic_bodies
 from router.simulator.text import BreakpointCache
@@ -347,3 +351,33 @@ def test_the_responses_api_gets_a_key_for_long_instructions() -> None:
     assert key is not None and key == prompt_cache.openai_cache_key(long | {"input": "Other"}, "/responses", "t")
     assert prompt_cache.openai_cache_key(long | {"instructions": "Be terse."}, "/responses", "t") is None
     assert prompt_cache.openai_cache_key({"model": "m", "input": "x"}, "/embeddings", "t") is None
+
+
+async def test_a_prefix_is_marked_once_the_tenant_sent_it_again(redis_url: str, key_prefix: str) -> None:
+    redis = client.connect(redis_url, max_connections=4)
+    caching = PromptCaching(PromptCacheSettings(), redis, Keys(key_prefix))
+    body = msgspec.json.encode(_messages(SYSTEM))
+
+    async def marks(tenant: str, allowed: bool | None = None) -> int:
+        sent = await caching.apply(body, kind="anthropic", endpoint="/messages", tenant=tenant, allowed=allowed)
+        return prompt_cache.count_breakpoints(msgspec.json.decode(sent))
+
+    try:
+        assert await marks("a") == 0  # first sight: only counted
+        assert await marks("a") == 1  # seen again: marked
+        assert await marks("b") == 0  # another tenant's prefixes are its own
+        assert await marks("a", allowed=False) == 0  # a policy rule turned it off
+        digest = prompt_cache.candidates(_messages(SYSTEM), "messages", "a", MODEL)[0].digest
+        ttl = await redis.ttl(Keys(key_prefix).prompt_prefix("a", digest))
+        assert 0 < ttl <= 300
+        short = msgspec.json.encode(_messages("Be terse."))
+        assert await caching.apply(short, kind="anthropic", endpoint="/messages", tenant="a", allowed=None) is short
+    finally:
+        await client.close(redis)
+    # Redis unreachable: the call goes on unmarked.
+    down = client.connect("redis://127.0.0.1:1/0", max_connections=1)
+    try:
+        broken = PromptCaching(PromptCacheSettings(), down, Keys(key_prefix))
+        assert await broken.apply(body, kind="anthropic", endpoint="/messages", tenant="a", allowed=None) is body
+    finally:
+        await client.close(down)

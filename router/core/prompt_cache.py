@@ -34,6 +34,8 @@ CACHE_TTL_S = 300
 OPENAI_MIN_TOKENS = 1024
 """OpenAI caches prompts of at least this many tokens."""
 BYTES_PER_TOKEN = 4
+MIN_BODY_BYTES = 1024 * BYTES_PER_TOKEN
+"""A body shorter than this holds no prefix any provider caches (1,024 tokens is everyone's least): left unread."""
 EPHEMERAL: dict[str, str] = {"type": "ephemeral"}
 _OWN_MARK = b'"cache_control"'
 _encoder = msgspec.json.Encoder(order="deterministic")

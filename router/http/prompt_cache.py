@@ -47,6 +47,8 @@ class PromptCaching:
         `prompt_cache` (None: the global setting decides)."""
         if allowed is False or (allowed is None and not self.settings.enabled):
             return body
+        if len(body) < prompt_cache.MIN_BODY_BYTES:
+            return body
         if kind == "anthropic" and endpoint in _ANTHROPIC:
             return await self._anthropic(body, _ANTHROPIC[endpoint], tenant)
         if kind == "openai" and endpoint in _OPENAI and b"prompt_cache_key" not in body:
