@@ -2,9 +2,10 @@
 FROM python:3.12-slim AS build
 WORKDIR /src
 # The dependencies first, in a layer of their own: rebuilt only when pyproject.toml changes, not with the code.
+# With the `otel` extra, so the image exports traces when OTEL_EXPORTER_OTLP_ENDPOINT is set (off otherwise).
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-      > requirements.txt \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['otel']))" > requirements.txt \
  && pip wheel --no-cache-dir --wheel-dir /wheels/deps -r requirements.txt
 # Then the code. The wheel carries the config, prices and policies as packaged defaults (pyproject's force-include).
 COPY README.md ./

@@ -40,3 +40,4 @@ def test_demo_savings_match_the_headers(redis_url: str, key_prefix: str) -> None
     text = out.getvalue()
     assert "Calls per lane" in text and "saved (%)" in text and "structured extractions parsed" in text
     assert "Savings by lever" in text
+    assert "Status page (live while the demo runs): http://127.0.0.1:" in text and "/ui\n" in text

@@ -120,6 +120,9 @@ def test_the_wheel_ships_its_defaults(venv: Path, tmp_path: Path) -> None:
     for name in STARTER:
         shipped = Path(module).parent / "defaults" / name
         assert shipped.read_bytes() == (ROOT / name).read_bytes()
+    # The status page's templates, stylesheet and vendored htmx are package data, served from the install.
+    for name in ("templates/ui.html.j2", "templates/ui_panels.html.j2", "static/ui.css", "static/htmx.min.js"):
+        assert (Path(module).parent / "http" / name).read_bytes() == (ROOT / "router" / "http" / name).read_bytes()
 
 
 @pytest.mark.slow

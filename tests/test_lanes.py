@@ -20,6 +20,7 @@ from router.core.lanes import (
     escalation_rung,
     fits,
     flush_due,
+    next_flush,
 )
 from router.core.policy import Decision
 from router.core.settings import BatchSettings, Upstream
@@ -160,3 +161,28 @@ def test_catalog_finds_the_upstream_by_model_in_order() -> None:
         lambda _: False,
     )
     assert [catalog.upstream_for(m).name for m in ("claude-3", "gpt-4o")] == ["claude", "openai"]  # type: ignore[union-attr]
+
+
+class _Waiting:
+    """A queue as `next_flush` reads it."""
+
+    def __init__(self, count: int, size: int, oldest: float | None, earliest: float | None) -> None:
+        self.count, self.bytes, self.oldest_arrival, self.earliest_deadline = count, size, oldest, earliest
+
+
+def test_next_flush_is_when_the_batchers_rule_turns_true() -> None:
+    batch = BatchSettings(max_wait_s=600.0, max_requests=100, max_bytes=10_000)
+    caps = Capabilities(batch=True, flex=False)
+    now = 1000.0
+    waiting = _Waiting(3, 300, oldest=now - 5, earliest=now + 400)
+    at = next_flush(waiting, now, caps, 60.0, TIMING, batch)
+    assert at is not None and now < at < now + 400
+    assert flush_due(now + 400, at, caps, 60.0, TIMING)  # due then, by the rule the batcher applies
+    assert not flush_due(now + 400, at - 0.01, caps, 60.0, TIMING)  # and not a moment before
+    # The oldest call's max_wait_s comes first when it is sooner; a full queue flushes at once; an empty one never.
+    assert next_flush(_Waiting(3, 300, now - 590, now + 4000), now, caps, 60.0, TIMING, batch) == now + 10
+    assert next_flush(_Waiting(100, 300, now, now + 4000), now, caps, 60.0, TIMING, batch) == now
+    assert next_flush(_Waiting(1, 10_000, now, now + 4000), now, caps, 60.0, TIMING, batch) == now
+    assert next_flush(_Waiting(0, 0, None, None), now, caps, 60.0, TIMING, batch) is None
+    # Already past: due now, not in the past.
+    assert next_flush(_Waiting(1, 10, now - 700, None), now, caps, 60.0, TIMING, batch) == now

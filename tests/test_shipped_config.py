@@ -22,7 +22,7 @@ CONFIG = REPO / "config" / "router.yaml"
 README = REPO / "README.md"
 
 # Collections of entries (their fields are documented by their own rows), not single settings.
-ENTRY_LISTS = ("upstreams", "keys", "tenants", "routes")
+ENTRY_LISTS = ("upstreams", "keys", "tenants", "routes", "azure_deployments")
 # The README's words for a default the code spells as a value.
 WORDS: dict[str, Any] = {"unset": None, "auto": None, "bundled": None, "margin ÷ 2": None}
 UNITS = {"KiB": 1024, "MiB": 1024**2, "MB": 1024**2, "days": 86400, "day": 86400, "h": 3600, "s": 1}
@@ -72,7 +72,7 @@ def test_the_shipped_upstreams_are_the_code_default_upstreams() -> None:
     assert shipped == msgspec.to_builtins(Settings().upstreams)
     # Every field of an upstream is set in the shipped entry, so the file shows each one's default (the two that
     # depend on the kind and the auth mode are shown as comments).
-    kind_specific = ("forward_headers", "orphan_policy")
+    kind_specific = ("forward_headers", "orphan_policy", "api_version", "deployments")
     assert sorted(_shipped()["upstreams"][0]) == sorted(f for f in Upstream.__struct_fields__ if f not in kind_specific)
 
 

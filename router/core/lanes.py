@@ -18,7 +18,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from enum import StrEnum
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import msgspec
 
@@ -220,6 +220,37 @@ def flush_due(earliest_deadline: float, now: float, caps: Capabilities, quantile
     earliest call less than the quantile before its reserve.
     """
     return earliest_deadline - timing.reserve(caps) - quantile_s <= now + timing.flush_wait_s
+
+
+def next_flush(
+    stats: QueueOutlook, now: float, caps: Capabilities, quantile_s: float, timing: Timing, batch: BatchSettings
+) -> float | None:
+    """When the batcher will flush a queue, as `Batcher.due` decides it: at once when it is full, else at the
+    first of its oldest call's `max_wait_s` and the time `flush_due` turns true; None when nothing waits. A
+    flush is seen up to one batcher pass later."""
+    if stats.count == 0:
+        return None
+    if stats.count >= batch.max_requests or stats.bytes >= batch.max_bytes:
+        return now
+    times = []
+    if stats.oldest_arrival is not None:
+        times.append(stats.oldest_arrival + batch.max_wait_s)
+    if stats.earliest_deadline is not None:
+        times.append(stats.earliest_deadline - timing.reserve(caps) - quantile_s - timing.flush_wait_s)
+    return max(now, min(times)) if times else None
+
+
+class QueueOutlook(Protocol):
+    """What `next_flush` reads of a queue (the store's `QueueStats`)."""
+
+    @property
+    def count(self) -> int: ...
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def oldest_arrival(self) -> float | None: ...
+    @property
+    def earliest_deadline(self) -> float | None: ...
 
 
 def cut_cutoff(now: float, caps: Capabilities, timing: Timing) -> float:

@@ -45,8 +45,9 @@ class Upstream(_Strict, kw_only=True):
     """One provider endpoint the router forwards to."""
 
     name: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_-]{1,32}$")]
-    kind: Literal["openai", "anthropic"] = "openai"
+    kind: Literal["openai", "anthropic", "azure"] = "openai"
     base_url: str
+    """The API's base URL; for `kind: azure` the resource's endpoint (`https://NAME.openai.azure.com`)."""
     api_key_env: str | None = None
     models: list[str] = msgspec.field(default_factory=lambda: ["*"])
     batch: bool = True
@@ -61,6 +62,12 @@ class Upstream(_Strict, kw_only=True):
     """Client request headers (glob patterns, case-insensitive) passed on to this upstream; others are dropped.
     Unset: `FORWARD_HEADERS`, or with `auth: keys` only `FORWARD_HEADERS_KEYS`; `FORWARD_HEADERS_ANTHROPIC` for
     `kind: anthropic` (see `Settings.forward_headers`)."""
+    api_version: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,40}$")] = "2024-10-21"
+    """Azure only: the `api-version` of the deployments surface (`/openai/deployments/{deployment}/...`); `v1`:
+    the v1 surface (`/openai/v1/...`, no `api-version`)."""
+    deployments: dict[str, str] = msgspec.field(default_factory=dict)
+    """Azure only: model → the deployment that serves it (for batches, a Global Batch deployment); a model not
+    listed goes to the deployment of its own name."""
     orphan_policy: OrphanPolicy = "adopt"
     """Anthropic only: what crash recovery does with a Message Batch it cannot attribute (docs/anthropic.md).
     `cancel` and `adopt_or_cancel` cancel batches of the API key that the router did not record: opt in only
@@ -211,6 +218,9 @@ class Settings(_Strict, kw_only=True):
     prompt_cache: PromptCacheSettings = msgspec.field(default_factory=PromptCacheSettings)
     metrics_token_env: str | None = None
     """The env var holding the bearer token `/metrics` requires; unset: `/metrics` is open."""
+    azure_deployments: dict[str, str] = msgspec.field(default_factory=dict)
+    """Azure OpenAI's paths on the router (`/openai/deployments/{deployment}/...`, `/openai/v1/...`): deployment →
+    the model a call to it asks for; a deployment not listed asks for the model of its own name."""
     routes: list[Route] = msgspec.field(default_factory=list)
     """Model routes: calls for one model that cheaper ones may answer where the evidence meets a quality target
     (docs/routing.md). None by default: every call is answered by the model it asks for."""

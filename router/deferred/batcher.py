@@ -21,6 +21,7 @@ from router.deferred.loops import pace
 from router.deferred.store.leases import LeaseLost, while_leased
 from router.providers.base import BatchLine, Lapsed, Ledger, Provider, Rival
 from router.telemetry import metrics
+from router.telemetry.tracing import NO_SPAN, OFF, Attributes, Span, Tracing
 
 if TYPE_CHECKING:
     from router.core.settings import BatchSettings
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MAX_SUBMIT_ATTEMPTS = 3
+MAX_LINKS = 128
+"""Links from a batch's submit span to its calls (OpenTelemetry's default link limit); each call's own wait span
+links back to the batch whatever its size."""
 
 
 class Batcher:
@@ -46,7 +50,9 @@ class Batcher:
         providers: Mapping[str, Provider],
         settings: BatchSettings,
         planner: Planner | None = None,
+        tracing: Tracing = OFF,
     ) -> None:
+        self.tracing = tracing
         self.queues = queues
         self.batches = batches
         self.results = results
@@ -120,7 +126,20 @@ class Batcher:
         return submitted
 
     async def submit(self, stats: QueueStats, bid: str, ids: list[str]) -> bool:
-        """Upload one claimed batch and record the provider's id; on error leave it for recovery."""
+        """Upload one claimed batch and record the provider's id; on error leave it for recovery. Traced, the
+        submit span starts the batch's trace and links to its calls' admission spans (the first `MAX_LINKS`)."""
+        if not self.tracing.enabled:
+            return await self._submit(stats, bid, ids, NO_SPAN)
+        links = await self.batches.call_traces(ids[:MAX_LINKS])
+        attributes: Attributes = {"router.batch_id": bid, "router.queue": stats.tag, "router.upstream": stats.upstream,
+                      "gen_ai.request.model": stats.model, "router.lines": len(ids)}  # fmt: skip
+        with self.tracing.span("router.batch.submit", None, attributes, links) as span:
+            await self.batches.set_trace(stats.tag, bid, span.traceparent)
+            submitted = await self._submit(stats, bid, ids, span)
+            span.set({"router.submitted": submitted})
+            return submitted
+
+    async def _submit(self, stats: QueueStats, bid: str, ids: list[str], span: Span) -> bool:
         provider = self.providers[stats.upstream]
         lines = [
             BatchLine(custom_id=cid, body=body, endpoint=endpoint)
@@ -142,6 +161,7 @@ class Batcher:
             # The upload or create may or may not have happened: recovery looks the batch up before resubmitting.
             log.warning("submitting batch %s to %s failed, will recover: %s", bid, stats.upstream, exc)
             return False
+        span.set({"router.provider_batch_id": provider_id})
         next_poll = time.time() + self.settings.poll_interval_s
         if not await self.batches.mark_submitted(stats.tag, bid, self.owner, provider_id, next_poll):
             # Another replica adopted the batch (this one stalled past its lease) and owns its calls now:

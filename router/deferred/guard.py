@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from router.core.errors import RouterError, UpstreamError, UpstreamTimeout
+from router.core.keys import tag_of
 from router.core.lanes import Capabilities, Origin, Planner, cut_cutoff, escalation_cutoff, escalation_rung
 from router.core.schema import error_body, with_fields
 from router.core.states import CallState, StoreOutcome
@@ -26,6 +27,7 @@ from router.deferred.store.leases import LeaseLost, while_leased
 from router.providers.base import RETRY_STATUSES, Provider, backoff, retry_after_s
 from router.telemetry import metrics
 from router.telemetry.accounting import Accounting
+from router.telemetry.tracing import OFF, Tracing, cost_attributes
 
 if TYPE_CHECKING:
     from router.core.settings import BatchSettings
@@ -51,7 +53,9 @@ class Guard:
         settings: BatchSettings,
         accounting: Accounting,
         planner: Planner | None = None,
+        tracing: Tracing = OFF,
     ) -> None:
+        self.tracing = tracing
         self.queues = queues
         self.batches = batches
         self.results = results
@@ -127,8 +131,16 @@ class Guard:
                 return 0
             meta = call.meta
             renew = functools.partial(self.results.renew_escalation, call_id, lease)
+            tracing = self.tracing if meta.trace else OFF
+            attributes = {"router.call_id": call_id, "router.reason": reason, "router.batch_id": call.batch or None}
+            # The batch that did not answer in time, when there was one: the escalation links to its trace.
+            batch_trace = (
+                await self.batches.batch_trace(tag_of(call_id), call.batch) if tracing.enabled and call.batch else ""
+            )
             try:
-                origin, status, content = await while_leased(self._ladder(meta, body), renew, lease)
+                with tracing.span("router.deferred.escalate", meta.trace, attributes, [batch_trace]) as span:
+                    origin, status, content = await while_leased(self._ladder(meta, body), renew, lease)
+                    span.set({"router.lane": origin.lane.value, "http.response.status_code": status})
             except LeaseLost:
                 log.warning("lost the escalation lease of %s; whoever holds it now answers the call", call_id)
                 return 0
@@ -153,6 +165,8 @@ class Guard:
         )
         if time.time() > meta.deadline:
             metrics.deadline_misses.inc()
+        answered = cost_attributes(origin, status, priced) | {"router.call_id": call_id, "router.tenant": meta.tenant}
+        tracing.record("router.deferred.wait", meta.trace, meta.received_at, answered, [batch_trace, span.traceparent])
         return 1
 
     async def _ladder(self, meta: CallMeta, body: bytes) -> tuple[Origin, int, bytes]:

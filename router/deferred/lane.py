@@ -113,6 +113,7 @@ class DeferredLane:
         reattach: bool = True,
         asked_model: str | None = None,
         identity: bytes | None = None,
+        trace: str | None = None,
     ) -> tuple[str, EnqueueOutcome]:
         """Queue the call, or attach to the live call it repeats (see `Intake.enqueue`); (call id, outcome).
 
@@ -133,6 +134,7 @@ class DeferredLane:
             rule=rule,
             webhook=webhook,
             asked_model=asked_model,
+            trace=trace or None,
         )
         digest = call_digest(tenant, endpoint, body if identity is None else identity)
         tag = queue_tag(upstream, endpoint, meta.model)

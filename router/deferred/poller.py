@@ -23,6 +23,7 @@ from router.deferred.store.leases import LeaseLost, while_leased
 from router.providers.base import BatchStatus, LineResult, Provider
 from router.telemetry import metrics
 from router.telemetry.accounting import Accounting, Priced
+from router.telemetry.tracing import OFF, Attributes, Tracing, cost_attributes
 
 if TYPE_CHECKING:
     from router.core.settings import BatchSettings
@@ -54,7 +55,9 @@ class Poller:
         settings: BatchSettings,
         accounting: Accounting,
         planner: Planner | None = None,
+        tracing: Tracing = OFF,
     ) -> None:
+        self.tracing = tracing
         self.queues = queues
         self.batches = batches
         self.results = results
@@ -102,20 +105,33 @@ class Poller:
         return ingested
 
     async def check(self, record: BatchRecord, upstream: str, model: str) -> int:
-        """Poll one batch; ingest it if it ended."""
+        """Poll one batch; ingest it if it ended. Each poll and the ingest are spans of the batch's trace (when it
+        has one: it was submitted with tracing on)."""
+        tracing = self.tracing if record.trace else OFF
+        attributes: Attributes = {"router.batch_id": record.id, "router.provider_batch_id": record.provider_id,
+                      "router.upstream": upstream, "router.poll": record.polls + 1}  # fmt: skip
+        with tracing.span("router.batch.poll", record.trace, attributes) as span:
+            polled = await self._poll(record, upstream)
+            span.set({"router.batch_state": polled.state, "router.provider_status": polled.provider_status})
+        if polled.state == "running":
+            return 0
+        with tracing.span("router.batch.ingest", record.trace, attributes) as span:
+            await self.ingest(record, self.providers[upstream], polled, model, span.traceparent)
+        return 1
+
+    async def _poll(self, record: BatchRecord, upstream: str) -> BatchStatus:
+        """The batch's status; a running one rescheduled (and a cut one cancelled again)."""
         provider = self.providers[upstream]
         status = await provider.poll(record.provider_id)
         if status.state == "running":
             if record.cut_at is None:
                 await self.batches.reschedule(record.tag, record.id, self.next_poll(record.polls))
-                return 0
+                return status
             if status.provider_status not in CANCELLING:
                 await self.cancel(record, provider)
             soon = time.time() + min(CUT_POLL_S, self.settings.poll_interval_s)
             await self.batches.reschedule(record.tag, record.id, soon)
-            return 0
-        await self.ingest(record, provider, status, model)
-        return 1
+        return status
 
     async def cancel(self, record: BatchRecord, provider: Provider) -> None:
         """Cancel a cut batch at the provider (again, until it says it is cancelling)."""
@@ -125,8 +141,11 @@ class Poller:
             # It may have just finished (then the next poll ingests it), or the upstream is away: poll again soon.
             log.info("cancelling cut batch %s (%s) failed, will look again: %s", record.id, record.provider_id, exc)
 
-    async def ingest(self, record: BatchRecord, provider: Provider, status: BatchStatus, model: str) -> None:
-        """Store each line's result, then re-queue or escalate the calls that got none."""
+    async def ingest(
+        self, record: BatchRecord, provider: Provider, status: BatchStatus, model: str, trace: str = ""
+    ) -> None:
+        """Store each line's result, then re-queue or escalate the calls that got none (`trace`: the ingest
+        span's, which each answered call's wait span links to)."""
         answered: set[str] = set()
         if status.state == "ended":
             chunk: list[LineResult] = []
@@ -134,9 +153,9 @@ class Poller:
                 if line.status != 0:
                     chunk.append(line)
                 if len(chunk) >= INGEST_CHUNK:
-                    answered |= await self.store(record, provider.name, model, chunk)
+                    answered |= await self.store(record, provider.name, model, chunk, trace)
                     chunk = []
-            answered |= await self.store(record, provider.name, model, chunk)
+            answered |= await self.store(record, provider.name, model, chunk, trace)
         else:
             log.warning("batch %s ended %s: %s", record.id, status.provider_status, status.message or "")
         unanswered = [c for c in await self.batches.batch_calls(record.tag, record.id) if c not in answered]
@@ -158,8 +177,11 @@ class Poller:
         if turnaround is not None and not censored:
             metrics.batch_turnaround.labels(provider.name).observe(turnaround)
 
-    async def store(self, record: BatchRecord, upstream: str, model: str, lines: list[LineResult]) -> set[str]:
-        """Store a chunk of lines' results (their calls read in one round trip); the ids that had a call."""
+    async def store(
+        self, record: BatchRecord, upstream: str, model: str, lines: list[LineResult], trace: str = ""
+    ) -> set[str]:
+        """Store a chunk of lines' results (their calls read in one round trip); the ids that had a call. Traced,
+        each call answered gets its wait span, linked to the batch's submit and ingest spans."""
         answered: set[str] = set()
         calls = await self.results.get_calls([line.custom_id for line in lines]) if lines else []
         for line, call in zip(lines, calls, strict=True):
@@ -197,6 +219,16 @@ class Poller:
                 )
                 if time.time() > call.meta.deadline:
                     metrics.deadline_misses.inc()
+                if call.meta.trace:
+                    self.tracing.record(
+                        "router.deferred.wait",
+                        call.meta.trace,
+                        call.meta.received_at,
+                        cost_attributes(Origin.BATCH, line.status, priced)
+                        | {"router.call_id": line.custom_id, "router.batch_id": record.id,
+                           "router.provider_batch_id": record.provider_id, "router.tenant": call.meta.tenant},
+                        [record.trace, trace],
+                    )  # fmt: skip
             elif stored == StoreOutcome.LATE and line.billed:
                 metrics.late_results.inc()
                 metrics.paid_twice.labels(upstream).inc()

@@ -108,6 +108,7 @@ def delivery_asked(headers: Mapping[str, str], webhook: str | None, routed: Rout
         idempotency_key=headers.get("idempotency-key"),
         retry=is_retry(headers),
         reattach=reattach_allowed(headers),
+        traceparent=headers.get("traceparent"),
         asked_model=routed.asked if routed is not None and routed.moved else None,
     )
 

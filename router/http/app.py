@@ -14,12 +14,14 @@ from standardwebhooks import Webhook
 from router.core.errors import ConfigError, RouterError
 from router.core.settings import Settings
 from router.deferred.holding import quiet_held_cuts
-from router.http import api, batch_api, edge, error_handlers, messages_api
+from router.http import api, azure_api, batch_api, edge, error_handlers, messages_api, ui
 from router.http.disconnect import ClientDisconnected
 from router.http.gateway import Gateway
 from router.providers.anthropic import AnthropicProvider
+from router.providers.azure import AzureProvider
 from router.providers.base import Provider
 from router.providers.openai import OpenAIProvider
+from router.telemetry import tracing
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +31,14 @@ def make_providers(settings: Settings, environ: Mapping[str, str]) -> dict[str, 
     providers: dict[str, Provider] = {}
     for upstream in settings.upstreams:
         key = environ.get(upstream.api_key_env) if upstream.api_key_env else None
-        adapter = AnthropicProvider if upstream.kind == "anthropic" else OpenAIProvider
-        providers[upstream.name] = adapter(upstream, key or None)
+        adapter: Provider
+        if upstream.kind == "anthropic":
+            adapter = AnthropicProvider(upstream, key or None)
+        elif upstream.kind == "azure":
+            adapter = AzureProvider(upstream, key or None)
+        else:
+            adapter = OpenAIProvider(upstream, key or None)
+        providers[upstream.name] = adapter
     return providers
 
 
@@ -75,6 +83,7 @@ def create_app(
         webhook_secret=webhook_secret(settings, environ),
         metrics_token=metrics_token(settings, environ),
         metrics_dir=metrics_dir,
+        tracing=tracing.from_environ(environ),
     )
     g = gateway
     anthropic = messages_api.MessagesApi(g.auth, g.admission, g.reports, g.upstreams, g.owners, settings)
@@ -85,7 +94,12 @@ def create_app(
             *api.model_route_handlers(g.auth, g.model_router),
             *messages_api.make_handlers(anthropic),
             *batch_api.make_handlers(native),
+            *azure_api.make_handlers(
+                g.auth, g.admission, g.reports, native, settings.azure_deployments, settings.limits.max_json_depth
+            ),
+            *ui.make_handlers(g.auth, g.status),
         ],
+        template_config=ui.template_config(),
         exception_handlers={
             RouterError: error_handlers.router_error_handler,
             ClientDisconnected: error_handlers.disconnected_handler,

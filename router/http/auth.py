@@ -42,8 +42,13 @@ class Auth:
             raise AuthenticationFailed()
         return tenant
 
-    def authorize_metrics(self, headers: Mapping[str, str]) -> None:
-        """A 401 unless `/metrics` is open or the caller sent its bearer token."""
+    def authorize_metrics(self, headers: Mapping[str, str], cookie: str | None = None) -> None:
+        """A 401 unless `/metrics` is open or the caller sent its bearer token (the status page, `GET /ui`, takes
+        it from its cookie too)."""
+        if not self.metrics_token_ok(bearer(headers) or cookie):
+            raise AuthenticationFailed("`/metrics` and `/ui` need the bearer token named by `metrics_token_env`.")
+
+    def metrics_token_ok(self, given: str | None) -> bool:
+        """Whether `given` opens `/metrics` and `/ui` (anything does while they are open)."""
         expected = self.metrics_token
-        if expected is not None and not hmac.compare_digest((bearer(headers) or "").encode(), expected.encode()):
-            raise AuthenticationFailed("`/metrics` needs the bearer token named by `metrics_token_env`.")
+        return expected is None or hmac.compare_digest((given or "").encode(), expected.encode())

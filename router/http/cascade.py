@@ -25,6 +25,7 @@ from router.http.forward import forward_realtime
 from router.http.model_router import ModelRouter, Routed, judge_body, judge_verdict, same_answer
 from router.telemetry import metrics
 from router.telemetry.accounting import Priced
+from router.telemetry.tracing import OFF, Tracing
 
 if TYPE_CHECKING:
     from litestar.types import Receive
@@ -57,7 +58,9 @@ class Cascade:
         accounting: Accounting,
         realtime: RealtimeTotals,
         model_router: ModelRouter,
+        tracing: Tracing = OFF,
     ) -> None:
+        self.tracing = tracing
         self.upstreams = upstreams
         self.tenants = tenants
         self.accounting = accounting
@@ -82,7 +85,47 @@ class Cascade:
         routed: Routed,
         call_key: str,
     ) -> Response[bytes]:
-        """Ask the cheaper model; keep its answer when the checks and the evidence allow, else ask the asked-for one."""
+        """Ask the cheaper model; keep its answer when the checks and the evidence allow, else ask the asked-for one.
+        Traced as one real-time call's span (`router.realtime`), with the route's outcome and the answer's cost."""
+        span = self.tracing.start(
+            "router.realtime",
+            client_headers.get("traceparent"),
+            {"router.endpoint": endpoint, "gen_ai.request.model": routed.asked, "router.tenant": tenant,
+             "router.upstream": provider.name, "router.stream": False},
+            server=True,
+        )  # fmt: skip
+        try:
+            answer = await self._respond(
+                receive, provider, endpoint=endpoint, body=body, asked_body=asked_body, tenant=tenant,
+                client_headers=client_headers, headers=headers, routed=routed, call_key=call_key,
+            )  # fmt: skip
+        except BaseException as exc:
+            span.fail(exc)
+            raise
+        cost, savings = headers.get("x-router-cost-usd"), headers.get("x-router-savings-usd")
+        span.end(
+            {"router.lane": "realtime", "http.response.status_code": answer.status_code,
+             "router.route": headers.get("x-router-route"), "gen_ai.response.model": headers.get("x-router-model"),
+             "router.cost_usd": float(cost) if cost else None,
+             "router.savings_usd": float(savings) if savings else None,
+             "router.baseline_usd": float(cost) + float(savings) if cost and savings else None}
+        )  # fmt: skip
+        return answer
+
+    async def _respond(
+        self,
+        receive: Receive,
+        provider: Provider,
+        *,
+        endpoint: str,
+        body: bytes,
+        asked_body: bytes,
+        tenant: str,
+        client_headers: Mapping[str, str],
+        headers: dict[str, str],
+        routed: Routed,
+        call_key: str,
+    ) -> Response[bytes]:
         await self.tenants.take_realtime(tenant)
         router, route = self.router, routed.route
         passed = self.upstreams.passed_headers(provider.name, client_headers, tenant)

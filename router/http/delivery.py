@@ -35,6 +35,7 @@ from router.deferred.store.records import ASYNC_HOLDER, deferred_object, escalat
 from router.http.disconnect import unless_disconnected
 from router.http.error_handlers import JSON
 from router.telemetry import metrics
+from router.telemetry.tracing import OFF, Tracing
 
 if TYPE_CHECKING:
     from litestar.types import Receive
@@ -69,6 +70,8 @@ class Asked(msgspec.Struct, frozen=True, kw_only=True):
     identity: bytes | None = None
     """The body before the router's prompt-cache marks, which identical requests are told by (a retry may be
     marked where its first attempt was not)."""
+    traceparent: str | None = None
+    """The caller's W3C `traceparent`: the admission span continues its trace (when tracing is on)."""
 
 
 def result_response(
@@ -107,7 +110,9 @@ class Delivery:
         holds: Holds,
         upstreams: Upstreams,
         settings: Settings,
+        tracing: Tracing = OFF,
     ) -> None:
+        self.tracing = tracing
         self.lane = lane
         self.results = results
         self.waiter = waiter
@@ -149,6 +154,13 @@ class Delivery:
             holds.enter()
         holder = holds.new_holder() if held else ASYNC_HOLDER
         kept = False
+        span = self.tracing.start(
+            "router.deferred.admit",
+            asked.traceparent,
+            {"router.lane": "batch", "router.endpoint": endpoint, "gen_ai.request.model": view.model,
+             "router.tenant": tenant, "router.deadline": deadline, "router.held": held},
+            server=True,
+        )  # fmt: skip
         try:
             call_id, outcome = await self.lane.enqueue(
                 endpoint=endpoint,
@@ -165,10 +177,15 @@ class Delivery:
                 reattach=asked.reattach,
                 asked_model=asked.asked_model,
                 identity=asked.identity,
+                trace=span.traceparent,
             )
             if outcome == EnqueueOutcome.REUSED:
                 raise IdempotencyKeyReused(call_id)
+            span.end({"router.call_id": call_id, "router.enqueue": str(outcome)})
             kept = held
+        except BaseException as exc:
+            span.fail(exc)
+            raise
         finally:
             if held and not kept:
                 holds.give_back()

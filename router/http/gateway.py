@@ -38,6 +38,7 @@ from router.http.model_router import ModelRouter
 from router.http.prompt_cache import PromptCaching
 from router.http.relay import Relay
 from router.http.reports import Reports
+from router.http.status import Status
 from router.modelroutes.store import EvidenceStore
 from router.passthrough.message_batches import MessageBatchWatcher, Owners
 from router.passthrough.native_batches import NativeStore, NativeWatcher
@@ -46,6 +47,7 @@ from router.providers.openai import OpenAIProvider
 from router.providers.openai_native import OpenAINative
 from router.providers.upstreams import Upstreams
 from router.telemetry.accounting import Accounting
+from router.telemetry.tracing import OFF, Tracing
 
 if TYPE_CHECKING:
     from litestar import Litestar
@@ -69,7 +71,10 @@ class Gateway:
         webhook_secret: str | None = None,
         metrics_token: str | None = None,
         metrics_dir: str | None = None,
+        tracing: Tracing = OFF,
     ) -> None:
+        self.tracing = tracing
+        """OpenTelemetry spans (`telemetry.tracing`): `OFF` unless an OTLP endpoint is set in the environment."""
         if not settings.redis_url:
             raise ConfigError("redis_url", None, "the router needs a Redis URL (the CLI starts a bundled one)")
         self.settings = settings
@@ -101,11 +106,16 @@ class Gateway:
             reattach=b.reattach,
         )  # fmt: skip
         # The loops, each with the store parts it uses.
-        self.batcher = Batcher(store.queues, store.batches, store.results, store.leases, providers, b, self.planner)
-        self.poller = Poller(
-            store.queues, store.batches, store.results, store.leases, providers, b, self.accounting, self.planner
+        self.batcher = Batcher(
+            store.queues, store.batches, store.results, store.leases, providers, b, self.planner, tracing
         )
-        self.guard = Guard(store.queues, store.batches, store.results, providers, b, self.accounting, self.planner)
+        self.poller = Poller(
+            store.queues, store.batches, store.results, store.leases, providers, b, self.accounting, self.planner,
+            tracing,
+        )  # fmt: skip
+        self.guard = Guard(
+            store.queues, store.batches, store.results, providers, b, self.accounting, self.planner, tracing
+        )
         self.webhooks = WebhookSender(
             store.queues, store.webhooks, store.results, store.leases, settings.webhooks, webhook_secret
         )
@@ -129,14 +139,17 @@ class Gateway:
             prices,
             tenant_tasks=settings.auth == "keys",
         )
-        self.cascade = Cascade(self.upstreams, self.tenants, self.accounting, self.realtime, self.model_router)
-        self.relay = Relay(self.upstreams, self.tenants, self.accounting, self.realtime, self.cascade.learn)
-        self.delivery = Delivery(self.deferred, store.results, waiter, self.holds, self.upstreams, settings)
+        self.cascade = Cascade(self.upstreams, self.tenants, self.accounting, self.realtime, self.model_router, tracing)
+        self.relay = Relay(self.upstreams, self.tenants, self.accounting, self.realtime, self.cascade.learn, tracing)
+        self.delivery = Delivery(self.deferred, store.results, waiter, self.holds, self.upstreams, settings, tracing)
         self.admission = Admission(
             settings, self.policies, self.upstreams, self.deferred, self.webhooks.check, self.relay, self.delivery,
             self.cascade, PromptCaching(settings.prompt_cache, self.redis, store.keys),
         )  # fmt: skip
         self.reports = Reports(self.upstreams, store.totals, self.realtime, self.native_store, self.tenants, self.redis)
+        self.status = Status(
+            settings, store.queues, store.batches, self.planner, self.tenants, self.reports, self.holds
+        )
         self.loops = loops
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
@@ -181,6 +194,7 @@ class Gateway:
             await self.upstreams.aclose()
             await self.webhooks.aclose()
             await client.close(self.redis)
+            await asyncio.to_thread(self.tracing.shutdown)  # sends the spans still buffered
 
     async def _watch_policies(self) -> None:
         while not self._stop.is_set():

@@ -24,6 +24,7 @@ from router.http.forward import forward_realtime
 from router.http.sse import tap_usage
 from router.telemetry import metrics
 from router.telemetry.accounting import Priced
+from router.telemetry.tracing import OFF, Span, Tracing, cost_attributes
 
 if TYPE_CHECKING:
     from litestar.types import Receive
@@ -53,7 +54,9 @@ class Relay:
         accounting: Accounting,
         realtime: RealtimeTotals,
         learn: Learn | None = None,
+        tracing: Tracing = OFF,
     ) -> None:
+        self.tracing = tracing
         self.upstreams = upstreams
         self.tenants = tenants
         self.accounting = accounting
@@ -88,6 +91,40 @@ class Relay:
         `asked_body`: the body as the caller sent it, for a shadow twin.
         """
         asked = routed.asked if routed is not None else None
+        model = view.model or ""
+        span = self.tracing.start(
+            "router.realtime",
+            client_headers.get("traceparent"),
+            {"router.endpoint": endpoint, "gen_ai.request.model": model, "router.tenant": tenant,
+             "router.upstream": provider.name, "router.stream": bool(view.stream)},
+            server=True,
+        )  # fmt: skip
+        try:
+            return await self._respond(
+                receive, provider, span, endpoint, body, view, tenant, client_headers, headers, started, flex_fallback,
+                routed, asked, asked_body,
+            )  # fmt: skip
+        except BaseException as exc:
+            span.fail(exc)
+            raise
+
+    async def _respond(
+        self,
+        receive: Receive,
+        provider: Provider,
+        span: Span,
+        endpoint: str,
+        body: bytes,
+        view: RequestView,
+        tenant: str,
+        client_headers: Mapping[str, str],
+        headers: dict[str, str],
+        started: float,
+        flex_fallback: bool,
+        routed: Routed | None,
+        asked: str | None,
+        asked_body: bytes | None,
+    ) -> Response[bytes] | Stream:
         await self.tenants.take_realtime(tenant)  # its budget and `rpm`, before the upstream sees the call
         model = view.model or ""
         stream = bool(view.stream)
@@ -130,6 +167,7 @@ class Relay:
                 priced = self.accounting.price(model, origin, b"", usage, asked=asked) if usage else Priced(None, None)
                 self.realtime.record(priced, origin=origin, upstream=provider.name, model=model, tenant=tenant,
                                      outcome="ok" if completed else "cancelled")  # fmt: skip
+                span.end(cost_attributes(origin, upstream.status, priced))
 
             def comment(usage: Usage) -> bytes:
                 priced = self.accounting.price(model, origin, b"", usage, asked=asked)
@@ -139,8 +177,10 @@ class Relay:
             return Stream(relay, status_code=upstream.status, headers=headers, media_type="text/event-stream")
         if upstream.status >= 400:
             count("error")
+            span.set({"http.response.status_code": upstream.status})
             raise UpstreamError(upstream.status, upstream.body, headers=headers)
         priced = self.accounting.price(model, origin, upstream.body, asked=asked)
+        span.end(cost_attributes(origin, upstream.status, priced))
         self.realtime.record(priced, origin=origin, upstream=provider.name, model=model, tenant=tenant, outcome="ok")
         if priced.cost is not None:
             set_cost_headers(headers, priced.cost.actual_usd, priced.cost.savings_usd)

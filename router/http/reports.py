@@ -105,10 +105,7 @@ class Reports:
         day = day or time.strftime("%Y-%m-%d", time.gmtime())
         if not _DAY.match(day):
             raise BadRequest("`day` must be a UTC date like 2026-11-27.", param="day", code="invalid_value")
-        lanes: dict[str, dict[str, float]] = {}
-        for field, value in (await self.day_totals(tenant, day)).items():
-            lane, _, name = field.partition(":")
-            lanes.setdefault(lane, {})[name] = value
+        lanes = await self.day_lanes(tenant, day)
         report: dict[str, Any] = {
             "object": "router.usage",
             "tenant": tenant,
@@ -119,6 +116,19 @@ class Reports:
         if day == time.strftime("%Y-%m-%d", time.gmtime()):
             report["limits"] = await self.tenants.headroom(tenant)  # what the tenant may still use, now
         return encoder.encode(report)
+
+    async def day_lanes(self, tenant: str, day: str) -> dict[str, dict[str, float]]:
+        """A tenant's totals of one UTC day by lane (`/v1/usage`'s `lanes`; the status page reads the same)."""
+        lanes: dict[str, dict[str, float]] = {}
+        for field, value in (await self.day_totals(tenant, day)).items():
+            lane, _, name = field.partition(":")
+            lanes.setdefault(lane, {})[name] = value
+        return lanes
+
+    async def day_savings(self, tenant: str, day: str) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+        """A tenant's day by lane and its savings by lever, as `/v1/usage` reports them (the status page)."""
+        lanes = await self.day_lanes(tenant, day)
+        return lanes, savings_by_lever(lanes)
 
     async def readiness(self) -> dict[str, bool]:
         """Redis and each upstream: reachable or not."""

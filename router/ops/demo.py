@@ -242,6 +242,7 @@ def _run(
         with serve_in_thread(create_app(ready, {DEMO_KEY_ENV: DEMO_KEY}), limits=ready.limits) as base:
             console.print(f"[bold]hybrid-router demo[/]: router {base}/v1, simulator {sim_url}/v1")
             console.print(f"Redis: {ready.redis_url}")
+            console.print(f"Status page (live while the demo runs): {base}/ui")
             before = httpx.get(base + "/metrics").text
             columns = (TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
             started = time.monotonic()

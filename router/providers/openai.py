@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import IO, Any, TypeVar
 
 import httpx
@@ -73,6 +73,7 @@ class _BatchList(msgspec.Struct):
 
 class _FileObject(msgspec.Struct):
     id: str
+    status: str | None = None
 
 
 T = TypeVar("T")
@@ -123,9 +124,25 @@ class OpenAIProvider:
     ) -> UpstreamResponse:
         """POST `body` to `endpoint`; retry connect failures and 429/5xx before any byte went back."""
         self.check(endpoint, body)
+        path, body = self.route(endpoint, body)
         sent = {"content-type": "application/json"} | dict(headers or {})
-        response = await send_retrying(self.client, self.upstream, endpoint, body, sent)
+        response = await send_retrying(self.client, self.upstream, path, body, sent)
         return await self._wrap(response, stream=stream and response.status_code == 200)
+
+    def route(self, endpoint: str, body: bytes) -> tuple[str, bytes]:
+        """The path (under `base_url`) and body a real-time call is sent with; OpenAI's are the caller's."""
+        return endpoint, body
+
+    def batch_url(self, endpoint: str) -> str:
+        """The `url` of a batch's lines and its `endpoint`: the API path, not our base URL's."""
+        return "/v1" + endpoint
+
+    def line_body(self, body: bytes) -> bytes:
+        """A batch line's body as the upstream wants it; OpenAI's is the caller's."""
+        return body
+
+    async def uploaded(self, file_id: str, status: str | None) -> None:
+        """Called with a batch input file's id and status once uploaded; OpenAI's can be used at once."""
 
     async def _wrap(self, response: httpx.Response, *, stream: bool) -> UpstreamResponse:
         headers = pass_headers(response)
@@ -178,15 +195,18 @@ class OpenAIProvider:
 
     async def submit_batch(self, batch_id: str, endpoint: str, model: str, lines: Sequence[BatchLine]) -> str:
         """Spool the JSONL (bounded memory; a large file off the event loop), upload it, create the batch."""
-        url = "/v1" + endpoint  # batch lines name the API path, not our base URL's
-        with await off_loop(sum(len(line.body) for line in lines), _spool, lines, url) as spool:
+        url = self.batch_url(endpoint)
+        size = sum(len(line.body) for line in lines)
+        with await off_loop(size, _spool, lines, url, self.line_body) as spool:
             uploaded = await self._json(
                 "POST",
                 "/files",
                 files={"file": (f"{batch_id}.jsonl", spool, "application/jsonl")},
                 data={"purpose": "batch"},
             )
-        file_id = _decode(_file_decoder, uploaded, self.name).id
+        file = _decode(_file_decoder, uploaded, self.name)
+        file_id = file.id
+        await self.uploaded(file_id, file.status)
         created = await self._json(
             "POST",
             "/batches",
@@ -260,12 +280,12 @@ class OpenAIProvider:
         await self.client.aclose()
 
 
-def _spool(lines: Sequence[BatchLine], url: str) -> IO[bytes]:
+def _spool(lines: Sequence[BatchLine], url: str, body_of: Callable[[bytes], bytes]) -> IO[bytes]:
     """The batch input file: one request per line, in memory up to `_SPOOL_BYTES`, then on disk; rewound."""
     spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)  # noqa: SIM115 (the caller closes it)
     try:
         for line in lines:
-            spool.write(_encoder.encode(_InputLine(line.custom_id, "POST", url, msgspec.Raw(line.body))))
+            spool.write(_encoder.encode(_InputLine(line.custom_id, "POST", url, msgspec.Raw(body_of(line.body)))))
             spool.write(b"\n")
         spool.seek(0)
     except BaseException:

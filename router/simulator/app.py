@@ -1,4 +1,5 @@
-"""The simulator app: OpenAI and Anthropic routes behind their auth checks, `/_sim/*` control, errors in shape."""
+"""The simulator app: OpenAI (and Azure OpenAI's paths to them) and Anthropic routes behind their auth checks,
+`/_sim/*` control, errors in shape."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from litestar.exceptions import HTTPException
 from litestar.handlers import HTTPRouteHandler
 from litestar.types import ASGIApp, ExceptionHandlersMap, Message, Receive, Scope, Send
 
-from router.simulator import anthropic_api, openai_api, openai_batch_api
+from router.simulator import anthropic_api, azure, openai_api, openai_batch_api
 from router.simulator.config import SimConfig, patched
 from router.simulator.errors import ANTHROPIC_ERROR_TYPES, AnthropicError, OpenAIError, describe_decode_error
 from router.simulator.state import SimState
@@ -59,7 +60,7 @@ def billing(state: SimState) -> Middleware:
 
     def middleware(app: ASGIApp) -> ASGIApp:
         async def counted(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["path"] not in REALTIME_PATHS:
+            if azure.canonical(scope["path"]) not in REALTIME_PATHS:
                 await app(scope, receive, send)
                 return
 

@@ -103,8 +103,9 @@ class Parsed(msgspec.Struct):
     custom_ids: list[str]
 
 
-def parse_input(content: bytes, endpoint: str) -> Parsed:
-    """Validate a JSONL input file as the Batch API does (format, method, url, model, duplicates, limits)."""
+def parse_input(content: bytes, endpoint: str, *, azure: bool = False) -> Parsed:
+    """Validate a JSONL input file as the Batch API does (format, method, url, model, duplicates, limits); on
+    Azure's surface a line's url may leave out `/v1` (`/chat/completions`, as Azure documents it)."""
     parsed = Parsed(lines=[], model=None, errors=[], custom_ids=[])
     errors = parsed.errors
     if len(content) > MAX_FILE_BYTES:
@@ -128,6 +129,8 @@ def parse_input(content: bytes, endpoint: str) -> Parsed:
             )
             continue
         parsed.custom_ids.append(line.custom_id)
+        if azure and not line.url.startswith("/v1/"):
+            line.url = "/v1" + line.url
         problem = _line_problem(line, view, endpoint, parsed.model, seen)
         if problem is not None:
             problem.line = number

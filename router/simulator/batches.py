@@ -14,6 +14,7 @@ import msgspec
 
 from router.simulator import openai_bodies as bodies
 from router.simulator import openai_types as wire
+from router.simulator import responses
 from router.simulator.batch_input import BatchError, CreateBatch, Parsed, check_create, parse_input
 from router.simulator.config import SimConfig
 from router.simulator.errors import OpenAIError, OpenAIErrorBody, OpenAIErrorEnvelope
@@ -140,7 +141,7 @@ def answer(endpoint: str, raw: bytes, cache: PrefixCache, outcomes: Outcomes | N
         return bodies.embeddings(bodies.decode_embedding(raw), cache)
     if endpoint == "/v1/completions":
         return bodies.completion(bodies.decode_completion(raw), cache)
-    return bodies.response(bodies.decode_responses(raw), cache, outcomes)
+    return responses.response(responses.decode(raw), cache, outcomes)
 
 
 class BatchJob:
@@ -331,11 +332,20 @@ class BatchJob:
 
 
 def create(
-    req: CreateBatch, files: FileStore, stats: Stats, config: SimConfig, seq: int, outcomes: Outcomes | None = None
+    req: CreateBatch,
+    files: FileStore,
+    stats: Stats,
+    config: SimConfig,
+    seq: int,
+    outcomes: Outcomes | None = None,
+    *,
+    azure: bool = False,
 ) -> BatchJob:
-    """Check and parse a create request into a new job, counting its submission."""
+    """Check and parse a create request into a new job, counting its submission (`azure`: created on Azure's
+    surface, whose lines may name their url without `/v1`)."""
     content = check_create(req, files)
-    parsed = parse_input(content, req.endpoint)
+    parsed = parse_input(content, req.endpoint, azure=azure)
     stats.batches_created += 1
+    stats.azure_batches_created += azure
     stats.submitted(parsed.custom_ids)
     return BatchJob(req, parsed, config, seq, time.time(), stats, outcomes)

@@ -10,9 +10,10 @@ from litestar import Request, Response, get, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.response import Stream
 
-from router.simulator import catalog, streams
+from router.simulator import azure, catalog, streams
 from router.simulator import openai_bodies as bodies
 from router.simulator import openai_types as wire
+from router.simulator import responses as responses_api
 from router.simulator.errors import OpenAIError
 from router.simulator.state import SimState
 from router.simulator.web import SSE, admit, json_response, openai_injected, request_id
@@ -31,11 +32,11 @@ _MODEL_LIST = ModelList("list", list(catalog.MODELS))
 def model_routes() -> list[HTTPRouteHandler]:
     """`GET /v1/models` and `GET /v1/models/{id}` (stateless; fresh handler objects for each app)."""
 
-    @get("/v1/models")
+    @get(azure.api_paths("/models"))
     async def list_models() -> Response[bytes]:
         return json_response(_MODEL_LIST)
 
-    @get("/v1/models/{model_id:str}")
+    @get(azure.api_paths("/models/{model_id:str}"))
     async def retrieve_model(request: Request[Any, Any, Any]) -> Response[bytes]:
         model_id: str = request.path_params["model_id"]
         model = catalog.find_model(model_id)
@@ -59,7 +60,8 @@ def routes(state: SimState) -> list[HTTPRouteHandler]:
     """The real-time OpenAI handlers of one simulator instance."""
 
     async def body_of(request: Request[Any, Any, Any], path: str) -> bytes:
-        return await admit(state, request, path, openai_injected)
+        body = await admit(state, request, path, openai_injected)
+        return azure.deployment_body(request.path_params.get("deployment"), body)
 
     def check_flex(tier: str | None) -> None:
         if tier == "flex" and state.config.flex_unavailable:
@@ -75,7 +77,7 @@ def routes(state: SimState) -> list[HTTPRouteHandler]:
             streams.paced(events, state.config.stream_chunk_delay_ms, state.stats), media_type=SSE, headers=headers
         )
 
-    @post("/v1/chat/completions", status_code=200)
+    @post(azure.realtime_paths("/chat/completions"), status_code=200)
     async def chat_completions(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
         req = bodies.decode_chat(await body_of(request, "/v1/chat/completions"))
         check_flex(req.service_tier)
@@ -86,7 +88,7 @@ def routes(state: SimState) -> list[HTTPRouteHandler]:
             return stream(streams.chat_events(answer, _include_usage(req.stream_options)))
         return json_response(answer, headers={"x-request-id": request_id()})
 
-    @post("/v1/completions", status_code=200)
+    @post(azure.realtime_paths("/completions"), status_code=200)
     async def completions(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
         req = bodies.decode_completion(await body_of(request, "/v1/completions"))
         answer = bodies.completion(req, state.cache)
@@ -94,16 +96,16 @@ def routes(state: SimState) -> list[HTTPRouteHandler]:
             return stream(streams.completion_events(answer, _include_usage(req.stream_options)))
         return json_response(answer, headers={"x-request-id": request_id()})
 
-    @post("/v1/embeddings", status_code=200)
+    @post(azure.realtime_paths("/embeddings"), status_code=200)
     async def embeddings(request: Request[Any, Any, Any]) -> Response[bytes]:
         req = bodies.decode_embedding(await body_of(request, "/v1/embeddings"))
         return json_response(bodies.embeddings(req, state.cache), headers={"x-request-id": request_id()})
 
-    @post("/v1/responses", status_code=200)
+    @post(azure.realtime_paths("/responses"), status_code=200)
     async def responses(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
-        req = bodies.decode_responses(await body_of(request, "/v1/responses"))
+        req = responses_api.decode(await body_of(request, "/v1/responses"))
         check_flex(req.service_tier)
-        answer = bodies.response(req, state.cache, state.outcomes)
+        answer = responses_api.response(req, state.cache, state.outcomes)
         if req.stream:
             return stream(streams.response_events(answer))
         return json_response(answer, headers={"x-request-id": request_id()})

@@ -10,7 +10,7 @@ from litestar import Request, Response, delete, get, post
 from litestar.datastructures import UploadFile
 from litestar.handlers import HTTPRouteHandler
 
-from router.simulator import batches
+from router.simulator import azure, batches
 from router.simulator.batch_input import CreateBatch
 from router.simulator.errors import OpenAIError, describe_decode_error
 from router.simulator.state import SimState
@@ -133,23 +133,26 @@ def file_routes(state: SimState) -> list[HTTPRouteHandler]:
             raise OpenAIError(404, f"No such File object: {file_id}", param="id")
         return record
 
-    @post("/v1/files", status_code=200)
+    @post(azure.api_paths("/files"), status_code=200)
     async def upload_file(request: Request[Any, Any, Any]) -> Response[bytes]:
-        return json_response((await _store_upload(state, request)).meta)
+        meta = (await _store_upload(state, request)).meta
+        if azure.is_azure(request.url.path):  # Azure answers an upload `pending`; a retrieve shows it `processed`
+            meta = msgspec.structs.replace(meta, status="pending")
+        return json_response(meta)
 
-    @get("/v1/files")
+    @get(azure.api_paths("/files"))
     async def list_files(request: Request[Any, Any, Any]) -> Response[bytes]:
         return json_response(_file_page(state, request))
 
-    @get("/v1/files/{file_id:str}")
+    @get(azure.api_paths("/files/{file_id:str}"))
     async def retrieve_file(request: Request[Any, Any, Any]) -> Response[bytes]:
         return json_response(file_or_404(request).meta)
 
-    @get("/v1/files/{file_id:str}/content")
+    @get(azure.api_paths("/files/{file_id:str}/content"))
     async def file_content(request: Request[Any, Any, Any]) -> Response[bytes]:
         return Response(content=file_or_404(request).content, media_type="application/octet-stream")
 
-    @delete("/v1/files/{file_id:str}", status_code=200)
+    @delete(azure.api_paths("/files/{file_id:str}"), status_code=200)
     async def delete_file(request: Request[Any, Any, Any]) -> Response[bytes]:
         record = file_or_404(request)
         state.files.delete(record.meta.id)
@@ -190,26 +193,30 @@ def batch_routes(state: SimState) -> list[HTTPRouteHandler]:
     def view(job: batches.BatchJob, now: float) -> Response[bytes]:
         return json_response(job.view(now, state.files, state.cache))
 
-    @post("/v1/batches", status_code=200)
+    @post(azure.api_paths("/batches"), status_code=200)
     async def create_batch(request: Request[Any, Any, Any]) -> Response[bytes]:
         try:
             req = _CREATE_BATCH.decode(await request.body())
         except (msgspec.DecodeError, RecursionError) as exc:
             message, param, code = describe_decode_error(exc)
             raise OpenAIError(400, message, param=param, code=code) from exc
-        job = batches.create(req, state.files, state.stats, state.config, state.next_batch_seq(), state.outcomes)
+        on_azure = azure.is_azure(request.url.path)
+        if on_azure:  # Azure's documented form is `/chat/completions`, for the batch and its lines alike
+            req = msgspec.structs.replace(req, endpoint=azure.batch_url(req.endpoint))
+        seq = state.next_batch_seq()
+        job = batches.create(req, state.files, state.stats, state.config, seq, state.outcomes, azure=on_azure)
         state.batches[job.id] = job
         return view(job, time.time())
 
-    @get("/v1/batches")
+    @get(azure.api_paths("/batches"))
     async def list_batches(request: Request[Any, Any, Any]) -> Response[bytes]:
         return json_response(_batch_page(state, request))
 
-    @get("/v1/batches/{batch_id:str}")
+    @get(azure.api_paths("/batches/{batch_id:str}"))
     async def retrieve_batch(request: Request[Any, Any, Any]) -> Response[bytes]:
         return view(batch_or_404(request), time.time())
 
-    @post("/v1/batches/{batch_id:str}/cancel", status_code=200)
+    @post(azure.api_paths("/batches/{batch_id:str}/cancel"), status_code=200)
     async def cancel_batch(request: Request[Any, Any, Any]) -> Response[bytes]:
         job, now = batch_or_404(request), time.time()
         _cancel(state, job, now)

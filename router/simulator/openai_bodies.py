@@ -5,14 +5,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import time
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 
 from router.simulator import catalog, logprobs, structured, text
 from router.simulator import openai_tools as tools
-from router.simulator.errors import OpenAIError, describe_decode_error
+from router.simulator.errors import OpenAIError
 from router.simulator.ids import new_id
+from router.simulator.openai_checks import check_model, decode_with, service_tier
 from router.simulator.openai_types import (
     AssistantMessage,
     ChatChoice,
@@ -27,22 +28,13 @@ from router.simulator.openai_types import (
     EmbeddingList,
     EmbeddingRequest,
     EmbeddingUsage,
-    IncompleteDetails,
-    InputTokensDetails,
-    OutputMessage,
-    OutputText,
-    OutputTokensDetails,
     PromptTokensDetails,
     ResponseObject,
-    ResponsesRequest,
-    ResponseUsage,
     TextChoice,
-    TextConfig,
     Tokens,
 )
 from router.simulator.outcomes import Outcomes
 
-SERVICE_TIERS = frozenset({"auto", "default", "flex", "scale", "priority", "fast"})
 MAX_EMBEDDING_INPUTS = 2048
 MAX_CHOICES = 128
 
@@ -58,59 +50,22 @@ def system_fingerprint(model: str) -> str:
 _CHAT = msgspec.json.Decoder(ChatRequest)
 _COMPLETION = msgspec.json.Decoder(CompletionRequest)
 _EMBEDDING = msgspec.json.Decoder(EmbeddingRequest)
-_RESPONSES = msgspec.json.Decoder(ResponsesRequest)
 _ENCODE = msgspec.json.Encoder()
-
-
-T = TypeVar("T")
-
-
-def _decode(decoder: msgspec.json.Decoder[T], raw: bytes) -> T:
-    try:
-        return decoder.decode(raw)
-    except (msgspec.DecodeError, RecursionError) as exc:
-        message, param, code = describe_decode_error(exc)
-        raise OpenAIError(400, message, param=param, code=code) from exc
 
 
 def decode_chat(raw: bytes) -> ChatRequest:
     """The chat request in `raw`, or a 400 in OpenAI's shape."""
-    return _decode(_CHAT, raw)
+    return decode_with(_CHAT, raw)
 
 
 def decode_completion(raw: bytes) -> CompletionRequest:
     """The legacy completion request in `raw`, or a 400."""
-    return _decode(_COMPLETION, raw)
+    return decode_with(_COMPLETION, raw)
 
 
 def decode_embedding(raw: bytes) -> EmbeddingRequest:
     """The embedding request in `raw`, or a 400."""
-    return _decode(_EMBEDDING, raw)
-
-
-def decode_responses(raw: bytes) -> ResponsesRequest:
-    """The Responses request in `raw`, or a 400."""
-    return _decode(_RESPONSES, raw)
-
-
-def check_model(model: str) -> None:
-    """Raise OpenAI's 404 `model_not_found` for a model the catalogue does not know."""
-    if not catalog.openai_model_exists(model):
-        raise OpenAIError(
-            404,
-            f"The model `{model}` does not exist or you do not have access to it.",
-            code="model_not_found",
-        )
-
-
-def _service_tier(requested: str | None) -> str:
-    if requested is None or requested == "auto":
-        return "default"
-    if requested not in SERVICE_TIERS:
-        raise OpenAIError(
-            400, f"Invalid value for 'service_tier': {requested!r}.", param="service_tier", code="invalid_value"
-        )
-    return requested
+    return decode_with(_EMBEDDING, raw)
 
 
 def _check_n(n: int) -> None:
@@ -135,7 +90,7 @@ def chat_completion(req: ChatRequest, cache: text.PrefixCache, outcomes: Outcome
     and `logprobs` honoured, real-looking usage."""
     check_model(req.model)
     _check_n(req.n)
-    tier = _service_tier(req.service_tier)
+    tier = service_tier(req.service_tier)
     top = tools.top_logprobs(req)
     mode, functions = tools.tool_choice(req)
     tools.check_format(req)
@@ -280,95 +235,6 @@ def embeddings(req: EmbeddingRequest, cache: text.PrefixCache) -> EmbeddingList:
         value: list[float] | str = text.embedding_base64(vector) if req.encoding_format == "base64" else vector.tolist()
         data.append(EmbeddingItem(index=index, embedding=value))
     return EmbeddingList(data=data, model=req.model, usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens))
-
-
-def responses_conversation(req: ResponsesRequest) -> text.Conversation:
-    """The turns of a Responses request: `instructions`, then `input` (a string or a list of items)."""
-    turns: list[tuple[str, str]] = []
-    if req.instructions:
-        turns.append(("system", req.instructions))
-    if isinstance(req.input, str):
-        turns.append(("user", req.input))
-    elif req.input is not None:
-        for item in req.input:
-            if not isinstance(item, dict):
-                raise OpenAIError(400, "Invalid 'input': items must be objects.", param="input", code="invalid_type")
-            role = item.get("role")
-            if isinstance(role, str):
-                turns.append((role, tools.part_text(item.get("content"))))
-            else:  # tool calls, tool outputs, reasoning items: their JSON is the text
-                turns.append(("tool", _ENCODE.encode(item).decode()))
-    if not turns:
-        raise OpenAIError(400, "Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
-    return text.Conversation(turns)
-
-
-def _response_text(req: ResponsesRequest, convo: text.Conversation) -> str:
-    """The output text: the reply, or JSON when `text.format` asks for it (valid against its schema)."""
-    fmt = req.text.format if req.text is not None else {}
-    kind = fmt.get("type", "text")
-    if kind == "json_object":
-        return _ENCODE.encode({"answer": convo.reply()}).decode()
-    if kind != "json_schema":
-        return convo.reply()
-    schema, name = fmt.get("schema"), fmt.get("name")
-    if not isinstance(schema, dict):
-        problem: str | None = "'schema' must be an object."
-    else:
-        problem = structured.strict_problem(schema) if fmt.get("strict") else None
-        if problem is None:
-            try:
-                return structured.json_text(schema, structured.seed(convo.digest, "text.format"))
-            except structured.SchemaError as exc:
-                problem = f"{exc}."
-    raise OpenAIError(400, f"Invalid schema for response_format '{name}': {problem}", param="text.format.schema")
-
-
-def response(req: ResponsesRequest, cache: text.PrefixCache, outcomes: Outcomes | None = None) -> ResponseObject:
-    """A completed (or `incomplete` when cut by `max_output_tokens`) Responses API object with one message."""
-    check_model(req.model)
-    tier = _service_tier(req.service_tier)
-    convo = responses_conversation(req)
-    if outcomes is not None:
-        convo.recorded = outcomes.reply(req.model, convo.last_user)
-    input_tokens = convo.chat_prompt_tokens()
-    cached = cache.hit(req.model, convo.text, input_tokens)
-    reply, cut = text.clip_to_tokens(_response_text(req, convo), req.max_output_tokens)
-    output_tokens = text.count_tokens(reply)
-    now = int(time.time())
-    status = "incomplete" if cut else "completed"
-    return ResponseObject(
-        id=new_id("resp_"),
-        object="response",
-        created_at=now,
-        status=status,
-        completed_at=None if cut else now,
-        error=None,
-        incomplete_details=IncompleteDetails("max_output_tokens") if cut else None,
-        instructions=req.instructions,
-        max_output_tokens=req.max_output_tokens,
-        model=req.model,
-        output=[OutputMessage(id=new_id("msg_"), status=status, content=[OutputText(text=reply)])],
-        parallel_tool_calls=req.parallel_tool_calls is not False,
-        previous_response_id=req.previous_response_id,
-        reasoning=None,
-        service_tier=tier,
-        store=req.store is not False,
-        temperature=1.0 if req.temperature is None else req.temperature,
-        text=req.text or TextConfig(),
-        tool_choice="auto",
-        tools=[],
-        top_p=1.0 if req.top_p is None else req.top_p,
-        truncation="disabled",
-        metadata=req.metadata or {},
-        usage=ResponseUsage(
-            input_tokens=input_tokens,
-            input_tokens_details=InputTokensDetails(cached_tokens=cached),
-            output_tokens=output_tokens,
-            output_tokens_details=OutputTokensDetails(),
-            total_tokens=input_tokens + output_tokens,
-        ),
-    )
 
 
 def tokens_of(body: ChatCompletion | Completion | EmbeddingList | ResponseObject) -> Tokens:

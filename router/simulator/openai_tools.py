@@ -124,10 +124,11 @@ def check_format(req: ChatRequest) -> None:
 def content(req: ChatRequest, convo: text.Conversation, index: int, salt: bytes) -> str:
     """The answer's text: the reply, or JSON when `response_format` asks for it (valid against its schema)."""
     fmt = req.response_format
+    prompt = "\n".join(content for role, content in convo.turns if role in ("system", "user"))
     if fmt is None or fmt.type == "text":
-        return convo.reply(index)
+        return structured.text_answer(prompt, convo.last_user, convo.reply(index), salt)
     if fmt.type == "json_object":
-        return _ENCODE.encode({"answer": convo.reply(index)}).decode()
+        return structured.json_answer(prompt, convo.reply(index), salt)
     assert fmt.json_schema is not None  # check_format
     try:
         return structured.json_text(fmt.json_schema.schema, salt)

@@ -112,6 +112,8 @@ class ResponsesRequest(msgspec.Struct):
     previous_response_id: str | None = None
     parallel_tool_calls: bool | None = True
     text: TextConfig | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
 
 
 # --- response objects ------------------------------------------------------------------------------------
@@ -287,6 +289,17 @@ class OutputMessage(msgspec.Struct, kw_only=True):
     content: list[OutputText]
 
 
+class FunctionCallItem(msgspec.Struct, kw_only=True):
+    """`ResponseFunctionToolCall`: a call of one of the request's function tools in a Response's `output`."""
+
+    type: str = "function_call"
+    id: str
+    call_id: str
+    name: str
+    arguments: str
+    status: str = "completed"
+
+
 class InputTokensDetails(msgspec.Struct, kw_only=True):
     """`ResponseUsage.input_tokens_details`."""
 
@@ -336,7 +349,7 @@ class ResponseObject(msgspec.Struct, kw_only=True, omit_defaults=True):
     instructions: str | None
     max_output_tokens: int | None
     model: str
-    output: list[OutputMessage]
+    output: list[OutputMessage | FunctionCallItem]
     parallel_tool_calls: bool
     previous_response_id: str | None
     reasoning: None
@@ -344,7 +357,7 @@ class ResponseObject(msgspec.Struct, kw_only=True, omit_defaults=True):
     store: bool
     temperature: float
     text: TextConfig
-    tool_choice: str
+    tool_choice: str | dict[str, Any]
     tools: list[Any]
     top_p: float
     truncation: str

@@ -93,6 +93,8 @@ class StatsView(msgspec.Struct, kw_only=True):
     `batch_lines_submitted` and `max_submissions_per_custom_id` cover both APIs (OpenAI batch lines and
     Anthropic batch requests, counted at creation, including batches that later fail validation);
     `batches_cancelled` counts cancels of either kind; `message_batch_requests_submitted` is the Anthropic part;
+    `azure_batches_created` counts the batches created on Azure's surface (`/openai/batches`), `azure_requests`
+    the requests Azure's surface accepted, by the OpenAI path they stand for (`/v1/chat/completions`);
     `open_streams` is the number of SSE answers still being sent; `cancelled_calls` counts real-time calls whose
     client went away before the answer was complete.
 
@@ -108,6 +110,8 @@ class StatsView(msgspec.Struct, kw_only=True):
     cancelled_calls: int
     errors_injected: int
     batches_created: int
+    azure_batches_created: int
+    azure_requests: dict[str, int]
     batch_lines_submitted: int
     max_submissions_per_custom_id: int
     files_uploaded: int
@@ -134,6 +138,8 @@ class Stats:
         self.cancelled_calls = 0
         self.errors_injected = 0
         self.batches_created = 0
+        self.azure_batches_created = 0
+        self.azure_requests: Counter[str] = Counter()
         self.batch_lines_submitted = 0
         self.files_uploaded = 0
         self.message_batches_created = 0
@@ -176,6 +182,8 @@ class Stats:
             cancelled_calls=self.cancelled_calls,
             errors_injected=self.errors_injected,
             batches_created=self.batches_created,
+            azure_batches_created=self.azure_batches_created,
+            azure_requests=dict(self.azure_requests),
             batch_lines_submitted=self.batch_lines_submitted,
             max_submissions_per_custom_id=self.max_submissions,
             files_uploaded=self.files_uploaded,

@@ -15,6 +15,7 @@ from router.simulator.openai_types import (
     ChoiceLogprobs,
     Completion,
     CompletionUsage,
+    FunctionCallItem,
     OutputMessage,
     OutputText,
     ResponseObject,
@@ -202,18 +203,31 @@ def _text_steps(choice: TextChoice) -> list[TextChoice]:
 
 
 def response_events(answer: ResponseObject) -> Iterator[bytes]:
-    """The Responses API event sequence for a one-message answer, numbered by `sequence_number`."""
+    """The Responses API event sequence for an answer (a message, or function calls), by `sequence_number`."""
     seq = iter(range(1 << 30))
     pending = msgspec.structs.replace(answer, status="in_progress", output=[], usage=None, completed_at=None)
-    message = answer.output[0]
-    text = message.content[0].text
-    empty = msgspec.structs.replace(message, status="in_progress", content=[])
-    where = {"item_id": message.id, "output_index": 0, "content_index": 0}
     yield _event("response.created", {"type": "response.created", "response": pending, "sequence_number": next(seq)})
     yield _event(
         "response.in_progress", {"type": "response.in_progress", "response": pending, "sequence_number": next(seq)}
     )
-    yield _item_event("response.output_item.added", empty, next(seq))
+    for index, item in enumerate(answer.output):
+        if isinstance(item, FunctionCallItem):
+            yield from _call_events(item, index, seq)
+        else:
+            yield from _message_events(item, index, seq)
+    final = "response.completed" if answer.status == "completed" else "response.incomplete"
+    yield _event(final, {"type": final, "response": answer, "sequence_number": next(seq)})
+
+
+def _message_events(message: OutputMessage, index: int, seq: Iterator[int]) -> Iterator[bytes]:
+    text = message.content[0].text
+    where = {"item_id": message.id, "output_index": index, "content_index": 0}
+    yield _item_event(
+        "response.output_item.added",
+        msgspec.structs.replace(message, status="in_progress", content=[]),
+        index,
+        next(seq),
+    )
     yield _part_event("response.content_part.added", where, OutputText(text=""), next(seq))
     for piece in split_for_stream(text):
         delta = {"type": "response.output_text.delta", **where, "delta": piece, "logprobs": []}
@@ -221,13 +235,29 @@ def response_events(answer: ResponseObject) -> Iterator[bytes]:
     done = {"type": "response.output_text.done", **where, "text": text, "logprobs": [], "sequence_number": next(seq)}
     yield _event("response.output_text.done", done)
     yield _part_event("response.content_part.done", where, message.content[0], next(seq))
-    yield _item_event("response.output_item.done", message, next(seq))
-    final = "response.completed" if answer.status == "completed" else "response.incomplete"
-    yield _event(final, {"type": final, "response": answer, "sequence_number": next(seq)})
+    yield _item_event("response.output_item.done", message, index, next(seq))
 
 
-def _item_event(name: str, item: OutputMessage, seq: int) -> bytes:
-    return _event(name, {"type": name, "output_index": 0, "item": item, "sequence_number": seq})
+def _call_events(call: FunctionCallItem, index: int, seq: Iterator[int]) -> Iterator[bytes]:
+    where = {"item_id": call.id, "output_index": index}
+    yield _item_event(
+        "response.output_item.added",
+        msgspec.structs.replace(call, status="in_progress", arguments=""),
+        index,
+        next(seq),
+    )
+    for piece in _char_pieces(call.arguments):
+        name = "response.function_call_arguments.delta"
+        yield _event(name, {"type": name, **where, "delta": piece, "sequence_number": next(seq)})
+    name = "response.function_call_arguments.done"
+    yield _event(
+        name, {"type": name, **where, "name": call.name, "arguments": call.arguments, "sequence_number": next(seq)}
+    )
+    yield _item_event("response.output_item.done", call, index, next(seq))
+
+
+def _item_event(name: str, item: OutputMessage | FunctionCallItem, index: int, seq: int) -> bytes:
+    return _event(name, {"type": name, "output_index": index, "item": item, "sequence_number": seq})
 
 
 def _part_event(name: str, where: dict[str, Any], part: OutputText, seq: int) -> bytes:

@@ -85,3 +85,80 @@ def _strict_walk(node: Any, context: tuple[str, ...]) -> str | None:
 
 
 __all__ = ["SchemaError", "arguments", "json_text", "pick_tools", "seed", "strict_problem"]
+
+
+_SCHEMA_SCAN_LIMIT = 256 * 1024
+_SCHEMA_SCAN_MISSES = 32
+_FENCE_ASKED = re.compile(r"```json|json (?:code ?block|markdown)", re.IGNORECASE)
+_JSON = msgspec.json.Decoder()
+
+
+def schema_in_prompt(prompt: str) -> dict[str, Any] | None:
+    """The last JSON Schema a prompt spells out (an object with `properties`, `$defs` or `"type": "object"`), or
+    None. Libraries that ask for JSON without a response schema (instructor's `JSON` and `MD_JSON` modes) write the
+    schema into a system message; a real model answers with an instance of it, and so does the simulator."""
+    if "properties" not in prompt or len(prompt) > _SCHEMA_SCAN_LIMIT:
+        return None
+    found: dict[str, Any] | None = None
+    misses = 0  # prose braces that start no JSON object: a few are tried, not every one of a long prompt's
+    at = prompt.find("{")
+    while at != -1 and misses < _SCHEMA_SCAN_MISSES:
+        end = _balanced_end(prompt, at)
+        try:
+            value = None if end is None else _JSON.decode(prompt[at:end])
+        except msgspec.DecodeError:
+            value = None
+        if end is None or value is None:
+            misses += 1
+            at = prompt.find("{", at + 1)
+            continue
+        if isinstance(value, dict) and ("properties" in value or "$defs" in value or value.get("type") == "object"):
+            found = value
+        at = prompt.find("{", end)
+    return found
+
+
+def _balanced_end(text: str, start: int) -> int | None:
+    """The index after the `}` closing the `{` at `start` (braces inside JSON strings skipped), or None."""
+    depth, in_string, escaped = 0, False, False
+    for i in range(start, len(text)):
+        c = text[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                in_string = False
+        elif c == '"':
+            in_string = True
+        elif c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return None
+
+
+def fence_asked(last_user: str) -> bool:
+    """Whether the last user turn asks for the answer in a fenced ```json block (instructor's `MD_JSON` mode)."""
+    return _FENCE_ASKED.search(last_user) is not None
+
+
+def json_answer(prompt: str, reply: str, salt: bytes) -> str:
+    """A `json_object` answer: an instance of the schema the prompt describes, else the reply under `answer`."""
+    schema = schema_in_prompt(prompt)
+    if schema is None:
+        return _ENCODE.encode({"answer": reply}).decode()
+    try:
+        return json_text(schema, salt)
+    except SchemaError:
+        return _ENCODE.encode({"answer": reply}).decode()
+
+
+def text_answer(prompt: str, last_user: str, reply: str, salt: bytes) -> str:
+    """A plain-text answer: the reply, or a fenced JSON block when the last user turn asks for one."""
+    if not fence_asked(last_user):
+        return reply
+    return "```json\n" + json_answer(prompt, reply, salt) + "\n```"

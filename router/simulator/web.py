@@ -10,6 +10,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.types import ASGIApp, Receive, Scope, Send
 
+from router.simulator import azure
 from router.simulator.errors import ANTHROPIC_ERROR_TYPES, AnthropicError, OpenAIError
 from router.simulator.ids import new_id
 from router.simulator.state import SimState
@@ -55,7 +56,19 @@ def _bearer(scope: Scope) -> str:
     return key.strip() if scheme.lower() == "bearer" else ""
 
 
+def _check_azure(state: SimState, scope: Scope) -> None:
+    key = _header(scope, b"api-key") or _bearer(scope)  # a key, or an Entra ID token as a Bearer
+    azure.check(scope["path"], scope.get("query_string", b""), key)
+    expected = state.config.api_key
+    if expected is not None and key != expected:
+        azure.check(scope["path"], b"api-version=", "")  # Azure's 401 for a wrong key is its 401 for none
+    state.stats.azure_requests[azure.canonical(scope["path"])] += 1
+
+
 def _check_openai(state: SimState, scope: Scope) -> None:
+    if azure.is_azure(scope["path"]):
+        _check_azure(state, scope)
+        return
     expected = state.config.api_key
     if expected is None and not _header(scope, b"authorization"):
         return  # like a local OpenAI-compatible server started without a key
@@ -95,7 +108,8 @@ def _auth(state: SimState, check: Callable[[SimState, Scope], None]) -> Middlewa
 
 
 def openai_auth(state: SimState) -> Middleware:
-    """Require `Authorization: Bearer <key>` (the configured key, if one is set) on OpenAI routes."""
+    """Require `Authorization: Bearer <key>` (the configured key, if one is set) on OpenAI routes; on Azure's
+    (`/openai/...`) the key in `api-key` (or as a Bearer) and `?api-version=` (`azure.check`)."""
     return _auth(state, _check_openai)
 
 

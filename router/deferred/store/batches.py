@@ -73,6 +73,22 @@ class BatchStore:
             if body is not None and meta is not None
         ]
 
+    async def set_trace(self, tag: str, bid: str, traceparent: str) -> None:
+        """Keep a batch's submit span with the batch, for its polls and ingest on any replica (tracing on only)."""
+        await self.ctx.redis.hset(self.ctx.keys.batch(tag, bid), "trace", traceparent)
+
+    async def batch_trace(self, tag: str, bid: str) -> str:
+        """A batch's submit span (`traceparent`), "" when it has none (tracing on only)."""
+        return text(await self.ctx.redis.hget(self.ctx.keys.batch(tag, bid), "trace"))
+
+    async def call_traces(self, call_ids: Sequence[str]) -> list[str]:
+        """The admission spans (`traceparent`s) of these calls, where they have one (tracing on only)."""
+        async with self.ctx.redis.pipeline(transaction=False) as pipe:
+            for call_id in call_ids:
+                pipe.hget(self.ctx.keys.call(call_id), "meta")
+            metas = await pipe.execute()
+        return [trace for meta in metas if meta is not None and (trace := meta_decoder.decode(meta).trace)]
+
     async def mark_submitted(self, tag: str, bid: str, owner: str, provider_id: str, next_poll: float) -> bool:
         """Record the provider's id for a batch we still own."""
         return await self.ctx.scripts.mark_submitted(
@@ -151,8 +167,17 @@ class BatchStore:
 
     async def due_batches(self, tag: str, now: float, limit: int = 100) -> list[BatchRecord]:
         """Batches whose next action (poll, or recovery of a lapsed build) is due."""
+        bids = await self.ctx.redis.zrangebyscore(self.ctx.keys.batches(tag), "-inf", now, start=0, num=limit)
+        return await self._records(tag, [text(b) for b in bids])
+
+    async def in_flight(self, tag: str, limit: int = 1000) -> list[BatchRecord]:
+        """A queue's batches not ingested yet (being built, or at the provider), oldest first (the status page)."""
+        bids = [text(b) for b in await self.ctx.redis.zrange(self.ctx.keys.batches(tag), 0, limit - 1)]
+        return sorted(await self._records(tag, bids), key=lambda record: record.created_at)
+
+    async def _records(self, tag: str, bids: list[str]) -> list[BatchRecord]:
+        """The records of these batches of one queue (a batch gone meanwhile is left out)."""
         redis, k = self.ctx.redis, self.ctx.keys
-        bids = [text(b) for b in await redis.zrangebyscore(k.batches(tag), "-inf", now, start=0, num=limit)]
         if not bids:
             return []
         async with redis.pipeline(transaction=False) as pipe:
@@ -171,6 +196,7 @@ class BatchStore:
                 polls=int(row.get(b"polls") or 0),
                 n=int(row.get(b"n") or 0),
                 cut_at=number(row.get(b"cut_at")),
+                trace=text(row.get(b"trace")),
             )
             for bid, row in zip(bids, rows, strict=True)
             if row

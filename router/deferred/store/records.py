@@ -40,6 +40,9 @@ class CallMeta(msgspec.Struct, frozen=True, kw_only=True):
     webhook: str | None = None
     asked_model: str | None = None
     """The model the caller asked for, when a model route has `model` (a cheaper one) answer: the cost baseline."""
+    trace: str | None = None
+    """The admission span's W3C `traceparent`, when tracing is on (`telemetry.tracing`): the batch's and the
+    answer's spans refer to it from whichever replica handles them."""
 
 
 class CallRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -97,6 +100,8 @@ class BatchRecord(msgspec.Struct, frozen=True, kw_only=True):
     n: int
     cut_at: float | None = None
     """When the guard cut the batch (it is being cancelled and harvested), if it did."""
+    trace: str = ""
+    """The batch's submit span as a `traceparent`, when tracing is on: its polls and ingest continue it."""
 
 
 meta_encoder = msgspec.json.Encoder()
