@@ -32,11 +32,13 @@ M = 1_000_000
 ONE_MILLION_EACH = Usage(input_tokens=M, cached_tokens=0, output_tokens=M)
 
 
-def assert_cost(cost: Cost | None, baseline: float, actual: float) -> None:
+def assert_cost(cost: Cost | None, baseline: float, actual: float, cache: float = 0.0) -> None:
+    """The baseline is the uncached real-time price; `cache` is the prompt cache's part of the savings."""
     assert cost is not None
     assert cost.baseline_usd == pytest.approx(baseline)
     assert cost.actual_usd == pytest.approx(actual)
     assert cost.savings_usd == pytest.approx(baseline - actual)
+    assert cost.prompt_cache_usd == pytest.approx(cache, abs=1e-12)
 
 
 # 1M input + 1M output tokens, no cache: real-time, batch and flex (None: no flex tier) totals in USD.
@@ -108,21 +110,23 @@ def test_small_call() -> None:
 
 
 def test_gpt_4o_batch_charges_cached_tokens_at_batch_input_rate() -> None:
-    # 600k fresh * 2.50 + 400k cached * 1.25 = 1.50 + 0.50 = 2.00 real time; batch: 1M * 1.25 = 1.25.
-    assert_cost(TABLE.cost("gpt-4o", Usage(M, 400_000, 0), "batch"), 2.00, 1.25)
-    # gpt-4o-mini: 0.6 * 0.15 + 0.4 * 0.075 = 0.12 real time; batch: 1M * 0.075.
-    assert_cost(TABLE.cost("gpt-4o-mini", Usage(M, 400_000, 0), "batch"), 0.12, 0.075)
+    # Baseline uncached: 1M * 2.50 real time; batch: 1M * 1.25 = 1.25 (no batch cached price: no cache saving).
+    assert_cost(TABLE.cost("gpt-4o", Usage(M, 400_000, 0), "batch"), 2.50, 1.25)
+    # gpt-4o-mini: 1M * 0.15 real time; batch: 1M * 0.075.
+    assert_cost(TABLE.cost("gpt-4o-mini", Usage(M, 400_000, 0), "batch"), 0.15, 0.075)
 
 
 def test_gpt_5_batch_and_flex_halve_the_cached_rate() -> None:
-    # 500k fresh * 1.25 + 500k cached * 0.125 = 0.6875 real time; half of it in batch and flex.
+    # Baseline 1M * 1.25 uncached; batch and flex: (500k fresh * 1.25 + 500k cached * 0.125) / 2 = 0.34375, of which
+    # the cache took 0.625 - 0.34375 off the tier's plain price.
     for lane in ("batch", "flex"):
-        assert_cost(TABLE.cost("gpt-5", Usage(M, 500_000, 0), lane), 0.6875, 0.34375)
+        assert_cost(TABLE.cost("gpt-5", Usage(M, 500_000, 0), lane), 1.25, 0.34375, 0.28125)
 
 
 def test_anthropic_cache_reads_stack_with_batch() -> None:
-    # Sonnet 4: 200k fresh * 3 + 800k reads * 0.30 + 100k out * 15 = 0.60 + 0.24 + 1.50 = 2.34; batch half.
-    assert_cost(TABLE.cost("claude-sonnet-4", Usage(M, 800_000, 100_000), "batch"), 2.34, 1.17)
+    # Sonnet 4: 200k fresh * 3 + 800k reads * 0.30 + 100k out * 15 = 0.60 + 0.24 + 1.50 = 2.34; batch half. The
+    # baseline is uncached: 3 + 1.5 = 4.5; the cache's part, 4.5 / 2 - 1.17.
+    assert_cost(TABLE.cost("claude-sonnet-4", Usage(M, 800_000, 100_000), "batch"), 4.5, 1.17, 1.08)
     rates = TABLE.rates("claude-3-5-haiku", "batch")
     assert rates is not None
     assert rates.cached_input == pytest.approx(0.04)
@@ -142,12 +146,15 @@ def test_zero_usage_costs_nothing() -> None:
     output=st.integers(0, 10**7),
     model=st.sampled_from([m.name for m in TABLE.models]),
 )
-def test_costs_are_non_negative_and_realtime_saves_nothing(fresh: int, cached: int, output: int, model: str) -> None:
+def test_costs_are_non_negative_and_realtime_saves_only_by_the_cache(
+    fresh: int, cached: int, output: int, model: str
+) -> None:
     usage = Usage(fresh + cached, cached, output)
     realtime = TABLE.cost(model, usage, "realtime")
     batch = TABLE.cost(model, usage, "batch")
     assert realtime is not None and batch is not None
-    assert realtime.savings_usd == 0
+    assert realtime.savings_usd == pytest.approx(realtime.prompt_cache_usd)  # in real time only the cache saves
+    assert realtime.route_usd == 0
     assert realtime.baseline_usd == batch.baseline_usd >= 0
     assert batch.actual_usd >= 0
 
@@ -369,12 +376,12 @@ def test_explicit_rates_and_multipliers(tmp_path: Path) -> None:
     table = load_pricing(path)
     assert isinstance(table, PriceTable)
     assert_cost(table.cost("m", ONE_MILLION_EACH, "batch"), 2.0, 1.0)
-    # e: real time 4 + 0.4 + 8 = 12.4 for 1M each of fresh input, cached input and output (input_tokens = 2M).
-    assert_cost(table.cost("e", Usage(2 * M, M, M), "batch"), 12.4, 3.1)
+    # e: baseline 2M * 4 + 8 = 16 uncached; batch (4 + 0.4 + 8) / 4 = 3.1, the cache's part 16 / 4 - 3.1.
+    assert_cost(table.cost("e", Usage(2 * M, M, M), "batch"), 16.0, 3.1, 0.9)
     # An explicit block without cached_input charges cached tokens at its own input rate: 3 + 3 + 6.
-    assert_cost(table.cost("e", Usage(2 * M, M, M), "flex"), 12.4, 12.0)
+    assert_cost(table.cost("e", Usage(2 * M, M, M), "flex"), 16.0, 12.0)
     # x lists no real-time cached price: the baseline charges cached tokens at the input rate (4), batch at 0.1.
-    assert_cost(table.cost("x", Usage(M, M // 2, 0), "batch"), 4.0, 0.55)
+    assert_cost(table.cost("x", Usage(M, M // 2, 0), "batch"), 4.0, 0.55, 0.45)
 
 
 # --- genai-prices as the source ----------------------------------------------------------------------------
@@ -428,16 +435,17 @@ def test_anthropic_cache_writes_cost_their_real_rate() -> None:
     # claude-sonnet-4: 100k fresh * 3 + 200k 5-minute writes * 3.75 + 300k 1-hour writes * 6 + 400k reads * 0.30
     # = 0.30 + 0.75 + 1.80 + 0.12 = 2.97; no output. Batch halves every rate, writes included.
     usage = Usage(M, 400_000, 0, cache_write_tokens=200_000, cache_write_1h_tokens=300_000)
-    assert_cost(TABLE.cost("claude-sonnet-4", usage, "batch"), 2.97, 1.485)
+    # The baseline is uncached (1M * 3); the cache's part is the batch tier's plain price less what was paid.
+    assert_cost(TABLE.cost("claude-sonnet-4", usage, "batch"), 3.0, 1.485, 0.015)
     # A price file entry that lists no write price: 1.25x (5 minutes) and 2x (1 hour) its input rate.
     table = PriceTable([ModelPrice(name="c", provider="anthropic", input=2.0, output=4.0)])
     # 500k 5-minute writes * 2.50 + 500k 1-hour writes * 4 = 1.25 + 2.00.
     writes = Usage(M, 0, 0, cache_write_tokens=M // 2, cache_write_1h_tokens=M // 2)
-    assert_cost(table.cost("c", writes, "realtime"), 3.25, 3.25)
+    assert_cost(table.cost("c", writes, "realtime"), 2.0, 3.25, -1.25)
     body = {"usage": {"input_tokens": 0, "cache_creation_input_tokens": M, "output_tokens": 0}}
     parsed = usage_from_body(body)
     assert parsed is not None
-    assert_cost(TABLE.cost("claude-sonnet-4", parsed, "realtime"), 3.75, 3.75)
+    assert_cost(TABLE.cost("claude-sonnet-4", parsed, "realtime"), 3.0, 3.75, -0.75)
 
 
 def test_catalog_look_ups_are_kept_and_bounded() -> None:

@@ -134,7 +134,7 @@ def test_a_wrapper_names_what_its_script_reads(name: str) -> None:
 
 def test_the_arity_reader_counts() -> None:
     assert _lua_arity(scripts.STORE_RESULT, "KEYS") == (6, False)
-    assert _lua_arity(scripts.STORE_RESULT, "ARGV") == (12, False)
+    assert _lua_arity(scripts.STORE_RESULT, "ARGV") == (13, False)
     assert _lua_arity(scripts.PRUNE, "KEYS") == (2, True)
     assert _lua_arity(scripts.NATIVE_RECORD, "ARGV") == (4, True)
 
@@ -204,7 +204,10 @@ def _value(name: str, annotation: str) -> Any:
         "bytes": b"x",
         "tuple[float, float, float] | None": (1.0, 0.5, 0.5),
         "Mapping[str, str | bytes]": {"field": "value"},
-        "Sequence[tuple[str, tuple[float, float, float] | None]]": [("a", (1.0, 0.5, 0.5)), ("b", None)],
+        "Sequence[tuple[str, tuple[float, float, float] | None, float]]": [
+            ("a", (1.0, 0.5, 0.5), 0.1),
+            ("b", None, 0.0),
+        ],
     }
     return examples[annotation]
 

@@ -382,3 +382,19 @@ async def test_the_queue_cap_refuses_a_new_queue_only(store: Store) -> None:
     assert (
         await store.queues.stats(queue_tag("openai", ENDPOINT, "gpt-5")) is None
     )  # nothing stored for the refused call
+
+
+async def test_a_batch_keeps_the_order_its_calls_arrived_in(store: Store) -> None:
+    # Each call arrives with an earlier deadline than the one before: the deadlines choose which calls a batch takes,
+    # its lines keep the order of arrival (calls sharing a prompt prefix stay in order).
+    ids = []
+    for i in range(5):
+        ids.append((await store.intake.enqueue(meta(i, deadline_in=3600.0 - i), body(i)))[0])
+    claim = await store.batches.claim(TAG, max_requests=10, max_bytes=10**9, owner="o", lease_s=30)
+    assert claim is not None
+    assert claim[1] == ids
+    assert await store.batches.batch_calls(TAG, claim[0]) == ids
+    # A smaller batch still takes the earliest deadlines (the last arrivals), in their order of arrival.
+    more = [(await store.intake.enqueue(meta(i, deadline_in=1800.0 - i), body(i)))[0] for i in range(4)]
+    claim = await store.batches.claim(TAG, max_requests=2, max_bytes=10**9, owner="o", lease_s=30)
+    assert claim is not None and claim[1] == more[2:]

@@ -40,6 +40,8 @@ Owners and lifetimes:
 - `P:tenant:<tenant>:deferred` (zset of call ids by reservation expiry): a tenant's deferred calls queued or in flight,
   for `max_deferred`; an entry leaves when its result is stored, or lapses at its call's deadline plus the upstream's
   timeout; the key expires with its last entry.
+- `P:pcache:<tenant>:<digest>` (string): a prompt prefix the tenant sent within the prompt cache's lifetime
+  (`prompt_cache.ttl_s`, refreshed at each sight); `http/prompt_cache.py` marks a prefix seen again.
 - `P:replica:<id>` (string, 2 s TTL, renewed every half second): a live router process; a held call whose holder's
   replica key is gone is orphaned.
 - `P:{q}:webhooks` (zset of call ids by next delivery time): added by STORE_RESULT when the call has a
@@ -207,6 +209,9 @@ class Keys:
 
     def tenant_deferred(self, tenant: str) -> str:
         return f"{self.prefix}:tenant:{tenant}:deferred"
+
+    def prompt_prefix(self, tenant: str, digest: str) -> str:
+        return f"{self.prefix}:pcache:{tenant}:{digest}"
 
     def replica(self, replica_id: str) -> str:
         return f"{self.prefix}:replica:{replica_id}"

@@ -81,15 +81,19 @@ LEVERS = ("batch", "flex", "route", "prompt_cache", "answer_cache")
 """Where savings come from; each call's savings split over them adds up to its `savings_usd` exactly."""
 
 
-def lever_split(origin: Origin, savings_usd: float, route_usd: float) -> dict[str, float]:
-    """A call's savings by lever: the model route's part, and its price tier's (batch, flex) part; an answer from the
-    answer cache saves all it would have cost on `answer_cache`."""
+def lever_split(
+    origin: Origin, savings_usd: float, route_usd: float, prompt_cache_usd: float = 0.0
+) -> dict[str, float]:
+    """A call's savings by lever: the model route's part, the prompt cache's, and its price tier's (batch, flex); an
+    answer from the answer cache saves all it would have cost on `answer_cache`."""
     if origin is Origin.CACHE:
         return {"answer_cache": savings_usd} if savings_usd else {}
     out: dict[str, float] = {}
     if route_usd:
         out["route"] = route_usd
-    tier = savings_usd - route_usd
+    if prompt_cache_usd:
+        out["prompt_cache"] = prompt_cache_usd
+    tier = savings_usd - route_usd - prompt_cache_usd
     if tier and origin.lane.price_tier != "realtime":
         out[origin.lane.price_tier] = tier
     return out

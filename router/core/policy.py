@@ -63,6 +63,8 @@ class Rule(_Strict, frozen=True):
     answer_cache: bool | None = None
     """Whether the deterministic calls this rule matches use the answer cache (unset: the tenant's setting, else
     `answer_cache.enabled`)."""
+    prompt_cache: bool | None = None
+    """False: the router adds no prompt-cache breakpoints nor `prompt_cache_key` to the calls this rule matches."""
 
 
 class _RuleFile(_Strict, frozen=True):
@@ -91,6 +93,8 @@ class Decision(msgspec.Struct, frozen=True):
     route: Literal["off", False] | RouteOverride | None = None
     answer_cache: bool | None = None
     """The rule's say on the answer cache (None: it says nothing)."""
+    prompt_cache: bool | None = None
+    """The rule's `prompt_cache` (None: the global setting decides)."""
 
 
 class _Glob(msgspec.Struct, frozen=True):
@@ -243,11 +247,12 @@ def decide(
     """Now or deferred, for one call: the first matching rule, the caller's X-Deadline and the rule's bounds."""
     rule = next((r for r in policies.compiled if r.matches(facts)), None)
     decision = _lane(rule, header_deadline, header_urgent, now)
-    if rule is not None and (
-        rule.rule.task is not None or rule.rule.route is not None or rule.rule.answer_cache is not None
-    ):
+    says = (rule.rule.task, rule.rule.route, rule.rule.answer_cache, rule.rule.prompt_cache) if rule else ()
+    if rule is not None and any(x is not None for x in says):
         r = rule.rule
-        return msgspec.structs.replace(decision, task=r.task, route=r.route, answer_cache=r.answer_cache)
+        return msgspec.structs.replace(
+            decision, task=r.task, route=r.route, answer_cache=r.answer_cache, prompt_cache=r.prompt_cache
+        )
     return decision
 
 

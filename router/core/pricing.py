@@ -97,14 +97,17 @@ class Usage(msgspec.Struct, frozen=True):
 class Cost(msgspec.Struct, frozen=True):
     """What a call would have cost in real time, what it cost, and the difference, in USD (unrounded).
 
-    The baseline is the model the caller asked for at the real-time rate. `route_usd` is the part of the savings a
-    cheaper model answering brought (the asked-for model's real-time price of the same tokens, less the answering
-    model's); the rest is the price tier's (batch or flex)."""
+    The baseline is the model the caller asked for at the real-time rate, uncached (every input token at the plain
+    input rate). `route_usd` is the part of the savings a cheaper model answering brought (the asked-for model's
+    real-time price of the same tokens, less the answering model's); `prompt_cache_usd` the prompt cache's (the
+    reads' discount less the writes' premium, against the plain input rate of the price tier that answered); the
+    rest is the price tier's (batch or flex). The three add up to `savings_usd`."""
 
     baseline_usd: float
     actual_usd: float
     savings_usd: float
     route_usd: float = 0.0
+    prompt_cache_usd: float = 0.0
 
 
 def _resolve(spec: float | Rates | None, realtime: Rates) -> Rates | None:
@@ -319,9 +322,12 @@ class PriceTable:
         cost = self.cost(model, Usage(int(tokens_in), 0, int(tokens_out)), "realtime")
         return None if cost is None else cost.actual_usd
 
-    def cost(self, model: str, usage: Usage, tier: PriceTier, asked: str | None = None) -> Cost | None:
-        """Baseline (the asked-for model, all real time) and actual cost of one call answered by `model` at `tier`,
-        or None when either model cannot be priced."""
+    def cost(
+        self, model: str, usage: Usage, tier: PriceTier, asked: str | None = None, *, as_cached: bool = False
+    ) -> Cost | None:
+        """Baseline (the asked-for model, all real time, uncached) and actual cost of one call answered by `model` at
+        `tier`, or None when either model cannot be priced. `as_cached`: the baseline keeps the cache's reads and
+        writes as they happened (what `estimate` calls the bill now), so nothing is put on the prompt cache."""
         entry = self._entry(model)
         if entry is None:
             return None
@@ -329,15 +335,22 @@ class PriceTable:
         paid: Rates | None = getattr(rates, tier)
         if paid is None:
             return None
-        realtime, actual = _price(rates.realtime, usage), _price(paid, usage)
+        # Every price but `actual` is of the same tokens uncached: the baseline is what the call costs without the
+        # router, and the prompt cache's part of the savings is what caching took off the tier's plain price.
+        plain = usage if as_cached else Usage(usage.input_tokens, 0, usage.output_tokens)
+        realtime, tier_plain, actual = _price(rates.realtime, plain), _price(paid, plain), _price(paid, usage)
         baseline = realtime
         if asked is not None and asked != model:
             asked_entry = self._entry(asked)
             if asked_entry is None:
                 return None
-            baseline = _price(asked_entry[1].for_usage(usage).realtime, usage)
+            baseline = _price(asked_entry[1].for_usage(usage).realtime, plain)
         return Cost(
-            baseline_usd=baseline, actual_usd=actual, savings_usd=baseline - actual, route_usd=baseline - realtime
+            baseline_usd=baseline,
+            actual_usd=actual,
+            savings_usd=baseline - actual,
+            route_usd=baseline - realtime,
+            prompt_cache_usd=tier_plain - actual,
         )
 
 

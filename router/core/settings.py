@@ -194,6 +194,16 @@ class AnswerCacheSettings(_Strict, kw_only=True):
     """Bytes of answers kept per tenant; past it the least recently used go first (a larger answer is not stored)."""
 
 
+class PromptCacheSettings(_Strict, kw_only=True):
+    """Automatic prompt caching (`http/prompt_cache.py`); a policy rule's `prompt_cache: false` turns it off for the
+    calls it matches."""
+
+    enabled: bool = True
+    """Mark Anthropic calls' stable prefixes with `cache_control` once seen again; set OpenAI's `prompt_cache_key`."""
+    ttl_s: PositiveFloat = 300.0
+    """How long a prefix counts as seen (Anthropic's cache lives five minutes, refreshed by every read)."""
+
+
 class Settings(_Strict, kw_only=True):
     """Everything the router needs to run."""
 
@@ -222,6 +232,7 @@ class Settings(_Strict, kw_only=True):
     batch: BatchSettings = msgspec.field(default_factory=BatchSettings)
     webhooks: WebhookSettings = msgspec.field(default_factory=WebhookSettings)
     answer_cache: AnswerCacheSettings = msgspec.field(default_factory=AnswerCacheSettings)
+    prompt_cache: PromptCacheSettings = msgspec.field(default_factory=PromptCacheSettings)
     metrics_token_env: str | None = None
     """The env var holding the bearer token `/metrics` requires; unset: `/metrics` is open."""
     azure_deployments: dict[str, str] = msgspec.field(default_factory=dict)

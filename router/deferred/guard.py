@@ -158,6 +158,7 @@ class Guard:
             origin=origin,
             cost=priced.as_tuple(),
             route_usd=priced.cost.route_usd if priced.cost else 0.0,
+            prompt_cache_usd=priced.prompt_cache_usd,
         )
         if stored != StoreOutcome.STORED:
             return 0

@@ -112,6 +112,7 @@ class DeferredLane:
         retry: bool = False,
         reattach: bool = True,
         asked_model: str | None = None,
+        identity: bytes | None = None,
         trace: str | None = None,
         answer_key: str | None = None,
     ) -> tuple[str, EnqueueOutcome]:
@@ -119,7 +120,8 @@ class DeferredLane:
 
         With `reattach`, a held request identical to a call whose caller is gone takes that call over; `retry`
         (the client says this request retries an earlier attempt) also takes over a call whose old connection
-        has not been seen to drop yet.
+        has not been seen to drop yet. Identical means the same tenant, endpoint and `identity` (the body as the
+        caller sent it; `body` when not given).
         """
         meta = CallMeta(
             tenant=tenant,
@@ -136,7 +138,7 @@ class DeferredLane:
             trace=trace or None,
             answer_key=answer_key,
         )
-        digest = call_digest(tenant, endpoint, body)
+        digest = call_digest(tenant, endpoint, body if identity is None else identity)
         tag = queue_tag(upstream, endpoint, meta.model)
         attach_to = None
         if reattach and holder != ASYNC_HOLDER and self.reattach:

@@ -206,6 +206,7 @@ class Poller:
                 origin=Origin.BATCH,
                 cost=priced.as_tuple(),
                 route_usd=priced.cost.route_usd if priced.cost else 0.0,
+                prompt_cache_usd=priced.prompt_cache_usd,
             )
             answered.add(line.custom_id)
             if stored == StoreOutcome.STORED:

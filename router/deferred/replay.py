@@ -81,6 +81,8 @@ class Figures(Protocol):
     def savings_usd(self) -> float: ...
     @property
     def route_usd(self) -> float: ...
+    @property
+    def prompt_cache_usd(self) -> float: ...
 
 
 def router_note(*, origin: Origin, call_id: str, model: str, cost: Figures | None, unpriced: str = NO_PRICE) -> bytes:
@@ -91,7 +93,9 @@ def router_note(*, origin: Origin, call_id: str, model: str, cost: Figures | Non
         note |= {"cost_usd": None, "baseline_usd": None, "savings_usd": None, "savings_by_lever": None}
         note["unpriced"] = unpriced
     else:
-        by_lever = dict.fromkeys(LEVERS, 0.0) | lever_split(origin, cost.savings_usd, cost.route_usd)
+        by_lever = dict.fromkeys(LEVERS, 0.0) | lever_split(
+            origin, cost.savings_usd, cost.route_usd, cost.prompt_cache_usd
+        )
         note |= {"cost_usd": cost.actual_usd, "baseline_usd": cost.baseline_usd, "savings_usd": cost.savings_usd,
                  "savings_by_lever": by_lever}  # fmt: skip
     if origin is Origin.ESCALATED:
@@ -114,6 +118,7 @@ class _StoredCost(msgspec.Struct, frozen=True):
     baseline_usd: float
     savings_usd: float
     route_usd: float
+    prompt_cache_usd: float
 
 
 class _Usage(msgspec.Struct):
@@ -133,7 +138,8 @@ def _reports_usage(body: bytes) -> bool:
 def result_note(call_id: str, model: str, result: Result) -> bytes:
     """`router_note` for a stored result of a deferred call."""
     if result.cost_usd is not None:
-        cost = _StoredCost(result.cost_usd, result.baseline_usd or 0.0, result.savings_usd or 0.0, result.route_usd)
+        cost = _StoredCost(result.cost_usd, result.baseline_usd or 0.0, result.savings_usd or 0.0, result.route_usd,
+                           result.prompt_cache_usd)  # fmt: skip
         return router_note(origin=result.origin, call_id=call_id, model=model, cost=cost)
     reason = NO_PRICE if _reports_usage(result.body) else NO_USAGE
     return router_note(origin=result.origin, call_id=call_id, model=model, cost=None, unpriced=reason)

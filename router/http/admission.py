@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from router.http.answer_cache import AnswerCache
     from router.http.cascade import Cascade
     from router.http.delivery import Delivery
+    from router.http.prompt_cache import PromptCaching
     from router.http.relay import Relay
     from router.providers.upstreams import Upstreams
 
@@ -136,6 +137,7 @@ class Admission:
         delivery: Delivery,
         cascade: Cascade,
         answers: AnswerCache,
+        caching: PromptCaching,
     ) -> None:
         self.settings = settings
         self.policies = policies
@@ -148,6 +150,7 @@ class Admission:
         self.cascade = cascade
         self.model_router = cascade.router
         self.answers = answers
+        self.caching = caching
 
     def webhook_url(self, headers: Mapping[str, str]) -> str | None:
         """`X-Webhook-URL`, checked: only with `Prefer: respond-async`, only to an allowed http(s) host."""
@@ -265,6 +268,11 @@ class Admission:
                     tenant=arrival.tenant, client_headers=arrival.headers, headers=headers, routed=routed, call_key=key,
                 )  # fmt: skip
             metrics.route_decisions.labels(routed.route.key, routed.model, routed.reason).inc()
+        # Marked before the lane: a batch line carries the same breakpoints as a real-time call.
+        unmarked = body
+        body = await self.caching.apply(
+            body, kind=provider.kind, endpoint=arrival.endpoint, tenant=arrival.tenant, allowed=decision.prompt_cache
+        )
         if chosen.choice.lane == Lane.BATCH:
             assert decision.deadline is not None
             provider.check(arrival.endpoint, body)  # what real time would refuse is refused now, not at flush time
@@ -278,7 +286,9 @@ class Admission:
                 deadline=decision.deadline,
                 rule=decision.rule,
                 headers=headers,
-                asked=delivery_asked(arrival.headers, webhook, routed, cached.digest),
+                asked=msgspec.structs.replace(
+                    delivery_asked(arrival.headers, webhook, routed, cached.digest), identity=unmarked
+                ),
             )
         flex = chosen.choice.lane == Lane.FLEX
         if chosen.choice.reason == "too_soon":

@@ -172,7 +172,8 @@ class Cascade:
             lost = cheap_priced.cost.actual_usd if cheap_priced and cheap_priced.cost else 0.0
             cost = priced.cost
             total = Cost(baseline_usd=cost.baseline_usd, actual_usd=cost.actual_usd + lost,
-                         savings_usd=cost.savings_usd - lost, route_usd=cost.route_usd - lost)  # fmt: skip
+                         savings_usd=cost.savings_usd - lost, route_usd=cost.route_usd - lost,
+                         prompt_cache_usd=cost.prompt_cache_usd)  # fmt: skip
             priced = Priced(priced.usage, total)
             set_cost_headers(headers, total.actual_usd, total.savings_usd)
         if response is not None and verdict is not None and verdict.reason not in _HARD_FAILURES:

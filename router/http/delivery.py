@@ -67,6 +67,9 @@ class Asked(msgspec.Struct, frozen=True, kw_only=True):
     """A held request identical to a call whose caller is gone may take that call over (`X-Router-Reattach`)."""
     asked_model: str | None = None
     """The model the caller asked for, when a model route has a cheaper one answer (the call's cost baseline)."""
+    identity: bytes | None = None
+    """The body before the router's prompt-cache marks, which identical requests are told by (a retry may be
+    marked where its first attempt was not)."""
     traceparent: str | None = None
     """The caller's W3C `traceparent`: the admission span continues its trace (when tracing is on)."""
     answer_key: str | None = None
@@ -175,6 +178,7 @@ class Delivery:
                 retry=asked.retry,
                 reattach=asked.reattach,
                 asked_model=asked.asked_model,
+                identity=asked.identity,
                 trace=span.traceparent,
                 answer_key=asked.answer_key,
             )

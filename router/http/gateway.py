@@ -37,6 +37,7 @@ from router.http.cascade import Cascade
 from router.http.delivery import Delivery
 from router.http.exposition import Exposition
 from router.http.model_router import ModelRouter
+from router.http.prompt_cache import PromptCaching
 from router.http.relay import Relay
 from router.http.reports import Reports
 from router.http.status import Status
@@ -148,7 +149,7 @@ class Gateway:
         self.answers = AnswerCache(settings, answer_store, self.accounting, self.realtime, self.upstreams)
         self.admission = Admission(
             settings, self.policies, self.upstreams, self.deferred, self.webhooks.check, self.relay, self.delivery,
-            self.cascade, self.answers,
+            self.cascade, self.answers, PromptCaching(settings.prompt_cache, self.redis, store.keys),
         )  # fmt: skip
         self.reports = Reports(self.upstreams, store.totals, self.realtime, self.native_store, self.tenants, self.redis)
         self.status = Status(

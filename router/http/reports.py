@@ -29,14 +29,15 @@ _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 def savings_by_lever(lanes: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """A day's savings split by lever, from its lanes: the model route's part of each lane, and the rest to the
-    lane's price tier (batch and native: `batch`; `flex`; the answer cache's lane `cache`: `answer_cache`); the levers
-    add up to the lanes' savings exactly."""
+    """A day's savings split by lever, from its lanes: the model route's and the prompt cache's parts of each lane,
+    and the rest to the lane's price tier (batch and native: `batch`; `flex`; the answer cache's lane `cache`:
+    `answer_cache`); the levers add up to the lanes' savings exactly."""
     out = dict.fromkeys(LEVERS, 0.0)
     for lane, fields in lanes.items():
-        route = fields.get("route_usd", 0.0)
+        route, cached = fields.get("route_usd", 0.0), fields.get("prompt_cache_usd", 0.0)
         out["route"] += route
-        tier = fields.get("savings_usd", 0.0) - route
+        out["prompt_cache"] += cached
+        tier = fields.get("savings_usd", 0.0) - route - cached
         if lane in ("batch", "native"):
             out["batch"] += tier
         elif lane == "flex":

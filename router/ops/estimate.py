@@ -205,7 +205,7 @@ def estimate(
         if answered.lane.lane != Lane.REALTIME:
             tally.deferred_calls, tally.deferred_tokens = tally.deferred_calls + 1, tally.deferred_tokens + tokens
         usage = Usage(line.input_tokens, line.cached_tokens, line.output_tokens)
-        now = prices.cost(line.model, usage, "realtime")
+        now = prices.cost(line.model, usage, "realtime", as_cached=True)  # the log's cache hits are paid now too
         if now is None:
             tally.priced = False  # never guessed: counted, and left out of every dollar figure
             continue

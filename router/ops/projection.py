@@ -296,7 +296,10 @@ def check_routes(routes: Iterable[ModelRoute], prices: PriceTable) -> None:
 
 def _cost(model: str, usage: Usage, lane: Lane, prices: PriceTable, asked: str) -> Cost:
     """What `model` costs in `lane` (its real-time rate where the lane has no price), against `asked`'s baseline."""
-    cost = prices.cost(model, usage, lane.price_tier, asked) or prices.cost(model, usage, "realtime", asked)
+    # As logged: the provider's own cache hits are in the bill now, not a saving of the router's.
+    cost = prices.cost(model, usage, lane.price_tier, asked, as_cached=True) or prices.cost(
+        model, usage, "realtime", asked, as_cached=True
+    )
     assert cost is not None  # the asked-for model is priced, and check_routes saw to the candidates
     return cost
 

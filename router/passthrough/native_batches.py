@@ -248,7 +248,7 @@ class NativeStore:
             origin=Origin.NATIVE,
             ttl=NATIVE_BATCH_TTL_S,
             totals_ttl=TOTALS_TTL_S,
-            lines=[(custom_id, priced.as_tuple()) for custom_id, priced in lines],
+            lines=[(custom_id, priced.as_tuple(), priced.prompt_cache_usd) for custom_id, priced in lines],
         )
 
     async def finish(self, tenant: str, batch_id: str) -> None:

@@ -39,6 +39,7 @@ class _Part(msgspec.Struct):
     refusal: str | None = None
     image_url: _ImageURL | None = None
     file: _File | None = None
+    cache_control: dict[str, Any] | None = None  # a prompt-cache breakpoint, carried to the block it becomes
 
 
 class _ChatMessage(msgspec.Struct):
@@ -58,6 +59,7 @@ class _FunctionDef(msgspec.Struct):
 class _Tool(msgspec.Struct):
     type: str = "function"
     function: _FunctionDef | None = None
+    cache_control: dict[str, Any] | None = None
 
 
 class _Named(msgspec.Struct):
@@ -139,7 +141,7 @@ def to_params(req: ChatRequest) -> dict[str, Any]:
         "max_tokens": DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens,
     }
     if system:
-        params["system"] = system[0]["text"] if len(system) == 1 else system
+        params["system"] = system[0]["text"] if len(system) == 1 and "cache_control" not in system[0] else system
     params["messages"] = messages
     stops = [req.stop] if isinstance(req.stop, str) else req.stop or []
     if stops := [s for s in stops if s.strip()]:  # Anthropic refuses whitespace-only stop sequences
@@ -201,7 +203,8 @@ def _blocks(parts: str | list[_Part] | None, where: str) -> list[dict[str, Any]]
         return []
     if isinstance(parts, str):
         return [{"type": "text", "text": parts}]
-    return [_block(part, f"{where}.content[{j}]") for j, part in enumerate(parts)]
+    marks = [{"cache_control": p.cache_control} if p.cache_control else {} for p in parts]
+    return [_block(part, f"{where}.content[{j}]") | marks[j] for j, part in enumerate(parts)]
 
 
 def _block(part: _Part, where: str) -> dict[str, Any]:
@@ -248,7 +251,7 @@ def _tool(tool: _Tool, i: int) -> dict[str, Any]:
     out["input_schema"] = fn.parameters if fn.parameters is not None else {"type": "object", "properties": {}}
     if fn.strict:
         out["strict"] = True
-    return out
+    return out | ({"cache_control": tool.cache_control} if tool.cache_control else {})
 
 
 def _tool_choice(choice: str | _NamedChoice | None, parallel: bool | None) -> dict[str, Any] | None:

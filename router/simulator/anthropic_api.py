@@ -54,7 +54,8 @@ def message_routes(state: SimState) -> list[HTTPRouteHandler]:
     @post("/v1/messages", status_code=200)
     async def messages(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
         req = bodies.decode_messages(await admit(state, request, "/v1/messages", anthropic_injected))
-        answer = bodies.message(req, outcomes=state.outcomes)
+        answer = bodies.message(req, outcomes=state.outcomes, cache=state.anthropic_cache)
+        state.stats.billed_usage(answer.usage)
         if req.stream:
             events = streams.paced(streams.anthropic_events(answer), state.config.stream_chunk_delay_ms, state.stats)
             return Stream(events, media_type=SSE, headers={"cache-control": "no-cache", "request-id": request_id()})
@@ -81,8 +82,9 @@ def batch_routes(state: SimState) -> list[HTTPRouteHandler]:
     @post("/v1/messages/batches", status_code=200)
     async def create_batch(request: Request[Any, Any, Any]) -> Response[bytes]:
         job = message_batches.create(
-            await request.body(), state.stats, state.config, state.next_batch_seq(), state.outcomes
-        )
+            await request.body(), state.stats, state.config, state.next_batch_seq(), state.outcomes,
+            state.anthropic_cache,
+        )  # fmt: skip
         state.message_batches[job.id] = job
         return json_response(job.view(time.time(), _base_url(request)))
 

@@ -29,6 +29,7 @@ class Tool(msgspec.Struct, omit_defaults=True):
     input_schema: dict[str, Any] | None = None
     type: str | None = None
     description: str | None = None
+    cache_control: dict[str, Any] | None = None
 
 
 class ToolChoice(msgspec.Struct, omit_defaults=True):
@@ -168,10 +169,30 @@ def _block_text(content: str | list[Any] | None) -> str:
 def conversation(req: MessagesRequest) -> text.Conversation:
     """The turns the answer is derived from; `system` comes first, as an OpenAI system message would."""
     turns = [("system", _block_text(req.system))] if req.system else []
-    if req.tools:
-        turns.insert(0, ("tools", _ENCODE.encode(req.tools).decode()))
+    if req.tools:  # a breakpoint changes nothing of the prompt
+        tools = [msgspec.structs.replace(t, cache_control=None) for t in req.tools]
+        turns.insert(0, ("tools", _ENCODE.encode(tools).decode()))
     turns.extend((m.role, _block_text(m.content)) for m in req.messages)
     return text.Conversation(turns)
+
+
+def _marked(content: Any) -> bool:
+    return isinstance(content, list) and any(isinstance(b, dict) and "cache_control" in b for b in content)
+
+
+def cache_prefixes(req: MessagesRequest, convo: text.Conversation) -> list[tuple[str, int]]:
+    """The prefixes `req` marks with `cache_control` (whole turns: tools, system, a message), as (text, tokens)."""
+    marks = [any(t.cache_control is not None for t in req.tools)] if req.tools else []
+    marks += [_marked(req.system)] if req.system else []
+    marks += [_marked(m.content) for m in req.messages]
+    out: list[tuple[str, int]] = []
+    chars = tokens = 0
+    for (role, content), marked in zip(convo.turns, marks, strict=True):
+        chars += len(role) + len(content) + 2
+        tokens += text.MESSAGE_OVERHEAD_TOKENS + text.count_tokens(content)
+        if marked:
+            out.append((convo.text[:chars], tokens))
+    return out
 
 
 def check(req: MessagesRequest) -> None:
@@ -243,9 +264,15 @@ def _reply(req: MessagesRequest, convo: text.Conversation) -> str:
         raise AnthropicError(400, "invalid_request_error", f"output_config.format.schema: {exc}") from exc
 
 
-def message(req: MessagesRequest, service_tier: str = "standard", outcomes: Outcomes | None = None) -> Message:
+def message(
+    req: MessagesRequest,
+    service_tier: str = "standard",
+    outcomes: Outcomes | None = None,
+    cache: text.BreakpointCache | None = None,
+) -> Message:
     """The deterministic answer: tool calls when the tools and `tool_choice` call for them, else text (JSON under
-    `output_config.format`), cut at `max_tokens` or at the first stop sequence it contains."""
+    `output_config.format`), cut at `max_tokens` or at the first stop sequence it contains. With `cache`, the
+    prefixes it marks are read from or written to the prompt cache, and billed so in `usage`."""
     check(req)
     convo = conversation(req)
     if outcomes is not None:
@@ -255,6 +282,8 @@ def message(req: MessagesRequest, service_tier: str = "standard", outcomes: Outc
         content, stop_reason, stop_sequence = _tool_content(req, convo, calls)
     else:
         content, stop_reason, stop_sequence = _text_content(req, convo)
+    prompt = convo.chat_prompt_tokens()
+    read, written = cache.bill(req.model, cache_prefixes(req, convo)) if cache is not None else (0, 0)
     return Message(
         id=new_id("msg_"),
         model=req.model,
@@ -262,8 +291,10 @@ def message(req: MessagesRequest, service_tier: str = "standard", outcomes: Outc
         stop_reason=stop_reason,
         stop_sequence=stop_sequence,
         usage=Usage(
-            input_tokens=convo.chat_prompt_tokens(),
+            input_tokens=prompt - read - written,
             output_tokens=sum(map(_block_tokens, content)),
+            cache_creation_input_tokens=written,
+            cache_read_input_tokens=read,
             service_tier=service_tier,
         ),
     )

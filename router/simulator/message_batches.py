@@ -18,6 +18,7 @@ from router.simulator.ids import new_id
 from router.simulator.outcomes import Outcomes
 from router.simulator.schedule import Schedule
 from router.simulator.store import Stats
+from router.simulator.text import BreakpointCache
 
 MAX_REQUESTS = 100_000
 MAX_LIST_LIMIT = 1000
@@ -118,8 +119,10 @@ class MessageBatchJob:
         now: float,
         stats: Stats,
         outcomes: Outcomes | None = None,
+        cache: BreakpointCache | None = None,
     ) -> None:
         self.id = new_id("msgbatch_")
+        self.cache = cache
         self.outcomes = outcomes
         self.stats = stats
         self.schedule = Schedule.of(config, now, seq)
@@ -199,7 +202,9 @@ class MessageBatchJob:
                 return _errored(AnthropicError(400, "invalid_request_error", "stream: not supported in batches"))
             if req.speed is not None:
                 return _errored(AnthropicError(400, "invalid_request_error", "speed: not supported in batches"))
-            return {"type": "succeeded", "message": bodies.message(req, service_tier="batch", outcomes=self.outcomes)}
+            answer = bodies.message(req, service_tier="batch", outcomes=self.outcomes, cache=self.cache)
+            self.stats.billed_usage(answer.usage)
+            return {"type": "succeeded", "message": answer}
         except AnthropicError as exc:
             return _errored(exc)
 
@@ -252,10 +257,17 @@ def _errored(exc: AnthropicError) -> dict[str, Any]:
     return {"type": "errored", "error": exc.body}
 
 
-def create(raw: bytes, stats: Stats, config: SimConfig, seq: int, outcomes: Outcomes | None = None) -> MessageBatchJob:
+def create(
+    raw: bytes,
+    stats: Stats,
+    config: SimConfig,
+    seq: int,
+    outcomes: Outcomes | None = None,
+    cache: BreakpointCache | None = None,
+) -> MessageBatchJob:
     """Validate a create body into a new job, counting its submission."""
     req = decode_create(raw)
     stats.message_batches_created += 1
     stats.message_batch_requests_submitted += len(req.requests)
     stats.submitted(item.custom_id for item in req.requests)
-    return MessageBatchJob(req, config, seq, time.time(), stats, outcomes)
+    return MessageBatchJob(req, config, seq, time.time(), stats, outcomes, cache)

@@ -82,6 +82,8 @@ def routes(state: SimState) -> list[HTTPRouteHandler]:
         req = bodies.decode_chat(await body_of(request, "/v1/chat/completions"))
         check_flex(req.service_tier)
         answer = bodies.chat_completion(req, state.cache, state.outcomes)
+        if req.prompt_cache_key is not None:
+            state.stats.prompt_cache_keys[req.prompt_cache_key] += 1
         if req.stream:
             return stream(streams.chat_events(answer, _include_usage(req.stream_options)))
         return json_response(answer, headers={"x-request-id": request_id()})

@@ -62,6 +62,7 @@ class ChatRequest(msgspec.Struct):
     messages: Annotated[list[ChatMessage], msgspec.Meta(min_length=1)]
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
+    prompt_cache_key: str | None = None
     n: int = 1
     stream: bool | None = False
     stream_options: StreamOptions | None = None

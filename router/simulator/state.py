@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from router.simulator.config import SimConfig
 from router.simulator.outcomes import Outcomes
 from router.simulator.store import FileStore, Stats
-from router.simulator.text import PrefixCache
+from router.simulator.text import BreakpointCache, PrefixCache
 
 if TYPE_CHECKING:
     from router.simulator.batches import BatchJob
@@ -32,6 +32,7 @@ class SimState:
         self.stats = Stats()
         self.files = FileStore()
         self.cache = PrefixCache()
+        self.anthropic_cache = BreakpointCache()
         self.batches: dict[str, BatchJob] = {}
         self.message_batches: dict[str, MessageBatchJob] = {}
         self.batch_seq = 0

@@ -122,6 +122,11 @@ class StatsView(msgspec.Struct, kw_only=True):
     batch_lines_billed: int
     message_batch_requests_billed: int
     batch_lines_billed_by_custom_id: dict[str, int]
+    anthropic_usage: dict[str, int]
+    prompt_cache_keys: dict[str, int]
+    """Real-time chat calls per `prompt_cache_key` they carried."""
+    """Anthropic input tokens billed, real time and Message Batches: `input_tokens` (uncached),
+    `cache_creation_input_tokens` (written), `cache_read_input_tokens` (read)."""
 
 
 class Stats:
@@ -146,6 +151,8 @@ class Stats:
         self.batch_lines_billed = 0
         self.message_batch_requests_billed = 0
         self.billed_by_custom_id: Counter[str] = Counter()
+        self.anthropic_usage: Counter[str] = Counter()
+        self.prompt_cache_keys: Counter[str] = Counter()
 
     def submitted(self, custom_ids: Iterable[str]) -> None:
         """Count one submission of each custom_id (a line of any batch, OpenAI or Anthropic)."""
@@ -161,6 +168,11 @@ class Stats:
         if anthropic:
             self.message_batch_requests_billed += 1
         self.billed_by_custom_id[custom_id] += 1
+
+    def billed_usage(self, usage: object) -> None:
+        """Add an Anthropic answer's input tokens to what was billed."""
+        for field in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
+            self.anthropic_usage[field] += getattr(usage, field)
 
     def view(self) -> StatsView:
         """A snapshot for the wire."""
@@ -182,4 +194,6 @@ class Stats:
             batch_lines_billed=self.batch_lines_billed,
             message_batch_requests_billed=self.message_batch_requests_billed,
             batch_lines_billed_by_custom_id=dict(self.billed_by_custom_id),
+            anthropic_usage=dict(self.anthropic_usage),
+            prompt_cache_keys=dict(self.prompt_cache_keys),
         )

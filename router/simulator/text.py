@@ -6,9 +6,11 @@ import base64
 import functools
 import hashlib
 import math
+import re
 import sys
+import time
 from array import array
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 WORDS = (
     "amber", "basalt", "cedar", "delta", "ember", "fjord", "garnet", "harbor",
@@ -131,6 +133,50 @@ class PrefixCache:
     def clear(self) -> None:
         """Forget every prefix."""
         self._seen.clear()
+
+
+ANTHROPIC_CACHE_TTL_S = 300.0
+_MIN_4096 = re.compile(r"opus-4[-.]5|haiku-4[-.]5")
+
+
+def anthropic_cache_min(model: str) -> int:
+    """The shortest prefix Anthropic caches for `model`: 4,096 tokens for Opus 4.5 and Haiku 4.5, 2,048 for the
+    Haiku 3 and 3.5 models, 1,024 for the others."""
+    name = model.lower()
+    return 4096 if _MIN_4096.search(name) else 2048 if "haiku" in name else 1024
+
+
+class BreakpointCache:
+    """Anthropic's prompt cache: the prefixes a request marks with `cache_control`, each kept `ttl_s` after it was
+    last written or read (per model, keyed by the same digests as `PrefixCache`'s blocks).
+
+    `bill` gives what a request pays: the longest marked prefix found is read; the part of the longest marked prefix
+    beyond it is written; a prefix shorter than the model's minimum is neither.
+    """
+
+    __slots__ = ("_clock", "_expiry", "ttl_s")
+
+    def __init__(self, ttl_s: float = ANTHROPIC_CACHE_TTL_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._expiry: dict[bytes, float] = {}
+
+    def bill(self, model: str, prefixes: Iterable[tuple[str, int]]) -> tuple[int, int]:
+        """(tokens read, tokens written) for a request whose marked prefixes are (text, tokens), in order."""
+        now, minimum = self._clock(), anthropic_cache_min(model)
+        if len(self._expiry) > _CACHE_MAX_ENTRIES:
+            self._expiry = {k: v for k, v in self._expiry.items() if v > now}
+        marked = [(hashlib.blake2b(model.encode() + b"\0" + p.encode(), digest_size=16).digest(), tokens)
+                  for p, tokens in prefixes if tokens >= minimum]  # fmt: skip
+        read = max((tokens for key, tokens in marked if self._expiry.get(key, 0.0) > now), default=0)
+        longest = max((tokens for _, tokens in marked), default=0)
+        for key, _ in marked:
+            self._expiry[key] = now + self.ttl_s
+        return read, max(0, longest - read)
+
+    def clear(self) -> None:
+        """Forget every prefix."""
+        self._expiry.clear()
 
 
 @functools.lru_cache(maxsize=64)

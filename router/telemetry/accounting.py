@@ -32,6 +32,16 @@ class Priced(msgspec.Struct, frozen=True):
     usage: Usage | None
     cost: Cost | None
 
+    @property
+    def route_usd(self) -> float:
+        """The model route's part of the savings (0 when unpriced)."""
+        return self.cost.route_usd if self.cost else 0.0
+
+    @property
+    def prompt_cache_usd(self) -> float:
+        """The prompt cache's part of the savings (0 when unpriced)."""
+        return self.cost.prompt_cache_usd if self.cost else 0.0
+
     def as_tuple(self) -> tuple[float, float, float] | None:
         """(actual, baseline, savings) for storage."""
         c = self.cost
@@ -85,5 +95,5 @@ class Accounting:
 
 
 def levers(origin: Origin, cost: Cost) -> dict[str, float]:
-    """A call's savings by lever: the model route's part, and its price tier's (batch, flex) part."""
-    return lever_split(origin, cost.savings_usd, cost.route_usd)
+    """A call's savings by lever: the model route's part, the prompt cache's, and its price tier's (batch, flex)."""
+    return lever_split(origin, cost.savings_usd, cost.route_usd, cost.prompt_cache_usd)

@@ -71,7 +71,9 @@ class Result(msgspec.Struct, frozen=True, kw_only=True):
     savings_usd: float | None
     finished_at: float
     route_usd: float = 0.0
-    """The model route's part of the savings (the rest is the price tier's)."""
+    """The model route's part of the savings (the rest is the prompt cache's and the price tier's)."""
+    prompt_cache_usd: float = 0.0
+    """The prompt cache's part of the savings."""
 
 
 class QueueStats(msgspec.Struct, frozen=True, kw_only=True):

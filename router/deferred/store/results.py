@@ -61,6 +61,7 @@ class ResultStore:
             savings_usd=number(row.get(b"savings")),
             finished_at=float(row[b"finished_at"]),
             route_usd=number(row.get(b"route")) or 0.0,
+            prompt_cache_usd=number(row.get(b"prompt_cache")) or 0.0,
         )
 
     async def store_result(
@@ -74,6 +75,7 @@ class ResultStore:
         origin: Origin,
         cost: tuple[float, float, float] | None,
         route_usd: float = 0.0,
+        prompt_cache_usd: float = 0.0,
     ) -> StoreOutcome:
         """Store a final result once, or say why not (`StoreOutcome`); wakes waiters when stored."""
         k = self.ctx.keys
@@ -91,6 +93,7 @@ class ResultStore:
             ttl=self.ctx.result_ttl,
             cost=cost,
             route_usd=route_usd,
+            prompt_cache_usd=prompt_cache_usd,
             now=now,
             totals_ttl=TOTALS_TTL_S,
         )

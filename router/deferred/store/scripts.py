@@ -293,7 +293,9 @@ class Release(Script):
 
 
 # Claim the earliest-deadline queued calls into a `building` batch, one chunk per call (a 50,000-call batch
-# is claimed in chunks so no single script blocks Redis for long); returns {bytes used, ids...}.
+# is claimed in chunks so no single script blocks Redis for long); returns {bytes used, ids...}. The deadlines
+# choose which calls a chunk takes; the chunk's lines keep the order the calls arrived in, so calls sharing a
+# prompt prefix stay in order (the first one seen is the first line, the ones marked after it follow).
 # Race closed: two replicas flushing one queue at once never put a call into two batches, because moving a
 # call from `pending` to a batch list is one step.
 CLAIM = _lua("""
@@ -303,13 +305,14 @@ local max_n, max_bytes, line_overhead = tonumber(ARGV[1]), tonumber(ARGV[2]), to
 local bid, owner, now, lease_until, call_prefix = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local first_chunk = ARGV[9] == '1'
 local ids = redis.call('ZRANGE', pending, 0, max_n - 1, 'WITHSCORES')
-local taken, total = {}, 0
+local taken, total, arrived = {}, 0, {}
 for i = 1, #ids, 2 do
   local id, deadline = ids[i], ids[i + 1]
   local size = redis.call('HSTRLEN', call_prefix .. id, 'body') + line_overhead
   -- The first call of a batch always fits (a body over the limit still has to go somewhere).
   if (#taken > 0 or not first_chunk) and total + size > max_bytes then break end
   total = total + size
+  arrived[id] = tonumber(redis.call('ZSCORE', arrivals, id)) or 0
   redis.call('ZREM', pending, id)
   redis.call('ZREM', arrivals, id)
   redis.call('HSET', call_prefix .. id, 'state', '${CALL_SUBMITTED}', 'batch', bid)
@@ -317,6 +320,10 @@ for i = 1, #ids, 2 do
   taken[#taken + 1] = id
 end
 if #taken == 0 then return {0} end
+table.sort(taken, function(a, b)
+  if arrived[a] ~= arrived[b] then return arrived[a] < arrived[b] end
+  return a < b
+end)
 redis.call('DECRBY', bytes, total - #taken * line_overhead)
 for i = 1, #taken, 1000 do
   redis.call('RPUSH', calls, unpack(taken, i, math.min(i + 999, #taken)))
@@ -541,6 +548,7 @@ STORE_RESULT = _lua("""
 local call, result, inflight, escalating, totals, webhooks = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local id, from_batch, status, body, origin, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local cost, baseline, savings, now, tenant_ttl, route = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]
+local prompt_cache = ARGV[13]
 local state = redis.call('HGET', call, 'state')
 if not state then return ${STORE_UNKNOWN} end
 if state == '${CALL_DONE}' then
@@ -557,7 +565,7 @@ elseif state ~= '${CALL_ESCALATED}' then
   return ${STORE_LATE}
 end
 redis.call('HSET', result, 'status', status, 'body', body, 'lane', origin, 'cost', cost, 'baseline', baseline,
-  'savings', savings, 'route', route, 'finished_at', now)
+  'savings', savings, 'route', route, 'prompt_cache', prompt_cache, 'finished_at', now)
 redis.call('EXPIRE', result, ttl)
 redis.call('HSET', call, 'state', '${CALL_DONE}', 'lane', origin, 'finished_at', now)
 redis.call('HDEL', call, 'body')
@@ -570,6 +578,7 @@ if cost ~= '' then
   redis.call('HINCRBYFLOAT', totals, origin .. ':baseline_usd', baseline)
   redis.call('HINCRBYFLOAT', totals, origin .. ':savings_usd', savings)
   if route ~= '' then redis.call('HINCRBYFLOAT', totals, origin .. ':route_usd', route) end
+  if prompt_cache ~= '' then redis.call('HINCRBYFLOAT', totals, origin .. ':prompt_cache_usd', prompt_cache) end
 end
 redis.call('EXPIRE', totals, tenant_ttl)
 if redis.call('HEXISTS', call, 'webhook') == 1 then redis.call('ZADD', webhooks, now, id) end
@@ -584,7 +593,7 @@ class StoreResult(Script):
     KEYS = ("call", "result", "inflight", "escalating", "totals", "webhooks")
     ARGV = (
         "id", "from_batch", "status", "body", "origin", "ttl", "cost", "baseline", "savings", "now", "tenant_ttl",
-        "route",
+        "route", "prompt_cache",
     )  # fmt: skip
 
     async def __call__(
@@ -602,6 +611,7 @@ class StoreResult(Script):
         now: float,
         totals_ttl: int,
         route_usd: float = 0.0,
+        prompt_cache_usd: float = 0.0,
     ) -> StoreOutcome:
         k = self.keys
         tag = tag_of(call_id)
@@ -625,6 +635,7 @@ class StoreResult(Script):
             now=repr(now),
             tenant_ttl=totals_ttl,
             route=repr(route_usd) if route_usd else "",
+            prompt_cache=repr(prompt_cache_usd) if prompt_cache_usd else "",
         )
         return StoreOutcome(int(raw))
 
@@ -801,7 +812,8 @@ class NativeUpdate(Script):
 
 # Book a chunk of a native batch's result lines, each line once: a line joins the batch's booked set and adds
 # to the tenant's daily totals in the same step. ARGV after the first three: (custom_id, cost, baseline,
-# savings) per line, costs empty when unpriced. Returns the 1-based positions of the lines booked now.
+# savings, prompt_cache) per line, costs empty when unpriced (the prompt cache's part too when 0). Returns the
+# 1-based positions of the lines booked now.
 # Race closed: a replica that crashed mid-booking (or lost its lease) and the one that books the batch again
 # never count a line twice, and a batch whose booking finished books nothing more.
 NATIVE_BOOK = """
@@ -809,15 +821,16 @@ local booked, totals, batch = KEYS[1], KEYS[2], KEYS[3]
 local origin, ttl, totals_ttl = ARGV[1], ARGV[2], ARGV[3]
 if redis.call('EXISTS', batch) == 0 or redis.call('HGET', batch, 'booked') == '1' then return {} end
 local new = {}
-for i = 4, #ARGV, 4 do
+for i = 4, #ARGV, 5 do
   if redis.call('SADD', booked, ARGV[i]) == 1 then
-    new[#new + 1] = (i - 4) / 4 + 1
+    new[#new + 1] = (i - 4) / 5 + 1
     redis.call('HINCRBY', totals, origin .. ':requests', 1)
     if ARGV[i + 1] ~= '' then
       redis.call('HINCRBYFLOAT', totals, origin .. ':cost_usd', ARGV[i + 1])
       redis.call('HINCRBYFLOAT', totals, origin .. ':baseline_usd', ARGV[i + 2])
       redis.call('HINCRBYFLOAT', totals, origin .. ':savings_usd', ARGV[i + 3])
     end
+    if ARGV[i + 4] ~= '' then redis.call('HINCRBYFLOAT', totals, origin .. ':prompt_cache_usd', ARGV[i + 4]) end
   end
 end
 redis.call('EXPIRE', booked, ttl)
@@ -827,13 +840,13 @@ return new
 
 
 class NativeBook(Script):
-    """NATIVE_BOOK; `lines` are (custom_id, (cost, baseline, savings) or None when unpriced). Returns the positions
-    (from 0) of the lines booked by this call."""
+    """NATIVE_BOOK; `lines` are (custom_id, (cost, baseline, savings) or None when unpriced, the prompt cache's part
+    of the savings). Returns the positions (from 0) of the lines booked by this call."""
 
     LUA = NATIVE_BOOK
     KEYS = ("booked", "totals", "batch")
     ARGV = ("origin", "ttl", "totals_ttl")
-    MORE_ARGV = True  # four per line: custom_id, cost, baseline, savings
+    MORE_ARGV = True  # five per line: custom_id, cost, baseline, savings, prompt_cache
 
     async def __call__(
         self,
@@ -844,12 +857,12 @@ class NativeBook(Script):
         origin: str,
         ttl: int,
         totals_ttl: int,
-        lines: Sequence[tuple[str, tuple[float, float, float] | None]],
+        lines: Sequence[tuple[str, tuple[float, float, float] | None, float]],
     ) -> list[int]:
         k = self.keys
         more: list[EncodableT] = []
-        for custom_id, cost in lines:
-            more += [custom_id, *((repr(c) for c in cost) if cost else ("", "", ""))]
+        for custom_id, cost, cached in lines:
+            more += [custom_id, *((repr(c) for c in cost) if cost else ("", "", "")), repr(cached) if cached else ""]
         new = await self._run(
             (),
             more,

@@ -105,6 +105,9 @@ class RealtimeTotals:
                 fields[f"{lane}:{name}"] = fields.get(f"{lane}:{name}", 0.0) + value
             if priced.cost.route_usd:  # the model route's part of the savings (`/v1/usage` splits them by lever)
                 fields[f"{lane}:route_usd"] = fields.get(f"{lane}:route_usd", 0.0) + priced.cost.route_usd
+            if priced.cost.prompt_cache_usd:  # the prompt cache's part
+                cached = fields.get(f"{lane}:prompt_cache_usd", 0.0) + priced.cost.prompt_cache_usd
+                fields[f"{lane}:prompt_cache_usd"] = cached
 
     def unflushed_cost(self, tenant: str, day: str) -> float:
         """What this process's real-time calls of a tenant's day cost that Redis may not show yet."""
