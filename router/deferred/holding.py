@@ -93,7 +93,7 @@ class Holds:
         self.waiters = waiters
         self.settings = settings
         self.cap = cap
-        self.replica_id = "r" + secrets.token_hex(6)
+        self.replica_id = intake.ctx.replica_id
         self.count = 0
         self.draining = asyncio.Event()
         self.drain_started: float | None = None

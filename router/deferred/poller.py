@@ -10,7 +10,6 @@ import asyncio
 import functools
 import logging
 import random
-import secrets
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -63,7 +62,7 @@ class Poller:
         self.settings = settings
         self.accounting = accounting
         self.planner = planner if planner is not None else Planner(settings)
-        self.owner = "poller-" + secrets.token_hex(6)
+        self.owner = leases.owner("poller")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Pace `run_once` until `stop`."""

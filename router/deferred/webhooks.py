@@ -6,7 +6,6 @@ import asyncio
 import fnmatch
 import logging
 import random
-import secrets
 import time
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
@@ -101,7 +100,7 @@ class WebhookSender:
         self.leases = leases
         self.settings = settings
         self.signer = Webhook(secret) if secret else None
-        self.owner = "webhooks-" + secrets.token_hex(6)
+        self.owner = leases.owner("webhooks")
         # Redirects are not followed: a redirect could lead past the allowed hosts.
         self.client = httpx.AsyncClient(timeout=settings.timeout_s, follow_redirects=False)
         self._slots = asyncio.Semaphore(CONCURRENCY)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from router.core.errors import ConfigError
+from router.core.keys import REPLICA_TTL_S
 from router.core.lanes import Catalog, Planner
 from router.core.policy import PolicyStore
 from router.core.pricing import load_pricing, unpriced_models, unpriced_warning
@@ -145,6 +146,9 @@ class Gateway:
         """Start the background loops; on exit stop them (bounded wait, then cancel) and close every pool."""
         self._stop = asyncio.Event()
         self.holds.bind(asyncio.get_running_loop())
+        # This replica says it is alive before its loops take any lease, so no other replica takes one for dead.
+        with contextlib.suppress(Exception):
+            await self.store.intake.heartbeat(self.holds.replica_id, REPLICA_TTL_S)
         self._tasks = [
             asyncio.create_task(self.holds.heartbeat(self._stop), name="heartbeat"),
             asyncio.create_task(self._watch_policies(), name="policy-reload"),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -198,7 +197,7 @@ class MessageBatchWatcher:
         self.accounting = accounting
         self.book = book
         self.settings = settings
-        self.owner = "ledger-" + secrets.token_hex(6)
+        self.owner = owners.leases.owner("ledger")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Pace `run_once` until `stop`."""

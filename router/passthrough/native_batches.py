@@ -8,7 +8,6 @@ import contextlib
 import functools
 import logging
 import random
-import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Mapping
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -300,7 +299,7 @@ class NativeWatcher:
         self.upstreams = upstreams
         self.settings = settings
         self.accounting = accounting
-        self.owner = "native-" + secrets.token_hex(6)
+        self.owner = leases.owner("native")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Pace `run_once` until `stop`."""

@@ -473,6 +473,27 @@ class RenewLease(Script):
         return bool(await self._run(lease=key, owner=owner, ms=ms))
 
 
+# Take a lease from a holder whose replica is dead (the caller read its heartbeat lapsed): only if `dead` still
+# holds it, so two replicas adopting one lease at once never both get it.
+TAKE_LEASE = """
+local lease, dead, owner, ms = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+if redis.call('GET', lease) ~= dead then return 0 end
+redis.call('SET', lease, owner, 'PX', ms)
+return 1
+"""
+
+
+class TakeLease(Script):
+    """TAKE_LEASE: True when the lease at `key` passed from `dead` to `owner` for `ms`."""
+
+    LUA = TAKE_LEASE
+    KEYS = ("lease",)
+    ARGV = ("dead", "owner", "ms")
+
+    async def __call__(self, *, key: str, dead: str, owner: str, ms: int) -> bool:
+        return bool(await self._run(lease=key, dead=dead, owner=owner, ms=ms))
+
+
 RENEW_ESCALATION = _lua("""
 local call, escalating = KEYS[1], KEYS[2]
 local id, expiry = ARGV[1], ARGV[2]
@@ -497,13 +518,15 @@ class RenewEscalation(Script):
         return bool(done)
 
 
-# Take over a `building` batch whose lease lapsed (its builder crashed between claim and record).
+# Take over a `building` batch whose lease lapsed (its builder crashed between claim and record), or whose owner is
+# `dead` (the caller read its replica's heartbeat lapsed) while the lease still runs.
 TAKE_OVER = _lua("""
 local batch, batches = KEYS[1], KEYS[2]
-local bid, owner, now, lease_until = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local bid, owner, now, lease_until, dead = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 if redis.call('HGET', batch, 'state') ~= '${BATCH_BUILDING}' then return 0 end
 local score = redis.call('ZSCORE', batches, bid)
-if not score or tonumber(score) > now then return 0 end
+if not score then return 0 end
+if tonumber(score) > now and (dead == '' or redis.call('HGET', batch, 'owner') ~= dead) then return 0 end
 redis.call('HSET', batch, 'owner', owner)
 redis.call('ZADD', batches, lease_until, bid)
 return 1
@@ -515,9 +538,9 @@ class TakeOver(Script):
 
     LUA = TAKE_OVER
     KEYS = ("batch", "batches")
-    ARGV = ("bid", "owner", "now", "lease_until")
+    ARGV = ("bid", "owner", "now", "lease_until", "dead")
 
-    async def __call__(self, *, tag: str, bid: str, owner: str, now: float, lease_until: float) -> bool:
+    async def __call__(self, *, tag: str, bid: str, owner: str, now: float, lease_until: float, dead: str = "") -> bool:
         k = self.keys
         done = await self._run(
             batch=k.batch(tag, bid),
@@ -526,6 +549,7 @@ class TakeOver(Script):
             owner=owner,
             now=repr(now),
             lease_until=repr(lease_until),
+            dead=dead,
         )
         return bool(done)
 
@@ -970,6 +994,7 @@ class Scripts:
         self.mark_submitted = MarkSubmitted(redis, keys)
         self.renew_batch = RenewBatch(redis, keys)
         self.renew_lease = RenewLease(redis, keys)
+        self.take_lease = TakeLease(redis, keys)
         self.renew_escalation = RenewEscalation(redis, keys)
         self.take_over = TakeOver(redis, keys)
         self.store_result = StoreResult(redis, keys)
