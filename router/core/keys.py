@@ -40,6 +40,11 @@ Owners and lifetimes:
 - `P:tenant:<tenant>:deferred` (zset of call ids by reservation expiry): a tenant's deferred calls queued or in flight,
   for `max_deferred`; an entry leaves when its result is stored, or lapses at its call's deadline plus the upstream's
   timeout; the key expires with its last entry.
+- `P:{b:<tenant>}:budget` (hash: `reserved`, the sum, and `r:<call id>`, each reservation's USD) and
+  `P:{b:<tenant>}:budget:holds` (zset of reserved ids by expiry): worst-case costs of a tenant's calls admitted and
+  not yet settled, for `daily_budget_usd` (`scripts.RESERVE_BUDGET`); a reservation leaves when its call settles
+  (`SETTLE_BUDGET`) or lapses at its expiry; both keys expire with the last one. `P:{b:<tenant>}:budget:spent:<day>`
+  (string, USD): the settled costs of the day, kept two days.
 - `P:replica:<id>` (string, 2 s TTL, renewed every half second): a live router process; a held call whose holder's
   replica key is gone is orphaned.
 - `P:{q}:webhooks` (zset of call ids by next delivery time): added by STORE_RESULT when the call has a
@@ -197,6 +202,15 @@ class Keys:
 
     def tenant_deferred(self, tenant: str) -> str:
         return f"{self.prefix}:tenant:{tenant}:deferred"
+
+    def budget(self, tenant: str) -> str:
+        return f"{self.prefix}:{{b:{tenant}}}:budget"
+
+    def budget_holds(self, tenant: str) -> str:
+        return f"{self.prefix}:{{b:{tenant}}}:budget:holds"
+
+    def budget_spent(self, tenant: str, day: str) -> str:
+        return f"{self.prefix}:{{b:{tenant}}}:budget:spent:{day}"
 
     def replica(self, replica_id: str) -> str:
         return f"{self.prefix}:replica:{replica_id}"

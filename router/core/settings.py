@@ -112,6 +112,9 @@ class Limits(_Strict, kw_only=True):
     """Header lines; more gets 431, before authentication."""
     max_json_depth: Annotated[int, msgspec.Meta(gt=0, le=512)] = 64
     """Nesting of arrays and objects in a client body; deeper gets 400 `json_too_deep`."""
+    budget_output_tokens: PositiveInt = 4096
+    """Output tokens a call that sets no `max_tokens` reserves against its tenant's `daily_budget_usd` at admission
+    (settled with its real cost when it ends)."""
     max_queues: PositiveInt = 1000
     """Deferred queues (one per upstream, endpoint and model) that may hold work at once; a call that would open
     one more gets 429 `too_many_queues` before anything is stored. Idle queues are pruned, so they do not count."""

@@ -131,6 +131,7 @@ class DeferredLane:
             rule=rule,
             webhook=webhook,
             asked_model=asked_model,
+            budget=self.tenants.budgeted(tenant),
         )
         digest = call_digest(tenant, endpoint, body)
         tag = queue_tag(upstream, endpoint, meta.model)
@@ -142,7 +143,8 @@ class DeferredLane:
             )
         new_id = new_call_id(tag)
         expires_at = deadline + self.upstreams.timeout_s(upstream) + RESERVATION_SLACK_S
-        refusal = await self.tenants.reserve_deferred(tenant, new_id, expires_at)
+        worst = self.tenants.worst_case(asked_model or meta.model, "batch", body, view)
+        refusal = await self.tenants.reserve_deferred(tenant, new_id, expires_at, worst)
         if refusal is not None and idempotency_key is None and attach_to is None:
             raise self.tenants.refuse(tenant, refusal)
         try:

@@ -83,7 +83,7 @@ class Cascade:
         call_key: str,
     ) -> Response[bytes]:
         """Ask the cheaper model; keep its answer when the checks and the evidence allow, else ask the asked-for one."""
-        await self.tenants.take_realtime(tenant)
+        await self.tenants.take_realtime(tenant)  # the budget as spent so far, and `rpm` (not reserved: see README)
         router, route = self.router, routed.route
         passed = self.upstreams.passed_headers(provider.name, client_headers, tenant)
         started = time.perf_counter()

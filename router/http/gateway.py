@@ -94,7 +94,7 @@ class Gateway:
         waiter = ResultWaiter(self.waiters, store.results)
         prices = self.accounting.prices
         self.catalog = ModelCatalog(settings.upstreams, providers, prices)
-        self.tenants = Tenants(self.redis, store.keys, settings, store.totals, self.realtime)
+        self.tenants = Tenants(self.redis, store.keys, settings, store.totals, self.realtime, prices)
         self.planner = Planner(b, Catalog(settings.upstreams, lambda model: prices.rates(model, "flex") is not None))
         self.deferred = DeferredLane(
             store.intake, store.batches, self.tenants, self.upstreams, self.planner, self.catalog.known,

@@ -7,6 +7,9 @@ request's ASGI `receive`.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
@@ -43,6 +46,9 @@ USAGE_OPTION_ENDPOINTS = frozenset({"/chat/completions", "/completions"})
 """Endpoints whose streams report usage only when asked (`stream_options.include_usage`)."""
 
 
+log = logging.getLogger(__name__)
+
+
 class Relay:
     """Answers a call in real time: forwarded, its tenant's limits taken first, booked once when it ends."""
 
@@ -58,6 +64,7 @@ class Relay:
         self.tenants = tenants
         self.accounting = accounting
         self.realtime = realtime
+        self._settling: set[asyncio.Task[None]] = set()
         self.learn = learn
         """What a routed call teaches its model route once answered (`Cascade.learn`: a note for feedback, a shadow
         twin); None: no model routes."""
@@ -88,7 +95,57 @@ class Relay:
         `asked_body`: the body as the caller sent it, for a shadow twin.
         """
         asked = routed.asked if routed is not None else None
-        await self.tenants.take_realtime(tenant)  # its budget and `rpm`, before the upstream sees the call
+        model = view.model or ""
+        origin = Origin.FLEX if view.service_tier == "flex" else Origin.REALTIME
+        hold = "rt_" + secrets.token_hex(10)
+        worst = self.tenants.worst_case(asked or model, origin.lane.price_tier, body, view)
+        # Its budget (the worst case reserved) and `rpm`, before the upstream sees the call.
+        reserved = await self.tenants.take_realtime(tenant, hold, worst)
+        try:
+            return await self._respond(
+                receive, provider, endpoint=endpoint, body=body, view=view, tenant=tenant,
+                client_headers=client_headers, headers=headers, started=started, flex_fallback=flex_fallback,
+                routed=routed, asked_body=asked_body, origin=origin, hold=hold if reserved else "",
+            )  # fmt: skip
+        except BaseException:
+            if reserved:  # failed or cancelled: nothing was billed
+                await asyncio.shield(self._settle(tenant, hold, 0.0))
+            raise
+
+    async def _settle(self, tenant: str, hold: str, cost: float) -> None:
+        """End a call's budget reservation (best effort: an unsettled one lapses)."""
+        try:
+            await self.tenants.settle(tenant, hold, cost)
+        except Exception as exc:
+            log.warning("settling a budget reservation failed; it lapses by itself: %s", exc)
+
+    def _settle_later(self, tenant: str, hold: str, priced: Priced) -> None:
+        if hold:
+            task = asyncio.get_running_loop().create_task(
+                self._settle(tenant, hold, priced.cost.actual_usd if priced.cost else 0.0)
+            )
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
+
+    async def _respond(
+        self,
+        receive: Receive,
+        provider: Provider,
+        *,
+        endpoint: str,
+        body: bytes,
+        view: RequestView,
+        tenant: str,
+        client_headers: Mapping[str, str],
+        headers: dict[str, str],
+        started: float,
+        flex_fallback: bool,
+        routed: Routed | None,
+        asked_body: bytes | None,
+        origin: Origin,
+        hold: str,
+    ) -> Response[bytes] | Stream:
+        asked = routed.asked if routed is not None else None
         model = view.model or ""
         stream = bool(view.stream)
         strip_usage = False
@@ -99,7 +156,6 @@ class Relay:
         ):
             body, strip_usage = with_usage_requested(body), True  # priced from the usage chunk, hidden again below
         passed = self.upstreams.passed_headers(provider.name, client_headers, tenant)
-        origin = Origin.FLEX if view.service_tier == "flex" else Origin.REALTIME
 
         def count(outcome: str) -> None:
             self.realtime.record(Priced(None, None), origin=origin, upstream=provider.name, model=model, tenant=tenant,
@@ -130,6 +186,7 @@ class Relay:
                 priced = self.accounting.price(model, origin, b"", usage, asked=asked) if usage else Priced(None, None)
                 self.realtime.record(priced, origin=origin, upstream=provider.name, model=model, tenant=tenant,
                                      outcome="ok" if completed else "cancelled")  # fmt: skip
+                self._settle_later(tenant, hold, priced)
 
             def comment(usage: Usage) -> bytes:
                 priced = self.accounting.price(model, origin, b"", usage, asked=asked)
@@ -142,6 +199,8 @@ class Relay:
             raise UpstreamError(upstream.status, upstream.body, headers=headers)
         priced = self.accounting.price(model, origin, upstream.body, asked=asked)
         self.realtime.record(priced, origin=origin, upstream=provider.name, model=model, tenant=tenant, outcome="ok")
+        if hold:
+            await self._settle(tenant, hold, priced.cost.actual_usd if priced.cost else 0.0)
         if priced.cost is not None:
             set_cost_headers(headers, priced.cost.actual_usd, priced.cost.savings_usd)
         if routed is not None and self.learn is not None:

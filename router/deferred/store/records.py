@@ -40,6 +40,8 @@ class CallMeta(msgspec.Struct, frozen=True, kw_only=True):
     webhook: str | None = None
     asked_model: str | None = None
     """The model the caller asked for, when a model route has `model` (a cheaper one) answer: the cost baseline."""
+    budget: bool = False
+    """The call holds a reservation of its tenant's daily budget, which its stored result settles."""
 
 
 class CallRecord(msgspec.Struct, frozen=True, kw_only=True):

@@ -100,6 +100,10 @@ class ResultStore:
                 self.ctx.redis.publish(k.done_channel, call_id),
                 self.ctx.redis.zrem(k.tenant_deferred(meta.tenant), call_id),  # no longer counts for `max_deferred`
             )
+            if meta.budget:  # its budget reservation ends with its real cost (a crash before: it lapses)
+                await self.ctx.scripts.settle_budget(
+                    tenant=meta.tenant, day=day, call_id=call_id, cost=cost[0] if cost else 0.0, ttl=2 * 24 * 3600
+                )
         return stored
 
     async def requeue(self, call_id: str, bid: str) -> bool:

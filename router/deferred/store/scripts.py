@@ -954,6 +954,104 @@ class ReserveDeferred(Script):
         return Taken(bool(taken), int(count))
 
 
+# Reserve a call's worst-case cost against its tenant's daily budget: drop reservations past their expiry (their
+# process died before settling), then refuse when what is spent today (the larger of the settled amounts and the
+# `floor` read from the totals) plus what is reserved leaves no room for `amount`, else hold it under `id`; returns
+# {1 or 0, spent plus reserved, as text}. Every key carries the tenant's tag `{b:<tenant>}`: one step on a server or
+# a cluster node, so concurrent admissions on any replicas never pass the budget together.
+RESERVE_BUDGET = """
+local ledger, holds, spent_key = KEYS[1], KEYS[2], KEYS[3]
+local id, amount, budget, floor = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local now, expiry, ttl = ARGV[5], ARGV[6], tonumber(ARGV[7])
+for _, lapsed in ipairs(redis.call('ZRANGEBYSCORE', holds, '-inf', now)) do
+  local held = tonumber(redis.call('HGET', ledger, 'r:' .. lapsed) or '0')
+  redis.call('HINCRBYFLOAT', ledger, 'reserved', -held)
+  redis.call('HDEL', ledger, 'r:' .. lapsed)
+  redis.call('ZREM', holds, lapsed)
+end
+local reserved = math.max(0, tonumber(redis.call('HGET', ledger, 'reserved') or '0'))
+local spent = math.max(tonumber(redis.call('GET', spent_key) or '0'), floor)
+if spent + reserved >= budget or spent + reserved + amount > budget then
+  return {0, tostring(spent + reserved)}
+end
+if redis.call('HEXISTS', ledger, 'r:' .. id) == 0 then
+  redis.call('HSET', ledger, 'r:' .. id, amount)
+  redis.call('HINCRBYFLOAT', ledger, 'reserved', amount)
+  redis.call('ZADD', holds, expiry, id)
+end
+local last = redis.call('ZRANGE', holds, -1, -1, 'WITHSCORES')
+redis.call('EXPIREAT', ledger, math.ceil(tonumber(last[2])) + 1)
+redis.call('EXPIREAT', holds, math.ceil(tonumber(last[2])) + 1)
+return {1, tostring(spent + reserved + amount)}
+"""
+
+
+class ReserveBudget(Script):
+    """RESERVE_BUDGET: (taken, spent plus reserved in USD)."""
+
+    LUA = RESERVE_BUDGET
+    KEYS = ("ledger", "holds", "spent_key")
+    ARGV = ("id", "amount", "budget", "floor", "now", "expiry", "ttl")
+
+    async def __call__(
+        self,
+        *,
+        tenant: str,
+        day: str,
+        call_id: str,
+        amount: float,
+        budget: float,
+        floor: float,
+        now: float,
+        expires_at: float,
+        ttl: int,
+    ) -> tuple[bool, float]:
+        k = self.keys
+        taken, total = await self._run(
+            ledger=k.budget(tenant), holds=k.budget_holds(tenant), spent_key=k.budget_spent(tenant, day), id=call_id,
+            amount=repr(amount), budget=repr(budget), floor=repr(floor), now=repr(now), expiry=repr(expires_at),
+            ttl=ttl,
+        )  # fmt: skip
+        return bool(taken), float(text(total))
+
+
+# Settle a reservation with the call's real cost (0 when it failed, was refused or became no new call): drop the
+# reservation, if it still stands, and add `cost` to the day's settled spend. A settled id is never held again.
+# Same tag as RESERVE_BUDGET: one step.
+SETTLE_BUDGET = """
+local ledger, holds, spent_key = KEYS[1], KEYS[2], KEYS[3]
+local id, cost, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local held = redis.call('HGET', ledger, 'r:' .. id)
+if held then
+  redis.call('HINCRBYFLOAT', ledger, 'reserved', -tonumber(held))
+  redis.call('HDEL', ledger, 'r:' .. id)
+  redis.call('ZREM', holds, id)
+end
+if cost > 0 then
+  redis.call('INCRBYFLOAT', spent_key, cost)
+  redis.call('EXPIRE', spent_key, ttl)
+end
+return held and 1 or 0
+"""
+
+
+class SettleBudget(Script):
+    """SETTLE_BUDGET: True when a reservation stood and was settled."""
+
+    LUA = SETTLE_BUDGET
+    KEYS = ("ledger", "holds", "spent_key")
+    ARGV = ("id", "cost", "ttl")
+
+    async def __call__(self, *, tenant: str, day: str, call_id: str, cost: float, ttl: int) -> bool:
+        k = self.keys
+        return bool(
+            await self._run(
+                ledger=k.budget(tenant), holds=k.budget_holds(tenant), spent_key=k.budget_spent(tenant, day),
+                id=call_id, cost=repr(cost), ttl=ttl,
+            )
+        )  # fmt: skip
+
+
 # Cut a submitted batch: mark it (once) and make it due for the poller, which cancels it at the provider and
 # harvests the lines it finished; returns 1 when this call cut it.
 # Race closed: two guards cutting one batch do it once, and a cut never puts a batch that was ingested meanwhile
@@ -1006,3 +1104,5 @@ class Scripts:
         self.take_call = TakeCall(redis, keys)
         self.reserve_deferred = ReserveDeferred(redis, keys)
         self.cut = Cut(redis, keys)
+        self.reserve_budget = ReserveBudget(redis, keys)
+        self.settle_budget = SettleBudget(redis, keys)

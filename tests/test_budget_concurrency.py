@@ -1,0 +1,109 @@
+"""Daily budgets hold under concurrency: each call reserves its worst-case cost at admission (atomically in Redis)
+and settles its real cost when it ends, so a burst of 100 calls to a slow upstream spends at most the budget plus
+one call's reservation error, in real time and in the deferred lane. Before reservations, all 100 real-time calls
+were admitted and spent 59 times the budget."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.helpers.servers import FAST, RouterFactory, Sim
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+BUDGET = 0.001
+N = 100
+MAX_TOKENS = 50
+KEYS = [{"sha256": hashlib.sha256(b"sk-a").hexdigest(), "tenant": "a"}]
+TREE: dict[str, Any] = {"auth": "keys", "keys": KEYS, "tenants": {"a": {"daily_budget_usd": BUDGET}}, "batch": FAST}
+
+
+def body(i: int) -> dict[str, Any]:
+    return {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": f"Summarise memo number {i}."}],
+        "max_tokens": MAX_TOKENS,
+    }
+
+
+def spent(base: str) -> float:
+    usage = httpx.get(base + "/v1/usage", headers={"authorization": "Bearer sk-a"}, timeout=30)
+    usage.raise_for_status()
+    value: float = usage.json()["limits"]["daily_budget_usd"]["spent"]
+    return value
+
+
+def check_refusal(error: object) -> None:
+    """The budget's refusal as it always was: OpenAI's `insufficient_quota` 429."""
+    assert isinstance(error, dict)
+    assert (error["code"], error["type"]) == ("insufficient_quota", "insufficient_quota")
+    assert "daily budget" in error["message"]
+
+
+async def realtime_burst(base: str) -> tuple[list[float], list[object]]:
+    """N concurrent real-time calls through the SDK: the costs of those answered, the bodies of those refused."""
+    async with openai.AsyncOpenAI(base_url=base + "/v1", api_key="sk-a", max_retries=0, timeout=120) as client:
+
+        async def one(i: int) -> float | object:
+            try:
+                raw = await client.chat.completions.with_raw_response.create(**body(i))
+            except openai.RateLimitError as exc:
+                return exc.body
+            assert raw.parse().choices[0].message.content
+            return float(raw.headers["x-router-cost-usd"])
+
+        results = await asyncio.gather(*(one(i) for i in range(N)))
+    return [r for r in results if isinstance(r, float)], [r for r in results if not isinstance(r, float)]
+
+
+def test_a_burst_of_real_time_calls_stays_within_the_budget(sim: Sim, start_router: RouterFactory) -> None:
+    sim.configure(latency_ms=2000)  # every call is in flight while the others are admitted
+    with start_router(**TREE) as base:
+        costs, refused = asyncio.run(realtime_burst(base))
+        total = spent(base)
+    assert costs and refused, (len(costs), len(refused))
+    for error in refused:
+        check_refusal(error)
+    assert sum(costs) == pytest.approx(total)
+    # Each answer cost at most what it reserved (its max_tokens caps its output): no reservation error at all.
+    assert total <= BUDGET
+    assert sim.stats()["realtime_calls_billed"] == len(costs)
+
+
+async def deferred_burst(base: str) -> tuple[list[str], list[object]]:
+    """N concurrent deferred calls (`Prefer: respond-async`): the ids of those accepted, the bodies of those refused."""
+    headers = {"authorization": "Bearer sk-a", "prefer": "respond-async", "x-deadline": "2h"}
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client:
+        responses = await asyncio.gather(*(client.post("/v1/chat/completions", json=body(i)) for i in range(N)))
+    accepted = [r.json()["id"] for r in responses if r.status_code == 202]
+    refused = [r.json()["error"] for r in responses if r.status_code == 429]
+    assert len(accepted) + len(refused) == N
+    return accepted, refused
+
+
+def test_a_burst_of_deferred_calls_stays_within_the_budget(sim: Sim, start_router: RouterFactory) -> None:
+    with start_router(**TREE) as base:
+        accepted, refused = asyncio.run(deferred_burst(base))
+        with httpx.Client(base_url=base, headers={"authorization": "Bearer sk-a"}, timeout=60) as client:
+            for call_id in accepted:
+                answer = client.get(f"/v1/deferred/{call_id}", params={"wait": 30})
+                assert answer.status_code == 200, answer.text
+        total = spent(base)
+        # Settled reservations free room: a call that did not fit the burst fits now that real costs are known.
+        later = httpx.post(
+            base + "/v1/chat/completions",
+            json=body(N),
+            headers={"authorization": "Bearer sk-a", "prefer": "respond-async", "x-deadline": "2h"},
+        )
+    assert accepted and refused, (len(accepted), len(refused))
+    for error in refused:
+        check_refusal(error)
+    assert total <= BUDGET
+    assert sim.stats()["batch_lines_billed"] == len(accepted)
+    assert later.status_code == 202, later.text
