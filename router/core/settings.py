@@ -168,6 +168,9 @@ class WebhookSettings(_Strict, kw_only=True):
     """Host globs a webhook URL may name (the SSRF guard); empty: webhooks are refused."""
     allowed_ports: list[Annotated[int, msgspec.Meta(ge=1, le=65535)]] = msgspec.field(default_factory=lambda: [443, 80])
     """Ports a webhook URL may name (a URL without one means 443 for https, 80 for http)."""
+    allow_private: bool = False
+    """Deliver to hosts that resolve to private, loopback, link-local or metadata addresses (off: such a webhook is
+    dropped at delivery, whatever name it was allowed by; a local receiver in tests or a private network needs it)."""
     max_attempts: PositiveInt = 8
     timeout_s: PositiveFloat = 10.0
     backoff_s: PositiveFloat = 10.0
