@@ -36,9 +36,12 @@ def test_unknown_paths_and_methods_under_messages_answer_in_anthropics_shape(
 
 
 def test_the_anthropic_sdk_reads_a_404_under_messages(start_router: RouterFactory) -> None:
-    with start_router() as base, anthropic.Anthropic(base_url=base, api_key="dev", max_retries=0) as client:
-        with pytest.raises(anthropic.NotFoundError) as missing:
-            client.get("/v1/messages/unknown", cast_to=httpx.Response)
+    with (
+        start_router() as base,
+        anthropic.Anthropic(base_url=base, api_key="dev", max_retries=0) as client,
+        pytest.raises(anthropic.NotFoundError) as missing,
+    ):
+        client.get("/v1/messages/unknown", cast_to=httpx.Response)
     assert isinstance(missing.value.body, dict)
     assert missing.value.body["type"] == "error"
 
