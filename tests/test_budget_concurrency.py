@@ -1,12 +1,14 @@
 """Daily budgets hold under concurrency: each call reserves its worst-case cost at admission (atomically in Redis)
 and settles its real cost when it ends, so a burst of 100 calls to a slow upstream spends at most the budget plus
-one call's reservation error, in real time and in the deferred lane. Before reservations, all 100 real-time calls
+one call's reservation error, in real time, in the deferred lane and in native batches (reserved from the input
+file's lines at creation, settled when the batch is booked). Before reservations, all 100 real-time calls
 were admitted and spent 59 times the budget."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from typing import Any
 
 import httpx
@@ -14,6 +16,7 @@ import openai
 import pytest
 
 from tests.helpers.servers import FAST, RouterFactory, Sim
+from tests.helpers.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -107,3 +110,58 @@ def test_a_burst_of_deferred_calls_stays_within_the_budget(sim: Sim, start_route
     assert total <= BUDGET
     assert sim.stats()["batch_lines_billed"] == len(accepted)
     assert later.status_code == 202, later.text
+
+
+def batch_file(n: int, tag: str) -> bytes:
+    lines = (
+        {"custom_id": f"{tag}{i}", "method": "POST", "url": "/v1/chat/completions", "body": body(i)} for i in range(n)
+    )
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+def native_cost(base: str) -> tuple[float, int]:
+    lanes = httpx.get(base + "/v1/usage", headers={"authorization": "Bearer sk-a"}, timeout=30).json()["lanes"]
+    native = lanes.get("native", {})
+    return float(native.get("cost_usd", 0.0)), int(native.get("requests", 0))
+
+
+async def native_burst(base: str, files: list[str]) -> tuple[list[str], list[object]]:
+    """One native batch per file, created at once: the ids of those created, the bodies of those refused."""
+    async with openai.AsyncOpenAI(base_url=base + "/v1", api_key="sk-a", max_retries=0, timeout=60) as client:
+
+        async def one(file_id: str) -> str | object:
+            try:
+                batch = await client.batches.create(
+                    input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+                )
+            except openai.RateLimitError as exc:
+                return exc.body
+            return batch.id
+
+        results = await asyncio.gather(*(one(f) for f in files))
+    return [r for r in results if isinstance(r, str)], [r for r in results if not isinstance(r, str)]
+
+
+def test_native_batches_created_at_once_stay_within_the_budget(sim: Sim, start_router: RouterFactory) -> None:
+    sim.configure(batch_turnaround_s=1.0)
+    lines = 10
+    with start_router(**TREE) as base, openai.OpenAI(base_url=base + "/v1", api_key="sk-a", max_retries=0) as client:
+        # Ten batches of ten calls: together their worst case is about twice the budget.
+        files = [client.files.create(file=("in.jsonl", batch_file(lines, f"f{j}-")), purpose="batch").id
+                 for j in range(N // lines)]  # fmt: skip
+        created, refused = asyncio.run(native_burst(base, files))
+
+        def all_completed() -> bool:
+            return all(client.batches.retrieve(b).status == "completed" for b in created)
+
+        wait_until(all_completed, 30, "the batches to complete")
+        # Booked by the watcher once ended: every line of every batch created.
+        wait_until(lambda: native_cost(base)[1] == lines * len(created), 30, "the batches' lines to be booked")
+        cost, _ = native_cost(base)
+        # Booking settled the reservations: what was left over is free again for a new batch.
+        again = client.batches.create(input_file_id=files[0], endpoint="/v1/chat/completions", completion_window="24h")
+    assert created and refused, (len(created), len(refused))
+    for error in refused:
+        check_refusal(error)
+    assert cost <= BUDGET
+    assert again.id

@@ -20,18 +20,21 @@ import asyncio
 import calendar
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterable, Mapping
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
+import msgspec
+
+from router.core import schema
 from router.core.errors import QuotaExceeded, RouterError, TenantRateLimited
 from router.core.pricing import Usage
+from router.core.schema import decode_view
 from router.deferred.store.scripts import Scripts
 from router.telemetry import metrics
 
 if TYPE_CHECKING:
     from router.core.keys import Keys
     from router.core.pricing import PriceTable, PriceTier
-    from router.core.schema import RequestView
     from router.core.settings import Settings, TenantLimits
     from router.deferred.store.client import RedisClient
     from router.deferred.store.totals import RealtimeTotals, TotalsStore
@@ -113,7 +116,7 @@ class Tenants:
         limits = self.limits(tenant)
         return limits is not None and limits.daily_budget_usd is not None
 
-    def worst_case(self, model: str, tier: PriceTier, body: bytes, view: RequestView) -> float:
+    def worst_case(self, model: str, tier: PriceTier, body: bytes, view: schema.RequestView) -> float:
         """A call's worst-case cost in USD: its body as input, its output cap (or the configured estimate) as output,
         at `model`'s rate in `tier` (0 when unpriced: only what is already spent or reserved can refuse it)."""
         if self.prices is None:
@@ -122,6 +125,19 @@ class Tenants:
         output = min(caps) if caps else self.settings.limits.budget_output_tokens
         cost = self.prices.cost(model, Usage(len(body) // BYTES_PER_TOKEN + 1, 0, output), tier)
         return 0.0 if cost is None else cost.actual_usd
+
+    async def worst_case_lines(self, lines: AsyncIterable[bytes], max_depth: int) -> float:
+        """The worst-case cost of a native batch's input file (its JSONL lines), at the batch rate of each line's
+        model; a line that cannot be read reserves nothing (the provider refuses it)."""
+        total = 0.0
+        async for raw in lines:
+            try:
+                body = bytes(_input_line.decode(raw).body)
+                view = decode_view(body, max_depth)
+            except (msgspec.DecodeError, RecursionError, RouterError):
+                continue
+            total += self.worst_case(view.model or "", "batch", body, view)
+        return total
 
     async def take_realtime(self, tenant: str, call_id: str = "", amount: float = 0.0) -> bool:
         """Take one real-time call from the tenant's budget (reserving `amount` under `call_id`) and `rpm`, or raise
@@ -304,3 +320,12 @@ class Tenants:
 def _count(value: object) -> bool:
     """Whether a body's token cap is a usable count (a bad one is the upstream's to refuse)."""
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+class _InputLine(msgspec.Struct):
+    """A line of a native batch's input file, as far as its reservation reads it."""
+
+    body: msgspec.Raw = msgspec.Raw(b"{}")
+
+
+_input_line = msgspec.json.Decoder(_InputLine)

@@ -94,7 +94,7 @@ def create_app(
     )
     g = gateway
     anthropic = messages_api.MessagesApi(g.auth, g.admission, g.reports, g.upstreams, g.owners, settings)
-    native = batch_api.BatchApi(g.auth, g.upstreams, g.native_store, g.natives, g.native_watcher, settings)
+    native = batch_api.BatchApi(g.auth, g.upstreams, g.native_store, g.natives, g.native_watcher, settings, g.tenants)
     app = Litestar(
         route_handlers=[
             *api.make_handlers(g.auth, g.admission, g.delivery, g.reports, g.exposition, anthropic),

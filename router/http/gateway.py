@@ -115,7 +115,9 @@ class Gateway:
             if cfg.batch and isinstance(provider := providers[cfg.name], OpenAIProvider)
         }
         self.native_store = NativeStore(self.redis, settings.key_prefix)
-        self.native_watcher = NativeWatcher(self.native_store, store.leases, self.natives, b, self.accounting)
+        self.native_watcher = NativeWatcher(
+            self.native_store, store.leases, self.natives, b, self.accounting, self.tenants.settle
+        )
         self.owners = Owners(self.redis, store.keys, store.leases)
         anthropic = {name: p for name, p in providers.items() if isinstance(p, AnthropicProvider)}
         self.message_batches = MessageBatchWatcher(self.owners, anthropic, self.accounting, self.realtime.record, b)
