@@ -58,8 +58,8 @@ Native Batch API (`/v1/files`, `/v1/batches` passed through; `passthrough/native
 carries the tag `{n:<tenant>}`, so booking a batch (its lines, the tenant's totals, the batch record) is one step:
 - `P:native:tenants` (set): tenants that ever created a native batch; the watcher walks it. Never pruned (bounded
   by the configured tenants).
-- `P:{n:<t>}:file:<id>` / `P:{n:<t>}:batch:<id>` (hash: upstream, object JSON, a batch's budget `reservation` id, ...): the tenant owns the file or
-  batch. A file expires with the provider's copy (`expires_at`, else `NATIVE_FILE_TTL_S`); a batch, its output
+- `P:{n:<t>}:file:<id>` / `P:{n:<t>}:batch:<id>` (hash: upstream, object JSON, a batch's budget `reservation`
+  id, ...): the tenant owns the file or batch. A file expires with the provider's copy (`expires_at`, else `NATIVE_FILE_TTL_S`); a batch, its output
   and error files after `NATIVE_BATCH_TTL_S` (the 24 h window plus the 30 days its output is kept). Deleting a
   file deletes its hash only.
 - `P:{n:<t>}:files` / `P:{n:<t>}:batches` (zsets of ids by `created_at`, ties in the order recorded, numbered by
