@@ -59,9 +59,9 @@ carries the tag `{n:<tenant>}`, so booking a batch (its lines, the tenant's tota
 - `P:native:tenants` (set): tenants that ever created a native batch; the watcher walks it. Never pruned (bounded
   by the configured tenants).
 - `P:{n:<t>}:file:<id>` / `P:{n:<t>}:batch:<id>` (hash: upstream, object JSON, a batch's budget `reservation`
-  id, ...): the tenant owns the file or batch. A file expires with the provider's copy (`expires_at`, else `NATIVE_FILE_TTL_S`); a batch, its output
-  and error files after `NATIVE_BATCH_TTL_S` (the 24 h window plus the 30 days its output is kept). Deleting a
-  file deletes its hash only.
+  id, ...): the tenant owns the file or batch. A file expires with the provider's copy (`expires_at`, else
+  `NATIVE_FILE_TTL_S`); a batch, its output and error files after `NATIVE_BATCH_TTL_S` (the 24 h window plus the
+  30 days its output is kept). Deleting a file deletes its hash only.
 - `P:{n:<t>}:files` / `P:{n:<t>}:batches` (zsets of ids by `created_at`, ties in the order recorded, numbered by
   the counter `P:{n:<t>}:seq`, which is never pruned): the tenant's lists, paged by rank, with `...:files:ends` /
   `...:batches:ends` (zsets of the same ids by the time their hash expires): an entry leaves both when that time
