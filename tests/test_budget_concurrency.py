@@ -11,16 +11,18 @@ import hashlib
 import json
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
 
-from tests.helpers.servers import FAST, RouterFactory, Sim
+from tests.helpers.servers import FAST, RouterFactory, Sim, with_anthropic
 from tests.helpers.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 BUDGET = 0.001
+CLAUDE = "claude-sonnet-4-5"
 N = 100
 MAX_TOKENS = 50
 KEYS = [{"sha256": hashlib.sha256(b"sk-a").hexdigest(), "tenant": "a"}]
@@ -165,3 +167,38 @@ def test_native_batches_created_at_once_stay_within_the_budget(sim: Sim, start_r
         check_refusal(error)
     assert cost <= BUDGET
     assert again.id
+
+
+async def message_batch_burst(base: str, n: int) -> tuple[list[str], list[object]]:
+    """`n` Message Batches of one request each, created at once through the anthropic SDK."""
+    async with anthropic.AsyncAnthropic(base_url=base, api_key="sk-a", max_retries=0, timeout=60) as client:
+
+        async def one(i: int) -> str | object:
+            params: Any = {"model": CLAUDE, "max_tokens": 20, "messages": [{"role": "user", "content": f"Memo {i}."}]}
+            try:
+                batch = await client.messages.batches.create(requests=[{"custom_id": f"m{i}", "params": params}])
+            except anthropic.RateLimitError as exc:
+                return exc.body
+            return batch.id
+
+        results = await asyncio.gather(*(one(i) for i in range(n)))
+    return [r for r in results if isinstance(r, str)], [r for r in results if not isinstance(r, str)]
+
+
+def test_message_batches_created_at_once_stay_within_the_budget(sim: Sim, start_router: RouterFactory) -> None:
+    sim.configure(batch_turnaround_s=1.0)
+    with start_router(**TREE | {"upstreams": with_anthropic(sim)}) as base:
+        # Each request may cost about a fifth of the budget: of ten created at once, about four fit.
+        created, refused = asyncio.run(message_batch_burst(base, 10))
+
+        def booked() -> bool:
+            lanes = httpx.get(base + "/v1/usage", headers={"authorization": "Bearer sk-a"}).json()["lanes"]
+            return int(lanes.get("batch", {}).get("requests", 0)) == len(created)
+
+        wait_until(booked, 30, "the created batches to be booked")
+        total = spent(base)
+    assert created and refused, (len(created), len(refused))
+    for error in refused:
+        assert isinstance(error, dict) and error["type"] == "error"  # Anthropic's shape on its own path
+        assert error["error"]["type"] == "rate_limit_error" and "daily budget" in error["error"]["message"]
+    assert 0 < total <= BUDGET

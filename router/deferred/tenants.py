@@ -139,6 +139,22 @@ class Tenants:
             total += self.worst_case(view.model or "", "batch", body, view)
         return total
 
+    def worst_case_requests(self, body: bytes, max_depth: int) -> float:
+        """The worst-case cost of a Message Batches body (`requests[].params`), at the batch rate of each model."""
+        try:
+            requests = _batch_requests.decode(body).requests
+        except (msgspec.DecodeError, RecursionError):
+            return 0.0  # the upstream refuses it
+        total = 0.0
+        for request in requests:
+            params = bytes(request.params)
+            try:
+                view = decode_view(params, max_depth)
+            except RouterError:
+                continue
+            total += self.worst_case(view.model or "", "batch", params, view)
+        return total
+
     async def take_realtime(self, tenant: str, call_id: str = "", amount: float = 0.0) -> bool:
         """Take one real-time call from the tenant's budget (reserving `amount` under `call_id`) and `rpm`, or raise
         the 429 that refuses it; True when a reservation was made, which `settle` must end."""
@@ -329,3 +345,16 @@ class _InputLine(msgspec.Struct):
 
 
 _input_line = msgspec.json.Decoder(_InputLine)
+
+
+class _BatchRequest(msgspec.Struct):
+    params: msgspec.Raw = msgspec.Raw(b"{}")
+
+
+class _BatchRequests(msgspec.Struct):
+    """A Message Batches body, as far as its reservation reads it."""
+
+    requests: list[_BatchRequest] = msgspec.field(default_factory=list)
+
+
+_batch_requests = msgspec.json.Decoder(_BatchRequests)

@@ -93,7 +93,7 @@ def create_app(
         metrics_dir=metrics_dir,
     )
     g = gateway
-    anthropic = messages_api.MessagesApi(g.auth, g.admission, g.reports, g.upstreams, g.owners, settings)
+    anthropic = messages_api.MessagesApi(g.auth, g.admission, g.reports, g.upstreams, g.owners, settings, g.tenants)
     native = batch_api.BatchApi(g.auth, g.upstreams, g.native_store, g.natives, g.native_watcher, settings, g.tenants)
     app = Litestar(
         route_handlers=[

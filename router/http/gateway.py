@@ -120,7 +120,9 @@ class Gateway:
         )
         self.owners = Owners(self.redis, store.keys, store.leases)
         anthropic = {name: p for name, p in providers.items() if isinstance(p, AnthropicProvider)}
-        self.message_batches = MessageBatchWatcher(self.owners, anthropic, self.accounting, self.realtime.record, b)
+        self.message_batches = MessageBatchWatcher(
+            self.owners, anthropic, self.accounting, self.realtime.record, b, self.tenants.settle
+        )
         self.holds = Holds(store.intake, waiter, self.waiters, settings, max_held(settings, raise_fd_limit()))
         self.exposition = Exposition(store.queues, store.batches, self.planner, self.tenants, metrics_dir)
         # The services, each with the parts it calls.
