@@ -77,3 +77,27 @@ async def test_a_building_batch_of_a_dead_replica_is_adopted_before_its_lease_en
     assert await b.batches.take_over(tag, bid, owner_b, 120, dead=owner_a)
     assert not await a.batches.renew_batch(tag, bid, owner_a, 120)  # the old builder has lost it
     assert not await a.batches.take_over(tag, bid, owner_a, 120, dead=owner_a)  # nor can it name itself back in
+
+
+async def test_an_escalation_of_a_dead_replica_is_taken_over_before_its_lease_ends(
+    replicas: tuple[Store, Store],
+) -> None:
+    a, b = replicas
+    now = time.time()
+    body = msgspec.json.encode({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+    meta = CallMeta(
+        tenant="t", upstream="openai", endpoint="/v1/chat/completions", model=MODEL, deadline=now + 3600,
+        received_at=now,
+    )  # fmt: skip
+    call_id, _ = await a.intake.enqueue(meta, body)
+    [tag] = await a.queues.queue_tags()
+    owner_a, owner_b = a.leases.owner("guard"), b.leases.owner("guard")
+    await a.intake.heartbeat(a.leases.ctx.replica_id, REPLICA_TTL_S)
+    assert await a.results.escalate(call_id, 120, owner_a) == body
+    assert await b.results.escalate(call_id, 120, owner_b) is None  # its lease runs and its escalator lives
+    assert await b.results.leased_escalations(tag, time.time()) == [(call_id, owner_a)]
+    await a.intake.retire(a.leases.ctx.replica_id)
+    assert await b.leases.dead({owner_a}) == {owner_a}
+    assert await b.results.escalate(call_id, 120, owner_b, dead=owner_a) == body
+    assert not await a.results.renew_escalation(call_id, 120, owner_a)  # the old escalator stops at its renewal
+    assert await b.results.renew_escalation(call_id, 120, owner_b)

@@ -105,7 +105,9 @@ class Gateway:
         self.poller = Poller(
             store.queues, store.batches, store.results, store.leases, providers, b, self.accounting, self.planner
         )
-        self.guard = Guard(store.queues, store.batches, store.results, providers, b, self.accounting, self.planner)
+        self.guard = Guard(
+            store.queues, store.batches, store.results, providers, b, self.accounting, self.planner, store.leases
+        )
         self.webhooks = WebhookSender(
             store.queues, store.webhooks, store.results, store.leases, settings.webhooks, webhook_secret
         )

@@ -496,8 +496,9 @@ class TakeLease(Script):
 
 RENEW_ESCALATION = _lua("""
 local call, escalating = KEYS[1], KEYS[2]
-local id, expiry = ARGV[1], ARGV[2]
+local id, expiry, owner = ARGV[1], ARGV[2], ARGV[3]
 if redis.call('HGET', call, 'state') ~= '${CALL_ESCALATED}' then return 0 end
+if owner ~= '' and redis.call('HGET', call, 'escalator') ~= owner then return 0 end
 redis.call('ZADD', escalating, 'XX', expiry, id)
 return 1
 """)
@@ -508,13 +509,14 @@ class RenewEscalation(Script):
 
     LUA = RENEW_ESCALATION
     KEYS = ("call", "escalating")
-    ARGV = ("id", "expiry")
+    ARGV = ("id", "expiry", "owner")
 
-    async def __call__(self, *, call_id: str, until: float) -> bool:
+    async def __call__(self, *, call_id: str, until: float, owner: str = "") -> bool:
         k = self.keys
         done = await self._run(
-            call=k.call(call_id), escalating=k.escalating(tag_of(call_id)), id=call_id, expiry=repr(until)
-        )
+            call=k.call(call_id), escalating=k.escalating(tag_of(call_id)), id=call_id, expiry=repr(until),
+            owner=owner,
+        )  # fmt: skip
         return bool(done)
 
 
@@ -695,11 +697,12 @@ class Requeue(Script):
 
 # Take a call out of the batch lane to answer it in real time; returns its body, or false.
 # A queued call leaves its queue; a submitted one stays in its batch (a late result is dropped); an
-# escalation whose lease lapsed (its replica crashed) is taken over.
+# escalation whose lease lapsed (its replica crashed), or whose escalator is `dead` (the caller read its replica's
+# heartbeat lapsed) while its lease still runs, is taken over.
 # Race closed: the guard on two replicas never sends the same call to real time twice while a lease holds.
 ESCALATE = _lua("""
 local call, pending, arrivals, bytes, inflight, escalating = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local id, now, lease_until = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local id, now, lease_until, owner, dead = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
 local state = redis.call('HGET', call, 'state')
 if state == '${CALL_QUEUED}' then
   redis.call('ZREM', pending, id)
@@ -709,11 +712,13 @@ elseif state == '${CALL_SUBMITTED}' then
   redis.call('ZREM', inflight, id)
 elseif state == '${CALL_ESCALATED}' then
   local score = redis.call('ZSCORE', escalating, id)
-  if score and tonumber(score) > now then return false end
+  if score and tonumber(score) > now and (dead == '' or redis.call('HGET', call, 'escalator') ~= dead) then
+    return false
+  end
 else
   return false
 end
-redis.call('HSET', call, 'state', '${CALL_ESCALATED}')
+redis.call('HSET', call, 'state', '${CALL_ESCALATED}', 'escalator', owner)
 redis.call('ZADD', escalating, lease_until, id)
 return redis.call('HGET', call, 'body')
 """)
@@ -724,9 +729,11 @@ class Escalate(Script):
 
     LUA = ESCALATE
     KEYS = ("call", "pending", "arrivals", "bytes", "inflight", "escalating")
-    ARGV = ("id", "now", "lease_until")
+    ARGV = ("id", "now", "lease_until", "owner", "dead")
 
-    async def __call__(self, *, call_id: str, now: float, lease_until: float) -> bytes | None:
+    async def __call__(
+        self, *, call_id: str, now: float, lease_until: float, owner: str = "", dead: str = ""
+    ) -> bytes | None:
         k = self.keys
         tag = tag_of(call_id)
         body = await self._run(
@@ -739,6 +746,8 @@ class Escalate(Script):
             id=call_id,
             now=repr(now),
             lease_until=repr(lease_until),
+            owner=owner,
+            dead=dead,
         )
         return body if isinstance(body, bytes) else None
 
