@@ -7,11 +7,13 @@ import contextlib
 import hashlib
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
+import yaml
 from openai.types.chat import ChatCompletionMessageParam
 
 from router.core.errors import ConfigError
@@ -163,6 +165,16 @@ def test_serve_beyond_loopback_without_auth_refuses_to_start() -> None:
     done = run_cli("serve", "--host", "0.0.0.0", env=clean_env())  # the shipped config: `auth: none`
     assert done.returncode == 2
     assert "--insecure-no-auth" in done.stderr and "auth: keys" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.e2e  # a `serve` process
+def test_serve_beyond_loopback_with_open_metrics_refuses_to_start(tmp_path: Path) -> None:
+    config = tmp_path / "router.yaml"
+    config.write_text(yaml.safe_dump({"auth": "keys", "keys": KEYS}))  # the API needs keys; /metrics no token
+    done = run_cli("serve", "--config", str(config), "--host", "0.0.0.0", env=clean_env())
+    assert done.returncode == 2
+    assert "metrics_token_env" in done.stderr and "--insecure-no-auth" in done.stderr
     assert "Traceback" not in done.stderr
 
 

@@ -41,6 +41,16 @@ def chat(client: openai.OpenAI, i: int, **headers: str) -> Any:
     )
 
 
+def capped(client: openai.OpenAI, i: int, **headers: str) -> Any:
+    """`chat` with at most 10 output tokens: a small worst case to reserve against a budget."""
+    return client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini",
+        messages=prompt(i),  # type: ignore[arg-type]
+        max_tokens=10,
+        extra_headers=headers or None,
+    )
+
+
 def usage_limits(base: str, key: str) -> dict[str, Any]:
     usage = httpx.get(base + "/v1/usage", headers={"authorization": f"Bearer {key}"})
     usage.raise_for_status()
@@ -129,18 +139,22 @@ def test_a_tenant_at_max_deferred_gets_429_but_its_retries_still_attach(
 def test_a_tenant_over_its_daily_budget_gets_insufficient_quota_in_both_lanes(
     oai: Client, start_router: RouterFactory
 ) -> None:
-    tree = {"auth": "keys", "keys": KEYS, "tenants": {"*": {"daily_budget_usd": 0.000001}}, "batch": FAST}
+    # Each call reserves its worst case (here its 10 output tokens and its body as input) and settles what it cost;
+    # once what is spent leaves no room for another call's worst case, calls are refused in both lanes.
+    tree = {"auth": "keys", "keys": KEYS, "tenants": {"*": {"daily_budget_usd": 0.00005}}, "batch": FAST}
     with start_router(**tree) as base:
         a, b = oai(base, api_key="sk-a"), oai(base, api_key="sk-b")
-        paid = chat(a, 1)  # spend 0 so far: allowed, and it costs more than the budget
+        paid = []
         with pytest.raises(openai.RateLimitError) as realtime:
-            chat(a, 2)
+            for i in range(50):
+                paid.append(capped(a, i))
         with pytest.raises(openai.RateLimitError) as deferred:
-            chat(a, 3, **QUEUED)
-        other = chat(b, 1)
+            capped(a, 99, **QUEUED)
+        other = capped(b, 1)
         budget = usage_limits(base, "sk-a")["daily_budget_usd"]
         headroom = metric_lines(base, "hybrid_router_tenant_headroom")
-    assert paid.http_response.status_code == other.http_response.status_code == 200
+    assert paid and other.http_response.status_code == 200
+    assert all(p.http_response.status_code == 200 for p in paid)
     for refused in (realtime.value, deferred.value):
         error = refused.body
         assert isinstance(error, dict)
@@ -148,10 +162,12 @@ def test_a_tenant_over_its_daily_budget_gets_insufficient_quota_in_both_lanes(
         assert "daily budget" in error["message"]
         assert 1 <= int(refused.response.headers["retry-after"]) <= 86400  # until 00:00 UTC
         assert refused.response.headers["x-should-retry"] == "false"
-    assert budget["limit"] == 0.000001
-    assert budget["spent"] == pytest.approx(float(paid.headers["x-router-cost-usd"]))
-    assert budget["remaining"] == 0.0
-    assert 'hybrid_router_tenant_headroom{limit="daily_budget_usd",tenant="a"} 0.0' in headroom
+    assert budget["limit"] == 0.00005
+    spent = sum(float(p.headers["x-router-cost-usd"]) for p in paid)
+    assert budget["spent"] == pytest.approx(spent)
+    assert spent <= 0.00005  # never more than the budget: each call fitted before it was admitted
+    assert budget["remaining"] == pytest.approx(0.00005 - spent)
+    assert any('hybrid_router_tenant_headroom{limit="daily_budget_usd",tenant="a"}' in line for line in headroom)
     assert any('limit="daily_budget_usd",tenant="b"' in line for line in headroom)  # "*" covers every key's tenant
 
 

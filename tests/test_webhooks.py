@@ -9,11 +9,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
+from redis.asyncio import Redis
 from standardwebhooks import Webhook
 
 from router.core.errors import BadRequest
-from router.deferred.webhooks import check_url
+from router.core.settings import WebhookSettings
+from router.deferred.store import Store
+from router.deferred.webhooks import RefusedAddress, WebhookSender, check_url, forbidden, resolve
 from router.ops.serving import serve_in_thread
 from tests.helpers.metrics import metric
 from tests.helpers.servers import FAST, RouterFactory
@@ -62,7 +66,12 @@ def receiving(statuses: list[int] | None = None) -> Iterator[tuple[Receiver, str
 
 def hooks(**fields: Any) -> dict[str, Any]:
     """Webhook settings that deliver to the local receiver, retrying quickly."""
-    return {"secret_env": "WEBHOOK_SECRET", "allowed_hosts": ["127.0.0.1"], "backoff_s": 0.2} | fields
+    return {
+        "secret_env": "WEBHOOK_SECRET",
+        "allowed_hosts": ["127.0.0.1"],
+        "allow_private": True,  # the receiver is on loopback
+        "backoff_s": 0.2,
+    } | fields
 
 
 SERIES = 'hybrid_router_webhook_deliveries_total{outcome="%s"}'
@@ -193,3 +202,70 @@ def test_webhook_ports_are_443_and_80_unless_allowed(url: str, ports: tuple[int,
     with pytest.raises(BadRequest) as info:
         check_url(url, ["hooks.example"], ports)
     assert info.value.code == "webhook_port_not_allowed"
+
+
+def test_an_allowed_name_that_resolves_to_loopback_is_refused(start_router: RouterFactory) -> None:
+    with receiving() as (receiver, url):
+        local = url.replace("127.0.0.1", "localhost")  # allowed by name; resolves to loopback
+        webhooks = hooks(allowed_hosts=["localhost"], allow_private=False)
+        webhooks["allowed_ports"] = [httpx.URL(url).port]
+        with start_router(batch=FAST, webhooks=webhooks, environ={"WEBHOOK_SECRET": SECRET}) as base:
+            dropped = deliveries(base, "dropped") + 1
+            accepted = httpx.post(base + "/v1/chat/completions", json=BODY, headers=ASYNC | {"x-webhook-url": local})
+            assert accepted.status_code == 202  # the name is allowed: only its address is not
+            wait_until(lambda: deliveries(base, "dropped") == dropped, 10, "the event to be dropped")
+    assert receiver.requests == []
+
+
+def test_with_private_targets_allowed_the_post_goes_to_the_checked_address(start_router: RouterFactory) -> None:
+    with receiving() as (receiver, url):
+        local = url.replace("127.0.0.1", "localhost")
+        webhooks = hooks(allowed_hosts=["localhost"], allow_private=True)
+        webhooks["allowed_ports"] = [httpx.URL(url).port]
+        with start_router(batch=FAST, webhooks=webhooks, environ={"WEBHOOK_SECRET": SECRET}) as base:
+            delivered = deliveries(base, "delivered") + 1
+            httpx.post(base + "/v1/chat/completions", json=BODY, headers=ASYNC | {"x-webhook-url": local})
+            wait_until(lambda: deliveries(base, "delivered") == delivered, 10, "the delivery to be counted")
+    [(headers, body)] = receiver.requests
+    assert headers["host"] == f"localhost:{httpx.URL(url).port}"  # the URL's name, sent to the address checked
+    Webhook(SECRET).verify(body, headers)
+
+
+async def rebound_to_metadata(host: str, port: int) -> list[str]:
+    """A resolver whose answer for any name is the cloud metadata address (a real lookup of that address), as a
+    DNS rebinding would make it."""
+    return await resolve("169.254.169.254", port)
+
+
+async def test_a_name_rebound_to_the_metadata_address_is_refused(redis_url: str, key_prefix: str) -> None:
+    redis = Redis.from_url(redis_url)
+    store = Store(redis, key_prefix, result_ttl_s=60, idempotency_ttl_s=60)
+    settings = WebhookSettings(secret_env="WEBHOOK_SECRET", allowed_hosts=["hooks.example.com"])
+    parts = (store.queues, store.webhooks, store.results, store.leases)
+    sender = WebhookSender(*parts, settings, SECRET, resolver=rebound_to_metadata)
+    open_sender = WebhookSender(
+        *parts, msgspec.structs.replace(settings, allow_private=True), SECRET, resolver=rebound_to_metadata
+    )
+    try:
+        with pytest.raises(RefusedAddress, match=r"169\.254\.169\.254 \(metadata\)"):
+            await sender.pin("https://hooks.example.com/events")
+        with pytest.raises(RefusedAddress, match=r"127\.0\.0\.1 \(loopback\)"):
+            await WebhookSender(*parts, settings, SECRET).pin("http://localhost/events")  # the system's resolver
+        target, host, extensions = await open_sender.pin("https://hooks.example.com/events")
+    finally:
+        await sender.aclose()
+        await open_sender.aclose()
+        await redis.aclose()
+    assert (target.host, host, extensions) == (
+        "169.254.169.254",
+        {"host": "hooks.example.com"},
+        {"sni_hostname": "hooks.example.com"},
+    )
+    assert [forbidden(a) for a in ("10.1.2.3", "::1", "fe80::1", "100.64.0.1", "8.8.8.8", "::ffff:127.0.0.1")] == [
+        "private",
+        "loopback",
+        "link-local",
+        "private",
+        None,
+        "loopback",
+    ]

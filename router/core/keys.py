@@ -42,6 +42,11 @@ Owners and lifetimes:
   timeout; the key expires with its last entry.
 - `P:pcache:<tenant>:<digest>` (string): a prompt prefix the tenant sent within the prompt cache's lifetime
   (`prompt_cache.ttl_s`, refreshed at each sight); `http/prompt_cache.py` marks a prefix seen again.
+- `P:{b:<tenant>}:budget` (hash: `reserved`, the sum, and `r:<call id>`, each reservation's USD) and
+  `P:{b:<tenant>}:budget:holds` (zset of reserved ids by expiry): worst-case costs of a tenant's calls admitted and
+  not yet settled, for `daily_budget_usd` (`scripts.RESERVE_BUDGET`); a reservation leaves when its call settles
+  (`SETTLE_BUDGET`) or lapses at its expiry; both keys expire with the last one. `P:{b:<tenant>}:budget:spent:<day>`
+  (string, USD): the settled costs of the day, kept two days.
 - `P:replica:<id>` (string, 2 s TTL, renewed every half second): a live router process; a held call whose holder's
   replica key is gone is orphaned.
 - `P:{q}:webhooks` (zset of call ids by next delivery time): added by STORE_RESULT when the call has a
@@ -55,10 +60,10 @@ Native Batch API (`/v1/files`, `/v1/batches` passed through; `passthrough/native
 carries the tag `{n:<tenant>}`, so booking a batch (its lines, the tenant's totals, the batch record) is one step:
 - `P:native:tenants` (set): tenants that ever created a native batch; the watcher walks it. Never pruned (bounded
   by the configured tenants).
-- `P:{n:<t>}:file:<id>` / `P:{n:<t>}:batch:<id>` (hash: upstream, object JSON, ...): the tenant owns the file or
-  batch. A file expires with the provider's copy (`expires_at`, else `NATIVE_FILE_TTL_S`); a batch, its output
-  and error files after `NATIVE_BATCH_TTL_S` (the 24 h window plus the 30 days its output is kept). Deleting a
-  file deletes its hash only.
+- `P:{n:<t>}:file:<id>` / `P:{n:<t>}:batch:<id>` (hash: upstream, object JSON, a batch's budget `reservation`
+  id, ...): the tenant owns the file or batch. A file expires with the provider's copy (`expires_at`, else
+  `NATIVE_FILE_TTL_S`); a batch, its output and error files after `NATIVE_BATCH_TTL_S` (the 24 h window plus the
+  30 days its output is kept). Deleting a file deletes its hash only.
 - `P:{n:<t>}:files` / `P:{n:<t>}:batches` (zsets of ids by `created_at`, ties in the order recorded, numbered by
   the counter `P:{n:<t>}:seq`, which is never pruned): the tenant's lists, paged by rank, with `...:files:ends` /
   `...:batches:ends` (zsets of the same ids by the time their hash expires): an entry leaves both when that time
@@ -212,6 +217,15 @@ class Keys:
 
     def prompt_prefix(self, tenant: str, digest: str) -> str:
         return f"{self.prefix}:pcache:{tenant}:{digest}"
+
+    def budget(self, tenant: str) -> str:
+        return f"{self.prefix}:{{b:{tenant}}}:budget"
+
+    def budget_holds(self, tenant: str) -> str:
+        return f"{self.prefix}:{{b:{tenant}}}:budget:holds"
+
+    def budget_spent(self, tenant: str, day: str) -> str:
+        return f"{self.prefix}:{{b:{tenant}}}:budget:spent:{day}"
 
     def replica(self, replica_id: str) -> str:
         return f"{self.prefix}:replica:{replica_id}"

@@ -26,6 +26,10 @@ class RequestView(msgspec.Struct):
     metadata: dict[str, Any] | None = None
     user: str | None = None
     service_tier: str | None = None
+    max_tokens: Any = None
+    """Output caps, for a daily budget's worst-case reservation (`Any`: a bad one is the upstream's to refuse)."""
+    max_completion_tokens: Any = None
+    max_output_tokens: Any = None
 
 
 class ErrorDetail(msgspec.Struct, omit_defaults=False):

@@ -122,6 +122,9 @@ class Limits(_Strict, kw_only=True):
     """Header lines; more gets 431, before authentication."""
     max_json_depth: Annotated[int, msgspec.Meta(gt=0, le=512)] = 64
     """Nesting of arrays and objects in a client body; deeper gets 400 `json_too_deep`."""
+    budget_output_tokens: PositiveInt = 4096
+    """Output tokens a call that sets no `max_tokens` reserves against its tenant's `daily_budget_usd` at admission
+    (settled with its real cost when it ends)."""
     max_queues: PositiveInt = 1000
     """Deferred queues (one per upstream, endpoint and model) that may hold work at once; a call that would open
     one more gets 429 `too_many_queues` before anything is stored. Idle queues are pruned, so they do not count."""
@@ -175,6 +178,9 @@ class WebhookSettings(_Strict, kw_only=True):
     """Host globs a webhook URL may name (the SSRF guard); empty: webhooks are refused."""
     allowed_ports: list[Annotated[int, msgspec.Meta(ge=1, le=65535)]] = msgspec.field(default_factory=lambda: [443, 80])
     """Ports a webhook URL may name (a URL without one means 443 for https, 80 for http)."""
+    allow_private: bool = False
+    """Deliver to hosts that resolve to private, loopback, link-local or metadata addresses (off: such a webhook is
+    dropped at delivery, whatever name it was allowed by; a local receiver in tests or a private network needs it)."""
     max_attempts: PositiveInt = 8
     timeout_s: PositiveFloat = 10.0
     backoff_s: PositiveFloat = 10.0

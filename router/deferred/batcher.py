@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import secrets
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -60,7 +59,7 @@ class Batcher:
         self.providers = providers
         self.settings = settings
         self.planner = planner if planner is not None else Planner(settings)
-        self.owner = "batcher-" + secrets.token_hex(6)
+        self.owner = leases.owner("batcher")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Pace `run_once` until `stop`."""
@@ -96,6 +95,17 @@ class Batcher:
             for record in await self.batches.due_batches(tag, time.time()):
                 if record.state == BatchState.BUILDING:
                     submitted += await self.recover(record, stats)
+            submitted += await self.adopt_orphans(tag, stats)
+        return submitted
+
+    async def adopt_orphans(self, tag: str, stats: QueueStats | None) -> int:
+        """Recover the `building` batches of a queue whose builder's replica is dead, before their lease ends."""
+        builds = [r for r in await self.batches.leased_builds(tag, time.time()) if r.owner != self.owner]
+        dead = await self.leases.dead({r.owner for r in builds}) if builds else set()
+        submitted = 0
+        for record in builds:
+            if record.owner in dead:
+                submitted += await self.recover(record, stats, dead=record.owner)
         return submitted
 
     async def flush(self, stats: QueueStats) -> int:
@@ -176,10 +186,11 @@ class Batcher:
         metrics.batch_lines.labels(stats.upstream).inc(len(lines))
         return True
 
-    async def recover(self, record: BatchRecord, stats: QueueStats | None) -> int:
-        """A `building` batch whose lease lapsed: find it at the provider, or look again later, or submit it again."""
+    async def recover(self, record: BatchRecord, stats: QueueStats | None, *, dead: str = "") -> int:
+        """A `building` batch whose lease lapsed (or whose builder is `dead`): find it at the provider, or look again
+        later, or submit it again."""
         s = self.settings
-        if stats is None or not await self.batches.take_over(record.tag, record.id, self.owner, s.lease_s):
+        if stats is None or not await self.batches.take_over(record.tag, record.id, self.owner, s.lease_s, dead=dead):
             return 0
         provider = self.providers[stats.upstream]
         ids = await self.batches.batch_calls(record.tag, record.id)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from router.core.settings import BatchSettings
     from router.deferred.answers import AnswerStore
     from router.deferred.store.batches import BatchStore
+    from router.deferred.store.leases import Leases
     from router.deferred.store.queues import Queues
     from router.deferred.store.records import CallMeta
     from router.deferred.store.results import ResultStore
@@ -56,8 +57,12 @@ class Guard:
         planner: Planner | None = None,
         tracing: Tracing = OFF,
         answers: AnswerStore | None = None,
+        leases: Leases | None = None,
     ) -> None:
         self.tracing = tracing
+        self.leases = leases
+        """Tells a dead escalator (a replica whose heartbeat lapsed) so its calls are taken over at once."""
+        self.owner = leases.owner("guard") if leases is not None else ""
         self.queues = queues
         self.batches = batches
         self.results = results
@@ -97,10 +102,11 @@ class Guard:
                 if await self.batches.cut(tag, bid):
                     log.info("batch %s is late for a call in it: cut (cancelled and harvested)", bid)
                     metrics.batches_cut.labels(upstream).inc()
-            for call_id in await self.results.escalation_due(tag, escalation_cutoff(now, caps, timing), now):
+            due = [(c, "") for c in await self.results.escalation_due(tag, escalation_cutoff(now, caps, timing), now)]
+            for call_id, dead in due + await self._orphaned(tag, now):
                 if call_id in self._running:  # already being answered by this process
                     continue
-                task = asyncio.create_task(self.escalate(call_id), name=f"escalate-{call_id}")
+                task = asyncio.create_task(self.escalate(call_id, dead), name=f"escalate-{call_id}")
                 self._running[call_id] = task
                 task.add_done_callback(self._forget)
                 started.append(task)
@@ -112,15 +118,24 @@ class Guard:
     def _forget(self, task: asyncio.Task[int]) -> None:
         self._running.pop(task.get_name().removeprefix("escalate-"), None)
 
-    async def escalate(self, call_id: str) -> int:
-        """Answer one call in real time if no other replica is doing it; 1 when this pass answered it."""
+    async def _orphaned(self, tag: str, now: float) -> list[tuple[str, str]]:
+        """(call id, escalator) of escalations whose lease still runs but whose escalator's replica is dead."""
+        if self.leases is None:
+            return []
+        leased = [(c, o) for c, o in await self.results.leased_escalations(tag, now) if o != self.owner]
+        dead = await self.leases.dead({o for _, o in leased}) if leased else set()
+        return [(c, o) for c, o in leased if o in dead]
+
+    async def escalate(self, call_id: str, dead: str = "") -> int:
+        """Answer one call in real time if no other replica is doing it (or only a `dead` one); 1 when this pass
+        answered it."""
         try:
-            return await self._escalate(call_id)
+            return await self._escalate(call_id, dead)
         except Exception:
             log.exception("escalating %s failed; it stays due and is retried when its lease lapses", call_id)
             return 0
 
-    async def _escalate(self, call_id: str) -> int:
+    async def _escalate(self, call_id: str, dead: str = "") -> int:
         # A slot first, then the lease: a lease taken while queued for a slot could lapse before the work starts,
         # and a second replica would then answer the same call.
         async with self._slots:
@@ -130,11 +145,11 @@ class Guard:
                 return 0
             reason = "queued" if call.state == CallState.QUEUED else "submitted"
             lease = self.settings.lease_s
-            body = await self.results.escalate(call_id, lease)
+            body = await self.results.escalate(call_id, lease, self.owner, dead=dead)
             if body is None:
                 return 0
             meta = call.meta
-            renew = functools.partial(self.results.renew_escalation, call_id, lease)
+            renew = functools.partial(self.results.renew_escalation, call_id, lease, self.owner)
             tracing = self.tracing if meta.trace else OFF
             attributes = {"router.call_id": call_id, "router.reason": reason, "router.batch_id": call.batch or None}
             # The batch that did not answer in time, when there was one: the escalation links to its trace.

@@ -49,12 +49,19 @@ class _DropHeldCuts(logging.Filter):
     """uvicorn logs a traceback for a response that ends in an exception; a deliberate cut is not an error."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        while exc is not None:
-            if isinstance(exc, HeldCut):
-                return False
-            exc = exc.__cause__ or exc.__context__
-        return True
+        return not _holds_a_cut(record.exc_info[1] if record.exc_info else None)
+
+
+def _holds_a_cut(exc: BaseException | None, depth: int = 0) -> bool:
+    """Whether `exc` is a `HeldCut` or was caused by one, also inside an exception group (a streamed response
+    raises from a task group, so the cut reaches the server wrapped in one)."""
+    while exc is not None and depth < 32:
+        if isinstance(exc, HeldCut):
+            return True
+        if isinstance(exc, BaseExceptionGroup) and any(_holds_a_cut(e, depth + 1) for e in exc.exceptions):
+            return True
+        exc, depth = exc.__cause__ or exc.__context__, depth + 1
+    return False
 
 
 def quiet_held_cuts() -> None:
@@ -93,7 +100,7 @@ class Holds:
         self.waiters = waiters
         self.settings = settings
         self.cap = cap
-        self.replica_id = "r" + secrets.token_hex(6)
+        self.replica_id = intake.ctx.replica_id
         self.count = 0
         self.draining = asyncio.Event()
         self.drain_started: float | None = None
@@ -247,4 +254,5 @@ class Holds:
 
     def _cut(self, call_id: str, reason: str) -> None:
         metrics.held_cut.labels(reason).inc()
+        log.info("held answer of %s cut: %s (the call is kept; a retry re-attaches to it)", call_id, reason)
         raise HeldCut(f"held answer of {call_id} cut: {reason}")

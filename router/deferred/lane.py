@@ -137,6 +137,7 @@ class DeferredLane:
             asked_model=asked_model,
             trace=trace or None,
             answer_key=answer_key,
+            budget=self.tenants.budgeted(tenant),
         )
         digest = call_digest(tenant, endpoint, body if identity is None else identity)
         tag = queue_tag(upstream, endpoint, meta.model)
@@ -148,7 +149,8 @@ class DeferredLane:
             )
         new_id = new_call_id(tag)
         expires_at = deadline + self.upstreams.timeout_s(upstream) + RESERVATION_SLACK_S
-        refusal = await self.tenants.reserve_deferred(tenant, new_id, expires_at)
+        worst = self.tenants.worst_case(asked_model or meta.model, "batch", body, view)
+        refusal = await self.tenants.reserve_deferred(tenant, new_id, expires_at, worst)
         if refusal is not None and idempotency_key is None and attach_to is None:
             raise self.tenants.refuse(tenant, refusal)
         try:

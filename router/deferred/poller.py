@@ -10,7 +10,6 @@ import asyncio
 import functools
 import logging
 import random
-import secrets
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -70,7 +69,7 @@ class Poller:
         self.planner = planner if planner is not None else Planner(settings)
         self.answers = answers
         """Keeps a call's 200 answer in the answer cache when its meta has an `answer_key`."""
-        self.owner = "poller-" + secrets.token_hex(6)
+        self.owner = leases.owner("poller")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Pace `run_once` until `stop`."""

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import ipaddress
 import logging
 import random
-import secrets
+import socket
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
@@ -37,6 +38,38 @@ MAX_BACKOFF_S = 3600.0
 CONCURRENCY = 32
 LEASE_SLACK_S = 5.0
 Outcome = Literal["delivered", "retried", "dropped"]
+Resolve = Callable[[str, int], Awaitable[list[str]]]
+"""A host and port → the addresses it resolves to (the event loop's `getaddrinfo` unless a test injects one)."""
+METADATA = (ipaddress.ip_network("169.254.169.254/32"), ipaddress.ip_network("fd00:ec2::254/128"),
+            ipaddress.ip_network("100.100.100.200/32"))  # fmt: skip
+"""Cloud metadata services (AWS, GCP and Azure share the first; AWS over IPv6; Alibaba): never a webhook target."""
+
+
+async def resolve(host: str, port: int) -> list[str]:
+    """Every address `host` resolves to, by the event loop's resolver."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    found = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    return sorted(found, key=lambda a: ":" in a)  # IPv4 first: the address connected to is the first
+
+
+def forbidden(address: str) -> str | None:
+    """Why a webhook may not be sent to `address` (an internal range), or None when it is a public address."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if any(ip in net for net in METADATA):
+        return "metadata"
+    if ip.is_loopback:
+        return "loopback"
+    if ip.is_link_local:
+        return "link-local"
+    if ip.is_private or ip.is_multicast or ip.is_unspecified or ip.is_reserved or not ip.is_global:
+        return "private"
+    return None
+
+
+class RefusedAddress(Exception):
+    """A webhook host resolved to an address in a range the router never sends to (an SSRF or DNS rebinding)."""
 
 
 class Event(msgspec.Struct):
@@ -94,14 +127,16 @@ class WebhookSender:
         leases: Leases,
         settings: WebhookSettings,
         secret: str | None,
+        resolver: Resolve = resolve,
     ) -> None:
+        self.resolve = resolver
         self.queues = queues
         self.schedule = schedule
         self.results = results
         self.leases = leases
         self.settings = settings
         self.signer = Webhook(secret) if secret else None
-        self.owner = "webhooks-" + secrets.token_hex(6)
+        self.owner = leases.owner("webhooks")
         # Redirects are not followed: a redirect could lead past the allowed hosts.
         self.client = httpx.AsyncClient(timeout=settings.timeout_s, follow_redirects=False)
         self._slots = asyncio.Semaphore(CONCURRENCY)
@@ -181,7 +216,13 @@ class WebhookSender:
         body = _encoder.encode(Event(type=f"deferred.call.{data.status}", timestamp=format_deadline(result.finished_at),
                                      data=data))  # fmt: skip
         attempt = await self.schedule.count_webhook_attempt(call_id)
-        if await self._post(url, body, self.sign(f"msg_{call_id}", body, time.time())):
+        try:
+            delivered = await self._post(url, body, self.sign(f"msg_{call_id}", body, time.time()))
+        except RefusedAddress as exc:
+            log.warning("dropping the webhook of %s: its host resolves to %s", call_id, exc)
+            await self.schedule.end_webhook(call_id)
+            return "dropped"
+        if delivered:
             await self.schedule.end_webhook(call_id)
             return "delivered"
         if attempt >= self.settings.max_attempts:
@@ -191,13 +232,40 @@ class WebhookSender:
         await self.schedule.reschedule_webhook(call_id, time.time() + self.backoff(attempt))
         return "retried"
 
+    async def pin(self, url: str) -> tuple[httpx.URL, dict[str, str], dict[str, str]]:
+        """The URL to connect to (its host replaced by a checked address), its `Host` header and, for https, the
+        name for SNI and the certificate check; raises `RefusedAddress` when any address the host resolves to is
+        internal (unless `allow_private`). The connection goes to the address checked: there is no second lookup
+        a DNS rebinding could answer differently."""
+        parsed = httpx.URL(url)
+        host, port = parsed.host, parsed.port or (443 if parsed.scheme == "https" else 80)
+        addresses = await self.resolve(host, port)
+        if not addresses:
+            raise OSError(f"{host} resolves to no address")
+        if not self.settings.allow_private:
+            for address in addresses:
+                if (why := forbidden(address)) is not None:
+                    raise RefusedAddress(f"{address} ({why})")
+        address = addresses[0]
+        authority = host if parsed.port is None else f"{host}:{parsed.port}"
+        pinned = parsed.copy_with(host=address)
+        extensions = {"sni_hostname": host} if parsed.scheme == "https" else {}
+        return pinned, {"host": authority}, extensions
+
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> bool:
         """Whether the receiver answered 2xx; its body is never read (it could be anything, of any size)."""
         try:
             async with asyncio.timeout(self.settings.timeout_s):
-                async with self.client.stream("POST", url, content=body, headers=headers) as response:
+                target, host, extensions = await self.pin(url)
+                request = self.client.build_request(
+                    "POST", target, content=body, headers=headers | host, extensions=extensions
+                )
+                response = await self.client.send(request, stream=True)
+                try:
                     return 200 <= response.status_code < 300
-        except (httpx.HTTPError, TimeoutError) as exc:
+                finally:
+                    await response.aclose()
+        except (httpx.HTTPError, TimeoutError, OSError) as exc:
             log.info("webhook POST failed: %s", type(exc).__name__)
             return False
 

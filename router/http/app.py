@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
-from litestar import Litestar
+from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException
 from redis.exceptions import RedisError
 from standardwebhooks import Webhook
@@ -24,6 +25,7 @@ from router.providers.openai import OpenAIProvider
 from router.telemetry import tracing
 
 log = logging.getLogger(__name__)
+ANTHROPIC_SURFACE = "/v1/messages"
 
 
 def make_providers(settings: Settings, environ: Mapping[str, str]) -> dict[str, Provider]:
@@ -68,6 +70,20 @@ def metrics_token(settings: Settings, environ: Mapping[str, str]) -> str | None:
     return token
 
 
+def by_surface(handler: messages_api.Handler) -> messages_api.Handler:
+    """An app-level error handler that answers in Anthropic's shape on Anthropic's surface (`/v1/messages` and every
+    path under it, known or not: an unknown route or method never reaches the routes' own handlers)."""
+    shaped = messages_api.anthropic_shaped(handler)
+
+    def handle(request: Request[Any, Any, Any], exc: Any) -> Response[bytes]:
+        path = str(request.scope.get("path", ""))
+        if path == ANTHROPIC_SURFACE or path.startswith(ANTHROPIC_SURFACE + "/"):
+            return shaped(request, exc)
+        return handler(request, exc)
+
+    return handle
+
+
 def create_app(
     settings: Settings, environ: Mapping[str, str] | None = None, *, loops: bool = True, metrics_dir: str | None = None
 ) -> Litestar:
@@ -86,8 +102,8 @@ def create_app(
         tracing=tracing.from_environ(environ),
     )
     g = gateway
-    anthropic = messages_api.MessagesApi(g.auth, g.admission, g.reports, g.upstreams, g.owners, settings)
-    native = batch_api.BatchApi(g.auth, g.upstreams, g.native_store, g.natives, g.native_watcher, settings)
+    anthropic = messages_api.MessagesApi(g.auth, g.admission, g.reports, g.upstreams, g.owners, settings, g.tenants)
+    native = batch_api.BatchApi(g.auth, g.upstreams, g.native_store, g.natives, g.native_watcher, settings, g.tenants)
     app = Litestar(
         route_handlers=[
             *api.make_handlers(g.auth, g.admission, g.delivery, g.reports, g.exposition, anthropic),
@@ -101,11 +117,11 @@ def create_app(
         ],
         template_config=ui.template_config(),
         exception_handlers={
-            RouterError: error_handlers.router_error_handler,
+            RouterError: by_surface(error_handlers.router_error_handler),
             ClientDisconnected: error_handlers.disconnected_handler,
-            RedisError: error_handlers.redis_error_handler,
-            HTTPException: error_handlers.http_error_handler,
-            Exception: error_handlers.internal_error_handler,
+            RedisError: by_surface(error_handlers.redis_error_handler),
+            HTTPException: by_surface(error_handlers.http_error_handler),
+            Exception: by_surface(error_handlers.internal_error_handler),
         },
         lifespan=[gateway.lifespan],
         middleware=[edge.header_guard(settings.limits)],

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from router.core.settings import Settings
+    from router.deferred.tenants import Tenants
     from router.http.auth import Auth
     from router.passthrough.native_batches import NativeStore, NativeWatcher
     from router.providers.upstreams import Upstreams
@@ -46,6 +48,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+NATIVE_HOLD_S = 26 * 3600.0
+"""A native batch's budget reservation lapses this long after creation (its 24 h window, then its booking)."""
 REFRESH_CONCURRENCY = 8  # running batches of one list page re-read from the upstream at once
 FILE_LIMIT, BATCH_LIMIT = (10_000, 10_000), (20, 100)  # (default, maximum) page sizes, as OpenAI's
 
@@ -119,7 +123,9 @@ class BatchApi:
         natives: Mapping[str, NativeUpstream],
         watcher: NativeWatcher,
         settings: Settings,
+        tenants: Tenants,
     ) -> None:
+        self.tenants = tenants
         self.auth = auth
         self.upstreams = upstreams
         self.store = store
@@ -241,19 +247,40 @@ class BatchApi:
         except NotFound:
             raise file_not_found(view.input_file_id, param="input_file_id") from None
         headers = self.upstreams.passed_headers(upstream.name, request.headers, tenant)
-        answer = await upstream.call("POST", "/batches", body=body, headers=headers)
+        hold = await self._reserve(tenant, upstream, view.input_file_id)
+        try:
+            answer = await upstream.call("POST", "/batches", body=body, headers=headers)
+        except BaseException:
+            if hold:
+                await self.tenants.settle(tenant, hold, 0.0)
+            raise
         if answer.status >= 400:
+            if hold:
+                await self.tenants.settle(tenant, hold, 0.0)
             return _answer(answer)
         batch = _decode(batch_decoder, answer.body, upstream.name)
         first_poll = time.time() + self.settings.batch.poll_interval_s
         try:
-            await self.store.record_batch(tenant, upstream.name, answer.body, batch, first_poll)
+            await self.store.record_batch(tenant, upstream.name, answer.body, batch, first_poll, reservation=hold)
         except RedisError:
             # Unrecorded, its usage would never be booked: cancel it rather than let it run unaccounted.
             with contextlib.suppress(RouterError):
                 await upstream.call("POST", f"/batches/{batch.id}/cancel")
             raise
         return _answer(answer)
+
+    async def _reserve(self, tenant: str, upstream: NativeUpstream, file_id: str) -> str:
+        """Reserve the worst case of the input file's lines against the tenant's daily budget (its id, settled when
+        the batch is booked), or raise the budget's 429; "" when the tenant has no budget."""
+        if not self.tenants.budgeted(tenant):
+            return ""
+        async with contextlib.aclosing(upstream.file_lines(file_id)) as lines:
+            worst = await self.tenants.worst_case_lines(lines, self.settings.limits.max_json_depth)
+        hold = "nb_" + secrets.token_hex(10)
+        refusal = await self.tenants.reserve_budget(tenant, hold, worst, time.time() + NATIVE_HOLD_S)
+        if refusal is not None:
+            raise self.tenants.refuse(tenant, refusal)
+        return hold
 
     async def observe(self, tenant: str, owned: Owned, upstream: NativeUpstream, raw: bytes) -> None:
         """A fresh `Batch` object seen by a handler: keep it; once it ended, give its files to the tenant and have the

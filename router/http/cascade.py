@@ -8,16 +8,19 @@ every lever still adds up; the latency it added to an escalated call is the `rou
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from litestar import Response
 
 from router.core.errors import UpstreamError
 from router.core.lanes import Origin
 from router.core.pricing import Cost
-from router.core.schema import decode_body, encoder
+from router.core.schema import RequestView, decode_body, encoder
 from router.deferred.replay import priced_note, set_cost_headers, with_note
 from router.http.disconnect import unless_disconnected
 from router.http.error_handlers import JSON
@@ -86,7 +89,17 @@ class Cascade:
         call_key: str,
     ) -> Response[bytes]:
         """Ask the cheaper model; keep its answer when the checks and the evidence allow, else ask the asked-for one.
-        Traced as one real-time call's span (`router.realtime`), with the route's outcome and the answer's cost."""
+        Traced as one real-time call's span (`router.realtime`), with the route's outcome and the answer's cost.
+
+        The tenant's budget reserves the worst case of both calls (the cheaper model's, then perhaps the asked-for
+        one's) and is settled with what the answer cost, the thrown-away cheap call included."""
+        view, asked_view = _view(body), _view(asked_body)
+        worst = self.tenants.worst_case(routed.model, "realtime", body, view) + self.tenants.worst_case(
+            routed.asked, "realtime", asked_body, asked_view
+        )
+        hold = "rt_" + secrets.token_hex(10)
+        reserved = await self.tenants.take_realtime(tenant, hold, worst)
+        spent: list[float] = []  # what the calls cost, as they are priced
         span = self.tracing.start(
             "router.realtime",
             client_headers.get("traceparent"),
@@ -97,11 +110,14 @@ class Cascade:
         try:
             answer = await self._respond(
                 receive, provider, endpoint=endpoint, body=body, asked_body=asked_body, tenant=tenant,
-                client_headers=client_headers, headers=headers, routed=routed, call_key=call_key,
+                client_headers=client_headers, headers=headers, routed=routed, call_key=call_key, spent=spent,
             )  # fmt: skip
         except BaseException as exc:
             span.fail(exc)
             raise
+        finally:
+            if reserved:
+                await asyncio.shield(self.tenants.settle(tenant, hold, sum(spent)))
         cost, savings = headers.get("x-router-cost-usd"), headers.get("x-router-savings-usd")
         span.end(
             {"router.lane": "realtime", "http.response.status_code": answer.status_code,
@@ -125,8 +141,8 @@ class Cascade:
         headers: dict[str, str],
         routed: Routed,
         call_key: str,
+        spent: list[float],
     ) -> Response[bytes]:
-        await self.tenants.take_realtime(tenant)
         router, route = self.router, routed.route
         passed = self.upstreams.passed_headers(provider.name, client_headers, tenant)
         started = time.perf_counter()
@@ -138,6 +154,7 @@ class Cascade:
         if response is not None and verdict is not None and verdict.verdict == "keep":
             priced = self.accounting.price(routed.model, Origin.REALTIME, cheap.body, asked=routed.asked)
             self._book(priced, provider.name, routed.model, tenant)
+            spent.append(priced.cost.actual_usd if priced.cost else 0.0)
             metrics.route_decisions.labels(route.key, routed.model, "cascade_kept").inc()
             headers.update(cheap.headers)
             headers.update({"x-router-lane": "realtime", "x-router-model": routed.model,
@@ -153,6 +170,7 @@ class Cascade:
         if response is not None:
             cheap_priced = self.accounting.price(routed.model, Origin.REALTIME, cheap.body)
             self._book(wasted(cheap_priced), provider.name, routed.model, tenant, "cascade_escalated")
+            spent.append(cheap_priced.cost.actual_usd if cheap_priced.cost else 0.0)
         asked_provider = self.upstreams.for_model(routed.asked)
         passed = self.upstreams.passed_headers(asked_provider.name, client_headers, tenant)
         metrics.route_cascade_seconds.labels(route.key).observe(time.perf_counter() - started)
@@ -167,6 +185,7 @@ class Cascade:
             raise UpstreamError(strong.status, strong.body, headers=headers)
         priced = self.accounting.price(routed.asked, Origin.REALTIME, strong.body)
         self._book(priced, asked_provider.name, routed.asked, tenant)
+        spent.append(priced.cost.actual_usd if priced.cost else 0.0)
         if priced.cost is not None:
             # The answer's cost includes the cheap call thrown away, lost on the `route` lever.
             lost = cheap_priced.cost.actual_usd if cheap_priced and cheap_priced.cost else 0.0
@@ -260,3 +279,11 @@ class Cascade:
             return
         usage = self.accounting.price(routed.asked, Origin.REALTIME, asked_answer).usage
         await self.router.observe_pair(routed, task, routed.route.to[0], score, usage)
+
+
+def _view(body: bytes) -> RequestView:
+    """The routing fields of a body admission already checked (for its output cap)."""
+    try:
+        return msgspec.json.decode(body, type=RequestView)
+    except (msgspec.DecodeError, RecursionError):
+        return RequestView()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from router.core.errors import ConfigError
+from router.core.keys import REPLICA_TTL_S
 from router.core.lanes import Catalog, Planner
 from router.core.policy import PolicyStore
 from router.core.pricing import load_pricing, unpriced_models, unpriced_warning
@@ -101,7 +102,7 @@ class Gateway:
         waiter = ResultWaiter(self.waiters, store.results)
         prices = self.accounting.prices
         self.catalog = ModelCatalog(settings.upstreams, providers, prices)
-        self.tenants = Tenants(self.redis, store.keys, settings, store.totals, self.realtime)
+        self.tenants = Tenants(self.redis, store.keys, settings, store.totals, self.realtime, prices)
         self.planner = Planner(b, Catalog(settings.upstreams, lambda model: prices.rates(model, "flex") is not None))
         self.deferred = DeferredLane(
             store.intake, store.batches, self.tenants, self.upstreams, self.planner, self.catalog.known,
@@ -118,7 +119,7 @@ class Gateway:
         )  # fmt: skip
         self.guard = Guard(
             store.queues, store.batches, store.results, providers, b, self.accounting, self.planner, tracing,
-            answer_store,
+            answer_store, store.leases,
         )  # fmt: skip
         self.webhooks = WebhookSender(
             store.queues, store.webhooks, store.results, store.leases, settings.webhooks, webhook_secret
@@ -129,10 +130,14 @@ class Gateway:
             if cfg.batch and isinstance(provider := providers[cfg.name], OpenAIProvider)
         }
         self.native_store = NativeStore(self.redis, settings.key_prefix)
-        self.native_watcher = NativeWatcher(self.native_store, store.leases, self.natives, b, self.accounting)
+        self.native_watcher = NativeWatcher(
+            self.native_store, store.leases, self.natives, b, self.accounting, self.tenants.settle
+        )
         self.owners = Owners(self.redis, store.keys, store.leases)
         anthropic = {name: p for name, p in providers.items() if isinstance(p, AnthropicProvider)}
-        self.message_batches = MessageBatchWatcher(self.owners, anthropic, self.accounting, self.realtime.record, b)
+        self.message_batches = MessageBatchWatcher(
+            self.owners, anthropic, self.accounting, self.realtime.record, b, self.tenants.settle
+        )
         self.holds = Holds(store.intake, waiter, self.waiters, settings, max_held(settings, raise_fd_limit()))
         self.exposition = Exposition(store.queues, store.batches, self.planner, self.tenants, metrics_dir)
         # The services, each with the parts it calls.
@@ -164,6 +169,9 @@ class Gateway:
         """Start the background loops; on exit stop them (bounded wait, then cancel) and close every pool."""
         self._stop = asyncio.Event()
         self.holds.bind(asyncio.get_running_loop())
+        # This replica says it is alive before its loops take any lease, so no other replica takes one for dead.
+        with contextlib.suppress(Exception):
+            await self.store.intake.heartbeat(self.holds.replica_id, REPLICA_TTL_S)
         self._tasks = [
             asyncio.create_task(self.holds.heartbeat(self._stop), name="heartbeat"),
             asyncio.create_task(self._watch_policies(), name="policy-reload"),

@@ -9,6 +9,7 @@ completions go into (`keys.queue_endpoint`), and its answer comes back as Anthro
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -35,6 +36,7 @@ from router.providers.base import UpstreamResponse
 
 if TYPE_CHECKING:
     from router.core.settings import Settings
+    from router.deferred.tenants import Tenants
     from router.http.admission import Admission
     from router.http.auth import Auth
     from router.http.reports import Reports
@@ -43,6 +45,8 @@ if TYPE_CHECKING:
 
 JSON = "application/json"
 MAX_LIST_LIMIT = 1000
+MESSAGE_BATCH_HOLD_S = 26 * 3600.0
+"""A Message Batch's budget reservation lapses this long after creation (its 24 h window, then its booking)."""
 LIST_CONCURRENCY = 8
 """Batches of one list page fetched from the upstream at once."""
 
@@ -105,7 +109,9 @@ class MessagesApi:
         upstreams: Upstreams,
         owners: Owners,
         settings: Settings,
+        tenants: Tenants,
     ) -> None:
+        self.tenants = tenants
         self.auth = auth
         self.admission = admission
         self.reports = reports
@@ -172,10 +178,24 @@ class MessagesApi:
         tenant = self.auth.authenticate(request.headers)
         body = await request.body()
         provider = self._batch_provider(body)
-        answer = await provider.native("POST", "/messages/batches", content=body)
+        hold = ""
+        if self.tenants.budgeted(tenant):  # the worst case of every request, settled when the batch is booked
+            hold = "mb_" + secrets.token_hex(10)
+            worst = self.tenants.worst_case_requests(body, self.settings.limits.max_json_depth)
+            refusal = await self.tenants.reserve_budget(tenant, hold, worst, time.time() + MESSAGE_BATCH_HOLD_S)
+            if refusal is not None:
+                raise self.tenants.refuse(tenant, refusal)
+        try:
+            answer = await provider.native("POST", "/messages/batches", content=body)
+        except BaseException:
+            if hold:
+                await self.tenants.settle(tenant, hold, 0.0)
+            raise
+        if answer.status != 200 and hold:
+            await self.tenants.settle(tenant, hold, 0.0)
         if answer.status == 200:
             now = time.time()
-            owner = Owner(tenant=tenant, upstream=provider.name, created_at=now)
+            owner = Owner(tenant=tenant, upstream=provider.name, created_at=now, reservation=hold)
             first_check = now + self.settings.batch.poll_interval_s
             await self.owners.record(_id_decoder.decode(answer.body).id, owner, first_check)
         return _answer(request, answer)

@@ -7,6 +7,9 @@ request's ASGI `receive`.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING
@@ -45,6 +48,9 @@ USAGE_OPTION_ENDPOINTS = frozenset({"/chat/completions", "/completions"})
 """Endpoints whose streams report usage only when asked (`stream_options.include_usage`)."""
 
 
+log = logging.getLogger(__name__)
+
+
 class Relay:
     """Answers a call in real time: forwarded, its tenant's limits taken first, booked once when it ends."""
 
@@ -62,6 +68,7 @@ class Relay:
         self.tenants = tenants
         self.accounting = accounting
         self.realtime = realtime
+        self._settling: set[asyncio.Task[None]] = set()
         self.learn = learn
         """What a routed call teaches its model route once answered (`Cascade.learn`: a note for feedback, a shadow
         twin); None: no model routes."""
@@ -96,6 +103,11 @@ class Relay:
         """
         asked = routed.asked if routed is not None else None
         model = view.model or ""
+        origin = Origin.FLEX if view.service_tier == "flex" else Origin.REALTIME
+        hold = "rt_" + secrets.token_hex(10)
+        worst = self.tenants.worst_case(asked or model, origin.lane.price_tier, body, view)
+        # Its budget (the worst case reserved) and `rpm`, before the upstream sees the call.
+        reserved = await self.tenants.take_realtime(tenant, hold, worst)
         span = self.tracing.start(
             "router.realtime",
             client_headers.get("traceparent"),
@@ -105,17 +117,55 @@ class Relay:
         )  # fmt: skip
         try:
             return await self._respond(
-                receive, provider, span, endpoint, body, view, tenant, client_headers, headers, started, flex_fallback,
-                routed, asked, asked_body, keep,
+                receive, provider, span=span, endpoint=endpoint, body=body, view=view, tenant=tenant,
+                client_headers=client_headers, headers=headers, started=started, flex_fallback=flex_fallback,
+                routed=routed, asked_body=asked_body, keep=keep, origin=origin, hold=hold if reserved else "",
             )  # fmt: skip
         except BaseException as exc:
             span.fail(exc)
+            if reserved:  # failed or cancelled: nothing was billed
+                await asyncio.shield(self._settle(tenant, hold, 0.0))
             raise
+
+    async def _settle(self, tenant: str, hold: str, cost: float) -> None:
+        """End a call's budget reservation (best effort: an unsettled one lapses)."""
+        try:
+            await self.tenants.settle(tenant, hold, cost)
+        except Exception as exc:
+            log.warning("settling a budget reservation failed; it lapses by itself: %s", exc)
+
+    def _settle_later(self, tenant: str, hold: str, priced: Priced) -> None:
+        if hold:
+            task = asyncio.get_running_loop().create_task(
+                self._settle(tenant, hold, priced.cost.actual_usd if priced.cost else 0.0)
+            )
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
+
+    async def _finish(
+        self,
+        tenant: str,
+        hold: str,
+        priced: Priced,
+        headers: dict[str, str],
+        keep: Keeper | None,
+        status: int,
+        body: bytes,
+        model: str,
+    ) -> None:
+        """A whole answer's last steps: settle its budget reservation, show its cost, keep it for the answer cache."""
+        if hold:
+            await self._settle(tenant, hold, priced.cost.actual_usd if priced.cost else 0.0)
+        if priced.cost is not None:
+            set_cost_headers(headers, priced.cost.actual_usd, priced.cost.savings_usd)
+        if keep is not None and status == 200:
+            await keep.body(body, model)
 
     async def _respond(
         self,
         receive: Receive,
         provider: Provider,
+        *,
         span: Span,
         endpoint: str,
         body: bytes,
@@ -126,11 +176,12 @@ class Relay:
         started: float,
         flex_fallback: bool,
         routed: Routed | None,
-        asked: str | None,
         asked_body: bytes | None,
         keep: Keeper | None,
+        origin: Origin,
+        hold: str,
     ) -> Response[bytes] | Stream:
-        await self.tenants.take_realtime(tenant)  # its budget and `rpm`, before the upstream sees the call
+        asked = routed.asked if routed is not None else None
         model = view.model or ""
         stream = bool(view.stream)
         strip_usage = False
@@ -141,7 +192,6 @@ class Relay:
         ):
             body, strip_usage = with_usage_requested(body), True  # priced from the usage chunk, hidden again below
         passed = self.upstreams.passed_headers(provider.name, client_headers, tenant)
-        origin = Origin.FLEX if view.service_tier == "flex" else Origin.REALTIME
 
         def count(outcome: str) -> None:
             self.realtime.record(Priced(None, None), origin=origin, upstream=provider.name, model=model, tenant=tenant,
@@ -173,6 +223,7 @@ class Relay:
                 self.realtime.record(priced, origin=origin, upstream=provider.name, model=model, tenant=tenant,
                                      outcome="ok" if completed else "cancelled")  # fmt: skip
                 span.end(cost_attributes(origin, upstream.status, priced))
+                self._settle_later(tenant, hold, priced)
 
             def comment(usage: Usage) -> bytes:
                 priced = self.accounting.price(model, origin, b"", usage, asked=asked)
@@ -188,10 +239,7 @@ class Relay:
         priced = self.accounting.price(model, origin, upstream.body, asked=asked)
         span.end(cost_attributes(origin, upstream.status, priced))
         self.realtime.record(priced, origin=origin, upstream=provider.name, model=model, tenant=tenant, outcome="ok")
-        if priced.cost is not None:
-            set_cost_headers(headers, priced.cost.actual_usd, priced.cost.savings_usd)
-        if keep is not None and upstream.status == 200:
-            await keep.body(upstream.body, model)
+        await self._finish(tenant, hold, priced, headers, keep, upstream.status, upstream.body, model)
         if routed is not None and self.learn is not None:
             self.learn(routed, endpoint, asked_body or body, upstream.body, client_headers, tenant, headers, priced)
         note = priced_note(origin=origin, call_id=headers.get("x-router-request-id", ""), model=model, priced=priced)

@@ -100,6 +100,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             )
         logging.getLogger(__name__).warning("auth is 'none' and the router listens on %s (--insecure-no-auth)",
                                             settings.host)  # fmt: skip
+    if settings.metrics_token_env is None and not is_loopback(settings.host):
+        if not args.insecure_no_auth:
+            raise ConfigError(
+                "metrics_token_env",
+                None,
+                "`/metrics` shows every tenant's spend, so beyond loopback it needs a bearer token: set "
+                "`metrics_token_env` to the variable that holds one, or pass --insecure-no-auth to leave it open",
+            )
+        logging.getLogger(__name__).warning("/metrics is open on %s (--insecure-no-auth)", settings.host)
     workers = args.workers
     with redis_for(settings) as ready:
         if workers > 1:
@@ -279,7 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--batch-max-wait", type=float, help="seconds a deferred call may wait before its queue flushes")
     serve.add_argument("--poll-interval", type=float, help="seconds between polls of in-flight batches")
     serve.add_argument(
-        "--insecure-no-auth", action="store_true", help="listen beyond loopback although `auth` is 'none'"
+        "--insecure-no-auth",
+        action="store_true",
+        help="listen beyond loopback although `auth` is 'none' or `/metrics` has no token",
     )
     serve.add_argument(
         "--workers",

@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import secrets
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import msgspec
@@ -43,6 +42,8 @@ class Owner(msgspec.Struct, frozen=True, kw_only=True):
     tenant: str
     upstream: str
     created_at: float
+    reservation: str = ""
+    """The id of the batch's reservation of the tenant's daily budget, settled when it is booked ("" if none)."""
 
 
 class _Status(msgspec.Struct):
@@ -191,14 +192,17 @@ class MessageBatchWatcher:
         accounting: Accounting,
         book: Book,
         settings: BatchSettings,
+        settle: Callable[[str, str, float], Awaitable[None]] | None = None,
     ) -> None:
+        self.settle = settle
+        """Ends a batch's budget reservation with its booked cost (`Tenants.settle`), if budgets are kept."""
         self.owners = owners
         self.upstreams = upstreams
         """The upstreams of kind `anthropic`, by name: a batch on any other is not one of theirs."""
         self.accounting = accounting
         self.book = book
         self.settings = settings
-        self.owner = "ledger-" + secrets.token_hex(6)
+        self.owner = owners.leases.owner("ledger")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Pace `run_once` until `stop`."""
@@ -249,6 +253,9 @@ class MessageBatchWatcher:
             self.book(
                 priced, origin=Origin.BATCH, upstream=owner.upstream, model=model, tenant=owner.tenant, outcome=outcome
             )
+        if owner.reservation and self.settle is not None:
+            cost = sum(priced.cost.actual_usd for _, priced, _ in lines if priced.cost is not None)
+            await self.settle(owner.tenant, owner.reservation, cost)
         await self.owners.close(batch_id)
         return 1
 

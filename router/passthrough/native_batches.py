@@ -8,9 +8,8 @@ import contextlib
 import functools
 import logging
 import random
-import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import msgspec
@@ -33,6 +32,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 Kind = Literal["file", "batch"]
+Settle = Callable[[str, str, float], Awaitable[None]]
+"""(tenant, reservation id, cost) → the reservation ended with that cost."""
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 MAX_POLL_INTERVAL_S = 600.0
 BOOK_CHUNK = 256  # result lines booked per script run
@@ -167,12 +168,15 @@ class NativeStore:
         await self.record(tenant, "file", view.id, view.created_at, end, upstream=upstream, object=raw,
                           purpose=view.purpose, batch=batch)  # fmt: skip
 
-    async def record_batch(self, tenant: str, upstream: str, raw: bytes, view: BatchView, first_poll: float) -> None:
-        """Own a batch just created, and watch it until its usage is booked."""
+    async def record_batch(
+        self, tenant: str, upstream: str, raw: bytes, view: BatchView, first_poll: float, *, reservation: str = ""
+    ) -> None:
+        """Own a batch just created (with its budget reservation's id, if any), and watch it until it is booked."""
         k = self.keys
         await self.redis.sadd(k.native_tenants(), tenant)  # first: a watched batch is never on a tenant not walked
         until = (view.created_at or time.time()) + NATIVE_BATCH_TTL_S
-        await self.record(tenant, "batch", view.id, view.created_at, until, upstream=upstream, object=raw)
+        extra = {"reservation": reservation} if reservation else {}
+        await self.record(tenant, "batch", view.id, view.created_at, until, upstream=upstream, object=raw, **extra)
         await self.redis.zadd(k.native_watch(tenant), {view.id: first_poll})
 
     async def get(self, tenant: str, kind: Kind, object_id: str) -> Owned | None:
@@ -251,6 +255,10 @@ class NativeStore:
             lines=[(custom_id, priced.as_tuple(), priced.prompt_cache_usd) for custom_id, priced in lines],
         )
 
+    async def reservation(self, tenant: str, batch_id: str) -> str:
+        """The id of the batch's budget reservation ("" when it made none)."""
+        return text(await self.redis.hget(self.keys.native_object(tenant, "batch", batch_id), "reservation"))
+
     async def finish(self, tenant: str, batch_id: str) -> None:
         """The batch is booked: nothing more is added for it, and it is no longer polled."""
         k = self.keys
@@ -294,13 +302,17 @@ class NativeWatcher:
         upstreams: Mapping[str, NativeUpstream],
         settings: BatchSettings,
         accounting: Accounting,
+        settle: Settle | None = None,
     ) -> None:
+        self.settle_budget = settle
+        """Ends a batch's budget reservation with its booked cost (`Tenants.settle`), if budgets are kept."""
         self.store = store
         self.leases = leases
         self.upstreams = upstreams
         self.settings = settings
         self.accounting = accounting
-        self.owner = "native-" + secrets.token_hex(6)
+        self.owner = leases.owner("native")
+        self._booked_cost: dict[str, float] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Pace `run_once` until `stop`."""
@@ -367,6 +379,10 @@ class NativeWatcher:
                 # Deleted behind the router's back, or expired: its lines cannot be read, so cannot be booked.
                 log.warning("native batch %s: file %s is gone upstream, its lines are not booked", view.id, file_id)
         await self.store.finish(tenant, view.id)
+        hold = await self.store.reservation(tenant, view.id)
+        if hold and self.settle_budget is not None:
+            # The day's booked native cost of this batch (a pass that crashed mid-booking left the rest to this one).
+            await self.settle_budget(tenant, hold, self._booked_cost.pop(view.id, 0.0))
 
     async def _book_file(self, tenant: str, upstream: NativeUpstream, view: BatchView, file_id: str, day: str) -> None:
         chunk: list[tuple[str, Priced, str, str]] = []
@@ -425,6 +441,8 @@ class NativeWatcher:
         new = await self.store.book(tenant, batch_id, day, [(custom_id, priced) for custom_id, priced, _, _ in chunk])
         for position in new:
             _, priced, label, outcome = chunk[position]
+            if priced.cost is not None:
+                self._booked_cost[batch_id] = self._booked_cost.get(batch_id, 0.0) + priced.cost.actual_usd
             self.accounting.book(
                 priced, origin=Origin.NATIVE, upstream=upstream, model=label, tenant=tenant, outcome=outcome
             )

@@ -156,10 +156,39 @@ class BatchStore:
             _, first = await pipe.execute()
         return float(first)
 
-    async def take_over(self, tag: str, bid: str, owner: str, lease_s: float) -> bool:
-        """Adopt a `building` batch whose builder's lease lapsed."""
+    async def take_over(self, tag: str, bid: str, owner: str, lease_s: float, *, dead: str = "") -> bool:
+        """Adopt a `building` batch whose builder's lease lapsed, or whose builder is `dead` (its replica's
+        heartbeat lapsed) whatever is left of its lease."""
         now = time.time()
-        return await self.ctx.scripts.take_over(tag=tag, bid=bid, owner=owner, now=now, lease_until=now + lease_s)
+        return await self.ctx.scripts.take_over(
+            tag=tag, bid=bid, owner=owner, now=now, lease_until=now + lease_s, dead=dead
+        )
+
+    async def leased_builds(self, tag: str, now: float, limit: int = 100) -> list[BatchRecord]:
+        """`building` batches of a queue whose lease still runs (their builders' liveness decides if they wait)."""
+        redis, k = self.ctx.redis, self.ctx.keys
+        bids = [text(b) for b in await redis.zrangebyscore(k.batches(tag), f"({now!r}", "+inf", start=0, num=limit)]
+        if not bids:
+            return []
+        async with redis.pipeline(transaction=False) as pipe:
+            for bid in bids:
+                pipe.hmget(k.batch(tag, bid), ["state", "owner", "created_at", "n"])
+            rows = await pipe.execute()
+        return [
+            BatchRecord(
+                tag=tag,
+                id=bid,
+                state=BatchState.BUILDING,
+                provider_id="",
+                owner=text(row[1]),
+                created_at=number(row[2]) or 0.0,
+                submitted_at=0.0,
+                polls=0,
+                n=int(row[3] or 0),
+            )
+            for bid, row in zip(bids, rows, strict=True)
+            if text(row[0]) == BatchState.BUILDING
+        ]
 
     async def renew_batch(self, tag: str, bid: str, owner: str, lease_s: float) -> bool:
         """Extend the lease of a `building` batch we still own."""

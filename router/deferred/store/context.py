@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -29,3 +30,5 @@ class StoreContext:
         self.result_ttl = int(result_ttl_s)
         self.idempotency_ttl = int(idempotency_ttl_s)
         self.max_queues = max_queues
+        self.replica_id = "r" + secrets.token_hex(6)
+        """This process's name among the replicas: its heartbeat's key and the prefix of every lease owner it uses."""

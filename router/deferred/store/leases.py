@@ -1,11 +1,19 @@
 """Short exclusive leases (SET NX PX) that make one replica do a piece of work, and `while_leased`, which keeps one
-renewed while the work runs."""
+renewed while the work runs.
+
+A lease follows its owner's liveness: an owner is named `<replica id>/<role>-<hex>` (`Leases.owner`), and a lease
+held by a replica whose heartbeat (`P:replica:<id>`, `REPLICA_TTL_S`) has lapsed is taken over at once, whatever is
+left of its length. A dead replica's work thus resumes within the heartbeat's lifetime plus one pass, not at the
+end of `batch.lease_s`. A replica taken for dead that still runs (its heartbeat missed a Redis blip) loses the
+lease at its next renewal and stops, as a stalled one always did.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
@@ -27,9 +35,35 @@ class Leases:
         self.keys = ctx.keys
         """The key names leases are taken under (`flush_lease`, `batch_lease`, `webhook_lease`, ...)."""
 
+    def owner(self, role: str) -> str:
+        """A new owner name for one of this replica's loops: its replica's id first, so its liveness can be read."""
+        return f"{self.ctx.replica_id}/{role}-{secrets.token_hex(6)}"
+
     async def lease(self, key: str, owner: str, seconds: float) -> bool:
-        """Take a short exclusive lease (SET NX PX); it lapses by itself if the owner dies."""
-        return bool(await self.ctx.redis.set(key, owner, nx=True, px=int(seconds * 1000)))
+        """Take a short exclusive lease (SET NX PX); it lapses by itself, and is taken over at once from an owner
+        whose replica's heartbeat lapsed."""
+        ms = int(seconds * 1000)
+        if await self.ctx.redis.set(key, owner, nx=True, px=ms):
+            return True
+        holder = text(await self.ctx.redis.get(key))
+        if not holder or holder == owner or not await self.dead({holder}):
+            return False
+        # Compare-and-set on the one key: a holder that changed meanwhile (another replica took it) keeps it.
+        return await self.ctx.scripts.take_lease(key=key, dead=holder, owner=owner, ms=ms)
+
+    async def dead(self, owners: set[str]) -> set[str]:
+        """The owners among `owners` whose replica's heartbeat has lapsed (an owner naming no replica never is, nor
+        one of this replica's own: it knows it is alive)."""
+        replicas = {o: r for o in owners if "/" in o and (r := o.partition("/")[0]) != self.ctx.replica_id}
+        if not replicas:
+            return set()
+        ordered = sorted(set(replicas.values()))
+        async with self.ctx.redis.pipeline(transaction=False) as pipe:
+            for replica_id in ordered:
+                pipe.exists(self.keys.replica(replica_id))
+            found = await pipe.execute()
+        gone = {r for r, n in zip(ordered, found, strict=True) if not n}
+        return {o for o, r in replicas.items() if r in gone}
 
     async def renew(self, key: str, owner: str, seconds: float) -> bool:
         """Extend a lease we still hold."""

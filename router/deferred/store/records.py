@@ -46,6 +46,8 @@ class CallMeta(msgspec.Struct, frozen=True, kw_only=True):
     answer_key: str | None = None
     """Where the answer cache keeps this call's 200 answer once it has one (`core.answers.digest`); None: it is not
     kept (the cache is off for the call, or the caller said `no-store`)."""
+    budget: bool = False
+    """The call holds a reservation of its tenant's daily budget, which its stored result settles."""
 
 
 class CallRecord(msgspec.Struct, frozen=True, kw_only=True):

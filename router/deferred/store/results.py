@@ -103,6 +103,10 @@ class ResultStore:
                 self.ctx.redis.publish(k.done_channel, call_id),
                 self.ctx.redis.zrem(k.tenant_deferred(meta.tenant), call_id),  # no longer counts for `max_deferred`
             )
+            if meta.budget:  # its budget reservation ends with its real cost (a crash before: it lapses)
+                await self.ctx.scripts.settle_budget(
+                    tenant=meta.tenant, day=day, call_id=call_id, cost=cost[0] if cost else 0.0, ttl=2 * 24 * 3600
+                )
         return stored
 
     async def requeue(self, call_id: str, bid: str) -> bool:
@@ -134,14 +138,29 @@ class ResultStore:
             rows = await pipe.execute()
         return [text(i) for row in rows for i in row]
 
-    async def escalate(self, call_id: str, lease_s: float) -> bytes | None:
-        """Take a call out of the batch lane for real-time handling; its body, or None if someone else has it."""
+    async def escalate(self, call_id: str, lease_s: float, owner: str = "", *, dead: str = "") -> bytes | None:
+        """Take a call out of the batch lane for real-time handling (as `owner`, taking it from a `dead` escalator
+        whatever is left of its lease); its body, or None if someone else has it."""
         now = time.time()
-        return await self.ctx.scripts.escalate(call_id=call_id, now=now, lease_until=now + lease_s)
+        return await self.ctx.scripts.escalate(
+            call_id=call_id, now=now, lease_until=now + lease_s, owner=owner, dead=dead
+        )
 
-    async def renew_escalation(self, call_id: str, lease_s: float) -> bool:
-        """Extend the lease of a call being answered in real time."""
-        return await self.ctx.scripts.renew_escalation(call_id=call_id, until=time.time() + lease_s)
+    async def renew_escalation(self, call_id: str, lease_s: float, owner: str = "") -> bool:
+        """Extend the lease of a call being answered in real time, if it is still `owner`'s."""
+        return await self.ctx.scripts.renew_escalation(call_id=call_id, until=time.time() + lease_s, owner=owner)
+
+    async def leased_escalations(self, tag: str, now: float, limit: int = 500) -> list[tuple[str, str]]:
+        """(call id, escalator) of the calls being answered in real time whose lease still runs."""
+        redis, k = self.ctx.redis, self.ctx.keys
+        ids = [text(i) for i in await redis.zrangebyscore(k.escalating(tag), f"({now!r}", "+inf", start=0, num=limit)]
+        if not ids:
+            return []
+        async with redis.pipeline(transaction=False) as pipe:
+            for call_id in ids:
+                pipe.hget(k.call(call_id), "escalator")
+            owners = await pipe.execute()
+        return [(call_id, text(owner)) for call_id, owner in zip(ids, owners, strict=True) if owner]
 
 
 def _record(call_id: str, row: list[bytes | None]) -> CallRecord | None:

@@ -480,10 +480,32 @@ class RenewLease(Script):
         return bool(await self._run(lease=key, owner=owner, ms=ms))
 
 
+# Take a lease from a holder whose replica is dead (the caller read its heartbeat lapsed): only if `dead` still
+# holds it, so two replicas adopting one lease at once never both get it.
+TAKE_LEASE = """
+local lease, dead, owner, ms = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+if redis.call('GET', lease) ~= dead then return 0 end
+redis.call('SET', lease, owner, 'PX', ms)
+return 1
+"""
+
+
+class TakeLease(Script):
+    """TAKE_LEASE: True when the lease at `key` passed from `dead` to `owner` for `ms`."""
+
+    LUA = TAKE_LEASE
+    KEYS = ("lease",)
+    ARGV = ("dead", "owner", "ms")
+
+    async def __call__(self, *, key: str, dead: str, owner: str, ms: int) -> bool:
+        return bool(await self._run(lease=key, dead=dead, owner=owner, ms=ms))
+
+
 RENEW_ESCALATION = _lua("""
 local call, escalating = KEYS[1], KEYS[2]
-local id, expiry = ARGV[1], ARGV[2]
+local id, expiry, owner = ARGV[1], ARGV[2], ARGV[3]
 if redis.call('HGET', call, 'state') ~= '${CALL_ESCALATED}' then return 0 end
+if owner ~= '' and redis.call('HGET', call, 'escalator') ~= owner then return 0 end
 redis.call('ZADD', escalating, 'XX', expiry, id)
 return 1
 """)
@@ -494,23 +516,26 @@ class RenewEscalation(Script):
 
     LUA = RENEW_ESCALATION
     KEYS = ("call", "escalating")
-    ARGV = ("id", "expiry")
+    ARGV = ("id", "expiry", "owner")
 
-    async def __call__(self, *, call_id: str, until: float) -> bool:
+    async def __call__(self, *, call_id: str, until: float, owner: str = "") -> bool:
         k = self.keys
         done = await self._run(
-            call=k.call(call_id), escalating=k.escalating(tag_of(call_id)), id=call_id, expiry=repr(until)
-        )
+            call=k.call(call_id), escalating=k.escalating(tag_of(call_id)), id=call_id, expiry=repr(until),
+            owner=owner,
+        )  # fmt: skip
         return bool(done)
 
 
-# Take over a `building` batch whose lease lapsed (its builder crashed between claim and record).
+# Take over a `building` batch whose lease lapsed (its builder crashed between claim and record), or whose owner is
+# `dead` (the caller read its replica's heartbeat lapsed) while the lease still runs.
 TAKE_OVER = _lua("""
 local batch, batches = KEYS[1], KEYS[2]
-local bid, owner, now, lease_until = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local bid, owner, now, lease_until, dead = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 if redis.call('HGET', batch, 'state') ~= '${BATCH_BUILDING}' then return 0 end
 local score = redis.call('ZSCORE', batches, bid)
-if not score or tonumber(score) > now then return 0 end
+if not score then return 0 end
+if tonumber(score) > now and (dead == '' or redis.call('HGET', batch, 'owner') ~= dead) then return 0 end
 redis.call('HSET', batch, 'owner', owner)
 redis.call('ZADD', batches, lease_until, bid)
 return 1
@@ -522,9 +547,9 @@ class TakeOver(Script):
 
     LUA = TAKE_OVER
     KEYS = ("batch", "batches")
-    ARGV = ("bid", "owner", "now", "lease_until")
+    ARGV = ("bid", "owner", "now", "lease_until", "dead")
 
-    async def __call__(self, *, tag: str, bid: str, owner: str, now: float, lease_until: float) -> bool:
+    async def __call__(self, *, tag: str, bid: str, owner: str, now: float, lease_until: float, dead: str = "") -> bool:
         k = self.keys
         done = await self._run(
             batch=k.batch(tag, bid),
@@ -533,6 +558,7 @@ class TakeOver(Script):
             owner=owner,
             now=repr(now),
             lease_until=repr(lease_until),
+            dead=dead,
         )
         return bool(done)
 
@@ -682,11 +708,12 @@ class Requeue(Script):
 
 # Take a call out of the batch lane to answer it in real time; returns its body, or false.
 # A queued call leaves its queue; a submitted one stays in its batch (a late result is dropped); an
-# escalation whose lease lapsed (its replica crashed) is taken over.
+# escalation whose lease lapsed (its replica crashed), or whose escalator is `dead` (the caller read its replica's
+# heartbeat lapsed) while its lease still runs, is taken over.
 # Race closed: the guard on two replicas never sends the same call to real time twice while a lease holds.
 ESCALATE = _lua("""
 local call, pending, arrivals, bytes, inflight, escalating = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local id, now, lease_until = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local id, now, lease_until, owner, dead = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
 local state = redis.call('HGET', call, 'state')
 if state == '${CALL_QUEUED}' then
   redis.call('ZREM', pending, id)
@@ -696,11 +723,13 @@ elseif state == '${CALL_SUBMITTED}' then
   redis.call('ZREM', inflight, id)
 elseif state == '${CALL_ESCALATED}' then
   local score = redis.call('ZSCORE', escalating, id)
-  if score and tonumber(score) > now then return false end
+  if score and tonumber(score) > now and (dead == '' or redis.call('HGET', call, 'escalator') ~= dead) then
+    return false
+  end
 else
   return false
 end
-redis.call('HSET', call, 'state', '${CALL_ESCALATED}')
+redis.call('HSET', call, 'state', '${CALL_ESCALATED}', 'escalator', owner)
 redis.call('ZADD', escalating, lease_until, id)
 return redis.call('HGET', call, 'body')
 """)
@@ -711,9 +740,11 @@ class Escalate(Script):
 
     LUA = ESCALATE
     KEYS = ("call", "pending", "arrivals", "bytes", "inflight", "escalating")
-    ARGV = ("id", "now", "lease_until")
+    ARGV = ("id", "now", "lease_until", "owner", "dead")
 
-    async def __call__(self, *, call_id: str, now: float, lease_until: float) -> bytes | None:
+    async def __call__(
+        self, *, call_id: str, now: float, lease_until: float, owner: str = "", dead: str = ""
+    ) -> bytes | None:
         k = self.keys
         tag = tag_of(call_id)
         body = await self._run(
@@ -726,6 +757,8 @@ class Escalate(Script):
             id=call_id,
             now=repr(now),
             lease_until=repr(lease_until),
+            owner=owner,
+            dead=dead,
         )
         return body if isinstance(body, bytes) else None
 
@@ -943,6 +976,104 @@ class ReserveDeferred(Script):
         return Taken(bool(taken), int(count))
 
 
+# Reserve a call's worst-case cost against its tenant's daily budget: drop reservations past their expiry (their
+# process died before settling), then refuse when what is spent today (the larger of the settled amounts and the
+# `floor` read from the totals) plus what is reserved leaves no room for `amount`, else hold it under `id`; returns
+# {1 or 0, spent plus reserved, as text}. Every key carries the tenant's tag `{b:<tenant>}`: one step on a server or
+# a cluster node, so concurrent admissions on any replicas never pass the budget together.
+RESERVE_BUDGET = """
+local ledger, holds, spent_key = KEYS[1], KEYS[2], KEYS[3]
+local id, amount, budget, floor = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local now, expiry, ttl = ARGV[5], ARGV[6], tonumber(ARGV[7])
+for _, lapsed in ipairs(redis.call('ZRANGEBYSCORE', holds, '-inf', now)) do
+  local held = tonumber(redis.call('HGET', ledger, 'r:' .. lapsed) or '0')
+  redis.call('HINCRBYFLOAT', ledger, 'reserved', -held)
+  redis.call('HDEL', ledger, 'r:' .. lapsed)
+  redis.call('ZREM', holds, lapsed)
+end
+local reserved = math.max(0, tonumber(redis.call('HGET', ledger, 'reserved') or '0'))
+local spent = math.max(tonumber(redis.call('GET', spent_key) or '0'), floor)
+if spent + reserved >= budget or spent + reserved + amount > budget then
+  return {0, tostring(spent + reserved)}
+end
+if redis.call('HEXISTS', ledger, 'r:' .. id) == 0 then
+  redis.call('HSET', ledger, 'r:' .. id, amount)
+  redis.call('HINCRBYFLOAT', ledger, 'reserved', amount)
+  redis.call('ZADD', holds, expiry, id)
+end
+local last = redis.call('ZRANGE', holds, -1, -1, 'WITHSCORES')
+redis.call('EXPIREAT', ledger, math.ceil(tonumber(last[2])) + 1)
+redis.call('EXPIREAT', holds, math.ceil(tonumber(last[2])) + 1)
+return {1, tostring(spent + reserved + amount)}
+"""
+
+
+class ReserveBudget(Script):
+    """RESERVE_BUDGET: (taken, spent plus reserved in USD)."""
+
+    LUA = RESERVE_BUDGET
+    KEYS = ("ledger", "holds", "spent_key")
+    ARGV = ("id", "amount", "budget", "floor", "now", "expiry", "ttl")
+
+    async def __call__(
+        self,
+        *,
+        tenant: str,
+        day: str,
+        call_id: str,
+        amount: float,
+        budget: float,
+        floor: float,
+        now: float,
+        expires_at: float,
+        ttl: int,
+    ) -> tuple[bool, float]:
+        k = self.keys
+        taken, total = await self._run(
+            ledger=k.budget(tenant), holds=k.budget_holds(tenant), spent_key=k.budget_spent(tenant, day), id=call_id,
+            amount=repr(amount), budget=repr(budget), floor=repr(floor), now=repr(now), expiry=repr(expires_at),
+            ttl=ttl,
+        )  # fmt: skip
+        return bool(taken), float(text(total))
+
+
+# Settle a reservation with the call's real cost (0 when it failed, was refused or became no new call): drop the
+# reservation, if it still stands, and add `cost` to the day's settled spend. A settled id is never held again.
+# Same tag as RESERVE_BUDGET: one step.
+SETTLE_BUDGET = """
+local ledger, holds, spent_key = KEYS[1], KEYS[2], KEYS[3]
+local id, cost, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local held = redis.call('HGET', ledger, 'r:' .. id)
+if held then
+  redis.call('HINCRBYFLOAT', ledger, 'reserved', -tonumber(held))
+  redis.call('HDEL', ledger, 'r:' .. id)
+  redis.call('ZREM', holds, id)
+end
+if cost > 0 then
+  redis.call('INCRBYFLOAT', spent_key, cost)
+  redis.call('EXPIRE', spent_key, ttl)
+end
+return held and 1 or 0
+"""
+
+
+class SettleBudget(Script):
+    """SETTLE_BUDGET: True when a reservation stood and was settled."""
+
+    LUA = SETTLE_BUDGET
+    KEYS = ("ledger", "holds", "spent_key")
+    ARGV = ("id", "cost", "ttl")
+
+    async def __call__(self, *, tenant: str, day: str, call_id: str, cost: float, ttl: int) -> bool:
+        k = self.keys
+        return bool(
+            await self._run(
+                ledger=k.budget(tenant), holds=k.budget_holds(tenant), spent_key=k.budget_spent(tenant, day),
+                id=call_id, cost=repr(cost), ttl=ttl,
+            )
+        )  # fmt: skip
+
+
 # Cut a submitted batch: mark it (once) and make it due for the poller, which cancels it at the provider and
 # harvests the lines it finished; returns 1 when this call cut it.
 # Race closed: two guards cutting one batch do it once, and a cut never puts a batch that was ingested meanwhile
@@ -1090,6 +1221,7 @@ class Scripts:
         self.mark_submitted = MarkSubmitted(redis, keys)
         self.renew_batch = RenewBatch(redis, keys)
         self.renew_lease = RenewLease(redis, keys)
+        self.take_lease = TakeLease(redis, keys)
         self.renew_escalation = RenewEscalation(redis, keys)
         self.take_over = TakeOver(redis, keys)
         self.store_result = StoreResult(redis, keys)
@@ -1103,3 +1235,5 @@ class Scripts:
         self.cut = Cut(redis, keys)
         self.answer_get = AnswerGet(redis, keys)
         self.answer_put = AnswerPut(redis, keys)
+        self.reserve_budget = ReserveBudget(redis, keys)
+        self.settle_budget = SettleBudget(redis, keys)
