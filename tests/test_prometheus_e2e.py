@@ -159,6 +159,15 @@ def realtime_calls(client: openai.OpenAI, i: int) -> list[Headers]:
     return [chat.headers, stream.headers, embedding.headers, unpriced.headers]
 
 
+def answer_cache_calls(client: openai.OpenAI, i: int) -> None:
+    """A deterministic call asked twice: a miss, then a hit of the answer cache, which this client's tenant has on."""
+    answers = [
+        client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=prompt(100 + i), temperature=0)
+        for _ in range(2)
+    ]
+    assert [raw.headers["x-router-cache"] for raw in answers] == ["miss", "hit"]
+
+
 # Model routes, one per mode, each on its own asked-for model: a forced predict call moves to the cheaper model (the
 # route lever saves), the cascade's cheap answers never end in `#### <number>` (escalated: its cheap call is a loss),
 # and every shadow call also asks the cheaper model (the price of learning, and evidence for the plans).
@@ -295,12 +304,13 @@ def test_every_dashboard_query_returns_data(
 ) -> None:
     tenant = "prom-e2e-" + secrets.token_hex(3)  # this test's own series in the process-wide registry
     capped = "prom-e2e-capped-" + secrets.token_hex(3)  # with every kind of limit, for the tenant panels
-    key, capped_key = "sk-" + secrets.token_hex(8), "sk-" + secrets.token_hex(8)
+    cached = "prom-e2e-cached-" + secrets.token_hex(3)  # with the answer cache on, for its panels
+    key, capped_key, cached_key = ("sk-" + secrets.token_hex(8) for _ in range(3))
     keys = [
         {"sha256": hashlib.sha256(k.encode()).hexdigest(), "tenant": t}
-        for k, t in ((key, tenant), (capped_key, capped))
+        for k, t in ((key, tenant), (capped_key, capped), (cached_key, cached))
     ]
-    tenants = {capped: {"rpm": 1, "max_deferred": 5, "daily_budget_usd": 50.0}}
+    tenants = {capped: {"rpm": 1, "max_deferred": 5, "daily_budget_usd": 50.0}, cached: {"answer_cache": True}}
     protected = {"metrics_token_env": "METRICS_TOKEN", "environ": {"METRICS_TOKEN": METRICS_TOKEN}}
     with start_router(batch=ROUTER_BATCH, auth="keys", keys=keys, tenants=tenants, routes=ROUTES, **protected) as base:
         assert httpx.get(base + "/metrics").status_code == 401  # Prometheus gets in with the token only
@@ -309,11 +319,15 @@ def test_every_dashboard_query_returns_data(
         over_its_limit(base, capped_key)
         realtime: list[Headers] = []
         deferred: list[Headers] = []
-        with openai.OpenAI(base_url=base + "/v1", api_key=key, timeout=30, max_retries=0) as client:
+        with (
+            openai.OpenAI(base_url=base + "/v1", api_key=key, timeout=30, max_retries=0) as client,
+            openai.OpenAI(base_url=base + "/v1", api_key=cached_key, timeout=30, max_retries=0) as caching,
+        ):
             # Two rounds with a scrape between: a series born at its first increment shows a rate from its second.
             for round_ in range(2):
                 realtime += realtime_calls(client, round_)
                 realtime += routed_calls(client, round_)
+                answer_cache_calls(caching, round_)
                 deferred += deferred_calls(base, key, first=10 * round_, n=3)
                 server.wait_for_scrapes(1)
         deferred += escalated_and_late(base, key, sim)
