@@ -39,6 +39,9 @@ def test_demo_savings_match_the_headers(redis_url: str, key_prefix: str) -> None
     # The eval re-run: each call's repeat is answered by the answer cache, on its lever.
     reruns = sum(g.count for g in small if g.kind == "rerun")
     assert result.tally.calls["answer cache"] == reruns > 0 and result.levers["answer_cache"] > 0
+    # The support chat's shared system prompt: read from the provider's prompt cache past its first call.
+    assert result.levers["prompt_cache"] > 0
+    assert set(result.levers) == {"batch", "flex", "route", "prompt_cache", "answer_cache"}  # every lever, even at 0
     assert sum(result.levers.values()) == pytest.approx(result.saved_usd, rel=1e-9)
     text = out.getvalue()
     assert "Calls per lane" in text and "saved (%)" in text and "structured extractions parsed" in text

@@ -40,7 +40,8 @@ class Group:
     count: int
     kind: str
     """chat | stream | embed | extract (chat.completions.parse into a Pydantic model) | rerun (a call at temperature
-    0, then the same call again, which the answer cache answers where the policy turns it on)"""
+    0, then the same call again, which the answer cache answers where the policy turns it on) | shared (a chat call
+    under a long system prompt every call of the group shares: its prefix is read from the provider's prompt cache)"""
     model: str
     headers: dict[str, str] = field(default_factory=dict)
     weak_right: float | None = None
@@ -66,7 +67,15 @@ WORKLOAD = [
     Group("invoice extraction, parse(), X-Deadline: 1h", 50, "extract", "gpt-4o-mini", {"X-Deadline": "1h"}),
     Group("deadline too close for a batch (8s)", 5, "chat", "gpt-4o", {"X-Deadline": "8s"}),
     Group("eval re-run, temperature 0 (policy: eval-reruns)", 30, "rerun", "gpt-4o", {"x-workload": "eval-rerun"}),
+    Group("urgent support chat, shared 2k-token system prompt", 30, "shared", "gpt-4o-mini"),
 ]
+
+SHARED_SYSTEM = " ".join(
+    f"Support policy rule {n}: answer politely, cite the relevant help article." for n in range(160)
+)
+"""A support bot's long instructions (about 2,000 tokens), the same for every call of a `shared` group: past the
+first call, the provider reads them from its prompt cache (the router adds a `prompt_cache_key` for OpenAI,
+`cache_control` breakpoints for Anthropic) and the discount is booked on the `prompt_cache` lever."""
 
 
 @dataclass
@@ -179,6 +188,11 @@ async def _drive(base: str, progress: Progress, sim_url: str, workload: list[Gro
                 ) as raw:
                     async for _ in raw.iter_lines():
                         pass
+            elif group.kind == "shared":
+                shared: Any = [{"role": "system", "content": SHARED_SYSTEM}, *messages]
+                raw = await client.chat.completions.with_raw_response.create(
+                    model=group.model, messages=shared, extra_headers=group.headers
+                )
             elif group.kind == "rerun":
                 for _ in range(2):  # the suite's first run, then its re-run of the same call
                     raw = await client.chat.completions.with_raw_response.create(
@@ -272,7 +286,7 @@ def _run(
         batches=int(stats.get("batches_created", 0)),
         batch_lines=int(stats.get("batch_lines_submitted", 0)),
         elapsed_s=elapsed,
-        levers={lever: usd for lever, usd in levers.items() if usd},
+        levers=dict(levers),
     )
     _report(console, result)
     return result
