@@ -232,7 +232,9 @@ def build() -> dashboard.Dashboard:
                 "currencyUSD",
                 [(f"({net(rate_by('lever', lever_saved), rate_by('lever', lever_lost))}) * 3600", "{{lever}}")],
                 description="Where the savings come from: batch (the batch discount), flex (the flex tier), route (a "
-                "cheaper model answered a call asked of a dearer one, at the real-time price). Each lever's savings "
+                "cheaper model answered a call asked of a dearer one, at the real-time price), prompt_cache (input "
+                "read from the provider's prompt cache, less the cache writes' premium), answer_cache (a repeated "
+                "deterministic call answered from the router's answer cache, at no cost). Each lever's savings "
                 "minus its losses, stacked: the stack is the net savings of every lane. A cascade's thrown-away cheap "
                 "call is a loss on the route lever.",
                 width=8,
