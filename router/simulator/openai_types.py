@@ -114,6 +114,7 @@ class ResponsesRequest(msgspec.Struct):
     text: TextConfig | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    background: bool | None = False
 
 
 # --- response objects ------------------------------------------------------------------------------------
@@ -363,6 +364,7 @@ class ResponseObject(msgspec.Struct, kw_only=True, omit_defaults=True):
     truncation: str
     metadata: dict[str, str]
     usage: ResponseUsage | None = None
+    background: bool = False
 
 
 class Tokens(msgspec.Struct, kw_only=True):
