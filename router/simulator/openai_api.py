@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.handlers import HTTPRouteHandler
+from litestar.params import FromPath
 from litestar.response import Stream
 
 from router.simulator import azure, catalog, streams
@@ -118,11 +119,11 @@ def background_routes(state: SimState) -> list[HTTPRouteHandler]:
     """`GET /v1/responses/{id}` and `POST /v1/responses/{id}/cancel`: the responses created with `background`."""
 
     @get(azure.api_paths("/responses/{response_id:str}"))
-    async def retrieve_response(response_id: str) -> Response[bytes]:
+    async def retrieve_response(response_id: FromPath[str]) -> Response[bytes]:
         return json_response(state.background.retrieve(response_id), headers={"x-request-id": request_id()})
 
     @post(azure.api_paths("/responses/{response_id:str}/cancel"), status_code=200)
-    async def cancel_response(response_id: str) -> Response[bytes]:
+    async def cancel_response(response_id: FromPath[str]) -> Response[bytes]:
         return json_response(state.background.cancel(response_id), headers={"x-request-id": request_id()})
 
     return [retrieve_response, cancel_response]
