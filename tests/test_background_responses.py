@@ -6,7 +6,11 @@ refused, since it cannot read the 202."""
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -14,11 +18,13 @@ import httpx
 import openai
 import pytest
 
+from router.core.background import call_id_of
 from tests.helpers.servers import FAST, RouterFactory, Sim, with_anthropic
 from tests.helpers.waiting import wait_until
 
 Client = Callable[..., openai.OpenAI]
 LATER = {"X-Deadline": "2h"}
+NODE_DIR = Path(__file__).parent / "node"
 KEYS = [
     {"sha256": hashlib.sha256(b"sk-a").hexdigest(), "tenant": "a"},
     {"sha256": hashlib.sha256(b"sk-b").hexdigest(), "tenant": "b"},
@@ -101,8 +107,6 @@ def test_cancel_of_a_submitted_call_drops_its_late_result(oai: Client, start_rou
 
 
 def _call_id(rid: str) -> str:
-    from router.core.background import call_id_of
-
     found = call_id_of(rid)
     assert found is not None
     return found
@@ -157,3 +161,28 @@ def test_typed_sdk_call_asking_respond_async_is_refused(oai: Client, start_route
         finally:
             claude.close()
     assert sim.stats()["realtime_calls_billed"] == 0
+
+
+def test_openai_node_background_create_retrieve_cancel(start_router: RouterFactory, sim: Sim) -> None:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not on PATH: this case needs Node.js 20+ and `make node`")
+    if not (NODE_DIR / "node_modules" / "openai").is_dir():
+        pytest.fail("openai-node is not installed: run `make node`")
+    # The second call is cancelled while queued: a batch is built only when two calls wait, or after 1 s.
+    with start_router(batch=FAST | {"max_wait_s": 1.0}) as base:
+        ran = subprocess.run(
+            [node, "background.mjs", base], cwd=NODE_DIR, capture_output=True, text=True, timeout=60, check=False
+        )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    seen = json.loads(ran.stdout)
+    assert seen["created"]["id"].startswith("resp_dfr_")
+    assert seen["created"]["status"] in ("queued", "in_progress")
+    assert seen["created"]["background"] is True
+    assert seen["done"] == {"id": seen["created"]["id"], "status": "completed", "text": seen["done"]["text"]}
+    assert seen["done"]["text"]
+    assert seen["cancelled"] == ["cancelled", "cancelled"]
+    wait_until(lambda: sim.stats()["batch_lines_billed"] >= 1, what="the first call's line billed")
+    stats = sim.stats()
+    assert stats["realtime_calls_billed"] == 0
+    assert stats["batch_lines_billed_by_custom_id"] and max(stats["batch_lines_billed_by_custom_id"].values()) == 1
