@@ -212,6 +212,8 @@ class Poller:
                 if record.cut_at is not None:
                     metrics.harvested.labels(upstream).inc()
                 outcome = "ok" if line.status == 200 else "error"
+                if line.status >= 400:
+                    metrics.batch_line_errors.labels(upstream, model, str(line.status)).inc()
                 self.accounting.book(
                     priced,
                     origin=Origin.BATCH,

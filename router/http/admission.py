@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from router.core import background
+from router.core import background, validation
 from router.core.deadline import parse_deadline
 from router.core.errors import BadRequest
 from router.core.lanes import NO_OUTLOOK, Lane, LaneChoice, choose_lane
@@ -296,7 +296,9 @@ class Admission:
         )
         if chosen.choice.lane == Lane.BATCH:
             assert decision.deadline is not None
-            provider.check(arrival.endpoint, body)  # what real time would refuse is refused now, not at flush time
+            # What real time would refuse is refused now, not when the batch line errors after the wait.
+            validation.check(arrival.endpoint, body)
+            provider.check(arrival.endpoint, body)
             asked = msgspec.structs.replace(
                 delivery_asked(arrival.headers, webhook, routed, cached.digest), identity=unmarked
             )
