@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from router.simulator.background import Background
 from router.simulator.config import SimConfig
 from router.simulator.outcomes import Outcomes
-from router.simulator.responses import Background
 from router.simulator.store import FileStore, Stats
 from router.simulator.text import BreakpointCache, PrefixCache
 
