@@ -19,6 +19,7 @@ import openai
 import pytest
 
 from router.core.background import call_id_of
+from tests.helpers.metrics import metric
 from tests.helpers.servers import FAST, RouterFactory, Sim, with_anthropic
 from tests.helpers.waiting import wait_until
 
@@ -96,11 +97,17 @@ def test_cancel_of_a_submitted_call_drops_its_late_result(oai: Client, start_rou
         client = oai(base)
         created = client.responses.create(model="gpt-4o-mini", input="late", background=True, extra_headers=LATER)
         wait_until(lambda: sim.stats()["batch_lines_submitted"] == 1, what="the call submitted in a batch")
+        assert client.responses.retrieve(created.id).status == "in_progress"
+        late = metric(httpx.get(base + "/metrics").text, "hybrid_router_late_batch_results_total")
         assert client.responses.cancel(created.id).status == "cancelled"
-        # The provider still runs the line (and bills it, as OpenAI bills a cancelled background response's work).
-        wait_until(lambda: sim.stats()["batch_lines_billed"] == 1, what="the batch line run")
-        batch = sim.stats()
-        assert batch["batch_lines_billed"] == 1
+        # The provider still runs the line (and bills it, as OpenAI bills a cancelled background response's work);
+        # the router drops the result when it ingests the batch.
+        wait_until(
+            lambda: metric(httpx.get(base + "/metrics").text, "hybrid_router_late_batch_results_total") == late + 1,
+            20,
+            "the cancelled call's batch result dropped",
+        )
+        assert sim.stats()["batch_lines_billed"] == 1
         assert client.responses.retrieve(created.id).status == "cancelled"
         deferred = httpx.get(f"{base}/v1/deferred/{_call_id(created.id)}", headers={"authorization": "Bearer dev"})
         assert deferred.json()["status"] == "cancelled"

@@ -238,7 +238,8 @@ class Poller:
                     await self.answers.keep(call.meta.tenant, call.meta.answer_key, line.body, model)
             elif stored == StoreOutcome.LATE and line.billed:
                 metrics.late_results.inc()
-                metrics.paid_twice.labels(upstream).inc()
+                if call.origin != Origin.BATCH:  # a call its caller cancelled (`CANCEL`) was not answered twice
+                    metrics.paid_twice.labels(upstream).inc()
         return answered
 
     async def retry(self, call_id: str, bid: str, quantile: float) -> None:
