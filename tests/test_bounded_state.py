@@ -177,7 +177,7 @@ def test_the_queue_cap_refuses_a_new_queue_with_429(
             extra_headers=queued,
         )
         with pytest.raises(openai.RateLimitError) as refused:
-            client.chat.completions.create(model="gpt-4o", messages=MESSAGES, extra_headers=queued)
+            client.chat.completions.with_raw_response.create(model="gpt-4o", messages=MESSAGES, extra_headers=queued)
         same_queue = client.chat.completions.with_raw_response.create(
             model="gpt-4o-mini",
             messages=MESSAGES + MESSAGES,

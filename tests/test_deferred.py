@@ -308,7 +308,7 @@ def test_idempotency_key_reused_with_another_body_is_422_and_stores_nothing(
                            headers=headers)  # fmt: skip
         assert first.status_code == 202
         with pytest.raises(openai.UnprocessableEntityError) as refused:
-            oai(base, max_retries=2).chat.completions.create(
+            oai(base, max_retries=2).chat.completions.with_raw_response.create(
                 model="gpt-4o-mini",
                 messages=prompt(11),
                 extra_headers=headers,

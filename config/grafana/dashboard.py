@@ -572,6 +572,20 @@ def build() -> dashboard.Dashboard:
         )
         .with_panel(
             graph(
+                "Batch line errors after admission",
+                "short",
+                [
+                    (
+                        f"sum by (upstream, model, status) (increase({M}batch_line_errors_total[{WINDOW}]))",
+                        "{{upstream}} {{model}} {{status}}",
+                    )
+                ],
+                description="Batch lines the upstream refused or failed after the router had admitted the call: the "
+                "caller waited for an error. A 4xx here is a check admission (`core.validation`) does not make yet.",
+            )
+        )
+        .with_panel(
+            graph(
                 "Calls paid twice",
                 "short",
                 [

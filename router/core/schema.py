@@ -30,6 +30,8 @@ class RequestView(msgspec.Struct):
     """Output caps, for a daily budget's worst-case reservation (`Any`: a bad one is the upstream's to refuse)."""
     max_completion_tokens: Any = None
     max_output_tokens: Any = None
+    background: Any = None
+    """The Responses API's background mode (`true`): deferred, it is answered as a queued `Response`."""
 
 
 class ErrorDetail(msgspec.Struct, omit_defaults=False):
@@ -57,7 +59,7 @@ class DeferredCall(msgspec.Struct):
     """The `deferred.call` object a 202 answer and `GET /v1/deferred/{id}` return."""
 
     id: str
-    status: Literal["queued", "submitted", "completed", "failed", "escalated"]
+    status: Literal["queued", "submitted", "completed", "failed", "escalated", "cancelled"]
     lane: str
     deadline: str | None
     created: int

@@ -212,6 +212,8 @@ class Poller:
                 if record.cut_at is not None:
                     metrics.harvested.labels(upstream).inc()
                 outcome = "ok" if line.status == 200 else "error"
+                if line.status >= 400:
+                    metrics.batch_line_errors.labels(upstream, model, str(line.status)).inc()
                 self.accounting.book(
                     priced,
                     origin=Origin.BATCH,
@@ -236,7 +238,8 @@ class Poller:
                     await self.answers.keep(call.meta.tenant, call.meta.answer_key, line.body, model)
             elif stored == StoreOutcome.LATE and line.billed:
                 metrics.late_results.inc()
-                metrics.paid_twice.labels(upstream).inc()
+                if call.origin != Origin.BATCH:  # a call its caller cancelled (`CANCEL`) was not answered twice
+                    metrics.paid_twice.labels(upstream).inc()
         return answered
 
     async def retry(self, call_id: str, bid: str, quantile: float) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from router.core import background, validation
 from router.core.deadline import parse_deadline
 from router.core.errors import BadRequest
 from router.core.lanes import NO_OUTLOOK, Lane, LaneChoice, choose_lane
@@ -87,6 +88,26 @@ def prefers_async(headers: Mapping[str, str]) -> bool:
     """`Prefer: respond-async` (RFC 7240)."""
     prefer = headers.get("prefer", "")
     return any(token.strip().lower() == "respond-async" for token in prefer.split(","))
+
+
+def refuse_typed_async(headers: Mapping[str, str], *, anthropic: bool) -> None:
+    """A 400 for `Prefer: respond-async` from a typed SDK call, which would read the 202 `deferred.call` object as
+    an empty completion: the official SDKs send `X-Stainless-Lang`, and `with_raw_response` (Python) adds
+    `X-Stainless-Raw-Response`, the sign that the caller reads the raw answer."""
+    if "x-stainless-lang" not in headers or headers.get("x-stainless-raw-response"):  # `true`, or `stream`
+        return
+    ways = (
+        "`client.messages.with_raw_response.create(...)` (Python) or a plain HTTP client"
+        if anthropic
+        else "`client.chat.completions.with_raw_response.create(...)` (Python), "
+        "`client.responses.create(..., background=True)`, or a plain HTTP client"
+    )
+    raise BadRequest(
+        "`Prefer: respond-async` answers 202 with a `deferred.call` object, which a typed SDK call cannot read "
+        f"(it would look like an empty answer). Use {ways}, and fetch the answer with GET /v1/deferred/{{id}}.",
+        param="Prefer",
+        code="respond_async_needs_raw_response",
+    )
 
 
 def is_retry(headers: Mapping[str, str]) -> bool:
@@ -275,7 +296,17 @@ class Admission:
         )
         if chosen.choice.lane == Lane.BATCH:
             assert decision.deadline is not None
-            provider.check(arrival.endpoint, body)  # what real time would refuse is refused now, not at flush time
+            # What real time would refuse is refused now, not when the batch line errors after the wait.
+            validation.check(arrival.endpoint, body)
+            provider.check(arrival.endpoint, body)
+            asked = msgspec.structs.replace(
+                delivery_asked(arrival.headers, webhook, routed, cached.digest), identity=unmarked
+            )
+            if arrival.endpoint == "/responses" and view.background is True:  # the SDK's own asynchronous way
+                body = background.without_background(body)
+                asked = msgspec.structs.replace(asked, held=False, background=True)
+            elif prefers_async(arrival.headers):
+                refuse_typed_async(arrival.headers, anthropic=arrival.endpoint == "/messages")
             return await self.delivery.respond(
                 receive,
                 endpoint=arrival.endpoint,
@@ -286,9 +317,7 @@ class Admission:
                 deadline=decision.deadline,
                 rule=decision.rule,
                 headers=headers,
-                asked=msgspec.structs.replace(
-                    delivery_asked(arrival.headers, webhook, routed, cached.digest), identity=unmarked
-                ),
+                asked=asked,
             )
         flex = chosen.choice.lane == Lane.FLEX
         if chosen.choice.reason == "too_soon":

@@ -20,6 +20,7 @@ from router.http.model_router import decode_feedback
 if TYPE_CHECKING:
     from router.http.admission import Admission
     from router.http.auth import Auth
+    from router.http.background import BackgroundResponses
     from router.http.delivery import Delivery
     from router.http.exposition import Exposition
     from router.http.messages_api import MessagesApi
@@ -57,6 +58,20 @@ def model_route_handlers(auth: Auth, model_router: ModelRouter) -> list[Any]:
         return Response(msgspec.json.encode(await model_router.feedback(tenant, scored)), media_type=JSON)
 
     return [feedback]
+
+
+def background_handlers(auth: Auth, responses: BackgroundResponses) -> list[Any]:
+    """`GET /v1/responses/{id}` and `POST /v1/responses/{id}/cancel`: background responses (`http/background.py`)."""
+
+    @get(["/v1/responses/{response_id:str}", "/responses/{response_id:str}"])
+    async def retrieve_response(request: Request[Any, Any, Any], response_id: FromPath[str]) -> Response[bytes]:
+        return await responses.retrieve(auth.authenticate(request.headers), response_id)
+
+    @post(["/v1/responses/{response_id:str}/cancel", "/responses/{response_id:str}/cancel"], status_code=200)
+    async def cancel_response(request: Request[Any, Any, Any], response_id: FromPath[str]) -> Response[bytes]:
+        return await responses.cancel(auth.authenticate(request.headers), response_id)
+
+    return [retrieve_response, cancel_response]
 
 
 def make_handlers(

@@ -108,6 +108,7 @@ def create_app(
         route_handlers=[
             *api.make_handlers(g.auth, g.admission, g.delivery, g.reports, g.exposition, anthropic),
             *api.model_route_handlers(g.auth, g.model_router),
+            *api.background_handlers(g.auth, g.background),
             *messages_api.make_handlers(anthropic),
             *batch_api.make_handlers(native),
             *azure_api.make_handlers(

@@ -19,6 +19,7 @@ from litestar import Response
 from litestar.response import Stream
 from redis.exceptions import RedisError
 
+from router.core import background
 from router.core.deadline import format_deadline
 from router.core.errors import (
     IdempotencyKeyReused,
@@ -74,6 +75,8 @@ class Asked(msgspec.Struct, frozen=True, kw_only=True):
     """The caller's W3C `traceparent`: the admission span continues its trace (when tracing is on)."""
     answer_key: str | None = None
     """Where the answer cache keeps the call's answer (the poller or the guard keeps it); None: not kept."""
+    background: bool = False
+    """`responses.create(background=True)`: answered at once with a queued `Response` (`core.background`)."""
 
 
 def result_response(
@@ -196,6 +199,10 @@ class Delivery:
         headers["x-router-lane"] = "batch"
         if outcome == EnqueueOutcome.ATTACHED:
             headers["x-router-reattached"] = "true"
+        if asked.background:
+            rid = background.response_id(call_id)
+            content = background.shell(rid, asked.asked_model or view.model or "", int(time.time()), "queued")
+            return Response(content, status_code=200, headers=headers, media_type=JSON)
         if not held:
             return await self._respond_async(call_id, headers)
         return await self._hold(receive, call_id, holder, upstream, headers)
@@ -299,4 +306,6 @@ class Delivery:
             call = await self.results.get_call(call_id) or call
             content = encoder.encode(deferred_object(call, None))
             return Response(content, status_code=202, headers=headers, media_type=JSON)
+        if result.status == background.CANCELLED_STATUS:  # no answer: the call object, `cancelled`
+            return Response(encoder.encode(deferred_object(call, result)), headers=headers, media_type=JSON)
         return result_response(call, result, headers, replay=False)

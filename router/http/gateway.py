@@ -34,6 +34,7 @@ from router.deferred.webhooks import WebhookSender
 from router.http.admission import Admission
 from router.http.answer_cache import AnswerCache
 from router.http.auth import Auth
+from router.http.background import BackgroundResponses
 from router.http.cascade import Cascade
 from router.http.delivery import Delivery
 from router.http.exposition import Exposition
@@ -151,6 +152,7 @@ class Gateway:
         self.cascade = Cascade(self.upstreams, self.tenants, self.accounting, self.realtime, self.model_router, tracing)
         self.relay = Relay(self.upstreams, self.tenants, self.accounting, self.realtime, self.cascade.learn, tracing)
         self.delivery = Delivery(self.deferred, store.results, waiter, self.holds, self.upstreams, settings, tracing)
+        self.background = BackgroundResponses(store.results, self.upstreams)
         self.answers = AnswerCache(settings, answer_store, self.accounting, self.realtime, self.upstreams)
         self.admission = Admission(
             settings, self.policies, self.upstreams, self.deferred, self.webhooks.check, self.relay, self.delivery,

@@ -124,6 +124,7 @@ def create_simulator(config: SimConfig | None = None) -> Litestar:
         middleware=[openai_auth(state)],
         route_handlers=[
             *openai_api.routes(state),
+            *openai_api.background_routes(state),
             *openai_api.model_routes(),
             *openai_batch_api.file_routes(state),
             *openai_batch_api.batch_routes(state),

@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.handlers import HTTPRouteHandler
+from litestar.params import FromPath
 from litestar.response import Stream
 
 from router.simulator import azure, catalog, streams
@@ -106,8 +107,23 @@ def routes(state: SimState) -> list[HTTPRouteHandler]:
         req = responses_api.decode(await body_of(request, "/v1/responses"))
         check_flex(req.service_tier)
         answer = responses_api.response(req, state.cache, state.outcomes)
-        if req.stream:
+        if req.stream and not req.background:
             return stream(streams.response_events(answer))
-        return json_response(answer, headers={"x-request-id": request_id()})
+        shown = state.background.create(answer, stream=bool(req.stream)) if req.background else answer
+        return json_response(shown, headers={"x-request-id": request_id()})
 
     return [chat_completions, completions, embeddings, responses]
+
+
+def background_routes(state: SimState) -> list[HTTPRouteHandler]:
+    """`GET /v1/responses/{id}` and `POST /v1/responses/{id}/cancel`: the responses created with `background`."""
+
+    @get(azure.api_paths("/responses/{response_id:str}"))
+    async def retrieve_response(response_id: FromPath[str]) -> Response[bytes]:
+        return json_response(state.background.retrieve(response_id), headers={"x-request-id": request_id()})
+
+    @post(azure.api_paths("/responses/{response_id:str}/cancel"), status_code=200)
+    async def cancel_response(response_id: FromPath[str]) -> Response[bytes]:
+        return json_response(state.background.cancel(response_id), headers={"x-request-id": request_id()})
+
+    return [retrieve_response, cancel_response]

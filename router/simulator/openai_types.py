@@ -60,8 +60,10 @@ class ChatRequest(msgspec.Struct):
 
     model: str
     messages: Annotated[list[ChatMessage], msgspec.Meta(min_length=1)]
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
+    top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
     prompt_cache_key: str | None = None
     n: int = 1
     stream: bool | None = False
@@ -114,6 +116,7 @@ class ResponsesRequest(msgspec.Struct):
     text: TextConfig | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    background: bool | None = False
 
 
 # --- response objects ------------------------------------------------------------------------------------
@@ -363,6 +366,7 @@ class ResponseObject(msgspec.Struct, kw_only=True, omit_defaults=True):
     truncation: str
     metadata: dict[str, str]
     usage: ResponseUsage | None = None
+    background: bool = False
 
 
 class Tokens(msgspec.Struct, kw_only=True):

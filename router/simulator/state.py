@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from router.simulator.background import Background
 from router.simulator.config import SimConfig
 from router.simulator.outcomes import Outcomes
 from router.simulator.store import FileStore, Stats
@@ -36,6 +37,7 @@ class SimState:
         self.batches: dict[str, BatchJob] = {}
         self.message_batches: dict[str, MessageBatchJob] = {}
         self.batch_seq = 0
+        self.background = Background()
         self._rng = random.Random(self.config.seed)
         self._injected = 0
 

@@ -18,6 +18,14 @@ requests = Counter(
     namespace=NS,
     registry=REGISTRY,
 )
+batch_line_errors = Counter(
+    "batch_line_errors",
+    "Batch lines the upstream answered with an error (4xx, 5xx) after the call was admitted: what admission's checks "
+    "(`core.validation`) did not catch.",
+    ["upstream", "model", "status"],
+    namespace=NS,
+    registry=REGISTRY,
+)
 tokens = Counter(
     "tokens",
     "Tokens of finished calls; kind is input, cached_input or output.",

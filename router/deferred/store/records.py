@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from router.core.background import CANCELLED_STATUS
 from router.core.deadline import format_deadline
 from router.core.lanes import Lane, Origin
 from router.core.schema import DeferredCall
@@ -143,7 +144,9 @@ def escalated(origin: Origin) -> bool:
 
 def deferred_object(call: CallRecord, result: Result | None) -> DeferredCall:
     """The `deferred.call` object for a call and, if it ended, its result."""
-    if result is not None:
+    if result is not None and result.status == CANCELLED_STATUS:
+        status = "cancelled"
+    elif result is not None:
         status = "completed" if result.status < 400 else "failed"
     else:
         status = _DEFERRED_STATUS.get(call.state, "queued")

@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from router.core.background import CANCELLED_BODY, CANCELLED_STATUS
 from router.core.keys import TOTALS_TTL_S, tag_of
 from router.core.lanes import Origin
 from router.core.states import CallState, StoreOutcome
@@ -108,6 +109,28 @@ class ResultStore:
                     tenant=meta.tenant, day=day, call_id=call_id, cost=cost[0] if cost else 0.0, ttl=2 * 24 * 3600
                 )
         return stored
+
+    async def cancel(self, call: CallRecord) -> bool:
+        """End a call its caller cancelled (out of its queue, or its batch's result to be dropped); True when this
+        cancelled it, False when it had ended before. Its budget reservation settles at nothing."""
+        now = time.time()
+        done = await self.ctx.scripts.cancel(
+            call_id=call.id, status=CANCELLED_STATUS, body=CANCELLED_BODY, origin=Origin.BATCH, ttl=self.ctx.result_ttl,
+            now=now,
+        )  # fmt: skip
+        if done != 1:
+            return False
+        meta = call.meta
+        await asyncio.gather(
+            self.ctx.redis.publish(self.ctx.keys.done_channel, call.id),
+            self.ctx.redis.zrem(self.ctx.keys.tenant_deferred(meta.tenant), call.id),
+        )
+        if meta.budget:
+            day = time.strftime("%Y-%m-%d", time.gmtime(now))
+            await self.ctx.scripts.settle_budget(
+                tenant=meta.tenant, day=day, call_id=call.id, cost=0.0, ttl=2 * 24 * 3600
+            )
+        return True
 
     async def requeue(self, call_id: str, bid: str) -> bool:
         """Put a call its batch did not answer back on its queue."""

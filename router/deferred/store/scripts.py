@@ -763,6 +763,53 @@ class Escalate(Script):
         return body if isinstance(body, bytes) else None
 
 
+# Cancel a call its caller gave up on (`POST /v1/responses/{id}/cancel`); returns 1 when cancelled now, 0 when it
+# had ended already (cancelled, answered or failed), -1 when unknown. A queued call leaves its queue and is never
+# sent; a submitted one stays in its batch (the provider runs and bills its line) and its late result is dropped,
+# as is an escalation's; its result is the cancellation, booked nowhere.
+# Race closed: a cancel racing the batch result or the escalation of the same call: whichever step comes first
+# ends the call (STORE_RESULT stores only for a submitted or escalated call of that batch, so never after this).
+CANCEL = _lua("""
+local call, result, pending, arrivals, bytes, inflight, escalating = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],
+  KEYS[6], KEYS[7]
+local id, status, body, origin, ttl, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local state = redis.call('HGET', call, 'state')
+if not state then return -1 end
+if state == '${CALL_DONE}' then return 0 end
+if state == '${CALL_QUEUED}' then
+  redis.call('ZREM', pending, id)
+  redis.call('ZREM', arrivals, id)
+  redis.call('DECRBY', bytes, redis.call('HSTRLEN', call, 'body'))
+  redis.call('HDEL', call, 'body')
+end
+redis.call('ZREM', inflight, id)
+redis.call('ZREM', escalating, id)
+redis.call('HSET', result, 'status', status, 'body', body, 'lane', origin, 'finished_at', now)
+redis.call('EXPIRE', result, ttl)
+redis.call('HSET', call, 'state', '${CALL_DONE}', 'lane', origin, 'batch', '', 'finished_at', now)
+redis.call('EXPIRE', call, ttl)
+return 1
+""")
+
+
+class Cancel(Script):
+    """CANCEL: 1 cancelled now, 0 ended before, -1 unknown."""
+
+    LUA = CANCEL
+    KEYS = ("call", "result", "pending", "arrivals", "bytes", "inflight", "escalating")
+    ARGV = ("id", "status", "body", "origin", "ttl", "now")
+
+    async def __call__(self, *, call_id: str, status: int, body: bytes, origin: str, ttl: int, now: float) -> int:
+        k = self.keys
+        tag = tag_of(call_id)
+        done = await self._run(
+            call=k.call(call_id), result=k.result(call_id), pending=k.pending(tag), arrivals=k.arrivals(tag),
+            bytes=k.bytes(tag), inflight=k.inflight(tag), escalating=k.escalating(tag), id=call_id, status=status,
+            body=body, origin=origin, ttl=ttl, now=repr(now),
+        )  # fmt: skip
+        return int(done)
+
+
 # Record that a tenant owns a native file or batch: its hash (expiring with the provider's copy), its place in
 # the tenant's list (kept if already there) and when that place ends; entries whose end passed leave the list
 # first. The place is created_at (seconds) * 10^6 plus a per-tenant counter, so objects created in the same
@@ -1227,6 +1274,7 @@ class Scripts:
         self.store_result = StoreResult(redis, keys)
         self.requeue = Requeue(redis, keys)
         self.escalate = Escalate(redis, keys)
+        self.cancel = Cancel(redis, keys)
         self.native_record = NativeRecord(redis, keys)
         self.native_update = NativeUpdate(redis, keys)
         self.native_book = NativeBook(redis, keys)
