@@ -159,6 +159,21 @@ def realtime_calls(client: openai.OpenAI, i: int) -> list[Headers]:
     return [chat.headers, stream.headers, embedding.headers, unpriced.headers]
 
 
+def failed_line(base: str, key: str, sim: Sim, i: int) -> None:
+    """A deferred call whose batch line fails at the provider after admission (the simulator fails every line)."""
+    headers = {"Authorization": f"Bearer {key}", "X-Deadline": "2h", "Prefer": "respond-async"}
+    sim.configure(batch_line_failure_rate=1.0)
+    try:
+        body = {"model": "gpt-4o-mini", "messages": prompt(200 + i)}
+        accepted = httpx.post(base + "/v1/chat/completions", headers=headers, json=body, timeout=30)
+        assert accepted.status_code == 202
+        url = f"{base}/v1/deferred/{accepted.json()['id']}?wait=5"
+        done = wait_until(lambda: (r := httpx.get(url, headers=headers, timeout=30)).status_code != 202 and r, 60)
+        assert done.status_code >= 400  # the line's error, passed on
+    finally:
+        sim.configure(batch_line_failure_rate=0.0)
+
+
 def answer_cache_calls(client: openai.OpenAI, i: int) -> None:
     """A deterministic call asked twice: a miss, then a hit of the answer cache, which this client's tenant has on."""
     answers = [
@@ -328,6 +343,7 @@ def test_every_dashboard_query_returns_data(
                 realtime += realtime_calls(client, round_)
                 realtime += routed_calls(client, round_)
                 answer_cache_calls(caching, round_)
+                failed_line(base, key, sim, round_)
                 deferred += deferred_calls(base, key, first=10 * round_, n=3)
                 server.wait_for_scrapes(1)
         deferred += escalated_and_late(base, key, sim)
