@@ -105,23 +105,27 @@ def test_seed_example_from_a_log(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 def test_three_lines_over_one_day() -> None:
     # eval (batch):       1M in + 0.5M out        = $2.00 now, $1.00 batch
-    # unmarked (real):    2M in, 1M of it cached  = $1.00 + $0.50 = $1.50 both ways
+    # unmarked (real):    2M in, 1M of it cached  = $2.00 uncached, $1.00 + $0.50 = $1.50 as logged and with the router
     # backfill (batch):   test-cheap 1M in + 1M out = $0.50 now, $0.25 batch
-    # one day -> x30:     $120 now, $82.50 batch, $37.50 saved (31.25%)
+    # one day -> x30:     $135 now (uncached; $120 as logged), $82.50 batch, $52.50 saved (38.9%), of it $15 the
+    #                     log's own cache hits (prompt_cache) and $37.50 the batch lane
     with (DATA / "small.jsonl").open("rb") as file:
         result = estimate(file, POLICIES, PRICES, SETTINGS)
     assert (result.period_days, result.period_source, result.month_factor) == (1.0, "measured", 30.0)
-    assert result.cost_now_usd_month == pytest.approx(120)
+    assert result.cost_now_usd_month == pytest.approx(135)
+    assert result.cost_logged_usd_month == pytest.approx(120)
     assert result.cost_batch_usd_month == pytest.approx(82.5)
-    assert result.savings_usd_month == pytest.approx(37.5)
-    assert result.savings_pct == pytest.approx(31.25)
+    assert result.savings_usd_month == pytest.approx(52.5)
+    assert result.savings_pct == pytest.approx(52.5 / 1.35)
+    assert levers(result) == pytest.approx({"batch": 37.5, "flex": 0, "route": 0, "prompt_cache": 15, "answer_cache": 0})
+    assert result.prompt_cache.logged_usd_month == pytest.approx(15) and result.prompt_cache.added_usd_month == 0
     assert (result.calls, result.deferred_calls, result.tokens, result.deferred_tokens) == (3, 2, 5_500_000, 3_500_000)
     assert result.deferred_calls_pct == pytest.approx(200 / 3)
     assert result.deferred_tokens_pct == pytest.approx(350 / 5.5)
     by_model = {m.model: m for m in result.models}
     assert [m.model for m in result.models] == ["test-model", "test-cheap"]  # costliest first
-    assert by_model["test-model"].cost_now_usd_month == pytest.approx(105)
-    assert by_model["test-model"].savings_usd_month == pytest.approx(30)
+    assert by_model["test-model"].cost_now_usd_month == pytest.approx(120)
+    assert by_model["test-model"].savings_usd_month == pytest.approx(45)
     assert by_model["test-cheap"].cost_batch_usd_month == pytest.approx(7.5)
     assert (result.first_timestamp, result.last_timestamp) == ("2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z")
     assert (result.malformed_lines, result.unpriced_models) == (0, [])
@@ -248,8 +252,18 @@ def test_json_output(capsys: pytest.CaptureFixture[str]) -> None:
     result = json.loads(captured.out)
     assert result["mode"] == "log"
     assert (result["period_days"], result["period_source"], result["month_factor"]) == (3, "flag", 10)
-    assert result["cost_now_usd_month"] == pytest.approx(40)
-    assert result["savings_usd_month"] == pytest.approx(12.5)
+    assert result["cost_now_usd_month"] == pytest.approx(45)  # uncached; $40 as logged
+    assert result["cost_logged_usd_month"] == pytest.approx(40)
+    assert result["savings_usd_month"] == pytest.approx(17.5)
+    by_lever = {lever["lever"]: lever["savings_usd_month"] for lever in result["levers"]}
+    assert by_lever == pytest.approx({"batch": 12.5, "flex": 0, "route": 0, "prompt_cache": 5, "answer_cache": 0})
+    assert result["prompt_cache"] == {
+        "logged_usd_month": pytest.approx(5),
+        "added_usd_month": 0,
+        "marked_calls": 0,
+        "write_tokens": 0,
+        "read_tokens": 0,
+    }
     assert [m["model"] for m in result["models"]] == ["test-model", "test-cheap"]
     assert set(result["models"][0]) == {
         "model",
@@ -268,8 +282,9 @@ def test_table_output(capsys: pytest.CaptureFixture[str]) -> None:
     args = with_test_config(str(DATA / "small.jsonl"))
     assert args.func(args) == 0
     out = capsys.readouterr().out
-    assert "$120.00" in out
-    assert "$37.50 (31.2%)" in out
+    assert "$135.00" in out and "Cost as logged (its cache hits)" in out and "$120.00" in out
+    assert "$52.50 (38.9%)" in out
+    assert "prompt_cache: $15.00 a month already in the log's bill" in out
     assert "2 of 3 (66.7%)" in out
 
 
@@ -340,7 +355,7 @@ def test_progress_bar_on_large_logs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(estimate_module, "PROGRESS_BYTES", 0)
     with estimate_module._open_log(str(DATA / "small.jsonl"), show_progress=True) as lines:
         result = estimate(lines, POLICIES, PRICES, SETTINGS)
-    assert result.cost_now_usd_month == pytest.approx(120)
+    assert result.cost_now_usd_month == pytest.approx(135)
 
 
 def test_the_documented_sample_runs_clean_against_the_shipped_config(capsys: pytest.CaptureFixture[str]) -> None:
@@ -419,8 +434,9 @@ def test_the_levers_act_on_their_part_of_the_bill() -> None:
     # price ($30 a month), the route on both ($60): the deferred call's batch savings are booked on the model that
     # answered it, as the router books them.
     result = routed({"headers": {"x-workload": "eval"}}, {})
-    assert applies_to(result) == pytest.approx({"batch": 30.0, "flex": 0.0, "route": 60.0, "answer_cache": 0.0})
-    assert levers(result) == pytest.approx({"batch": 9.6, "flex": 0.0, "route": 21.6, "answer_cache": 0.0})
+    nothing = {"flex": 0.0, "prompt_cache": 0.0, "answer_cache": 0.0}
+    assert applies_to(result) == pytest.approx({"batch": 30.0, "route": 60.0} | nothing)
+    assert levers(result) == pytest.approx({"batch": 9.6, "route": 21.6} | nothing)
     by_lever = {lever.lever: lever for lever in result.levers}
     assert by_lever["route"].savings_pct == pytest.approx(36)
     assert by_lever["route"].bill_pct == pytest.approx(36)
