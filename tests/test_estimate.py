@@ -12,11 +12,19 @@ import msgspec
 import pytest
 from rich.console import Console
 
+from router.core import prompt_cache
 from router.core.errors import ConfigError
 from router.core.model_routes import parse_route
 from router.core.policy import load_policies
 from router.core.pricing import load_pricing
-from router.core.settings import AnswerCacheSettings, BatchSettings, Settings, TenantLimits, Upstream
+from router.core.settings import (
+    AnswerCacheSettings,
+    BatchSettings,
+    PromptCacheSettings,
+    Settings,
+    TenantLimits,
+    Upstream,
+)
 from router.ops import estimate as estimate_module
 from router.ops.estimate import LogLine, add_parser, estimate, what_if
 
@@ -105,23 +113,29 @@ def test_seed_example_from_a_log(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 def test_three_lines_over_one_day() -> None:
     # eval (batch):       1M in + 0.5M out        = $2.00 now, $1.00 batch
-    # unmarked (real):    2M in, 1M of it cached  = $1.00 + $0.50 = $1.50 both ways
+    # unmarked (real):    2M in, 1M of it cached  = $2.00 uncached, $1.00 + $0.50 = $1.50 as logged and with the router
     # backfill (batch):   test-cheap 1M in + 1M out = $0.50 now, $0.25 batch
-    # one day -> x30:     $120 now, $82.50 batch, $37.50 saved (31.25%)
+    # one day -> x30:     $135 now (uncached; $120 as logged), $82.50 batch, $52.50 saved (38.9%), of it $15 the
+    #                     log's own cache hits (prompt_cache) and $37.50 the batch lane
     with (DATA / "small.jsonl").open("rb") as file:
         result = estimate(file, POLICIES, PRICES, SETTINGS)
     assert (result.period_days, result.period_source, result.month_factor) == (1.0, "measured", 30.0)
-    assert result.cost_now_usd_month == pytest.approx(120)
+    assert result.cost_now_usd_month == pytest.approx(135)
+    assert result.cost_logged_usd_month == pytest.approx(120)
     assert result.cost_batch_usd_month == pytest.approx(82.5)
-    assert result.savings_usd_month == pytest.approx(37.5)
-    assert result.savings_pct == pytest.approx(31.25)
+    assert result.savings_usd_month == pytest.approx(52.5)
+    assert result.savings_pct == pytest.approx(52.5 / 1.35)
+    assert levers(result) == pytest.approx(
+        {"batch": 37.5, "flex": 0, "route": 0, "prompt_cache": 15, "answer_cache": 0}
+    )
+    assert result.prompt_cache.logged_usd_month == pytest.approx(15) and result.prompt_cache.added_usd_month == 0
     assert (result.calls, result.deferred_calls, result.tokens, result.deferred_tokens) == (3, 2, 5_500_000, 3_500_000)
     assert result.deferred_calls_pct == pytest.approx(200 / 3)
     assert result.deferred_tokens_pct == pytest.approx(350 / 5.5)
     by_model = {m.model: m for m in result.models}
     assert [m.model for m in result.models] == ["test-model", "test-cheap"]  # costliest first
-    assert by_model["test-model"].cost_now_usd_month == pytest.approx(105)
-    assert by_model["test-model"].savings_usd_month == pytest.approx(30)
+    assert by_model["test-model"].cost_now_usd_month == pytest.approx(120)
+    assert by_model["test-model"].savings_usd_month == pytest.approx(45)
     assert by_model["test-cheap"].cost_batch_usd_month == pytest.approx(7.5)
     assert (result.first_timestamp, result.last_timestamp) == ("2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z")
     assert (result.malformed_lines, result.unpriced_models) == (0, [])
@@ -248,8 +262,18 @@ def test_json_output(capsys: pytest.CaptureFixture[str]) -> None:
     result = json.loads(captured.out)
     assert result["mode"] == "log"
     assert (result["period_days"], result["period_source"], result["month_factor"]) == (3, "flag", 10)
-    assert result["cost_now_usd_month"] == pytest.approx(40)
-    assert result["savings_usd_month"] == pytest.approx(12.5)
+    assert result["cost_now_usd_month"] == pytest.approx(45)  # uncached; $40 as logged
+    assert result["cost_logged_usd_month"] == pytest.approx(40)
+    assert result["savings_usd_month"] == pytest.approx(17.5)
+    by_lever = {lever["lever"]: lever["savings_usd_month"] for lever in result["levers"]}
+    assert by_lever == pytest.approx({"batch": 12.5, "flex": 0, "route": 0, "prompt_cache": 5, "answer_cache": 0})
+    assert result["prompt_cache"] == {
+        "logged_usd_month": pytest.approx(5),
+        "added_usd_month": 0,
+        "marked_calls": 0,
+        "write_tokens": 0,
+        "read_tokens": 0,
+    }
     assert [m["model"] for m in result["models"]] == ["test-model", "test-cheap"]
     assert set(result["models"][0]) == {
         "model",
@@ -268,8 +292,9 @@ def test_table_output(capsys: pytest.CaptureFixture[str]) -> None:
     args = with_test_config(str(DATA / "small.jsonl"))
     assert args.func(args) == 0
     out = capsys.readouterr().out
-    assert "$120.00" in out
-    assert "$37.50 (31.2%)" in out
+    assert "$135.00" in out and "Cost as logged (its cache hits)" in out and "$120.00" in out
+    assert "$52.50 (38.9%)" in out
+    assert "prompt_cache: $15.00 a month already in the log's bill" in out
     assert "2 of 3 (66.7%)" in out
 
 
@@ -340,7 +365,7 @@ def test_progress_bar_on_large_logs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(estimate_module, "PROGRESS_BYTES", 0)
     with estimate_module._open_log(str(DATA / "small.jsonl"), show_progress=True) as lines:
         result = estimate(lines, POLICIES, PRICES, SETTINGS)
-    assert result.cost_now_usd_month == pytest.approx(120)
+    assert result.cost_now_usd_month == pytest.approx(135)
 
 
 def test_the_documented_sample_runs_clean_against_the_shipped_config(capsys: pytest.CaptureFixture[str]) -> None:
@@ -419,8 +444,9 @@ def test_the_levers_act_on_their_part_of_the_bill() -> None:
     # price ($30 a month), the route on both ($60): the deferred call's batch savings are booked on the model that
     # answered it, as the router books them.
     result = routed({"headers": {"x-workload": "eval"}}, {})
-    assert applies_to(result) == pytest.approx({"batch": 30.0, "flex": 0.0, "route": 60.0, "answer_cache": 0.0})
-    assert levers(result) == pytest.approx({"batch": 9.6, "flex": 0.0, "route": 21.6, "answer_cache": 0.0})
+    nothing = {"flex": 0.0, "prompt_cache": 0.0, "answer_cache": 0.0}
+    assert applies_to(result) == pytest.approx({"batch": 30.0, "route": 60.0} | nothing)
+    assert levers(result) == pytest.approx({"batch": 9.6, "route": 21.6} | nothing)
     by_lever = {lever.lever: lever for lever in result.levers}
     assert by_lever["route"].savings_pct == pytest.approx(36)
     assert by_lever["route"].bill_pct == pytest.approx(36)
@@ -622,3 +648,123 @@ def test_a_batch_answer_is_kept_from_its_deadline_on() -> None:
     assert levers(estimate(early, POLICIES, PRICES, on, period_days=30))["answer_cache"] == 0
     later = [line(timestamp=T0, **eval_call), line(timestamp=T0 + 24.5 * 3600, body=ZERO)]
     assert levers(estimate(later, POLICIES, PRICES, on, period_days=30))["answer_cache"] == pytest.approx(1)
+
+
+# --- the prompt cache: the log's own cached tokens, and the router's Anthropic breakpoints on logged bodies -------
+
+SHIPPED = load_pricing(SHIPPED_PRICES)  # claude-sonnet-4-5: $3 in, $0.30 cached read, $3.75 5-minute write per 1M
+CLAUDE = "claude-sonnet-4-5"
+ANTHROPIC = Settings(
+    upstreams=[
+        Upstream(name="anthropic", kind="anthropic", base_url="https://api.anthropic.com", models=["claude-*"]),
+        Upstream(name="openai", base_url="https://api.openai.com/v1"),
+    ]
+)
+SYSTEM = "You answer support questions about the product. " * 245  # 12,005 characters, the same in every call
+
+
+def messages_body(question: str, model: str = CLAUDE) -> dict[str, Any]:
+    return {"model": model, "max_tokens": 100, "system": SYSTEM, "messages": [{"role": "user", "content": question}]}
+
+
+def claude_log(*tenants: str, gap_s: float = 60.0, model: str = CLAUDE, **fields: Any) -> list[str]:
+    """One /v1/messages call per tenant given, `gap_s` apart: a shared system prompt, a new question each time;
+    4,000 input tokens a call, no output."""
+    return [
+        line(
+            timestamp=T0 + i * gap_s,
+            model=model,
+            endpoint="/v1/messages",
+            input_tokens=4000,
+            tenant=tenant,
+            body=messages_body(f"question {i}", model),
+            **fields,
+        )
+        for i, tenant in enumerate(tenants)
+    ]
+
+
+def prefix_tokens() -> int:
+    """The system prefix's tokens as the router estimates them (JSON bytes / 4, core/prompt_cache.py)."""
+    found = prompt_cache.candidates(messages_body("q"), "messages", "t", CLAUDE)
+    assert [c.where for c in found] == ["system"]
+    return found[0].tokens
+
+
+def test_a_repeated_long_anthropic_prefix_is_written_on_its_first_repeat_then_read() -> None:
+    prefix = prefix_tokens()
+    assert prefix == (len(SYSTEM) + len('[[],[""]]')) // 4 >= prompt_cache.min_cacheable_tokens(CLAUDE)
+    result = estimate(claude_log("t", "t", "t", "t"), POLICIES, SHIPPED, ANTHROPIC, period_days=30)  # x1
+    # 1st call: never seen, unmarked, plain price. 2nd: seen again within ttl_s, marked; nothing cached yet: the
+    # prefix is written at 1.25x ($3.75 vs $3 per 1M). 3rd and 4th: read at 0.1x ($0.30).
+    saved = (2 * prefix * (3.0 - 0.3) - prefix * (3.75 - 3.0)) / M
+    assert result.cost_now_usd_month == pytest.approx(4 * 4000 * 3.0 / M)
+    assert result.cost_logged_usd_month == result.cost_now_usd_month  # the log paid no caching
+    assert levers(result) == pytest.approx(
+        {"batch": 0, "flex": 0, "route": 0, "prompt_cache": saved, "answer_cache": 0}
+    )
+    assert result.savings_usd_month == pytest.approx(saved)
+    assert sum(levers(result).values()) == pytest.approx(result.savings_usd_month, abs=1e-12)
+    assert applies_to(result)["prompt_cache"] == pytest.approx(3 * 4000 * 3.0 / M)  # the three marked calls
+    pc = result.prompt_cache
+    assert (pc.marked_calls, pc.write_tokens, pc.read_tokens) == (3, prefix, 2 * prefix)
+    assert pc.logged_usd_month == 0 and pc.added_usd_month == pytest.approx(saved)
+
+
+def test_the_prompt_cache_projection_follows_the_ttl() -> None:
+    prefix = prefix_tokens()
+    late = estimate(claude_log("t", "t", "t", gap_s=301), POLICIES, SHIPPED, ANTHROPIC, period_days=30)
+    assert late.prompt_cache.marked_calls == 0 and levers(late)["prompt_cache"] == 0  # never seen again in time
+    # The router counts a prefix seen for 15 minutes, the provider keeps it 5: every marked call 400 s after the
+    # last one finds it gone and writes it again, which costs more than it saves.
+    long_ttl = Settings(upstreams=ANTHROPIC.upstreams, prompt_cache=PromptCacheSettings(ttl_s=900))
+    rewrites = estimate(claude_log("t", "t", "t", gap_s=400), POLICIES, SHIPPED, long_ttl, period_days=30)
+    assert (rewrites.prompt_cache.write_tokens, rewrites.prompt_cache.read_tokens) == (2 * prefix, 0)
+    assert levers(rewrites)["prompt_cache"] == pytest.approx(-2 * prefix * 0.75 / M)
+    assert rewrites.savings_usd_month == pytest.approx(levers(rewrites)["prompt_cache"])
+
+
+def test_the_prompt_cache_counts_sightings_per_tenant() -> None:
+    prefix = prefix_tokens()
+    apart = estimate(claude_log("a", "b"), POLICIES, SHIPPED, ANTHROPIC, period_days=30)
+    assert apart.prompt_cache.marked_calls == 0 and apart.savings_usd_month == 0  # each tenant saw it once
+    # a, b, a, b: each tenant's second call is marked; a's writes, b's then reads what a's wrote (one API key, one
+    # provider cache), as Anthropic bills it.
+    both = estimate(claude_log("a", "b", "a", "b"), POLICIES, SHIPPED, ANTHROPIC, period_days=30)
+    pc = both.prompt_cache
+    assert (pc.marked_calls, pc.write_tokens, pc.read_tokens) == (2, prefix, prefix)
+    assert levers(both)["prompt_cache"] == pytest.approx(prefix * (2.7 - 0.75) / M)
+
+
+def test_the_projection_leaves_openai_own_marks_and_switched_off_calls_as_logged() -> None:
+    openai_calls = claude_log("t", "t", "t", model="gpt-4o")  # OpenAI caches by itself: cached_tokens show it
+    assert estimate(openai_calls, POLICIES, SHIPPED, ANTHROPIC, period_days=30).savings_usd_month == 0
+    off = Settings(upstreams=ANTHROPIC.upstreams, prompt_cache=PromptCacheSettings(enabled=False))
+    assert estimate(claude_log("t", "t", "t"), POLICIES, SHIPPED, off, period_days=30).savings_usd_month == 0
+    marked = messages_body("q") | {"system": [{"type": "text", "text": SYSTEM, "cache_control": {"type": "ephemeral"}}]}
+    own = [line(timestamp=T0 + i, model=CLAUDE, endpoint="/v1/messages", body=marked) for i in range(3)]
+    assert estimate(own, POLICIES, SHIPPED, ANTHROPIC, period_days=30).prompt_cache.marked_calls == 0
+
+
+def test_a_log_without_bodies_shows_only_its_own_caching(capsys: pytest.CaptureFixture[str]) -> None:
+    # 2 calls of 4,000 input tokens, 3,000 of them read from the cache: $3 - $0.30 off per 1M cached tokens.
+    log = [line(timestamp=T0 + i, model=CLAUDE, input_tokens=4000, cached_tokens=3000) for i in range(2)]
+    result = estimate(log, POLICIES, SHIPPED, ANTHROPIC, period_days=30)
+    saved = 2 * 3000 * 2.7 / M
+    assert levers(result)["prompt_cache"] == pytest.approx(saved) == result.savings_usd_month
+    assert result.cost_now_usd_month - result.cost_logged_usd_month == pytest.approx(saved)
+    assert result.prompt_cache.logged_usd_month == pytest.approx(saved)
+    assert (result.prompt_cache.added_usd_month, result.prompt_cache.marked_calls) == (0, 0)
+
+
+def test_a_deferred_call_books_its_cache_reads_on_prompt_cache_and_the_rest_on_batch() -> None:
+    # The same four calls, marked for the batch lane: the cache's rates are the batch tier's (half of each), the
+    # baseline the real-time uncached price; the levers still add up to the savings.
+    prefix = prefix_tokens()
+    deferred = claude_log("t", "t", "t", "t", headers={"x-workload": "eval"})
+    result = estimate(deferred, POLICIES, SHIPPED, ANTHROPIC, period_days=30)
+    assert result.deferred_calls == 4
+    cache = (2 * prefix * (1.5 - 0.15) - prefix * (1.875 - 1.5)) / M
+    assert levers(result)["prompt_cache"] == pytest.approx(cache)
+    assert levers(result)["batch"] == pytest.approx(4 * 4000 * 1.5 / M)
+    assert sum(levers(result).values()) == pytest.approx(result.savings_usd_month, abs=1e-12)

@@ -322,12 +322,9 @@ class PriceTable:
         cost = self.cost(model, Usage(int(tokens_in), 0, int(tokens_out)), "realtime")
         return None if cost is None else cost.actual_usd
 
-    def cost(
-        self, model: str, usage: Usage, tier: PriceTier, asked: str | None = None, *, as_cached: bool = False
-    ) -> Cost | None:
+    def cost(self, model: str, usage: Usage, tier: PriceTier, asked: str | None = None) -> Cost | None:
         """Baseline (the asked-for model, all real time, uncached) and actual cost of one call answered by `model` at
-        `tier`, or None when either model cannot be priced. `as_cached`: the baseline keeps the cache's reads and
-        writes as they happened (what `estimate` calls the bill now), so nothing is put on the prompt cache."""
+        `tier`, or None when either model cannot be priced."""
         entry = self._entry(model)
         if entry is None:
             return None
@@ -337,7 +334,7 @@ class PriceTable:
             return None
         # Every price but `actual` is of the same tokens uncached: the baseline is what the call costs without the
         # router, and the prompt cache's part of the savings is what caching took off the tier's plain price.
-        plain = usage if as_cached else Usage(usage.input_tokens, 0, usage.output_tokens)
+        plain = Usage(usage.input_tokens, 0, usage.output_tokens)
         realtime, tier_plain, actual = _price(rates.realtime, plain), _price(paid, plain), _price(paid, usage)
         baseline = realtime
         if asked is not None and asked != model:

@@ -2,8 +2,9 @@
 
 Both halves of the bill: the calls that can wait go to the batch (or flex) lane, and model routes (`--route`, or the
 config's `routes`) answer a share of the asked-for model's calls with a cheaper one. Savings are split by lever
-(batch, flex, route, answer_cache: lines that carry their request `body`) the way the router books them in its
-headers, `/v1/usage` and `/metrics`.
+(batch, flex, route, prompt_cache, answer_cache) the way the router books them in its headers, `/v1/usage` and
+`/metrics`: against the uncached real-time price. Lines that carry their request `body` also play the answer cache
+and the router's prompt-cache breakpoints.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from router.core.model_routes import parse_route
 from router.core.policy import Policies, load_policies
 from router.core.pricing import PriceTable, Usage, load_pricing
 from router.core.settings import DEFAULT_CONFIG, Settings, load_settings
+from router.ops import prefixes
+from router.ops.prefixes import Prefixes, PromptCacheEstimate
 from router.ops.projection import (
     DEFAULT_MOVED_SHARE,
     Bill,
@@ -83,6 +86,7 @@ class Estimate(msgspec.Struct, frozen=True, kw_only=True, tag_field="mode", tag=
     """A log's traffic per month, now and with batch routing; unpriced models are left out of the dollars."""
 
     cost_now_usd_month: float
+    """Every call at the real-time price, uncached (the router's baseline)."""
     cost_batch_usd_month: float
     savings_usd_month: float
     savings_pct: float
@@ -104,7 +108,10 @@ class Estimate(msgspec.Struct, frozen=True, kw_only=True, tag_field="mode", tag=
     malformed_lines: int
     problems: list[Problem]
     levers: list[LeverEstimate] = msgspec.field(default_factory=list)
-    """Savings by lever (batch, flex, route, answer_cache): they add up to `savings_usd_month`."""
+    """Savings by lever (batch, flex, route, prompt_cache, answer_cache): they add up to `savings_usd_month`."""
+    cost_logged_usd_month: float = 0.0
+    """The bill as logged: real time, the log's cached tokens at the cached rate."""
+    prompt_cache: PromptCacheEstimate = msgspec.field(default_factory=PromptCacheEstimate)
     routes: list[RouteEstimate] = msgspec.field(default_factory=list)
     learning_usd_month: float = 0.0
 
@@ -126,6 +133,7 @@ class _Tally(msgspec.Struct):
     tokens: int = 0
     deferred_tokens: int = 0
     now_usd: float = 0.0
+    logged_usd: float = 0.0
     batch_usd: float = 0.0
     priced: bool = True
 
@@ -178,7 +186,7 @@ def estimate(
     by_source = {r.source: r for r in (settings.routes if routes is None else routes)}
     check_routes(by_source.values(), prices)
     bill = Bill(by_source.values(), prices)
-    repeats = Repeats(settings)
+    repeats, sightings = Repeats(settings), Prefixes(settings)
     tallies: dict[str, _Tally] = {}
     problems: list[Problem] = []
     malformed = 0
@@ -205,18 +213,22 @@ def estimate(
         if answered.lane.lane != Lane.REALTIME:
             tally.deferred_calls, tally.deferred_tokens = tally.deferred_calls + 1, tally.deferred_tokens + tokens
         usage = Usage(line.input_tokens, line.cached_tokens, line.output_tokens)
-        now = prices.cost(line.model, usage, "realtime", as_cached=True)  # the log's cache hits are paid now too
+        marked = sightings.observe(line, at, answered, chooser, usage)  # the router's breakpoints, with a body
+        now = prices.cost(line.model, usage, "realtime")  # baseline: uncached; actual: as logged
         if now is None:
             tally.priced = False  # never guessed: counted, and left out of every dollar figure
             continue
-        tally.now_usd += now.baseline_usd
-        tally.batch_usd += bill.add(answered, line.model, usage, now.baseline_usd)
+        tally.now_usd, tally.logged_usd = tally.now_usd + now.baseline_usd, tally.logged_usd + now.actual_usd
+        tally.batch_usd += bill.add(answered, line.model, marked or usage, now.baseline_usd, added=marked is not None)
     calls = sum(t.calls for t in tallies.values())
     days, source = _period(times, calls, period_days)
     result = _summarise(tallies, times, days, source, malformed, problems)
     by_route = bill.routes(result.month_factor, moved_share)
+    factor = result.month_factor
     return msgspec.structs.replace(
         result,
+        cost_logged_usd_month=sum(t.logged_usd for t in tallies.values()) * factor,
+        prompt_cache=sightings.summary(bill.prompt_cache["logged"] * factor, bill.prompt_cache["added"] * factor),
         levers=bill.levers(result.month_factor, result.cost_now_usd_month),
         routes=by_route,
         learning_usd_month=sum(r.learning_usd_month for r in by_route),
@@ -298,6 +310,8 @@ def render(result: Estimate | WhatIf, console: Console) -> None:
         note = f"{result.batch_share:.0%} of the spend at {result.batch_ratio:g}x the real-time price"
         console.print(table("Estimated monthly cost", ("", ""), rows, show_header=False, caption=note))
         return
+    if usd(result.cost_logged_usd_month) != rows[0][1]:  # the log's own cache hits: today's bill is below the baseline
+        rows.insert(1, ("Cost as logged (its cache hits)", usd(result.cost_logged_usd_month)))
     rows.append(("Calls deferred", f"{result.deferred_calls:,} of {result.calls:,} ({result.deferred_calls_pct:.1f}%)"))
     rows.append(
         ("Tokens deferred", f"{result.deferred_tokens:,} of {result.tokens:,} ({result.deferred_tokens_pct:.1f}%)")
@@ -306,6 +320,7 @@ def render(result: Estimate | WhatIf, console: Console) -> None:
     note = f"log: {result.period_days:.4g} day(s) ({basis}), scaled x{result.month_factor:.4g} to 30 days"
     console.print(table("Estimated monthly cost", ("", ""), rows, show_header=False, caption=note))
     render_levers(result.levers, result.routes, result.cost_now_usd_month, result.learning_usd_month, console)
+    prefixes.render(result.prompt_cache, usd, console)
     columns = ("Model", "Calls", "Deferred", "Now", "Router" if routed else "Batch", "Saved")  # tokens: see --json
     by_model = [
         (

@@ -5,7 +5,9 @@ decision places the model that answers). Where a model route covers it, a cheape
 calls (`answer`, in expectation: a log says nothing of the evidence), in the lane that model gets. `Bill` prices the
 ways a call is answered and books its savings by lever as the router books them (telemetry/accounting.py): a moved
 call's `route` savings are the asked-for model's real-time price less the cheaper model's; its `batch` or `flex`
-savings are the answering model's own discount. Where a log line carries its request `body`, `Repeats` plays the
+savings are the answering model's own discount; its `prompt_cache` savings what cached input took off the answering
+tier's plain price (the baseline is uncached, so a log's own cache hits are on this lever; `prefixes.Prefixes` adds
+the router's breakpoints). Where a log line carries its request `body`, `Repeats` plays the
 answer cache: a repeat of a deterministic call answered in real time within the TTL costs nothing and saves its whole
 real-time price on the `answer_cache` lever.
 """
@@ -34,8 +36,8 @@ from router.core.settings import Settings
 DEFAULT_PATH = "/v1/chat/completions"
 
 Tokens = Annotated[int, msgspec.Meta(ge=0)]
-Lever = Literal["batch", "flex", "route", "answer_cache"]
-LEVERS: tuple[Lever, ...] = ("batch", "flex", "route", "answer_cache")
+Lever = Literal["batch", "flex", "route", "prompt_cache", "answer_cache"]
+LEVERS: tuple[Lever, ...] = ("batch", "flex", "route", "prompt_cache", "answer_cache")
 
 DEFAULT_MOVED_SHARE: dict[Mode, float] = {"predict": 0.39, "cascade": 0.41, "shadow": 0.0}
 """The share of a route's calls a cheaper model answers when `--moved-share` is not given, as measured by
@@ -72,6 +74,7 @@ class LeverEstimate(msgspec.Struct, frozen=True, kw_only=True):
     savings_usd_month: float
     applies_to_usd_month: float
     """Batch, flex: the real-time price of the calls answered in that lane. Route: of the calls its routes cover.
+    Prompt cache: of the calls whose input it read or wrote (the log's cached tokens, the router's breakpoints).
     Answer cache: of the calls it looks up (deterministic calls of a known body, where a rule or the tenant turns
     it on)."""
     savings_pct: float
@@ -296,10 +299,8 @@ def check_routes(routes: Iterable[ModelRoute], prices: PriceTable) -> None:
 
 def _cost(model: str, usage: Usage, lane: Lane, prices: PriceTable, asked: str) -> Cost:
     """What `model` costs in `lane` (its real-time rate where the lane has no price), against `asked`'s baseline."""
-    # As logged: the provider's own cache hits are in the bill now, not a saving of the router's.
-    cost = prices.cost(model, usage, lane.price_tier, asked, as_cached=True) or prices.cost(
-        model, usage, "realtime", asked, as_cached=True
-    )
+    # Against the uncached baseline, as the router books it: the cache's reads and writes are the prompt_cache lever.
+    cost = prices.cost(model, usage, lane.price_tier, asked) or prices.cost(model, usage, "realtime", asked)
     assert cost is not None  # the asked-for model is priced, and check_routes saw to the candidates
     return cost
 
@@ -326,9 +327,12 @@ class Bill:
         self.saved: dict[str, float] = dict.fromkeys(LEVERS, 0.0)
         self.applies_to: dict[str, float] = dict.fromkeys(LEVERS, 0.0)
         self._routes = {r.source: _RouteTally(r) for r in routes}
+        self.prompt_cache = {"logged": 0.0, "added": 0.0}
+        """The prompt_cache lever's parts: the log's own cached tokens, and the router's breakpoints (projected)."""
 
-    def add(self, answered: Answered, asked: str, usage: Usage, baseline_usd: float) -> float:
-        """Book one priced call (`baseline_usd`: the asked-for model's real-time price); what it is expected to cost."""
+    def add(self, answered: Answered, asked: str, usage: Usage, baseline_usd: float, *, added: bool = False) -> float:
+        """Book one priced call (`baseline_usd`: the asked-for model's real-time price, uncached); what it is expected
+        to cost. `added`: `usage`'s cache reads and writes are the router's breakpoints', not the log's."""
         if answered.cache is not None:
             self.applies_to["answer_cache"] += baseline_usd
         if answered.cache == "hit":  # the answer cache: nothing paid, its whole real-time price saved
@@ -339,13 +343,18 @@ class Bill:
             cost = _cost(part.model, usage, part.lane, self.prices, asked)
             paid += part.weight * cost.actual_usd
             self.saved["route"] += part.weight * cost.route_usd
+            self.saved["prompt_cache"] += part.weight * cost.prompt_cache_usd
+            self.prompt_cache["added" if added else "logged"] += part.weight * cost.prompt_cache_usd
             if part.lane != Lane.REALTIME:
-                self.saved[part.lane.price_tier] += part.weight * (cost.savings_usd - cost.route_usd)
+                tier = cost.savings_usd - cost.route_usd - cost.prompt_cache_usd
+                self.saved[part.lane.price_tier] += part.weight * tier
                 self.applies_to[part.lane.price_tier] += part.weight * cost.baseline_usd
             if part.wasted is not None:  # a cascade's cheap call, thrown away: lost on the route lever
                 thrown = _cost(part.wasted, usage, Lane.REALTIME, self.prices, part.wasted).actual_usd
                 paid += part.weight * thrown
                 self.saved["route"] -= part.weight * thrown
+        if usage.cached_tokens or usage.cache_write_tokens:
+            self.applies_to["prompt_cache"] += baseline_usd
         if answered.route is not None:
             self._cover(answered, asked, usage, baseline_usd)
         return paid
