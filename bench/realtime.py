@@ -146,10 +146,15 @@ def children(pid: int) -> list[int]:
 
 
 @contextlib.contextmanager
-def server(args: list[str], env: dict[str, str], ready_url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`python -m router ARGS` in its own process (its own event loop), until it answers `ready_url`."""
+def server(
+    args: list[str], env: dict[str, str], ready_url: str, log: Path, cpus: set[int] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m router ARGS` in its own process (its own event loop), until it answers `ready_url`; pinned to
+    `cpus` when given (its workers inherit the pinning)."""
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "router", *args], cwd=ROOT, env=env, stdout=out, stderr=out)
+    if cpus:
+        os.sched_setaffinity(proc.pid, cpus)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
@@ -261,13 +266,32 @@ async def overhead_histogram(session: aiohttp.ClientSession, target: Target) -> 
     return values["sum"], values["count"]
 
 
+def profiler(target: Target, kind: str, args: argparse.Namespace) -> subprocess.Popen[bytes] | None:
+    """`py-spy record` on a router for the measured window, a flame graph (SVG) into `--profile`, once per
+    (target, kind): the first round's."""
+    if args.profile is None or not target.router:
+        return None
+    suffix = ".txt" if args.profile_raw else ".svg"  # collapsed stacks (one line per stack and its count), or SVG
+    out = args.profile / f"{target.name.replace('/', '-').replace(' ', '')}-{kind}{suffix}"
+    if out.exists() and out.stat().st_mtime > args.started:
+        return None
+    py_spy = Path(sys.executable).with_name("py-spy")
+    fmt = "flamegraph" if out.suffix == ".svg" else "raw"
+    command = [str(py_spy), "record", "--pid", str(target.pid), "--duration", str(math.ceil(args.duration))]
+    command += ["--rate", "250", "--subprocesses", "--nonblocking", "--format", fmt, "--output", str(out)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 async def measure_one(session: aiohttp.ClientSession, target: Target, kind: str, args: argparse.Namespace) -> Tally:
     """Warm up (opens the connections, fills the pools), then measure; CPU and router metrics read around it."""
     url = f"{target.base_url}/v1/chat/completions"
     await closed_loop(session, url, kind, args.concurrency, args.warmup)
     before = await overhead_histogram(session, target) if target.router else (0.0, 0.0)
+    spy = profiler(target, kind, args)
     cpu_before, client_before = cpu_seconds(target.pid), time.process_time()
     tally = await closed_loop(session, url, kind, args.concurrency, args.duration)
+    if spy is not None:
+        await asyncio.to_thread(spy.wait, 60)
     tally.cpu_s, tally.client_cpu_s = cpu_seconds(target.pid) - cpu_before, time.process_time() - client_before
     after = await overhead_histogram(session, target) if target.router else (0.0, 0.0)
     tally.overhead_sum_s, tally.overhead_count = after[0] - before[0], after[1] - before[1]
@@ -276,12 +300,13 @@ async def measure_one(session: aiohttp.ClientSession, target: Target, kind: str,
 
 async def measure(targets: list[Target], args: argparse.Namespace) -> dict[str, dict[str, Tally]]:
     """Every (kind, target), warm-up then measured window, rounds rotated; the router metrics read around it."""
-    pooled = {kind: {t.name: Tally() for t in targets} for kind in KINDS}
+    kinds = KINDS if args.kinds == "both" else (args.kinds,)
+    pooled = {kind: {t.name: Tally() for t in targets} for kind in kinds}
     connector = aiohttp.TCPConnector(limit=args.concurrency, ttl_dns_cache=None)
     timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT_S)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         for round_ in range(args.rounds):
-            for kind in KINDS:
+            for kind in kinds:
                 shift = round_ % len(targets)
                 for target in targets[shift:] + targets[:shift]:
                     tally = await measure_one(session, target, kind, args)
@@ -422,11 +447,25 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=bounded(0, 60, float), default=2.0, help="unmeasured seconds first")
     parser.add_argument("--rounds", type=bounded(1, 10, int), default=1, help="interleaved repeats, pooled")
     parser.add_argument("--markdown", action="store_true", help="also print Markdown tables for RESULTS.md")
+    parser.add_argument("--kinds", choices=("both", *KINDS), default="both", help="call kinds to measure")
+    parser.add_argument(
+        "--pin", action="store_true", help="routers on CPU 0; the simulator and the load generator on CPU 1"
+    )
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="write py-spy flame graphs (SVG) of the routers here"
+    )
+    parser.add_argument("--profile-raw", action="store_true", help="with --profile: collapsed stacks, not SVG")
     return parser.parse_args()
 
 
 def main() -> int:
     args = parse_args()
+    args.started = time.time()
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    router_cpus, other_cpus = ({0}, {1}) if args.pin and (os.cpu_count() or 1) >= 2 else (None, None)
+    if other_cpus:
+        os.sched_setaffinity(0, other_cpus)
     load_before = os.getloadavg()[0]  # other work on the machine skews every row; say how much there was
     commit = revision()  # read before the servers start: the code they load
     redis_url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
@@ -443,7 +482,7 @@ def main() -> int:
         sim_port = free_port()
         sim_args = ["simulate", "--port", str(sim_port), "--latency-ms", str(args.latency_ms)]
         sim = stack.enter_context(
-            server(sim_args, env, f"http://127.0.0.1:{sim_port}/_sim/stats", directory / "simulator.log")
+            server(sim_args, env, f"http://127.0.0.1:{sim_port}/_sim/stats", directory / "simulator.log", other_cpus)
         )
         targets = [Target("direct", f"http://127.0.0.1:{sim_port}", sim.pid, router=False)]
         for transport in transports:
@@ -453,7 +492,8 @@ def main() -> int:
                 serve_args = ["serve", "--config", str(config), "--port", str(port), "--workers", str(workers)]
                 name = f"router/{transport}" + (f" x{workers}" if args.workers != [1] else "")
                 log = directory / f"router-{transport}-{workers}.log"
-                proc = stack.enter_context(server(serve_args, env, f"http://127.0.0.1:{port}/healthz", log))
+                ready = f"http://127.0.0.1:{port}/healthz"
+                proc = stack.enter_context(server(serve_args, env, ready, log, router_cpus))
                 targets.append(Target(name, f"http://127.0.0.1:{port}", proc.pid, router=True))
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             pooled = runner.run(measure(targets, args))
