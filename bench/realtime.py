@@ -414,6 +414,29 @@ NOTES = (
 )
 
 
+def guard(pooled: dict[str, dict[str, Tally]], args: argparse.Namespace) -> list[str]:
+    """`make bench`'s summary: per kind and router, the added p50/p99 and the CPU per call, beside direct's."""
+    lines = []
+    for kind, tallies in pooled.items():
+        direct = tallies["direct"]
+        d50, d99 = quantile(direct.latencies, 0.5), quantile(direct.latencies, 0.99)
+        d_cpu = direct.cpu_s / max(1, len(direct.latencies) + direct.errors)
+        for name, t in tallies.items():
+            if name == "direct":
+                continue
+            calls = max(1, len(t.latencies) + t.errors)
+            p50, p99, cpu = quantile(t.latencies, 0.5), quantile(t.latencies, 0.99), t.cpu_s / calls
+            lines.append(
+                f"guard {kind} {name} c={args.concurrency} upstream {args.latency_ms:g} ms: "
+                f"added p50 {(p50 - d50) * 1e3:+.2f} ms, p99 {(p99 - d99) * 1e3:+.2f} ms; "
+                f"router CPU {cpu * 1e3:.3f} ms/call (simulator {d_cpu * 1e3:.3f}); "
+                f"req/s x{t.rps / direct.rps if direct.rps else math.nan:.2f} of direct; "
+                f"GC {t.gc_s / calls * 1e3:.3f} ms/call; loop lag p99 <={bucket_quantile(t.lag, 0.99) * 1e3:g} ms; "
+                f"errors {t.errors}"
+            )
+    return lines
+
+
 def report(pooled: dict[str, dict[str, Tally]], args: argparse.Namespace, load_before: float, commit: str) -> None:
     """Rich tables on the terminal (absolute numbers, then the ratios), Markdown too with `--markdown`."""
     console = Console() if sys.stdout.isatty() else Console(width=120)  # piped: not squeezed to 80 columns
@@ -433,6 +456,8 @@ def report(pooled: dict[str, dict[str, Tally]], args: argparse.Namespace, load_b
         for name, t in tallies.items():
             if t.errors:
                 console.print(f"{kind} {name}: {t.errors} errors, first: {t.first_error}", style="red", markup=False)
+    if args.guard:
+        print("\n".join([context(args, load_before, commit), *guard(pooled, args)]))
     if args.markdown:
         lines = [context(args, load_before, commit), ""]
         for kind, tallies in pooled.items():
@@ -480,6 +505,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--gc", choices=("tuned", "default", "both"), default="tuned", help="routers' gc_tuning (both: one of each)"
     )
+    parser.add_argument("--guard", action="store_true", help="end with one summary line per kind and router")
     parser.add_argument("--kinds", choices=("both", *KINDS), default="both", help="call kinds to measure")
     parser.add_argument(
         "--pin", action="store_true", help="routers on CPU 0; the simulator and the load generator on CPU 1"
