@@ -156,12 +156,17 @@ def children(pid: int) -> list[int]:
 
 @contextlib.contextmanager
 def server(
-    args: list[str], env: dict[str, str], ready_url: str, log: Path, cpus: set[int] | None = None
+    args: list[str],
+    env: dict[str, str],
+    ready_url: str,
+    log: Path,
+    cpus: set[int] | None = None,
+    module: str = "router",
 ) -> Iterator[subprocess.Popen[bytes]]:
     """`python -m router ARGS` in its own process (its own event loop), until it answers `ready_url`; pinned to
     `cpus` when given (its workers inherit the pinning)."""
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "router", *args], cwd=ROOT, env=env, stdout=out, stderr=out)
+        proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=env, stdout=out, stderr=out)
     if cpus:
         os.sched_setaffinity(proc.pid, cpus)
     try:
@@ -505,6 +510,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--gc", choices=("tuned", "default", "both"), default="tuned", help="routers' gc_tuning (both: one of each)"
     )
+    parser.add_argument(
+        "--granian", action="store_true", help="also the same app under granian (needs granian importable)"
+    )
     parser.add_argument("--guard", action="store_true", help="end with one summary line per kind and router")
     parser.add_argument("--kinds", choices=("both", *KINDS), default="both", help="call kinds to measure")
     parser.add_argument(
@@ -558,6 +566,19 @@ def main() -> int:
                     gc_env = env | {"HYBRID_ROUTER_GC_TUNING": "true" if gc_mode == "tuned" else "false"}
                     proc = stack.enter_context(server(serve_args, gc_env, ready, log, router_cpus))
                     targets.append(Target(name, f"http://127.0.0.1:{port}", proc.pid, router=True))
+        if args.granian:  # the same app (bench/asgi_app.py) under granian, one process, uvloop, HTTP/1.1
+            port = free_port()
+            config = router_config(directory, sim_port, "aiohttp")
+            granian_args = ["--interface", "asgi", "--factory", "--host", "127.0.0.1", "--port", str(port)]
+            granian_args += ["--workers", "1", "--loop", "uvloop", "--http", "1", "--no-ws", "--log-level", "warning"]
+            granian_env = env | {"BENCH_ROUTER_CONFIG": str(config), "PYTHONPATH": os.pathsep.join(
+                p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)}  # fmt: skip
+            ready = f"http://127.0.0.1:{port}/healthz"
+            log = directory / "router-granian.log"
+            proc = stack.enter_context(
+                server([*granian_args, "bench.asgi_app:app"], granian_env, ready, log, router_cpus, module="granian")
+            )
+            targets.append(Target("router/granian", f"http://127.0.0.1:{port}", proc.pid, router=True))
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             pooled = runner.run(measure(targets, args))
     report(pooled, args, load_before, commit)
