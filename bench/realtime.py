@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import math
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -309,6 +310,14 @@ def profiler(target: Target, kind: str, args: argparse.Namespace) -> subprocess.
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def scrub(path: Path) -> None:
+    """A profile names the processes by their command line: drop this checkout's and the run's directories, so a
+    committed flame graph names no machine path."""
+    if path.exists():
+        text = path.read_text(errors="replace").replace(str(ROOT) + "/", "")
+        path.write_text(re.sub(re.escape(tempfile.gettempdir()) + r"/bench-realtime-\w+/", "", text))
+
+
 async def measure_one(session: aiohttp.ClientSession, target: Target, kind: str, args: argparse.Namespace) -> Tally:
     """Warm up (opens the connections, fills the pools), then measure; CPU and router metrics read around it."""
     url = f"{target.base_url}/v1/chat/completions"
@@ -319,6 +328,7 @@ async def measure_one(session: aiohttp.ClientSession, target: Target, kind: str,
     tally = await closed_loop(session, url, kind, args.concurrency, args.duration)
     if spy is not None:
         await asyncio.to_thread(spy.wait, 60)
+        scrub(Path(str(spy.args[-1])))
     tally.cpu_s, tally.client_cpu_s = cpu_seconds(target.pid) - cpu_before, time.process_time() - client_before
     after = await router_metrics(session, target) if target.router else {}
     delta = {key: value - before.get(key, 0.0) for key, value in after.items()}
