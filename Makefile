@@ -83,8 +83,13 @@ test-random: setup node
 _alltiers:
 	$(PYTEST)
 
+# The regression guard: what the router adds to a real-time call (p50/p99) and its CPU per call, against the simulator
+# called directly in the same run (ratios, so a busy machine moves both sides). About 40 s; BENCH_ARGS adds flags.
+# The whole comparison (both transports, longer windows, rounds) is `bench/realtime.py --help`.
+BENCH_ARGS ?=
 bench: setup
-	$(PY) bench/realtime.py
+	$(PY) bench/realtime.py --transport aiohttp --duration 6 --warmup 1 --concurrency 32 --latency-ms 50 --pin \
+	  --guard $(BENCH_ARGS)
 
 # The Kubernetes manifests (deploy/kubernetes, docs/deploy.md) build their ConfigMaps from copies of the config, the
 # price table, the policies and the Grafana dashboard: kustomize reads no file outside a kustomization's directory.

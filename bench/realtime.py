@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import math
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -59,6 +60,8 @@ TRANSPORTS = ("aiohttp", "httpx")
 CALL_TIMEOUT_S = 30.0
 START_TIMEOUT_S = 30.0
 OVERHEAD_METRIC = "hybrid_router_proxy_overhead_seconds"
+GC_METRIC = "hybrid_router_gc_pause_seconds"
+LAG_METRIC = "hybrid_router_event_loop_lag_seconds"
 UPSTREAM_KEY_ENV = "BENCH_UPSTREAM_KEY"  # the router's key for the simulator, which accepts any non-empty key
 HEADERS = {"authorization": "Bearer sk-bench", "content-type": "application/json"}
 # A short prompt and a 16-token answer: the call costs little, so what is measured is the path, not the payload.
@@ -90,6 +93,9 @@ class Tally:
     client_cpu_s: float = 0.0
     overhead_sum_s: float = 0.0
     overhead_count: float = 0.0
+    gc_s: float = 0.0
+    gc_count: float = 0.0
+    lag: dict[float, float] = field(default_factory=dict)  # the loop-lag histogram's cumulative buckets (le -> count)
 
     def add(self, other: Tally) -> None:
         """Pool another round's samples into this one."""
@@ -102,6 +108,10 @@ class Tally:
         self.client_cpu_s += other.client_cpu_s
         self.overhead_sum_s += other.overhead_sum_s
         self.overhead_count += other.overhead_count
+        self.gc_s += other.gc_s
+        self.gc_count += other.gc_count
+        for le, count in other.lag.items():
+            self.lag[le] = self.lag.get(le, 0.0) + count
 
     def fail(self, why: str) -> None:
         self.errors += 1
@@ -146,10 +156,20 @@ def children(pid: int) -> list[int]:
 
 
 @contextlib.contextmanager
-def server(args: list[str], env: dict[str, str], ready_url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`python -m router ARGS` in its own process (its own event loop), until it answers `ready_url`."""
+def server(
+    args: list[str],
+    env: dict[str, str],
+    ready_url: str,
+    log: Path,
+    cpus: set[int] | None = None,
+    module: str = "router",
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m router ARGS` in its own process (its own event loop), until it answers `ready_url`; pinned to
+    `cpus` when given (its workers inherit the pinning)."""
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "router", *args], cwd=ROOT, env=env, stdout=out, stderr=out)
+        proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=env, stdout=out, stderr=out)
+    if cpus:
+        os.sched_setaffinity(proc.pid, cpus)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
@@ -248,40 +268,85 @@ async def closed_loop(session: aiohttp.ClientSession, url: str, kind: str, concu
     return tally
 
 
-async def overhead_histogram(session: aiohttp.ClientSession, target: Target) -> tuple[float, float]:
-    """(sum in seconds, count) of the router's proxy-overhead histogram right now."""
+async def router_metrics(session: aiohttp.ClientSession, target: Target) -> dict[str, float]:
+    """The router's own view right now: the proxy-overhead histogram's sum and count, the GC pauses' (every
+    generation), and the loop-lag histogram's cumulative buckets (keys `lag:<le>`)."""
     async with session.get(f"{target.base_url}/metrics") as answer:
         text = await answer.text()
-    values = {"sum": 0.0, "count": 0.0}
+    values: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            suffix = sample.name.removeprefix(OVERHEAD_METRIC + "_")
-            if sample.name.startswith(OVERHEAD_METRIC) and suffix in values:
-                values[suffix] = sample.value
-    return values["sum"], values["count"]
+            for metric, short in ((OVERHEAD_METRIC, "overhead"), (GC_METRIC, "gc")):
+                suffix = sample.name.removeprefix(metric + "_")
+                if sample.name.startswith(metric) and suffix in ("sum", "count"):
+                    values[f"{short}_{suffix}"] = values.get(f"{short}_{suffix}", 0.0) + sample.value
+            if sample.name == LAG_METRIC + "_bucket":
+                key = f"lag:{float(sample.labels['le'])}"
+                values[key] = values.get(key, 0.0) + sample.value
+    return values
+
+
+def bucket_quantile(buckets: dict[float, float], q: float) -> float:
+    """The upper bound of the histogram bucket holding quantile `q` (nan when empty)."""
+    total = buckets.get(math.inf, 0.0)
+    if not total:
+        return math.nan
+    return next(le for le, count in sorted(buckets.items()) if count >= q * total)
+
+
+def profiler(target: Target, kind: str, args: argparse.Namespace) -> subprocess.Popen[bytes] | None:
+    """`py-spy record` on a router for the measured window, a flame graph (SVG) into `--profile`, once per
+    (target, kind): the first round's."""
+    if args.profile is None or not target.router:
+        return None
+    suffix = ".txt" if args.profile_raw else ".svg"  # collapsed stacks (one line per stack and its count), or SVG
+    out = args.profile / f"{target.name.replace('/', '-').replace(' ', '')}-{kind}{suffix}"
+    if out.exists() and out.stat().st_mtime > args.started:
+        return None
+    py_spy = Path(sys.executable).with_name("py-spy")
+    fmt = "flamegraph" if out.suffix == ".svg" else "raw"
+    command = [str(py_spy), "record", "--pid", str(target.pid), "--duration", str(math.ceil(args.duration))]
+    command += ["--rate", "250", "--subprocesses", "--nonblocking", "--format", fmt, "--output", str(out)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def scrub(path: Path) -> None:
+    """A profile names the processes by their command line: drop this checkout's and the run's directories, so a
+    committed flame graph names no machine path."""
+    if path.exists():
+        text = path.read_text(errors="replace").replace(str(ROOT) + "/", "")
+        path.write_text(re.sub(re.escape(tempfile.gettempdir()) + r"/bench-realtime-\w+/", "", text))
 
 
 async def measure_one(session: aiohttp.ClientSession, target: Target, kind: str, args: argparse.Namespace) -> Tally:
     """Warm up (opens the connections, fills the pools), then measure; CPU and router metrics read around it."""
     url = f"{target.base_url}/v1/chat/completions"
     await closed_loop(session, url, kind, args.concurrency, args.warmup)
-    before = await overhead_histogram(session, target) if target.router else (0.0, 0.0)
+    before = await router_metrics(session, target) if target.router else {}
+    spy = profiler(target, kind, args)
     cpu_before, client_before = cpu_seconds(target.pid), time.process_time()
     tally = await closed_loop(session, url, kind, args.concurrency, args.duration)
+    if spy is not None:
+        await asyncio.to_thread(spy.wait, 60)
+        scrub(Path(str(spy.args[-1])))
     tally.cpu_s, tally.client_cpu_s = cpu_seconds(target.pid) - cpu_before, time.process_time() - client_before
-    after = await overhead_histogram(session, target) if target.router else (0.0, 0.0)
-    tally.overhead_sum_s, tally.overhead_count = after[0] - before[0], after[1] - before[1]
+    after = await router_metrics(session, target) if target.router else {}
+    delta = {key: value - before.get(key, 0.0) for key, value in after.items()}
+    tally.overhead_sum_s, tally.overhead_count = delta.get("overhead_sum", 0.0), delta.get("overhead_count", 0.0)
+    tally.gc_s, tally.gc_count = delta.get("gc_sum", 0.0), delta.get("gc_count", 0.0)
+    tally.lag = {float(key[4:]): value for key, value in delta.items() if key.startswith("lag:")}
     return tally
 
 
 async def measure(targets: list[Target], args: argparse.Namespace) -> dict[str, dict[str, Tally]]:
     """Every (kind, target), warm-up then measured window, rounds rotated; the router metrics read around it."""
-    pooled = {kind: {t.name: Tally() for t in targets} for kind in KINDS}
+    kinds = KINDS if args.kinds == "both" else (args.kinds,)
+    pooled = {kind: {t.name: Tally() for t in targets} for kind in kinds}
     connector = aiohttp.TCPConnector(limit=args.concurrency, ttl_dns_cache=None)
     timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT_S)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         for round_ in range(args.rounds):
-            for kind in KINDS:
+            for kind in kinds:
                 shift = round_ % len(targets)
                 for target in targets[shift:] + targets[:shift]:
                     tally = await measure_one(session, target, kind, args)
@@ -292,7 +357,9 @@ async def measure(targets: list[Target], args: argparse.Namespace) -> dict[str, 
 # --- report --------------------------------------------------------------------------------------------------
 
 
-RELATIVE = frozenset({"x req/s", "x p50", "x p99", "+p50 ms", "+p99 ms", "overhead mean ms"})
+RELATIVE = frozenset(
+    {"x req/s", "x p50", "x p99", "+p50 ms", "+p99 ms", "overhead mean ms", "GC ms/call", "loop lag p99 ms"}
+)
 
 
 def ratio(value: float, direct: float) -> str:
@@ -302,7 +369,7 @@ def ratio(value: float, direct: float) -> str:
 def columns(kind: str) -> list[str]:
     """The header of one kind's table; `rows` fills them in this order."""
     ttfb = ["TTFB p50 ms", "TTFB p99 ms"] if kind == "streamed" else []
-    against = ["x req/s", "x p50", "x p99", "+p50 ms", "+p99 ms", "overhead mean ms"]
+    against = ["x req/s", "x p50", "x p99", "+p50 ms", "+p99 ms", "overhead mean ms", "GC ms/call", "loop lag p99 ms"]
     cpu = ["CPU ms/call", "client CPU ms/call"]
     return ["target", "req/s", "p50 ms", "p90 ms", "p99 ms", *ttfb, "errors", *against, *cpu]
 
@@ -318,12 +385,13 @@ def rows(kind: str, tallies: dict[str, Tally]) -> list[list[str]]:
         if kind == "streamed":
             row += [f"{quantile(t.ttfbs, 0.5) * 1e3:.2f}", f"{quantile(t.ttfbs, 0.99) * 1e3:.2f}"]
         row += [str(t.errors), ratio(t.rps, direct.rps), ratio(p50, d50), ratio(p99, d99)]
+        calls = len(t.latencies) + t.errors
         if name == "direct":
-            row += ["-", "-", "-"]
+            row += ["-"] * 5
         else:
             mean = t.overhead_sum_s / t.overhead_count * 1e3 if t.overhead_count else math.nan
             row += [f"{(p50 - d50) * 1e3:+.2f}", f"{(p99 - d99) * 1e3:+.2f}", f"{mean:.3f}"]
-        calls = len(t.latencies) + t.errors
+            row += [f"{t.gc_s / calls * 1e3:.3f}" if calls else "-", f"≤{bucket_quantile(t.lag, 0.99) * 1e3:g}"]
         row += [f"{cpu / calls * 1e3:.3f}" if calls else "-" for cpu in (t.cpu_s, t.client_cpu_s)]
         out.append(row)
     return out
@@ -355,8 +423,33 @@ NOTES = (
     "Latency = to the end of the body. x = ratio to direct (req/s: higher is better; latency: lower). "
     "+ = router - direct. Overhead mean = the router's hybrid_router_proxy_overhead_seconds (sum/count, "
     "measured window). CPU ms/call = CPU time of the process the load generator calls (the simulator for "
-    "direct, the router alone for router rows) per call; client CPU = the load generator's own."
+    "direct, the router alone for router rows) per call; client CPU = the load generator's own. GC ms/call = "
+    "the router's hybrid_router_gc_pause_seconds per call; loop lag p99 = the bucket of "
+    "hybrid_router_event_loop_lag_seconds holding its 99th percentile (a probe every 0.1 s)."
 )
+
+
+def guard(pooled: dict[str, dict[str, Tally]], args: argparse.Namespace) -> list[str]:
+    """`make bench`'s summary: per kind and router, the added p50/p99 and the CPU per call, beside direct's."""
+    lines = []
+    for kind, tallies in pooled.items():
+        direct = tallies["direct"]
+        d50, d99 = quantile(direct.latencies, 0.5), quantile(direct.latencies, 0.99)
+        d_cpu = direct.cpu_s / max(1, len(direct.latencies) + direct.errors)
+        for name, t in tallies.items():
+            if name == "direct":
+                continue
+            calls = max(1, len(t.latencies) + t.errors)
+            p50, p99, cpu = quantile(t.latencies, 0.5), quantile(t.latencies, 0.99), t.cpu_s / calls
+            lines.append(
+                f"guard {kind} {name} c={args.concurrency} upstream {args.latency_ms:g} ms: "
+                f"added p50 {(p50 - d50) * 1e3:+.2f} ms, p99 {(p99 - d99) * 1e3:+.2f} ms; "
+                f"router CPU {cpu * 1e3:.3f} ms/call (simulator {d_cpu * 1e3:.3f}); "
+                f"req/s x{t.rps / direct.rps if direct.rps else math.nan:.2f} of direct; "
+                f"GC {t.gc_s / calls * 1e3:.3f} ms/call; loop lag p99 <={bucket_quantile(t.lag, 0.99) * 1e3:g} ms; "
+                f"errors {t.errors}"
+            )
+    return lines
 
 
 def report(pooled: dict[str, dict[str, Tally]], args: argparse.Namespace, load_before: float, commit: str) -> None:
@@ -378,6 +471,8 @@ def report(pooled: dict[str, dict[str, Tally]], args: argparse.Namespace, load_b
         for name, t in tallies.items():
             if t.errors:
                 console.print(f"{kind} {name}: {t.errors} errors, first: {t.first_error}", style="red", markup=False)
+    if args.guard:
+        print("\n".join([context(args, load_before, commit), *guard(pooled, args)]))
     if args.markdown:
         lines = [context(args, load_before, commit), ""]
         for kind, tallies in pooled.items():
@@ -422,11 +517,32 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=bounded(0, 60, float), default=2.0, help="unmeasured seconds first")
     parser.add_argument("--rounds", type=bounded(1, 10, int), default=1, help="interleaved repeats, pooled")
     parser.add_argument("--markdown", action="store_true", help="also print Markdown tables for RESULTS.md")
+    parser.add_argument(
+        "--gc", choices=("tuned", "default", "both"), default="tuned", help="routers' gc_tuning (both: one of each)"
+    )
+    parser.add_argument(
+        "--granian", action="store_true", help="also the same app under granian (needs granian importable)"
+    )
+    parser.add_argument("--guard", action="store_true", help="end with one summary line per kind and router")
+    parser.add_argument("--kinds", choices=("both", *KINDS), default="both", help="call kinds to measure")
+    parser.add_argument(
+        "--pin", action="store_true", help="routers on CPU 0; the simulator and the load generator on CPU 1"
+    )
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="write py-spy flame graphs (SVG) of the routers here"
+    )
+    parser.add_argument("--profile-raw", action="store_true", help="with --profile: collapsed stacks, not SVG")
     return parser.parse_args()
 
 
 def main() -> int:
     args = parse_args()
+    args.started = time.time()
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    router_cpus, other_cpus = ({0}, {1}) if args.pin and (os.cpu_count() or 1) >= 2 else (None, None)
+    if other_cpus:
+        os.sched_setaffinity(0, other_cpus)
     load_before = os.getloadavg()[0]  # other work on the machine skews every row; say how much there was
     commit = revision()  # read before the servers start: the code they load
     redis_url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
@@ -443,18 +559,36 @@ def main() -> int:
         sim_port = free_port()
         sim_args = ["simulate", "--port", str(sim_port), "--latency-ms", str(args.latency_ms)]
         sim = stack.enter_context(
-            server(sim_args, env, f"http://127.0.0.1:{sim_port}/_sim/stats", directory / "simulator.log")
+            server(sim_args, env, f"http://127.0.0.1:{sim_port}/_sim/stats", directory / "simulator.log", other_cpus)
         )
         targets = [Target("direct", f"http://127.0.0.1:{sim_port}", sim.pid, router=False)]
+        gc_modes = ("tuned", "default") if args.gc == "both" else (args.gc,)
         for transport in transports:
             for workers in args.workers:
-                port = free_port()
-                config = router_config(directory, sim_port, transport)
-                serve_args = ["serve", "--config", str(config), "--port", str(port), "--workers", str(workers)]
-                name = f"router/{transport}" + (f" x{workers}" if args.workers != [1] else "")
-                log = directory / f"router-{transport}-{workers}.log"
-                proc = stack.enter_context(server(serve_args, env, f"http://127.0.0.1:{port}/healthz", log))
-                targets.append(Target(name, f"http://127.0.0.1:{port}", proc.pid, router=True))
+                for gc_mode in gc_modes:
+                    port = free_port()
+                    config = router_config(directory, sim_port, transport)
+                    serve_args = ["serve", "--config", str(config), "--port", str(port), "--workers", str(workers)]
+                    name = f"router/{transport}" + (f" x{workers}" if args.workers != [1] else "")
+                    name += f" gc:{gc_mode}" if len(gc_modes) > 1 else ""
+                    log = directory / f"router-{transport}-{workers}-{gc_mode}.log"
+                    ready = f"http://127.0.0.1:{port}/healthz"
+                    gc_env = env | {"HYBRID_ROUTER_GC_TUNING": "true" if gc_mode == "tuned" else "false"}
+                    proc = stack.enter_context(server(serve_args, gc_env, ready, log, router_cpus))
+                    targets.append(Target(name, f"http://127.0.0.1:{port}", proc.pid, router=True))
+        if args.granian:  # the same app (bench/asgi_app.py) under granian, one process, uvloop, HTTP/1.1
+            port = free_port()
+            config = router_config(directory, sim_port, "aiohttp")
+            granian_args = ["--interface", "asgi", "--factory", "--host", "127.0.0.1", "--port", str(port)]
+            granian_args += ["--workers", "1", "--loop", "uvloop", "--http", "1", "--no-ws", "--log-level", "warning"]
+            granian_env = env | {"BENCH_ROUTER_CONFIG": str(config), "PYTHONPATH": os.pathsep.join(
+                p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)}  # fmt: skip
+            ready = f"http://127.0.0.1:{port}/healthz"
+            log = directory / "router-granian.log"
+            proc = stack.enter_context(
+                server([*granian_args, "bench.asgi_app:app"], granian_env, ready, log, router_cpus, module="granian")
+            )
+            targets.append(Target("router/granian", f"http://127.0.0.1:{port}", proc.pid, router=True))
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             pooled = runner.run(measure(targets, args))
     report(pooled, args, load_before, commit)

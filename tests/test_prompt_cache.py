@@ -21,7 +21,7 @@ from router.core.keys import Keys
 from router.core.pricing import load_pricing
 from router.core.settings import PromptCacheSettings
 from router.deferred.store import client
-from router.http.prompt_cache import PromptCaching
+from router.http.prompt_cache import PromptCaching, with_cache_key
 from router.providers import anthropic_translate
 from router.simulator import anthropic_bodies
 from router.simulator.text import BreakpointCache
@@ -381,3 +381,11 @@ async def test_a_prefix_is_marked_once_the_tenant_sent_it_again(redis_url: str, 
         assert await broken.apply(body, kind="anthropic", endpoint="/messages", tenant="a", allowed=None) is body
     finally:
         await client.close(down)
+
+
+@pytest.mark.parametrize("body", [b'{"model":"m","messages":[]}', b'  {\n "model": "m", "n": [1, {"a": "}"}]}\n'])
+def test_the_cache_key_is_spliced_into_the_body_as_sent(body: bytes) -> None:
+    """No second encoding of a long prompt: the key goes in after the opening brace; the rest is byte for byte."""
+    spliced = with_cache_key(body, 'k"1')
+    assert msgspec.json.decode(spliced) == msgspec.json.decode(body) | {"prompt_cache_key": 'k"1'}
+    assert spliced.endswith(body[body.index(b"{") + 1 :])

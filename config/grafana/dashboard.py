@@ -693,6 +693,25 @@ def build() -> dashboard.Dashboard:
                 description="From sending a real-time call upstream to its response headers.",
             )
         )
+        .with_panel(
+            graph(
+                "Event-loop lag",
+                "s",
+                quantiles(f"{M}event_loop_lag_seconds", (0.5, 0.99)),
+                description="How late each process's event loop woke a probe that sleeps 0.1 s. Every call a "
+                "process serves waits out a stall: a p99 above a few ms means CPU starvation (too few cores or "
+                "workers), long synchronous steps or collector pauses (see the next panel).",
+            )
+        )
+        .with_panel(
+            graph(
+                "Time in garbage collection",
+                "percentunit",
+                [(f"sum by (generation) (rate({M}gc_pause_seconds_sum[{WINDOW}]))", "generation {{generation}}")],
+                description="Share of wall time the processes spent in collector pauses, by generation (2: the "
+                "whole heap). `gc_tuning` keeps generation 2 rare.",
+            )
+        )
     )
 
 

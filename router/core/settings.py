@@ -231,6 +231,9 @@ class Settings(_Strict, kw_only=True):
     shutdown_grace_s: PositiveFloat = 10.0
     """On SIGTERM: held connections are closed at once (their retries re-attach elsewhere), and the process
     exits within this many seconds."""
+    gc_tuning: bool = True
+    """`serve`: once started, freeze what start-up allocated and space the garbage collections out
+    (`telemetry.runtime.tune_gc`), so that collections stop the event loop less often and for less long."""
     limits: Limits = msgspec.field(default_factory=Limits)
     tenants: dict[TenantName, TenantLimits] = msgspec.field(default_factory=dict)
     """Limits per tenant name (the tenant of `keys`, or `default` with `auth: none`); `"*"` applies to every tenant

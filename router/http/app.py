@@ -85,11 +85,17 @@ def by_surface(handler: messages_api.Handler) -> messages_api.Handler:
 
 
 def create_app(
-    settings: Settings, environ: Mapping[str, str] | None = None, *, loops: bool = True, metrics_dir: str | None = None
+    settings: Settings,
+    environ: Mapping[str, str] | None = None,
+    *,
+    loops: bool = True,
+    metrics_dir: str | None = None,
+    serving: bool = False,
 ) -> Litestar:
     """The router as an ASGI app; `loops=False` leaves the batcher, poller, guard, webhooks and the native-batch
     watcher to the caller (tests); `metrics_dir` is the multiprocess metrics directory of a `serve --workers`
-    worker."""
+    worker; `serving`: the app of a `serve` process, which tunes the garbage collector once started when
+    `gc_tuning` says so (a test process serves many apps: it is left alone)."""
     environ = environ or {}
     quiet_held_cuts()
     gateway = Gateway(
@@ -100,6 +106,7 @@ def create_app(
         metrics_token=metrics_token(settings, environ),
         metrics_dir=metrics_dir,
         tracing=tracing.from_environ(environ),
+        tune_gc=serving and settings.gc_tuning,
     )
     g = gateway
     anthropic = messages_api.MessagesApi(g.auth, g.admission, g.reports, g.upstreams, g.owners, settings, g.tenants)

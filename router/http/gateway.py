@@ -50,6 +50,7 @@ from router.providers.anthropic import AnthropicProvider
 from router.providers.openai import OpenAIProvider
 from router.providers.openai_native import OpenAINative
 from router.providers.upstreams import Upstreams
+from router.telemetry import runtime
 from router.telemetry.accounting import Accounting
 from router.telemetry.tracing import OFF, Tracing
 
@@ -76,7 +77,11 @@ class Gateway:
         metrics_token: str | None = None,
         metrics_dir: str | None = None,
         tracing: Tracing = OFF,
+        tune_gc: bool = False,
     ) -> None:
+        self.tune_gc = tune_gc
+        """Tune the collector once started (`serve` with `gc_tuning`; never in tests, which share one process)."""
+        self.lag_probe = runtime.LoopLagProbe()
         self.tracing = tracing
         """OpenTelemetry spans (`telemetry.tracing`): `OFF` unless an OTLP endpoint is set in the environment."""
         if not settings.redis_url:
@@ -181,6 +186,7 @@ class Gateway:
             asyncio.create_task(self.realtime.run(self._stop), name="totals"),
             asyncio.create_task(self.catalog.run(self._stop), name="catalog"),
             asyncio.create_task(self.model_router.run(self._stop), name="model-routes"),
+            asyncio.create_task(self.lag_probe.run(self._stop), name="loop-lag"),
         ]
         if self.loops:
             self._tasks += [
@@ -192,6 +198,9 @@ class Gateway:
                 asyncio.create_task(self.message_batches.run(self._stop), name="message-batches"),
                 asyncio.create_task(pace(self._stop, PRUNE_S, self.store.queues.prune_idle, "pruner"), name="pruner"),
             ]
+        runtime.watch_gc()
+        if self.tune_gc:
+            runtime.tune_gc()  # last: what start-up allocated is frozen
         try:
             yield
         finally:

@@ -56,7 +56,7 @@ class PromptCaching:
             if obj is None or "prompt_cache_key" in obj:
                 return body
             key = prompt_cache.openai_cache_key(obj, endpoint, tenant)
-            return body if key is None else encoder.encode(obj | {"prompt_cache_key": key})
+            return body if key is None else with_cache_key(body, key)
         return body
 
     async def _anthropic(self, body: bytes, shape: prompt_cache.Shape, tenant: str) -> bytes:
@@ -84,6 +84,13 @@ class PromptCaching:
             _throttle.log(logging.WARNING, "prompt-cache", "prompt cache: prefixes unread, calls go unmarked: %r", exc)
             return [False] * len(found)
         return [value is not None for value in before]
+
+
+def with_cache_key(body: bytes, key: str) -> bytes:
+    """`body` (a JSON object without `prompt_cache_key`) with `"prompt_cache_key": key` spliced in after its opening
+    brace: a long prompt is not encoded again (the digest already read it once)."""
+    start = body.find(b"{")
+    return body[: start + 1] + b'"prompt_cache_key":' + encoder.encode(key) + b"," + body[start + 1 :]
 
 
 def _object(body: bytes) -> dict[str, Any] | None:

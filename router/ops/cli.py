@@ -117,7 +117,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             where = f"http://{ready.host}:{ready.port}/v1"
             print(f"hybrid-router listening on {where} ({workers} workers)", file=sys.stderr)
             return Supervisor(ready, os.environ, workers).run()
-        app = create_app(ready, os.environ)
+        app = create_app(ready, os.environ, serving=True)
         print(f"hybrid-router listening on http://{ready.host}:{ready.port}/v1", file=sys.stderr)
         http = bounded_protocol(ready.limits)
         config = server_config(app, host=ready.host, port=ready.port, grace_s=ready.shutdown_grace_s, http=http)

@@ -76,7 +76,7 @@ def _worker(settings: Settings, environ: dict[str, str], metrics_dir: str, paren
 
     configure_logging()
     sock = listening_socket(settings.host, settings.port)
-    app = create_app(settings, environ, metrics_dir=metrics_dir)
+    app = create_app(settings, environ, metrics_dir=metrics_dir, serving=True)
     config = server_config(
         app,
         host=settings.host,

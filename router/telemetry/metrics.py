@@ -76,6 +76,21 @@ proxy_overhead = Histogram(
     registry=REGISTRY,
     buckets=OVERHEAD_BUCKETS,
 )
+event_loop_lag = Histogram(
+    "event_loop_lag_seconds",
+    "How late the event loop woke a probe that sleeps 0.1 s: a stalled loop delays every call it serves.",
+    namespace=NS,
+    registry=REGISTRY,
+    buckets=OVERHEAD_BUCKETS,
+)
+gc_pause = Histogram(
+    "gc_pause_seconds",
+    "Garbage-collection pauses of the serving process, by generation (2: the whole heap).",
+    ["generation"],
+    namespace=NS,
+    registry=REGISTRY,
+    buckets=OVERHEAD_BUCKETS,
+)
 admitted = Counter(
     "deferred_admitted",
     "Calls admitted to the deferred lane.",
