@@ -238,7 +238,9 @@ class Poller:
                     await self.answers.keep(call.meta.tenant, call.meta.answer_key, line.body, model)
             elif stored == StoreOutcome.LATE and line.billed:
                 metrics.late_results.inc()
-                if call.origin != Origin.BATCH:  # a call its caller cancelled (`CANCEL`) was not answered twice
+                # A call its caller cancelled (`CANCEL`: done, from no batch) was not answered twice; any other
+                # late line was (an escalation, or another batch after a requeue, answered the call first).
+                if not (call.origin == Origin.BATCH and not call.batch):
                     metrics.paid_twice.labels(upstream).inc()
         return answered
 
