@@ -27,11 +27,11 @@ from tests.helpers.promql import expressions, instantiate, load_dashboard
 from tests.helpers.servers import FAST, ROOT, RouterFactory, Sim
 from tests.helpers.waiting import wait_until
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(40)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 ROUTER_BATCH = FAST | {"cancel_lead_s": 0.0}  # a late batch is cut as its calls escalate: see escalated_and_late
 LATER = {"X-Deadline": "2h"}
-WINDOW = "1m"  # longer than this test: every rate() and increase() sees all of its samples
+WINDOW = "3m"  # longer than this test: every rate() and increase() sees all of its samples
 SAVINGS_HEADER = "x-router-savings-usd"
 HEADER_DECIMALS = 8  # the router formats money headers with 8 decimals
 METRICS_TOKEN = "scrape-" + secrets.token_hex(8)
@@ -234,13 +234,14 @@ def escalated_and_late(base: str, key: str, sim: Sim) -> list[Headers]:
     """Calls the guard must escalate, answered after their deadline, whose batch lines are then billed late; and
     calls with time to spare in the same batch, harvested from it when it is cut. Every call's result headers."""
     before = {(name, label): _counter(base, name, label) for name, label in CHANGED_BY_ESCALATION}
-    # The batch takes 4 s (its lines finish from 0.4 s to 3.2 s, earliest deadline first), longer than the 3 s
-    # deadline allows. With no cancel lead (ROUTER_BATCH) the guard cuts the batch and answers the 3 s calls in
+    # The batch takes 8 s (its lines finish from 0.8 s to 6.4 s, earliest deadline first), longer than the 6 s
+    # deadline allows. With no cancel lead (ROUTER_BATCH) the guard cuts the batch and answers the 6 s calls in
     # real time together, at deadline - 1 s, and a 2 s upstream makes those answers miss the deadline. Their lines
     # finished before the cancel are harvested after the calls were taken for escalation: billed twice, counted as
-    # late results. The 10 s calls whose lines finished by then are harvested at the batch price; the rest go to
-    # another batch, a quick one.
-    sim.configure(batch_turnaround_s=4, latency_ms=2000)
+    # late results. The 20 s calls whose lines finished by then are harvested at the batch price; the rest go to
+    # another batch, a quick one. The seconds leave room for a loaded host to be slow in submitting the batch: the
+    # short calls' lines must finish before the cut, however late the batch started.
+    sim.configure(batch_turnaround_s=8, latency_ms=2000)
     auth = {"authorization": f"Bearer {key}"}
 
     async def submit(i: int, deadline: str) -> str:
@@ -254,26 +255,28 @@ def escalated_and_late(base: str, key: str, sim: Sim) -> list[Headers]:
         return accepted.headers["location"]
 
     async def submit_all() -> list[str]:  # at once, so they share one batch
-        return await asyncio.gather(*(submit(i, "3s" if i < SHORT else "10s") for i in range(SHORT + LONG)))
+        return await asyncio.gather(*(submit(i, "6s" if i < SHORT else "20s") for i in range(SHORT + LONG)))
 
     locations = asyncio.run(submit_all())
     cut = ("hybrid_router_batches_cut_total", "")
-    wait_until(lambda: _counter(base, *cut) > before[cut], 10, "the late batch to be cut", every=0.1)
+    wait_until(lambda: _counter(base, *cut) > before[cut], 15, "the late batch to be cut", every=0.1)
     sim.configure(batch_turnaround_s=1)  # the next batch, holding the 10 s calls not harvested: back in a second
-    answers = [httpx.get(base + location + "?wait=15", headers=auth, timeout=20) for location in locations]
+    answers = [httpx.get(base + location + "?wait=25", headers=auth, timeout=30) for location in locations]
     assert [a.status_code for a in answers] == [200] * len(answers)
     assert all(a.headers["x-router-escalated"] == "true" for a in answers[:SHORT])
     assert any(a.headers["x-router-lane"] == "batch" for a in answers[SHORT:])
-    wait_until(
-        lambda: all(_counter(base, name, label) > before[name, label] for name, label in CHANGED_BY_ESCALATION),
-        10,
-        "the escalation, the deadline miss, the cut, the harvest and the late batch result to be counted",
-        every=0.2,
-    )
+
+    def unchanged() -> list[str]:
+        return [f"{n}{{{lb}}}" for n, lb in CHANGED_BY_ESCALATION if _counter(base, n, lb) <= before[n, lb]]
+
+    try:
+        wait_until(lambda: not unchanged(), 10, "the escalation, miss, cut, harvest and late result to be counted")
+    except TimeoutError as exc:
+        raise AssertionError(f"not counted: {unchanged()}") from exc
     return [a.headers for a in answers]
 
 
-SHORT, LONG = 2, 10  # calls with a 3 s and a 10 s deadline in the batch escalated_and_late cuts
+SHORT, LONG = 2, 10  # calls with a 6 s and a 20 s deadline in the batch escalated_and_late cuts
 CHANGED_BY_ESCALATION = [
     ("hybrid_router_deadline_escalations_total", 'reason="submitted"'),
     ("hybrid_router_deadline_misses_total", ""),
