@@ -241,7 +241,9 @@ def escalated_and_late(base: str, key: str, sim: Sim) -> list[Headers]:
     # late results. The 20 s calls whose lines finished by then are harvested at the batch price; the rest go to
     # another batch, a quick one. The seconds leave room for a loaded host to be slow in submitting the batch: the
     # short calls' lines must finish before the cut, however late the batch started.
-    sim.configure(batch_turnaround_s=8, latency_ms=2000)
+    # The cut batch stays `cancelling` for 3 s, so its lines are read only after the guard has taken the 6 s calls
+    # for escalation, however slowly a loaded host runs the guard: their finished lines are then late, never theirs.
+    sim.configure(batch_turnaround_s=8, latency_ms=2000, batch_cancel_delay_s=3)
     auth = {"authorization": f"Bearer {key}"}
 
     async def submit(i: int, deadline: str) -> str:
